@@ -1,0 +1,3 @@
+from sbsnn.cli import main
+
+raise SystemExit(main())

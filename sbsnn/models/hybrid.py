@@ -1,0 +1,221 @@
+"""The hybrid language model: GLA and window-attention layers, SwiGLU or MoE MLPs.
+
+Module names mirror SpikingBrain-7B's checkpoint (``model.embeddings``,
+``model.layers.{i}.attn``, ``.attn_norm``, ``.mlp_norm``, ``.mlp``, ``model.norm``,
+``lm_head``), so its tensors load by name. One block::
+
+    x = x + mixer(attn_norm(x))       mixer: GLA | window attention | full attention
+    x = x + mlp(mlp_norm(x))                 | both side by side (76B "parallel")
+
+Decoding keeps a :class:`DecodeState`: per GLA layer a ``[Hkv, dk, dv]`` state, per
+window layer a ring of ``sliding_window`` keys and values. Neither grows with length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from sbsnn.models.attention import WindowAttention
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.gla import GatedLinearAttention
+from sbsnn.models.layers import MoE, RMSNorm, SwiGLU
+
+
+def _make_gla(cfg: HybridConfig) -> GatedLinearAttention:
+    return GatedLinearAttention(
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+        gate_low_rank_dim=cfg.gate_low_rank_dim,
+        gate_logit_normalizer=cfg.gate_logit_normalizer, norm_eps=cfg.norm_eps,
+        bias=cfg.attention_bias, gate=cfg.linear_attn_gate,
+        feature_map=cfg.linear_feature_map)
+
+
+def _make_attention(cfg: HybridConfig, i: int) -> WindowAttention:
+    return WindowAttention(
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+        window=cfg.window_for(i), rope_theta=cfg.rope_theta, bias=cfg.attention_bias,
+        num_sinks=cfg.num_sink_tokens)
+
+
+class HybridBlock(nn.Module):
+    def __init__(self, cfg: HybridConfig, i: int):
+        super().__init__()
+        self.kind = cfg.layer_kind(i)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        if self.kind == "gla":
+            self.attn = _make_gla(cfg)
+        else:
+            self.attn = _make_attention(cfg, i)
+        if self.kind == "parallel":
+            self.linear_attn = _make_gla(cfg)
+            self.attn_out_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+            self.linear_out_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        if cfg.is_moe_layer(i):
+            self.mlp = MoE(cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size,
+                           cfg.num_experts, cfg.num_experts_per_tok, cfg.num_shared_experts,
+                           cfg.shared_expert_intermediate_size, cfg.router_activation,
+                           cfg.norm_topk_prob)
+        else:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor, cache: dict | None, positions: torch.Tensor) -> torch.Tensor:
+        h = self.attn_norm(x)
+        if self.kind == "parallel":
+            a = self.attn_out_norm(self.attn(h, None if cache is None else cache.setdefault("attn", {}), positions))
+            a = a + self.linear_out_norm(self.linear_attn(
+                h, None if cache is None else cache.setdefault("linear", {}), positions))
+        else:
+            a = self.attn(h, cache, positions)
+        x = x + a
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class HybridModel(nn.Module):
+    def __init__(self, cfg: HybridConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(HybridBlock(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        if cfg.num_sink_tokens:
+            self.sink_embeddings = nn.Parameter(torch.zeros(cfg.num_sink_tokens, cfg.hidden_size))
+
+
+@dataclass
+class DecodeState:
+    """Everything decoding carries from one token to the next."""
+
+    layers: list[dict] = field(default_factory=list)
+    seen: int = 0  # positions consumed so far, sink tokens included
+
+    def nbytes(self) -> int:
+        def walk(obj) -> int:
+            if isinstance(obj, torch.Tensor):
+                return obj.numel() * obj.element_size()
+            if isinstance(obj, dict):
+                return sum(walk(v) for v in obj.values())
+            return 0
+        return sum(walk(c) for c in self.layers)
+
+
+class HybridForCausalLM(nn.Module):
+    def __init__(self, cfg: HybridConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = HybridModel(cfg)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
+            cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tokenizer = None  # set by load_model
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+
+    # ------------------------------------------------------------------ forward
+    def new_state(self) -> DecodeState:
+        return DecodeState(layers=[{} for _ in self.model.layers])
+
+    def forward(self, input_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """Logits ``[B, L, vocab]`` for ``input_ids [B, L]``.
+
+        Without ``state`` the sequence is processed on its own (training, scoring);
+        with one, the tokens continue it and ``state`` is updated in place.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        x = self.model.embeddings(input_ids)
+        start = 0 if state is None else state.seen
+        n_sinks = 0
+        if self.config.num_sink_tokens and start == 0:
+            n_sinks = self.config.num_sink_tokens
+            sinks = self.model.sink_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([sinks, x], dim=1)
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, None if state is None else state.layers[i], positions)
+        if state is not None:
+            state.seen += x.shape[1]
+        x = self.model.norm(x[:, n_sinks:])
+        weight = self.model.embeddings.weight if self.lm_head is None else self.lm_head.weight
+        return x @ weight.t()
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, state: DecodeState, block_size: int = 1024) -> torch.Tensor:
+        """Feed a long prompt in blocks (memory bounded by the block); last logits ``[B, V]``."""
+        logits = None
+        for s in range(0, input_ids.shape[1], block_size):
+            logits = self(input_ids[:, s:s + block_size], state)[:, -1]
+        if logits is None:
+            raise ValueError("prefill needs at least one token")
+        return logits
+
+    # ------------------------------------------------------------------ generation
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer; load it with sbsnn.load_model, "
+                               "or set model.tokenizer, or pass token ids to stream_ids")
+        return self.tokenizer
+
+    @torch.no_grad()
+    def stream_ids(self, prompt_ids: list[int], max_new_tokens: int = 100,
+                   temperature: float = 1.0, top_k: int | None = None,
+                   generator: torch.Generator | None = None,
+                   stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
+        """Yield new token ids one at a time; memory stays constant in length."""
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        device = next(self.parameters()).device
+        state = self.new_state()
+        logits = self.prefill(torch.tensor([prompt_ids], device=device), state)
+        for _ in range(max_new_tokens):
+            tok = sample(logits[0], temperature, top_k, generator)
+            yield tok
+            if tok in stop_ids:
+                return
+            logits = self(torch.tensor([[tok]], device=device), state)[:, -1]
+
+    def stream(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+               top_k: int | None = None, seed: int | None = None) -> Iterator[str]:
+        """Yield text pieces as they are generated (bytes are decoded incrementally)."""
+        tok = self._require_tokenizer()
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device=next(self.parameters()).device).manual_seed(seed)
+        decoder = tok.incremental_decoder()
+        eos = () if self.config.eos_token_id is None else (self.config.eos_token_id,)
+        for t in self.stream_ids(tok.encode(prompt), max_new_tokens, temperature, top_k, gen, eos):
+            piece = decoder(t)
+            if piece:
+                yield piece
+
+    def generate(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
+                 top_k: int | None = None, seed: int | None = None,
+                 on_text: Callable[[str], None] | None = None) -> str:
+        """Continue ``prompt``; returns the new text. ``on_text`` sees each piece as it comes."""
+        pieces = []
+        for piece in self.stream(prompt, max_new_tokens, temperature, top_k, seed):
+            pieces.append(piece)
+            if on_text is not None:
+                on_text(piece)
+        return "".join(pieces)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+           generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = logits.topk(top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
