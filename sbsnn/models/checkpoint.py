@@ -1,20 +1,308 @@
-"""Reading and writing checkpoints: a directory with config.json and safetensors."""
+"""Reading and writing checkpoints: a directory with ``config.json`` and safetensors.
+
+Layouts read: ``model.safetensors``; sharded ``model.safetensors.index.json`` plus its
+shards; and, only when the caller opts in with ``allow_pickle=True``,
+``pytorch_model.bin`` (or its index), loaded with ``torch.load(weights_only=True)``.
+
+Safetensors files are memory-mapped: the header is parsed here, each tensor is a view
+of the mapped file, so loading reads only what is used and holds no second copy.
+Every problem names the file and the tensor: missing, unexpected or misshapen
+tensors, truncated files, unknown architectures.
+
+Tensor names: SpikingBrain-7B's (``model.embeddings``, ``model.layers.{i}.attn.*``,
+``.attn_norm``, ``.mlp_norm``, ``.mlp.*``, ``model.norm``, ``lm_head``) are sbsnn's own;
+Llama and Qwen2 names (``embed_tokens``, ``self_attn``, ``input_layernorm``,
+``post_attention_layernorm``) are renamed on the way in.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import struct
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.errors import CheckpointError
 from sbsnn.models.hybrid import HybridForCausalLM
+from sbsnn.models.tokenizer import tokenizer_for
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+EMBEDDED = {"tiny-hybrid": DATA_DIR / "tiny-hybrid"}
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+_NUMPY_CARRIER = {  # numpy dtype that maps the same bytes (bf16 is viewed afterwards)
+    torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16,
+    torch.bfloat16: np.int16, torch.int64: np.int64, torch.int32: np.int32,
+    torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+
+# Llama / Qwen2 name -> sbsnn name (applied in order to each key).
+_HF_RENAMES = [
+    (re.compile(r"^model\.embed_tokens\."), "model.embeddings."),
+    (re.compile(r"\.self_attn\."), ".attn."),
+    (re.compile(r"\.input_layernorm\."), ".attn_norm."),
+    (re.compile(r"\.post_attention_layernorm\."), ".mlp_norm."),
+]
+# Buffers some writers store that carry nothing we need.
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.masked_bias)$")
 
 
-def save_pretrained(model: HybridForCausalLM, directory: str | Path) -> None:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+# ----------------------------------------------------------------------------- reading
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Memory-map one safetensors file; tensors are copy-on-write views of the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated file ({size} bytes): no safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100_000_000:
+                raise CheckpointError(f"{path}: truncated or not a safetensors file "
+                                      f"(header claims {n} bytes, file has {size})")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    base = 8 + n
+    out: dict[str, torch.Tensor] = {}
+    mm = None
+    for name, meta in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES[meta["dtype"]]
+            shape = [int(s) for s in meta["shape"]]
+            start, end = (int(o) for o in meta["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: tensor {name!r} has an unreadable header entry "
+                                  f"{meta!r}") from None
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if end - start != int(np.prod(shape, dtype=np.int64)) * itemsize:
+            raise CheckpointError(f"{path}: tensor {name!r}: {end - start} bytes stored for "
+                                  f"shape {shape} of {meta['dtype']}")
+        if base + end > size:
+            raise CheckpointError(f"{path}: truncated file: tensor {name!r} needs bytes up to "
+                                  f"{base + end}, the file has {size}; re-download or re-save it")
+        if mm is None:
+            mm = np.memmap(path, dtype=np.uint8, mode="c")
+        arr = mm[base + start:base + end].view(_NUMPY_CARRIER[dtype]).reshape(shape)
+        t = torch.from_numpy(arr)
+        out[name] = t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+    return out
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        raise CheckpointError(f"{path}: cannot be read with weights_only=True ({e})") from None
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(sd).__name__}")
+    return sd
+
+
+def read_state_dict(directory: str | Path, allow_pickle: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of a checkpoint directory, and the file each came from."""
+    d = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+
+    def add(file: Path, part: dict[str, torch.Tensor]) -> None:
+        for k, v in part.items():
+            tensors[k] = v
+            origin[k] = file
+
+    index = d / "model.safetensors.index.json"
+    single = d / "model.safetensors"
+    if index.exists():
+        weight_map = _read_index(index)
+        for shard in sorted(set(weight_map.values())):
+            part = read_safetensors(d / shard)
+            listed = {k for k, s in weight_map.items() if s == shard}
+            absent = sorted(listed - part.keys())
+            if absent:
+                raise CheckpointError(f"{d / shard}: tensor {absent[0]!r} is listed in {index.name} "
+                                      f"but missing from this shard ({len(absent)} missing)")
+            add(d / shard, part)
+        return tensors, origin
+    if single.exists():
+        add(single, read_safetensors(single))
+        return tensors, origin
+    others = sorted(p.name for p in d.glob("*.safetensors"))
+    if others:  # some writers use other names (e.g. a lone "weights.safetensors")
+        for name in others:
+            add(d / name, read_safetensors(d / name))
+        return tensors, origin
+    pickles = sorted(p for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth")) if d.is_dir() else []
+    if pickles:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{d}: only pickle weights ({', '.join(p.name for p in pickles)}); pickle files can "
+                "run code when loaded, so sbsnn refuses them by default. Convert them to "
+                "safetensors, or pass allow_pickle=True (--allow-pickle) to load them with "
+                "torch.load(weights_only=True)")
+        for p in pickles:
+            add(p, _read_pickle(p))
+        return tensors, origin
+    raise CheckpointError(f"{d}: no weights found (expected model.safetensors or "
+                          "model.safetensors.index.json)")
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid index ({e!r}); it needs a 'weight_map'") from None
+    for shard in set(weight_map.values()):
+        if not (index.parent / shard).exists():
+            raise CheckpointError(f"{index.parent / shard}: shard listed in {index.name} "
+                                  "is missing")
+    return weight_map
+
+
+def rename_key(key: str, model_type: str) -> str:
+    if model_type in ("llama", "qwen2"):
+        for pattern, repl in _HF_RENAMES:
+            key = pattern.sub(repl, key)
+    return key
+
+
+# ----------------------------------------------------------------------------- loading
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None, allow_pickle: bool = False
+                    ) -> HybridForCausalLM:
+    """Build the model described by ``directory/config.json`` and fill it from its weights.
+
+    ``dtype``: convert floating tensors to this dtype (default: keep the checkpoint's).
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a directory (give a checkpoint directory holding "
+                              f"config.json and *.safetensors, or one of {sorted(EMBEDDED)})")
+    cfg = HybridConfig.from_json(d / "config.json")
+    raw, origin = read_state_dict(d, allow_pickle=allow_pickle)
+    with torch.device("meta"):
+        model = HybridForCausalLM(cfg)
+    expected = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # sbsnn name -> name in the file
+    unexpected = []
+    for key, t in raw.items():
+        name = rename_key(key, cfg.model_type)
+        if name in expected:
+            state[name] = t
+            source[name] = key
+        elif name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # some writers store the tied head anyway
+        elif not _IGNORED.search(name):
+            unexpected.append((key, origin[key]))
+    if unexpected:
+        key, file = unexpected[0]
+        raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of a "
+                              f"{cfg.model_type} model with this config.json; "
+                              f"{len(unexpected)} unexpected in all)")
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{d}: tensor {missing[0]!r} is missing "
+                              f"({len(missing)} missing in all, e.g. {missing[:3]})")
+    for name, t in state.items():
+        want, key = expected[name], source[name]
+        if tuple(t.shape) != tuple(want.shape):
+            raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
+                                  f"config.json implies {tuple(want.shape)}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "
+                                  "a float model needs floating-point weights")
+        if dtype is not None:
+            t = t.to(dtype)
+        state[name] = t.to(device)
+    model.load_state_dict(state, assign=True)
+    # Non-persistent buffers would still be on meta; this model has none, check anyway.
+    for name, b in model.named_buffers():
+        if b.is_meta:
+            raise CheckpointError(f"internal: buffer {name} was not initialised")
+    model.eval()
+    try:
+        model.tokenizer = tokenizer_for(d, cfg.vocab_size)
+    except ImportError as e:
+        warnings.warn(f"{d}: model loaded without its tokenizer: {e}", stacklevel=2)
+    return model
+
+
+def resolve(name_or_dir: str | Path) -> Path:
+    """An embedded model name or a directory path."""
+    if isinstance(name_or_dir, str) and name_or_dir in EMBEDDED:
+        p = EMBEDDED[name_or_dir]
+        if not (p / "config.json").exists():
+            raise CheckpointError(f"embedded model {name_or_dir!r} is missing from {p}; "
+                                  "reinstall sbsnn or run examples/train_tiny.py")
+        return p
+    return Path(name_or_dir)
+
+
+def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None, allow_pickle: bool = False) -> HybridForCausalLM:
+    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory."""
+    return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
+                           allow_pickle=allow_pickle)
+
+
+# ----------------------------------------------------------------------------- writing
+def save_pretrained(model: HybridForCausalLM, directory: str | Path,
+                    max_shard_bytes: int | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (or shards plus an index).
+
+    Each file is written under a temporary name and renamed, the config last, so an
+    interrupted save never leaves a directory that loads as complete.
+    """
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in tensors.items():
+        nbytes = v.numel() * v.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    written = []
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        tmp = d / (name + ".tmp")
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        written.append((tmp, d / name))
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
+                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+        tmp = d / "model.safetensors.index.json.tmp"
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
+        written.append((tmp, d / "model.safetensors.index.json"))
+    config = model.config.to_dict()
+    floats = {v.dtype for v in tensors.values() if v.is_floating_point()}
+    if len(floats) == 1:  # as Hugging Face records it; sbsnn info reads it
+        config["torch_dtype"] = str(floats.pop()).replace("torch.", "")
+    tmp = d / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    written.append((tmp, d / "config.json"))
+    for tmp, final in written:
+        os.replace(tmp, final)

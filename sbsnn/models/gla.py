@@ -138,12 +138,15 @@ class GatedLinearAttention(nn.Module):
         v = v.view(B, L, Hkv, D).transpose(1, 2)
         g = g.view(B, L, Hkv, D).transpose(1, 2)
         state = cache.get("state") if cache is not None else None
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # Half-precision states drift over long sequences; accumulate in float32.
+            q, k, v, g = q.float(), k.float(), v.float(), g.float()
         if L == 1 and state is not None:
             o, state = gla_recurrent(q, k, v, g, state)
         else:
             o, state = gla_chunked(q, k, v, g, state, chunk_size=self.chunk_size)
         if cache is not None:
             cache["state"] = state
-        o = self.g_norm(o)                                  # [B, Hkv, G, L, D]
+        o = self.g_norm(o.to(x.dtype))                      # [B, Hkv, G, L, D]
         o = o.permute(0, 3, 1, 2, 4).reshape(B, L, H * D)
         return self.o_proj(o)

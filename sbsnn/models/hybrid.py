@@ -150,7 +150,7 @@ class HybridForCausalLM(nn.Module):
         return x @ weight.t()
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, state: DecodeState, block_size: int = 1024) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, state: DecodeState, block_size: int = 256) -> torch.Tensor:
         """Feed a long prompt in blocks (memory bounded by the block); last logits ``[B, V]``."""
         logits = None
         for s in range(0, input_ids.shape[1], block_size):

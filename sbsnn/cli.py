@@ -1,0 +1,123 @@
+"""The ``sbsnn`` command: a thin face on the Python API (parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """\
+examples:
+  sbsnn demo                         the main job on the embedded model
+  sbsnn info tiny-hybrid             layers, parameters, state bytes
+  sbsnn info path/to/checkpoint      (a directory holding config.json)
+  sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
+"""
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="embedded model name (tiny-hybrid) or checkpoint directory "
+                                 "(config.json + *.safetensors)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
+
+
+def cmd_info(args) -> int:
+    from sbsnn.models.info import format_info, info_from_path
+
+    print(format_info(info_from_path(args.model, dtype_bytes=args.dtype)))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import sbsnn
+
+    model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    prompt = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
+    sys.stdout.write(prompt)
+    t0 = time.perf_counter()
+    n = 0
+    for piece in model.stream(prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        n += 1
+    dt = time.perf_counter() - t0
+    print(f"\n[{n} pieces in {dt:.1f} s]", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from sbsnn.demo import run_demo
+
+    return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sbsnn import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="sbsnn", description="Spiking conversion, event-driven simulation and reports "
+        "for hybrid LLMs (GLA + sliding-window attention, as in SpikingBrain).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"sbsnn {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the main job on the embedded model",
+                       description="Load the embedded tiny-hybrid model, score the shipped "
+                       "held-out text and continue it; prints a short summary.")
+    p.add_argument("--out", default="sbsnn-demo", help="directory for the outputs (default: %(default)s)")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="use only the first N characters of the held-out text")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",
+                       description="Describe a model from its config alone: layers by kind, "
+                       "parameters (total and active for MoE), state and cache bytes per "
+                       "sequence at 4k and 1M tokens.")
+    p.add_argument("model", help="embedded model name, checkpoint directory, or config.json")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="bytes per weight and cache element (auto: the config's torch_dtype, "
+                        "else bf16)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="continue a prompt, streaming token by token",
+                       description="Continue a prompt with a float model; memory stays "
+                       "constant in length (recurrent state + window cache).")
+    _add_model_arg(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default="\n", help="prompt text (default: a newline)")
+    g.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    from sbsnn.models.errors import CheckpointError
+
+    try:
+        return args.func(args)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"sbsnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sbsnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,455 @@
+"""What a model is made of and what it costs to decode, from its config alone.
+
+:func:`model_info` counts layers by kind, parameters (total and active per token) and
+the bytes a :class:`~sbsnn.models.hybrid.DecodeState` holds per sequence at given
+context lengths. No weights are allocated, so it answers instantly for a 7B or 76B
+config. The numbers mirror the modules in ``hybrid.py``, ``gla.py``, ``attention.py``
+and ``layers.py`` exactly (the tests compare them with a real model's
+``parameters()`` and ``DecodeState.nbytes()``).
+
+Decode state per sequence (``context`` = tokens consumed, sink tokens not included):
+
+* GLA layer: one ``[Hkv, d, d]`` state (stored per key/value head; query heads of a
+  group share it exactly). Upstream fla repeats k and v to every query head and keeps
+  ``[H, d, d]``; that figure is reported separately (``*_upstream`` keys).
+* Window layer: sink slots plus a ring of ``window`` slots, each holding a key and a
+  value ``[Hkv, d]`` in the model dtype and one int64 position. The ring is allocated
+  whole on the first token, so its size does not depend on the context at all.
+* Full-attention layer: sink slots plus one slot per token; grows with the context.
+* Parallel layer (76B): a GLA state plus a window or full cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from sbsnn.models.checkpoint import EMBEDDED
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.errors import CheckpointError
+
+__all__ = [
+    "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "model_info",
+    "parameter_counts", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
+]
+
+DEFAULT_CONTEXTS = (4096, 1_048_576)
+POSITION_BYTES = 8  # attention caches keep an int64 position per slot (attention.py)
+# Embedded names -> checkpoint directories shipped inside the package (the loader's table).
+EMBEDDED_MODELS = EMBEDDED
+
+
+# ----------------------------------------------------------------------------- configs
+def spikingbrain_7b_config() -> HybridConfig:
+    """SpikingBrain-7B's architecture (its ``config.json``, model_type ``gla_swa``).
+
+    Qwen2.5-7B dimensions: hidden 3584, intermediate 18944, 28 layers, 28 query heads
+    and 4 key/value heads of 128, vocab 152064, untied lm_head. Even layers are GLA
+    (low-rank gate 3584 -> 16 -> 512), odd layers sliding-window attention (window 4096).
+    """
+    return HybridConfig(
+        model_type="gla_swa", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+        num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+        attn_layers=list(range(1, 28, 2)), sliding_window=4096,
+        max_position_embeddings=131072, rope_theta=1e6, norm_eps=1e-6,
+        tie_word_embeddings=False, attention_bias=True, mlp_bias=False,
+        gate_low_rank_dim=16, gate_logit_normalizer=16.0,
+        linear_attn_gate="lowrank", linear_feature_map="relu")
+
+
+def spikingbrain_76b_like_config() -> HybridConfig:
+    """A SpikingBrain-76B-A12B-*like* config: the layout follows the technical report,
+    the sizes are illustrative.
+
+    Layout (from the report): every layer runs linear attention and window attention
+    in parallel; layers 7, 14, 21, 28 (1-based; 0-based 6, 13, 20, 27) use full
+    attention instead of the window; 128 sink tokens; MoE with 16 routed experts, top-1,
+    plus 1 shared expert; dense FFN at layers 1, 2, 3, 5, 7, 9, 11 (1-based; 0-based
+    0, 1, 2, 4, 6, 8, 10). Linear attention with gate ``1 - k`` and a sigmoid feature map.
+
+    Sizes (our assumption, not published in the reference we have): the report builds
+    both models by converting Qwen2.5-7B, so we reuse SpikingBrain-7B's dimensions
+    (hidden 3584, 28 layers, 28/4 heads of 128, vocab 152064) and give every expert the
+    7B's intermediate size 18944 (sparse upcycling copies the dense FFN). Window 4096 is
+    also assumed. :func:`model_info` then gives about 76.9B parameters in total and 12.7B
+    active per token, close to the reported 76B / 12B. Use it for orders of magnitude
+    (memory layout, state growth), not as the real checkpoint's config.
+    """
+    return HybridConfig(
+        model_type="sbsnn_hybrid", vocab_size=152064, hidden_size=3584,
+        intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+        num_key_value_heads=4, head_dim=128, attn_layers=list(range(28)),
+        sliding_window=4096, max_position_embeddings=1 << 20, rope_theta=1e6,
+        tie_word_embeddings=False, attention_bias=True, parallel_mixer=True,
+        full_attn_layers=[6, 13, 20, 27], num_sink_tokens=128,
+        linear_attn_gate="one_minus_k", linear_feature_map="sigmoid",
+        num_experts=16, num_experts_per_tok=1, moe_intermediate_size=18944,
+        num_shared_experts=1, shared_expert_intermediate_size=18944,
+        router_activation="sigmoid", dense_layers=[0, 1, 2, 4, 6, 8, 10])
+
+
+# ----------------------------------------------------------------------------- dtypes
+def _dtype_bytes_and_name(dtype: Any) -> tuple[int, str]:
+    """Bytes per element and a display name for an int, a torch dtype or a dtype name."""
+    names = {1: "1-byte", 2: "2-byte (bf16/fp16)", 4: "4-byte (fp32)", 8: "8-byte (fp64)"}
+    if isinstance(dtype, bool):
+        raise TypeError("dtype_bytes must be an int, a torch dtype or a dtype name")
+    if isinstance(dtype, int):
+        if dtype <= 0:
+            raise ValueError(f"dtype_bytes must be positive, got {dtype}")
+        return dtype, names.get(dtype, f"{dtype}-byte")
+    if isinstance(dtype, str):
+        alias = {"bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                 "fp32": "float32", "float": "float32", "fp64": "float64", "double": "float64"}
+        import torch
+        dt = getattr(torch, alias.get(dtype, dtype), None)
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"unknown dtype name {dtype!r}")
+        dtype = dt
+    try:
+        import torch
+        if isinstance(dtype, torch.dtype):
+            return torch.empty((), dtype=dtype).element_size(), str(dtype).replace("torch.", "")
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    raise TypeError(f"dtype_bytes must be an int, a torch dtype or a dtype name, got {dtype!r}")
+
+
+# ----------------------------------------------------------------------------- layers
+def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
+    n = cfg.num_hidden_layers
+    kinds: dict[str, list[int]] = {"gla": [], "swa": [], "full": [], "parallel": []}
+    for i in range(n):
+        kinds[cfg.layer_kind(i)].append(i)
+    # Which softmax attention each parallel layer carries.
+    par_swa = [i for i in kinds["parallel"] if cfg.window_for(i) is not None]
+    par_full = [i for i in kinds["parallel"] if cfg.window_for(i) is None]
+    moe = [i for i in range(n) if cfg.is_moe_layer(i)]
+    dense = [i for i in range(n) if not cfg.is_moe_layer(i)]
+    return {
+        "num_layers": n,
+        "kinds": kinds,
+        "counts": {k: len(v) for k, v in kinds.items()},
+        "parallel_window": par_swa,
+        "parallel_full": par_full,
+        "moe": moe,
+        "dense_mlp": dense,
+        # Layers holding each kind of decode state.
+        "with_gla_state": sorted(kinds["gla"] + kinds["parallel"]),
+        "with_window_cache": sorted(kinds["swa"] + par_swa),
+        "with_full_cache": sorted(kinds["full"] + par_full),
+    }
+
+
+# ----------------------------------------------------------------------------- params
+def _linear(i: int, o: int, bias: bool) -> int:
+    return i * o + (o if bias else 0)
+
+
+def _swiglu(h: int, inter: int, bias: bool) -> int:
+    return 2 * _linear(h, inter, bias) + _linear(inter, h, bias)
+
+
+def _qkvo(cfg: HybridConfig) -> int:
+    h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    return (_linear(h, H * D, cfg.attention_bias) + 2 * _linear(h, Hkv * D, cfg.attention_bias)
+            + _linear(H * D, h, False))
+
+
+def _gla_params(cfg: HybridConfig) -> int:
+    n = _qkvo(cfg) + cfg.head_dim  # + g_norm weight
+    if cfg.linear_attn_gate == "lowrank":
+        n += (_linear(cfg.hidden_size, cfg.gate_low_rank_dim, False)
+              + _linear(cfg.gate_low_rank_dim, cfg.num_key_value_heads * cfg.head_dim, True))
+    return n
+
+
+def _attn_params(cfg: HybridConfig) -> int:
+    return _qkvo(cfg)
+
+
+def parameter_counts(config: HybridConfig) -> dict[str, int]:
+    """Parameter counts by part; ``total`` equals ``sum(p.numel() for p in
+    HybridForCausalLM(config).parameters())``. ``active_per_token`` counts, in MoE
+    layers, the router, the top-k routed experts and the shared experts only
+    (embeddings, lm_head and everything else always count; tied embeddings once)."""
+    cfg = config
+    h, V = cfg.hidden_size, cfg.vocab_size
+    out = {"embeddings": V * h, "lm_head": 0 if cfg.tie_word_embeddings else h * V,
+           "sink_embeddings": cfg.num_sink_tokens * h, "norms": h,  # final norm
+           "gla": 0, "attention": 0, "mlp_dense": 0, "moe_router": 0,
+           "moe_routed_experts": 0, "moe_shared_experts": 0, "moe_inactive": 0}
+    moe_inter = cfg.moe_intermediate_size or cfg.intermediate_size
+    shared_inter = cfg.shared_expert_intermediate_size or moe_inter
+    expert = _swiglu(h, moe_inter, False)  # MoE experts never have biases (layers.py)
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.layer_kind(i)
+        out["norms"] += 2 * h  # attn_norm, mlp_norm
+        if kind == "gla":
+            out["gla"] += _gla_params(cfg)
+        else:
+            out["attention"] += _attn_params(cfg)
+        if kind == "parallel":
+            out["gla"] += _gla_params(cfg)
+            out["norms"] += 2 * h  # attn_out_norm, linear_out_norm
+        if cfg.is_moe_layer(i):
+            out["moe_router"] += h * cfg.num_experts
+            out["moe_routed_experts"] += cfg.num_experts * expert
+            out["moe_shared_experts"] += cfg.num_shared_experts * _swiglu(h, shared_inter, False)
+            out["moe_inactive"] += (cfg.num_experts - cfg.num_experts_per_tok) * expert
+        else:
+            out["mlp_dense"] += _swiglu(h, cfg.intermediate_size, cfg.mlp_bias)
+    parts = ("embeddings", "lm_head", "sink_embeddings", "norms", "gla", "attention",
+             "mlp_dense", "moe_router", "moe_routed_experts", "moe_shared_experts")
+    out["total"] = sum(out[k] for k in parts)
+    out["active_per_token"] = out["total"] - out["moe_inactive"]
+    out["non_embedding"] = out["total"] - out["embeddings"] - out["lm_head"]
+    out["active_non_embedding"] = out["active_per_token"] - out["embeddings"] - out["lm_head"]
+    return out
+
+
+# ----------------------------------------------------------------------------- state
+def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2) -> dict[str, Any]:
+    """Bytes of one sequence's :class:`DecodeState` after ``context`` tokens (sink tokens
+    not counted in ``context``; they are prepended automatically). ``total_bytes`` equals
+    ``DecodeState.nbytes()`` for a model in a dtype of ``dtype_bytes`` bytes."""
+    cfg = config
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    nb, _ = _dtype_bytes_and_name(dtype_bytes)
+    Hkv, H, D, S = cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim, cfg.num_sink_tokens
+    started = context > 0
+    state_nb = max(nb, 4)  # GLA states accumulate in float32 at least (see gla.py)
+    gla_one = Hkv * D * D * state_nb if started else 0
+    gla_up_one = H * D * D * state_nb if started else 0
+    kv_slot = 2 * Hkv * D * nb
+    gla = gla_up = window_kv = full_kv = positions = 0
+    window_slots_alloc = window_slots_used = full_slots = 0
+    per_layer = []
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.layer_kind(i)
+        b = 0
+        if kind in ("gla", "parallel"):
+            gla += gla_one
+            gla_up += gla_up_one
+            b += gla_one
+        if kind != "gla" and started:
+            W = cfg.window_for(i)
+            if W is None:  # sink slots reserved, then one slot per token
+                slots = S + context
+                full_kv += slots * kv_slot
+                full_slots = slots
+            else:  # allocated whole on the first token
+                slots = S + W
+                window_kv += slots * kv_slot
+                window_slots_alloc, window_slots_used = slots, S + min(context, W)
+            positions += slots * POSITION_BYTES
+            b += slots * (kv_slot + POSITION_BYTES)
+        per_layer.append({"layer": i, "kind": kind, "bytes": b})
+    total = gla + window_kv + full_kv + positions
+    # The same dimensions with every layer full attention (a plain Transformer's KV cache).
+    full_equiv = cfg.num_hidden_layers * (S + context) * kv_slot if started else 0
+    return {
+        "context": context,
+        "gla_state_bytes": gla,
+        "gla_state_bytes_upstream": gla_up,
+        "window_kv_bytes": window_kv,
+        "full_kv_bytes": full_kv,
+        "position_bytes": positions,
+        "window_slots_allocated": window_slots_alloc,
+        "window_slots_used": window_slots_used,
+        "full_slots": full_slots,
+        "total_bytes": total,
+        "total_bytes_upstream_gla": total - gla + gla_up,
+        "full_attention_kv_bytes": full_equiv,
+        "per_layer": per_layer,
+    }
+
+
+# ----------------------------------------------------------------------------- info
+def model_info(config: HybridConfig, dtype_bytes: Any = 2,
+               contexts: Iterable[int] = DEFAULT_CONTEXTS) -> dict[str, Any]:
+    """Layers by kind, parameters (total / active per token) and decode-state bytes per
+    sequence at each context length, from ``config`` alone (nothing is allocated).
+
+    ``dtype_bytes``: bytes per weight and per state element (2 for bf16), or a torch
+    dtype or dtype name; attention caches also hold int64 positions (8 bytes a slot).
+    """
+    cfg = config
+    nb, dname = _dtype_bytes_and_name(dtype_bytes)
+    contexts = [int(c) for c in contexts]
+    params = parameter_counts(cfg)
+    layers = _layer_table(cfg)
+    states = [decode_state_bytes(cfg, c, nb) for c in contexts]
+    return {
+        "config": {
+            "model_type": cfg.model_type, "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+            "sliding_window": cfg.sliding_window, "num_sink_tokens": cfg.num_sink_tokens,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+            "parallel_mixer": cfg.parallel_mixer, "linear_attn_gate": cfg.linear_attn_gate,
+            "num_experts": cfg.num_experts, "num_experts_per_tok": cfg.num_experts_per_tok,
+            "num_shared_experts": cfg.num_shared_experts,
+        },
+        "dtype_bytes": nb,
+        "dtype": dname,
+        "layers": layers,
+        "params": params,
+        "weight_bytes": params["total"] * nb,
+        "active_weight_bytes": params["active_per_token"] * nb,
+        "state": states,
+        # True when no layer keeps a cache that grows with the context.
+        "state_constant": not layers["with_full_cache"],
+    }
+
+
+def _resolve_config_path(path: str | Path) -> Path:
+    p = Path(path)
+    if isinstance(path, str) and path in EMBEDDED_MODELS:  # names first, as load_model does
+        d = EMBEDDED_MODELS[str(path)]
+        cfg = d / "config.json"
+        if not cfg.is_file():
+            raise CheckpointError(
+                f"embedded model {str(path)!r} is not available: {cfg} does not exist "
+                "(it is written by examples/train_tiny.py)")
+        return cfg
+    if not p.exists():
+        raise CheckpointError(
+            f"{p}: no such file or directory; give a checkpoint directory holding "
+            f"config.json, a config.json file, or an embedded name "
+            f"({', '.join(sorted(EMBEDDED_MODELS))})")
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: directory has no config.json")
+        return p / "config.json"
+    return p
+
+
+def info_from_path(path: str | Path, dtype_bytes: Any = "auto",
+                   contexts: Iterable[int] = DEFAULT_CONTEXTS) -> dict[str, Any]:
+    """:func:`model_info` for a checkpoint directory (its ``config.json``), a
+    ``config.json`` file, or an embedded name such as ``"tiny-hybrid"`` (a name wins over
+    a same-named local path, as in ``load_model``). Only the config is read.
+    ``dtype_bytes="auto"`` takes the config's ``torch_dtype`` (bf16 when it has none).
+    Raises :class:`CheckpointError` naming the path when it cannot be used."""
+    cfg_path = _resolve_config_path(path)
+    cfg = HybridConfig.from_json(cfg_path)
+    if dtype_bytes == "auto":
+        dtype_bytes = cfg.extra.get("torch_dtype") or "bfloat16"
+    info = model_info(cfg, dtype_bytes, contexts)
+    info["source"] = str(cfg_path)
+    return info
+
+
+# ----------------------------------------------------------------------------- text
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit, k in (("TiB", 4), ("GiB", 3), ("MiB", 2), ("KiB", 1)):
+        if n >= 1024 ** k:
+            return f"{n / 1024 ** k:.2f} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
+def _count(n: int) -> str:
+    for unit, k in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= k:
+            return f"{n / k:.2f}{unit}"
+    return str(n)
+
+
+def _ctx(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n >> 10}k"
+    return str(n)
+
+
+def _indices(idx: list[int]) -> str:
+    if not idx:
+        return "-"
+    if len(idx) > 3:
+        step = idx[1] - idx[0]
+        if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])):
+            return f"{idx[0]}..{idx[-1]}" + (f" step {step}" if step > 1 else "")
+    runs: list[list[int]] = []
+    for i in idx:  # consecutive runs of 3 or more as "a-b"
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    parts = []
+    for r in runs:
+        parts += [f"{r[0]}-{r[-1]}"] if len(r) >= 3 else [str(i) for i in r]
+    return ", ".join(parts)
+
+
+def format_info(info: dict) -> str:
+    """A readable multi-line table of :func:`model_info`'s result (layer indices 0-based)."""
+    c, L, P = info["config"], info["layers"], info["params"]
+    lines = []
+    if info.get("source"):
+        lines.append(f"source      {info['source']}")
+    lines.append(
+        f"model       {c['model_type']}: hidden {c['hidden_size']}, "
+        f"{c['num_hidden_layers']} layers, {c['num_attention_heads']} heads "
+        f"({c['num_key_value_heads']} kv) x {c['head_dim']}, vocab {c['vocab_size']}, "
+        f"window {c['sliding_window']}, sinks {c['num_sink_tokens']}"
+        + (f", MoE {c['num_experts']} experts top-{c['num_experts_per_tok']}"
+           f" + {c['num_shared_experts']} shared" if c["num_experts"] else ""))
+    lines.append("")
+    lines.append("layers (0-based)")
+    for kind in ("gla", "swa", "full", "parallel"):
+        if L["counts"][kind] or kind in ("gla", "swa"):
+            lines.append(f"  {kind:<10}{L['counts'][kind]:>4}  {_indices(L['kinds'][kind])}")
+    if L["kinds"]["parallel"]:
+        lines.append(f"  {' +window':<10}{len(L['parallel_window']):>4}  {_indices(L['parallel_window'])}")
+        lines.append(f"  {' +full':<10}{len(L['parallel_full']):>4}  {_indices(L['parallel_full'])}")
+    lines.append(f"  dense MLP {len(L['dense_mlp']):>4}  {_indices(L['dense_mlp'])}")
+    if L["moe"]:
+        lines.append(f"  MoE MLP   {len(L['moe']):>4}  {_indices(L['moe'])}")
+    lines.append("")
+    nb = info["dtype_bytes"]
+    lines.append(f"parameters                       count   weights at {nb} B each")
+    rows = [("total", P["total"]), ("active per token", P["active_per_token"]),
+            ("  embeddings", P["embeddings"]),
+            ("  lm_head" + (" (tied)" if c["tie_word_embeddings"] else ""), P["lm_head"]),
+            ("  GLA mixers", P["gla"]), ("  softmax attention", P["attention"]),
+            ("  dense MLPs", P["mlp_dense"])]
+    if L["moe"]:
+        rows += [("  MoE routers", P["moe_router"]), ("  MoE routed experts", P["moe_routed_experts"]),
+                 ("  MoE shared experts", P["moe_shared_experts"])]
+    rows += [("  norms", P["norms"])]
+    if P["sink_embeddings"]:
+        rows.append(("  sink embeddings", P["sink_embeddings"]))
+    for name, n in rows:
+        lines.append(f"  {name:<22}{n:>16,} {_count(n):>9}   {_bytes(n * nb):>10}")
+    lines.append("")
+    S = info["state"]
+    if S:
+        lines.append(f"decode state per sequence ({info['dtype']} elements, int64 positions)")
+        head = f"  {'context':<30}" + "".join(f"{_ctx(s['context']):>14}" for s in S)
+        lines.append(head)
+        srows = [("GLA state", "gla_state_bytes"), ("window K/V", "window_kv_bytes"),
+                 ("full-attention K/V", "full_kv_bytes"), ("cache positions", "position_bytes"),
+                 ("total (DecodeState.nbytes)", "total_bytes")]
+        for name, key in srows:
+            lines.append(f"  {name:<30}" + "".join(f"{_bytes(s[key]):>14}" for s in S))
+        lines.append(f"  {'  upstream GLA layout [H,d,d]':<30}"
+                     + "".join(f"{_bytes(s['total_bytes_upstream_gla']):>14}" for s in S))
+        lines.append(f"  {'  all-full-attention KV cache':<30}"
+                     + "".join(f"{_bytes(s['full_attention_kv_bytes']):>14}" for s in S))
+        if len(S) > 1 and S[0]["total_bytes"]:
+            ratio = S[-1]["total_bytes"] / S[0]["total_bytes"]
+            lines.append(f"  state {_ctx(S[-1]['context'])} / {_ctx(S[0]['context'])}: "
+                         f"{ratio:.2f}x"
+                         + ("  (constant: no full-attention layer)" if info["state_constant"]
+                            else "  (full-attention layers grow with the context)"))
+        if L["with_window_cache"]:
+            lines.append("  window rings are allocated whole on the first token "
+                         "(sinks + window slots per layer)")
+    return "\n".join(lines)
