@@ -1,13 +1,33 @@
-"""sbsnn: spiking conversion, event-driven simulation and reports for hybrid LLMs."""
+"""sbsnn: spiking conversion, event-driven simulation and reports for hybrid LLMs.
+
+The main entry points, imported lazily so ``import sbsnn`` stays cheap::
+
+    model = sbsnn.load_model("tiny-hybrid")          # float model (sbsnn.models)
+    snn = sbsnn.convert(model, preset="paper")       # spiking model (sbsnn.converters)
+    sbsnn.save_spiking(snn, "out/"); sbsnn.load_spiking("out/")
+"""
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "load_model": "sbsnn.models",
+    "convert": "sbsnn.converters",
+    "convert_checkpoint": "sbsnn.converters",
+    "save_spiking": "sbsnn.converters",
+    "load_spiking": "sbsnn.converters",
+}
 
-def load_model(name_or_dir, device="cpu", dtype=None, allow_pickle=False):
-    """Load a float model by embedded name (``"tiny-hybrid"``) or checkpoint directory."""
-    from sbsnn.models import load_model as _load
 
-    return _load(name_or_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sbsnn' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "load_model"]
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["__version__", *_LAZY]

@@ -13,6 +13,7 @@ examples:
   sbsnn info tiny-hybrid             layers, parameters, state bytes
   sbsnn info path/to/checkpoint      (a directory holding config.json)
   sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
+  sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --calib text.txt
 """
 
 
@@ -50,6 +51,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from sbsnn.converters import convert_checkpoint
+
+    t0 = time.perf_counter()
+    scfg = convert_checkpoint(args.src, args.out, preset=args.preset, coding=args.coding,
+                              k=args.k, group_size=args.group_size, targets=args.targets,
+                              exclude=args.exclude, force=args.force,
+                              allow_pickle=args.allow_pickle, progress=not args.quiet)
+    q = scfg.quantization
+    print(f"wrote {args.out}: {len(scfg.targets)} spiking linear layers "
+          f"({scfg.preset or 'custom targets'}, {scfg.coding}, k={scfg.k:g}, "
+          f"group {scfg.group_size}) in {time.perf_counter() - t0:.1f} s")
+    print(f"  INT8 codes: {q['codes']:,}; clamped to +-127: {q['clamped']:,}; "
+          f"largest weight error {q['max_abs_weight_error']:.3g}")
+    if args.calib:
+        import sbsnn
+        from sbsnn.analysis import fidelity
+
+        text = Path(args.calib).read_text(encoding="utf-8")
+        f = fidelity(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
+                     sbsnn.load_spiking(args.out), text)
+        print(f"  fidelity on {args.calib} ({f.tokens:,} tokens): perplexity float "
+              f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
+              f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sbsnn.demo import run_demo
 
@@ -74,6 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first N characters of the held-out text")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert a checkpoint to spiking form",
+                       description="Convert a float checkpoint to a spiking checkpoint: INT8 "
+                       "weights and adaptive-threshold spikes on the inputs of the targeted "
+                       "linear layers. Works layer by layer from the memory-mapped source; "
+                       "writes a temporary directory and renames it at the end.")
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or embedded name")
+    p.add_argument("out", help="output directory (must not exist unless --force)")
+    p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"],
+                   help="which layers to spike (default: %(default)s; see docs/spiking-checkpoint.md)")
+    p.add_argument("--coding", default="ternary",
+                   choices=["binary", "ternary", "bitwise", "twos_complement"],
+                   help="how counts become time steps (default: %(default)s)")
+    p.add_argument("--k", type=float, default=3.0, help="threshold divisor, V_th = mean|x|/k (default: 3)")
+    p.add_argument("--group-size", type=int, default=128, help="inputs per INT8 weight scale (default: 128)")
+    p.add_argument("--targets", nargs="+", metavar="GLOB",
+                   help="module-name patterns to convert instead of a preset, e.g. '*.q_proj' '*.mlp.*'")
+    p.add_argument("--exclude", nargs="+", metavar="GLOB", help="module-name patterns to leave float")
+    p.add_argument("--calib", metavar="TEXT", help="text file: print float vs spiking perplexity, "
+                   "top-1 agreement and KL on it")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",
                        description="Describe a model from its config alone: layers by kind, "
@@ -107,11 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
+    import signal
+
     from sbsnn.models.errors import CheckpointError
 
+    # A terminated run unwinds like an interrupted one, so partial outputs are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"sbsnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

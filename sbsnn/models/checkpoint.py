@@ -196,50 +196,65 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     raw, origin = read_state_dict(d, allow_pickle=allow_pickle)
     with torch.device("meta"):
         model = HybridForCausalLM(cfg)
-    expected = model.state_dict()
-    state: dict[str, torch.Tensor] = {}
-    source: dict[str, str] = {}  # sbsnn name -> name in the file
-    unexpected = []
-    for key, t in raw.items():
-        name = rename_key(key, cfg.model_type)
-        if name in expected:
-            state[name] = t
-            source[name] = key
-        elif name == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue  # some writers store the tied head anyway
-        elif not _IGNORED.search(name):
-            unexpected.append((key, origin[key]))
-    if unexpected:
-        key, file = unexpected[0]
-        raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of a "
-                              f"{cfg.model_type} model with this config.json; "
-                              f"{len(unexpected)} unexpected in all)")
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise CheckpointError(f"{d}: tensor {missing[0]!r} is missing "
-                              f"({len(missing)} missing in all, e.g. {missing[:3]})")
-    for name, t in state.items():
-        want, key = expected[name], source[name]
-        if tuple(t.shape) != tuple(want.shape):
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
-                                  f"config.json implies {tuple(want.shape)}")
-        if not t.is_floating_point():
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "
-                                  "a float model needs floating-point weights")
-        if dtype is not None:
-            t = t.to(dtype)
-        state[name] = t.to(device)
-    model.load_state_dict(state, assign=True)
-    # Non-persistent buffers would still be on meta; this model has none, check anyway.
-    for name, b in model.named_buffers():
-        if b.is_meta:
-            raise CheckpointError(f"internal: buffer {name} was not initialised")
+    fill_state(model, raw, origin, d, cfg.model_type, device=device, dtype=dtype)
     model.eval()
     try:
         model.tokenizer = tokenizer_for(d, cfg.vocab_size)
     except ImportError as e:
         warnings.warn(f"{d}: model loaded without its tokenizer: {e}", stacklevel=2)
     return model
+
+
+def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dict[str, Path],
+               directory: Path, model_type: str = "sbsnn_hybrid",
+               device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
+    """Check ``raw`` tensors against ``model``'s state dict (names, shapes, dtypes) and
+    assign them (``model`` may live on the meta device). Errors name file and tensor.
+
+    Floating tensors may come in any float dtype (converted to ``dtype`` if given);
+    integer tensors (INT8 codes) must have exactly the expected dtype.
+    """
+    expected = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}  # sbsnn name -> name in the file
+    unexpected = []
+    for key, t in raw.items():
+        name = rename_key(key, model_type)
+        if name in expected:
+            state[name] = t
+            source[name] = key
+        elif name == "lm_head.weight" and "lm_head.weight" not in expected:
+            continue  # tied head: some writers store it anyway
+        elif not _IGNORED.search(name):
+            unexpected.append((key, origin[key]))
+    if unexpected:
+        key, file = unexpected[0]
+        raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of this "
+                              f"{model_type} model as config.json describes it; "
+                              f"{len(unexpected)} unexpected in all)")
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise CheckpointError(f"{directory}: tensor {missing[0]!r} is missing "
+                              f"({len(missing)} missing in all, e.g. {missing[:3]})")
+    for name, t in state.items():
+        want, key = expected[name], source[name]
+        if tuple(t.shape) != tuple(want.shape):
+            raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
+                                  f"config.json implies {tuple(want.shape)}")
+        if want.is_floating_point():
+            if not t.is_floating_point():
+                raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "
+                                      "floating-point values are expected here")
+            if dtype is not None:
+                t = t.to(dtype)
+        elif t.dtype != want.dtype:
+            raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}, "
+                                  f"expected {want.dtype}")
+        state[name] = t.to(device)
+    model.load_state_dict(state, assign=True)
+    for name, b in model.named_buffers():
+        if b.is_meta:
+            raise CheckpointError(f"internal: buffer {name} was not initialised")
 
 
 def resolve(name_or_dir: str | Path) -> Path:

@@ -1,0 +1,119 @@
+"""``convert``: swap a float model's linear layers for spiking ones, in the style of
+``torch.ao.quantization.convert`` (modules replaced by name; a copy unless ``inplace``)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from sbsnn import __version__
+from sbsnn.converters.kv_quant import Int8PerTokenHead
+from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
+from sbsnn.converters.quant import QuantStats
+from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SpikingConfig:
+    """What a conversion did; saved as ``spiking_config.json`` beside the weights."""
+
+    preset: str | None
+    coding: str
+    k: float
+    group_size: int
+    targets: list[str]                      # converted nn.Linear names
+    attention_hooks: list[str] = field(default_factory=list)  # w8aspike query/KV hooks
+    patterns: list[str] | None = None       # user's glob patterns, if any
+    exclude: list[str] | None = None
+    quantization: dict = field(default_factory=dict)  # QuantStats.to_dict()
+    sbsnn_version: str = __version__
+    format: str = "sbsnn-spiking"
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_options(coding: str, k: float, group_size: int) -> None:
+    if coding not in CODINGS:
+        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
+    if not (isinstance(k, (int, float)) and k > 0):
+        raise ValueError(f"k must be a positive number, got {k!r}")
+    if not (isinstance(group_size, int) and group_size >= 1):
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def apply_structure(model: nn.Module, cfg: SpikingConfig) -> nn.Module:
+    """Replace the modules named in ``cfg`` by empty spiking ones (for loading weights)."""
+    for name in cfg.targets:
+        lin = model.get_submodule(name)
+        dev = lin.weight.device
+        _set(model, name, SpikingLinear(lin.in_features, lin.out_features, lin.bias is not None,
+                                        cfg.group_size, cfg.k, cfg.coding, device=dev,
+                                        dtype=lin.weight.dtype))
+    _apply_hooks(model, cfg)
+    model.spiking_config = cfg
+    return model
+
+
+def _apply_hooks(model: nn.Module, cfg: SpikingConfig) -> None:
+    for name in cfg.attention_hooks:
+        attn = model.get_submodule(name)
+        attn.q_post_rope = AdaptiveThresholdNeuron(cfg.k, cfg.coding, "s")
+        attn.k_cache_quant = Int8PerTokenHead()
+        attn.v_cache_quant = Int8PerTokenHead()
+
+
+@torch.no_grad()
+def convert(model: nn.Module, preset: str | None = "paper", coding: str = "ternary",
+            k: float = 3.0, group_size: int = 128, targets: list[str] | None = None,
+            exclude: list[str] | None = None, inplace: bool = False,
+            progress: bool = False) -> nn.Module:
+    """The spiking version of ``model``.
+
+    Each targeted ``nn.Linear`` becomes a :class:`SpikingLinear` (INT8 weight codes per
+    output channel and group of ``group_size`` inputs; input spiked with threshold
+    ``mean|x| / k`` per token). ``preset`` picks the targets (see
+    :mod:`sbsnn.converters.presets`); ``targets`` (glob patterns over module names)
+    overrides it, ``exclude`` removes names. The result carries ``spiking_config``.
+    """
+    _check_options(coding, k, group_size)
+    if targets is None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    if not inplace:
+        tok = getattr(model, "tokenizer", None)
+        model = copy.deepcopy(model)
+        if tok is not None:
+            model.tokenizer = tok
+    names = linear_targets(model, None if targets else preset, targets, exclude)
+    if not names:
+        raise ValueError("nothing to convert: no nn.Linear module matches")
+    stats = QuantStats()
+    from tqdm.auto import tqdm
+
+    for name in tqdm(names, desc="convert", unit="layer", disable=not progress):
+        sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
+        _set(model, name, sl)
+        stats = stats.merge(sl.quant_stats)
+    cfg = SpikingConfig(preset=None if targets else preset, coding=coding, k=float(k),
+                        group_size=group_size, targets=names,
+                        attention_hooks=attention_hook_targets(model, None if targets else preset),
+                        patterns=targets, exclude=exclude, quantization=stats.to_dict())
+    _apply_hooks(model, cfg)
+    model.spiking_config = cfg
+    return model
+
+
+def spiking_layers(model: nn.Module) -> list[tuple[str, SpikingLinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingLinear)]

@@ -1,0 +1,56 @@
+"""Which modules a conversion touches.
+
+Presets (SpikingBrain report section 3 and its released W8ASpike code):
+
+- ``paper``: the input of every linear projection is spiked and its weight made INT8:
+  attention q, k, v, o, the GLA gate (both low-rank halves), MLP gate, up and down, MoE
+  router and experts. Never the embedding or ``lm_head``.
+- ``w8aspike``: what the released code does: as ``paper`` but every ``down_proj`` stays
+  dense and float (upstream fuses it into a SwiGLU kernel); in window/full attention
+  layers the query is spiked again after RoPE with one threshold per (token, head), and
+  keys and values are INT8 per (token, head) as they enter the cache.
+- custom: ``targets``, glob patterns over module names (``fnmatch``), for any model
+  built from ``nn.Linear`` (Llama, Qwen2, a BERT-style encoder, your own).
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+PRESETS = ("paper", "w8aspike")
+HEAD_NAMES = ("lm_head",)
+
+
+def _is_head(name: str) -> bool:
+    return name.split(".")[-1] in HEAD_NAMES
+
+
+def linear_targets(model: nn.Module, preset: str | None = "paper",
+                   targets: list[str] | None = None, exclude: list[str] | None = None) -> list[str]:
+    """Names of the ``nn.Linear`` modules to convert, in model order."""
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if targets:
+        chosen = [n for n in linears if any(fnmatchcase(n, p) for p in targets)]
+        unmatched = [p for p in targets if not any(fnmatchcase(n, p) for n in linears)]
+        if unmatched:
+            raise ValueError(f"targets {unmatched} match no nn.Linear module; linear modules "
+                             f"look like {linears[:4]}")
+    elif preset == "paper":
+        chosen = [n for n in linears if not _is_head(n)]
+    elif preset == "w8aspike":
+        chosen = [n for n in linears if not _is_head(n) and not n.endswith("down_proj")]
+    else:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    if exclude:
+        chosen = [n for n in chosen if not any(fnmatchcase(n, p) for p in exclude)]
+    return chosen
+
+
+def attention_hook_targets(model: nn.Module, preset: str | None) -> list[str]:
+    """Names of softmax-attention modules whose query/KV hooks ``w8aspike`` fills."""
+    if preset != "w8aspike":
+        return []
+    return [n for n, m in model.named_modules()
+            if all(hasattr(m, h) for h in ("q_post_rope", "k_cache_quant", "v_cache_quant"))]

@@ -1,0 +1,90 @@
+"""``SpikingLinear``: INT8 weights, adaptive-threshold spike counts on the input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sbsnn.converters.quant import (QuantStats, dequantize_weight, group_accumulate,
+                                    num_groups, quantize_weight, rescale)
+from sbsnn.neurons import AdaptiveThresholdNeuron, spike_counts
+
+# Bytes of float64 [G, tokens, out] accumulators one forward block may hold.
+_BLOCK_BYTES = 256 << 20
+
+
+class SpikingLinear(nn.Module):
+    """A linear layer whose input is spiked and whose weight is INT8.
+
+    ``forward(x)``: per token ``V_th = mean|x| / k`` and counts ``round(x / V_th)``
+    (``sbsnn.neurons``), then ``y = V_th * sum_g scale_g * (W_g @ counts_g) + b`` with
+    exact integer group sums. Equal, up to one final float rounding, to the
+    fake-quantised ``(counts * V_th) @ (codes * scale).T + b``.
+
+    Buffers: ``weight_codes`` int8 ``[out, in]``, ``weight_scales`` float32 ``[out, G]``,
+    ``bias`` (optional). ``neuron`` is the input's :class:`AdaptiveThresholdNeuron` (its
+    ``k`` and ``coding`` are the layer's); SpikingJelly hooks and monitors see it.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 group_size: int = 128, k: float = 3.0, coding: str = "ternary",
+                 device=None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        G = num_groups(in_features, group_size)
+        self.register_buffer("weight_codes", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scales", torch.zeros(out_features, G, dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+        self.neuron = AdaptiveThresholdNeuron(k=k, coding=coding, step_mode="s")
+        self.quant_stats = QuantStats()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128, k: float = 3.0,
+                    coding: str = "ternary") -> "SpikingLinear":
+        w = linear.weight
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size,
+                k, coding, device=w.device, dtype=w.dtype)
+        codes, scales, stats = quantize_weight(w, group_size)
+        m.weight_codes.copy_(codes)
+        m.weight_scales.copy_(scales)
+        if linear.bias is not None:
+            m.bias.data.copy_(linear.bias.detach())
+        m.quant_stats = stats
+        return m
+
+    @property
+    def k(self) -> float:
+        return self.neuron.k
+
+    @property
+    def coding(self) -> str:
+        return self.neuron.coding
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, group_size={self.group_size}, int8 weights")
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_weight(self.weight_codes, self.weight_scales, self.group_size, dtype)
+
+    def spike(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts ``[N, in]`` and thresholds ``[N, 1]`` of the input rows."""
+        n = self.neuron
+        counts, v_th = spike_counts(x.reshape(-1, self.in_features), n.k, threshold=n.threshold,
+                                    max_count=n.max_count)
+        n.v_th = v_th
+        return counts, v_th
+
+    def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks."""
+        G = self.weight_scales.shape[1]
+        block = max(1, _BLOCK_BYTES // max(1, G * self.out_features * 8))
+        outs = [rescale(group_accumulate(counts[s:s + block], self.weight_codes, self.group_size),
+                        self.weight_scales, v_th[s:s + block], self.bias, dtype)
+                for s in range(0, counts.shape[0], block)]
+        return torch.cat(outs) if outs else counts.new_zeros(0, self.out_features, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counts, v_th = self.spike(x)
+        y = self.forward_counts(counts, v_th, x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)

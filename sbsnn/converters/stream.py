@@ -1,0 +1,98 @@
+"""Convert a checkpoint on disk, one layer at a time.
+
+The source is memory-mapped; each transformer block is quantised and written as its own
+shard before the next is touched, so peak memory stays near one layer plus what is
+being written, not the whole model. Output goes to a temporary directory renamed at
+the end (see :class:`~sbsnn.converters.format.atomic_directory`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from sbsnn.converters.convert import SpikingConfig, _apply_hooks, _check_options, _set
+from sbsnn.converters.format import atomic_directory, write_spiking_config
+from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
+from sbsnn.converters.quant import QuantStats
+from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.models.checkpoint import fill_state, read_state_dict, resolve
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.hybrid import HybridForCausalLM
+
+# Files copied unchanged from the source directory (tokenizers and the like).
+COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+          "merges.txt", "tokenizer.model", "generation_config.json")
+
+
+def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "paper",
+                       coding: str = "ternary", k: float = 3.0, group_size: int = 128,
+                       targets: list[str] | None = None, exclude: list[str] | None = None,
+                       force: bool = False, allow_pickle: bool = False,
+                       progress: bool = True) -> SpikingConfig:
+    """Write the spiking form of checkpoint ``src`` (a directory or embedded name) to ``out``."""
+    _check_options(coding, k, group_size)
+    if targets is None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    src = resolve(src)
+    cfg = HybridConfig.from_json(src / "config.json")
+    raw, origin = read_state_dict(src, allow_pickle=allow_pickle)
+    with torch.device("meta"):
+        model = HybridForCausalLM(cfg)
+    fill_state(model, raw, origin, src, cfg.model_type)  # views of the mapped files
+    del raw
+    chosen = None if targets else preset
+    names = linear_targets(model, chosen, targets, exclude)
+    if not names:
+        raise ValueError("nothing to convert: no nn.Linear module matches")
+    scfg = SpikingConfig(preset=chosen, coding=coding, k=float(k), group_size=group_size,
+                         targets=names, attention_hooks=attention_hook_targets(model, chosen),
+                         patterns=targets, exclude=exclude)
+    blocks = [(f"model.layers.{i}", layer) for i, layer in enumerate(model.model.layers)]
+    n_shards = len(blocks) + 1
+    shard = lambda i: f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"  # noqa: E731
+    weight_map: dict[str, str] = {}
+    total = 0
+    stats = QuantStats()
+    from tqdm.auto import tqdm
+
+    with atomic_directory(out, force) as tmp:
+        for i, (prefix, block) in enumerate(tqdm(blocks, desc="convert", unit="layer",
+                                                 disable=not progress)):
+            for name in [n for n in names if n.startswith(prefix + ".")]:
+                sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
+                _set(model, name, sl)
+                stats = stats.merge(sl.quant_stats)
+            tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
+            total += _write(tmp / shard(i), tensors, weight_map)
+            model.model.layers[i] = nn.Module()  # release this layer before the next
+        rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
+                if not k_.startswith("model.layers.")}
+        for name in [n for n in names if not n.startswith("model.layers.")]:
+            raise ValueError(f"target {name!r} lies outside the transformer blocks; "
+                             "the streaming converter converts block layers only")
+        total += _write(tmp / shard(len(blocks)), rest, weight_map)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        shutil.copyfile(src / "config.json", tmp / "config.json")
+        for name in COPIED:
+            if (src / name).exists():
+                shutil.copyfile(src / name, tmp / name)
+        scfg.quantization = stats.to_dict()
+        write_spiking_config(tmp, scfg)
+    return scfg
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> int:
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    for name in tensors:
+        weight_map[name] = path.name
+    return sum(t.numel() * t.element_size() for t in tensors.values())
