@@ -76,6 +76,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON object is expected, "
+                              f"got {type(header).__name__})")
     header.pop("__metadata__", None)
     base = 8 + n
     out: dict[str, torch.Tensor] = {}
@@ -88,6 +91,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: tensor {name!r} has an unreadable header entry "
                                   f"{meta!r}") from None
+        if start < 0 or end < start or any(n_ < 0 for n_ in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry "
+                                  f"(data_offsets {[start, end]}, shape {shape})")
         itemsize = torch.empty((), dtype=dtype).element_size()
         if end - start != int(np.prod(shape, dtype=np.int64)) * itemsize:
             raise CheckpointError(f"{path}: tensor {name!r}: {end - start} bytes stored for "
@@ -166,6 +172,9 @@ def _read_index(index: Path) -> dict[str, str]:
         weight_map = json.loads(index.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index}: not a valid index ({e!r}); it needs a 'weight_map'") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a valid index: 'weight_map' must map tensor names "
+                              "to shard file names")
     for shard in set(weight_map.values()):
         if not (index.parent / shard).exists():
             raise CheckpointError(f"{index.parent / shard}: shard listed in {index.name} "

@@ -23,6 +23,8 @@ from torch import nn
 
 from sbsnn.models.layers import RMSNorm
 
+GATE_FLOOR = -60.0
+
 
 def gla_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                   state: torch.Tensor | None = None, scale: float | None = None
@@ -57,6 +59,10 @@ def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tens
     scale = dk ** -0.5 if scale is None else scale
     if state is None:
         state = q.new_zeros(B, Hkv, dk, dv)
+    # Differences of cumulative gates must stay finite (-inf - -inf is NaN), and huge
+    # magnitudes would cancel badly: a per-step decay below exp(-60) ~ 1e-26 is already
+    # total forgetting next to the current token's weight of 1.
+    g = g.clamp(min=GATE_FLOOR)
     C = chunk_size
     pad = (-L) % C
     if pad:  # zero k, v and g on padding: no contribution, no decay
