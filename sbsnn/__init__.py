@@ -15,6 +15,8 @@ _LAZY = {
     "convert_checkpoint": "sbsnn.converters",
     "save_spiking": "sbsnn.converters",
     "load_spiking": "sbsnn.converters",
+    "simulate": "sbsnn.sim",
+    "load_recording": "sbsnn.sim",
 }
 
 

@@ -78,6 +78,32 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    import sbsnn
+
+    model = sbsnn.load_spiking(args.spiking_dir)
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else args.prompt
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    r = sbsnn.simulate(model, text, backend=args.backend, record=args.record,
+                       block_size=args.block_size, max_tokens=args.max_tokens,
+                       return_logits=False, progress=not args.quiet,
+                       record_events=args.record_events,
+                       metadata={"model_dir": str(args.spiking_dir)})
+    t = r.totals()
+    print(f"simulated {r.tokens:,} tokens through {len(r.layers)} spiking layers "
+          f"({r.backend} backend, {r.coding} coding) in {r.seconds:.1f} s")
+    print(f"  events          {t['events']:,} ({t['events_pos']:,} positive, {t['events_neg']:,} negative)")
+    print(f"  synaptic ops    {t['synaptic_ops']:,} (dense MACs {t['dense_macs']:,}: "
+          f"ratio {t['synaptic_ops'] / max(1, t['dense_macs']):.3f})")
+    print(f"  zero counts     {100 * t['zero_fraction']:.2f} % of {t['elements']:,} inputs; "
+          f"{t['spikes_per_element']:.3f} spikes per input; slot sparsity {100 * t['slot_sparsity']:.2f} %")
+    if args.record:
+        print(f"  recording       {args.record}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from sbsnn.demo import run_demo
 
@@ -127,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser("simulate", help="simulate a spiking checkpoint event by event",
+                       description="Run a spiking checkpoint on a text with every spiking "
+                       "layer computed from its spike events; print events, synaptic "
+                       "operations and sparsity; optionally record counts to HDF5.")
+    p.add_argument("spiking_dir", help="directory written by sbsnn convert")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", metavar="FILE", help="text file to run")
+    g.add_argument("--prompt", metavar="STR", help="text given inline")
+    p.add_argument("--record", metavar="FILE.h5", help="write counts and thresholds per layer (HDF5)")
+    p.add_argument("--record-events", action="store_true", help="also store every event (large)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"],
+                   help="auto: CuPy kernels when a GPU is usable, PyTorch otherwise")
+    p.add_argument("--max-tokens", type=int, default=None, help="simulate at most N tokens")
+    p.add_argument("--block-size", type=int, default=256,
+                   help="tokens per step through the decoding state (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
+
     p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",
                        description="Describe a model from its config alone: layers by kind, "
                        "parameters (total and active for MoE), state and cache bytes per "
@@ -167,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"sbsnn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,6 +37,9 @@ class SpikingLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.neuron = AdaptiveThresholdNeuron(k=k, coding=coding, step_mode="s")
         self.quant_stats = QuantStats()
+        # When set (by sbsnn.sim), forward(x) returns executor(self, x) instead of the
+        # integer path: the simulator computes the same layer from its spike events.
+        self.executor = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, k: float = 3.0,
@@ -77,14 +80,20 @@ class SpikingLinear(nn.Module):
 
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks."""
-        G = self.weight_scales.shape[1]
-        block = max(1, _BLOCK_BYTES // max(1, G * self.out_features * 8))
+        block = self.token_block()
         outs = [rescale(group_accumulate(counts[s:s + block], self.weight_codes, self.group_size),
                         self.weight_scales, v_th[s:s + block], self.bias, dtype)
                 for s in range(0, counts.shape[0], block)]
         return torch.cat(outs) if outs else counts.new_zeros(0, self.out_features, dtype=dtype)
 
+    def token_block(self) -> int:
+        """Tokens per block so that ``[G, tokens, out]`` 8-byte accumulators stay bounded."""
+        G = self.weight_scales.shape[1]
+        return max(1, _BLOCK_BYTES // max(1, G * self.out_features * 8))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.executor is not None:
+            return self.executor(self, x)
         counts, v_th = self.spike(x)
         y = self.forward_counts(counts, v_th, x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
