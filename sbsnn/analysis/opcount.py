@@ -1,0 +1,230 @@
+"""Operations of a hybrid model that never spike, counted from its config alone.
+
+The spiking simulator counts events only at the inputs of the converted linear layers.
+Everything else still runs at full precision (FP16 by default in the energy model):
+attention scores and weighted sums, GLA state updates and readouts, RMSNorms, RoPE, the
+SwiGLU activation, residual adds, ``lm_head`` and the embedding lookup.
+:func:`nonspiking_ops` counts them per component so that :mod:`sbsnn.analysis.energy`
+can price them and show them apart.
+
+Two kinds of count, told apart by the key's suffix:
+
+* ``*_macs``: multiply-accumulates (one multiply and one add);
+* ``*_ops``: single elementwise operations (an add, a multiply, a compare, an exp...);
+* ``embedding_reads`` (elements read from the embedding table) is a memory count, neither.
+
+``total_macs`` and ``total_ops`` sum the two kinds.
+
+Per token and per layer, with ``h`` hidden size, ``H`` query heads, ``Hkv`` key/value
+heads, ``D`` head dim, ``I`` intermediate size, ``V`` vocabulary, ``K`` keys a query
+sees (below):
+
+=====================  ==============================================  =============
+component              count per token                                 where
+=====================  ==============================================  =============
+attn_qk_macs           H * K * D              (q . k for every key)     window/full
+attn_av_macs           H * K * D              (softmax weights x V)     window/full
+attn_softmax_ops       5 * H * K  (max, subtract, exp, sum, divide)     window/full
+attn_scale_ops         H * D      (q / sqrt(D))                         window/full
+rope_ops               3 * (H + Hkv) * D  (x*cos + rot(x)*sin)          window/full
+gla_state_macs         Hkv * D * D  (S += k^T v)                        GLA
+gla_decay_ops          Hkv * D * D  (S *= exp(g), one multiply each)    GLA
+gla_gate_ops           3 * Hkv * D  (logsigmoid, / normaliser, exp)     GLA
+gla_feature_ops        (H + Hkv) * D  (ReLU or sigmoid on q and k)      GLA
+gla_scale_ops          H * D      (q / sqrt(D))                         GLA
+gla_readout_macs       H * D * D    (o = q S, per query head)           GLA
+rmsnorm_ops            4 per element (square, sum, x * rsqrt, * weight)  every norm
+residual_adds_ops      2 * h (+ h to sum the two branches of a parallel layer)
+swiglu_ops             5 * I  (silu = exp, add, divide, multiply; gate * up)
+moe_router_ops         2 * E  (router activation and top-k compare)     MoE layers
+moe_combine_ops        2 * h * (top_k + shared)  (weight and sum)       MoE layers
+lm_head_macs           V * h                                            once
+embedding_reads        h  (elements read)                               once
+dense_<proj>_macs      in * out of each projection named in ``dense_projections``
+=====================  ==============================================  =============
+
+Norms: attn_norm and mlp_norm in every layer (plus the two branch norms of a parallel
+layer), the per-head ``g_norm`` of GLA over ``H * D`` elements, the final norm over ``h``.
+
+Keys a query sees, ``K``:
+
+* ``context=None``: the ``tokens`` form a fresh sequence (a prefill from an empty state);
+  the query at (non-sink) index ``j`` sees the causal keys of its window plus the sink
+  keys, exactly as :class:`~sbsnn.models.attention.WindowAttention` masks them:
+  ``min(S + j + 1, W) + min(S, max(0, S + j - W + 1))`` with ``S`` sink tokens (``W``
+  infinite for full attention). Summed in closed form.
+* ``context=c``: steady-state decoding; every one of the ``tokens`` sees ``min(c, W)``
+  keys of the window (``c`` for full attention; ``c`` counts the token itself) plus the
+  ``S`` sink keys.
+
+Assumptions (each an undercount or overcount the reader should know):
+
+* GLA is counted in its recurrent (token by token) form, the decoding form. The chunked
+  form a prompt goes through does different (more) work for the same result.
+* An exp, a logsigmoid, an rsqrt or a division counts as one op, as does a compare.
+* Sink tokens are not counted as queries (they are a one-time prefix), only as keys.
+* Projections (q, k, v, o, the GLA gate, MLP gate/up/down, MoE router and experts) are
+  spiking layers and are NOT counted here, except those named in ``dense_projections``
+  (the ``w8aspike`` preset leaves every ``down_proj`` dense: pass
+  ``dense_projections=("down_proj",)``). ``lm_head`` is always dense and always counted.
+* The ``w8aspike`` per-head query spiking and INT8 K/V caching change the precision of the
+  attention products, not their number; they are counted here at the stated precision.
+* Memory traffic of these operations (KV cache, GLA state, lm_head weights) is not
+  counted, only arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from sbsnn.models.config import HybridConfig
+
+__all__ = ["DENSE_PROJECTIONS", "nonspiking_ops", "visible_keys"]
+
+DENSE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gk_proj", "gate_proj",
+                     "up_proj", "down_proj", "router")
+
+RMSNORM_OPS = 4        # per element
+SOFTMAX_OPS = 5        # per score
+ROPE_OPS = 3           # per element of q and k
+GATE_OPS = 3           # per gate element
+SWIGLU_OPS = 5         # per intermediate element
+
+
+def _sum_min(a: int, n: int, w: int | None) -> int:
+    """sum_{j=0}^{n-1} min(a + j, w)  (w None = no cap)."""
+    if n <= 0:
+        return 0
+    if w is None:
+        return n * a + n * (n - 1) // 2
+    m = min(max(w - a, 0), n)           # terms below the cap
+    return m * a + m * (m - 1) // 2 + (n - m) * w
+
+
+def _sum_relu(c: int, n: int) -> int:
+    """sum_{j=0}^{n-1} max(0, c + j)."""
+    j0 = max(0, 1 - c)
+    k = n - j0
+    if k <= 0:
+        return 0
+    return k * c + (j0 + n - 1) * k // 2
+
+
+def visible_keys(tokens: int, window: int | None, context: int | None = None,
+                 sinks: int = 0) -> int:
+    """Keys seen, summed over ``tokens`` queries (see the module docstring for ``K``)."""
+    if tokens < 0:
+        raise ValueError(f"tokens must be >= 0, got {tokens}")
+    if context is not None:
+        if context < 1:
+            raise ValueError(f"context must be >= 1 (it counts the token itself), got {context}")
+        per = context if window is None else min(context, window)
+        return tokens * (per + sinks)
+    # Query j (absolute position S + j): window part min(S + j + 1, W); sinks outside it
+    # min(S, max(0, S + j - W + 1)).
+    in_window = _sum_min(sinks + 1, tokens, window)
+    if window is None:
+        return in_window
+    c = sinks - window + 1
+    extra_sinks = _sum_relu(c, tokens) - _sum_relu(c - sinks, tokens)
+    return in_window + extra_sinks
+
+
+def _projection_macs(cfg: HybridConfig, i: int, name: str) -> int:
+    """MACs per token of projection ``name`` in layer ``i`` (0 when the layer has none)."""
+    h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    kind = cfg.layer_kind(i)
+    mixers = 2 if kind == "parallel" else 1  # parallel: window attention + linear attention
+    gla_mixers = 1 if kind in ("gla", "parallel") else 0
+    if name == "q_proj":
+        return mixers * h * H * D
+    if name in ("k_proj", "v_proj"):
+        return mixers * h * Hkv * D
+    if name == "o_proj":
+        return mixers * H * D * h
+    if name == "gk_proj":
+        if cfg.linear_attn_gate != "lowrank":
+            return 0
+        return gla_mixers * (h * cfg.gate_low_rank_dim + cfg.gate_low_rank_dim * Hkv * D)
+    if cfg.is_moe_layer(i):
+        inter = cfg.moe_intermediate_size or cfg.intermediate_size
+        shared = cfg.shared_expert_intermediate_size or inter
+        active = cfg.num_experts_per_tok * inter + cfg.num_shared_experts * shared
+        if name == "router":
+            return h * cfg.num_experts
+        return h * active  # gate_proj, up_proj, down_proj of the active experts
+    if name == "router":
+        return 0
+    return h * cfg.intermediate_size  # gate_proj, up_proj, down_proj
+
+
+def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None, *,
+                   dense_projections: Iterable[str] = ()) -> dict[str, int]:
+    """Operations that never spike, by component, for ``tokens`` tokens of ``config``.
+
+    ``context=None``: the tokens are a fresh sequence (causal prefill); ``context=c``:
+    each token is a decoding step that sees ``c`` tokens (itself included), so window
+    layers attend over ``min(c, window)`` keys. ``dense_projections``: names of linear
+    projections the conversion leaves dense (e.g. ``("down_proj",)`` for ``w8aspike``),
+    counted as ``dense_<name>_macs``. Keys and formulas: see the module docstring.
+    """
+    cfg = config
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
+    if context is not None and (not isinstance(context, int) or context < 1):
+        raise ValueError(f"context must be None or an integer >= 1, got {context!r}")
+    dense = list(dict.fromkeys(dense_projections))
+    unknown = [n for n in dense if n not in DENSE_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"unknown projection names {unknown}; choose among {DENSE_PROJECTIONS}")
+    n = tokens
+    h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    S = cfg.num_sink_tokens
+    out = {k: 0 for k in (
+        "attn_qk_macs", "attn_av_macs", "attn_softmax_ops", "attn_scale_ops", "rope_ops",
+        "gla_state_macs", "gla_decay_ops", "gla_gate_ops", "gla_feature_ops", "gla_scale_ops",
+        "gla_readout_macs", "rmsnorm_ops", "residual_adds_ops", "swiglu_ops", "moe_router_ops",
+        "moe_combine_ops", "lm_head_macs")}
+    for name in dense:
+        out[f"dense_{name}_macs"] = 0
+    keys_cache: dict[int | None, int] = {}
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.layer_kind(i)
+        if kind in ("swa", "full", "parallel"):
+            W = cfg.window_for(i)
+            if W not in keys_cache:
+                keys_cache[W] = visible_keys(n, W, context, S)
+            K = keys_cache[W]
+            out["attn_qk_macs"] += H * D * K
+            out["attn_av_macs"] += H * D * K
+            out["attn_softmax_ops"] += SOFTMAX_OPS * H * K
+            out["attn_scale_ops"] += n * H * D
+            out["rope_ops"] += n * ROPE_OPS * (H + Hkv) * D
+        if kind in ("gla", "parallel"):
+            out["gla_state_macs"] += n * Hkv * D * D
+            out["gla_decay_ops"] += n * Hkv * D * D
+            out["gla_gate_ops"] += n * GATE_OPS * Hkv * D
+            out["gla_feature_ops"] += n * (H + Hkv) * D
+            out["gla_scale_ops"] += n * H * D
+            out["gla_readout_macs"] += n * H * D * D
+            out["rmsnorm_ops"] += n * RMSNORM_OPS * H * D        # g_norm
+        norms = 4 if kind == "parallel" else 2
+        out["rmsnorm_ops"] += n * RMSNORM_OPS * norms * h
+        out["residual_adds_ops"] += n * h * (3 if kind == "parallel" else 2)
+        if cfg.is_moe_layer(i):
+            inter = cfg.moe_intermediate_size or cfg.intermediate_size
+            shared = cfg.shared_expert_intermediate_size or inter
+            active = cfg.num_experts_per_tok * inter + cfg.num_shared_experts * shared
+            out["swiglu_ops"] += n * SWIGLU_OPS * active
+            out["moe_router_ops"] += n * 2 * cfg.num_experts
+            out["moe_combine_ops"] += n * 2 * h * (cfg.num_experts_per_tok + cfg.num_shared_experts)
+        else:
+            out["swiglu_ops"] += n * SWIGLU_OPS * cfg.intermediate_size
+        for name in dense:
+            out[f"dense_{name}_macs"] += n * _projection_macs(cfg, i, name)
+    out["rmsnorm_ops"] += n * RMSNORM_OPS * h                    # final norm
+    out["lm_head_macs"] = n * cfg.vocab_size * h
+    out["embedding_reads"] = n * h
+    out["total_macs"] = sum(v for k, v in out.items() if k.endswith("_macs"))
+    out["total_ops"] = sum(v for k, v in out.items() if k.endswith("_ops"))
+    return out
