@@ -232,7 +232,9 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     ``block_size=None`` runs the sequence in one forward pass (logits then equal
     ``spiking_model(ids)`` bit for bit); a block size feeds it through the decoding
     state in blocks (bounded memory on long texts; equal to the integer path fed the
-    same blocks). ``record="spikes.h5"`` writes counts and thresholds per layer.
+    same blocks). ``record="spikes.h5"`` writes counts and thresholds per layer; ``record``
+    may also be any object with ``write(name, counts, v_th)``, ``flush()`` and
+    ``close(complete)`` (e.g. :class:`sbsnn.analysis.SparsityCollector`).
     """
     ids = _token_ids(spiking_model, text_or_ids)
     if max_tokens is not None:
@@ -241,7 +243,9 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     ids = ids.to(device)
     backend = resolve_backend(backend)
     recorder = None
-    if record is not None:
+    if record is not None and hasattr(record, "write"):
+        recorder = record  # any object with write(name, counts, v_th), flush(), close(complete)
+    elif record is not None:
         from sbsnn.sim.recorder import Recorder
 
         recorder = Recorder(record, metadata=_recording_metadata(spiking_model, ids, metadata),
@@ -290,8 +294,12 @@ def _recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
     from sbsnn import __version__
 
     cfg = getattr(model, "spiking_config", None)
+    layers = {n: {"in_features": m.in_features, "out_features": m.out_features,
+                  "group_size": m.group_size, "bias": m.bias is not None}
+              for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
     meta = {
         "sbsnn_version": __version__,
+        "layers": layers,
         "tokens": int(ids.shape[1]),
         "token_digest": hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
         "model_config": getattr(getattr(model, "config", None), "to_dict", dict)(),
