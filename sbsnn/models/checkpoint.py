@@ -279,7 +279,12 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, allow_pickle: bool = False) -> HybridForCausalLM:
-    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory."""
+    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory.
+
+    Embedded models ship float16 weights and compute in float32 unless ``dtype`` says
+    otherwise."""
+    if dtype is None and isinstance(name_or_dir, str) and name_or_dir in EMBEDDED:
+        dtype = torch.float32
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
                            allow_pickle=allow_pickle)
 
