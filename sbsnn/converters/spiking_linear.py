@@ -7,7 +7,7 @@ from torch import nn
 
 from sbsnn.converters.quant import (QuantStats, dequantize_weight, group_accumulate,
                                     num_groups, quantize_weight, rescale)
-from sbsnn.neurons import AdaptiveThresholdNeuron, spike_counts
+from sbsnn.neurons import AdaptiveThresholdNeuron
 
 # Bytes of float64 [G, tokens, out] accumulators one forward block may hold.
 _BLOCK_BYTES = 256 << 20
@@ -72,11 +72,7 @@ class SpikingLinear(nn.Module):
 
     def spike(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Counts ``[N, in]`` and thresholds ``[N, 1]`` of the input rows."""
-        n = self.neuron
-        counts, v_th = spike_counts(x.reshape(-1, self.in_features), n.k, threshold=n.threshold,
-                                    max_count=n.max_count)
-        n.v_th = v_th
-        return counts, v_th
+        return self.neuron.spike(x.reshape(-1, self.in_features))
 
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks."""

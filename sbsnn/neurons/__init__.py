@@ -1,0 +1,52 @@
+"""Adaptive-threshold spiking neurons: spike counts, codings, IF dynamics and a module.
+
+The pure functions in :mod:`sbsnn.neurons.coding` are the single source of truth for the
+spike formula (``V_th = mean|x| / k``, ``s_INT = round(x / V_th)``); the dynamics and the
+module call them. This subpackage imports nothing else from ``sbsnn``.
+"""
+
+from .coding import (
+    CODINGS,
+    DEFAULT_K,
+    DEFAULT_MAX_BYTES,
+    V_TH_MAX,
+    V_TH_MIN,
+    PackedTrains,
+    SpikeCodingError,
+    SpikeStats,
+    adaptive_threshold,
+    calibrate_threshold,
+    capacity,
+    decode,
+    dequantize,
+    expand,
+    num_steps,
+    spike_counts,
+    spike_stats,
+)
+from .dynamics import IFResult, integrate_and_fire
+from .modules import HAS_SPIKINGJELLY, AdaptiveThresholdNeuron
+
+__all__ = [
+    "CODINGS",
+    "DEFAULT_K",
+    "DEFAULT_MAX_BYTES",
+    "V_TH_MAX",
+    "V_TH_MIN",
+    "PackedTrains",
+    "SpikeCodingError",
+    "SpikeStats",
+    "adaptive_threshold",
+    "calibrate_threshold",
+    "capacity",
+    "decode",
+    "dequantize",
+    "expand",
+    "num_steps",
+    "spike_counts",
+    "spike_stats",
+    "IFResult",
+    "integrate_and_fire",
+    "HAS_SPIKINGJELLY",
+    "AdaptiveThresholdNeuron",
+]
