@@ -14,6 +14,8 @@ examples:
   sbsnn info path/to/checkpoint      (a directory holding config.json)
   sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
   sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --calib text.txt
+  sbsnn report spikes.h5 --out report/    report.json, report.html and plots
+  sbsnn sweep tiny-hybrid --k 2 3 4 --out sweep/
 """
 
 
@@ -63,8 +65,9 @@ def cmd_convert(args) -> int:
     print(f"wrote {args.out}: {len(scfg.targets)} spiking linear layers "
           f"({scfg.preset or 'custom targets'}, {scfg.coding}, k={scfg.k:g}, "
           f"group {scfg.group_size}) in {time.perf_counter() - t0:.1f} s")
-    print(f"  INT8 codes: {q['codes']:,}; clamped to +-127: {q['clamped']:,}; "
-          f"largest weight error {q['max_abs_weight_error']:.3g}")
+    print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
+          f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
+          f"{q['max_clamp_weight_error']:.3g})")
     if args.calib:
         import sbsnn
         from sbsnn.analysis import fidelity
@@ -107,7 +110,49 @@ def cmd_simulate(args) -> int:
 def cmd_demo(args) -> int:
     from sbsnn.demo import run_demo
 
-    return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads)
+    return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads,
+                    sim_tokens="auto" if args.sim_tokens is None else args.sim_tokens,
+                    profile=args.profile, backend=args.backend, progress=not args.quiet)
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from sbsnn.analysis.report import build_report, format_summary
+
+    fid = json.loads(Path(args.fidelity).read_text(encoding="utf-8")) if args.fidelity else None
+    report = build_report(args.recording, args.out, profile=args.profile, fidelity=fid,
+                          window=args.window)
+    print(f"sbsnn report: {args.recording}")
+    print(format_summary(report, Path(args.out) / "report.html"))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import sbsnn
+    from sbsnn.analysis.sweep import format_sweep, save_sweep, sweep
+
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
+    if args.text:
+        text, source = Path(args.text).read_text(encoding="utf-8"), args.text
+    else:
+        from sbsnn.demo import heldout_text
+        text, source = heldout_text(), "the shipped held-out sample (tiny-hybrid/heldout.txt)"
+    if args.max_chars:
+        text = text[:args.max_chars]
+    print(f"sbsnn sweep: {args.checkpoint}, {args.preset} preset, {args.coding} coding, "
+          f"k = {', '.join(f'{k:g}' for k in args.k)}; {len(text):,} characters of {source}")
+    rows = sweep(model, text, ks=args.k, preset=args.preset, coding=args.coding,
+                 profile=args.profile, progress=not args.quiet)
+    save_sweep(rows, args.out, {"checkpoint": str(args.checkpoint), "text": source,
+                                "chars": len(text), "preset": args.preset, "coding": args.coding,
+                                "profile": args.profile})
+    print(format_sweep(rows))
+    print(f"wrote {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.png'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,13 +166,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the main job on the embedded model",
-                       description="Load the embedded tiny-hybrid model, score the shipped "
-                       "held-out text and continue it; prints a short summary.")
+                       description="Convert the embedded tiny-hybrid model to spiking form "
+                       "(paper preset, ternary coding, k = 3), measure its fidelity on the "
+                       "shipped held-out text, simulate it event by event with recording "
+                       "(OUT/spikes.h5), write the report (report.html, report.json, plots) "
+                       "and print a summary.")
     p.add_argument("--out", default="sbsnn-demo", help="directory for the outputs (default: %(default)s)")
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters of the held-out text")
+    p.add_argument("--sim-tokens", type=int, default=None, metavar="N",
+                   help="tokens simulated event by event (default: all on a GPU, "
+                        "256 on a CPU; 0: all)")
+    p.add_argument("--profile", default="horowitz45",
+                   help="energy profile of the spiking side (default: %(default)s)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="sparsity, energy and plots from a recording",
+                       description="Read a recording (sbsnn simulate --record FILE.h5) and write "
+                       "report.json, a self-contained report.html and PNG plots into OUT "
+                       "(atomically); print a summary. Schema: docs/report.md.")
+    p.add_argument("recording", help="HDF5 recording written by sbsnn simulate --record")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--profile", default="horowitz45",
+                   help="energy profile of the spiking side: horowitz45, loihi2018, "
+                        "truenorth2014 or a JSON file (default: %(default)s)")
+    p.add_argument("--fidelity", metavar="FILE.json",
+                   help="include fidelity figures (a JSON object as Fidelity.to_dict() writes)")
+    p.add_argument("--window", type=int, default=3,
+                   help="fixed window of the windowed slot sparsity (default: %(default)s)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="fidelity, sparsity and energy against k",
+                       description="Convert a checkpoint at several k (V_th = mean|x|/k) and "
+                       "measure perplexity, top-1 agreement, KL, sparsity and energy for each, "
+                       "beside SpikingBrain-7B's Table 11; writes OUT/sweep.json and "
+                       "OUT/sweep.png and prints the table.")
+    p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
+                   "*.safetensors) or embedded model name (tiny-hybrid)")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
+    p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
+                   help="values of k (default: 2 2.5 3 3.5 4)")
+    p.add_argument("--text", metavar="FILE", help="text file (default: the shipped held-out sample)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"])
+    p.add_argument("--coding", default="ternary",
+                   choices=["binary", "ternary", "bitwise", "twos_complement"])
+    p.add_argument("--profile", default="horowitz45", help="energy profile (default: %(default)s)")
+    p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("convert", help="convert a checkpoint to spiking form",
                        description="Convert a float checkpoint to a spiking checkpoint: INT8 "

@@ -43,9 +43,9 @@ class SpikingConfig:
 def _check_options(coding: str, k: float, group_size: int) -> None:
     if coding not in CODINGS:
         raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
-    if not (isinstance(k, (int, float)) and k > 0):
-        raise ValueError(f"k must be a positive number, got {k!r}")
-    if not (isinstance(group_size, int) and group_size >= 1):
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k < float("inf"):
+        raise ValueError(f"k must be a positive finite number, got {k!r}")
+    if isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size >= 1):
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
 
 
@@ -70,6 +70,8 @@ def apply_structure(model: nn.Module, cfg: SpikingConfig) -> nn.Module:
 def _apply_hooks(model: nn.Module, cfg: SpikingConfig) -> None:
     for name in cfg.attention_hooks:
         attn = model.get_submodule(name)
+        if not all(hasattr(attn, h) for h in ("q_post_rope", "k_cache_quant", "v_cache_quant")):
+            raise AttributeError(f"{name} is not a softmax-attention module with query/KV hooks")
         attn.q_post_rope = AdaptiveThresholdNeuron(cfg.k, cfg.coding, "s")
         attn.k_cache_quant = Int8PerTokenHead()
         attn.v_cache_quant = Int8PerTokenHead()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, apply_structure
+from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, _check_options, apply_structure
 from sbsnn.models.checkpoint import fill_state, read_state_dict, save_pretrained
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
@@ -83,9 +83,13 @@ def read_spiking_config(directory: str | Path) -> SpikingConfig:
                               f"reads ({FORMAT_VERSION}); upgrade sbsnn")
     names = set(SpikingConfig.__dataclass_fields__)
     try:
-        return SpikingConfig(**{k: v for k, v in d.items() if k in names})
-    except TypeError as e:
+        cfg = SpikingConfig(**{k: v for k, v in d.items() if k in names})
+        _check_options(cfg.coding, cfg.k, cfg.group_size)
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: {e}") from None
+    if not isinstance(cfg.targets, list) or not all(isinstance(t, str) for t in cfg.targets):
+        raise CheckpointError(f"{path}: 'targets' must be a list of module names")
+    return cfg
 
 
 def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = False,
@@ -97,6 +101,9 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
     with atomic_directory(directory, force) as tmp:
         save_pretrained(model, tmp, max_shard_bytes=max_shard_bytes)
         write_spiking_config(tmp, cfg)
+        tok_path = getattr(getattr(model, "tokenizer", None), "path", None)
+        if tok_path is not None:  # a Hugging Face tokenizer.json travels with the weights
+            shutil.copyfile(tok_path, tmp / "tokenizer.json")
     return Path(directory)
 
 

@@ -56,8 +56,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
     scfg = SpikingConfig(preset=chosen, coding=coding, k=float(k), group_size=group_size,
                          targets=names, attention_hooks=attention_hook_targets(model, chosen),
                          patterns=targets, exclude=exclude)
-    blocks = [(f"model.layers.{i}", layer) for i, layer in enumerate(model.model.layers)]
-    n_shards = len(blocks) + 1
+    n_blocks = len(model.model.layers)
+    n_shards = n_blocks + 1
     shard = lambda i: f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"  # noqa: E731
     weight_map: dict[str, str] = {}
     total = 0
@@ -65,21 +65,22 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
     from tqdm.auto import tqdm
 
     with atomic_directory(out, force) as tmp:
-        for i, (prefix, block) in enumerate(tqdm(blocks, desc="convert", unit="layer",
-                                                 disable=not progress)):
+        for i in tqdm(range(n_blocks), desc="convert", unit="layer", disable=not progress):
+            prefix, block = f"model.layers.{i}", model.model.layers[i]
             for name in [n for n in names if n.startswith(prefix + ".")]:
                 sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
                 _set(model, name, sl)
                 stats = stats.merge(sl.quant_stats)
             tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
             total += _write(tmp / shard(i), tensors, weight_map)
+            del block
             model.model.layers[i] = nn.Module()  # release this layer before the next
         rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
                 if not k_.startswith("model.layers.")}
         for name in [n for n in names if not n.startswith("model.layers.")]:
             raise ValueError(f"target {name!r} lies outside the transformer blocks; "
                              "the streaming converter converts block layers only")
-        total += _write(tmp / shard(len(blocks)), rest, weight_map)
+        total += _write(tmp / shard(n_blocks), rest, weight_map)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         shutil.copyfile(src / "config.json", tmp / "config.json")

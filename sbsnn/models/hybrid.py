@@ -110,7 +110,8 @@ class HybridForCausalLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tokenizer = None  # set by load_model
-        self.apply(self._init_weights)
+        if not self.model.embeddings.weight.is_meta:  # a skeleton for loading needs no init
+            self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
