@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters of the held-out text")
     p.add_argument("--sim-tokens", type=int, default=None, metavar="N",
-                   help="tokens simulated event by event (default: all on a GPU, "
-                        "256 on a CPU; 0: all)")
+                   help="simulate only the first N tokens event by event (default and 0: "
+                        "the whole text)")
     p.add_argument("--profile", default="horowitz45",
                    help="energy profile of the spiking side (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"])

@@ -10,10 +10,9 @@
 5. build the report from the recording (``report.json``, ``report.html``, PNG plots) and
    print a short summary table.
 
-The event-driven simulation on a CPU costs about as many integer additions as there are
-synaptic operations (spikes x fan-out, about 3 x the dense MACs for ternary coding at
-k = 3), so on a CPU it covers the first ``sim_tokens`` tokens of the text by default
-(:data:`CPU_SIM_TOKENS`); with the CuPy backend (a GPU) it covers the whole text.
+The event-driven simulation covers the whole text by default (``sim_tokens`` limits
+it); on a CPU it costs about as many integer additions as there are synaptic operations
+(spikes x fan-out, about 3 x the dense MACs for ternary coding at k = 3).
 Fidelity always covers the whole text (``max_chars`` shortens it).
 """
 
@@ -29,7 +28,6 @@ from sbsnn.models.checkpoint import EMBEDDED, load_model
 DEFAULT_MODEL = "tiny-hybrid"
 PRESET, CODING, K = "paper", "ternary", 3.0
 BLOCK_SIZE = 256
-CPU_SIM_TOKENS = 256      # event-driven tokens on a CPU by default (two-minute budget)
 
 
 def heldout_text(max_chars: int | None = None) -> str:
@@ -39,7 +37,7 @@ def heldout_text(max_chars: int | None = None) -> str:
 
 def _resolve_sim_tokens(sim_tokens, backend: str, n_tokens: int) -> int:
     if sim_tokens == "auto" or sim_tokens is None:
-        return n_tokens if backend == "cupy" else min(n_tokens, CPU_SIM_TOKENS)
+        return n_tokens
     if isinstance(sim_tokens, bool) or not isinstance(sim_tokens, int) or sim_tokens < 0:
         raise ValueError(f"sim_tokens must be 'auto' or an int >= 0 (0: the whole text), "
                          f"got {sim_tokens!r}")
@@ -54,7 +52,7 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
 
     ``max_chars``: use only the first N characters of the held-out text. ``threads``:
     torch intra-op threads (0: torch's default). ``sim_tokens``: tokens simulated event by
-    event ('auto': all with CuPy, :data:`CPU_SIM_TOKENS` on a CPU; 0: all). ``profile``:
+    event ('auto' or 0: the whole text). ``profile``:
     energy profile of the spiking side. ``backend``: 'auto', 'torch' or 'cupy'.
     """
     import torch

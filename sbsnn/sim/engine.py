@@ -15,12 +15,13 @@ MACs the same layer would need.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 
-from sbsnn.converters.quant import num_groups, rescale
+from sbsnn.converters.quant import _exact_dtype, num_groups, rescale
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.neurons import num_steps
 from sbsnn.sim.events import step_events
@@ -99,12 +100,20 @@ def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_s
 
     counts ``[N, in]``; codes_t ``[in, out]`` int8 (transposed: one channel's weights are
     contiguous). Returns ``acc [G, N, out]`` int64, and the positive and negative event
-    counts. Work is proportional to the number of events times the fan-out.
+    counts. Step by step, the step's events form a sparse matrix (row = (group, token),
+    column = channel, value = polarity x step weight) that multiplies the weight columns:
+    work is proportional to the events times the fan-out. The sparse product runs in a
+    float type that holds every partial sum exactly (the same bound as the integer path),
+    or in int64 index-adds when no float type does.
     """
     N, D = counts.shape
     out = codes_t.shape[1]
     G = num_groups(D, group_size)
-    acc = torch.zeros(G * N, out, dtype=torch.int64, device=counts.device)
+    peak = int(counts.abs().max()) if counts.numel() else 0
+    # Two's complement events weigh up to 2x the count (sign bit plus the others).
+    dt = _exact_dtype(2 * peak if coding == "twos_complement" else peak, group_size)
+    acc = torch.zeros(G * N, out, dtype=dt, device=counts.device)
+    w = codes_t.to(dt) if dt.is_floating_point else None
     batch = max(1, _EVENT_BATCH_BYTES // (out * 8))
     pos = neg = 0
     for ev in step_events(counts, coding, steps):
@@ -113,12 +122,22 @@ def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_s
             continue
         n_pos = int((ev.polarity > 0).sum())
         pos, neg = pos + n_pos, neg + E - n_pos
-        value = ev.polarity.to(torch.int64) * ev.weight
         row = (ev.channel // group_size) * N + ev.token
+        value = ev.polarity.to(dt) * ev.weight
+        if w is not None:
+            order = torch.argsort(row, stable=True)
+            crow = torch.zeros(G * N + 1, dtype=torch.int64, device=counts.device)
+            crow[1:] = torch.bincount(row, minlength=G * N).cumsum(0)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
+                warnings.simplefilter("ignore", UserWarning)
+                spikes = torch.sparse_csr_tensor(crow, ev.channel[order], value[order],
+                                                 (G * N, D), check_invariants=False)
+            acc += spikes @ w
+            continue
         for s in range(0, E, batch):
             cols = codes_t[ev.channel[s:s + batch]].to(torch.int64)
             acc.index_add_(0, row[s:s + batch], cols * value[s:s + batch, None])
-    return acc.view(G, N, out), pos, neg
+    return acc.to(torch.int64).view(G, N, out), pos, neg
 
 
 def cupy_usable() -> bool:
