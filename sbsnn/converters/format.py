@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, _check_options, apply_structure
-from sbsnn.models.checkpoint import fill_state, read_state_dict, save_pretrained
+from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict, save_pretrained
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.hybrid import HybridForCausalLM
@@ -107,8 +107,12 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
     return Path(directory)
 
 
-def load_spiking(directory: str | Path, device: str | torch.device = "cpu") -> HybridForCausalLM:
-    """Rebuild a spiking model saved by :func:`save_spiking` or ``sbsnn convert``."""
+def load_spiking(directory: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> HybridForCausalLM:
+    """Rebuild a spiking model saved by :func:`save_spiking` or ``sbsnn convert``.
+
+    ``dtype`` applies to the floating tensors (INT8 codes stay INT8); by default as
+    :func:`sbsnn.models.load_model` does (float16 computes in float32 on a CPU)."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"{d}: not a directory (a spiking checkpoint is a directory)")
@@ -122,7 +126,8 @@ def load_spiking(directory: str | Path, device: str | torch.device = "cpu") -> H
         except AttributeError as e:
             raise CheckpointError(f"{d / SPIKING_CONFIG}: names a module this config.json does "
                                   f"not have ({e})") from None
-    fill_state(model, raw, origin, d, cfg.model_type, device=device)
+    fill_state(model, raw, origin, d, cfg.model_type, device=device,
+               dtype=default_dtype(raw, device) if dtype is None else dtype)
     model.eval()
     model.tokenizer = tokenizer_for(d, cfg.vocab_size)
     return model

@@ -195,7 +195,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                     ) -> HybridForCausalLM:
     """Build the model described by ``directory/config.json`` and fill it from its weights.
 
-    ``dtype``: convert floating tensors to this dtype (default: keep the checkpoint's).
+    ``dtype``: convert floating tensors to this dtype. Default: keep the checkpoint's,
+    except that float16 weights compute in float32 on a CPU (see :func:`default_dtype`).
     """
     d = Path(directory)
     if not d.is_dir():
@@ -205,13 +206,22 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     raw, origin = read_state_dict(d, allow_pickle=allow_pickle)
     with torch.device("meta"):
         model = HybridForCausalLM(cfg)
-    fill_state(model, raw, origin, d, cfg.model_type, device=device, dtype=dtype)
+    fill_state(model, raw, origin, d, cfg.model_type, device=device,
+               dtype=default_dtype(raw, device) if dtype is None else dtype)
     model.eval()
     try:
         model.tokenizer = tokenizer_for(d, cfg.vocab_size)
     except ImportError as e:
         warnings.warn(f"{d}: model loaded without its tokenizer: {e}", stacklevel=2)
     return model
+
+
+def default_dtype(raw: dict[str, torch.Tensor], device) -> torch.dtype | None:
+    """float32 for float16 checkpoints on a CPU (its float16 arithmetic is slow and
+    loses precision; the embedded model ships float16), else None (keep as stored)."""
+    if torch.device(device).type == "cpu" and any(t.dtype == torch.float16 for t in raw.values()):
+        return torch.float32
+    return None
 
 
 def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dict[str, Path],
@@ -279,12 +289,7 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None, allow_pickle: bool = False) -> HybridForCausalLM:
-    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory.
-
-    Embedded models ship float16 weights and compute in float32 unless ``dtype`` says
-    otherwise."""
-    if dtype is None and isinstance(name_or_dir, str) and name_or_dir in EMBEDDED:
-        dtype = torch.float32
+    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory."""
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
                            allow_pickle=allow_pickle)
 
