@@ -73,7 +73,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
                 stats = stats.merge(sl.quant_stats)
             tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
             total += _write(tmp / shard(i), tensors, weight_map)
-            del block
+            del block, tensors  # the norms are views of the source shard's mapping
             model.model.layers[i] = nn.Module()  # release this layer before the next
         rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
                 if not k_.startswith("model.layers.")}
