@@ -582,6 +582,16 @@ def _comparison(snn_total: float | None, scen: dict) -> dict:
 
 
 # ============================================================================ report
+def format_pj(x: float | None) -> str:
+    """An energy in picojoules, in the largest unit that keeps it >= 1 ("n/a" for None)."""
+    if x is None:
+        return "n/a"
+    for unit, f in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
+        if abs(x) >= f:
+            return f"{x / f:.3g} {unit}"
+    return f"{x:.3g} pJ"
+
+
 @dataclass
 class EnergyReport:
     """Energy per layer and in total, three estimates x (spiking + three baselines), pJ."""
@@ -605,14 +615,7 @@ class EnergyReport:
 
     def format(self) -> str:
         """A short text table of the totals."""
-        def fmt(x):
-            if x is None:
-                return "n/a"
-            for unit, f in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-                if abs(x) >= f:
-                    return f"{x / f:.3g} {unit}"
-            return f"{x:.3g} pJ"
-
+        fmt = format_pj
         lines = [f"energy ({self.coding} coding; spiking side: {self.profile}, "
                  f"baselines: {self.baseline_profile})",
                  f"  {'estimate':<16}" + "".join(f"{s:>16}" for s in SCENARIOS) + f"{'vs fp16':>10}{'vs int8':>10}"]

@@ -483,12 +483,9 @@ def _pct(x, digits: int = 1) -> str:
 
 
 def _pj(x) -> str:
-    if x is None:
-        return "n/a"
-    for unit, f in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-        if abs(x) >= f:
-            return f"{x / f:.3g} {unit}"
-    return f"{x:.3g} pJ"
+    from sbsnn.analysis.energy import format_pj
+
+    return format_pj(x)
 
 
 def _red(cmp_: Mapping, b: str) -> str:
