@@ -35,7 +35,7 @@ def heldout_text(max_chars: int | None = None) -> str:
     return text[:max_chars] if max_chars else text
 
 
-def _resolve_sim_tokens(sim_tokens, backend: str, n_tokens: int) -> int:
+def _resolve_sim_tokens(sim_tokens, n_tokens: int) -> int:
     if sim_tokens == "auto" or sim_tokens is None:
         return n_tokens
     if isinstance(sim_tokens, bool) or not isinstance(sim_tokens, int) or sim_tokens < 0:
@@ -86,7 +86,7 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     fid = fidelity(model, snn, text, block_size=BLOCK_SIZE)
     lap("fidelity")
     backend = resolve_backend(backend)
-    n_sim = _resolve_sim_tokens(sim_tokens, backend, fid.tokens + 1)
+    n_sim = _resolve_sim_tokens(sim_tokens, fid.tokens + 1)
     recording = out / "spikes.h5"
     sim = simulate(snn, text, backend=backend, record=recording, block_size=BLOCK_SIZE,
                    max_tokens=n_sim, return_logits=False, progress=progress,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sbsnn.models.config import HybridConfig
 
@@ -19,3 +20,15 @@ def tiny_config():
     def make(**overrides) -> HybridConfig:
         return HybridConfig(**{**TINY, **overrides})
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests with one torch intra-op thread, restored afterwards: they run
+    many tiny ops, and on a shared 2-core machine every parallel region waits for a
+    descheduled second thread (several times slower). Use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

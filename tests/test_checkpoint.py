@@ -23,13 +23,7 @@ from sbsnn.models import (ByteTokenizer, CheckpointError, HybridConfig, HybridFo
 BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ============================================================================ writers

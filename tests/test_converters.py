@@ -41,13 +41,7 @@ DOC = REPO / "docs" / "spiking-checkpoint.md"
 TINY_HYBRID = REPO / "sbsnn" / "data" / "tiny-hybrid"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one intra-op thread is fastest."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ============================================================================ references

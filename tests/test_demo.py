@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-import torch
 
 from sbsnn.demo import _resolve_sim_tokens
 from sbsnn.models.checkpoint import EMBEDDED
@@ -14,22 +13,16 @@ from sbsnn.models.checkpoint import EMBEDDED
 HAVE_MODEL = (EMBEDDED["tiny-hybrid"] / "config.json").exists()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sim_tokens_resolution():
-    assert _resolve_sim_tokens("auto", "torch", 6000) == 6000
-    assert _resolve_sim_tokens("auto", "cupy", 6000) == 6000
-    assert _resolve_sim_tokens("auto", "torch", 100) == 100
-    assert _resolve_sim_tokens(0, "torch", 6000) == 6000
-    assert _resolve_sim_tokens(40, "torch", 6000) == 40
+    assert _resolve_sim_tokens("auto", 6000) == 6000
+    assert _resolve_sim_tokens("auto", 100) == 100
+    assert _resolve_sim_tokens(0, 6000) == 6000
+    assert _resolve_sim_tokens(40, 6000) == 40
     with pytest.raises(ValueError):
-        _resolve_sim_tokens(-1, "torch", 10)
+        _resolve_sim_tokens(-1, 10)
 
 
 @pytest.mark.skipif(not HAVE_MODEL, reason="the embedded tiny-hybrid model is not built yet")

@@ -19,13 +19,7 @@ from sbsnn.models.gla import GatedLinearAttention, gla_chunked, gla_recurrent
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster on a shared 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

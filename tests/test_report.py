@@ -45,12 +45,7 @@ CALLS = {
 OUT = {Q: 6, G: 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spikes(c: int, coding: str) -> int:

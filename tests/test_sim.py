@@ -31,15 +31,7 @@ BLOCK = 32
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These tests run many tiny torch ops (one per time step and event batch); on a
-    shared 2-core machine a second intra-op thread that is descheduled makes each of them
-    wait, so run them single-threaded (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
