@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+
 from sbsnn.neurons import spike_counts, spike_stats
 
 
@@ -66,12 +68,7 @@ def timed(fn):
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
+    model = cpu_model()
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return (f"nproc {os.cpu_count()}, CPU {model}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -64,14 +66,6 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def mib(kib: int | None) -> str:

@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,16 +107,6 @@ def median_times(contenders: dict, rounds: int, warmup: bool) -> dict[str, float
 
 
 # ---------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def engine_state() -> str:
