@@ -28,22 +28,14 @@ def iter_calls(recording) -> Iterator[tuple[str, torch.Tensor]]:
 
 def add_call(c: LayerCounters, counts: torch.Tensor, coding: str) -> None:
     """Add one call's counts to ``c``, as :class:`sbsnn.sim.Simulator` does."""
-    N = counts.shape[0]
     stats = spike_stats(counts, coding)
     if coding in ("ternary", "bitwise"):
         neg = spike_stats((-counts.to(torch.int64)).clamp(min=0), coding).total_spikes
     else:  # binary and two's complement spikes are all positive
         neg = 0
-    c.calls += 1
-    c.tokens += N
-    c.elements += counts.numel()
-    c.nonzero += int((counts != 0).sum())
+    c.add_call(counts, stats.steps)
     c.events_pos += stats.total_spikes - neg
     c.events_neg += neg
-    c.time_steps_max = max(c.time_steps_max, stats.steps)
-    c.slots += stats.slots
-    c.silent_channels += int((counts == 0).all(0).sum()) if N else 0
-    c.channel_calls += counts.shape[1]
 
 
 def counters_from_recording(recording) -> dict[str, LayerCounters]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -59,6 +58,18 @@ class LayerCounters:
     @property
     def dense_macs(self) -> int:
         return self.tokens * self.in_features * self.out_features
+
+    def add_call(self, counts: torch.Tensor, steps: int) -> None:
+        """Count one call's counts ``[N, in]`` with global T ``steps`` (events apart)."""
+        N = counts.shape[0]
+        self.calls += 1
+        self.tokens += N
+        self.elements += counts.numel()
+        self.nonzero += int((counts != 0).sum())
+        self.time_steps_max = max(self.time_steps_max, steps)
+        self.slots += counts.numel() * steps
+        self.silent_channels += int((counts == 0).all(0).sum()) if N else 0
+        self.channel_calls += counts.shape[1]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -167,7 +178,7 @@ class Simulator:
     """Context manager that routes every SpikingLinear of ``model`` through events."""
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch",
-                 recorder=None, on_layer: Callable | None = None):
+                 recorder=None):
         self.model = model
         self.backend = resolve_backend(backend)
         self.recorder = recorder
@@ -177,7 +188,6 @@ class Simulator:
                              "(sbsnn.convert or sbsnn convert)")
         self.counters = {n: LayerCounters(n, m.in_features, m.out_features) for n, m in self.layers}
         self._codes_t: dict[str, torch.Tensor] = {}
-        self.on_layer = on_layer
 
     def __enter__(self) -> "Simulator":
         for name, layer in self.layers:
@@ -203,14 +213,7 @@ class Simulator:
         N = counts.shape[0]
         T = num_steps(counts, layer.coding) if counts.numel() else 0
         c = self.counters[name]
-        c.calls += 1
-        c.tokens += N
-        c.elements += counts.numel()
-        c.nonzero += int((counts != 0).sum())
-        c.time_steps_max = max(c.time_steps_max, T)
-        c.slots += counts.numel() * T
-        c.silent_channels += int((counts == 0).all(0).sum()) if N else 0
-        c.channel_calls += layer.in_features
+        c.add_call(counts, T)
         if self.recorder is not None:
             self.recorder.write(name, counts, v_th)
         outs = []
@@ -221,8 +224,6 @@ class Simulator:
             c.events_neg += neg
             outs.append(rescale(acc, layer.weight_scales, v_th[s:s + block], layer.bias, x.dtype))
         y = torch.cat(outs) if outs else x.new_zeros(0, layer.out_features)
-        if self.on_layer is not None:
-            self.on_layer(name)
         return y.view(*x.shape[:-1], layer.out_features)
 
 
