@@ -49,6 +49,30 @@ def _check_options(coding: str, k: float, group_size: int) -> None:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
 
 
+def check_request(preset: str | None, targets: list[str] | None, coding: str, k: float,
+                  group_size: int) -> str | None:
+    """Validate a conversion's options; the preset in force (None when targets are given)."""
+    _check_options(coding, k, group_size)
+    if targets:
+        return None
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    return preset
+
+
+def plan(model: nn.Module, preset: str | None, coding: str, k: float, group_size: int,
+         targets: list[str] | None, exclude: list[str] | None) -> SpikingConfig:
+    """What a conversion of ``model`` will touch, as a :class:`SpikingConfig` (weights
+    untouched; ``quantization`` is filled in once the weights are converted)."""
+    chosen = check_request(preset, targets, coding, k, group_size)
+    names = linear_targets(model, chosen, targets, exclude)
+    if not names:
+        raise ValueError("nothing to convert: no nn.Linear module matches")
+    return SpikingConfig(preset=chosen, coding=coding, k=float(k), group_size=group_size,
+                         targets=names, attention_hooks=attention_hook_targets(model, chosen),
+                         patterns=targets, exclude=exclude)
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
@@ -90,28 +114,20 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
     :mod:`sbsnn.converters.presets`); ``targets`` (glob patterns over module names)
     overrides it, ``exclude`` removes names. The result carries ``spiking_config``.
     """
-    _check_options(coding, k, group_size)
-    if targets is None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    cfg = plan(model, preset, coding, k, group_size, targets, exclude)
     if not inplace:
         tok = getattr(model, "tokenizer", None)
         model = copy.deepcopy(model)
         if tok is not None:
             model.tokenizer = tok
-    names = linear_targets(model, None if targets else preset, targets, exclude)
-    if not names:
-        raise ValueError("nothing to convert: no nn.Linear module matches")
     stats = QuantStats()
     from tqdm.auto import tqdm
 
-    for name in tqdm(names, desc="convert", unit="layer", disable=not progress):
+    for name in tqdm(cfg.targets, desc="convert", unit="layer", disable=not progress):
         sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
         _set(model, name, sl)
         stats = stats.merge(sl.quant_stats)
-    cfg = SpikingConfig(preset=None if targets else preset, coding=coding, k=float(k),
-                        group_size=group_size, targets=names,
-                        attention_hooks=attention_hook_targets(model, None if targets else preset),
-                        patterns=targets, exclude=exclude, quantization=stats.to_dict())
+    cfg.quantization = stats.to_dict()
     _apply_hooks(model, cfg)
     model.spiking_config = cfg
     return model

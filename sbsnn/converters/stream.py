@@ -16,9 +16,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from sbsnn.converters.convert import SpikingConfig, _apply_hooks, _check_options, _set
+from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan
 from sbsnn.converters.format import atomic_directory, write_spiking_config
-from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
 from sbsnn.converters.quant import QuantStats
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.models.checkpoint import fill_state, read_state_dict, resolve
@@ -36,9 +35,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
                        force: bool = False, allow_pickle: bool = False,
                        progress: bool = True) -> SpikingConfig:
     """Write the spiking form of checkpoint ``src`` (a directory or embedded name) to ``out``."""
-    _check_options(coding, k, group_size)
-    if targets is None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+    check_request(preset, targets, coding, k, group_size)  # fail before reading anything
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
@@ -49,13 +46,8 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
         model = HybridForCausalLM(cfg)
     fill_state(model, raw, origin, src, cfg.model_type)  # views of the mapped files
     del raw
-    chosen = None if targets else preset
-    names = linear_targets(model, chosen, targets, exclude)
-    if not names:
-        raise ValueError("nothing to convert: no nn.Linear module matches")
-    scfg = SpikingConfig(preset=chosen, coding=coding, k=float(k), group_size=group_size,
-                         targets=names, attention_hooks=attention_hook_targets(model, chosen),
-                         patterns=targets, exclude=exclude)
+    scfg = plan(model, preset, coding, k, group_size, targets, exclude)
+    names = scfg.targets
     n_blocks = len(model.model.layers)
     n_shards = n_blocks + 1
     shard = lambda i: f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"  # noqa: E731
