@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from sbsnn.models.checkpoint import EMBEDDED
+from sbsnn.models.checkpoint import EMBEDDED, resolve
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 
@@ -307,15 +307,7 @@ def model_info(config: HybridConfig, dtype_bytes: Any = 2,
 
 
 def _resolve_config_path(path: str | Path) -> Path:
-    p = Path(path)
-    if isinstance(path, str) and path in EMBEDDED_MODELS:  # names first, as load_model does
-        d = EMBEDDED_MODELS[str(path)]
-        cfg = d / "config.json"
-        if not cfg.is_file():
-            raise CheckpointError(
-                f"embedded model {str(path)!r} is not available: {cfg} does not exist "
-                "(it is written by examples/train_tiny.py)")
-        return cfg
+    p = resolve(path)  # embedded names first, as load_model does
     if not p.exists():
         raise CheckpointError(
             f"{p}: no such file or directory; give a checkpoint directory holding "
