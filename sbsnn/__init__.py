@@ -18,18 +18,23 @@ _LAZY = {
     "simulate": "sbsnn.sim",
     "load_recording": "sbsnn.sim",
 }
+# Subpackages reachable as attributes (``sbsnn.analysis.fidelity`` after ``import sbsnn``,
+# as ``torch.nn`` after ``import torch``), imported on first use.
+_SUBMODULES = ("analysis", "converters", "models", "neurons", "sim")
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sbsnn.{name}")
     raise AttributeError(f"module 'sbsnn' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted(list(globals()) + list(_LAZY) + list(_SUBMODULES))
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, *_SUBMODULES]

@@ -26,17 +26,35 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
                    help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
 
 
+def _spiking_config_of(path):
+    """The SpikingConfig when ``path`` is a spiking checkpoint directory, else None."""
+    from sbsnn.converters.format import SPIKING_CONFIG, read_spiking_config
+
+    p = Path(path)
+    return read_spiking_config(p) if p.is_dir() and (p / SPIKING_CONFIG).exists() else None
+
+
 def cmd_info(args) -> int:
     from sbsnn.models.info import format_info, info_from_path
 
     print(format_info(info_from_path(args.model, dtype_bytes=args.dtype)))
+    scfg = _spiking_config_of(args.model)
+    if scfg is not None:
+        print(f"\nspiking checkpoint: {len(scfg.targets)} spiking linear layers "
+              f"({scfg.preset or 'custom targets'} preset, {scfg.coding} coding, k = {scfg.k:g}, "
+              f"INT8 weights in groups of {scfg.group_size})"
+              + (f"; query/KV hooks in {len(scfg.attention_hooks)} attention layers"
+                 if scfg.attention_hooks else ""))
     return 0
 
 
 def cmd_generate(args) -> int:
     import sbsnn
 
-    model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
+    if _spiking_config_of(args.model) is not None:  # a spiking model answering a prompt
+        model = sbsnn.load_spiking(args.model)
+    else:
+        model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -274,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("generate", help="continue a prompt, streaming token by token",
-                       description="Continue a prompt with a float model; memory stays "
-                       "constant in length (recurrent state + window cache).")
+                       description="Continue a prompt with a float model or a spiking "
+                       "checkpoint (written by sbsnn convert; its spiking layers run on the "
+                       "integer path); memory stays constant in length for GLA and window "
+                       "layers (recurrent state + window cache).")
     _add_model_arg(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", default="\n", help="prompt text (default: a newline)")

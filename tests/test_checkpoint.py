@@ -283,7 +283,8 @@ HF_CASES = {"llama": LLAMA, "qwen2": QWEN2, "qwen2-tied": {**QWEN2, "tie_word_em
 
 def reference_hf_logits(t: dict, c: dict, ids: torch.Tensor) -> torch.Tensor:
     """Llama/Qwen2 forward written from the transformers conventions (float64): RMSNorm,
-    rotate-half RoPE, repeat_kv GQA, causal softmax / sqrt(head_dim), SwiGLU."""
+    rotate-half RoPE (frequencies and angles in float32, as transformers computes them
+    whatever the model's dtype), repeat_kv GQA, causal softmax / sqrt(head_dim), SwiGLU."""
     t = {k: v.to(F64) for k, v in t.items()}
     H, Hkv = c["num_attention_heads"], c["num_key_value_heads"]
     D = c["hidden_size"] // H
@@ -296,9 +297,9 @@ def reference_hf_logits(t: dict, c: dict, ids: torch.Tensor) -> torch.Tensor:
         y = x @ t[name + ".weight"].T
         return y + t[name + ".bias"] if name + ".bias" in t else y
 
-    inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, D, 2, dtype=F64) / D)
-    ang = torch.arange(L, dtype=F64)[:, None] * inv_freq
-    cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+    inv_freq = 1.0 / c["rope_theta"] ** (torch.arange(0, D, 2, dtype=F32) / D)
+    ang = torch.arange(L, dtype=F32)[:, None] * inv_freq
+    cos, sin = (torch.cat([ang, ang], -1).cos().to(F64), torch.cat([ang, ang], -1).sin().to(F64))
 
     def rope(x):  # [B, h, L, D]
         return x * cos + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin
@@ -552,7 +553,7 @@ def test_unknown_architecture(good):
     d, _ = good
     (d / "config.json").write_text(json.dumps(
         {**SB7B_TINY, "model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
-    with pytest.raises(CheckpointError, match="unknown architecture model_type='mamba'") as e:
+    with pytest.raises(CheckpointError, match="model_type 'mamba'.* is not supported") as e:
         load_model(d)
     in_message(e, d / "config.json", "MambaForCausalLM")
 

@@ -365,7 +365,7 @@ SB7B_CONFIG = {
 }
 
 
-def test_config_from_sb7b_json_keeps_unknown_keys(tmp_path):
+def test_config_from_sb7b_json_keeps_harmless_keys(tmp_path):
     p = tmp_path / "config.json"
     p.write_text(json.dumps(SB7B_CONFIG))
     cfg = HybridConfig.from_json(p)
@@ -373,7 +373,7 @@ def test_config_from_sb7b_json_keeps_unknown_keys(tmp_path):
     assert cfg.head_dim == 128 and cfg.num_key_value_heads == 4
     assert [cfg.layer_kind(i) for i in range(4)] == ["gla", "swa", "gla", "swa"]
     assert cfg.window_for(1) == 4096
-    for k in ("architectures", "auto_map", "enable_spike", "spike_dynamic_scale",
+    for k in ("architectures", "auto_map", "spike_dynamic_scale",
               "spike_bitwidth", "torch_dtype", "use_cache"):
         assert cfg.extra[k] == SB7B_CONFIG[k]
     d = cfg.to_dict()
@@ -386,10 +386,13 @@ def test_config_from_sb7b_json_keeps_unknown_keys(tmp_path):
 
 @pytest.mark.parametrize("change,match", [
     (dict(num_attention_heads=6, num_key_value_heads=4), r"multiple of num_key_value_heads"),
-    (dict(attn_layers=[1, 28]), r"attn_layers.*\[28\]"),
-    (dict(attn_layers=[-1, 3]), r"attn_layers.*\[-1\]"),
+    (dict(attn_layers=[1, 28]), r"'attn_layers' = \[1, 28\]"),
+    (dict(attn_layers=[-1, 3]), r"'attn_layers' = \[-1, 3\]"),
     (dict(use_short_conv=True), r"use_short_conv"),
-    (dict(hidden_act="gelu"), r"hidden_act"),
+    (dict(enable_spike=True), r"'enable_spike' = True"),
+    (dict(attn_layers=[0, 2]), r"'attn_layers' = \[0, 2\].*GLAswaConfig derives"),
+    (dict(some_new_gate=0.5), r"'some_new_gate' = 0.5 is not understood"),
+    (dict(hidden_act="quick_gelu"), r"hidden_act"),
     (dict(sliding_window=0), r"sliding_window"),
     (dict(num_key_value_heads=0), r"num_key_value_heads"),
 ])

@@ -16,20 +16,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbsnn.models.layers import apply_rope, rope_cos_sin
+from sbsnn.models.layers import RMSNorm
+from sbsnn.models.rope import RopeSpec, apply_rope
 
 
 class WindowAttention(nn.Module):
+    """Softmax attention over a window of ``window`` keys (None: all of them).
+
+    Options the families need: ``rope`` (a :class:`~sbsnn.models.rope.RopeSpec`; or
+    ``rope_theta`` for plain RoPE), q/k/v ``bias`` and a separate ``o_bias``,
+    ``qk_norm`` (an RMSNorm style: per-head norms on q and k before RoPE, Qwen3 and
+    Gemma 3) and ``scaling`` of the scores (default ``head_dim ** -0.5``; Gemma uses
+    ``query_pre_attn_scalar ** -0.5``).
+    """
+
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 window: int | None, rope_theta: float, bias: bool = True,
-                 num_sinks: int = 0):
+                 window: int | None, rope_theta: float | None = None, bias: bool = True,
+                 num_sinks: int = 0, *, rope: RopeSpec | None = None, o_bias: bool = False,
+                 qk_norm: str | None = None, norm_eps: float = 1e-6,
+                 scaling: float | None = None):
         super().__init__()
+        if rope is None:
+            if rope_theta is None:
+                raise ValueError("WindowAttention needs rope (a RopeSpec) or rope_theta")
+            rope = RopeSpec("default", float(rope_theta), head_dim, 1 << 30)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.window, self.rope_theta, self.num_sinks = window, rope_theta, num_sinks
+        self.window, self.rope, self.num_sinks = window, rope, num_sinks
+        self.rope_theta = rope.rope_theta
+        self.scaling = head_dim ** -0.5 if scaling is None else float(scaling)
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        if qk_norm is not None:
+            self.q_norm = RMSNorm(head_dim, norm_eps, style=qk_norm)
+            self.k_norm = RMSNorm(head_dim, norm_eps, style=qk_norm)
         # Hook points for quantisers (identity in the float model): the query after RoPE,
         # and keys/values as they enter the cache. Shapes [B, heads, L, head_dim].
         self.q_post_rope = nn.Identity()
@@ -37,7 +58,10 @@ class WindowAttention(nn.Module):
         self.v_cache_quant = nn.Identity()
 
     def forward(self, x: torch.Tensor, cache: dict | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``rope``: precomputed ``(cos, sin)`` for ``positions`` (the model computes them
+        once per forward); computed here when absent."""
         B, L, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if positions is None:
@@ -45,7 +69,9 @@ class WindowAttention(nn.Module):
         q = self.q_proj(x).view(B, L, H, D).transpose(1, 2)
         k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
         v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, D, self.rope_theta, q.dtype)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = rope if rope is not None else self.rope.cos_sin(positions, q.dtype)
         q = self.q_post_rope(apply_rope(q, cos, sin))
         k = self.k_cache_quant(apply_rope(k, cos, sin))
         v = self.v_cache_quant(v)
@@ -57,7 +83,7 @@ class WindowAttention(nn.Module):
             kpos = torch.cat([cache["pos"], positions])
         mask = self.visible(positions, kpos)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
-                                             enable_gqa=H != Hkv)
+                                             scale=self.scaling, enable_gqa=H != Hkv)
         if cache is not None:
             self._update_cache(cache, k, v, positions)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, H * D))

@@ -11,8 +11,9 @@ tensors, truncated files, unknown architectures.
 
 Tensor names: SpikingBrain-7B's (``model.embeddings``, ``model.layers.{i}.attn.*``,
 ``.attn_norm``, ``.mlp_norm``, ``.mlp.*``, ``model.norm``, ``lm_head``) are sbsnn's own;
-Llama and Qwen2 names (``embed_tokens``, ``self_attn``, ``input_layernorm``,
-``post_attention_layernorm``) are renamed on the way in.
+the Hugging Face families' names (``embed_tokens``, ``self_attn``, ``input_layernorm``,
+``post_attention_layernorm``, Gemma's feed-forward norms) are renamed on the way in
+(:func:`sbsnn.models.families.rename_key`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
+from sbsnn.models.families import rename_key
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
 
@@ -46,13 +48,6 @@ _NUMPY_CARRIER = {  # numpy dtype that maps the same bytes (bf16 is viewed after
     torch.int16: np.int16, torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_,
 }
 
-# Llama / Qwen2 name -> sbsnn name (applied in order to each key).
-_HF_RENAMES = [
-    (re.compile(r"^model\.embed_tokens\."), "model.embeddings."),
-    (re.compile(r"\.self_attn\."), ".attn."),
-    (re.compile(r"\.input_layernorm\."), ".attn_norm."),
-    (re.compile(r"\.post_attention_layernorm\."), ".mlp_norm."),
-]
 # Buffers some writers store that carry nothing we need.
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.masked_bias)$")
 
@@ -182,13 +177,6 @@ def _read_index(index: Path) -> dict[str, str]:
     return weight_map
 
 
-def rename_key(key: str, model_type: str) -> str:
-    if model_type in ("llama", "qwen2"):
-        for pattern, repl in _HF_RENAMES:
-            key = pattern.sub(repl, key)
-    return key
-
-
 # ----------------------------------------------------------------------------- loading
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None, allow_pickle: bool = False
@@ -204,6 +192,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                               f"config.json and *.safetensors, or one of {sorted(EMBEDDED)})")
     cfg = HybridConfig.from_json(d / "config.json")
     raw, origin = read_state_dict(d, allow_pickle=allow_pickle)
+    cfg = untie_if_head_stored(cfg, raw, origin)
     with torch.device("meta"):
         model = HybridForCausalLM(cfg)
     fill_state(model, raw, origin, d, cfg.model_type, device=device,
@@ -214,6 +203,22 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     except ImportError as e:
         warnings.warn(f"{d}: model loaded without its tokenizer: {e}", stacklevel=2)
     return model
+
+
+def untie_if_head_stored(cfg: HybridConfig, raw: dict[str, torch.Tensor],
+                         origin: dict[str, Path]) -> HybridConfig:
+    """``tie_word_embeddings: true`` with an ``lm_head.weight`` stored that differs from
+    the embeddings: ``transformers`` then uses the stored head (it ties only equal
+    tensors), so sbsnn builds an untied model too. The config file is left as it is."""
+    if not cfg.tie_word_embeddings or "lm_head.weight" not in raw:
+        return cfg
+    emb = next((raw[k] for k in raw if rename_key(k, cfg.model_type) == "model.embeddings.weight"), None)
+    head = raw["lm_head.weight"]
+    if emb is not None and emb.shape == head.shape and torch.equal(emb, head):
+        return cfg
+    import dataclasses
+
+    return dataclasses.replace(cfg, tie_word_embeddings=False)
 
 
 def default_dtype(raw: dict[str, torch.Tensor], device) -> torch.dtype | None:
@@ -239,11 +244,14 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     unexpected = []
     for key, t in raw.items():
         name = rename_key(key, model_type)
+        if name in state:
+            raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are the "
+                                  f"same parameter ({name!r}) under two names; keep one")
         if name in expected:
             state[name] = t
             source[name] = key
         elif name == "lm_head.weight" and "lm_head.weight" not in expected:
-            continue  # tied head: some writers store it anyway
+            continue  # tied head stored equal to the embeddings (untie_if_head_stored)
         elif not _IGNORED.search(name):
             unexpected.append((key, origin[key]))
     if unexpected:
@@ -333,8 +341,8 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
         written.append((tmp, d / "model.safetensors.index.json"))
     config = model.config.to_dict()
     floats = {v.dtype for v in tensors.values() if v.is_floating_point()}
-    if len(floats) == 1:  # as Hugging Face records it; sbsnn info reads it
-        config["torch_dtype"] = str(floats.pop()).replace("torch.", "")
+    if len(floats) == 1:  # as Hugging Face records it (5.x "dtype", 4.x "torch_dtype")
+        config["dtype" if "dtype" in config else "torch_dtype"] = str(floats.pop()).replace("torch.", "")
     tmp = d / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")
     written.append((tmp, d / "config.json"))

@@ -2,12 +2,17 @@
 
 Field names follow SpikingBrain-7B's ``config.json`` (model_type ``gla_swa``) so that its
 checkpoints load as they are; the extra fields describe the SpikingBrain-76B layout
-(parallel linear + window mixers, full-attention layers, sink tokens, MoE). Llama and
-Qwen2 configs are translated into the same dataclass (every layer full attention).
+(parallel linear + window mixers, full-attention layers, sink tokens, MoE) and the
+options of the Hugging Face families (RoPE variants, norm styles, q/k norms, Gemma's
+sandwich norms and embedding scale). ``config.json`` files of every supported family are
+read by :mod:`sbsnn.models.families`, which handles or refuses each of their keys and
+translates them into this one dataclass; the file as read is kept (``source_config``)
+and written back unchanged on save.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -16,7 +21,8 @@ from typing import Any
 
 from sbsnn.models.errors import CheckpointError
 
-SUPPORTED_MODEL_TYPES = ("gla_swa", "sbsnn_hybrid", "llama", "qwen2")
+SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
+                         "gemma3_text")
 
 
 @dataclass
@@ -72,8 +78,22 @@ class HybridConfig:
     norm_topk_prob: bool = False
     # Layers that keep a dense SwiGLU even when num_experts > 0.
     dense_layers: list[int] = field(default_factory=list)
-    # Keys we do not interpret but keep so a saved config round-trips.
+    # --- options of the Hugging Face families (defaults: sbsnn's own model) ----------
+    # RoPE as transformers' current ``rope_parameters``: one dict for every softmax layer,
+    # or one per layer type ({"full_attention": {...}, "sliding_attention": {...}}).
+    # None: default RoPE with ``rope_theta``.
+    rope_parameters: dict | None = None
+    norm_style: str = "fla"              # see sbsnn.models.layers.NORM_STYLES
+    qk_norm: bool = False                # per-head RMSNorm on q and k before RoPE
+    sandwich_norm: bool = False          # Gemma: norms after attention and around the MLP
+    o_proj_bias: bool = False
+    embedding_scale: float | None = None  # Gemma: embeddings times sqrt(hidden_size)
+    attn_scale: float | None = None      # score scale; None = head_dim ** -0.5
+    final_logit_softcapping: float | None = None
+    # Keys that change nothing in the forward pass, kept so a saved config round-trips.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    # The config.json this was read from (a Hugging Face family's); written back on save.
+    source_config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -109,8 +129,19 @@ class HybridConfig:
         if self.use_short_conv:
             bad("use_short_conv=true (short convolutions before GLA) is not supported; "
                 "SpikingBrain-7B ships with it off")
-        if self.hidden_act not in ("swish", "silu"):
-            bad(f"hidden_act {self.hidden_act!r} is not supported (swish/silu only)")
+        from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
+
+        if self.hidden_act not in ACTIVATIONS:
+            bad(f"hidden_act {self.hidden_act!r} is not supported ({', '.join(sorted(ACTIVATIONS))})")
+        if self.norm_style not in NORM_STYLES:
+            bad(f"norm_style must be one of {NORM_STYLES}, got {self.norm_style!r}")
+        for name in ("embedding_scale", "attn_scale", "final_logit_softcapping"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                bad(f"{name} must be a positive number or null, got {v!r}")
+        for i in range(n):
+            if self.layer_kind(i) in ("swa", "full", "parallel"):
+                self.rope_for(i)  # raises on a bad rope_parameters
         if self.linear_attn_gate not in ("lowrank", "one_minus_k"):
             bad(f"linear_attn_gate must be 'lowrank' or 'one_minus_k', got {self.linear_attn_gate!r}")
         if self.linear_feature_map not in ("relu", "sigmoid"):
@@ -140,43 +171,53 @@ class HybridConfig:
     def is_moe_layer(self, i: int) -> bool:
         return self.num_experts > 0 and i not in self.dense_layers
 
+    def rope_for(self, i: int):
+        """The :class:`~sbsnn.models.rope.RopeSpec` of layer i's softmax attention."""
+        from sbsnn.models.rope import RopeSpec
+
+        params = self.rope_parameters
+        if params is None:
+            params = {"rope_type": "default", "rope_theta": self.rope_theta}
+        elif set(params) <= set(LAYER_TYPES.values()) and params:
+            key = LAYER_TYPES["full" if self.window_for(i) is None else "swa"]
+            if params.get(key) is None:
+                raise CheckpointError(f"invalid model config: rope_parameters has no {key!r} entry, "
+                                      f"which layer {i} needs")
+            params = params[key]
+        return RopeSpec.from_parameters(params, self.head_dim, self.max_position_embeddings,
+                                        source="rope_parameters")
+
     # ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        """The config.json to write: the file read, for a Hugging Face family's config
+        (so the output loads as the same model), else sbsnn's own fields."""
+        if self.source_config is not None:
+            return copy.deepcopy(self.source_config)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("extra", "source_config")}
         d.update(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "HybridConfig":
-        d = dict(d)
-        mt = d.get("model_type")
-        if mt in ("llama", "qwen2"):
-            d = _from_hf_full_attention(d, source)
-        elif mt not in SUPPORTED_MODEL_TYPES:
-            raise CheckpointError(
-                f"{source}: unknown architecture model_type={mt!r} "
-                f"(architectures={d.get('architectures')}); sbsnn reads "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in d.items() if k in names and k != "extra"}
-        extra = {k: v for k, v in d.items() if k not in names}
-        if "rms_norm_eps" in extra and "norm_eps" not in known:
-            known["norm_eps"] = extra["rms_norm_eps"]
-        try:
-            return cls(**known, extra=extra)
-        except CheckpointError as e:
-            raise CheckpointError(f"{source}: {e}") from None
-        except TypeError as e:
-            raise CheckpointError(f"{source}: {e}") from None
+        """Read a config.json dict of any supported family; every key is handled,
+        known to be harmless, or refused (:mod:`sbsnn.models.families`)."""
+        from sbsnn.models.families import read_config
+
+        return read_config(d, source)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HybridConfig":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: no config.json; a checkpoint directory needs "
                                   "config.json beside its safetensors") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{path}: is a directory, not a config.json file") from None
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(d, dict):
@@ -187,27 +228,5 @@ class HybridConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def _from_hf_full_attention(d: dict[str, Any], source: str) -> dict[str, Any]:
-    """Translate a Llama / Qwen2 config: every layer full softmax attention, no GLA."""
-    out = dict(d)
-    scaling = d.get("rope_scaling")
-    if scaling:
-        raise CheckpointError(
-            f"{source}: rope_scaling={scaling} is not supported yet; only plain RoPE "
-            "(rope_scaling null) checkpoints load")
-    n = int(d["num_hidden_layers"])
-    out["attn_layers"] = list(range(n))
-    out["full_attn_layers"] = list(range(n))
-    out["sliding_window"] = None
-    out["norm_eps"] = d.get("rms_norm_eps", d.get("norm_eps", 1e-6))
-    out["hidden_act"] = "silu" if d.get("hidden_act", "silu") == "silu" else d["hidden_act"]
-    out["rope_theta"] = d.get("rope_theta", 10000.0)
-    out.setdefault("num_key_value_heads", d["num_attention_heads"])
-    if d["model_type"] == "qwen2":
-        out["attention_bias"] = True
-    else:
-        out["attention_bias"] = bool(d.get("attention_bias", False))
-    out["mlp_bias"] = bool(d.get("mlp_bias", False))
-    if d["model_type"] == "qwen2" and d.get("use_sliding_window"):
-        raise CheckpointError(f"{source}: Qwen2 use_sliding_window=true is not supported")
-    return out
+# Layer kinds of sbsnn -> the layer_types names of transformers.
+LAYER_TYPES = {"full": "full_attention", "swa": "sliding_attention"}

@@ -2,10 +2,19 @@
 
 Module names mirror SpikingBrain-7B's checkpoint (``model.embeddings``,
 ``model.layers.{i}.attn``, ``.attn_norm``, ``.mlp_norm``, ``.mlp``, ``model.norm``,
-``lm_head``), so its tensors load by name. One block::
+``lm_head``), so its tensors load by name; the other families' names are mapped onto
+them (:func:`sbsnn.models.families.rename_key`). One block::
 
     x = x + mixer(attn_norm(x))       mixer: GLA | window attention | full attention
     x = x + mlp(mlp_norm(x))                 | both side by side (76B "parallel")
+
+Gemma 3 ("sandwich" norms) normalises the branch outputs too::
+
+    x = x + post_attn_norm(mixer(attn_norm(x)))
+    x = x + post_mlp_norm(mlp(mlp_norm(x)))
+
+RoPE tables are computed once per forward for each distinct RoPE of the model
+(Gemma 3's sliding and global layers have different bases) and shared by its layers.
 
 Decoding keeps a :class:`DecodeState`: per GLA layer a ``[Hkv, dk, dv]`` state, per
 window layer a ring of ``sliding_window`` keys and values. Neither grows with length.
@@ -22,7 +31,10 @@ from torch import nn
 from sbsnn.models.attention import WindowAttention
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.gla import GatedLinearAttention
+import torch.nn.functional as F
+
 from sbsnn.models.layers import MoE, RMSNorm, SwiGLU
+from sbsnn.models.rope import RopeSpec
 
 
 def _make_gla(cfg: HybridConfig) -> GatedLinearAttention:
@@ -37,42 +49,63 @@ def _make_gla(cfg: HybridConfig) -> GatedLinearAttention:
 def _make_attention(cfg: HybridConfig, i: int) -> WindowAttention:
     return WindowAttention(
         cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-        window=cfg.window_for(i), rope_theta=cfg.rope_theta, bias=cfg.attention_bias,
-        num_sinks=cfg.num_sink_tokens)
+        window=cfg.window_for(i), rope=cfg.rope_for(i), bias=cfg.attention_bias,
+        num_sinks=cfg.num_sink_tokens, o_bias=cfg.o_proj_bias,
+        qk_norm=cfg.norm_style if cfg.qk_norm else None, norm_eps=cfg.norm_eps,
+        scaling=cfg.attn_scale)
 
 
 class HybridBlock(nn.Module):
     def __init__(self, cfg: HybridConfig, i: int):
         super().__init__()
         self.kind = cfg.layer_kind(i)
-        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps, style=cfg.norm_style)  # noqa: E731
+        self.attn_norm = norm()
         if self.kind == "gla":
             self.attn = _make_gla(cfg)
         else:
             self.attn = _make_attention(cfg, i)
         if self.kind == "parallel":
             self.linear_attn = _make_gla(cfg)
-            self.attn_out_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-            self.linear_out_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+            self.attn_out_norm = norm()
+            self.linear_out_norm = norm()
+        self.mlp_norm = norm()
+        if cfg.sandwich_norm:
+            self.post_attn_norm = norm()
+            self.post_mlp_norm = norm()
         if cfg.is_moe_layer(i):
             self.mlp = MoE(cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size,
                            cfg.num_experts, cfg.num_experts_per_tok, cfg.num_shared_experts,
                            cfg.shared_expert_intermediate_size, cfg.router_activation,
                            cfg.norm_topk_prob)
         else:
-            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias,
+                              activation=cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor, cache: dict | None, positions: torch.Tensor) -> torch.Tensor:
+    @property
+    def rope(self) -> RopeSpec | None:
+        """The RoPE of this block's softmax attention (None for a GLA block)."""
+        return getattr(self.attn, "rope", None)
+
+    def forward(self, x: torch.Tensor, cache: dict | None, positions: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         h = self.attn_norm(x)
         if self.kind == "parallel":
-            a = self.attn_out_norm(self.attn(h, None if cache is None else cache.setdefault("attn", {}), positions))
+            a = self.attn_out_norm(self.attn(
+                h, None if cache is None else cache.setdefault("attn", {}), positions, rope))
             a = a + self.linear_out_norm(self.linear_attn(
                 h, None if cache is None else cache.setdefault("linear", {}), positions))
-        else:
+        elif self.kind == "gla":
             a = self.attn(h, cache, positions)
+        else:
+            a = self.attn(h, cache, positions, rope)
+        if hasattr(self, "post_attn_norm"):
+            a = self.post_attn_norm(a)
         x = x + a
-        return x + self.mlp(self.mlp_norm(x))
+        m = self.mlp(self.mlp_norm(x))
+        if hasattr(self, "post_mlp_norm"):
+            m = self.post_mlp_norm(m)
+        return x + m
 
 
 class HybridModel(nn.Module):
@@ -80,7 +113,7 @@ class HybridModel(nn.Module):
         super().__init__()
         self.embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(HybridBlock(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, style=cfg.norm_style)
         if cfg.num_sink_tokens:
             self.sink_embeddings = nn.Parameter(torch.zeros(cfg.num_sink_tokens, cfg.hidden_size))
 
@@ -135,6 +168,8 @@ class HybridForCausalLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         x = self.model.embeddings(input_ids)
+        if self.config.embedding_scale is not None:  # Gemma: a float32 scalar in the weights' dtype
+            x = x * torch.tensor(self.config.embedding_scale).to(x.dtype)
         start = 0 if state is None else state.seen
         n_sinks = 0
         if self.config.num_sink_tokens and start == 0:
@@ -142,13 +177,29 @@ class HybridForCausalLM(nn.Module):
             sinks = self.model.sink_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([sinks, x], dim=1)
         positions = torch.arange(start, start + x.shape[1], device=x.device)
+        tables = self.rope_tables(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, None if state is None else state.layers[i], positions)
+            x = layer(x, None if state is None else state.layers[i], positions,
+                      tables.get(layer.rope))
         if state is not None:
             state.seen += x.shape[1]
         x = self.model.norm(x[:, n_sinks:])
         weight = self.model.embeddings.weight if self.lm_head is None else self.lm_head.weight
-        return x @ weight.t()
+        logits = F.linear(x, weight)
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype
+                    ) -> dict[RopeSpec, tuple[torch.Tensor, torch.Tensor]]:
+        """cos/sin for ``positions``, once per distinct RoPE of the model.
+
+        ``dynamic`` RoPE sees the sequence length so far (``max position + 1``), as
+        transformers' does within one generation."""
+        seq_len = int(positions[-1]) + 1 if positions.numel() else 0
+        specs = {layer.rope for layer in self.model.layers if layer.rope is not None}
+        return {spec: spec.cos_sin(positions, dtype, seq_len) for spec in specs}
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, state: DecodeState, block_size: int = 256) -> torch.Tensor:
@@ -193,7 +244,8 @@ class HybridForCausalLM(nn.Module):
         if seed is not None:
             gen = torch.Generator(device=next(self.parameters()).device).manual_seed(seed)
         decoder = tok.incremental_decoder()
-        eos = () if self.config.eos_token_id is None else (self.config.eos_token_id,)
+        eos = self.config.eos_token_id
+        eos = () if eos is None else tuple(eos) if isinstance(eos, list) else (eos,)
         for t in self.stream_ids(tok.encode(prompt), max_new_tokens, temperature, top_k, gen, eos):
             piece = decoder(t)
             if piece:

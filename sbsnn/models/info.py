@@ -30,7 +30,7 @@ from sbsnn.models.errors import CheckpointError
 
 __all__ = [
     "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "model_info",
-    "parameter_counts", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
+    "parameter_counts", "settings", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
 ]
 
 DEFAULT_CONTEXTS = (4096, 1_048_576)
@@ -150,14 +150,14 @@ def _swiglu(h: int, inter: int, bias: bool) -> int:
     return 2 * _linear(h, inter, bias) + _linear(inter, h, bias)
 
 
-def _qkvo(cfg: HybridConfig) -> int:
+def _qkvo(cfg: HybridConfig, o_bias: bool) -> int:
     h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     return (_linear(h, H * D, cfg.attention_bias) + 2 * _linear(h, Hkv * D, cfg.attention_bias)
-            + _linear(H * D, h, False))
+            + _linear(H * D, h, o_bias))
 
 
 def _gla_params(cfg: HybridConfig) -> int:
-    n = _qkvo(cfg) + cfg.head_dim  # + g_norm weight
+    n = _qkvo(cfg, False) + cfg.head_dim  # + g_norm weight
     if cfg.linear_attn_gate == "lowrank":
         n += (_linear(cfg.hidden_size, cfg.gate_low_rank_dim, False)
               + _linear(cfg.gate_low_rank_dim, cfg.num_key_value_heads * cfg.head_dim, True))
@@ -165,7 +165,7 @@ def _gla_params(cfg: HybridConfig) -> int:
 
 
 def _attn_params(cfg: HybridConfig) -> int:
-    return _qkvo(cfg)
+    return _qkvo(cfg, cfg.o_proj_bias) + (2 * cfg.head_dim if cfg.qk_norm else 0)  # + q/k norms
 
 
 def parameter_counts(config: HybridConfig) -> dict[str, int]:
@@ -184,7 +184,7 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
     expert = _swiglu(h, moe_inter, False)  # MoE experts never have biases (layers.py)
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
-        out["norms"] += 2 * h  # attn_norm, mlp_norm
+        out["norms"] += (4 if cfg.sandwich_norm else 2) * h  # attn_norm, mlp_norm (+ post norms)
         if kind == "gla":
             out["gla"] += _gla_params(cfg)
         else:
@@ -303,7 +303,76 @@ def model_info(config: HybridConfig, dtype_bytes: Any = 2,
         "state": states,
         # True when no layer keeps a cache that grows with the context.
         "state_constant": not layers["with_full_cache"],
+        "settings": settings(cfg),
     }
+
+
+_NORM_TEXT = {"fla": "x / rms(x) * w (fla)", "llama": "w * (x / rms(x)) (Llama)",
+              "gemma": "x / rms(x) * (1 + w) (Gemma)"}
+
+
+def settings(config: HybridConfig) -> dict[str, Any]:
+    """What will run, per layer kind: window, RoPE (type and parameters), score scale and
+    q/k norms; the norms, the MLP activation, the embedding scale, the head."""
+    cfg = config
+    kinds: dict[str, dict[str, Any]] = {}
+    for i in range(cfg.num_hidden_layers):
+        kind = cfg.layer_kind(i)
+        entry = {"layers": [], "window": None, "rope": None}
+        if kind != "gla":
+            spec = cfg.rope_for(i)
+            entry.update(window=cfg.window_for(i), rope=spec.to_parameters(),
+                         rotary_dim=spec.rotary_dim)
+        key = kind if kind == "gla" else f"{kind}:{entry['window']}:{sorted(entry['rope'].items())}"
+        kinds.setdefault(key, {**entry, "kind": kind})["layers"].append(i)
+    return {
+        "layer_kinds": list(kinds.values()),
+        "score_scale": cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5,
+        "qk_norm": cfg.qk_norm,
+        "norm": {"style": cfg.norm_style, "eps": cfg.norm_eps, "sandwich": cfg.sandwich_norm},
+        "mlp_activation": cfg.hidden_act,
+        "biases": {"qkv": cfg.attention_bias, "o_proj": cfg.o_proj_bias, "mlp": cfg.mlp_bias},
+        "embedding_scale": cfg.embedding_scale,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "final_logit_softcapping": cfg.final_logit_softcapping,
+    }
+
+
+def _rope_text(rope: dict) -> str:
+    rest = {k: v for k, v in rope.items() if k not in ("rope_type", "rope_theta")}
+    extra = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in rest.items())
+    return f"RoPE {rope['rope_type']}, base {rope['rope_theta']:g}{extra}"
+
+
+def format_settings(st: dict[str, Any]) -> list[str]:
+    lines = ["what runs (per layer kind)"]
+    for k in st["layer_kinds"]:
+        n = len(k["layers"])
+        where = _indices(k["layers"])
+        if k["kind"] == "gla":
+            lines.append(f"  gla   {n:>3} layers  ({where})  gated linear attention, no RoPE")
+            continue
+        window = "full" if k["window"] is None else f"window {k['window']}"
+        lines.append(f"  {k['kind']:<5} {n:>3} layers  ({where})  {window}; {_rope_text(k['rope'])}"
+                     + (f" on {k['rotary_dim']} dims" if k["rope"].get("partial_rotary_factor") else ""))
+    b = st["biases"]
+    lines.append(f"  attention scores x {st['score_scale']:.6g}"
+                 + ("; q/k RMSNorm per head before RoPE" if st["qk_norm"] else "")
+                 + f"; biases q/k/v {'yes' if b['qkv'] else 'no'}, o {'yes' if b['o_proj'] else 'no'}")
+    nrm = st["norm"]
+    lines.append(f"  norms RMSNorm {_NORM_TEXT[nrm['style']]}, eps {nrm['eps']:g}"
+                 + ("; sandwich (after attention, before and after the MLP)" if nrm["sandwich"] else ""))
+    act = st["mlp_activation"]
+    lines.append(f"  MLP {'SwiGLU' if act in ('silu', 'swish') else 'GeGLU'} ({act})"
+                 + (", with biases" if b["mlp"] else ""))
+    tail = []
+    if st["embedding_scale"] is not None:
+        tail.append(f"embeddings x {st['embedding_scale']:.6g}")
+    tail.append("head tied to the embeddings" if st["tie_word_embeddings"] else "separate lm_head")
+    if st["final_logit_softcapping"] is not None:
+        tail.append(f"logits soft-capped at {st['final_logit_softcapping']:g}")
+    lines.append("  " + "; ".join(tail))
+    return lines
 
 
 def _resolve_config_path(path: str | Path) -> Path:
@@ -330,7 +399,7 @@ def info_from_path(path: str | Path, dtype_bytes: Any = "auto",
     cfg_path = _resolve_config_path(path)
     cfg = HybridConfig.from_json(cfg_path)
     if dtype_bytes == "auto":
-        dtype_bytes = cfg.extra.get("torch_dtype") or "bfloat16"
+        dtype_bytes = cfg.extra.get("dtype") or cfg.extra.get("torch_dtype") or "bfloat16"
     info = model_info(cfg, dtype_bytes, contexts)
     info["source"] = str(cfg_path)
     return info
@@ -394,6 +463,8 @@ def format_info(info: dict) -> str:
         + (f", MoE {c['num_experts']} experts top-{c['num_experts_per_tok']}"
            f" + {c['num_shared_experts']} shared" if c["num_experts"] else ""))
     lines.append("")
+    if info.get("settings"):
+        lines += format_settings(info["settings"]) + [""]
     lines.append("layers (0-based)")
     for kind in ("gla", "swa", "full", "parallel"):
         if L["counts"][kind] or kind in ("gla", "swa"):

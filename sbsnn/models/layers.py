@@ -1,4 +1,7 @@
-"""Building blocks shared by the mixers: RMSNorm, RoPE, SwiGLU MLP, mixture of experts."""
+"""Building blocks shared by the mixers: RMSNorm, gated MLPs, mixture of experts.
+
+(RoPE lives in :mod:`sbsnn.models.rope`.)
+"""
 
 from __future__ import annotations
 
@@ -6,50 +9,64 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# How an RMSNorm applies its weight, as each family's reference does it (the three agree
+# in float32; in half precision they round at different points):
+#   "fla":   (x_f32 * rsqrt(..) * w).to(dtype)              fla / SpikingBrain, sbsnn's own
+#   "llama": w * (x_f32 * rsqrt(..)).to(dtype)              Llama, Mistral, Qwen2, Qwen3
+#   "gemma": (x_f32 * rsqrt(..) * (1 + w_f32)).to(dtype)    Gemma 3 (weights stored as w - 1)
+NORM_STYLES = ("fla", "llama", "gemma")
+
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight``, computed in float32 as fla and Qwen do."""
+    """Root-mean-square norm over the last dimension, in float32 (see ``NORM_STYLES``)."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, style: str = "fla"):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        if style not in NORM_STYLES:
+            raise ValueError(f"RMSNorm style must be one of {NORM_STYLES}, got {style!r}")
+        self.eps, self.style = eps, style
+        self.weight = nn.Parameter(torch.zeros(dim) if style == "gemma" else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.style == "llama":
+            return self.weight * xf.to(dtype)
+        if self.style == "gemma":
+            return (xf * (1.0 + self.weight.float())).to(dtype)
         return (xf * self.weight.to(xf.dtype)).to(dtype)
 
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape ``[len(positions), head_dim]`` (rotate-half convention)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
-                                             dtype=torch.float64) / head_dim))
-    freqs = positions.to(torch.float64)[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, style={self.style}"
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` of shape ``[..., L, head_dim]`` by the angles in cos/sin ``[L, head_dim]``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+# hidden_act names (transformers' ACT2FN keys) -> the function; any other is refused.
+ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 class SwiGLU(nn.Module):
-    """``down(silu(gate(x)) * up(x))``; the names match SpikingBrain, Llama and Qwen2."""
+    """``down(act(gate(x)) * up(x))``: SwiGLU with ``silu`` (SpikingBrain, Llama, Qwen),
+    GeGLU with ``gelu_pytorch_tanh`` (Gemma). The names match all of them."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
+                 activation: str = "silu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not supported; one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoE(nn.Module):

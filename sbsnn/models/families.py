@@ -1,0 +1,499 @@
+"""Reading ``config.json`` of every supported family into a :class:`HybridConfig`.
+
+One reader per ``model_type``. Each key of the file is either
+
+* implemented: read, checked and translated into HybridConfig's fields;
+* harmless: on the short lists below (``HARMLESS``, ``GENERATION_KEYS``, and per family
+  the keys its reference implementation itself ignores), known not to change the forward
+  pass; kept in ``extra`` and written back;
+* or refused, with an error naming the file, the key and its value.
+
+A key that is absent takes the default of the family's reference implementation (the
+``transformers`` config class of that family, or SpikingBrain's ``GLAswaConfig``), as
+that implementation would; for sbsnn's own ``sbsnn_hybrid`` the fields a trained model
+depends on are required. Both layouts ``transformers`` writes and reads are understood:
+the current one (``rope_parameters``, ``layer_types``) and the older one (``rope_theta``,
+``rope_scaling``, ``use_sliding_window``, ``max_window_layers``, Gemma's
+``rope_local_base_freq`` and ``sliding_window_pattern``). The lists are documented in
+``docs/checkpoints.md``.
+
+Tensor names of each family are mapped onto sbsnn's module names by :func:`rename_key`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+from sbsnn.models.config import LAYER_TYPES, HybridConfig
+from sbsnn.models.errors import CheckpointError
+
+# Keys that never change the forward pass (bookkeeping, training-only settings, token
+# ids used for generation, kernel choices).
+HARMLESS = frozenset({
+    "_name_or_path", "_model_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype",
+    "model_type", "use_cache", "initializer_range", "attention_dropout", "hidden_dropout",
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript",
+    "id2label", "label2id", "problem_type", "finetuning_task", "task_specific_params", "prefix",
+    "tokenizer_class", "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id",
+    "sep_token_id", "decoder_start_token_id", "chunk_size_feed_forward", "pretraining_tp",
+    "attn_implementation", "_attn_implementation", "_attn_implementation_autoset",
+    "max_position_embeddings", "use_bfloat16", "pruned_heads", "is_decoder",
+    "cross_attention_hidden_size", "tf_legacy_loss", "_commit_hash",
+})
+# Generation defaults some configs carry (sbsnn generate takes its own options).
+GENERATION_KEYS = frozenset({
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+    "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+    "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+    "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "begin_suppress_tokens", "max_new_tokens",
+})
+# Keys harmless only at one value (the model would compute differently otherwise).
+MUST_EQUAL = {
+    "is_encoder_decoder": (False, None),
+    "add_cross_attention": (False, None),
+    "tie_encoder_decoder": (False, None),
+    "quantization_config": (None,),
+}
+
+_REQUIRED = object()
+
+# ----------------------------------------------------------------------------- tensor names
+_COMMON_RENAMES = [
+    (re.compile(r"^model\.embed_tokens\."), "model.embeddings."),
+    (re.compile(r"\.self_attn\."), ".attn."),
+    (re.compile(r"\.input_layernorm\."), ".attn_norm."),
+]
+_LLAMA_RENAMES = _COMMON_RENAMES + [(re.compile(r"\.post_attention_layernorm\."), ".mlp_norm.")]
+_GEMMA_RENAMES = _COMMON_RENAMES + [
+    (re.compile(r"\.post_attention_layernorm\."), ".post_attn_norm."),
+    (re.compile(r"\.pre_feedforward_layernorm\."), ".mlp_norm."),
+    (re.compile(r"\.post_feedforward_layernorm\."), ".post_mlp_norm."),
+]
+RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
+           "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES}
+
+
+def rename_key(key: str, model_type: str) -> str:
+    """A tensor name of ``model_type``'s checkpoints -> sbsnn's module name (sbsnn's own
+    names pass through unchanged)."""
+    for pattern, repl in RENAMES.get(model_type, ()):
+        key = pattern.sub(repl, key)
+    return key
+
+
+# ----------------------------------------------------------------------------- key reader
+class ConfigKeys:
+    """A config dict whose keys are taken one by one; :meth:`finish` refuses the rest."""
+
+    def __init__(self, d: dict[str, Any], source: str, model_type: str):
+        self.d, self.source, self.model_type = d, source, model_type
+        self.used: set[str] = set()
+        self.ignored_by_reference: set[str] = set()
+
+    def has(self, key: str) -> bool:
+        return key in self.d
+
+    def take(self, key: str, default: Any = _REQUIRED) -> Any:
+        self.used.add(key)
+        if key in self.d:
+            return self.d[key]
+        if default is _REQUIRED:
+            raise CheckpointError(f"{self.source}: config key {key!r} is missing; a "
+                                  f"{self.model_type} model depends on it, so sbsnn will not guess it")
+        return default
+
+    def take_or(self, key: str, default: Any) -> Any:
+        """Like :meth:`take`, but an explicit null also means the default (as the
+        reference's ``x or default`` / ``if x is None`` does)."""
+        v = self.take(key, None)
+        return default if v is None else v
+
+    def refuse(self, key: str, why: str) -> None:
+        raise CheckpointError(f"{self.source}: config key {key!r} = {self.d.get(key)!r} {why}")
+
+    def finish(self, extra_harmless: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Check the keys not taken; return the harmless ones (kept in ``extra``)."""
+        extra = {}
+        for key, value in self.d.items():
+            if key in self.used:
+                continue
+            if key in MUST_EQUAL:
+                if value not in MUST_EQUAL[key]:
+                    self.refuse(key, f"changes how the model computes and is not supported "
+                                     f"(sbsnn needs {MUST_EQUAL[key][0]!r}); "
+                                     + ("dequantize the weights first (or load the GGUF file)"
+                                        if key == "quantization_config" else "remove or fix it"))
+            elif key not in HARMLESS and key not in GENERATION_KEYS and key not in extra_harmless:
+                self.refuse(key, f"is not understood by sbsnn for model_type {self.model_type!r}; "
+                                 "it may change the forward pass, so the checkpoint is refused rather "
+                                 "than run without it (see docs/checkpoints.md for the keys sbsnn "
+                                 "reads and those it knows to be harmless)")
+            extra[key] = value
+        return extra
+
+
+def _positive_int(r: ConfigKeys, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        r.refuse(key, "must be a positive integer")
+    return value
+
+
+def _bool(r: ConfigKeys, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        r.refuse(key, "must be true or false")
+    return value
+
+
+# ----------------------------------------------------------------------------- RoPE
+def _rope_parameters(r: ConfigKeys, *, default_theta: float, nested_defaults: dict | None = None
+                     ) -> dict:
+    """``rope_parameters`` in transformers' current layout, from either layout.
+
+    Flat families: ``rope_scaling`` (older name; the reference prefers it when set) or
+    ``rope_parameters``, with ``rope_theta`` and ``partial_rotary_factor`` filled in from
+    the top level. ``nested_defaults`` (Gemma 3): one dict per layer type, the older keys
+    ``rope_theta`` / ``rope_local_base_freq`` / ``rope_scaling`` giving the global theta,
+    the local theta and the global scaling.
+    """
+    rp = r.take("rope_parameters", None)
+    rs = r.take("rope_scaling", None)
+    for key, v in (("rope_parameters", rp), ("rope_scaling", rs)):
+        if v is not None and not isinstance(v, dict):
+            r.refuse(key, "must be an object or null")
+    theta = r.take("rope_theta", None)
+    prf = r.take("partial_rotary_factor", None)
+    omax = r.take("original_max_position_embeddings", None)
+    if nested_defaults is None:
+        if rp and rs and _strip(rp) != _strip(rs):
+            r.refuse("rope_scaling", f"disagrees with rope_parameters = {rp!r}; which one holds?")
+        params = dict(rs or rp or {})
+        if theta is not None and "rope_theta" in params and params["rope_theta"] != theta:
+            r.refuse("rope_theta", f"disagrees with rope_parameters' rope_theta "
+                                   f"{params['rope_theta']!r}; which one holds?")
+        params.setdefault("rope_theta", default_theta if theta is None else theta)
+        if prf is not None:
+            params.setdefault("partial_rotary_factor", prf)
+        return _standardize(params, omax, r)
+    local = r.take("rope_local_base_freq", None)
+    out = {}
+    given = rp or {}
+    if given and not set(given) <= set(LAYER_TYPES.values()):
+        r.refuse("rope_parameters", f"must hold one entry per layer type "
+                                    f"({', '.join(LAYER_TYPES.values())}) for {r.model_type}")
+    for layer_type, d_theta in nested_defaults.items():
+        params = dict(given.get(layer_type) or {"rope_type": "default"})
+        if layer_type == "full_attention":
+            if rs is not None:
+                params.update(rs)
+            params.setdefault("rope_theta", d_theta if theta is None else theta)
+        else:
+            params.setdefault("rope_theta", d_theta if local is None else local)
+        if prf is not None:
+            params.setdefault("partial_rotary_factor", prf)
+        out[layer_type] = _standardize(params, omax, r)
+    return out
+
+
+def _strip(p: dict) -> dict:
+    p = dict(p)
+    p.setdefault("rope_type", p.pop("type", "default"))
+    p.pop("type", None)
+    return p
+
+
+def _standardize(params: dict, omax: Any, r: ConfigKeys) -> dict:
+    params = _strip(params)
+    prf = params.get("partial_rotary_factor")
+    if prf is not None and prf != 1:
+        raise CheckpointError(
+            f"{r.source}: partial_rotary_factor = {prf!r}: transformers' {r.model_type} rotates "
+            "every channel of a head (its apply_rotary_pos_emb has no pass-through part), so "
+            "this config does not run there; sbsnn refuses it rather than guess")
+    if params["rope_type"] in ("llama3", "yarn"):
+        if omax is not None:
+            params["original_max_position_embeddings"] = omax
+        params.setdefault("original_max_position_embeddings", r.d.get("max_position_embeddings"))
+    return params
+
+
+# ----------------------------------------------------------------------------- layers
+def _layer_types(r: ConfigKeys, n: int, derived: list[str]) -> list[str]:
+    """``layer_types`` as given (checked) or as the reference derives it."""
+    lt = r.take("layer_types", None)
+    if lt is None:
+        return derived
+    allowed = set(LAYER_TYPES.values())
+    if not isinstance(lt, list) or len(lt) != n or not all(t in allowed for t in lt):
+        r.refuse("layer_types", f"must list one of {sorted(allowed)} for each of the {n} layers")
+    return lt
+
+
+def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dict[str, Any]:
+    """HybridConfig's layer fields for an all-softmax model."""
+    n = len(layer_types)
+    sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
+    if sliding and window is None:
+        r.refuse("layer_types", "names sliding_attention layers but the model has no "
+                                "sliding_window (null, or use_sliding_window false)")
+    if sliding and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        r.refuse("sliding_window", "must be a positive integer")
+    return {"attn_layers": list(range(n)),
+            "full_attn_layers": [i for i in range(n) if i not in sliding],
+            "sliding_window": window if sliding else None}
+
+
+def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The keys every Hugging Face decoder family shares."""
+    out: dict[str, Any] = {"model_type": r.model_type}
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads"):
+        out[key] = _positive_int(r, key, r.take_or(key, defaults[key]))
+    kv = r.take_or("num_key_value_heads", defaults.get("num_key_value_heads") or out["num_attention_heads"])
+    out["num_key_value_heads"] = _positive_int(r, "num_key_value_heads", kv)
+    hd = r.take_or("head_dim", defaults.get("head_dim") or out["hidden_size"] // out["num_attention_heads"])
+    out["head_dim"] = _positive_int(r, "head_dim", hd)
+    out["max_position_embeddings"] = r.take_or("max_position_embeddings",
+                                               defaults["max_position_embeddings"])
+    eps = r.take_or("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        r.refuse("rms_norm_eps", "must be a non-negative number")
+    out["norm_eps"] = float(eps)
+    out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings",
+                                       r.take("tie_word_embeddings", defaults["tie_word_embeddings"]))
+    out["initializer_range"] = r.take_or("initializer_range", 0.02)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        out[key] = r.take(key, defaults.get(key))
+    return out
+
+
+def _hidden_act(r: ConfigKeys, key: str, default: str) -> str:
+    from sbsnn.models.layers import ACTIVATIONS
+
+    act = r.take_or(key, default)
+    if act not in ACTIVATIONS:
+        r.refuse(key, f"is not supported (sbsnn implements {', '.join(sorted(ACTIVATIONS))})")
+    return act
+
+
+# ----------------------------------------------------------------------------- families
+_LLAMA = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+              num_attention_heads=32, num_key_value_heads=None, head_dim=None,
+              max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=1,
+              eos_token_id=2)
+_MISTRAL = dict(_LLAMA, intermediate_size=14336, num_key_value_heads=8,
+                max_position_embeddings=4096 * 32)
+_QWEN2 = dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+              num_attention_heads=32, num_key_value_heads=32, head_dim=None,
+              max_position_embeddings=32768, tie_word_embeddings=False)
+_QWEN3 = dict(_QWEN2, head_dim=128)
+_GEMMA3 = dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+               num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+               max_position_embeddings=131072, tie_word_embeddings=True, pad_token_id=0,
+               eos_token_id=1, bos_token_id=2)
+
+
+def read_llama(r: ConfigKeys) -> dict[str, Any]:
+    out = _decoder_common(r, _LLAMA)
+    out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    out.update(attention_bias=bias, o_proj_bias=bias,
+               mlp_bias=_bool(r, "mlp_bias", r.take("mlp_bias", False)), norm_style="llama",
+               rope_parameters=_rope_parameters(r, default_theta=10000.0))
+    n = out["num_hidden_layers"]
+    out.update(_placement(["full_attention"] * n, None, r))
+    return out
+
+
+def read_mistral(r: ConfigKeys) -> dict[str, Any]:
+    out = _decoder_common(r, _MISTRAL)
+    out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")
+    out.update(attention_bias=False, o_proj_bias=False, mlp_bias=False, norm_style="llama",
+               rope_parameters=_rope_parameters(r, default_theta=10000.0))
+    n = out["num_hidden_layers"]
+    window = r.take("sliding_window", 4096)
+    kind = "full_attention" if window is None else "sliding_attention"
+    if r.has("layer_types"):  # MistralForCausalLM ignores it: refuse anything but agreement
+        if r.take("layer_types") != [kind] * n:
+            r.refuse("layer_types", "disagrees with sliding_window; transformers' Mistral applies "
+                                    "sliding_window to every layer and ignores layer_types")
+    out.update(_placement([kind] * n, window, r))
+    return out
+
+
+def _read_qwen(r: ConfigKeys, defaults: dict, qwen3: bool) -> dict[str, Any]:
+    out = _decoder_common(r, defaults)
+    out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")
+    if qwen3:
+        bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+        out.update(attention_bias=bias, o_proj_bias=bias, qk_norm=True)
+    else:  # Qwen2Attention: q/k/v biases always, none on o_proj
+        out.update(attention_bias=True, o_proj_bias=False)
+        r.ignored_by_reference.add("attention_bias")
+    out.update(mlp_bias=False, norm_style="llama",
+               rope_parameters=_rope_parameters(r, default_theta=10000.0))
+    n = out["num_hidden_layers"]
+    use_sw = _bool(r, "use_sliding_window", r.take("use_sliding_window", False))
+    window = r.take("sliding_window", 4096) if use_sw else None  # as Qwen2Config does
+    r.used.add("sliding_window")
+    mwl = r.take("max_window_layers", 28)
+    derived = ["sliding_attention" if window is not None and i >= mwl else "full_attention"
+               for i in range(n)]
+    out.update(_placement(_layer_types(r, n, derived), window, r))
+    return out
+
+
+def read_qwen2(r: ConfigKeys) -> dict[str, Any]:
+    return _read_qwen(r, _QWEN2, qwen3=False)
+
+
+def read_qwen3(r: ConfigKeys) -> dict[str, Any]:
+    return _read_qwen(r, _QWEN3, qwen3=True)
+
+
+def read_gemma3_text(r: ConfigKeys) -> dict[str, Any]:
+    out = _decoder_common(r, _GEMMA3)
+    act = _hidden_act(r, "hidden_activation", "gelu_pytorch_tanh")
+    if r.has("hidden_act") and r.take("hidden_act") not in (None, act):
+        r.refuse("hidden_act", f"disagrees with hidden_activation {act!r} (Gemma 3 uses "
+                               "hidden_activation and ignores hidden_act)")
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    if r.take("use_bidirectional_attention", False):
+        r.refuse("use_bidirectional_attention", "(bidirectional attention, an encoder use of "
+                                                "Gemma 3) is not supported; sbsnn runs causal LMs")
+    if r.take("attn_logit_softcapping", None) is not None:
+        r.refuse("attn_logit_softcapping", "is ignored by transformers' Gemma 3 attention; sbsnn "
+                                           "refuses rather than guess whether it should apply")
+    cap = r.take("final_logit_softcapping", None)
+    scalar = r.take_or("query_pre_attn_scalar", 256)
+    if isinstance(scalar, bool) or not isinstance(scalar, (int, float)) or not scalar > 0:
+        r.refuse("query_pre_attn_scalar", "must be a positive number")
+    n = out["num_hidden_layers"]
+    pattern = r.take("sliding_window_pattern", 6)
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+        r.refuse("sliding_window_pattern", "must be a positive integer")
+    derived = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    layer_types = _layer_types(r, n, derived)
+    if r.has("_sliding_window_pattern"):  # written by transformers' to_dict, read by nothing
+        p2 = r.take("_sliding_window_pattern")
+        if not r.has("layer_types") and p2 != pattern:
+            r.refuse("_sliding_window_pattern", f"disagrees with the pattern in force ({pattern}); "
+                                                "give layer_types")
+    window = r.take("sliding_window", 4096)
+    out.update(hidden_act=act, attention_bias=bias, o_proj_bias=bias, mlp_bias=False,
+               norm_style="gemma", qk_norm=True, sandwich_norm=True,
+               embedding_scale=float(out["hidden_size"]) ** 0.5, attn_scale=float(scalar) ** -0.5,
+               final_logit_softcapping=cap,
+               rope_parameters=_rope_parameters(
+                   r, default_theta=1e6,
+                   nested_defaults={"sliding_attention": 10000.0, "full_attention": 1_000_000.0}))
+    out.update(_placement(layer_types, window, r))
+    return out
+
+
+# SpikingBrain's GLAswaConfig defaults (its reference config class).
+_GLA_SWA = dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+                num_key_value_heads=4, intermediate_size=18944, hidden_act="swish",
+                max_position_embeddings=4096 * 32, sliding_window=4096, norm_eps=1e-6,
+                rope_theta=1_000_000.0, gate_logit_normalizer=16, gate_low_rank_dim=16,
+                tie_word_embeddings=False, initializer_range=0.02, bos_token_id=151643,
+                eos_token_id=151643, pad_token_id=None)
+
+
+def read_gla_swa(r: ConfigKeys) -> dict[str, Any]:
+    """SpikingBrain-7B. Its GLAswaConfig derives head_dim (hidden / heads) and the layer
+    pattern (odd layers SWA) instead of reading them; stored values must agree."""
+    out: dict[str, Any] = {"model_type": "gla_swa"}
+    for key, default in _GLA_SWA.items():
+        out[key] = r.take(key, default)
+    n = out["num_hidden_layers"] = _positive_int(r, "num_hidden_layers", out["num_hidden_layers"])
+    heads = _positive_int(r, "num_attention_heads", out["num_attention_heads"])
+    derived = {"head_dim": out["hidden_size"] // heads, "attn_layers": list(range(1, n, 2)),
+               "attn_type_list": [i % 2 for i in range(n)]}
+    for key, value in derived.items():
+        if r.has(key) and r.take(key) != value:
+            r.refuse(key, f"disagrees with what SpikingBrain's GLAswaConfig derives ({value!r}); "
+                          "its model ignores the stored value")
+    out.update(head_dim=derived["head_dim"], attn_layers=derived["attn_layers"])
+    for key, ok in (("use_short_conv", (False,)), ("elementwise_affine", (True,)),
+                    ("enable_spike", (False, None)), ("feature_map", ("relu", None))):
+        if r.take(key, ok[0]) not in ok:
+            r.refuse(key, f"is not supported (sbsnn reads the float model with {key}={ok[0]})")
+    for key in ("attn_mode", "conv_size", "fuse_cross_entropy", "spike_dynamic_scale",
+                "spike_bitwidth"):
+        r.ignored_by_reference.add(key)  # kernel choices; spike settings with enable_spike off
+    out.update(attention_bias=True, o_proj_bias=False, mlp_bias=False, norm_style="fla")
+    return out
+
+
+_OWN_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "attn_layers", "sliding_window",
+                 "norm_eps", "attention_bias")
+
+
+def read_sbsnn_hybrid(r: ConfigKeys) -> dict[str, Any]:
+    """sbsnn's own layout: HybridConfig's fields. Those a trained model depends on are
+    required (sbsnn always writes them); the rest default to sbsnn 0.1's behaviour."""
+    names = {f.name for f in dataclasses.fields(HybridConfig)} - {"extra", "source_config"}
+    out = {}
+    for key in _OWN_REQUIRED:
+        out[key] = r.take(key)
+    if not r.has("rope_theta") and r.d.get("rope_parameters") is None:
+        r.take("rope_theta")  # raises: the RoPE base is not guessed
+    for key in sorted(names - set(out)):
+        if r.has(key):
+            out[key] = r.take(key)
+    return out
+
+
+READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
+    "sbsnn_hybrid": read_sbsnn_hybrid,
+    "gla_swa": read_gla_swa,
+    "llama": read_llama,
+    "mistral": read_mistral,
+    "qwen2": read_qwen2,
+    "qwen3": read_qwen3,
+    "gemma3_text": read_gemma3_text,
+}
+_HINTS = {
+    "gemma3": "this is a multimodal Gemma 3 (vision + text); sbsnn reads the text model "
+              "(model_type gemma3_text, e.g. Gemma 3 270M / 1B)",
+    "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",
+}
+
+
+def _main_theta(kwargs: dict[str, Any]) -> None:
+    """``rope_theta`` of the HybridConfig: the base of the (global) RoPE, for display."""
+    rp = kwargs.get("rope_parameters")
+    if rp:
+        kwargs["rope_theta"] = float(rp.get("full_attention", rp)["rope_theta"])
+
+
+def read_config(d: dict[str, Any], source: str = "config") -> HybridConfig:
+    """A config.json dict of any supported family -> HybridConfig."""
+    mt = d.get("model_type")
+    if mt not in READERS:
+        hint = _HINTS.get(mt, f"sbsnn reads {', '.join(READERS)}")
+        raise CheckpointError(f"{source}: model_type {mt!r} (architectures "
+                              f"{d.get('architectures')}) is not supported; {hint}")
+    r = ConfigKeys(d, source, mt)
+    try:
+        kwargs = READERS[mt](r)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    extra = r.finish(frozenset(r.ignored_by_reference))
+    if mt != "sbsnn_hybrid":
+        _main_theta(kwargs)
+    try:
+        cfg = HybridConfig(**kwargs, extra=extra,
+                           source_config=None if mt == "sbsnn_hybrid" else dict(d))
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    except TypeError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    return cfg
