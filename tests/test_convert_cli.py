@@ -217,3 +217,20 @@ def test_killed_forced_conversion_keeps_the_old_output(tmp_path, src):
     p.kill()
     p.wait(timeout=30)
     assert sorted(q.name for q in out.iterdir()) == ["keep.txt"]
+
+
+def test_generate_and_info_take_a_spiking_checkpoint(src, tmp_path, capsys):
+    """The seed's on-device use: a spiking model answering a prompt from the CLI."""
+    out = tmp_path / "spk"
+    assert main(["convert", str(src), str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    spiking = load_spiking(out)
+    want = "".join(spiking.stream("ROMEO:", 5, temperature=0))
+    assert printed.startswith("ROMEO:") and printed.rstrip("\n").endswith(want.rstrip("\n"))
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    n = len(sbsnn.converters.spiking_layers(spiking))
+    assert f"spiking checkpoint: {n} spiking linear layers (paper preset, ternary coding, k = 3" in text

@@ -414,3 +414,16 @@ def test_config_translates_llama():
     assert cfg.norm_eps == 1e-5 and cfg.rope_theta == 500000.0
     assert cfg.attention_bias is False
     assert math.isclose(HybridConfig.from_dict({**cfg.to_dict()}).norm_eps, 1e-5)
+
+
+@pytest.mark.parametrize("key", ["rope_theta", "sliding_window", "attn_layers", "norm_eps"])
+def test_own_config_never_defaults_what_the_trained_model_depends_on(tmp_path, key):
+    d = HybridConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, attn_layers=[1],
+                     sliding_window=8, rope_theta=1e4).to_dict()
+    del d[key]
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=f"config key '{key}' is missing") as e:
+        HybridConfig.from_json(p)
+    assert str(p) in str(e.value)

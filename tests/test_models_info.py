@@ -35,6 +35,14 @@ CONFIGS = {
                               num_experts=3, num_experts_per_tok=1, num_shared_experts=1,
                               moe_intermediate_size=16, dense_layers=[0, 2],
                               tie_word_embeddings=True),
+    # Gemma 3 / Qwen3 options: q/k norms, sandwich norms, o_proj bias, GeGLU, per-kind RoPE.
+    "gemma_like": dict(attn_layers=[0, 1, 2, 3], full_attn_layers=[1, 3], sliding_window=5,
+                       qk_norm=True, sandwich_norm=True, norm_style="gemma", o_proj_bias=True,
+                       hidden_act="gelu_pytorch_tanh", embedding_scale=32 ** 0.5, attn_scale=0.2,
+                       tie_word_embeddings=True,
+                       rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                        "full_attention": {"rope_type": "linear", "rope_theta": 1e6,
+                                                           "factor": 8.0}}),
 }
 
 
@@ -207,6 +215,23 @@ def test_format_info():
     for s in ("parallel", "MoE", "active per token", "6..27 step 7", "grow"):
         assert s in text, s
     assert format_info(model_info(small_config("parallel_76b_like"), contexts=()))
+
+
+def test_settings_say_what_runs():
+    st = info_mod.settings(small_config("gemma_like"))
+    by_kind = {k["kind"]: k for k in st["layer_kinds"]}
+    assert by_kind["swa"]["layers"] == [0, 2] and by_kind["swa"]["window"] == 5
+    assert by_kind["full"]["layers"] == [1, 3] and by_kind["full"]["window"] is None
+    assert by_kind["swa"]["rope"] == {"rope_type": "default", "rope_theta": 1e4}
+    assert by_kind["full"]["rope"] == {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}
+    assert st["score_scale"] == 0.2 and st["qk_norm"] and st["norm"]["sandwich"]
+    text = format_info(model_info(small_config("gemma_like")))
+    for piece in ("window 5; RoPE default, base 10000", "full; RoPE linear, base 1e+06, factor 8",
+                  "q/k RMSNorm", "(1 + w) (Gemma)", "GeGLU (gelu_pytorch_tanh)", "embeddings x 5.65685",
+                  "sandwich"):
+        assert piece in text, piece
+    text = format_info(model_info(small_config("hybrid")))
+    assert "gated linear attention, no RoPE" in text and "SwiGLU (swish)" in text
 
 
 def test_info_from_path(tmp_path, monkeypatch):
