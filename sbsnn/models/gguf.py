@@ -449,15 +449,8 @@ def _dequantize(t, path: Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- entry
-def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
-    """Read a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma3)."""
-    path = Path(path)
-    reader = _open(path)
-    meta = read_metadata(reader, path)
-    arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
+def _check_keys(meta: dict, arch: str, path: Path):
+    """Refuse every key outside general.*, the architecture's own and the tokenizer's."""
     if int(meta.get("split.count", 1) or 1) > 1:
         raise CheckpointError(f"{path}: split.count={meta['split.count']}: a split GGUF is not "
                               "supported; merge its parts first (llama.cpp's gguf-split --merge)")
@@ -470,8 +463,8 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
         raise CheckpointError(f"{path}: {key}={_short(value)}: unknown metadata key; "
                               "refusing rather than guessing whether it changes the model")
 
-    tok, special = build_tokenizer(meta, arch, str(path))
-    by_name = {t.name: t for t in reader.tensors}
+
+def _config(meta: dict, arch: str, by_name: dict, special: dict, path: Path) -> dict:
     m = _Meta(meta, arch, path)
     n_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
     rope_freqs = None
@@ -497,15 +490,21 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
         raise CheckpointError(f"{path}: {k}={_short(meta[k])}: metadata key not supported for "
                               f"architecture {arch!r}; refusing rather than guessing whether it "
                               "changes the model")
+    # llama.cpp writes output.weight only when the head is not the embedding matrix
     config["tie_word_embeddings"] = "output.weight" not in by_name
     config.update({"bos_token_id": special["bos"], "eos_token_id": special["eos"],
                    "pad_token_id": special["pad"]})
+    return config
 
+
+def _tensor_plan(reader, arch: str, config: dict, path: Path) -> dict[str, str]:
+    """GGUF name -> Hugging Face name for every tensor, after checking names, shapes, types
+    and completeness (so that no work is done on a file that will be refused)."""
     shapes = expected_shapes(arch, config)
     names = {}
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":
-            continue
+            continue  # became rope_parameters
         hf = hf_name(arch, t.name)
         if hf is None or hf not in shapes:
             raise CheckpointError(f"{path}: unexpected tensor {t.name} for a {arch} model of "
@@ -514,24 +513,32 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
         if hf in names.values():
             raise CheckpointError(f"{path}: tensor {t.name}: {hf} is stored twice")
         names[t.name] = hf
-        if tuple(int(x) for x in reversed(t.shape)) != shapes[hf] and \
-                not (len(shapes[hf]) == 1 and int(np.prod(t.shape)) == shapes[hf][0]):
-            raise CheckpointError(f"{path}: tensor {t.name} has shape "
-                                  f"{tuple(int(x) for x in reversed(t.shape))}, expected "
+        shape = tuple(int(x) for x in reversed(t.shape))  # ggml lists dims fastest first
+        while len(shape) > len(shapes[hf]) and shape[0] == 1:
+            shape = shape[1:]
+        if shape != shapes[hf]:
+            raise CheckpointError(f"{path}: tensor {t.name} has shape {shape}, expected "
                                   f"{shapes[hf]} for {hf} under the file's metadata")
         if t.tensor_type.name not in TENSOR_TYPES:
-            _dequantize(t, path)  # refuses by tensor name and type, before any work
+            _dequantize(t, path)  # refuses by tensor name and type
     missing = [k for k in shapes if k not in names.values()]
     if missing:
         raise CheckpointError(f"{path}: tensor {missing[0]} (and {len(missing) - 1} more) missing "
                               f"for a {arch} model")
+    return names
 
-    tensors, origin = {}, {}
+
+def load_tensors(reader, names: dict[str, str], arch: str, config: dict, path: Path,
+                 progress: bool = False) -> tuple[dict, dict]:
+    """Dequantize the planned tensors to float32 and undo llama.cpp's transforms:
+    ``(tensors, origin)`` keyed by Hugging Face name."""
+    shapes = expected_shapes(arch, config)
     items = [t for t in reader.tensors if t.name in names]
     if progress:
         from tqdm.auto import tqdm
         items = tqdm(items, desc=f"dequantizing {path.name}", unit="tensor")
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    tensors, origin = {}, {}
     for t in items:
         hf = names[t.name]
         w = torch.from_numpy(_dequantize(t, path)).reshape(shapes[hf])
@@ -542,6 +549,23 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
         elif arch == "gemma3" and hf.endswith("norm.weight"):
             w = w - 1.0  # llama.cpp stores Gemma's (1 + w) RMSNorm weight as 1 + w
         tensors[hf], origin[hf] = w, t.name
+    return tensors, origin
+
+
+def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
+    """Read a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma3)."""
+    path = Path(path)
+    reader = _open(path)
+    meta = read_metadata(reader, path)
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    _check_keys(meta, arch, path)
+    tok, special = build_tokenizer(meta, arch, str(path))
+    config = _config(meta, arch, {t.name: t for t in reader.tensors}, special, path)
+    names = _tensor_plan(reader, arch, config, path)
+    tensors, origin = load_tensors(reader, names, arch, config, path, progress)
     return GGUFCheckpoint(path=path, config=config, tensors=tensors, origin=origin,
                           tokenizer=HFTokenizer.from_tokenizer(tok, path), special_ids=special)
 

@@ -84,15 +84,11 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def derive_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
     """BPE merges implied by a vocabulary: every split of a piece into two pieces that are
-    both in the vocabulary, best-scored piece first. Ties keep the order transformers'
-    ``generate_merges`` gives them (shorter left part first, then by the parts' ids)."""
-    ranked = []
-    for piece, score in scores.items():
-        found = [(piece[:i], piece[i:]) for i in range(1, len(piece))
-                 if piece[:i] in vocab and piece[i:] in vocab]
-        found.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
-        ranked.extend((left, right, score) for left, right in found)
-    # a stable sort, descending on (score, len(left), len(right))
+    both in the vocabulary, best-scored piece first; among equal scores the longer left
+    part first, then the pieces' order in ``scores`` (transformers' ``generate_merges``)."""
+    ranked = [(piece[:i], piece[i:], score) for piece, score in scores.items()
+              for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+    # stable, descending on (score, len(left), len(right)); one piece's splits never tie
     ranked.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     return [(left, right) for left, right, _ in ranked]
 
