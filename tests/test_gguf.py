@@ -186,7 +186,7 @@ def test_tokenizer_json_round_trips_with_special_tokens(arch_files, tmp_path):
     tok = HFTokenizer(tmp_path / "tokenizer.json")
     for text in gf.TEXTS:
         assert tok.encode(text) == ck.tokenizer.encode(text)
-    assert tok.encode("Hi")[0] == ck.special_ids["bos"] == 2  # tokenizer.json dirs add BOS now
+    assert tok.encode("Hi")[0] == ck.config["bos_token_id"] == 2  # tokenizer.json dirs add BOS now
 
 
 # ----------------------------------------------------------------------------- refusals

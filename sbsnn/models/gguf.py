@@ -16,7 +16,7 @@ llama.cpp's own default for it differs. Every metadata key is used, on the harml
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,6 @@ class GGUFCheckpoint:
     tensors: dict[str, torch.Tensor]  # float32, Hugging Face names
     origin: dict[str, str]            # Hugging Face name -> GGUF tensor name
     tokenizer: HFTokenizer
-    special_ids: dict = field(default_factory=dict)  # bos/eos/unk/pad as the file states
 
     def tokenizer_json(self) -> str:
         """The tokenizer as a ``tokenizer.json`` (to write beside a converted checkpoint)."""
@@ -464,7 +463,7 @@ def _check_keys(meta: dict, arch: str, path: Path):
                               "refusing rather than guessing whether it changes the model")
 
 
-def _config(meta: dict, arch: str, by_name: dict, special: dict, path: Path) -> dict:
+def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
     m = _Meta(meta, arch, path)
     n_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
     rope_freqs = None
@@ -492,8 +491,8 @@ def _config(meta: dict, arch: str, by_name: dict, special: dict, path: Path) -> 
                               "changes the model")
     # llama.cpp writes output.weight only when the head is not the embedding matrix
     config["tie_word_embeddings"] = "output.weight" not in by_name
-    config.update({"bos_token_id": special["bos"], "eos_token_id": special["eos"],
-                   "pad_token_id": special["pad"]})
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
+        config[f"{name}_token_id"] = meta.get(f"tokenizer.ggml.{key}")
     return config
 
 
@@ -562,12 +561,12 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
         raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
                               f"(supported: {', '.join(ARCHITECTURES)})")
     _check_keys(meta, arch, path)
-    tok, special = build_tokenizer(meta, arch, str(path))
-    config = _config(meta, arch, {t.name: t for t in reader.tensors}, special, path)
+    config = _config(meta, arch, {t.name: t for t in reader.tensors}, path)
     names = _tensor_plan(reader, arch, config, path)
+    tok = build_tokenizer(meta, arch, str(path))
     tensors, origin = load_tensors(reader, names, arch, config, path, progress)
     return GGUFCheckpoint(path=path, config=config, tensors=tensors, origin=origin,
-                          tokenizer=HFTokenizer.from_tokenizer(tok, path), special_ids=special)
+                          tokenizer=HFTokenizer.from_tokenizer(tok, path))
 
 
 def _short(value) -> str:

@@ -99,9 +99,8 @@ def _flag(meta: dict, key: str, default):
 
 
 def build_tokenizer(meta: dict, arch: str, source: str):
-    """``(tokenizers.Tokenizer, special_ids)`` from a GGUF's metadata. ``meta`` maps keys
-    to plain Python values (string arrays as lists of str). ``source`` names the file in
-    errors. ``special_ids`` holds bos/eos/unk/pad token ids (None where the file has none)."""
+    """A ``tokenizers.Tokenizer`` from a GGUF's metadata. ``meta`` maps keys to plain
+    Python values (string arrays as lists of str); ``source`` names the file in errors."""
     try:
         from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
         from tokenizers import processors
@@ -218,16 +217,14 @@ def build_tokenizer(meta: dict, arch: str, source: str):
     if user:
         tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
 
-    ids = {name: meta.get(f"tokenizer.ggml.{key}") for name, key in
-           (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
-            ("pad", "padding_token_id"))}
-    named = {}
-    for name, i in ids.items():
+    named = {}  # bos/eos/unk/pad -> token string
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"),
+                      ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
+        i = meta.get(f"tokenizer.ggml.{key}")
         if i is None:
             continue
         if not 0 <= int(i) < len(tokens):
-            refuse(f"tokenizer.ggml.{dict(bos='bos_token_id', eos='eos_token_id', unk='unknown_token_id', pad='padding_token_id')[name]}",
-                   f"token id outside the vocabulary of {len(tokens)}")
+            refuse(f"tokenizer.ggml.{key}", f"token id outside the vocabulary of {len(tokens)}")
         named[name] = tokens[int(i)]
     # The named special tokens (and Gemma's <mask>, which its transformers class always
     # declares) are special added tokens even where the file did not mark them control.
@@ -248,4 +245,4 @@ def build_tokenizer(meta: dict, arch: str, source: str):
     tok.post_processor = processors.TemplateProcessing(single=" ".join(single),
                                                        pair=" ".join(pair),
                                                        special_tokens=special)
-    return tok, {k: (None if v is None else int(v)) for k, v in ids.items()}
+    return tok
