@@ -130,6 +130,8 @@ class _Meta:
         v = self.meta[k]
         if kind is not None and (isinstance(v, (list, bool)) or not isinstance(v, (int, float))):
             self.refuse(name, "a single number is expected (per-layer values are not supported)")
+        if kind is int and v != int(v):
+            self.refuse(name, "a whole number is expected")
         return kind(v) if kind is not None else v
 
     def req(self, name: str, kind=int):
@@ -163,10 +165,6 @@ def _rope_scaling(m: _Meta, theta: float) -> dict:
     kind = m.get("rope.scaling.type", "none")
     factor = m.get("rope.scaling.factor", None)
     m.get("rope.scaling.original_context_length")  # read by llama.cpp for YaRN only
-    for extra in ("attn_factor", "yarn_log_multiplier", "yarn_ext_factor", "yarn_attn_factor",
-                  "yarn_beta_fast", "yarn_beta_slow", "alpha"):
-        if m.has(f"rope.scaling.{extra}"):
-            m.refuse(f"rope.scaling.{extra}", "this RoPE scaling parameter is not supported")
     if kind == "none" and factor in (None, 1.0):
         return {"rope_type": "default", "rope_theta": theta}
     if kind == "linear" and factor is not None and float(factor) > 0:
