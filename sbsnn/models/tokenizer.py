@@ -26,7 +26,12 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A ``tokenizer.json`` read with the ``tokenizers`` package."""
+    """A ``tokenizers.Tokenizer``: read from a ``tokenizer.json`` file, or built elsewhere
+    (a GGUF file's vocabulary) and wrapped with :meth:`from_tokenizer`.
+
+    ``encode`` and ``decode`` behave as a ``transformers`` tokenizer called with its
+    defaults: ``encode`` adds the special tokens the tokenizer's post-processor adds
+    (e.g. a leading ``<bos>``), ``decode`` keeps special tokens in the text."""
 
     def __init__(self, path: str | Path):
         try:
@@ -37,11 +42,24 @@ class HFTokenizer:
         self._tok = Tokenizer.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    @classmethod
+    def from_tokenizer(cls, tokenizer, source: str | Path | None = None) -> "HFTokenizer":
+        """Wrap a ``tokenizers.Tokenizer`` object; ``source`` names where it came from."""
+        self = cls.__new__(cls)
+        self.path = None if source is None else Path(source)
+        self._tok = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+        return self
 
-    def decode(self, ids) -> str:
-        return self._tok.decode([int(i) for i in ids])
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def to_json(self) -> str:
+        """The tokenizer serialised as a ``tokenizer.json``."""
+        return self._tok.to_str()
 
     def incremental_decoder(self) -> Callable[[int], str]:
         ids: list[int] = []

