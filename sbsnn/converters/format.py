@@ -101,9 +101,9 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
     with atomic_directory(directory, force) as tmp:
         save_pretrained(model, tmp, max_shard_bytes=max_shard_bytes)
         write_spiking_config(tmp, cfg)
-        tok_path = getattr(getattr(model, "tokenizer", None), "path", None)
-        if tok_path is not None:  # a Hugging Face tokenizer.json travels with the weights
-            shutil.copyfile(tok_path, tmp / "tokenizer.json")
+        tok = getattr(model, "tokenizer", None)
+        if hasattr(tok, "to_json"):  # a Hugging Face tokenizer travels with the weights
+            (tmp / "tokenizer.json").write_text(tok.to_json())
     return Path(directory)
 
 

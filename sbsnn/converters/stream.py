@@ -9,7 +9,6 @@ the end (see :class:`~sbsnn.converters.format.atomic_directory`).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,13 +19,8 @@ from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan
 from sbsnn.converters.format import atomic_directory, write_spiking_config
 from sbsnn.converters.quant import QuantStats
 from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.models.checkpoint import fill_state, read_state_dict, resolve
-from sbsnn.models.config import HybridConfig
+from sbsnn.models.checkpoint import fill_state, open_checkpoint
 from sbsnn.models.hybrid import HybridForCausalLM
-
-# Files copied unchanged from the source directory (tokenizers and the like).
-COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-          "merges.txt", "tokenizer.model", "generation_config.json")
 
 
 def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "paper",
@@ -34,18 +28,17 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
                        targets: list[str] | None = None, exclude: list[str] | None = None,
                        force: bool = False, allow_pickle: bool = False,
                        progress: bool = True) -> SpikingConfig:
-    """Write the spiking form of checkpoint ``src`` (a directory or embedded name) to ``out``."""
+    """Write the spiking form of checkpoint ``src`` (a directory, a GGUF file or an
+    embedded name) to ``out``."""
     check_request(preset, targets, coding, k, group_size)  # fail before reading anything
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
-    src = resolve(src)
-    cfg = HybridConfig.from_json(src / "config.json")
-    raw, origin = read_state_dict(src, allow_pickle=allow_pickle)
+    ck = open_checkpoint(src, allow_pickle=allow_pickle, progress=progress)
     with torch.device("meta"):
-        model = HybridForCausalLM(cfg)
-    fill_state(model, raw, origin, src, cfg.model_type)  # views of the mapped files
-    del raw
+        model = HybridForCausalLM(ck.config)
+    fill_state(model, ck.raw, ck.origin, ck.source, ck.config.model_type)  # views of the mapped files
+    ck.raw = {}
     scfg = plan(model, preset, coding, k, group_size, targets, exclude)
     names = scfg.targets
     n_blocks = len(model.model.layers)
@@ -75,10 +68,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
         total += _write(tmp / shard(n_blocks), rest, weight_map)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        shutil.copyfile(src / "config.json", tmp / "config.json")
-        for name in COPIED:
-            if (src / name).exists():
-                shutil.copyfile(src / name, tmp / name)
+        ck.write_beside(tmp)
         scfg.quantization = stats.to_dict()
         write_spiking_config(tmp, scfg)
     return scfg

@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -178,30 +180,84 @@ def _read_index(index: Path) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- loading
+@dataclass
+class OpenedCheckpoint:
+    """What a source holds, before any model is built: the config, the raw tensors (views
+    of memory-mapped files for safetensors; dequantized float32 for GGUF), the file each
+    tensor came from, and the tokenizer."""
+
+    source: Path                       # the directory or the GGUF file
+    config: HybridConfig
+    raw: dict[str, torch.Tensor]
+    origin: dict[str, Path]
+    tokenizer: object | None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.source.is_file()
+
+    def write_beside(self, out: Path) -> None:
+        """Write into ``out`` the config and tokenizer files a converted copy needs:
+        config.json (a GGUF's config as transformers builds it) and the tokenizer."""
+        if self.is_gguf:
+            (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+            (out / "tokenizer.json").write_text(self.tokenizer.to_json())
+            return
+        shutil.copyfile(self.source / "config.json", out / "config.json")
+        for name in TOKENIZER_FILES:
+            if (self.source / name).exists():
+                shutil.copyfile(self.source / name, out / name)
+
+
+# Files copied unchanged beside a converted checkpoint (tokenizers and the like).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "generation_config.json")
+
+
+def open_checkpoint(src: str | Path, allow_pickle: bool = False,
+                    progress: bool = False) -> OpenedCheckpoint:
+    """Open a checkpoint directory, a GGUF file or an embedded name (nothing built yet)."""
+    p = resolve(src)
+    if p.is_file():
+        from sbsnn.models.gguf import is_gguf, read_gguf
+
+        if not is_gguf(p):
+            raise CheckpointError(f"{p}: a file, but not a GGUF file (no GGUF magic bytes); give "
+                                  "a checkpoint directory (config.json + *.safetensors) or a .gguf file")
+        ck = read_gguf(p, progress=progress)
+        cfg = HybridConfig.from_dict(ck.config, source=f"{p} (metadata)")
+        origin = {k: p for k in ck.tensors}
+        return OpenedCheckpoint(p, untie_if_head_stored(cfg, ck.tensors, origin), ck.tensors,
+                                origin, ck.tokenizer)
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: not a directory (give a checkpoint directory holding "
+                              f"config.json and *.safetensors, a .gguf file, or one of "
+                              f"{sorted(EMBEDDED)})")
+    cfg = HybridConfig.from_json(p / "config.json")
+    raw, origin = read_state_dict(p, allow_pickle=allow_pickle)
+    try:
+        tok = tokenizer_for(p, cfg.vocab_size)
+    except ImportError as e:
+        warnings.warn(f"{p}: model loaded without its tokenizer: {e}", stacklevel=3)
+        tok = None
+    return OpenedCheckpoint(p, untie_if_head_stored(cfg, raw, origin), raw, origin, tok)
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None, allow_pickle: bool = False
-                    ) -> HybridForCausalLM:
-    """Build the model described by ``directory/config.json`` and fill it from its weights.
+                    dtype: torch.dtype | None = None, allow_pickle: bool = False,
+                    progress: bool = False) -> HybridForCausalLM:
+    """Build the model a checkpoint directory (or GGUF file) describes and fill it.
 
     ``dtype``: convert floating tensors to this dtype. Default: keep the checkpoint's,
     except that float16 weights compute in float32 on a CPU (see :func:`default_dtype`).
     """
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"{d}: not a directory (give a checkpoint directory holding "
-                              f"config.json and *.safetensors, or one of {sorted(EMBEDDED)})")
-    cfg = HybridConfig.from_json(d / "config.json")
-    raw, origin = read_state_dict(d, allow_pickle=allow_pickle)
-    cfg = untie_if_head_stored(cfg, raw, origin)
+    ck = open_checkpoint(directory, allow_pickle=allow_pickle, progress=progress)
     with torch.device("meta"):
-        model = HybridForCausalLM(cfg)
-    fill_state(model, raw, origin, d, cfg.model_type, device=device,
-               dtype=default_dtype(raw, device) if dtype is None else dtype)
+        model = HybridForCausalLM(ck.config)
+    fill_state(model, ck.raw, ck.origin, ck.source, ck.config.model_type, device=device,
+               dtype=default_dtype(ck.raw, device) if dtype is None else dtype)
     model.eval()
-    try:
-        model.tokenizer = tokenizer_for(d, cfg.vocab_size)
-    except ImportError as e:
-        warnings.warn(f"{d}: model loaded without its tokenizer: {e}", stacklevel=2)
+    model.tokenizer = ck.tokenizer
     return model
 
 
@@ -285,7 +341,7 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
 
 
 def resolve(name_or_dir: str | Path) -> Path:
-    """An embedded model name or a directory path."""
+    """An embedded model name, or the path given (a directory or a GGUF file)."""
     if isinstance(name_or_dir, str) and name_or_dir in EMBEDDED:
         p = EMBEDDED[name_or_dir]
         if not (p / "config.json").exists():
@@ -296,10 +352,12 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 
 def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None, allow_pickle: bool = False) -> HybridForCausalLM:
-    """Load ``"tiny-hybrid"`` (the embedded default) or a checkpoint directory."""
+               dtype: torch.dtype | None = None, allow_pickle: bool = False,
+               progress: bool = False) -> HybridForCausalLM:
+    """Load ``"tiny-hybrid"`` (the embedded default), a checkpoint directory, or a
+    llama.cpp ``.gguf`` file (needs the ``gguf`` extra)."""
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, progress=progress)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -567,6 +567,22 @@ def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
                           tokenizer=HFTokenizer.from_tokenizer(tok, path))
 
 
+def read_gguf_config(path: str | Path) -> dict:
+    """Only the config (as :func:`read_gguf` builds it), checking the metadata and the
+    tensor table but dequantizing nothing (for ``sbsnn info``)."""
+    path = Path(path)
+    reader = _open(path)
+    meta = read_metadata(reader, path)
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    _check_keys(meta, arch, path)
+    config = _config(meta, arch, {t.name: t for t in reader.tensors}, path)
+    _tensor_plan(reader, arch, config, path)
+    return config
+
+
 def _short(value) -> str:
     r = repr(value)
     return r if len(r) <= 80 else r[:77] + "..."

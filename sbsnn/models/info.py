@@ -375,33 +375,40 @@ def format_settings(st: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _resolve_config_path(path: str | Path) -> Path:
+def _read_config(path: str | Path) -> tuple[HybridConfig, str]:
+    """The config of a checkpoint directory, a config.json, a GGUF file or an embedded
+    name, and where it was read from."""
     p = resolve(path)  # embedded names first, as load_model does
     if not p.exists():
         raise CheckpointError(
             f"{p}: no such file or directory; give a checkpoint directory holding "
-            f"config.json, a config.json file, or an embedded name "
+            f"config.json, a config.json file, a .gguf file, or an embedded name "
             f"({', '.join(sorted(EMBEDDED_MODELS))})")
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p}: directory has no config.json")
-        return p / "config.json"
-    return p
+        p = p / "config.json"
+    else:
+        from sbsnn.models.gguf import is_gguf, read_gguf_config
+
+        if is_gguf(p):
+            return HybridConfig.from_dict(read_gguf_config(p), source=f"{p} (metadata)"), str(p)
+    return HybridConfig.from_json(p), str(p)
 
 
 def info_from_path(path: str | Path, dtype_bytes: Any = "auto",
                    contexts: Iterable[int] = DEFAULT_CONTEXTS) -> dict[str, Any]:
     """:func:`model_info` for a checkpoint directory (its ``config.json``), a
-    ``config.json`` file, or an embedded name such as ``"tiny-hybrid"`` (a name wins over
-    a same-named local path, as in ``load_model``). Only the config is read.
-    ``dtype_bytes="auto"`` takes the config's ``torch_dtype`` (bf16 when it has none).
-    Raises :class:`CheckpointError` naming the path when it cannot be used."""
-    cfg_path = _resolve_config_path(path)
-    cfg = HybridConfig.from_json(cfg_path)
+    ``config.json`` file, a GGUF file (its metadata), or an embedded name such as
+    ``"tiny-hybrid"`` (a name wins over a same-named local path, as in ``load_model``).
+    Only the config is read. ``dtype_bytes="auto"`` takes the config's ``dtype`` /
+    ``torch_dtype`` (bf16 when it has none). Raises :class:`CheckpointError` naming the
+    path when it cannot be used."""
+    cfg, source = _read_config(path)
     if dtype_bytes == "auto":
         dtype_bytes = cfg.extra.get("dtype") or cfg.extra.get("torch_dtype") or "bfloat16"
     info = model_info(cfg, dtype_bytes, contexts)
-    info["source"] = str(cfg_path)
+    info["source"] = source
     return info
 
 
