@@ -271,7 +271,7 @@ class Simulator:
         if self.recorder is not None:
             self.recorder.write(name, counts, v_th)
         y = self._accumulate(layer, counts, v_th, x.dtype)
-        if self.tracer is not None and name in self.tracer:
+        if self.tracer is not None and name in self.tracer and counts.shape[0]:
             call = self.tracer.add(name, layer, counts, v_th, x.dtype, s, row0)
             if self.recorder is not None and hasattr(self.recorder, "write_trace"):
                 self.recorder.write_trace(name, call)
