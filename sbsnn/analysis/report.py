@@ -44,8 +44,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _SCENARIOS,
-                                     _div, energy_section, sparsity_section, trace_section)
+from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _div,
+                                     energy_section, sparsity_section, trace_section)
 
 __all__ = ["ESTIMATE_INFO", "BASELINE_INFO", "METRIC_DEFINITIONS", "PLOT_FILES", "SCHEMA_VERSION",
            "build_report", "energy_section", "format_summary", "load_schema", "render_html",

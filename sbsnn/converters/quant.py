@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sbsnn.neurons.workers import run_parts, workers_for
+
 CODE_MAX = 127
 
 
@@ -289,10 +291,42 @@ def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
     return y.to(dtype)
 
 
+# Work (multiply-adds) below which a layer call runs on the caller's thread alone.
+_PARTS_MIN_MACS = 1 << 22
+_PARTS_MIN_COLUMNS = 64
+
+
+def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype):
+    return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+
+
 def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
                        v_th: torch.Tensor, bias: torch.Tensor | None, group_size: int,
                        dtype: torch.dtype) -> torch.Tensor:
     """``rescale(group_accumulate(counts, codes, group_size), scales, v_th, bias, dtype)``
-    without the int64 ``[G, N, out]`` intermediate: each chunk of exact group sums is
-    folded into the float64 output as it is made (same integers, same order, same bits)."""
-    return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+    without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
+    the float64 output as they are made (same integers, same order, same bits).
+
+    On a CPU with several torch threads, large calls are split into blocks of output
+    columns computed by sbsnn's single-threaded workers (:mod:`sbsnn.neurons.workers`):
+    every output element is computed by the same operations as inline, so the result is
+    the same, bit for bit, and the work takes one hand-off per block instead of a fork/join
+    of torch's threads per operation."""
+    N, in_f = counts.shape
+    out_f = codes.shape[0]
+    workers = 1
+    if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
+        workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
+    if workers <= 1:
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype)
+    parts = min(4 * workers, out_f // _PARTS_MIN_COLUMNS)
+    bounds = [out_f * p // parts for p in range(parts + 1)]
+    out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
+
+    def part(ab):
+        a, b = ab
+        out[:, a:b] = _linear_inline(counts, codes[a:b], scales[a:b], v_th,
+                                     None if bias is None else bias[a:b], group_size, dtype)
+
+    run_parts(part, list(zip(bounds[:-1], bounds[1:])), workers)
+    return out

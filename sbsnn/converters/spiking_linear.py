@@ -79,11 +79,16 @@ class SpikingLinear(nn.Module):
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks:
         exact group sums (:func:`~sbsnn.converters.quant.group_sums`) rescaled by
         :func:`~sbsnn.converters.quant.rescale`."""
-        block = self.token_block()
-        outs = [linear_from_counts(counts[s:s + block], self.weight_codes, self.weight_scales,
-                                   v_th[s:s + block], self.bias, self.group_size, dtype)
-                for s in range(0, counts.shape[0], block)]
-        return torch.cat(outs) if outs else counts.new_zeros(0, self.out_features, dtype=dtype)
+        N, block = counts.shape[0], self.token_block()
+        if N <= block:
+            return linear_from_counts(counts, self.weight_codes, self.weight_scales, v_th,
+                                      self.bias, self.group_size, dtype)
+        out = torch.empty(N, self.out_features, dtype=dtype, device=counts.device)
+        for s in range(0, N, block):
+            out[s:s + block] = linear_from_counts(counts[s:s + block], self.weight_codes,
+                                                  self.weight_scales, v_th[s:s + block], self.bias,
+                                                  self.group_size, dtype)
+        return out
 
     def token_block(self) -> int:
         """Tokens per block so that the float64 ``[tokens, out]`` output stays bounded."""

@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
+
+from . import workers as _workers
 
 __all__ = [
     "CODINGS",
@@ -376,91 +377,14 @@ class _Scan:
             self.out = self.out.to(need)
 
 
-# Worker threads for the blocked passes on a CPU. Each runs torch ops single-threaded: it
-# sets *its own* OpenMP thread count (omp_set_num_threads acts on the calling thread's
-# ICV only), so torch's intra-op settings for the host's threads never change and
-# torch.get_num_threads() reads the same everywhere else. Where the OpenMP runtime torch
-# uses cannot be found, no workers run: the blocks are processed on the caller's thread.
-_pool_lock = threading.Lock()
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_size = 0
-_omp_setter = None          # omp_set_num_threads of torch's OpenMP runtime, once found
-_omp_searched = False
-
-
-def _forget_pool_after_fork():  # a forked child has none of the parent's threads
-    global _pool_lock, _pool, _pool_size
-    _pool_lock, _pool, _pool_size = threading.Lock(), None, 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def _openmp_runtime_paths() -> list:
-    """Paths of OpenMP runtimes mapped into this process (Linux), then torch's own lib dir."""
-    import glob
-    import re
-
-    found = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                path = line.rsplit(None, 1)[-1] if "/" in line else ""
-                if re.search(r"/lib(g|i|i5)?omp[^/]*\.(so|dylib)", path) and path not in found:
-                    found.append(path)
-    except OSError:
-        pass
-    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for pattern in ("libgomp*.so*", "libomp*.so*", "libiomp*.so*", "libomp*.dylib", "libiomp*.dylib"):
-        found += [p for p in sorted(glob.glob(os.path.join(libdir, pattern))) if p not in found]
-    return found
-
-
-def _omp_set_num_threads():
-    """``omp_set_num_threads`` of the OpenMP runtime torch is linked with, or None."""
-    global _omp_setter, _omp_searched
-    with _pool_lock:
-        if not _omp_searched:
-            _omp_searched = True
-            if torch.backends.openmp.is_available():
-                import ctypes
-
-                for path in _openmp_runtime_paths():
-                    try:
-                        fn = ctypes.CDLL(path).omp_set_num_threads
-                    except (OSError, AttributeError):
-                        continue
-                    fn.argtypes, fn.restype = [ctypes.c_int], None
-                    _omp_setter = fn
-                    break
-        return _omp_setter
-
-
-def _serial_worker_init():
-    """Make this worker thread's torch ops single-threaded (its own OpenMP ICV only; if
-    that fails the worker's ops may fork, which costs time, never correctness)."""
-    torch.get_num_threads()       # torch's lazy per-thread init first: it sets the ICV once
-    setter = _omp_set_num_threads()
-    if setter is not None:
-        setter(1)
-
-
+# Worker threads: sbsnn.neurons.workers (single-threaded inside; torch's thread settings
+# for the host's threads never change).
 def _cpu_workers(wanted: int) -> int:
-    """How many worker threads to use for ``wanted`` parallel parts (1: the caller's thread)."""
-    if wanted <= 1 or _omp_set_num_threads() is None:
-        return 1
-    return wanted
+    return _workers.workers_for(wanted)
 
 
-def _worker_pool(size: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < size:
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sbsnn-spike",
-                                       initializer=_serial_worker_init)
-            _pool_size = size
-        return _pool
+def _worker_pool(size: int):
+    return _workers._worker_pool(size)
 
 
 def _run_blocks(scan: _Scan, spans, buf_rows: int, workers: int):

@@ -40,13 +40,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sbsnn.converters.quant import group_accumulate, linear_from_counts, num_groups
+from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.neurons import num_steps
+from sbsnn.neurons.workers import submit, workers_for
 from sbsnn.sim.events import CountSummary, step_events, summarize
 from sbsnn.sim.trace import LayerTrace, Tracer, TraceSpec
 
 _EVENT_BATCH_BYTES = 64 << 20
+_SUMMARY_ALONE = 1 << 15      # counts elements below which the counters are computed inline
 
 
 @dataclass
@@ -189,13 +190,11 @@ def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_s
 
 def accumulate_frame(layer: SpikingLinear, counts: torch.Tensor, v_th: torch.Tensor,
                      dtype: torch.dtype) -> torch.Tensor:
-    """``[N, out]`` outputs of ``layer`` from the count-weighted events of ``counts [N, in]``
-    (token blocks of ``layer.token_block()``): exact group sums, then ``rescale``."""
-    block = layer.token_block()
-    outs = [linear_from_counts(counts[s:s + block], layer.weight_codes, layer.weight_scales,
-                               v_th[s:s + block], layer.bias, layer.group_size, dtype)
-            for s in range(0, counts.shape[0], block)]
-    return torch.cat(outs) if outs else counts.new_zeros(0, layer.out_features, dtype=dtype)
+    """``[N, out]`` outputs of ``layer`` from the count-weighted events of ``counts [N, in]``:
+    on a CPU these events are the count frame itself, and their exact group sums and
+    rescale are the integer path's own (``SpikingLinear.forward_counts``: one
+    implementation, so the two paths cannot drift apart)."""
+    return layer.forward_counts(counts, v_th, dtype)
 
 
 def cupy_usable() -> bool:
@@ -264,13 +263,17 @@ class Simulator:
 
     def run_layer(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
         counts, v_th = layer.spike(x)
-        s = summarize(counts, layer.coding)
-        c = self.counters[name]
-        row0 = c.tokens
-        c.add(s)
+        # The closed-form counters run on one of sbsnn's workers beside the accumulation.
+        pending = None
+        if counts.device.type == "cpu" and counts.numel() > _SUMMARY_ALONE and workers_for(2) > 1:
+            pending = submit(summarize, counts, layer.coding)
         if self.recorder is not None:
             self.recorder.write(name, counts, v_th)
         y = self._accumulate(layer, counts, v_th, x.dtype)
+        s = pending.result() if pending is not None else summarize(counts, layer.coding)
+        c = self.counters[name]
+        row0 = c.tokens
+        c.add(s)
         if self.tracer is not None and name in self.tracer and counts.shape[0]:
             call = self.tracer.add(name, layer, counts, v_th, x.dtype, s, row0)
             if self.recorder is not None and hasattr(self.recorder, "write_trace"):

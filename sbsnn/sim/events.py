@@ -32,6 +32,7 @@ from typing import Iterator
 import torch
 
 from sbsnn.neurons import CODINGS, num_steps
+from sbsnn.neurons.coding import _binary_negative_error, _min_steps
 
 
 @dataclass
@@ -221,12 +222,19 @@ def summarize(counts: torch.Tensor, coding: str, steps: int | None = None) -> Co
         return CountSummary(coding, 0 if steps is None else int(steps), N, D, 0, 0, 0, 0,
                             D if N else 0, torch.zeros(0, dtype=torch.int64),
                             torch.zeros(0, dtype=torch.int64))
-    T = num_steps(counts, coding) if steps is None else int(steps)
     lo, hi = (int(v) for v in torch.aminmax(counts))
+    if coding == "binary" and lo < 0:
+        raise _binary_negative_error("summarize", lo)
+    T = _min_steps(coding, lo, hi) if steps is None else int(steps)
     peak = max(-lo, hi)
-    silent = D - int(counts.any(0).sum()) if N else 0
+    mag = counts if lo >= 0 else counts.abs()
+    if lo < 0 and lo == torch.iinfo(counts.dtype).min:    # |min| overflows: widen first
+        mag = counts.to(torch.int64).abs()
+    silent = int((mag.amax(0) == 0).sum()) if N else 0
     if hi - lo < _HIST_MAX_BINS:
-        freq = torch.bincount((counts.reshape(-1).to(torch.int64) - lo), minlength=hi - lo + 1).cpu()
+        # shift to 0..hi-lo in the narrowest type that holds it (bincount takes any int)
+        wide = torch.int16 if hi - lo <= 32767 else torch.int32
+        freq = torch.bincount(counts.reshape(-1).to(wide) - lo, minlength=hi - lo + 1).cpu()
         values = torch.arange(lo, hi + 1, dtype=torch.int64)
         keep = freq > 0
         zero = 0
