@@ -371,8 +371,12 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
 
 
 def _coding_of(model) -> str:
+    """The model's coding: its spiking config's, else its layers' ("mixed" if they differ)."""
     cfg = getattr(model, "spiking_config", None)
-    return cfg.coding if cfg is not None else "ternary"
+    if cfg is not None:
+        return cfg.coding
+    codings = {m.coding for m in model.modules() if isinstance(m, SpikingLinear)}
+    return codings.pop() if len(codings) == 1 else "mixed"
 
 
 def _recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
