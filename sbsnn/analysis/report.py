@@ -201,19 +201,15 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     from sbsnn.analysis.energy import estimate_energy, load_profile
     from sbsnn.analysis.sparsity import sparsity_from_recording
     from sbsnn.analysis.opcount import nonspiking_ops
-    from sbsnn.sim.recorder import load_recording
+    from sbsnn.sim.recorder import Recording
 
     rec_path = Path(recording_path)
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rec = load_recording(rec_path)
+    rec = Recording(rec_path, warn=False)   # what it would warn about becomes a note
     try:
         meta = dict(rec.metadata)
         coding = meta.get("coding") or "ternary"
         cfg = _model_config(meta)
-        notes = [str(w.message) for w in caught]
+        notes = list(rec.notes)
         if not rec.layers:
             raise ValueError(f"{rec_path}: the recording holds no layer (nothing was simulated)")
 

@@ -659,10 +659,14 @@ class Recording:
     ``rows(name)``. In an incomplete recording whose writer was killed during a flush,
     the rows that no longer read back are cut off (``damaged`` lists them) and the
     accessors return :class:`RowView` objects over the readable rows.
+    ``Recording(path, warn=False)`` keeps the incomplete-file warning in ``notes`` instead
+    of issuing it (no warning filter needs changing to collect it). Traced layers
+    (format 2): ``traced_layers`` and ``trace(name)``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, warn: bool = True):
         self.path = Path(path)
+        self.notes: list[str] = []      # what opening found (an incomplete or damaged file)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such recording")
         if self.path.is_dir():
@@ -713,7 +717,9 @@ class Recording:
                 shown = "; ".join(f"{k}: {v}" for k, v in list(self.damaged.items())[:3])
                 msg += (f"; {len(self.damaged)} layer(s) lost their last rows to a kill during "
                         f"a flush: {shown}")
-            warnings.warn(msg, stacklevel=3)
+            self.notes.append(msg)
+            if warn:
+                warnings.warn(msg, stacklevel=3)
 
     def _layer_names(self) -> list[str]:
         groups = self._file["layers"]
