@@ -26,6 +26,10 @@ activations): the event path (``Simulator.run_layer``, ternary and bitwise), the
 path and the dense float32 matmul ``x @ W.T``. Synaptic operations (events x fan-out) per
 second of the event path against the matmul's multiply-adds per second.
 
+Part 3, why the CPU path accumulates the count frame densely: the exact group sums of a
+Gemma-sized call as dense float32 products against sparse CSR products over the events
+only, by event density.
+
     .venv/bin/python benchmarks/bench_sim.py                   # ~15 min on 2 shared cores
     .venv/bin/python benchmarks/bench_sim.py --model DIR_OR_GGUF
     .venv/bin/python benchmarks/bench_sim.py --quick           # small shapes, a smoke run
@@ -144,9 +148,22 @@ def synthetic_model(shape: dict, seed: int = 0) -> HybridForCausalLM:
     return model
 
 
-def token_ids(model, n: int, seed: int = 1) -> torch.Tensor:
+def token_ids(model, n: int, seed: int = 1, text: str | None = None) -> tuple[torch.Tensor, str]:
+    """``n`` token ids: ``text`` (repeated if short) through the model's tokenizer, else
+    random ids over the vocabulary; and a word on where they came from."""
+    if text is not None:
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise SystemExit("--text needs a model with a tokenizer (sbsnn.load_model sets one "
+                             "when the checkpoint ships it)")
+        ids = list(tok.encode(text))
+        if not ids:
+            raise SystemExit("--text: the text encodes to no token")
+        ids = (ids * (n // len(ids) + 1))[:n]
+        return torch.tensor([ids]), f"text ({len(tok.encode(text))} tokens, repeated to {n})"
     vocab = model.config.vocab_size
-    return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
+    return ids, "random token ids"
 
 
 def bench_model(args) -> tuple[list[str], bool]:
@@ -164,12 +181,13 @@ def bench_model(args) -> tuple[list[str], bool]:
                 f"{', '.join(f'{c} x{f:g}' for c, f in MLP_OUTLIERS)}")
     snn = convert(model, "paper", coding=args.coding, k=K).eval()
     n_tokens = 128 if args.quick and args.tokens == 823 else args.tokens
-    ids = token_ids(model, n_tokens)
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
+    ids, source = token_ids(model, n_tokens, text=text)
     params = sum(p.numel() for p in model.parameters())
     layers = [m for m in snn.modules() if isinstance(m, SpikingLinear)]
     lines = [f"model: {what}; {params / 1e6:.1f} M parameters; {len(layers)} spiking layers "
-             f"(paper preset, {args.coding}, k {K:g}); {n_tokens} tokens in one pass; built and "
-             f"converted in {time.perf_counter() - t0:.0f} s"]
+             f"(paper preset, {args.coding}, k {K:g}); {n_tokens} tokens ({source}) in one pass; "
+             f"built and converted in {time.perf_counter() - t0:.0f} s"]
     print(lines[0], flush=True)
     tmp = tempfile.mkdtemp(prefix="bench_sim_")
     rec = os.path.join(tmp, "spikes.h5")
@@ -306,16 +324,67 @@ def bench_layers(args) -> tuple[list[str], bool]:
     return layer_table(rows) + ["", f"- event path bit-identical to the integer path: {all_ok}"], all_ok
 
 
+# ------------------------------------------------------- part 3: dense frame vs sparse
+DENSITIES = (0.9, 0.3, 0.1, 0.03, 0.01)
+FRAME_SHAPE = (823, 640, 2048, 128)        # tokens, in, out, group: a Gemma 3 270M MLP input
+
+
+def bench_frame(rounds: int, quick: bool) -> list[str]:
+    """Why the CPU path does not compact the events: the exact group sums of count-weighted
+    events as one dense frame product (``quant.group_sums``, float32 BLAS) against the same
+    sums as sparse CSR products over only the events (torch.sparse, float32), by density."""
+    import warnings
+
+    from sbsnn.converters.quant import group_sums
+
+    N, D, O, gs = (128, 256, 1024, 128) if quick else FRAME_SHAPE
+    G = D // gs
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-127, 128, (O, D), generator=g).to(torch.int8)
+    w = codes.t().to(torch.float32).contiguous().view(G, gs, O)
+    lines = [f"| event density | dense frame ms | sparse CSR ms | sparse / dense | same sums |",
+             "|---:|---:|---:|---:|---|"]
+    for dens in DENSITIES:
+        c = torch.randint(1, 9, (N, D), generator=g, dtype=torch.int16)
+        c = c * (torch.rand(N, D, generator=g) < dens)
+
+        def dense():
+            return [acc for _, acc in group_sums(c, codes, gs)]
+
+        def sparse():
+            out = []
+            cg = c.to(torch.float32).view(N, G, gs).transpose(0, 1)
+            for j in range(G):
+                with warnings.catch_warnings():   # "sparse CSR support is in beta" (a benchmark's choice)
+                    warnings.simplefilter("ignore")
+                    out.append(cg[j].to_sparse_csr() @ w[j])
+            return out
+        same = all(torch.equal(a, b) for a, b in zip(dense(), sparse()))
+        times = {"dense": [], "sparse": []}
+        for r in range(rounds):
+            for name, fn in (("dense", dense), ("sparse", sparse)) if r % 2 == 0 else (("sparse", sparse), ("dense", dense)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        d, sp = statistics.median(times["dense"]), statistics.median(times["sparse"])
+        lines.append(f"| {dens:.0%} | {d * 1e3:.1f} | {sp * 1e3:.1f} | {sp / d:.2f} | {same} |")
+    return [f"group sums of {N} tokens x {D} -> {O}, group {gs} (sparse: CSR built from the counts, "
+            f"included in its time)", ""] + lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="any model sbsnn.load_model reads (default: a random model of "
                                     "Gemma 3 270M's shape with injected massive activations)")
     ap.add_argument("--tokens", type=int, default=823, help="tokens of the model run (default 823)")
+    ap.add_argument("--text", metavar="FILE", help="run this text (through the model's tokenizer) "
+                                                   "instead of random token ids")
     ap.add_argument("--coding", default="ternary", choices=["ternary", "bitwise", "twos_complement"])
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the model run (default 3)")
     ap.add_argument("--layer-rounds", type=int, default=3, help="rounds per 7B layer case (default 3)")
-    ap.add_argument("--skip-layers", action="store_true", help="only part 1 (the model)")
-    ap.add_argument("--skip-model", action="store_true", help="only part 2 (7B-shaped layers)")
+    ap.add_argument("--skip-layers", action="store_true", help="skip part 2 (7B-shaped layers)")
+    ap.add_argument("--skip-model", action="store_true", help="skip part 1 (the model)")
+    ap.add_argument("--skip-frame", action="store_true", help="skip part 3 (dense frame vs sparse)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small model and layers, 1 round")
     args = ap.parse_args(argv)
@@ -337,6 +406,8 @@ def main(argv=None) -> int:
         lines, good = bench_layers(args)
         out += ["## 7B-shaped layers", *lines, ""]
         ok &= good
+    if not args.skip_frame:
+        out += ["## dense frame vs sparse events", *bench_frame(5 if not args.quick else 1, args.quick), ""]
     print()
     print("\n".join(out))
     print(f"whole benchmark: {time.perf_counter() - start:.0f} s wall; load average at the end {load()}")

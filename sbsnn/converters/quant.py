@@ -117,8 +117,9 @@ def _exact_dtype(max_count: int, group_size: int) -> torch.dtype:
 # An int8 weight code is at most 128 in magnitude (codes are clamped to 127, but a file can
 # hold -128): the bound below must hold for any int8.
 _CODE_LIMIT = 128
-# Working memory of one chunk of per-group float32 products [groups, tokens, out].
-_CHUNK_BYTES = 32 << 20
+# Working memory of one chunk of per-group float32 products [groups, tokens, out] (and of
+# the chunk's float weights [groups, group_size, out]).
+_CHUNK_BYTES = 16 << 20
 
 
 def f32_count_bound(group_size: int) -> int:
@@ -233,10 +234,17 @@ def group_sums(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
         tok, ch, rest = _outliers(counts, bound)
         starts = torch.searchsorted(ch, torch.arange(G + 1, device=ch.device) * group_size).tolist()
         wide = torch.float64 if peak * _CODE_LIMIT * group_size < 2 ** 53 else torch.int64
-    step = max(1, chunk_bytes // max(1, N * out_f * c.element_size()))
+    # Groups per chunk: the chunk's products [groups, N, out] and its float weights
+    # [groups, gs, out] both within chunk_bytes (large temporaries would be fresh memory,
+    # page-faulted on every call).
+    step = max(1, chunk_bytes // max(1, max(N, group_size) * out_f * c.element_size()))
+    # Weights that fit the budget are cast once, in one contiguous pass (a cast of group
+    # slices reads short strided rows: several times slower).
+    whole = _float_codes(codes, 0, G, group_size, ft) if G * group_size * out_f * c.element_size() <= chunk_bytes else None
     for g0 in range(0, G, step):
         g1 = min(G, g0 + step)
-        acc = torch.bmm(cg[g0:g1], _float_codes(codes, g0, g1, group_size, ft))
+        w = whole[g0:g1] if whole is not None else _float_codes(codes, g0, g1, group_size, ft)
+        acc = torch.bmm(cg[g0:g1], w)
         for g in range(g0, g1):
             if starts is None or starts[g + 1] == starts[g]:
                 yield g, acc[g - g0]
@@ -294,6 +302,7 @@ def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
 # Work (multiply-adds) below which a layer call runs on the caller's thread alone.
 _PARTS_MIN_MACS = 1 << 22
 _PARTS_MIN_COLUMNS = 64
+_FEW_TOKENS = 64
 
 
 def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype):
@@ -307,19 +316,25 @@ def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.
     without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
     the float64 output as they are made (same integers, same order, same bits).
 
-    On a CPU with several torch threads, large calls are split into blocks of output
-    columns computed by sbsnn's single-threaded workers (:mod:`sbsnn.neurons.workers`):
-    every output element is computed by the same operations as inline, so the result is
-    the same, bit for bit, and the work takes one hand-off per block instead of a fork/join
-    of torch's threads per operation."""
+    Large calls run as blocks of output columns (each block's float weights cast in one
+    contiguous pass), on a CPU with several torch threads by sbsnn's single-threaded
+    workers (:mod:`sbsnn.neurons.workers`): one hand-off per block instead of a fork/join
+    of torch's threads per operation. Every output element is computed by the same
+    operations whatever the blocks, so the result is the same, bit for bit."""
     N, in_f = counts.shape
     out_f = codes.shape[0]
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
         workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
-    if workers <= 1:
+    # With few tokens the weights' cast to float dominates: then use column blocks whose
+    # float weights fit one chunk, each cast in one contiguous pass.
+    by_weights = 1
+    if N <= _FEW_TOKENS:
+        by_weights = -(-out_f * num_groups(in_f, group_size) * group_size * 4 // _CHUNK_BYTES)
+    parts = max(4 * workers if workers > 1 else 1, by_weights)
+    parts = max(1, min(parts, out_f // _PARTS_MIN_COLUMNS))
+    if parts <= 1:
         return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype)
-    parts = min(4 * workers, out_f // _PARTS_MIN_COLUMNS)
     bounds = [out_f * p // parts for p in range(parts + 1)]
     out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
 
