@@ -15,6 +15,16 @@
    (two small kernels, a prefix sum and one synchronisation) is reported beside it.
 4. The same for a 2048-token prompt (no target: there the dense tensor-core product is
    the bar, and an event-driven walk on CUDA cores is expected to lose).
+5. Work independent of the largest count: the whole layer step the simulator runs
+   (``cupy_backend.layer_outputs``: compaction, count-weighted accumulation, rescale) on
+   512 tokens of a 7B-shaped layer, with 4 channels at 100-1000x the others (counts in
+   the thousands) and with one count past the int32 kernel's bound (split off and added
+   in int64), against the same inputs without outliers. Target: <= 1.25x.
+6. A whole model on the GPU: a random model of Gemma 3 270M's shape with massive
+   activations (as benchmarks/bench_sim.py builds it), 823 tokens: ``simulate(...,
+   backend="cupy")`` and the integer path against the float forward of the same model on
+   the same GPU (wall clock, synchronised). No target (the CPU goals are in bench_sim.py);
+   the logits must equal the integer path's on the same device.
 
 Timing: CUDA events around R back-to-back launches, queued behind a GPU sleep so that
 host launch overhead does not show; warm-ups first; the median of several rounds.
@@ -53,6 +63,10 @@ GROUP_SIZE = 128
 K = 3.0
 COUNTS_TARGET = 0.60   # >= this fraction of the copy bandwidth
 ACC_SLACK = 1.25       # event time <= ACC_SLACK * active fraction * dense INT8 time
+OUTLIER_SLACK = 1.25   # layer step with massive outliers <= this x the same without
+OUTLIER_TOKENS = 512
+MASSIVE = ((7, 1000.0), (100, 300.0), (2000, 100.0), (3000, 100.0))  # channel, factor
+MODEL_TOKENS = 823
 
 
 # ------------------------------------------------------------------------------ timing
@@ -199,6 +213,75 @@ def bench_accumulate(timer, device, l2_bytes, d_in, d_out, tokens, seed):
     return row
 
 
+def bench_outliers(timer, device, d_in, d_out, seed):
+    """The simulator's layer step with and without massive outliers (same weights)."""
+    from sbsnn.converters import SpikingLinear
+
+    torch.manual_seed(seed)
+    layer = SpikingLinear.from_linear(torch.nn.Linear(d_in, d_out), group_size=GROUP_SIZE, k=K,
+                                      coding="ternary").to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(OUTLIER_TOKENS, d_in, device=device, generator=g)
+    plain, v_plain = layer.spike(x)
+    xm = x.clone()
+    for ch, f in MASSIVE:
+        xm[:, ch % d_in] *= f
+    massive, v_m = layer.spike(xm)
+    split = massive.to(torch.int32)
+    split[0, 5] = 2 * cb.int32_count_bound(GROUP_SIZE)     # past the int32 kernel: split off
+    fns = {"plain": lambda: cb.layer_outputs(plain, v_plain, layer, torch.float32),
+           "massive": lambda: cb.layer_outputs(massive, v_m, layer, torch.float32),
+           "split": lambda: cb.layer_outputs(split, v_m, layer, torch.float32)}
+    t = {k: wall_time(f) for k, f in fns.items()}
+    exact = all(torch.equal(cb.layer_outputs(c, v, layer, torch.float32),
+                            layer.forward_counts(c, v, torch.float32))
+                for c, v in ((plain, v_plain), (massive, v_m), (split, v_m)))
+    worst = max(t["massive"], t["split"]) / t["plain"]
+    return {"name": f"layer step {OUTLIER_TOKENS} tok {d_in}->{d_out} outliers", "time": t["massive"],
+            "ref": f"plain {t['plain']:.0f} us, split {t['split']:.0f} us",
+            "value": worst,
+            "value_fmt": (f"x{t['massive'] / t['plain']:.2f} / x{t['split'] / t['plain']:.2f} "
+                          f"(peak {int(massive.abs().max())})"),
+            "target": f"<= {OUTLIER_SLACK:.2f}", "ok": worst <= OUTLIER_SLACK, "exact": exact}
+
+
+def bench_model_gpu(device):
+    """simulate(..., backend="cupy") and the integer path against the float forward."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_sim as bs
+
+    from sbsnn.converters import convert
+    from sbsnn.sim import simulate
+
+    model = bs.synthetic_model(bs.GEMMA3_270M).to(device)
+    snn = convert(model, "paper", coding="ternary", k=K).eval()
+    ids = bs.token_ids(model, MODEL_TOKENS).to(device)
+    with torch.no_grad():
+        fns = {"float": lambda: model(ids), "integer": lambda: snn(ids),
+               "event": lambda: simulate(snn, ids, backend="cupy", return_logits=False)}
+        t = {k: wall_time(f, reps=3) for k, f in fns.items()}
+        res = simulate(snn, ids, backend="cupy")
+        exact = bool(torch.equal(res.logits, snn(ids)[0].float().cpu()))
+    tot = res.totals()
+    return {"name": f"model {MODEL_TOKENS} tok Gemma3-270M shape", "time": t["event"],
+            "ref": f"float {t['float'] / 1e3:.1f} ms, integer {t['integer'] / 1e3:.1f} ms",
+            "value": t["event"] / t["float"],
+            "value_fmt": (f"event x{t['event'] / t['float']:.2f}, integer x{t['integer'] / t['float']:.2f} "
+                          f"(max count {tot['count_max']}, T {tot['time_steps_max']})"),
+            "target": "info", "ok": None, "exact": exact}
+
+
+def guarded(name, fn, *args):
+    """Run one benchmark row; a failure becomes a row (the prepared run goes on)."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - report and continue
+        print(f"{name} failed: {type(e).__name__}: {e}")
+        return {"name": name, "time": float("nan"), "ref": "FAILED", "value": None,
+                "value_fmt": f"{type(e).__name__}: {str(e)[:30]}", "target": "n/a", "ok": False,
+                "exact": False}
+
+
 def run_tests(timeout: int = 240) -> tuple[bool, str]:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_cupy_kernels.py", "-q",
            "-p", "no:cacheprovider"]
@@ -238,6 +321,12 @@ def plan() -> str:
             tgt = (f"target <= {ACC_SLACK} x active x int8" if tokens == 1 else "info")
             lines.append(f"accumulate: {tokens} token(s), {d_in}->{d_out}, group {GROUP_SIZE}, "
                          f"{SILENT:.0%} silent channels, vs torch._int_mm (M>=32) and bf16 linear; {tgt}")
+    for d_in, d_out in LAYERS:
+        lines.append(f"layer step: {OUTLIER_TOKENS} tokens, {d_in}->{d_out}, channels "
+                     f"{', '.join(f'{c} x{f:g}' for c, f in MASSIVE)} and one count past int32's bound, "
+                     f"vs no outliers; target <= {OUTLIER_SLACK} x")
+    lines.append(f"model: Gemma 3 270M shape with massive activations, {MODEL_TOKENS} tokens, "
+                 "simulate(backend='cupy') and the integer path vs the float forward; info")
     return "\n".join(lines)
 
 
@@ -267,6 +356,10 @@ def main(argv=None) -> int:
     for i, (d_in, d_out) in enumerate(LAYERS):
         rows.append(bench_accumulate(CudaTimer(rounds=3, reps=3, warmup=1), device, l2,
                                      d_in, d_out, PROMPT_TOKENS, seed=20 + i))
+    for i, (d_in, d_out) in enumerate(LAYERS):
+        rows.append(guarded(f"layer step outliers {d_in}->{d_out}", bench_outliers, timer, device,
+                            d_in, d_out, 30 + i))
+    rows.append(guarded("model", bench_model_gpu, device))
     import cupy
 
     header = (f"GPU {props.name} ({props.multi_processor_count} SMs, L2 {l2 >> 20} MiB); torch "

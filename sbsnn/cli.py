@@ -108,11 +108,18 @@ def cmd_simulate(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    trace = None
+    if args.trace:
+        from sbsnn.sim import TraceSpec
+
+        trace = TraceSpec(tuple(args.trace), tokens=None if args.trace_tokens < 0 else args.trace_tokens)
+    elif args.trace_tokens != _TRACE_TOKENS_DEFAULT:
+        raise ValueError("--trace-tokens needs --trace LAYER_GLOB")
     r = sbsnn.simulate(model, text, backend=args.backend, record=args.record,
                        block_size=args.block_size, max_tokens=args.max_tokens,
                        return_logits=False, progress=not args.quiet,
                        record_events=args.record_events,
-                       metadata={"model_dir": str(args.spiking_dir)})
+                       metadata={"model_dir": str(args.spiking_dir)}, trace=trace)
     t = r.totals()
     print(f"simulated {r.tokens:,} tokens through {len(r.layers)} spiking layers "
           f"({r.backend} backend, {r.coding} coding) in {r.seconds:.1f} s")
@@ -121,9 +128,20 @@ def cmd_simulate(args) -> int:
           f"ratio {t['synaptic_ops'] / max(1, t['dense_macs']):.3f})")
     print(f"  zero counts     {100 * t['zero_fraction']:.2f} % of {t['elements']:,} inputs; "
           f"{t['spikes_per_element']:.3f} spikes per input; slot sparsity {100 * t['slot_sparsity']:.2f} %")
+    print(f"  time steps      up to {t['time_steps_max']:,} per call; largest count {t['count_max']:,}")
+    for name, tr in r.traces.items():
+        pos, neg = tr.events_per_step()
+        spt = tr.steps_per_token()
+        busy = int((pos + neg > 0).sum())
+        print(f"  trace {name}: {len(tr.calls)} call(s), {tr.steps_max:,} steps ({busy:,} with "
+              f"events), steps per token mean {float(spt.float().mean()) if spt.numel() else 0:.1f} "
+              f"max {int(spt.max()) if spt.numel() else 0:,}")
     if args.record:
         print(f"  recording       {args.record}")
     return 0
+
+
+_TRACE_TOKENS_DEFAULT = 32  # sbsnn.sim.trace.DEFAULT_TOKENS (not imported: torch loads slowly)
 
 
 def cmd_demo(args) -> int:
@@ -281,6 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per step through the decoding state (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trace", metavar="LAYER_GLOB", action="append",
+                   help="resolve matching spiking layers in time (repeatable; e.g. "
+                        "'model.layers.0.*'): events per step, first/last spike step per "
+                        "token, outputs after each step; stored in --record")
+    p.add_argument("--trace-tokens", type=int, default=_TRACE_TOKENS_DEFAULT, metavar="N",
+                   help="tokens per traced layer whose per-step outputs are kept "
+                        "(default: %(default)s; -1: all)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",

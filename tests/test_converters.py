@@ -31,7 +31,9 @@ from torch import nn
 import sbsnn
 from sbsnn.converters import (Int8PerTokenHead, SpikingLinear, convert, convert_checkpoint,
                               load_spiking, quantize_weight, save_spiking)
-from sbsnn.converters.quant import group_accumulate
+from sbsnn.converters import quant
+from sbsnn.converters.quant import (f32_count_bound, group_accumulate, group_accumulate_reference,
+                                    linear_from_counts, rescale)
 from sbsnn.models import CheckpointError, HybridConfig, HybridForCausalLM, save_pretrained
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
@@ -197,10 +199,92 @@ def test_group_accumulate_is_the_exact_integer_matmul(data):
     acc = group_accumulate(counts.to(dtype), codes, gs)
     assert acc.dtype == torch.int64
     assert torch.equal(acc, _exact_group_sums(counts, codes, gs))
+    assert torch.equal(acc, group_accumulate_reference(counts.to(dtype), codes, gs))
 
 
-def test_group_accumulate_large_counts_take_the_float64_path_exactly():
-    # 1e5 * 127 * 128 > 2**24: float32 could not hold the partial sums.
+@settings(deadline=None, max_examples=60)
+@given(st.data())
+def test_group_accumulate_with_massive_outliers_equals_the_int64_reference(data):
+    """Mostly small counts and a few massive ones (as pretrained LLMs' activations give):
+    the bounded part goes through float32 GEMMs, the outliers through the integer part."""
+    n = data.draw(st.integers(1, 6), label="tokens")
+    in_f = data.draw(st.integers(1, 300), label="in")
+    out_f = data.draw(st.integers(1, 9), label="out")
+    gs = data.draw(st.sampled_from([1, 7, 16, 128, 512]), label="group")
+    huge = data.draw(st.sampled_from([f32_count_bound(gs) + 1, 3_565, 40_000, 2**20, 2**40]), label="huge")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(-8, 9, (n, in_f), generator=g)
+    channels = torch.randint(0, in_f, (data.draw(st.integers(1, 3), label="outlier channels"),), generator=g)
+    for ch in channels.tolist():   # a massive channel: every token, either sign, near `huge`
+        counts[:, ch] = torch.randint(huge // 2, huge + 1, (n,), generator=g) * (2 * torch.randint(0, 2, (n,), generator=g) - 1)
+    dtype = torch.int64 if huge > 2**31 - 1 else data.draw(st.sampled_from([torch.int32, torch.int64]))
+    codes = torch.randint(-128, 128, (out_f, in_f), generator=g).to(torch.int8)
+    want = group_accumulate_reference(counts.to(dtype), codes, gs)
+    assert torch.equal(want, _exact_group_sums(counts, codes, gs))
+    assert torch.equal(group_accumulate(counts.to(dtype), codes, gs), want)
+    scales = torch.rand(out_f, want.shape[0], generator=g)
+    v_th = torch.rand(n, 1, generator=g)
+    bias = torch.randn(out_f, generator=g) if data.draw(st.booleans(), label="bias") else None
+    y = linear_from_counts(counts.to(dtype), codes, scales, v_th, bias, gs, F32)
+    assert torch.equal(y, rescale(want, scales, v_th, bias, F32))
+
+
+def test_rescale_adds_the_groups_in_order_in_float64():
+    """The formula, term by term: y = ((0 + s0 a0) + s1 a1) + ...; * V_th; + b; one rounding
+    to the output dtype. An order-sensitive case: a tiny term after two that cancel."""
+    acc = torch.tensor([[[2**40]], [[-(2**40)]], [[1]]], dtype=torch.int64)      # [G=3, N=1, out=1]
+    scales = torch.tensor([[1.0, 1.0, 2.0**-30]])
+    y = rescale(acc, scales, torch.tensor([[3.0]]), torch.tensor([0.5]), torch.float64)
+    assert y.item() == ((0.0 + 2.0**40) - 2.0**40 + 2.0**-30) * 3.0 + 0.5
+    # another order would lose the small term: (2**40 + 2**-30) - 2**40 == 0 in float64
+    assert (2.0**40 + 2.0**-30) - 2.0**40 == 0.0
+
+
+def test_linear_from_counts_in_column_blocks_equals_inline(monkeypatch, two_threads, thread_probe):
+    """Large calls run as blocks of output columns on sbsnn's workers: the same bits as one
+    inline call, and torch's thread count never changes meanwhile."""
+    g = torch.Generator().manual_seed(11)
+    counts = torch.randint(-20, 21, (37, 300), generator=g, dtype=torch.int32)
+    counts[:, 5] = 5000                                     # an outlier channel
+    codes = torch.randint(-127, 128, (700, 300), generator=g).to(torch.int8)
+    scales, v_th, bias = torch.rand(700, 3, generator=g), torch.rand(37, 1, generator=g), torch.randn(700, generator=g)
+    want = rescale(group_accumulate_reference(counts, codes, 128), scales, v_th, bias, F32)
+    monkeypatch.setattr(quant, "_PARTS_MIN_MACS", 0)
+    calls = []
+    real = quant.run_parts
+    monkeypatch.setattr(quant, "run_parts", lambda fn, parts, w: calls.append((len(parts), w)) or real(fn, parts, w))
+    with thread_probe() as probe:
+        got = linear_from_counts(counts, codes, scales, v_th, bias, 128, F32)
+    assert calls and calls[0][0] > 1 and calls[0][1] == 2    # it really ran in blocks on workers
+    assert torch.equal(got, want)
+    assert probe.seen == {torch.get_num_threads()}
+    monkeypatch.setattr(quant, "workers_for", lambda n: 1)
+    assert torch.equal(linear_from_counts(counts, codes, scales, v_th, bias, 128, F32), want)
+
+
+def test_reduced_float32_matmul_precision_keeps_the_sums_exact():
+    """With TF32/bf16 float32 matmuls allowed by the host, the group products run in
+    float64 instead (never reduced): still the exact integers."""
+    g = torch.Generator().manual_seed(2)
+    counts = torch.full((3, 256), 1023, dtype=torch.int32)      # sums near 2**24: bf16 inputs would round
+    counts[1] = torch.randint(-1023, 1024, (256,), generator=g)
+    codes = torch.randint(-127, 128, (5, 256), generator=g).to(torch.int8)
+    want = group_accumulate_reference(counts, codes, 128)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not quant._ieee_float32_matmul(torch.device("cpu"))
+        assert torch.equal(group_accumulate(counts, codes, 128), want)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert quant._ieee_float32_matmul(torch.device("cpu"))
+    assert torch.equal(group_accumulate(counts, codes, 128), want)
+
+
+def test_group_accumulate_large_counts_take_the_outlier_path_exactly():
+    # 1e5 * 127 * 128 > 2**24: float32 could not hold the partial sums, so the counts
+    # beyond f32_count_bound go through the integer outlier part.
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(99_000, 100_001, (3, 256), generator=g)
     counts[1] *= -1
@@ -213,9 +297,9 @@ def test_group_accumulate_large_counts_take_the_float64_path_exactly():
 
 
 def test_group_accumulate_stays_exact_for_counts_beyond_2_pow_53_over_group():
-    """The docstring promises exact integer sums for int64 counts of any size; the
-    float64 path stops being exact once count * 127 * group_size passes 2**53
-    (counts of ~5.5e11 at group 128, reachable with a static threshold)."""
+    """The docstring promises exact integer sums for int64 counts of any size: float64
+    stops being exact once count * 127 * group_size passes 2**53 (counts of ~5.5e11 at
+    group 128, reachable with a static threshold), so such sums stay in int64."""
     counts = torch.full((1, 128), 2**45, dtype=torch.int64)
     counts[0, ::2] += 1
     codes = torch.full((1, 128), 127, dtype=torch.int8)

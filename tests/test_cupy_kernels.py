@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from sbsnn.converters import SpikingLinear, convert
-from sbsnn.converters.quant import group_accumulate
+from sbsnn.converters.quant import group_accumulate, group_accumulate_reference
 from sbsnn.models import HybridConfig, HybridForCausalLM
 from sbsnn.neurons import num_steps, spike_counts
 from sbsnn.sim import cupy_backend as cb
@@ -469,14 +469,48 @@ def test_accumulate_events_matches_the_event_walk(runner, coding):
         assert (pos, neg) == (wpos, wneg)
 
 
-def test_accumulate_events_falls_back_to_int64(runner):
+def test_accumulate_events_splits_off_counts_beyond_int32(runner):
+    # Counts past the int32 kernel's bound: the kernel takes them clamped, the rest is
+    # added in int64 (no int64 group_accumulate fallback), and the sums stay exact.
     layer = spiking_layer(130, 12, "bitwise", 128, seed=3, device=runner.device)
     counts = sparse_counts(3, 130, torch.int32, runner.device, seed=2, peak=300_000)
     assert not cb.int32_safe(int(counts.abs().max()), 128)
     T = num_steps(counts, "bitwise")
+    launches = len(runner.emulator.launches) if runner.emulator else 0
     acc, pos, neg = cb.accumulate_events(counts, layer, T)
-    assert torch.equal(acc.cpu(), group_accumulate(counts.cpu(), layer.weight_codes.cpu(), 128))
+    assert acc.dtype == torch.int64
+    assert torch.equal(acc.cpu(), group_accumulate_reference(counts.cpu(), layer.weight_codes.cpu(), 128))
     assert (pos, neg) == cb.event_counts(counts.cpu(), "bitwise", T)
+    if runner.emulator is not None:
+        assert any("event_accumulate_kernel" in n for n in runner.emulator.launches[launches:])
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_layer_outputs_with_massive_channels_equal_the_integer_path(runner, coding):
+    # A few channels at 100-1000x the others, as pretrained LLMs have: counts in the
+    # thousands (past the CPU's float32 bound), and for bitwise past the int32 one too.
+    D, O, gs = runner.sizes(gpu=(3584, 2064, 128), emulated=(400, 24, 64))
+    layer = spiking_layer(D, O, coding, gs, seed=7, device=runner.device)
+    x = activations(6, D, torch.float32, runner.device, seed=7, silent=0.3)
+    x[:, 3] *= 1000
+    x[:, 11] *= 100
+    if coding == "binary":
+        x = x.abs()
+    counts, v_th = layer.spike(x)
+    assert int(counts.abs().max()) > 700
+    if coding == "bitwise":   # beyond int32 for the kernel: exercise the split too
+        counts = counts.to(torch.int64)
+        counts[2, 5] = 3_000_000
+    y = cb.layer_outputs(counts, v_th, layer, torch.float32)
+    want = layer.forward_counts(counts.cpu(), v_th.cpu(), torch.float32) if not runner.gpu else \
+        layer.forward_counts(counts, v_th, torch.float32)
+    assert torch.equal(y.cpu(), want.cpu())
+    acc, pos, neg = cb.accumulate_events(counts, layer, num_steps(counts, coding))
+    assert torch.equal(acc.cpu(), group_accumulate_reference(counts.cpu(), layer.weight_codes.cpu(), gs))
+    from sbsnn.sim import summarize
+
+    s = summarize(counts.cpu(), coding)
+    assert (pos, neg) == (s.events_pos, s.events_neg)
 
 
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -511,6 +545,12 @@ def test_simulate_cupy_equals_torch(runner, coding):
         assert torch.equal(a.logits, snn(ids.to(runner.device))[0].float().cpu())
     if runner.emulator is not None:
         assert any("event_accumulate_kernel" in n for n in runner.emulator.launches)
+    # traces on the cupy backend equal the torch backend's
+    t_a = simulate(snn, ids, backend="cupy", trace="model.layers.1.mlp.*").traces
+    t_b = simulate(snn, ids, backend="torch", trace="model.layers.1.mlp.*").traces
+    for name in t_b:
+        for ca, cb_ in zip(t_a[name].calls, t_b[name].calls):
+            assert torch.equal(ca.outputs, cb_.outputs) and torch.equal(ca.events_pos, cb_.events_pos)
 
 
 # ------------------------------------------------------------- the references, on the CPU

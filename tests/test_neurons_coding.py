@@ -117,7 +117,34 @@ def test_multi_block_rows_and_dtype_promotion(monkeypatch):
     assert torch.equal(counts, torch.round(x / torch.tensor(1e-3)).to(torch.int64))
 
 
-def test_worker_threads_restore_torch_threads_and_survive_fork(monkeypatch):
+def test_public_calls_never_change_torch_threads(thread_probe, two_threads):
+    """torch's intra-op thread count, read from fresh threads while each call runs (and in
+    this thread after it), never changes: the workers set only their own OpenMP setting."""
+    from sbsnn.neurons import workers
+
+    assert workers.workers_for(2) == 2  # the worker paths run here
+    g = torch.Generator().manual_seed(5)
+    big = torch.randn(1500, 3584, generator=g)      # several blocks: workers in parallel
+    mid = torch.randn(300, 640, generator=g)        # one block: a single worker
+    threads = torch.get_num_threads()
+    with thread_probe() as probe:
+        for x in (big, mid, mid[:1]):
+            counts, v = spike_counts(x)
+            adaptive_threshold(x)
+            calibrate_threshold(x)
+            spike_stats(counts, "bitwise")
+            spike_stats(counts, "ternary")
+            num_steps(counts, "ternary")
+            decode(expand(counts[:4], "bitwise"), "bitwise")
+        mid[7, 9] = float("nan")
+        with pytest.raises(SpikeCodingError):
+            spike_counts(mid)
+    assert probe.seen == {threads}
+    assert torch.get_num_threads() == threads
+    assert workers._worker_pool(1).submit(torch.get_num_threads).result() == 1
+
+
+def test_worker_threads_restore_torch_threads_and_survive_fork(monkeypatch, two_threads):
     monkeypatch.setattr(coding_mod, "_CPU_BLOCK_BYTES", 4 * 64 * 3)
     threads = torch.get_num_threads()
     x = torch.randn(60, 64)

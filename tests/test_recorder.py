@@ -560,3 +560,58 @@ def test_recorder_lifecycle(tmp_path):
     rec = _quiet_load(path)
     with rec:
         assert rec.complete is False and rec.layers == ["other"]
+
+
+# ----------------------------------------------------------------------------- traces
+TRACE_FIELDS = ("events_pos", "events_neg", "first_step", "last_step", "output_offsets", "outputs")
+
+
+def test_traces_round_trip_through_the_recording(tmp_path, snn):
+    path = tmp_path / "t.h5"
+    res = simulate(snn, TEXT, backend="torch", record=path, block_size=16,
+                   trace=sbsnn.sim.TraceSpec(("model.layers.0.*", "model.layers.3.mlp.down_proj"), tokens=24))
+    with load_recording(path) as rec:
+        assert rec.format_version == 2
+        assert rec.traced_layers == list(res.traces)
+        assert rec.metadata["trace"] == {"layers": ["model.layers.0.*", "model.layers.3.mlp.down_proj"],
+                                         "tokens": 24}
+        for name in rec.layers:
+            if name not in res.traces:
+                assert rec.trace(name) is None
+                continue
+            a, b = res.traces[name], rec.trace(name)
+            assert (b.name, b.in_features, b.out_features, b.coding) == (a.name, a.in_features, a.out_features, a.coding)
+            assert len(a.calls) == len(b.calls) == rec.call_offsets(name).shape[0] == 4
+            for ca, cb in zip(a.calls, b.calls):
+                assert (ca.steps, ca.row0) == (cb.steps, cb.row0)
+                for f in TRACE_FIELDS:
+                    assert torch.equal(getattr(ca, f), getattr(cb, f)), (name, f)
+
+
+def test_a_version_1_recording_still_reads(tmp_path, snn):
+    """Recordings written before traces existed (format 1: no trace groups) read as before."""
+    path = tmp_path / "v1.h5"
+    res = simulate(snn, TEXT, backend="torch", record=path, block_size=32)
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 1
+    with load_recording(path) as rec:
+        assert rec.format_version == 1 and rec.complete
+        assert rec.traced_layers == [] and rec.trace(rec.layers[0]) is None
+        assert rec.rows(rec.layers[0]) == res.tokens
+
+
+def test_an_interrupted_traced_run_keeps_whole_traced_calls(tmp_path, snn):
+    path = tmp_path / "ti.h5"
+    n_layers = sum(isinstance(m, SpikingLinear) for m in snn.modules())
+    with Capture(snn, fail_after=2 * n_layers + 3), pytest.raises(KeyboardInterrupt):
+        simulate(snn, TEXT, backend="torch", record=path, block_size=16, trace="model.layers.*.attn.q_proj")
+    with pytest.warns(UserWarning, match="incomplete"):
+        rec = load_recording(path)
+    with rec:
+        for name in rec.traced_layers:
+            tr = rec.trace(name)
+            assert len(tr.calls) == rec.call_offsets(name).shape[0] >= 2
+            for call in tr.calls:
+                assert call.first_step.numel() == 16
+                assert call.output_offsets[-1] == call.outputs.shape[0]
+                assert not torch.isnan(call.outputs).any()

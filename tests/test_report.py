@@ -463,3 +463,59 @@ def test_sweep_cli(tmp_path, capsys):
     assert "7B spars." in printed and "0.709" in printed and "sweep.png" in printed
     doc = json.loads((tmp_path / "o" / "sweep.json").read_text())
     assert [r["k"] for r in doc["rows"]] == [2.5, 4.0] and doc["rows"][0]["chars"] == 30
+
+
+# ----------------------------------------------------------------------- traced runs
+def test_a_traced_run_reports_events_per_step_and_steps_per_token(tmp_path):
+    from sbsnn.converters import convert
+    from sbsnn.sim import TraceSpec, simulate
+
+    torch.manual_seed(0)
+    model = HybridForCausalLM(HybridConfig(**TINY)).eval()
+    snn = convert(model, "paper", coding="ternary", group_size=16)
+    snn.tokenizer = ByteTokenizer()
+    rec = tmp_path / "traced.h5"
+    res = simulate(snn, "To be, or not to be, that is the question", backend="torch", record=rec,
+                   block_size=16, trace=TraceSpec(("model.layers.1.*",), tokens=8))
+    report = build_report(rec, tmp_path / "out")
+    assert not schema_errors(report)
+    tr = report["trace"]["layers"]
+    assert list(tr) == list(res.traces)
+    for name, d in tr.items():
+        c = res.layers[name]
+        assert sum(d["events_pos_per_step"]) == c.events_pos and sum(d["events_neg_per_step"]) == c.events_neg
+        assert d["events_per_step"] == [a + b for a, b in zip(d["events_pos_per_step"], d["events_neg_per_step"])]
+        assert len(d["events_per_step"]) == d["steps_max"] == c.time_steps_max
+        assert sum(d["steps_per_token_histogram"]) == d["tokens"] == c.tokens
+        spt = res.traces[name].steps_per_token()
+        assert d["steps_per_token_histogram"] == torch.bincount(spt).tolist()
+        assert d["steps_per_token_max"] == int(spt.max()) and d["calls"] == c.calls
+        assert d["output_tokens"] == 8 and d["silent_tokens"] == int((spt == 0).sum())
+    plots = report["files"]["plots"]
+    for key in ("events_per_step", "steps_per_token"):
+        assert (tmp_path / "out" / plots[key]).read_bytes()[:8] == PNG_MAGIC
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Time-resolved trace" in html and "model.layers.1.attn.q_proj" in html
+
+
+def test_an_untraced_run_has_no_trace_section_or_plots(built):
+    out, report = built
+    assert "trace" not in report
+    assert not set(report["files"]["plots"]) & {"events_per_step", "steps_per_token"}
+    assert not (out / "events_per_step.png").exists()
+
+
+def test_plots_and_sections_never_import_the_report():
+    """report -> plots -> sections and report -> sections: imports run one way."""
+    import ast
+
+    for mod in ("plots.py", "sections.py"):
+        tree = ast.parse((REPO / "sbsnn" / "analysis" / mod).read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(n.startswith("sbsnn.analysis.report") for n in names), (mod, names)
+        if mod == "sections.py":
+            assert not any(n.startswith("sbsnn.analysis.plots") for n in names)
+    code = ("import sys, sbsnn.analysis.plots; "
+            "assert 'sbsnn.analysis.report' not in sys.modules, 'plots pulled in the report'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -3,10 +3,16 @@
 - ``simulate`` on the embedded model gives logits bit-identical (``torch.equal``) to
   ``spiking_model(ids)``, in one pass and block by block through the decoding state,
   and its per-layer counters equal closed forms of the counts each layer saw;
+- the same on models with injected massive activations (channels at 100-1000x the
+  others, counts far past the float32-exact bound) for every coding;
 - ``step_events`` laid out densely is ``sbsnn.neurons.expand``, sums back to the counts
   and has ``spike_stats``' spikes per step (hypothesis, every coding, extreme values);
-- ``accumulate_events_torch`` is ``group_accumulate`` exactly (hypothesis);
-- the counters of one hand-made ``SpikingLinear`` equal numbers worked out by hand;
+- the fast event accumulation (``accumulate_events_torch``) equals the plain per-step
+  engine (``accumulate_events_reference``) and the int64 group sums (hypothesis), and
+  ``summarize``'s closed forms equal a walk over the events;
+- the counters of hand-made ``SpikingLinear`` calls, one with a huge outlier, equal
+  numbers worked out by hand;
+- ``torch.get_num_threads()`` seen from other threads never changes during a simulation;
 - clear errors: no spiking layer, CuPy without a GPU, binary coding on signed inputs.
 """
 
@@ -19,12 +25,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sbsnn.converters import SpikingLinear, convert
-from sbsnn.converters.quant import group_accumulate, num_groups
-from sbsnn.models import load_model
+from sbsnn.converters.quant import (f32_count_bound, group_accumulate, group_accumulate_reference,
+                                    num_groups, rescale)
+from sbsnn.models import HybridConfig, HybridForCausalLM, load_model
 from sbsnn.neurons import CODINGS, SpikeCodingError, expand, num_steps, spike_stats
-from sbsnn.sim import Simulator, events_to_counts, simulate, step_events
+from sbsnn.sim import Simulator, events_to_counts, simulate, step_events, summarize
 from sbsnn.sim import engine
-from sbsnn.sim.engine import accumulate_events_torch
+from sbsnn.sim.engine import accumulate_events_reference, accumulate_events_torch
 
 N_TOKENS = 64          # tokens of held-out text per simulation (ASCII: one byte, one token)
 BLOCK = 32
@@ -324,11 +331,13 @@ def test_accumulate_events_equals_group_accumulate(coding, data):
     assert want.shape == (num_groups(d, gs), n, codes.shape[0])
     codes_t = codes.t().contiguous()
     T = num_steps(counts, coding)
+    assert torch.equal(want, group_accumulate_reference(counts, codes, gs))
     for steps in (T, T + data.draw(st.integers(1, 2))):
         acc, pos, neg = accumulate_events_torch(counts, codes_t, gs, coding, steps)
-        assert acc.dtype == torch.int64
-        assert torch.equal(acc, want)
-        assert (pos, neg) == split_events(counts, coding, steps)
+        ref, rpos, rneg = accumulate_events_reference(counts, codes_t, gs, coding, steps)
+        assert acc.dtype == ref.dtype == torch.int64
+        assert torch.equal(acc, want) and torch.equal(ref, want)
+        assert (pos, neg) == (rpos, rneg) == split_events(counts, coding, steps)
 
 
 def test_accumulate_events_large_counts_exact():
@@ -338,6 +347,9 @@ def test_accumulate_events_large_counts_exact():
     for coding in ("bitwise", "twos_complement"):
         acc, _, _ = accumulate_events_torch(counts, codes.t().contiguous(), 2, coding,
                                             num_steps(counts, coding))
+        ref, _, _ = accumulate_events_reference(counts, codes.t().contiguous(), 2, coding,
+                                                num_steps(counts, coding))
+        assert torch.equal(ref, acc)
         want = torch.tensor([[[127 * (2 ** 50 + 1) + 127 * (2 ** 49 + 7), -(2 ** 50 + 1) - (2 ** 49 + 7)],
                               [-127, 1]],
                              [[15, 0], [-5, 0]]])
@@ -410,3 +422,212 @@ def test_hand_made_bitwise_events_of_minus_five():
             for tk, ch, p in zip(e.token.tolist(), e.channel.tolist(), e.polarity.tolist())
             if (tk, ch) == (0, 5)]
     assert seen == [(0, 4, -1), (2, 1, -1)]
+
+
+# ---------------------------------------------- one huge outlier: counters by hand
+# Two tokens whose sum |c| is the same (40020), so with k = 40020 / 8 = 5002.5 the
+# threshold mean|x| / k is exactly 1 and the counts are the inputs themselves. One
+# channel of each token is a massive activation (40000, 40002): past the float32-exact
+# bound of group 4 (32767), so the accumulation takes the outlier part too.
+C_BIG = torch.tensor([[40000, -2, 0, 3, 0, -5, 6, 4],
+                      [-7, 0, 0, 4, 0, 1, -6, 40002]])
+K_BIG = 5002.5
+# (T, events_pos, events_neg), worked out by hand:
+HAND_BIG = {
+    # |c| unit spikes; T = max|c|
+    "ternary": (40002, 40000 + 3 + 6 + 4 + 4 + 1 + 40002, 2 + 5 + 7 + 6),
+    # popcount(|c|): 40000 = 2^15+2^12+2^11+2^7+2^6 (5), 40002 (6), 3, 6 (2), 4, 1 (1);
+    # negatives 2 (1), 5 (2), 7 (3), 6 (2); T = bit_length(40002) = 16
+    "bitwise": (16, 5 + 2 + 2 + 1 + 1 + 1 + 6, 1 + 2 + 3 + 2),
+    # T = 16 + 1 = 17 bits; a negative -m is the word 2^17 - m with 17 - popcount(m - 1)
+    # ones: -2 (16), -5 (16), -7 (15), -6 (15); all spikes positive
+    "twos_complement": (17, 5 + 16 + 2 + 16 + 2 + 1 + 15 + 1 + 1 + 15 + 6, 0),
+}
+
+
+class BigLayer(nn.Module):
+    def __init__(self, coding):
+        super().__init__()
+        torch.manual_seed(1)
+        self.proj = SpikingLinear.from_linear(nn.Linear(8, 3), group_size=4, k=K_BIG, coding=coding)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("coding", sorted(HAND_BIG))
+def test_counters_equal_closed_forms_with_one_huge_outlier(coding):
+    model = BigLayer(coding)
+    layer = model.proj
+    x = C_BIG.to(torch.float32)
+    counts, v_th = layer.spike(x)
+    assert torch.equal(v_th, torch.ones(2, 1)) and torch.equal(counts.to(torch.int64), C_BIG)
+    assert int(counts.abs().max()) > f32_count_bound(4)
+    with torch.no_grad():
+        want = rescale(group_accumulate_reference(counts, layer.weight_codes, 4), layer.weight_scales,
+                       v_th, layer.bias, torch.float32)
+        assert torch.equal(model(x), want)                  # the integer path
+        with Simulator(model, backend="torch") as sim:
+            got = model(x)
+    assert torch.equal(got, want)
+    c = sim.counters["proj"]
+    T, pos, neg = HAND_BIG[coding]
+    assert (c.events_pos, c.events_neg) == (pos, neg)
+    assert c.synaptic_ops == (pos + neg) * 3
+    assert c.time_steps_max == T and c.slots == 16 * T
+    assert c.count_max == 40002
+    assert c.nonzero == 6 + 5 and c.elements == 16 and c.tokens == 2 and c.calls == 1
+    assert c.silent_channels == 2 and c.channel_calls == 8
+    s = summarize(counts, coding)
+    assert (s.steps, s.events_pos, s.events_neg, s.peak) == (T, pos, neg, 40002)
+    per_pos, per_neg = s.events_per_step()
+    assert int(per_pos.sum()) == pos and int(per_neg.sum()) == neg and per_pos.numel() == T
+    if coding == "ternary":
+        # positive elements with |c| > t: 7 at step 0 (40000, 3, 6, 4, 4, 1, 40002), then
+        # 1, 3, both 4s and 6 drop out; from step 6 on only the two outliers fire, from
+        # step 40000 on only 40002. Negative: 2, 5, 7, 6.
+        assert per_pos[:7].tolist() == [7, 6, 6, 5, 3, 3, 2] and per_pos[6:40000].eq(2).all()
+        assert per_pos[40000:].tolist() == [1, 1]
+        assert per_neg[:8].tolist() == [4, 4, 3, 3, 3, 2, 1, 0] and per_neg[7:].eq(0).all()
+
+
+def test_summarize_equals_the_event_walk_for_every_coding():
+    g = torch.Generator().manual_seed(3)
+    for trial in range(60):
+        coding = CODINGS[trial % 4]
+        peak = (3, 300, 40_000, 2 ** 21, 2 ** 40)[trial % 5]
+        if coding in ("binary", "ternary"):
+            peak = min(peak, 3000)
+        c = torch.randint(-peak, peak + 1, (4, 9), generator=g) * (torch.rand(4, 9, generator=g) < 0.6)
+        if coding == "binary":
+            c = c.abs()
+        for steps in (None, num_steps(c, coding) + 2):
+            s = summarize(c, coding, steps)
+            evs = list(step_events(c, coding, steps))
+            pos = [int((e.polarity > 0).sum()) for e in evs]
+            neg = [int((e.polarity < 0).sum()) for e in evs]
+            assert s.steps == len(evs)
+            assert (s.events_pos, s.events_neg) == (sum(pos), sum(neg)) == split_events(c, coding, steps)
+            p, n = s.events_per_step()
+            assert p.tolist() == pos and n.tolist() == neg
+            assert s.nonzero == int((c != 0).sum()) and s.peak == int(c.abs().max())
+            assert s.silent_channels == int((c == 0).all(0).sum())
+
+
+def test_summarize_handles_the_dtype_minimum():
+    c = torch.tensor([[-32768, 0], [0, 0]], dtype=torch.int16)
+    s = summarize(c, "bitwise")
+    assert (s.silent_channels, s.peak, s.events_neg, s.nonzero) == (1, 32768, 1, 1)
+    c = torch.tensor([[-128, 0], [0, 0]], dtype=torch.int8)
+    assert summarize(c, "ternary").events_neg == 128
+    with pytest.raises(SpikeCodingError, match="binary"):
+        summarize(c, "binary")
+
+
+# ------------------------------------------------- models with massive activations
+MASSIVE = dict(vocab_size=256, hidden_size=64, intermediate_size=512, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, attn_layers=[1], sliding_window=8,
+               rope_theta=10000.0, gate_low_rank_dim=16)
+
+
+def massive_hybrid():
+    """A small GLA + SWA model with massive activations, as pretrained LLMs have: residual
+    channels 3 and 40 at 1000x and 100x (every token), MLP intermediate channels 7 and 300
+    at 1000x and 100x (the down projections' inputs reach counts of ~1500)."""
+    g = torch.Generator().manual_seed(0)
+    model = HybridForCausalLM(HybridConfig(**MASSIVE))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * r if "norm" in name else 0.2 * r)
+        model.model.embeddings.weight[:, 3] *= 1000
+        model.model.embeddings.weight[:, 40] *= 100
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[7] *= 1000
+            layer.mlp.up_proj.weight[300] *= 100
+    return model.eval()
+
+
+class Rectified(nn.Module):
+    """Token ids -> embedding -> (relu -> SpikingLinear) x 3 -> logits: non-negative spiking
+    inputs (what binary coding needs), with massive channels in both hidden widths."""
+
+    def __init__(self, coding):
+        super().__init__()
+        torch.manual_seed(4)
+        self.emb = nn.Embedding(256, 64)
+        with torch.no_grad():
+            self.emb.weight[:, 3] = self.emb.weight[:, 3].abs() * 1000
+            self.emb.weight[:, 40] = self.emb.weight[:, 40].abs() * 100
+        up, down, out = nn.Linear(64, 512), nn.Linear(512, 64), nn.Linear(64, 256)
+        with torch.no_grad():
+            up.weight[7] = up.weight[7].abs() * 1000
+            up.bias[7] = 1.0
+        self.up = SpikingLinear.from_linear(up, coding=coding)
+        self.down = SpikingLinear.from_linear(down, coding=coding)
+        self.head = SpikingLinear.from_linear(out, coding=coding, group_size=32)
+
+    def forward(self, ids):
+        h = self.up(self.emb(ids).relu())
+        return self.head(self.down(h.relu()).relu())
+
+
+def _peak_count(rec: "CountsRecorder") -> int:
+    return max(int(c.abs().max()) for calls in rec.calls.values() for c in calls)
+
+
+@pytest.mark.parametrize("coding", ["ternary", "bitwise", "twos_complement"])
+def test_massive_activations_hybrid_logits_equal_integer_path(coding):
+    snn = convert(massive_hybrid(), "paper", coding=coding, k=3).eval()
+    ids = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = snn(ids)[0]
+    rec = CountsRecorder()
+    res = simulate(snn, ids, backend="torch", record=rec)
+    assert torch.equal(res.logits, want), (res.logits - want).abs().max()
+    assert _peak_count(rec) > f32_count_bound(128)      # the outlier part was exercised
+    layers = {n: m for n, m in snn.named_modules() if isinstance(m, SpikingLinear)}
+    check_counters(res, rec, coding, layers)
+    assert res.totals()["count_max"] == _peak_count(rec)
+    # block by block through the decoding state: equal to the integer path fed the same blocks
+    state = snn.new_state()
+    with torch.no_grad():
+        want_b = torch.cat([snn(ids[:, s:s + 16], state)[0] for s in range(0, 40, 16)])
+    assert torch.equal(simulate(snn, ids, backend="torch", block_size=16).logits, want_b)
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_massive_activations_rectified_logits_equal_integer_path(coding):
+    model = Rectified(coding).eval()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = model(ids)[0]
+    rec = CountsRecorder()
+    res = simulate(model, ids, backend="torch", record=rec)
+    assert res.coding == coding
+    assert torch.equal(res.logits, want)
+    assert _peak_count(rec) > f32_count_bound(128)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+    check_counters(res, rec, coding, layers)
+
+
+def test_simulation_never_changes_torch_threads(tiny_hybrid, text, tmp_path, thread_probe, two_threads):
+    snn = spiking(tiny_hybrid, "paper", "ternary")
+    threads = torch.get_num_threads()
+    with thread_probe() as probe:
+        simulate(snn, text[:48], backend="torch", record=tmp_path / "r.h5",
+                 trace="model.layers.0.mlp.*")
+        simulate(snn, text[:48], backend="torch", block_size=16)
+    assert probe.seen == {threads} and torch.get_num_threads() == threads
+
+
+def test_thread_probe_sees_a_change(thread_probe):
+    """The probe above can fail: it sees torch.set_num_threads from another thread."""
+    import time as _time
+
+    n = torch.get_num_threads()
+    with thread_probe() as probe:
+        torch.set_num_threads(n + 1)
+        _time.sleep(0.05)
+        torch.set_num_threads(n)
+    assert n + 1 in probe.seen

@@ -19,7 +19,13 @@ plot_energy               pJ per token of the spiking layers and of each baselin
                           estimate, stacked by component
 plot_sweep                perplexity ratio and sparsity against k, with SpikingBrain-7B's
                           Table 11 points
+plot_events_per_step      spikes fired at each time step of the traced layers (positive
+                          and negative), log scale
+plot_steps_per_token      how many time steps the tokens of each traced layer needed
 ========================  ==============================================================
+
+The plots take ``report.json``'s sections (:mod:`sbsnn.analysis.sections`) and never import
+:mod:`sbsnn.analysis.report`, which imports them.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_SWEEP", "plot_count_histograms", "plot_energy",
-           "plot_sparsity_per_layer", "plot_spike_raster", "plot_sweep"]
+           "plot_events_per_step", "plot_sparsity_per_layer", "plot_spike_raster",
+           "plot_steps_per_token", "plot_sweep"]
 
 KIND_COLORS = {"GLA": "#1f77b4", "SWA": "#ff7f0e", "full attention": "#d62728",
                "attention": "#8c564b", "MLP": "#2ca02c", "MoE": "#9467bd", "other": "#7f7f7f"}
@@ -285,7 +292,7 @@ def plot_energy(energy: Mapping, path, title: str | None = None) -> Path:
     converted with :func:`sbsnn.analysis.report.energy_section`).
     """
     if not isinstance(energy, Mapping):
-        from sbsnn.analysis.report import energy_section
+        from sbsnn.analysis.sections import energy_section
 
         energy = energy_section(energy)
     ests = [e for e in ("a_spikingbrain", "b_arithmetic", "c_memory") if e in energy["estimates"]]
@@ -393,4 +400,74 @@ def plot_sweep(rows: Sequence[Mapping], path, reference: Mapping | None = None,
                  fontsize=10)
     if not all(math.isfinite(v) for v in ratio):
         ax1.text(0.5, 0.5, "some perplexities are not finite", transform=ax1.transAxes, ha="center")
+    return _save(fig, path)
+
+
+# ============================================================================ traces
+_TRACE_LINES = 8   # traced layers drawn per plot (the busiest ones)
+
+
+def _traced(trace: Mapping, key) -> list[tuple[str, Mapping]]:
+    layers = list(trace["layers"].items())
+    layers.sort(key=lambda kv: -sum(kv[1]["events_per_step"]))
+    return layers[:_TRACE_LINES]
+
+
+def plot_events_per_step(trace: Mapping, path, title: str | None = None) -> Path:
+    """Spikes fired at each time step, per traced layer (the busiest 8): solid positive,
+    dashed negative, log scale. ``trace``: ``report.json``'s ``trace`` section."""
+    fig = _figure(8.0, 4.2)
+    ax = fig.subplots()
+    layers = _traced(trace, "events_per_step")
+    cmap = __import__("matplotlib").colormaps["tab10"]
+    drawn = False
+    for i, (name, d) in enumerate(layers):
+        color = cmap(i % 10)
+        for key, style, label in (("events_pos_per_step", "-", _short(name)),
+                                  ("events_neg_per_step", "--", None)):
+            y = np.asarray(d[key], dtype=float)
+            if y.size and y.any():
+                x = np.arange(y.size)
+                ax.step(x, np.where(y > 0, y, np.nan), where="mid", ls=style, color=color, lw=1.2,
+                        label=label)
+                drawn = True
+    if drawn:
+        ax.set_yscale("log")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("spikes fired at the step")
+    n = len(trace["layers"])
+    shown = f" (the {len(layers)} busiest of {n})" if n > len(layers) else ""
+    ax.set_title(title or f"Events per time step, traced layers{shown}: solid +1, dashed -1",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_steps_per_token(trace: Mapping, path, title: str | None = None) -> Path:
+    """How many time steps the tokens needed (last - first spike step + 1), per traced
+    layer (the busiest 8): the fraction of tokens done within each number of steps (a
+    cumulative distribution; log-scaled steps axis for long traces)."""
+    fig = _figure(8.0, 4.2)
+    ax = fig.subplots()
+    layers = _traced(trace, "steps_per_token_histogram")
+    cmap = __import__("matplotlib").colormaps["tab10"]
+    top = 1
+    for i, (name, d) in enumerate(layers):
+        h = np.asarray(d["steps_per_token_histogram"], dtype=float)
+        if not h.size or not h.sum():
+            continue
+        top = max(top, h.size - 1)
+        cdf = np.cumsum(h) / h.sum()
+        ax.step(np.arange(h.size), cdf, where="post", lw=1.3, color=cmap(i % 10),
+                label=f"{_short(name)} (mean {d['steps_per_token_mean']:.1f}, max {d['steps_per_token_max']})")
+    if top > 20:
+        ax.set_xscale("symlog", linthresh=10)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("time steps a token needs (last - first spike step + 1)")
+    ax.set_ylabel("fraction of tokens done")
+    ax.set_title(title or "Steps per token, traced layers (cumulative)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(fig, path)

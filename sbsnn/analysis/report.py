@@ -15,6 +15,10 @@ the energy estimates (:mod:`sbsnn.analysis.energy`, plus the operations that nev
 ``count_histograms.png``    :func:`~sbsnn.analysis.plots.plot_count_histograms`
 ``spike_raster.png``        :func:`~sbsnn.analysis.plots.plot_spike_raster`
 ``energy.png``              :func:`~sbsnn.analysis.plots.plot_energy`
+``events_per_step.png``     :func:`~sbsnn.analysis.plots.plot_events_per_step`
+                            (recordings of runs with ``trace=``)
+``steps_per_token.png``     :func:`~sbsnn.analysis.plots.plot_steps_per_token`
+                            (same)
 ==========================  ===================================================
 
 Atomicity: every file is first written into a hidden temporary folder inside
@@ -40,16 +44,21 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _div,
+                                     energy_section, sparsity_section, trace_section)
+
 __all__ = ["ESTIMATE_INFO", "BASELINE_INFO", "METRIC_DEFINITIONS", "PLOT_FILES", "SCHEMA_VERSION",
            "build_report", "energy_section", "format_summary", "load_schema", "render_html",
            "sparsity_section", "write_atomically"]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 PLOT_FILES = {
     "sparsity_per_layer": "sparsity_per_layer.png",
     "count_histograms": "count_histograms.png",
     "spike_raster": "spike_raster.png",
     "energy": "energy.png",
+    "events_per_step": "events_per_step.png",        # only with a traced recording
+    "steps_per_token": "steps_per_token.png",        # only with a traced recording
 }
 PLOT_CAPTIONS = {
     "sparsity_per_layer": "Zero fraction of the spike counts at the input of each spiking layer, "
@@ -62,65 +71,12 @@ PLOT_CAPTIONS = {
                     "T time steps; +1 spikes and -1 spikes in two colours.",
     "energy": "Energy of the spiking layers per token, for the spiking model and the dense "
               "baselines, under each estimate, stacked by component.",
+    "events_per_step": "Spikes fired at each time step by the inputs of the traced layers "
+                       "(the run's trace), solid +1 and dashed -1 spikes, summed over calls.",
+    "steps_per_token": "Fraction of the tokens of each traced layer done within a number of "
+                       "time steps (from a token's first to its last input spike).",
 }
 
-# Mirrors the module docstring of sbsnn.analysis.sparsity (used when that module does not
-# export its own DEFINITIONS).
-METRIC_DEFINITIONS = {
-    "zero_fraction": "Fraction of input elements (token x input channel) whose spike count "
-                     "c is 0: silent elements.",
-    "spikes_per_element": "Spikes emitted per input element: sum of s(c) / elements, with "
-                          "s(c) = |c| (binary, ternary), popcount(|c|) (bitwise) or the popcount "
-                          "of the T-bit two's-complement word. SpikingBrain's '1.13 spikes per "
-                          "channel'.",
-    "slot_sparsity_global": "1 - spikes / (elements x T), T the global number of time steps of "
-                            "each layer call (upstream's firing rate is 1 - this).",
-    "slot_sparsity_per_element": "1 - spikes / sum of T_e, each element with its own T_e (the "
-                                 "steps its count needs).",
-    "slot_sparsity_window": "Fixed window of W steps per element (W = 3, the paper's): 1 - sum "
-                            "min(s(c), W) / (elements x W); spikes beyond the window saturate it.",
-    "fits_window": "Fraction of elements whose train fits in W steps (T_e <= W).",
-    "silent_channel_fraction": "Input channels whose count is 0 for every token of a call, over "
-                               "channels x calls: what lets hardware skip whole weight rows.",
-    "abs_count_histogram": "Elements by |c| (index = value; the last bin holds all larger values).",
-    "spikes_histogram": "Elements by spikes emitted s(c) (index = value; the last bin holds all "
-                        "larger values).",
-    "elements": "Input elements counted: tokens x input channels, summed over calls.",
-    "tokens": "Rows (tokens) the layer saw, summed over calls.",
-    "calls": "Forward calls of the layer (one per block of tokens).",
-    "window": "The fixed window W (time steps) of slot_sparsity_window and fits_window.",
-}
-
-ESTIMATE_INFO = {
-    "a_spikingbrain": {
-        "label": "(a) SpikingBrain-compatible (report section 5.5, Eq. 24)",
-        "short": "(a) SpikingBrain Eq. 24",
-        "description": "Spiking: synaptic operations (spike events x fan-out) x E(INT8 add). "
-                       "Baselines: dense MACs x E(FP16 MAC) or E(INT8 MAC, 8-bit accumulator)."},
-    "b_arithmetic": {
-        "label": "(b) plus the arithmetic Eq. 24 leaves out",
-        "short": "(b) + arithmetic",
-        "description": "Spiking: synaptic operations x E(INT32 add) (the accumulators are 32 "
-                       "bits wide), shifts for bitwise codings, the threshold (mean|x|/k and "
-                       "the division) and the rescale. INT8 baselines: INT8 multiply + INT32 "
-                       "add per MAC plus the same activation quantization and rescale."},
-    "c_memory": {
-        "label": "(c) memory-aware (Lemaire et al., ICONIP 2022) with off-chip weights",
-        "short": "(c) + memory, DRAM weights",
-        "description": "All of (b) plus SRAM accesses (weights, inputs, accumulators, outputs; "
-                       "Lemaire's access-energy fit) and weight rows fetched from DRAM/HBM in "
-                       "blocks; rows of silent channels are never fetched."},
-}
-BASELINE_INFO = {
-    "fp16_dense": {"label": "FP16 dense",
-                   "description": "The float layer: every MAC of tokens x in x out at FP16."},
-    "int8_dense": {"label": "INT8 dense (W8A8)",
-                   "description": "INT8 weights and activations: every MAC in INT8."},
-    "int8_zero_skip": {"label": "INT8 with zero-skipping",
-                       "description": "As INT8 dense, but MACs only for input elements whose "
-                                      "count is nonzero."},
-}
-_SCENARIOS = ("snn", "fp16_dense", "int8_dense", "int8_zero_skip")
 _REPORT_JSON, _REPORT_HTML = "report.json", "report.html"
 
 
@@ -152,10 +108,6 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     return str(x)
-
-
-def _div(a, b):
-    return a / b if (a is not None and b) else None
 
 
 def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str = _REPORT_JSON,
@@ -208,124 +160,6 @@ def _dense_projections(layer_names, preset: str | None) -> tuple[str, ...]:
     return tuple(p for p in DENSE_PROJECTIONS if p not in spiked)
 
 
-# ============================================================================ sections
-def sparsity_section(report) -> dict:
-    """``report.json``'s ``sparsity``: the report's dict plus definitions and the paper's
-    reference figures."""
-    import importlib
-
-    sp = importlib.import_module("sbsnn.analysis.sparsity")  # the package shadows the name
-    d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    defs = dict(METRIC_DEFINITIONS)
-    defs.update(getattr(sp, "DEFINITIONS", {}) or {})
-    return {
-        "coding": d["coding"], "window": d["window"],
-        "definitions": defs,
-        "pooled": d["pooled"], "per_kind": d["per_kind"], "per_layer": d["per_layer"],
-        "reference": {
-            "source": "SpikingBrain report (arXiv 2509.05276), section 5.5, Fig. 9: 7B model, "
-                      "sign-magnitude bitwise coding, pooled over all projection inputs",
-            "sparsity_3_step_window": 0.6915,
-            "spikes_per_element": 1.13,
-            "silent_channel_fraction": 0.184,
-            "abs_count_le_7": 0.941,
-            "spikes_histogram": dict(sp.SPIKINGBRAIN_7B_SPIKES),
-        },
-    }
-
-
-def _scenario_out(s: Mapping, tokens: int) -> dict:
-    per = (lambda v: _div(v, tokens)) if tokens else (lambda v: None)
-    return {
-        "applicable": bool(s["applicable"]),
-        "total_pj": s["total_pj"],
-        "pj_per_token": per(s["total_pj"]),
-        "components_pj": dict(s["components_pj"]),
-        "groups_pj": dict(s["groups_pj"]),
-        "groups_pj_per_token": {g: per(v) for g, v in s["groups_pj"].items()},
-        "counts": dict(s["counts"]),
-        "missing": list(s.get("missing") or []),
-        "priced_by": s.get("priced_by"),
-        "note": s.get("note"),
-    }
-
-
-def _constants(profile) -> dict:
-    d = profile.to_dict()
-    return {"profile": d["name"], "description": d["description"], "source": d["source"],
-            "all_in": d["all_in"], "values": d["constants"]}
-
-
-def energy_section(report, tokens: int | None = None, kinds: Mapping[str, str] | None = None,
-                   dense_projections: tuple[str, ...] = (), profiles: tuple | None = None) -> dict:
-    """``report.json``'s ``energy`` from an :class:`~sbsnn.analysis.energy.EnergyReport`:
-    totals per estimate (spiking side and baselines, pJ and pJ per token), the constants
-    of both profiles with value, unit, basis and source, the non-spiking operations, and a
-    compact per-layer table. ``profiles``: the (spiking, baseline)
-    :class:`~sbsnn.analysis.energy.EnergyProfile` objects the report was priced with
-    (default: loaded again by the names the report carries)."""
-    from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_per_mac
-
-    d = report.to_dict()
-    tc = d["totals"]["counts"]
-    if tokens is None:
-        tokens = max((L["counts"]["tokens"] for L in d["per_layer"]), default=0)
-    estimates = {}
-    for est in ESTIMATES:
-        t = d["totals"]["estimates"][est]
-        e = {
-            **ESTIMATE_INFO[est],
-            "applicable": bool(t["snn"]["applicable"]),
-            "snn": _scenario_out(t["snn"], tokens),
-            "baselines": {b: _scenario_out(t[b], tokens) for b in _SCENARIOS[1:]},
-            "comparison": t["comparison"],
-        }
-        if "pj_per_mac_equivalent" in t:
-            e["pj_per_mac_equivalent"] = t["pj_per_mac_equivalent"]
-        if d["totals"].get("with_nonspiking_pj"):
-            w = d["totals"]["with_nonspiking_pj"][est]
-            e["with_nonspiking"] = {s: {"total_pj": w[s], "pj_per_token": _div(w[s], tokens)}
-                                    for s in _SCENARIOS}
-        estimates[est] = e
-    ns = None
-    if d.get("nonspiking") is not None:
-        n = d["nonspiking"]
-        ns = {"applicable": n["applicable"], "precision": n["precision"], "priced_by": n["priced_by"],
-              "total_pj": n["total_pj"], "pj_per_token": _div(n["total_pj"], tokens),
-              "macs": n["macs"], "ops": n["ops"], "components": n["components"],
-              "unpriced_counts": n["unpriced_counts"], "dense_projections": list(dense_projections)}
-    if profiles is None:
-        profiles = (load_profile(report.profile), load_profile(report.baseline_profile))
-    spiking_prof, base_prof = (load_profile(p) for p in profiles)
-    formula = None
-    if spiking_prof.kind == "arithmetic":
-        formula = spikingbrain_energy_per_mac(tc["spikes_per_element"], spiking_prof)
-    per_layer = []
-    for L in d["per_layer"]:
-        row = {"name": L["name"], "kind": (kinds or {}).get(L["name"], "other"),
-               "in_features": L["in_features"], "out_features": L["out_features"],
-               "tokens": L["counts"]["tokens"],
-               "spikes_per_element": L["counts"]["spikes_per_element"],
-               "synaptic_ops": L["counts"]["synaptic_ops"], "dense_macs": L["counts"]["dense_macs"],
-               "total_pj": {est: {s: L["estimates"][est][s]["total_pj"] for s in _SCENARIOS}
-                            for est in ESTIMATES}}
-        per_layer.append(row)
-    return {
-        "unit": "pJ",
-        "profile": d["profile"], "baseline_profile": d["baseline_profile"], "coding": d["coding"],
-        "tokens": tokens,
-        "params": d["params"],
-        "counts": tc,
-        "estimates": estimates,
-        "baselines": {b: dict(v) for b, v in BASELINE_INFO.items()},
-        "nonspiking": ns,
-        "spikingbrain_formula": formula,
-        "constants": {"spiking": _constants(spiking_prof), "baseline": _constants(base_prof)},
-        "per_layer": per_layer,
-        "notes": list(d["notes"]),
-    }
-
-
 def _fidelity_section(fid) -> dict | None:
     if fid is None:
         return None
@@ -367,19 +201,15 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     from sbsnn.analysis.energy import estimate_energy, load_profile
     from sbsnn.analysis.sparsity import sparsity_from_recording
     from sbsnn.analysis.opcount import nonspiking_ops
-    from sbsnn.sim.recorder import load_recording
+    from sbsnn.sim.recorder import Recording
 
     rec_path = Path(recording_path)
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rec = load_recording(rec_path)
+    rec = Recording(rec_path, warn=False)   # what it would warn about becomes a note
     try:
         meta = dict(rec.metadata)
         coding = meta.get("coding") or "ternary"
         cfg = _model_config(meta)
-        notes = [str(w.message) for w in caught]
+        notes = list(rec.notes)
         if not rec.layers:
             raise ValueError(f"{rec_path}: the recording holds no layer (nothing was simulated)")
 
@@ -427,6 +257,7 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
         n_rows = min(raster_tokens, rec.rows(name))
         if n_rows:
             raster = (name, torch.from_numpy(rec.counts(name)[:n_rows]))
+        trace = trace_section(rec)
 
         metadata = {k: v for k, v in meta.items()}
         metadata.update(
@@ -456,6 +287,11 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
         report["fidelity"] = fid
     if raster is None:
         report["files"]["plots"].pop("spike_raster")
+    if trace is not None:
+        report["trace"] = trace
+    else:
+        report["files"]["plots"].pop("events_per_step")
+        report["files"]["plots"].pop("steps_per_token")
     report = _jsonable(report)
 
     def write(tmp: Path) -> list[str]:
@@ -468,6 +304,9 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
             plots.plot_spike_raster(raster[1], coding, tmp / files["spike_raster"], layer=raster[0],
                                     max_channels=raster_channels)
         plots.plot_energy(report["energy"], tmp / files["energy"])
+        if "trace" in report:
+            plots.plot_events_per_step(report["trace"], tmp / files["events_per_step"])
+            plots.plot_steps_per_token(report["trace"], tmp / files["steps_per_token"])
         (tmp / _REPORT_HTML).write_text(render_html(report), encoding="utf-8")
         (tmp / _REPORT_JSON).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n",
                                         encoding="utf-8")
@@ -690,6 +529,28 @@ def render_html(report: Mapping) -> str:
     for key, text in sp["definitions"].items():
         w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(_no_urls(text))}</dd>")
     w(f"</dl><p class=\"small\">Reference figures: {_e(_no_urls(ref['source']))}.</p>")
+
+    # ---- time-resolved trace
+    tr = report.get("trace")
+    if tr:
+        w("<h2>Time-resolved trace</h2>")
+        w("<p>Layers the run traced in time (<code>simulate(..., trace=...)</code>): spikes per "
+          "step and the steps each token needed; every output's value after each step is in the "
+          "recording (<code>Recording.trace(name)</code>).</p>")
+        rows = []
+        for name, d in tr["layers"].items():
+            busy = sum(1 for v in d["events_per_step"] if v)
+            rows.append([_e(name), _num(d["calls"]), _num(d["tokens"]), _num(d["steps_max"]),
+                         _num(busy), _num(sum(d["events_per_step"])),
+                         _num(d["steps_per_token_mean"], "{:.1f}"), _num(d["steps_per_token_max"]),
+                         _num(d["silent_tokens"]), _num(d["output_tokens"])])
+        w(_table(["layer", "calls", "tokens", "steps (max T)", "steps with events", "events",
+                  "steps per token, mean", "max", "silent tokens", "tokens with per-step outputs"],
+                 rows))
+        w("<dl>")
+        for key, text in tr["definitions"].items():
+            w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(text)}</dd>")
+        w("</dl>")
 
     # ---- energy details
     w("<h2>Energy</h2><dl>")

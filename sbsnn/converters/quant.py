@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sbsnn.neurons.workers import run_parts, workers_for
+
 CODE_MAX = 127
 
 
@@ -102,41 +104,244 @@ def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int
 
 def _exact_dtype(max_count: int, group_size: int) -> torch.dtype:
     """The fastest matmul dtype in which every partial sum is exact: float32 below 2**24,
-    float64 below 2**53, else int64 (slow, but only huge static-threshold counts need it)."""
+    float64 below 2**53, else int64. Used by the per-step reference engine
+    (``sbsnn.sim.engine.accumulate_events_reference``); the integer path splits counts
+    instead (:func:`f32_count_bound`)."""
     bound = max_count * CODE_MAX * group_size
     if bound < 2 ** 24:
         return torch.float32
     return torch.float64 if bound < 2 ** 53 else torch.int64
 
 
+# ----------------------------------------------------------------------- exact group sums
+# An int8 weight code is at most 128 in magnitude (codes are clamped to 127, but a file can
+# hold -128): the bound below must hold for any int8.
+_CODE_LIMIT = 128
+# Working memory of one chunk of per-group float32 products [groups, tokens, out] (and of
+# the chunk's float weights [groups, group_size, out]).
+_CHUNK_BYTES = 16 << 20
+
+
+def f32_count_bound(group_size: int) -> int:
+    """Largest ``|count|`` whose group products are exact in a float32 GEMM: every partial
+    sum of ``count * code`` over one group of ``group_size`` inputs stays below 2**24, the
+    end of float32's exact integers, whatever order BLAS adds in (1023 at group 128)."""
+    return (2 ** 24 - 1) // (_CODE_LIMIT * group_size)
+
+
+def _f64_count_bound(group_size: int) -> int:
+    return (2 ** 53 - 1) // (_CODE_LIMIT * group_size)
+
+
+def _ieee_float32_matmul(device: torch.device) -> bool:
+    """False when the host allowed float32 matmuls to round inputs (TF32 on CUDA, bf16 in
+    oneDNN: ``torch.set_float32_matmul_precision("high"/"medium")`` or the backends'
+    ``fp32_precision``); the group products then run in float64, which is never reduced."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    try:
+        if device.type == "cuda":
+            if torch.backends.cuda.matmul.allow_tf32:
+                return False
+            prec = torch.backends.cuda.matmul.fp32_precision
+        else:
+            prec = torch.backends.mkldnn.matmul.fp32_precision
+    except AttributeError:  # an older torch without the per-backend setting
+        return True
+    return prec in ("none", "ieee")
+
+
+def group_accumulate_reference(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The plain version of :func:`group_accumulate`: one int64 matmul per group."""
+    N, in_f = counts.shape
+    G = num_groups(in_f, group_size)
+    pad = G * group_size - in_f
+    c = torch.nn.functional.pad(counts.to(torch.int64), (0, pad)).view(N, G, group_size).transpose(0, 1)
+    w = torch.nn.functional.pad(codes.to(torch.int64), (0, pad)).view(-1, G, group_size).permute(1, 2, 0)
+    return torch.bmm(c, w)
+
+
+def _float_counts(counts: torch.Tensor, G: int, group_size: int, bound: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """``clamp(counts, -bound, bound)`` as ``dtype`` ``[N, G * group_size]`` (zero padded)."""
+    N, in_f = counts.shape
+    c = torch.empty(N, G * group_size, dtype=dtype, device=counts.device)
+    c[:, :in_f].copy_(counts)       # |c| > 2**24 may round here, but stays beyond the bound
+    c[:, in_f:].zero_()
+    return c.clamp_(-bound, bound)
+
+
+def _float_codes(codes: torch.Tensor, g0: int, g1: int, group_size: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Groups ``g0:g1`` of the int8 codes as ``[g1 - g0, group_size, out]`` floats (a
+    strided view BLAS reads as transposed matrices; the last group zero padded)."""
+    out_f, in_f = codes.shape
+    a, b = g0 * group_size, min(g1 * group_size, in_f)
+    w = torch.empty(out_f, (g1 - g0) * group_size, dtype=dtype, device=codes.device)
+    w[:, :b - a].copy_(codes[:, a:b])
+    w[:, b - a:].zero_()
+    return w.view(out_f, g1 - g0, group_size).permute(1, 2, 0)
+
+
+def _outliers(counts: torch.Tensor, bound: int):
+    """The part of ``counts`` beyond ``+-bound``: ``(token, channel, counts - clamp)``
+    (int64), sorted by channel."""
+    tok, ch = ((counts > bound) | (counts < -bound)).nonzero(as_tuple=True)
+    c = counts[tok, ch].to(torch.int64)
+    rest = c - c.clamp(-bound, bound)
+    order = torch.argsort(ch, stable=True)
+    return tok[order], ch[order], rest[order]
+
+
+def _peak(counts: torch.Tensor) -> int:
+    """``max |count|`` as a Python int (no overflow at the dtype's minimum)."""
+    if not counts.numel():
+        return 0
+    lo, hi = torch.aminmax(counts)
+    return max(-int(lo), int(hi))
+
+
+def group_sums(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
+               chunk_bytes: int = _CHUNK_BYTES):
+    """Exact ``acc[g, n, o] = sum_{i in group g} codes[o, i] * counts[n, i]``, group by
+    group in order: yields ``(g, acc_g)`` with ``acc_g [N, out]`` exact integers in float32
+    (float64 when the host reduced float32 matmul precision), or, for a group outliers
+    touch, float64 (int64 when its sums may pass 2**53).
+
+    The one exact scheme both the integer path and the simulator use. Counts are split
+    into a bounded part ``clamp(c, -B, B)`` with ``B = f32_count_bound(group_size)``,
+    whose group products are exact in float32 BLAS whatever the order of its additions,
+    and the rest ``c - clamp(c)``, nonzero only at the few outlier elements (massive
+    activations), whose products ``rest * code`` are added, exactly, to the rows of the
+    groups they fall in. Cost: one float32 GEMM of the layer's size (batched over groups
+    of ``group_size`` inputs) plus ``outliers x out`` multiply-adds, whatever the largest
+    count. The float32 products run a chunk of groups at a time (``chunk_bytes``).
+    """
+    N, in_f = counts.shape
+    out_f = codes.shape[0]
+    if codes.shape[1] != in_f:
+        raise ValueError(f"group_sums: counts have {in_f} channels but the codes {codes.shape[1]}")
+    G = num_groups(in_f, group_size)
+    if _ieee_float32_matmul(counts.device):
+        ft, bound = torch.float32, f32_count_bound(group_size)
+    else:
+        ft, bound = torch.float64, _f64_count_bound(group_size)
+    c = _float_counts(counts, G, group_size, bound, ft)
+    cg = c.view(N, G, group_size).transpose(0, 1)          # [G, N, gs], strided
+    peak = _peak(counts)
+    starts = None
+    if peak > bound:
+        tok, ch, rest = _outliers(counts, bound)
+        starts = torch.searchsorted(ch, torch.arange(G + 1, device=ch.device) * group_size).tolist()
+        wide = torch.float64 if peak * _CODE_LIMIT * group_size < 2 ** 53 else torch.int64
+    # Groups per chunk: the chunk's products [groups, N, out] and its float weights
+    # [groups, gs, out] both within chunk_bytes (large temporaries would be fresh memory,
+    # page-faulted on every call).
+    step = max(1, chunk_bytes // max(1, max(N, group_size) * out_f * c.element_size()))
+    # Weights that fit the budget are cast once, in one contiguous pass (a cast of group
+    # slices reads short strided rows: several times slower).
+    whole = _float_codes(codes, 0, G, group_size, ft) if G * group_size * out_f * c.element_size() <= chunk_bytes else None
+    for g0 in range(0, G, step):
+        g1 = min(G, g0 + step)
+        w = whole[g0:g1] if whole is not None else _float_codes(codes, g0, g1, group_size, ft)
+        acc = torch.bmm(cg[g0:g1], w)
+        for g in range(g0, g1):
+            if starts is None or starts[g + 1] == starts[g]:
+                yield g, acc[g - g0]
+                continue
+            exact = acc[g - g0].to(wide)
+            per = max(1, chunk_bytes // (8 * out_f))
+            for a in range(starts[g], starts[g + 1], per):
+                b = min(a + per, starts[g + 1])
+                cols = torch.index_select(codes, 1, ch[a:b]).t().to(wide)
+                exact.index_add_(0, tok[a:b], cols * rest[a:b, None].to(wide))
+            yield g, exact
+
+
 def group_accumulate(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
     """Exact integer sums ``acc[g, n, o] = sum_{i in group g} codes[o, i] * counts[n, i]``.
 
     counts ``[N, in]`` (any integer dtype), codes ``[out, in]`` int8 -> int64
-    ``[G, N, out]``. Computed with a matmul whose every partial sum is an integer its
-    dtype represents exactly (float32 or float64 when the bound allows; BLAS is much
-    faster than integer matmul), then converted: the result is the integer sum.
+    ``[G, N, out]``, equal to :func:`group_accumulate_reference` for every count (see
+    :func:`group_sums` for how).
     """
     N, in_f = counts.shape
-    out_f = codes.shape[0]
     G = num_groups(in_f, group_size)
-    peak = int(counts.abs().max()) if counts.numel() else 0
-    ft = _exact_dtype(peak, group_size)
-    pad = G * group_size - in_f
-    c = torch.nn.functional.pad(counts.to(ft), (0, pad)).view(N, G, group_size).transpose(0, 1)
-    w = torch.nn.functional.pad(codes.to(ft), (0, pad)).view(out_f, G, group_size).permute(1, 2, 0)
-    return torch.bmm(c, w).to(torch.int64)
+    acc = torch.empty(G, N, codes.shape[0], dtype=torch.int64, device=counts.device)
+    for g, part in group_sums(counts, codes, group_size):
+        acc[g].copy_(part)
+    return acc
 
 
-def rescale(acc: torch.Tensor, scales: torch.Tensor, v_th: torch.Tensor,
+def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
             bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """``y[n, o] = V_th[n] * sum_g scale[o, g] * acc[g, n, o] + b[o]``, in a fixed order.
 
-    acc ``[G, N, out]`` int64; scales ``[out, G]``; v_th ``[N, 1]``. Works in float64
-    (the integers and scales are exact there), rounds once to ``dtype`` at the end.
+    ``acc``: exact integer group sums, ``[G, N, out]`` (any dtype), or the ``(g, acc_g)``
+    pairs :func:`group_sums` yields. Works in float64 from ``y = 0``, adding
+    ``scale_g * acc_g`` group after group (an integer below 2**29 times a float32 scale
+    is exact there, so each step rounds once), then ``* V_th``, ``+ b``, and rounds once
+    to ``dtype`` at the end. Elementwise: a token's result does not depend on the other
+    tokens of the call.
     """
-    y = (acc.to(torch.float64) * scales.t().to(torch.float64)[:, None, :]).sum(0)
-    y = y * v_th.to(torch.float64)
+    s = scales.t().to(torch.float64)                        # [G, out]
+    groups = enumerate(acc) if isinstance(acc, torch.Tensor) else acc
+    y = None
+    for g, part in groups:
+        if y is None:
+            y = torch.zeros(part.shape, dtype=torch.float64, device=part.device)
+        y.addcmul_(part, s[g])
+    if y is None:
+        raise ValueError("rescale: no group sums given")
+    y.mul_(v_th.to(torch.float64))
     if bias is not None:
-        y = y + bias.to(torch.float64)
+        y.add_(bias.to(torch.float64))
     return y.to(dtype)
+
+
+# Work (multiply-adds) below which a layer call runs on the caller's thread alone.
+_PARTS_MIN_MACS = 1 << 22
+_PARTS_MIN_COLUMNS = 64
+_FEW_TOKENS = 64
+
+
+def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype):
+    return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+
+
+def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                       v_th: torch.Tensor, bias: torch.Tensor | None, group_size: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """``rescale(group_accumulate(counts, codes, group_size), scales, v_th, bias, dtype)``
+    without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
+    the float64 output as they are made (same integers, same order, same bits).
+
+    Large calls run as blocks of output columns (each block's float weights cast in one
+    contiguous pass), on a CPU with several torch threads by sbsnn's single-threaded
+    workers (:mod:`sbsnn.neurons.workers`): one hand-off per block instead of a fork/join
+    of torch's threads per operation. Every output element is computed by the same
+    operations whatever the blocks, so the result is the same, bit for bit."""
+    N, in_f = counts.shape
+    out_f = codes.shape[0]
+    workers = 1
+    if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
+        workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
+    # With few tokens the weights' cast to float dominates: then use column blocks whose
+    # float weights fit one chunk, each cast in one contiguous pass.
+    by_weights = 1
+    if N <= _FEW_TOKENS:
+        by_weights = -(-out_f * num_groups(in_f, group_size) * group_size * 4 // _CHUNK_BYTES)
+    parts = max(4 * workers if workers > 1 else 1, by_weights)
+    parts = max(1, min(parts, out_f // _PARTS_MIN_COLUMNS))
+    if parts <= 1:
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype)
+    bounds = [out_f * p // parts for p in range(parts + 1)]
+    out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
+
+    def part(ab):
+        a, b = ab
+        out[:, a:b] = _linear_inline(counts, codes[a:b], scales[a:b], v_th,
+                                     None if bias is None else bias[a:b], group_size, dtype)
+
+    run_parts(part, list(zip(bounds[:-1], bounds[1:])), workers)
+    return out

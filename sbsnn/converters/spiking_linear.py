@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sbsnn.converters.quant import (QuantStats, dequantize_weight, group_accumulate,
-                                    num_groups, quantize_weight, rescale)
+from sbsnn.converters.quant import (QuantStats, dequantize_weight, linear_from_counts,
+                                    num_groups, quantize_weight)
 from sbsnn.neurons import AdaptiveThresholdNeuron
 
-# Bytes of float64 [G, tokens, out] accumulators one forward block may hold.
-_BLOCK_BYTES = 256 << 20
+# Bytes of the float64 [tokens, out] output one forward block may hold (the exact group
+# sums themselves come a chunk of groups at a time, see quant.group_sums).
+_BLOCK_BYTES = 64 << 20
 
 
 class SpikingLinear(nn.Module):
@@ -75,17 +76,23 @@ class SpikingLinear(nn.Module):
         return self.neuron.spike(x.reshape(-1, self.in_features))
 
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks."""
-        block = self.token_block()
-        outs = [rescale(group_accumulate(counts[s:s + block], self.weight_codes, self.group_size),
-                        self.weight_scales, v_th[s:s + block], self.bias, dtype)
-                for s in range(0, counts.shape[0], block)]
-        return torch.cat(outs) if outs else counts.new_zeros(0, self.out_features, dtype=dtype)
+        """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks:
+        exact group sums (:func:`~sbsnn.converters.quant.group_sums`) rescaled by
+        :func:`~sbsnn.converters.quant.rescale`."""
+        N, block = counts.shape[0], self.token_block()
+        if N <= block:
+            return linear_from_counts(counts, self.weight_codes, self.weight_scales, v_th,
+                                      self.bias, self.group_size, dtype)
+        out = torch.empty(N, self.out_features, dtype=dtype, device=counts.device)
+        for s in range(0, N, block):
+            out[s:s + block] = linear_from_counts(counts[s:s + block], self.weight_codes,
+                                                  self.weight_scales, v_th[s:s + block], self.bias,
+                                                  self.group_size, dtype)
+        return out
 
     def token_block(self) -> int:
-        """Tokens per block so that ``[G, tokens, out]`` 8-byte accumulators stay bounded."""
-        G = self.weight_scales.shape[1]
-        return max(1, _BLOCK_BYTES // max(1, G * self.out_features * 8))
+        """Tokens per block so that the float64 ``[tokens, out]`` output stays bounded."""
+        return max(1, _BLOCK_BYTES // max(1, self.out_features * 8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.executor is not None:

@@ -31,14 +31,14 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
+
+from . import workers as _workers
 
 __all__ = [
     "CODINGS",
@@ -71,6 +71,7 @@ DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB for an expanded train
 # 1-4 MiB blocks are best; on accelerators one big block is better.
 _CPU_BLOCK_BYTES = 2 << 20
 _DEVICE_BLOCK_BYTES = 256 << 20
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: torch forks its threads above this many elements
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 _WIDER = {torch.int8: torch.int16, torch.int16: torch.int32, torch.int32: torch.int64}
@@ -376,47 +377,14 @@ class _Scan:
             self.out = self.out.to(need)
 
 
-_pool_lock = threading.Lock()
-_pool: Optional[ThreadPoolExecutor] = None
-_pool_size = 0
-_serial_depth = 0
-_saved_threads = 1
+# Worker threads: sbsnn.neurons.workers (single-threaded inside; torch's thread settings
+# for the host's threads never change).
+def _cpu_workers(wanted: int) -> int:
+    return _workers.workers_for(wanted)
 
 
-def _forget_pool_after_fork():  # a forked child has none of the parent's threads
-    global _pool_lock, _pool, _pool_size, _serial_depth
-    _pool_lock, _pool, _pool_size, _serial_depth = threading.Lock(), None, 0, 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def _worker_pool(size: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < size:
-            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sbsnn-spike")
-            _pool_size = size
-        return _pool
-
-
-@contextmanager
-def _serial_torch_ops():
-    """torch intra-op threads = 1 while blocks run on our workers (restored afterwards)."""
-    global _serial_depth, _saved_threads
-    with _pool_lock:
-        if _serial_depth == 0:
-            _saved_threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _serial_depth += 1
-    try:
-        yield
-    finally:
-        with _pool_lock:
-            _serial_depth -= 1
-            if _serial_depth == 0:
-                torch.set_num_threads(_saved_threads)
+def _worker_pool(size: int):
+    return _workers._worker_pool(size)
 
 
 def _run_blocks(scan: _Scan, spans, buf_rows: int, workers: int):
@@ -446,7 +414,7 @@ def _run_blocks(scan: _Scan, spans, buf_rows: int, workers: int):
                 redo.append((span, need))
 
     futures = [_worker_pool(workers).submit(worker) for _ in range(workers)]
-    wait(futures)  # all of them, even if one failed, before the caller restores threads
+    wait(futures)  # all of them, even if one failed
     return [r for f in futures for r in f.result()]  # re-raises a worker's exception
 
 
@@ -454,7 +422,7 @@ def _in_parts(fn, numel: int, device: torch.device, min_part: int = 1 << 20):
     """``[fn(start, stop)]`` over contiguous parts of ``range(numel)``, in order. Large CPU
     tensors go to the worker threads (torch single-threaded, one fork/join), which take
     parts from a queue so that a worker descheduled by other load does not hold up the rest."""
-    workers = min(torch.get_num_threads(), numel // min_part) if device.type == "cpu" else 1
+    workers = _cpu_workers(min(torch.get_num_threads(), numel // min_part)) if device.type == "cpu" else 1
     if workers <= 1:
         return [fn(0, numel)]
     parts = min(4 * workers, numel // min_part)
@@ -471,9 +439,8 @@ def _in_parts(fn, numel: int, device: torch.device, min_part: int = 1 << 20):
                 return
             results[p] = fn(bounds[p], bounds[p + 1])
 
-    with _serial_torch_ops():
-        futures = [_worker_pool(workers).submit(worker) for _ in range(workers)]
-        wait(futures)
+    futures = [_worker_pool(workers).submit(worker) for _ in range(workers)]
+    wait(futures)
     for f in futures:
         f.result()  # re-raises a worker's exception
     return results
@@ -497,20 +464,33 @@ def _scan(x, k, group_size, threshold, fn, *, counts, max_count=None, dtype=None
     spans = _blocks(rows, per_block)
     buf_rows = max(j - i for i, j in spans)
     threads = torch.get_num_threads() if cpu else 1
-    workers = min(threads, len(spans) // 2)
-    try:
-        with _serial_torch_ops() if workers > 1 else nullcontext():
-            if workers > 1 and counts and dtype is None:
-                # the first block sets the output type; later blocks that need more are redone
-                _run_blocks(scan, spans[:1], buf_rows, 1)
-                spans = spans[1:]
-            elif counts:
+    workers = _cpu_workers(min(threads, len(spans) // 2)) if cpu else 1
+    # Too few blocks to share, but big enough for torch to fork its threads on every op:
+    # run them on one single-threaded worker instead (a 1-row tensor stays on the caller,
+    # where its reduction splits exactly as ``x.abs().mean(-1)`` does).
+    alone = cpu and workers == 1 and threads > 1 and rows >= 2 and x2.numel() > _GRAIN_SIZE
+
+    def run():
+        if workers > 1 and counts and dtype is None:
+            # the first block sets the output type; later blocks that need more are redone.
+            # It runs on a worker too: the caller's torch ops would fork torch's threads.
+            _worker_pool(workers).submit(_run_blocks, scan, spans[:1], buf_rows, 1).result()
+            todo = spans[1:]
+        else:
+            todo = spans
+            if counts:
                 scan.widen(dtype if dtype is not None else torch.int8)
-            redo = _run_blocks(scan, spans, buf_rows, workers)
-            if redo:
-                widest = max((need for _, need in redo), key=lambda d: torch.iinfo(d).bits)
-                scan.widen(widest)
-                _run_blocks(scan, [span for span, _ in redo], buf_rows, min(workers, len(redo)))
+        redo = _run_blocks(scan, todo, buf_rows, workers)
+        if redo:
+            widest = max((need for _, need in redo), key=lambda d: torch.iinfo(d).bits)
+            scan.widen(widest)
+            _run_blocks(scan, [span for span, _ in redo], buf_rows, min(workers, len(redo)))
+
+    try:
+        if alone and _cpu_workers(2) > 1:
+            _worker_pool(1).submit(run).result()
+        else:
+            run()
     except _NonFinite:
         raise _nonfinite_error(x, fn) from None
     v_th = v.reshape(tuple(x.shape[:-1]) + (groups,))
@@ -565,9 +545,9 @@ def spike_counts(x: torch.Tensor, k: float = DEFAULT_K, *, group_size: Optional[
       :class:`~sbsnn.neurons.AdaptiveThresholdNeuron`.
 
     Speed: one blocked pass (|x|, mean, max, divide, round, narrow) with each block in cache.
-    On CPU with several torch threads, large inputs are split over sbsnn worker threads that
-    run torch ops single-threaded, so ``torch.get_num_threads()`` reads 1 until the call
-    returns (it is restored even on error).
+    On CPU with several torch threads, large inputs are split over sbsnn's own worker
+    threads, each running torch ops single-threaded by its own OpenMP setting: torch's
+    thread settings for the caller (``torch.get_num_threads()``) never change.
     """
     fn = "spike_counts"
     _check_activation(x, fn)
@@ -880,10 +860,12 @@ def _decode_packed(packed: PackedTrains, coding: str) -> torch.Tensor:
 
 
 def _bincount(flat: torch.Tensor, minlength: int) -> torch.Tensor:
-    """torch.bincount with torch single-threaded: its loop is serial anyway (and holds the
-    GIL, so worker threads do not help), while its min/max prologue would fork threads."""
-    with _serial_torch_ops() if flat.device.type == "cpu" else nullcontext():
+    """torch.bincount on a single-threaded worker when torch has several threads: its loop
+    is serial anyway, while its min/max prologue would fork (and, on a shared machine, wait
+    for) torch's threads."""
+    if flat.device.type != "cpu" or torch.get_num_threads() <= 1 or _cpu_workers(2) <= 1:
         return torch.bincount(flat, minlength=minlength)
+    return _worker_pool(1).submit(torch.bincount, flat, minlength=minlength).result()
 
 
 def _magnitude_histogram(mag: torch.Tensor, bins: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Event-driven simulation of spiking models: events, engine, backends, recordings."""
+"""Event-driven simulation of spiking models: events, engine, backends, traces, recordings."""
 
 from sbsnn.sim.engine import LayerCounters, SimResult, Simulator, simulate
-from sbsnn.sim.events import StepEvents, events_to_counts, step_events
+from sbsnn.sim.events import CountSummary, StepEvents, events_to_counts, step_events, summarize
 from sbsnn.sim.recorder import Recorder, Recording, RecordingError, RowView, load_recording
+from sbsnn.sim.trace import LayerTrace, TraceCall, TraceError, TraceSpec
 
-__all__ = ["LayerCounters", "Recorder", "Recording", "RecordingError", "RowView", "SimResult",
-           "Simulator", "StepEvents", "events_to_counts", "load_recording", "simulate",
-           "step_events"]
+__all__ = ["CountSummary", "LayerCounters", "LayerTrace", "Recorder", "Recording", "RecordingError",
+           "RowView", "SimResult", "Simulator", "StepEvents", "TraceCall", "TraceError", "TraceSpec",
+           "events_to_counts", "load_recording", "simulate", "step_events", "summarize"]

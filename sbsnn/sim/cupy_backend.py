@@ -12,7 +12,8 @@ Three kernels (sources in ``sbsnn/sim/kernels/*.cu``, compiled once per device b
     event-driven accumulation: ``acc[g, n, o] = sum_{events e of token n in group g}
     values[e] * codes_t[channels[e], o]`` in int32, one accumulator per weight group.
 
-and :func:`accumulate_events`, which the engine's ``backend="cupy"`` calls per layer.
+and :func:`layer_outputs` (with :func:`accumulate_events`), which the engine's
+``backend="cupy"`` calls per layer.
 
 Exactness
 ---------
@@ -24,13 +25,17 @@ Exactness
   ``sbsnn.neurons.spike_counts`` at an exact ``.5`` tie. Tests check counts against
   ``torch.round(x / v_kernel)`` exactly and ``V_th`` against torch within a few ulps.
 - Accumulators: integers, so exact: identical to ``sbsnn.converters.quant.group_accumulate``
-  whenever ``max|c| * 127 * group_size < 2**31`` (checked; otherwise
-  :func:`accumulate_events` falls back to ``group_accumulate`` on the device, in int64).
+  whenever ``max|c| * 128 * group_size < 2**31`` (checked). :func:`accumulate_events`
+  keeps that true for any count the way the CPU path does: the kernel gets the counts
+  clamped to ``+-int32_count_bound(group_size)`` and the few outlier elements beyond it
+  add ``rest * column`` to their rows in int64, so the cost does not grow with the
+  largest count.
 - Events: the GPU accumulates count-weighted columns, one per active channel (what an
-  event-driven core with multi-spike accumulation does); the engine's CPU path walks the
-  time steps and adds ``+-step_weight * column`` per spike. Both give the same integers,
-  since ``sum_t polarity_t * weight_t == count`` for every coding. Event totals per coding
-  come from closed forms (:func:`event_counts`), equal to the CPU path's.
+  event-driven core with multi-spike accumulation does), never looping over time steps;
+  the plain per-step engine (``sbsnn.sim.engine.accumulate_events_reference``) adds
+  ``+-step_weight * column`` per spike. Both give the same integers, since
+  ``sum_t polarity_t * weight_t == count`` for every coding. Event totals come from the
+  closed forms the CPU path uses (:func:`sbsnn.sim.events.summarize`).
 
 The ``*_reference`` functions are pure torch (any device) and define what each kernel
 returns; the tests compare the kernels with them, and them with ``sbsnn.neurons`` and
@@ -48,7 +53,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sbsnn.converters.quant import CODE_MAX, group_accumulate, num_groups
+from sbsnn.converters.quant import CODE_MAX, num_groups, rescale
+from sbsnn.sim.events import popcount64, summarize
 
 __all__ = [
     "NAME_EXPRESSIONS",
@@ -57,8 +63,11 @@ __all__ = [
     "compact_cuda",
     "accumulate_cuda",
     "accumulate_events",
+    "group_sums_cuda",
+    "layer_outputs",
     "event_counts",
     "int32_safe",
+    "int32_count_bound",
     "spike_counts_reference",
     "compact_reference",
     "group_ptr_reference",
@@ -212,8 +221,14 @@ def _vec_width(O: int, codes_t: torch.Tensor, acc: torch.Tensor) -> int:
 
 
 def int32_safe(peak: int, group_size: int) -> bool:
-    """True when no partial sum of a group can leave int32: peak * 127 * group_size < 2**31."""
-    return peak * CODE_MAX * group_size < 2**31
+    """True when no partial sum of a group can leave int32: peak * 128 * group_size < 2**31
+    (128: the largest int8 magnitude, so any codes a file holds are covered)."""
+    return peak * (CODE_MAX + 1) * group_size < 2**31
+
+
+def int32_count_bound(group_size: int) -> int:
+    """Largest ``|count|`` the int32 accumulation kernel takes at ``group_size``."""
+    return (2**31 - 1) // ((CODE_MAX + 1) * group_size)
 
 
 # ------------------------------------------------------------------ spike counts
@@ -402,8 +417,9 @@ def accumulate_cuda(row_ptr: torch.Tensor, channels: torch.Tensor, values: torch
         peak = int(values.abs().max())
         if not int32_safe(peak, group_size):
             raise KernelInputError(
-                f"int32 accumulators could overflow: max|count| {peak} * 127 * group_size "
-                f"{group_size} >= 2**31; use sbsnn.converters.quant.group_accumulate (int64)")
+                f"int32 accumulators could overflow: max|count| {peak} * 128 * group_size "
+                f"{group_size} >= 2**31; use accumulate_events (it splits off the outliers) "
+                f"or sbsnn.converters.quant.group_accumulate")
     acc = _empty((G, N, O), torch.int32, codes_t.device)
     if N == 0 or O == 0:
         return acc
@@ -438,34 +454,15 @@ def accumulate_reference(row_ptr: torch.Tensor, channels: torch.Tensor, values: 
 
 
 # ------------------------------------------------------------ events for the engine
-def _popcount64(m: torch.Tensor) -> torch.Tensor:
-    """Popcount of every int64 bit pattern (SWAR; the masks drop arithmetic-shift fill)."""
-    m = m - ((m >> 1) & 0x5555555555555555)
-    m = (m & 0x3333333333333333) + ((m >> 2) & 0x3333333333333333)
-    m = (m + (m >> 4)) & 0x0F0F0F0F0F0F0F0F  # non-negative from here on
-    m = m + (m >> 8)
-    m = m + (m >> 16)
-    m = m + (m >> 32)
-    return m & 0x7F
+_popcount64 = popcount64  # one implementation, in sbsnn.sim.events
 
 
 def event_counts(counts: torch.Tensor, coding: str, steps: int) -> tuple[int, int]:
     """(positive, negative) events of ``counts`` laid out with ``coding`` over ``steps``,
-    in closed form: what :func:`sbsnn.sim.events.step_events` yields, summed.
-
-    binary/ternary: ``|c|`` unit spikes of sign(c); bitwise: ``popcount(|c|)`` of sign(c);
-    twos_complement: the popcount of the ``steps``-bit word, all positive.
-    """
-    c = counts.to(torch.int64)
-    if coding in ("binary", "ternary"):
-        return int(c.clamp(min=0).sum()), int((-c).clamp(min=0).sum())
-    if coding == "bitwise":
-        p = _popcount64(c.abs())
-        return int(p[c > 0].sum()), int(p[c < 0].sum())
-    if coding == "twos_complement":
-        word = c if steps >= 64 else c & ((1 << steps) - 1)
-        return int(_popcount64(word).sum()), 0
-    raise ValueError(f"unknown coding {coding!r}")
+    in closed form (:func:`sbsnn.sim.events.summarize`): what
+    :func:`sbsnn.sim.events.step_events` yields, summed."""
+    s = summarize(counts, coding, steps)
+    return s.events_pos, s.events_neg
 
 
 _CODES_T: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -484,37 +481,74 @@ def _codes_t(layer, device: torch.device) -> torch.Tensor:
     return t
 
 
-def accumulate_events(counts: torch.Tensor, layer, T: int):
-    """The engine's ``backend="cupy"`` step: ``(acc int64 [G, N, out], events_pos, events_neg)``
-    for counts ``[N, in]`` of a :class:`~sbsnn.converters.SpikingLinear` whose coding lays
-    them out over ``T`` steps; ``acc`` on the counts' device.
+def _outlier_rows(c: torch.Tensor, bound: int, codes_t: torch.Tensor, group_size: int,
+                  acc: torch.Tensor) -> None:
+    """Add the part of counts ``c`` beyond ``+-bound`` to the int64 group sums ``acc
+    [G, N, out]``: ``rest * codes_t[channel]`` per outlier element (few: massive
+    activations), in torch ops on the device."""
+    N = c.shape[0]
+    tok, ch = ((c > bound) | (c < -bound)).nonzero(as_tuple=True)
+    v = c[tok, ch].to(torch.int64)
+    rest = v - v.clamp(-bound, bound)
+    per = max(1, (64 << 20) // (8 * codes_t.shape[1]))
+    flat = acc.view(-1, codes_t.shape[1])
+    for a in range(0, tok.numel(), per):
+        b = min(a + per, tok.numel())
+        row = (ch[a:b] // group_size) * N + tok[a:b]
+        flat.index_add_(0, row, codes_t[ch[a:b]].to(torch.int64) * rest[a:b, None])
 
-    Compaction and accumulation run on the GPU (int32, widened to int64); the event totals
-    are closed forms. When ``max|c| * 127 * group_size >= 2**31`` int32 could overflow and
-    ``group_accumulate`` (exact, int64) runs instead, on the same device.
+
+def group_sums_cuda(counts: torch.Tensor, layer) -> torch.Tensor:
+    """Exact group sums ``[G, N, out]`` of a :class:`~sbsnn.converters.SpikingLinear`'s
+    input counts ``[N, in]`` from count-weighted events on the GPU (int32, or int64 when
+    outliers were added), on the compute device.
+
+    Compaction and accumulation run in int32 kernels; counts beyond
+    ``int32_count_bound(group_size)`` are clamped for the kernels and their rest is added
+    in int64 (:func:`_outlier_rows`), so the result equals ``group_accumulate`` for every
+    count at a cost that does not grow with the largest count.
     """
-    home = counts.device
     dev = _compute_device(counts)
     c = counts.to(dev)
     N = c.shape[0]
     gs = layer.group_size
     G = num_groups(layer.in_features, gs)
-    pos, neg = event_counts(c, layer.coding, T)
-    peak = int(c.abs().max()) if c.numel() else 0
     if N == 0:
-        acc = torch.zeros(G, 0, layer.out_features, dtype=torch.int64, device=dev)
-    elif not int32_safe(peak, gs):
-        acc = group_accumulate(c, layer.weight_codes.to(dev), gs)
-    else:
-        codes_t = _codes_t(layer, dev)
-        row_ptr, channels, values, group_ptr = compact_cuda(c, gs)
-        acc = accumulate_cuda(row_ptr, channels, values, codes_t, N, gs, group_ptr=group_ptr,
-                              check=False).to(torch.int64)
-    return acc.to(home), pos, neg
+        return torch.zeros(G, 0, layer.out_features, dtype=torch.int32, device=dev)
+    peak = max(-int(c.min()), int(c.max())) if c.numel() else 0
+    bound = int32_count_bound(gs)
+    codes_t = _codes_t(layer, dev)
+    k = c if peak <= bound else c.to(torch.int32).clamp(-bound, bound)
+    row_ptr, channels, values, group_ptr = compact_cuda(k, gs)
+    acc = accumulate_cuda(row_ptr, channels, values, codes_t, N, gs, group_ptr=group_ptr, check=False)
+    if peak > bound:
+        acc = acc.to(torch.int64)
+        _outlier_rows(c, bound, codes_t, gs, acc)
+    return acc
+
+
+def accumulate_events(counts: torch.Tensor, layer, T: int):
+    """``(acc int64 [G, N, out], events_pos, events_neg)`` for counts ``[N, in]`` of a
+    :class:`~sbsnn.converters.SpikingLinear` whose coding lays them out over ``T``
+    steps: :func:`group_sums_cuda` (on the GPU, back on the counts' device) and the
+    event totals in closed form."""
+    pos, neg = event_counts(counts, layer.coding, T)
+    return group_sums_cuda(counts, layer).to(torch.int64).to(counts.device), pos, neg
+
+
+def layer_outputs(counts: torch.Tensor, v_th: torch.Tensor, layer, dtype: torch.dtype) -> torch.Tensor:
+    """``[N, out]`` outputs of ``layer`` from its input's count-weighted events on the GPU
+    (the engine's ``backend="cupy"`` step): :func:`group_sums_cuda`, then the integer
+    path's own ``rescale`` (same integers, same arithmetic), on the counts' device."""
+    acc = group_sums_cuda(counts, layer)
+    dev = acc.device
+    y = rescale(acc, layer.weight_scales.to(dev), v_th.to(dev),
+                None if layer.bias is None else layer.bias.to(dev), dtype)
+    return y.to(counts.device)
 
 
 def accumulate_events_reference(counts: torch.Tensor, layer, T: int):
-    """What :func:`accumulate_events` returns, in torch on ``counts``' device."""
+    """What :func:`accumulate_events` returns, in torch on ``counts``' device (int64)."""
     codes_t = layer.weight_codes.to(counts.device).t().contiguous()
     row_ptr, channels, values = compact_reference(counts)
     acc = accumulate_reference(row_ptr, channels, values, codes_t, counts.shape[0], layer.group_size)

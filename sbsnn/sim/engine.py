@@ -1,31 +1,53 @@
 """Event-driven simulation of a spiking model.
 
 Every :class:`~sbsnn.converters.SpikingLinear` is computed from its input's spike
-events: each event (token, channel, step, polarity) adds or subtracts one INT8 weight
-column, times its step weight, into that token's integer accumulators (one per weight
-group), as asynchronous neuromorphic hardware would. The integers are then rescaled by
-the very function the integer path uses, so the logits are bit-identical to
-``spiking_model(ids)``.
+events, with every counter exact and work that does not grow with the number of time
+steps T or with the largest count:
+
+- **Events carry their count.** In one call, the spikes of an input element (token,
+  channel) all add the same weight column, ``sum_t polarity_t * weight_t = count`` times
+  in all (every coding). The simulator therefore accumulates one count-weighted event per
+  active element, ``count * W[:, channel]``, into that token's integer accumulators (one
+  per weight group), as a multi-spike event-driven core does; the step structure lives in
+  the counters, which come in closed form from the counts
+  (:func:`sbsnn.sim.events.summarize`: events by sign, events per step, silent channels,
+  slots), never from a walk over the steps.
+- **The accumulation is exact and BLAS-fast.** On a CPU the count-weighted events of a
+  call are the call's count frame (zero = no event), and their group sums are computed
+  by :func:`sbsnn.converters.quant.group_sums` -- float32 GEMMs on counts clamped to
+  ``+-1023`` (exact whatever order BLAS adds in) plus the few outlier elements beyond it
+  in integers. Measured on the benchmark shapes, dense products beat sparse ones at
+  every event density down to 3 %, so the frame is not compacted; the CuPy backend walks
+  compacted events (``sbsnn.sim.cupy_backend``). The integers are rescaled by the very
+  function the integer path uses, so the logits are bit-identical to ``spiking_model(ids)``.
+- **Time-resolved traces** of chosen layers (``trace=``) add, per call, the events of each
+  step, each token's first and last spike step and every output after each step
+  (:mod:`sbsnn.sim.trace`).
+
+:func:`accumulate_events_reference` keeps the plain per-step engine (a walk over
+:func:`~sbsnn.sim.events.step_events` adding ``polarity x step weight x column`` per
+spike, in int64) that the tests hold the fast path to.
 
 Counters per layer: events (positive and negative), synaptic operations (events x
-fan-out), silent input channels over each batch of tokens, time steps, and the dense
-MACs the same layer would need.
+fan-out), silent input channels over each batch of tokens, time steps, slots, the
+largest count, and the dense MACs the same layer would need.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from sbsnn.converters.quant import _exact_dtype, num_groups, rescale
+from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.neurons import num_steps
-from sbsnn.sim.events import step_events
+from sbsnn.neurons.workers import submit, workers_for
+from sbsnn.sim.events import CountSummary, step_events, summarize
+from sbsnn.sim.trace import LayerTrace, Tracer, TraceSpec
 
 _EVENT_BATCH_BYTES = 64 << 20
+_SUMMARY_ALONE = 1 << 15      # counts elements below which the counters are computed inline
 
 
 @dataclass
@@ -45,6 +67,7 @@ class LayerCounters:
     slots: int = 0               # sum over calls of elements x T (the call's global T)
     silent_channels: int = 0     # input channels silent for a whole call, summed over calls
     channel_calls: int = 0       # in_features x calls
+    count_max: int = 0           # largest |count| of any call
 
     @property
     def events(self) -> int:
@@ -59,17 +82,33 @@ class LayerCounters:
     def dense_macs(self) -> int:
         return self.tokens * self.in_features * self.out_features
 
+    def add(self, s: CountSummary) -> None:
+        """Count one call from its closed-form :class:`~sbsnn.sim.events.CountSummary`."""
+        self._add(s.tokens, s.channels, s.nonzero, s.steps, s.silent_channels, s.peak)
+        self.events_pos += s.events_pos
+        self.events_neg += s.events_neg
+
     def add_call(self, counts: torch.Tensor, steps: int) -> None:
         """Count one call's counts ``[N, in]`` with global T ``steps`` (events apart)."""
-        N = counts.shape[0]
+        N, D = counts.shape
+        if counts.numel():
+            lo, hi = (int(v) for v in torch.aminmax(counts))
+            nonzero, peak = int(torch.count_nonzero(counts)), max(-lo, hi)
+        else:
+            nonzero = peak = 0
+        silent = D - int(counts.any(0).sum()) if N else 0
+        self._add(N, D, nonzero, steps, silent, peak)
+
+    def _add(self, N: int, D: int, nonzero: int, steps: int, silent: int, peak: int) -> None:
         self.calls += 1
         self.tokens += N
-        self.elements += counts.numel()
-        self.nonzero += int((counts != 0).sum())
+        self.elements += N * D
+        self.nonzero += nonzero
         self.time_steps_max = max(self.time_steps_max, steps)
-        self.slots += counts.numel() * steps
-        self.silent_channels += int((counts == 0).all(0).sum()) if N else 0
-        self.channel_calls += counts.shape[1]
+        self.slots += N * D * steps
+        self.silent_channels += silent
+        self.channel_calls += D
+        self.count_max = max(self.count_max, peak)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -85,6 +124,7 @@ class SimResult:
     seconds: float
     backend: str
     coding: str
+    traces: dict[str, LayerTrace] = field(default_factory=dict)   # layers traced in time
 
     def totals(self) -> dict:
         keys = ("elements", "nonzero", "events_pos", "events_neg", "slots",
@@ -96,6 +136,8 @@ class SimResult:
         t["zero_fraction"] = 1 - t["nonzero"] / t["elements"] if t["elements"] else 0.0
         t["spikes_per_element"] = t["events"] / t["elements"] if t["elements"] else 0.0
         t["slot_sparsity"] = 1 - t["events"] / t["slots"] if t["slots"] else 0.0
+        t["time_steps_max"] = max((c.time_steps_max for c in self.layers.values()), default=0)
+        t["count_max"] = max((c.count_max for c in self.layers.values()), default=0)
         return t
 
     def summary(self) -> dict:
@@ -104,27 +146,21 @@ class SimResult:
 
 
 # ----------------------------------------------------------------------------- backends
-def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int,
-                            coding: str, steps: int | None = None
-                            ) -> tuple[torch.Tensor, int, int]:
-    """Event-driven integer accumulation on the CPU (or any torch device).
+def accumulate_events_reference(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int,
+                                coding: str, steps: int | None = None
+                                ) -> tuple[torch.Tensor, int, int]:
+    """The plain per-step event engine: ``(acc [G, N, out] int64, events_pos, events_neg)``.
 
     counts ``[N, in]``; codes_t ``[in, out]`` int8 (transposed: one channel's weights are
-    contiguous). Returns ``acc [G, N, out]`` int64, and the positive and negative event
-    counts. Step by step, the step's events form a sparse matrix (row = (group, token),
-    column = channel, value = polarity x step weight) that multiplies the weight columns:
-    work is proportional to the events times the fan-out. The sparse product runs in a
-    float type that holds every partial sum exactly (the same bound as the integer path),
-    or in int64 index-adds when no float type does.
+    contiguous). Walks the ``steps`` time steps (default: the coding's smallest T) of
+    :func:`~sbsnn.sim.events.step_events` and adds ``polarity x step weight x column``
+    for every spike into that token's int64 accumulator of the channel's weight group.
+    Work grows with T; the simulator's fast path must give the same integers and counts.
     """
     N, D = counts.shape
     out = codes_t.shape[1]
     G = num_groups(D, group_size)
-    peak = int(counts.abs().max()) if counts.numel() else 0
-    # Two's complement events weigh up to 2x the count (sign bit plus the others).
-    dt = _exact_dtype(2 * peak if coding == "twos_complement" else peak, group_size)
-    acc = torch.zeros(G * N, out, dtype=dt, device=counts.device)
-    w = codes_t.to(dt) if dt.is_floating_point else None
+    acc = torch.zeros(G * N, out, dtype=torch.int64, device=counts.device)
     batch = max(1, _EVENT_BATCH_BYTES // (out * 8))
     pos = neg = 0
     for ev in step_events(counts, coding, steps):
@@ -134,21 +170,31 @@ def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_s
         n_pos = int((ev.polarity > 0).sum())
         pos, neg = pos + n_pos, neg + E - n_pos
         row = (ev.channel // group_size) * N + ev.token
-        value = ev.polarity.to(dt) * ev.weight
-        if w is not None:
-            order = torch.argsort(row, stable=True)
-            crow = torch.zeros(G * N + 1, dtype=torch.int64, device=counts.device)
-            crow[1:] = torch.bincount(row, minlength=G * N).cumsum(0)
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": used as documented
-                warnings.simplefilter("ignore", UserWarning)
-                spikes = torch.sparse_csr_tensor(crow, ev.channel[order], value[order],
-                                                 (G * N, D), check_invariants=False)
-            acc += spikes @ w
-            continue
+        value = ev.polarity.to(torch.int64) * ev.weight
         for s in range(0, E, batch):
             cols = codes_t[ev.channel[s:s + batch]].to(torch.int64)
             acc.index_add_(0, row[s:s + batch], cols * value[s:s + batch, None])
-    return acc.to(torch.int64).view(G, N, out), pos, neg
+    return acc.view(G, N, out), pos, neg
+
+
+def accumulate_events_torch(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int,
+                            coding: str, steps: int | None = None
+                            ) -> tuple[torch.Tensor, int, int]:
+    """What the simulator computes on the CPU, as :func:`accumulate_events_reference`
+    returns it: the count-weighted events' exact group sums
+    (:func:`~sbsnn.converters.quant.group_accumulate`, int64 ``[G, N, out]``) and the
+    event totals in closed form. Same arguments."""
+    s = summarize(counts, coding, steps)
+    return group_accumulate(counts, codes_t.t(), group_size), s.events_pos, s.events_neg
+
+
+def accumulate_frame(layer: SpikingLinear, counts: torch.Tensor, v_th: torch.Tensor,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``[N, out]`` outputs of ``layer`` from the count-weighted events of ``counts [N, in]``:
+    on a CPU these events are the count frame itself, and their exact group sums and
+    rescale are the integer path's own (``SpikingLinear.forward_counts``: one
+    implementation, so the two paths cannot drift apart)."""
+    return layer.forward_counts(counts, v_th, dtype)
 
 
 def cupy_usable() -> bool:
@@ -175,10 +221,14 @@ def resolve_backend(backend: str) -> str:
 
 # ----------------------------------------------------------------------------- engine
 class Simulator:
-    """Context manager that routes every SpikingLinear of ``model`` through events."""
+    """Context manager that routes every SpikingLinear of ``model`` through events.
+
+    ``trace``: layers to resolve in time (a glob, a list of globs or a
+    :class:`~sbsnn.sim.trace.TraceSpec`); their traces are in ``traces``.
+    """
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch",
-                 recorder=None):
+                 recorder=None, trace=None):
         self.model = model
         self.backend = resolve_backend(backend)
         self.recorder = recorder
@@ -187,7 +237,12 @@ class Simulator:
             raise ValueError("the model has no SpikingLinear layer: convert it first "
                              "(sbsnn.convert or sbsnn convert)")
         self.counters = {n: LayerCounters(n, m.in_features, m.out_features) for n, m in self.layers}
-        self._codes_t: dict[str, torch.Tensor] = {}
+        spec = TraceSpec.parse(trace)
+        self.tracer = Tracer(spec, self.layers) if spec is not None else None
+
+    @property
+    def traces(self) -> dict[str, LayerTrace]:
+        return self.tracer.traces if self.tracer is not None else {}
 
     def __enter__(self) -> "Simulator":
         for name, layer in self.layers:
@@ -198,32 +253,31 @@ class Simulator:
         for _, layer in self.layers:
             layer.executor = None
 
-    def _accumulate(self, name: str, layer: SpikingLinear, counts: torch.Tensor, T: int):
+    def _accumulate(self, layer: SpikingLinear, counts: torch.Tensor, v_th: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
         if self.backend == "cupy":
             from sbsnn.sim import cupy_backend
 
-            return cupy_backend.accumulate_events(counts, layer, T)
-        codes_t = self._codes_t.get(name)
-        if codes_t is None:
-            codes_t = self._codes_t[name] = layer.weight_codes.t().contiguous()
-        return accumulate_events_torch(counts, codes_t, layer.group_size, layer.coding, T)
+            return cupy_backend.layer_outputs(counts, v_th, layer, dtype)
+        return accumulate_frame(layer, counts, v_th, dtype)
 
     def run_layer(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
         counts, v_th = layer.spike(x)
-        N = counts.shape[0]
-        T = num_steps(counts, layer.coding) if counts.numel() else 0
-        c = self.counters[name]
-        c.add_call(counts, T)
+        # The closed-form counters run on one of sbsnn's workers beside the accumulation.
+        pending = None
+        if counts.device.type == "cpu" and counts.numel() > _SUMMARY_ALONE and workers_for(2) > 1:
+            pending = submit(summarize, counts, layer.coding)
         if self.recorder is not None:
             self.recorder.write(name, counts, v_th)
-        outs = []
-        block = layer.token_block()
-        for s in range(0, N, block):
-            acc, pos, neg = self._accumulate(name, layer, counts[s:s + block], T)
-            c.events_pos += pos
-            c.events_neg += neg
-            outs.append(rescale(acc, layer.weight_scales, v_th[s:s + block], layer.bias, x.dtype))
-        y = torch.cat(outs) if outs else x.new_zeros(0, layer.out_features)
+        y = self._accumulate(layer, counts, v_th, x.dtype)
+        s = pending.result() if pending is not None else summarize(counts, layer.coding)
+        c = self.counters[name]
+        row0 = c.tokens
+        c.add(s)
+        if self.tracer is not None and name in self.tracer and counts.shape[0]:
+            call = self.tracer.add(name, layer, counts, v_th, x.dtype, s, row0)
+            if self.recorder is not None and hasattr(self.recorder, "write_trace"):
+                self.recorder.write_trace(name, call)
         return y.view(*x.shape[:-1], layer.out_features)
 
 
@@ -245,7 +299,8 @@ def _token_ids(model, text_or_ids) -> torch.Tensor:
 def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
              block_size: int | None = None, max_tokens: int | None = None,
              return_logits: bool = True, progress: bool = False,
-             record_events: bool = False, metadata: dict | None = None) -> SimResult:
+             record_events: bool = False, metadata: dict | None = None,
+             trace=None) -> SimResult:
     """Run ``spiking_model`` on a text (or token ids) with every spiking layer computed
     event by event; returns logits and per-layer counters.
 
@@ -254,7 +309,15 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     state in blocks (bounded memory on long texts; equal to the integer path fed the
     same blocks). ``record="spikes.h5"`` writes counts and thresholds per layer; ``record``
     may also be any object with ``write(name, counts, v_th)``, ``flush()`` and
-    ``close(complete)`` (e.g. :class:`sbsnn.analysis.SparsityCollector`).
+    ``close(complete)`` (e.g. :class:`sbsnn.analysis.SparsityCollector`; with
+    ``write_trace(name, call)`` it also receives the traces).
+
+    ``trace``: resolve chosen layers in time (opt-in, for hardware studies): a glob over the
+    spiking layers' names (``"model.layers.0.*"``), a list of globs, or a
+    :class:`~sbsnn.sim.trace.TraceSpec` (tokens with per-step outputs, memory bound). The
+    result's ``traces`` then holds, per traced layer and call, the events of each step,
+    each token's first and last spike step and every output after each step; a recording
+    stores them too.
     """
     ids = _token_ids(spiking_model, text_or_ids)
     if max_tokens is not None:
@@ -262,6 +325,10 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     device = next(spiking_model.parameters()).device
     ids = ids.to(device)
     backend = resolve_backend(backend)
+    spec = TraceSpec.parse(trace)
+    if spec is not None:  # a glob that matches nothing is refused before any file is opened
+        spec.select(n for n, m in spiking_model.named_modules() if isinstance(m, SpikingLinear))
+        metadata = {**(metadata or {}), "trace": {"layers": list(spec.layers), "tokens": spec.tokens}}
     recorder = None
     if record is not None and hasattr(record, "write"):
         recorder = record  # any object with write(name, counts, v_th), flush(), close(complete)
@@ -276,7 +343,7 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     from tqdm.auto import tqdm
 
     try:
-        with Simulator(spiking_model, backend, recorder) as sim:
+        with Simulator(spiking_model, backend, recorder, trace=spec) as sim:
             if block_size is None:
                 out = spiking_model(ids)
                 if return_logits:
@@ -300,12 +367,16 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
         raise
     return SimResult(logits=torch.cat(logits) if logits else None, layers=sim.counters,
                      tokens=L, seconds=time.perf_counter() - t0, backend=backend,
-                     coding=_coding_of(spiking_model))
+                     coding=_coding_of(spiking_model), traces=sim.traces)
 
 
 def _coding_of(model) -> str:
+    """The model's coding: its spiking config's, else its layers' ("mixed" if they differ)."""
     cfg = getattr(model, "spiking_config", None)
-    return cfg.coding if cfg is not None else "ternary"
+    if cfg is not None:
+        return cfg.coding
+    codings = {m.coding for m in model.modules() if isinstance(m, SpikingLinear)}
+    return codings.pop() if len(codings) == 1 else "mixed"
 
 
 def _recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:

@@ -5,7 +5,8 @@
 thresholds, chunk by chunk, so memory stays bounded on long texts;
 :func:`load_recording` reads the file back lazily.
 
-File layout (``format="sbsnn-recording"``, ``format_version=1``)::
+File layout (``format="sbsnn-recording"``, ``format_version=2``; version 1 is the same
+without ``trace/`` groups and still reads)::
 
     /                         attrs: format, format_version, complete (False until a
                               normal close), sbsnn_version, created, closed (UTC, ISO),
@@ -34,6 +35,18 @@ File layout (``format="sbsnn-recording"``, ``format_version=1``)::
             polarity          int8: +1 / -1
             weight            int64: value of one spike at that step (so that
                               sum(polarity * weight) per (token, channel) == counts)
+        trace/                only for layers traced in time (simulate(..., trace=...)),
+                              every call of the layer (sbsnn.sim.trace.TraceCall):
+            step_offsets      int64 [calls]: first entry of each call in events_pos/neg
+            events_pos        int64 [sum of T]: positive spikes fired at each step
+            events_neg        int64 [sum of T]
+            first_step        int32 [rows]: first step with a spike of each row, -1 silent
+            last_step         int32 [rows]: last such step
+            output_rows       int64 [traced rows]: the rows with per-step outputs
+            output_offsets    int64 [traced rows]: first row of each in `outputs`
+            outputs           float [.., out_features]: each output after steps 0, 1, ...
+                              of its row, up to the row's last spike step
+            call_outputs      int64 [calls]: first entry of each call in output_rows
 
 Rows are the tokens a layer *saw*, in call order: for dense layers of a single sequence
 row i is text position i; for a batch, rows are ``batch x positions`` per call; MoE
@@ -89,7 +102,7 @@ import numpy as np
 import torch
 
 FORMAT = "sbsnn-recording"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _INT_TYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -100,6 +113,12 @@ _MDC_LIMIT = 64 << 20              # reopen the file when HDF5's metadata cache 
 _SERIES_CHUNK = 256                 # entries per chunk of call_offsets / call_steps
 _EVENT_FIELDS = (("token", np.int64), ("channel", np.int32), ("step", np.int32),
                  ("polarity", np.int8), ("weight", np.int64))
+# Trace datasets: (name, dtype or None for the outputs' float type, chunk length).
+_TRACE_SERIES = (("step_offsets", np.int64, _SERIES_CHUNK), ("events_pos", np.int64, 4096),
+                 ("events_neg", np.int64, 4096), ("first_step", np.int32, 4096),
+                 ("last_step", np.int32, 4096), ("output_rows", np.int64, 4096),
+                 ("output_offsets", np.int64, 4096), ("call_outputs", np.int64, _SERIES_CHUNK))
+_TRACE_OUTPUT_ROWS = 64             # rows per chunk of trace/outputs
 
 
 class RecordingError(ValueError):
@@ -157,6 +176,7 @@ class _Layer:
     call_steps: h5py.Dataset = None
     call_events: h5py.Dataset | None = None
     events: dict | None = None
+    trace: dict | None = None   # trace datasets, once the layer is traced
     rows: int = 0
     calls: int = 0
     n_events: int = 0
@@ -263,6 +283,8 @@ class Recorder:
         if "events" in g:
             lay.call_events = g["call_events"]
             lay.events = {f: g["events"][f] for f, _ in _EVENT_FIELDS}
+        if "trace" in g:
+            lay.trace = {k: g["trace"][k] for k in g["trace"]}
 
     def _filters(self, dtype) -> dict:
         # fletcher32: a chunk damaged by a kill during a flush fails to read instead of
@@ -413,6 +435,53 @@ class Recorder:
                 pass
             raise
         lay.rows, lay.calls, lay.dirty = r0 + N, k0 + 1, True
+
+    def write_trace(self, name: str, call) -> None:
+        """Append the time-resolved trace of the call of layer ``name`` just written by
+        :meth:`write` (a :class:`sbsnn.sim.trace.TraceCall`), then flush."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: the recorder is closed")
+        lay = self._layers.get(name)
+        if lay is None or lay.calls == 0 or call.tokens == 0 or lay.rows < call.tokens:
+            raise ValueError(f"Recorder.write_trace({name!r}): write the call's (non-empty) "
+                             f"counts first")
+        out = call.outputs.detach().cpu()
+        if lay.trace is None:
+            tg = lay.group.create_group("trace")
+            for key, dt, chunk in _TRACE_SERIES:
+                self._series(tg, key, dt, chunk)
+            odt = np.float64 if out.dtype == torch.float64 else np.float32
+            tg.create_dataset("outputs", shape=(0, out.shape[1]), maxshape=(None, out.shape[1]),
+                              dtype=odt, chunks=(_TRACE_OUTPUT_ROWS, out.shape[1]),
+                              fillvalue=np.nan, **self._filters(odt))
+            lay.group.attrs["traced"] = True
+            lay.trace = {k: tg[k] for k in tg}
+        t = lay.trace
+        row0 = lay.rows - call.tokens      # the rows of the call write() just appended
+        sizes = {k: ds.shape[0] for k, ds in t.items()}
+        n_out = call.output_tokens
+        outputs_row = sizes["outputs"]
+        data = {
+            "events_pos": call.events_pos.numpy(), "events_neg": call.events_neg.numpy(),
+            "first_step": call.first_step.numpy().astype(np.int32),
+            "last_step": call.last_step.numpy().astype(np.int32),
+            "output_rows": np.arange(row0, row0 + n_out, dtype=np.int64),
+            "output_offsets": call.output_offsets[:-1].numpy() + outputs_row,
+            "outputs": out.numpy(),
+            "call_outputs": np.array([sizes["output_rows"]], np.int64),
+            "step_offsets": np.array([sizes["events_pos"]], np.int64),   # last: marks the call done
+        }
+        try:
+            for key, arr in data.items():
+                _append(t[key], sizes[key], np.asarray(arr, dtype=t[key].dtype))
+        except BaseException:
+            try:
+                for key, ds in t.items():
+                    ds.resize(sizes[key], axis=0)
+            except Exception:  # noqa: BLE001 - keep the original error
+                pass
+            raise
+        self.flush()
 
     def _write_events(self, lay: _Layer, c: torch.Tensor, row0: int, T: int) -> int:
         from sbsnn.sim.events import step_events
@@ -590,10 +659,14 @@ class Recording:
     ``rows(name)``. In an incomplete recording whose writer was killed during a flush,
     the rows that no longer read back are cut off (``damaged`` lists them) and the
     accessors return :class:`RowView` objects over the readable rows.
+    ``Recording(path, warn=False)`` keeps the incomplete-file warning in ``notes`` instead
+    of issuing it (no warning filter needs changing to collect it). Traced layers
+    (format 2): ``traced_layers`` and ``trace(name)``.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, warn: bool = True):
         self.path = Path(path)
+        self.notes: list[str] = []      # what opening found (an incomplete or damaged file)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such recording")
         if self.path.is_dir():
@@ -644,7 +717,9 @@ class Recording:
                 shown = "; ".join(f"{k}: {v}" for k, v in list(self.damaged.items())[:3])
                 msg += (f"; {len(self.damaged)} layer(s) lost their last rows to a kill during "
                         f"a flush: {shown}")
-            warnings.warn(msg, stacklevel=3)
+            self.notes.append(msg)
+            if warn:
+                warnings.warn(msg, stacklevel=3)
 
     def _layer_names(self) -> list[str]:
         groups = self._file["layers"]
@@ -738,6 +813,66 @@ class Recording:
             return None
         n = self._limit(name, 2)
         return {k: self._view(g["events"][k], n) for k, _ in _EVENT_FIELDS}
+
+    @property
+    def traced_layers(self) -> list[str]:
+        """Layers the run traced in time (``simulate(..., trace=...)``), in layer order."""
+        return [n for n in self.layers if "trace" in self._group(n)]
+
+    def trace(self, name: str):
+        """The time-resolved trace of layer ``name`` (a :class:`sbsnn.sim.trace.LayerTrace`
+        with every traced call that reads back whole), or None if it was not traced."""
+        from sbsnn.sim.trace import LayerTrace, TraceCall
+
+        g = self._group(name)
+        if "trace" not in g:
+            return None
+        t = g["trace"]
+        sizes = {k: t[k].shape[0] for k in t}
+        calls = sizes["step_offsets"]
+        if not self.complete:   # only the calls whose every piece reads back
+            for k in t:
+                sizes[k] = _readable_rows(t[k], sizes[k],
+                                          unwritten=np.isnan if k == "outputs" else None)
+            calls = min(sizes["step_offsets"], sizes["call_outputs"])
+        offsets = self.call_offsets(name)
+        steps = self.call_steps(name)
+        calls = min(calls, len(offsets), len(steps))
+        rows_total = self.rows(name)
+        so, co = t["step_offsets"][:calls], t["call_outputs"][:calls]
+        off_all = offsets[:]
+        ends = list(off_all[1:]) + [rows_total]
+        n_out_total = sizes["output_rows"]
+        out_ends = list(co[1:]) + [n_out_total]
+        out_rows_total = sizes["outputs"]
+        meta = (self.metadata.get("layers") or {}).get(name) or {}
+        lt = LayerTrace(name, self.in_features(name), int(meta.get("out_features", t["outputs"].shape[1])),
+                        str(self.metadata.get("coding") or "ternary"))
+        for k in range(calls):
+            T, r0, r1 = int(steps[k]), int(off_all[k]), int(ends[k])
+            e0 = int(so[k])
+            o0, o1 = int(co[k]), int(out_ends[k])
+            if (e0 + T > sizes["events_pos"] or e0 + T > sizes["events_neg"] or r1 > sizes["first_step"]
+                    or r1 > sizes["last_step"] or o1 > sizes["output_offsets"]):
+                break
+            if o1 > o0:
+                starts = t["output_offsets"][o0:o1].astype(np.int64)
+                stop = int(t["output_offsets"][o1]) if o1 < sizes["output_offsets"] else out_rows_total
+                if stop > out_rows_total:
+                    break
+                out = torch.from_numpy(t["outputs"][int(starts[0]):stop])
+                rel = torch.from_numpy(np.append(starts, stop) - int(starts[0]))
+            else:
+                out = torch.from_numpy(np.zeros((0, t["outputs"].shape[1]), t["outputs"].dtype))
+                rel = torch.zeros(1, dtype=torch.int64)
+            lt.calls.append(TraceCall(
+                steps=T, row0=r0,
+                events_pos=torch.from_numpy(t["events_pos"][e0:e0 + T].astype(np.int64)),
+                events_neg=torch.from_numpy(t["events_neg"][e0:e0 + T].astype(np.int64)),
+                first_step=torch.from_numpy(t["first_step"][r0:r1].astype(np.int64)),
+                last_step=torch.from_numpy(t["last_step"][r0:r1].astype(np.int64)),
+                output_offsets=rel, outputs=out))
+        return lt
 
     def rows(self, name: str) -> int:
         """Rows (tokens seen) of layer ``name`` that read back."""

@@ -1,0 +1,143 @@
+"""sbsnn's own worker threads for CPU work, single-threaded inside, host settings untouched.
+
+On a machine whose cores are shared with other work, torch's intra-op threads turn every
+parallel operation into a fork/join that waits for the slowest (descheduled) thread: a
+pass made of many short operations then takes several scheduler time slices per
+operation. sbsnn's hot paths (spike counts, exact group sums and their rescale) instead
+hand contiguous parts of their work to a small pool of worker threads, each running torch
+ops single-threaded, which take parts from a queue: a worker that is descheduled does not
+hold up the others, and there is one hand-off per part instead of one fork/join per op.
+
+Each worker makes *its own* torch ops single-threaded by setting its own OpenMP thread
+count (``omp_set_num_threads`` acts on the calling thread's ICV only). torch's settings for
+the host's threads (``torch.get_num_threads()``, ``torch.set_num_threads``) are never
+changed. Where the OpenMP runtime torch uses cannot be found, :func:`workers_for` returns
+1 and callers run their parts on their own thread. Inside a worker,
+``torch.get_num_threads()`` reads 1, so nested calls run inline (no deadlock).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Optional, Sequence
+
+import torch
+
+__all__ = ["run_parts", "submit", "workers_for"]
+
+_pool_lock = threading.Lock()
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_size = 0
+_omp_setter = None          # omp_set_num_threads of torch's OpenMP runtime, once found
+_omp_searched = False
+
+
+def _forget_pool_after_fork():  # a forked child has none of the parent's threads
+    global _pool_lock, _pool, _pool_size
+    _pool_lock, _pool, _pool_size = threading.Lock(), None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def _openmp_runtime_paths() -> list:
+    """Paths of OpenMP runtimes mapped into this process (Linux), then torch's own lib dir."""
+    import glob
+    import re
+
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                if re.search(r"/lib(g|i|i5)?omp[^/]*\.(so|dylib)", path) and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for pattern in ("libgomp*.so*", "libomp*.so*", "libiomp*.so*", "libomp*.dylib", "libiomp*.dylib"):
+        found += [p for p in sorted(glob.glob(os.path.join(libdir, pattern))) if p not in found]
+    return found
+
+
+def _omp_set_num_threads():
+    """``omp_set_num_threads`` of the OpenMP runtime torch is linked with, or None."""
+    global _omp_setter, _omp_searched
+    with _pool_lock:
+        if not _omp_searched:
+            _omp_searched = True
+            if torch.backends.openmp.is_available():
+                import ctypes
+
+                for path in _openmp_runtime_paths():
+                    try:
+                        fn = ctypes.CDLL(path).omp_set_num_threads
+                    except (OSError, AttributeError):
+                        continue
+                    fn.argtypes, fn.restype = [ctypes.c_int], None
+                    _omp_setter = fn
+                    break
+        return _omp_setter
+
+
+def _serial_worker_init():
+    """Make this worker thread's torch ops single-threaded (its own OpenMP ICV only; if
+    that fails the worker's ops may fork, which costs time, never correctness)."""
+    torch.get_num_threads()       # torch's lazy per-thread init first: it sets the ICV once
+    setter = _omp_set_num_threads()
+    if setter is not None:
+        setter(1)
+
+
+def workers_for(wanted: int) -> int:
+    """How many workers to use for ``wanted`` parallel parts on the CPU: at most torch's
+    thread count for the calling thread, 1 (run inline) inside a worker or where workers
+    cannot be made single-threaded."""
+    n = min(int(wanted), torch.get_num_threads())
+    if n <= 1 or _omp_set_num_threads() is None:
+        return 1
+    return n
+
+
+def _worker_pool(size: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < size:
+            _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sbsnn-worker",
+                                       initializer=_serial_worker_init)
+            _pool_size = size
+        return _pool
+
+
+def submit(fn: Callable, *args, **kwargs) -> Future:
+    """Run ``fn`` on one single-threaded worker (callers check :func:`workers_for` first)."""
+    return _worker_pool(max(1, torch.get_num_threads())).submit(fn, *args, **kwargs)
+
+
+def run_parts(fn: Callable, parts: Sequence, workers: int) -> list:
+    """``[fn(part) for part in parts]``, in order, on ``workers`` single-threaded workers
+    that take parts from a queue (inline when ``workers <= 1``). Every part finishes
+    before a worker's exception is re-raised."""
+    parts = list(parts)
+    if workers <= 1 or len(parts) <= 1:
+        return [fn(p) for p in parts]
+    results = [None] * len(parts)
+    queue = iter(range(len(parts)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            results[i] = fn(parts[i])
+
+    futures = [_worker_pool(workers).submit(worker) for _ in range(min(workers, len(parts)))]
+    wait(futures)
+    for f in futures:
+        f.result()  # re-raises a worker's exception
+    return results
