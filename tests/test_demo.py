@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -30,10 +29,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     from sbsnn.cli import main
 
     out = tmp_path / "demo"
-    t0 = time.perf_counter()
     assert main(["demo", "--out", str(out), "--max-chars", "600", "--sim-tokens", "32",
                  "--quiet", "--threads", "1"]) == 0
-    seconds = time.perf_counter() - t0
     printed = capsys.readouterr().out
     for s in ("sbsnn demo: tiny-hybrid", "perplexity", "float", "spiking", "zero counts",
               "vs INT8", "vs FP16", "(a) SpikingBrain Eq. 24", "the first 32 tokens",
@@ -56,4 +53,3 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert summ["spiking_perplexity"] == pytest.approx(f["spiking_perplexity"])
     assert summ["reduction_vs_fp16"] == pytest.approx(
         rep["energy"]["estimates"]["a_spikingbrain"]["comparison"]["fp16_dense"]["reduction"])
-    assert seconds < 120
