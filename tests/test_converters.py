@@ -886,3 +886,17 @@ def test_doc_snippet_reproduces_a_layer_without_sbsnn(tmp_path, sb_checkpoint, d
         y = run_snippet(tmp_path / "snn", layer, x.numpy())
         assert y.shape == want.shape
         assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max(), layer
+
+
+def test_worker_threads_follow_the_callers_grad_mode(two_threads):
+    """Grad mode is thread-local: a spiking layer split over sbsnn's workers must build
+    no graph under torch.no_grad (and fail nowhere), and give the same values with grad."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(512, 4096)
+    sl = SpikingLinear.from_linear(lin)
+    x = torch.randn(64, 512)
+    with torch.no_grad():
+        y0 = sl(x)
+    assert y0.grad_fn is None and not y0.requires_grad
+    y1 = sl(x)
+    assert torch.equal(y0, y1.detach())

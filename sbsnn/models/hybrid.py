@@ -165,6 +165,11 @@ class HybridForCausalLM(nn.Module):
         Without ``state`` the sequence is processed on its own (training, scoring);
         with one, the tokens continue it and ``state`` is updated in place.
         """
+        return self.head(self.body(input_ids, state))
+
+    def body(self, input_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """Every block and the final norm: hidden states ``[B, L, hidden]`` (the input of
+        the head). Work that needs no logits (counting spikes) stops here."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         x = self.model.embeddings(input_ids)
@@ -183,9 +188,12 @@ class HybridForCausalLM(nn.Module):
                       tables.get(layer.rope))
         if state is not None:
             state.seen += x.shape[1]
-        x = self.model.norm(x[:, n_sinks:])
+        return self.model.norm(x[:, n_sinks:])
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states (tied or separate head, Gemma's soft-capping)."""
         weight = self.model.embeddings.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(x, weight)
+        logits = F.linear(hidden, weight)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -112,9 +112,21 @@ def _worker_pool(size: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _in_callers_grad_mode(fn: Callable) -> Callable:
+    """``fn`` run under the calling thread's autograd mode: grad mode is thread-local, and
+    a worker must compute what the caller would (no graph under ``torch.no_grad``)."""
+    grad = torch.is_grad_enabled()
+
+    def run(*args, **kwargs):
+        with torch.set_grad_enabled(grad):
+            return fn(*args, **kwargs)
+    return run
+
+
 def submit(fn: Callable, *args, **kwargs) -> Future:
     """Run ``fn`` on one single-threaded worker (callers check :func:`workers_for` first)."""
-    return _worker_pool(max(1, torch.get_num_threads())).submit(fn, *args, **kwargs)
+    return _worker_pool(max(1, torch.get_num_threads())).submit(
+        _in_callers_grad_mode(fn), *args, **kwargs)
 
 
 def run_parts(fn: Callable, parts: Sequence, workers: int) -> list:
@@ -127,6 +139,7 @@ def run_parts(fn: Callable, parts: Sequence, workers: int) -> list:
     results = [None] * len(parts)
     queue = iter(range(len(parts)))
     lock = threading.Lock()
+    fn = _in_callers_grad_mode(fn)
 
     def worker():
         while True:
