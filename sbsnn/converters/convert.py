@@ -16,7 +16,7 @@ from sbsnn.converters.quant import QuantStats
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-layer k (layer_k) and the calibration record
 
 
 @dataclass
@@ -32,12 +32,20 @@ class SpikingConfig:
     patterns: list[str] | None = None       # user's glob patterns, if any
     exclude: list[str] | None = None
     quantization: dict = field(default_factory=dict)  # QuantStats.to_dict()
+    # Per-layer k where it differs from ``k`` (sbsnn.calibrate allocates them).
+    layer_k: dict[str, float] = field(default_factory=dict)
+    # What calibration did (method, budget, measured spikes); None for plain conversion.
+    calibration: dict | None = None
     sbsnn_version: str = __version__
     format: str = "sbsnn-spiking"
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def k_of(self, name: str) -> float:
+        """The k of spiking layer ``name``."""
+        return float(self.layer_k.get(name, self.k))
 
 
 def _check_options(coding: str, k: float, group_size: int) -> None:
@@ -84,7 +92,7 @@ def apply_structure(model: nn.Module, cfg: SpikingConfig) -> nn.Module:
         lin = model.get_submodule(name)
         dev = lin.weight.device
         _set(model, name, SpikingLinear(lin.in_features, lin.out_features, lin.bias is not None,
-                                        cfg.group_size, cfg.k, cfg.coding, device=dev,
+                                        cfg.group_size, cfg.k_of(name), cfg.coding, device=dev,
                                         dtype=lin.weight.dtype))
     _apply_hooks(model, cfg)
     model.spiking_config = cfg
@@ -105,16 +113,25 @@ def _apply_hooks(model: nn.Module, cfg: SpikingConfig) -> None:
 def convert(model: nn.Module, preset: str | None = "paper", coding: str = "ternary",
             k: float = 3.0, group_size: int = 128, targets: list[str] | None = None,
             exclude: list[str] | None = None, inplace: bool = False,
-            progress: bool = False) -> nn.Module:
+            progress: bool = False, layer_k: dict[str, float] | None = None) -> nn.Module:
     """The spiking version of ``model``.
 
     Each targeted ``nn.Linear`` becomes a :class:`SpikingLinear` (INT8 weight codes per
     output channel and group of ``group_size`` inputs; input spiked with threshold
     ``mean|x| / k`` per token). ``preset`` picks the targets (see
     :mod:`sbsnn.converters.presets`); ``targets`` (glob patterns over module names)
-    overrides it, ``exclude`` removes names. The result carries ``spiking_config``.
+    overrides it, ``exclude`` removes names. ``layer_k`` gives some layers their own k
+    (what :func:`sbsnn.calibrate` allocates). The result carries ``spiking_config``.
     """
     cfg = plan(model, preset, coding, k, group_size, targets, exclude)
+    if layer_k:
+        unknown = sorted(set(layer_k) - set(cfg.targets))
+        if unknown:
+            raise ValueError(f"layer_k names {unknown[:3]} which are not converted layers "
+                             f"(targets look like {cfg.targets[:3]})")
+        for name, v in layer_k.items():
+            _check_options(coding, v, group_size)
+        cfg.layer_k = {n: float(v) for n, v in layer_k.items() if float(v) != cfg.k}
     if not inplace:
         tok = getattr(model, "tokenizer", None)
         model = copy.deepcopy(model)
@@ -124,7 +141,7 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
     from tqdm.auto import tqdm
 
     for name in tqdm(cfg.targets, desc="convert", unit="layer", disable=not progress):
-        sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
+        sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, cfg.k_of(name), coding)
         _set(model, name, sl)
         stats = stats.merge(sl.quant_stats)
     cfg.quantization = stats.to_dict()

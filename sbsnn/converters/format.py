@@ -89,6 +89,15 @@ def read_spiking_config(directory: str | Path) -> SpikingConfig:
         raise CheckpointError(f"{path}: {e}") from None
     if not isinstance(cfg.targets, list) or not all(isinstance(t, str) for t in cfg.targets):
         raise CheckpointError(f"{path}: 'targets' must be a list of module names")
+    if not isinstance(cfg.layer_k, dict) or set(cfg.layer_k) - set(cfg.targets):
+        raise CheckpointError(f"{path}: 'layer_k' must map spiking layers (of 'targets') to k")
+    for name, v in cfg.layer_k.items():
+        try:
+            _check_options(cfg.coding, v, cfg.group_size)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: layer_k[{name!r}]: {e}") from None
+    if cfg.calibration is not None and not isinstance(cfg.calibration, dict):
+        raise CheckpointError(f"{path}: 'calibration' must be an object or null")
     return cfg
 
 

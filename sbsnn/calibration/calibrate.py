@@ -1,0 +1,343 @@
+"""``calibrate``: a spiking model that spends at most a spike budget and stays close to
+its float original.
+
+Steps (docs/calibration.md has the reasoning and the measurements):
+
+1. the calibration text, as documents, in blocks through each document's decoding state;
+2. groups: which spiking linear layers read the same activation (they share one k);
+3. per channel of every group, its share of the threshold and its output sensitivity
+   (one forward and backward over the first ``fisher_tokens`` tokens);
+4. candidate smoothings per group (folded exactly into the producer of the activation);
+5. per group and candidate, the distortion and the spikes at every k of a grid (a second
+   forward and backward);
+6. the allocation: one (smoothing, k) per group minimising the distortion within the
+   budget;
+7. the smoothed float model converted with those k (an ordinary spiking checkpoint:
+   per-layer k in ``spiking_config.json``, smoothing inside the float weights);
+8. the budget checked on the whole calibration text with the spiking model itself
+   (integer path); if it is exceeded, every k shrinks by one factor and it is checked
+   again.
+
+The threshold stays adaptive (``V_th = mean|x| / k`` per token, computed online) and
+every projection input of the preset still spikes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sbsnn.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
+from sbsnn.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
+from sbsnn.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
+                                       distortion_tables, spikes_of)
+from sbsnn.converters.convert import convert, plan
+from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.neurons import CODINGS
+
+# Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
+# (0, 0) is no smoothing; (1/3, 1/3) is optimal for ternary coding at a fixed budget;
+# (0, 1/2) equalises sensitivity-weighted noise, which suits bitwise coding, whose spikes
+# grow with the logarithm of a count.
+SMOOTHINGS = ((0.0, 0.0), (1 / 3, 1 / 3), (0.25, 0.25), (0.5, 0.5), (0.0, 0.5), (1 / 6, 1 / 3))
+SMOOTH_RANGE = 16.0  # s is kept within [1/16, 16] of its geometric mean (INT8 weights)
+
+
+@dataclass
+class LayerRecord:
+    k: float
+    spikes_per_element: float
+    local_error: float        # relative RMS error of the layer's output vs float
+
+
+@dataclass
+class Measured:
+    """Spikes and local errors of a spiking model over some tokens."""
+
+    tokens: int
+    elements: int
+    spikes: int
+    layers: dict[str, LayerRecord] = field(default_factory=dict)
+
+    @property
+    def spikes_per_element(self) -> float:
+        return self.spikes / self.elements if self.elements else 0.0
+
+
+def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block_size: int):
+    if coding not in CODINGS:
+        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
+    for name, v in (("fisher_tokens", fisher_tokens), ("max_tokens", max_tokens),
+                    ("block_size", block_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if isinstance(spike_budget, str):
+        text = spike_budget.strip()
+        if not text.startswith("k="):
+            raise ValueError(f"spike_budget {spike_budget!r}: give spikes per element (a number) "
+                             "or 'k=K' (what plain conversion at k = K spends on the text)")
+        k = _number(text[2:], "spike_budget's k")
+        return None, k
+    return _number(spike_budget, "spike_budget"), None
+
+
+def _number(v, what: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a positive number, got {v!r}") from None
+    if isinstance(v, bool) or not (0 < f < math.inf):
+        raise ValueError(f"{what} must be a positive finite number, got {v!r}")
+    return f
+
+
+def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[torch.Tensor]]:
+    """Documents -> per document its blocks of token ids ``[1, <= block_size]``."""
+    tok = model._require_tokenizer()
+    if isinstance(texts, str):
+        texts = [texts]
+    device = next(model.parameters()).device
+    out, total = [], 0
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"calibration texts must be strings, got {type(text).__name__}")
+        ids = tok.encode(text)[: max_tokens - total]
+        if len(ids) < 2:
+            continue
+        total += len(ids)
+        t = torch.tensor([ids], device=device)
+        out.append([t[:, s:s + block_size] for s in range(0, t.shape[1], block_size)])
+        if total >= max_tokens:
+            break
+    if not out:
+        raise ValueError("the calibration text holds fewer than two tokens")
+    return out
+
+
+def first_tokens(blocks: list[list[torch.Tensor]], n: int) -> list[list[torch.Tensor]]:
+    out, total = [], 0
+    for doc in blocks:
+        kept = []
+        for b in doc:
+            if total >= n:
+                break
+            b = b[:, : n - total]
+            kept.append(b)
+            total += b.shape[1]
+        if kept:
+            out.append(kept)
+        if total >= n:
+            break
+    return out
+
+
+def _smoothing(stats: ChannelStats, group: InputGroup, alpha: float, beta: float) -> torch.Tensor:
+    u = stats.u.clamp(min=1e-12)
+    a = stats.a.clamp(min=1e-30 + float(stats.a.max()) * 1e-12)
+    s = (u.log() * alpha - a.log() * beta)
+    s = s - s.mean()
+    s = s.clamp(-math.log(SMOOTH_RANGE), math.log(SMOOTH_RANGE)).exp()
+    return tie_for_producer(group, s).float()
+
+
+@torch.no_grad()
+def measure_spikes(spiking, blocks, coding: str, reference: nn.Module | None = None) -> Measured:
+    """Spikes per element (the coding's count) and, with the float ``reference`` model, each
+    layer's relative output error, from the spiking model's integer path. The head is
+    not computed (nothing there spikes)."""
+    layers = [(n, m) for n, m in spiking.named_modules() if isinstance(m, SpikingLinear)]
+    acc = {n: [0, 0, 0.0, 0.0] for n, _ in layers}  # elements, spikes, err^2, ref^2
+
+    def executor(layer, x, name):
+        counts, v_th = layer.spike(x)
+        y = layer.forward_counts(counts, v_th, x.dtype)
+        a = acc[name]
+        a[0] += counts.numel()
+        a[1] += int(spikes_of(counts.to(torch.int64), coding))
+        if reference is not None:
+            ref = reference.get_submodule(name)
+            yr = F.linear(x.reshape(-1, layer.in_features), ref.weight, ref.bias)
+            a[2] += float((y.float() - yr.float()).pow(2).sum())
+            a[3] += float(yr.float().pow(2).sum())
+        return y.view(*x.shape[:-1], layer.out_features)
+
+    for n, m in layers:
+        m.executor = lambda lyr, x, _n=n: executor(lyr, x, _n)
+    tokens = 0
+    try:
+        for doc in blocks:
+            state = spiking.new_state()
+            for ids in doc:
+                spiking.body(ids, state)
+                tokens += ids.shape[1]
+    finally:
+        for _, m in layers:
+            m.executor = None
+    out = Measured(tokens=tokens, elements=sum(a[0] for a in acc.values()),
+                   spikes=sum(a[1] for a in acc.values()))
+    for n, m in layers:
+        e, s, err, ref = acc[n]
+        out.layers[n] = LayerRecord(k=m.k, spikes_per_element=s / e if e else 0.0,
+                                    local_error=math.sqrt(err / ref) if ref else 0.0)
+    return out
+
+
+def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
+              preset: str | None = "paper", group_size: int = 128,
+              targets: list[str] | None = None, exclude: list[str] | None = None, *,
+              smoothing: bool = True, allocation: bool = True, fisher_tokens: int = 2048,
+              max_tokens: int = 32768, block_size: int = 256, seed: int = 0,
+              margin: float = 0.005, progress: bool = False):
+    """The spiking version of ``float_model`` calibrated on ``texts`` (a string or a list of
+    documents) to spend at most ``spike_budget`` spikes per element there.
+
+    ``spike_budget``: mean spikes per element in ``coding`` (ternary and binary: mean
+    ``|count|``; bitwise: mean popcount of ``|count|``; two's complement: of its word) over
+    all spiking inputs, weighted by elements; or ``"k=K"``: what plain conversion at
+    ``k = K`` spends on the same text. ``smoothing`` / ``allocation`` switch the two
+    methods (for ablations). The float model is not modified. The result is an ordinary
+    spiking model (``sbsnn.save_spiking`` writes it); ``result.calibration_report`` holds
+    the per-layer and overall record, also summarised in its ``spiking_config.calibration``.
+    """
+    t_start = time.perf_counter()
+    budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"margin must be in [0, 0.5), got {margin!r}")
+    from tqdm.auto import tqdm
+
+    blocks = text_blocks(float_model, texts, max_tokens, block_size)
+    n_tokens = sum(b.shape[1] for doc in blocks for b in doc)
+    fblocks = first_tokens(blocks, fisher_tokens)
+    n_fisher = sum(b.shape[1] for doc in fblocks for b in doc)
+    work = copy.deepcopy(float_model)
+    work.tokenizer = getattr(float_model, "tokenizer", None)
+    work.eval()
+    names = plan(work, preset, coding, 3.0, group_size, targets, exclude).targets
+    groups = find_groups(work, names, fblocks[0][0][:, :64])
+    elements = {g.name: g.elements for g in groups}
+    timings: dict[str, float] = {}
+
+    bar = tqdm(total=n_fisher * (2 if smoothing else 1), desc="calibrate (sensitivity)",
+               unit="tok", disable=not progress)
+    candidates = {g.name: [None] for g in groups}
+    stats: dict[str, ChannelStats] = {}
+    t = time.perf_counter()
+    if smoothing:
+        stats = channel_stats(work, groups, fblocks, seed, bar.update)
+        for g in groups:
+            if g.foldable and g.name in stats:
+                candidates[g.name] += [_smoothing(stats[g.name], g, a, b) for a, b in SMOOTHINGS[1:]]
+    timings["channel_stats_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    kgrid = default_kgrid()
+    tables = distortion_tables(work, groups, fblocks, candidates, kgrid, coding, seed, bar.update)
+    bar.close()
+    timings["tables_s"] = time.perf_counter() - t
+    missing = [g.name for g in groups if g.name not in tables]
+    if missing:
+        raise ValueError(f"no calibration activations reached {missing[:3]}; give a longer text")
+
+    t = time.perf_counter()
+    plain_measured = None
+    if plain_k is not None:  # the budget is what plain conversion at this k spends here
+        plain = convert(float_model, preset, coding, plain_k, group_size, targets, exclude)
+        plain_measured = measure_spikes(plain, blocks, coding)
+        budget = plain_measured.spikes_per_element
+        del plain
+    timings["plain_budget_s"] = time.perf_counter() - t
+    k_plain = plain_k if plain_k is not None else uniform_k(tables, elements, budget)
+
+    goal = budget * (1 - margin)
+    if allocation:
+        choices = allocate(tables, elements, goal,
+                           None if smoothing else {g: [0] for g in tables})
+    else:  # one k for all; each group's best smoothing at that k
+        choices = _uniform_choices(tables, elements, goal)
+    for g in groups:
+        c = choices[g.name].candidate
+        if c:
+            fold(work, g, candidates[g.name][c])
+
+    t = time.perf_counter()
+    scale, tries = 1.0, []
+    for attempt in range(5):
+        layer_k = {n: choices[g.name].k * scale for g in groups for n in g.consumers}
+        base_k = float(np.median(list(layer_k.values())))
+        spiking = convert(work, preset, coding, base_k, group_size, targets, exclude,
+                          layer_k=layer_k)
+        measured = measure_spikes(spiking, blocks, coding, reference=work)
+        tries.append({"scale": scale, "spikes_per_element": measured.spikes_per_element})
+        if measured.spikes_per_element <= budget:
+            break
+        scale *= scale_to_budget(tables, elements, choices,
+                                 goal / measured.spikes_per_element)
+    else:
+        raise RuntimeError(f"calibration could not meet the budget {budget:g} "
+                           f"(measured {measured.spikes_per_element:g} after {len(tries)} tries)")
+    timings["verify_s"] = time.perf_counter() - t
+
+    # "before": plain conversion at the uniform k of the same budget, on the Fisher tokens
+    plain = convert(float_model, preset, coding, k_plain, group_size, targets, exclude)
+    before = measure_spikes(plain, fblocks, coding, reference=float_model)
+    after = measure_spikes(spiking, fblocks, coding, reference=work)
+    del plain
+    timings["total_s"] = time.perf_counter() - t_start
+
+    report = {
+        "coding": coding, "preset": preset, "budget": budget,
+        "budget_from": f"plain conversion at k = {plain_k:g}" if plain_k is not None else "given",
+        "plain_k": k_plain, "calibration_tokens": n_tokens, "fisher_tokens": n_fisher,
+        "documents": len(blocks),
+        "methods": {"smoothing": smoothing, "allocation": allocation},
+        "spikes_per_element": measured.spikes_per_element,
+        "plain_spikes_per_element": (plain_measured.spikes_per_element
+                                     if plain_measured is not None else None),
+        "tries": tries, "seconds": timings,
+        "groups": [{**g.to_dict(), "k": choices[g.name].k * scale,
+                    "smoothing": _smoothing_name(choices[g.name].candidate),
+                    "predicted_distortion": choices[g.name].distortion}
+                   for g in groups],
+        "layers": {n: {"before": vars(before.layers[n]), "after": vars(after.layers[n]),
+                       "spikes_per_element_calibration_text": measured.layers[n].spikes_per_element}
+                   for n in measured.layers},
+        "before_fisher_tokens": {"spikes_per_element": before.spikes_per_element},
+        "after_fisher_tokens": {"spikes_per_element": after.spikes_per_element},
+    }
+    spiking.spiking_config.calibration = {
+        "method": "sbsnn.calibrate: Fisher-weighted smoothing and per-layer k allocation",
+        "coding": coding, "spike_budget": budget, "budget_from": report["budget_from"],
+        "spikes_per_element": measured.spikes_per_element, "calibration_tokens": n_tokens,
+        "smoothing": smoothing, "allocation": allocation, "seconds": timings["total_s"],
+    }
+    spiking.calibration_report = report
+    return spiking
+
+
+def _smoothing_name(c: int) -> str:
+    a, b = SMOOTHINGS[c]
+    return "none" if c == 0 else f"u^{a:.3g} / a^{b:.3g}"
+
+
+def _uniform_choices(tables, elements, budget) -> dict[str, Choice]:
+    """One k for every group (the largest that meets the budget); per group the candidate
+    of least distortion at that k."""
+    kgrid = next(iter(tables.values())).kgrid
+    total = sum(elements.values())
+    best = None
+    for i in range(len(kgrid)):
+        cand = {g: int(np.argmin(t.distortion[:, i])) for g, t in tables.items()}
+        sp = sum(elements[g] * tables[g].spikes[c, i] for g, c in cand.items()) / total
+        if sp <= budget:
+            best = (i, cand)
+    if best is None:
+        raise ValueError(f"a spike budget of {budget:g} is below what k = {kgrid[0]:g} spends")
+    i, cand = best
+    return {g: Choice(c, float(kgrid[i]), float(tables[g].distortion[c, i]),
+                      float(tables[g].spikes[c, i])) for g, c in cand.items()}
