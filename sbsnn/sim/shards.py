@@ -248,11 +248,12 @@ class ShardedRecording:
             self.layers = self._layer_order()
             for name in self.layers:
                 self._segments[name] = self._layer_segments(name)
-            docs = []
+            docs: dict[int, dict] = {}      # (pipeline runs list every document in every shard)
             for r, s in enumerate(self.shards):
                 if s is not None:
-                    docs += [{**d, "rank": rank_of.get(d["index"], r)} for d in s.documents]
-            self.documents = sorted(docs, key=lambda d: d["index"])
+                    for d in s.documents:
+                        docs.setdefault(d["index"], {**d, "rank": rank_of.get(d["index"], r)})
+            self.documents = [docs[i] for i in sorted(docs)]
         except BaseException:
             self.close()
             raise
