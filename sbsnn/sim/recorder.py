@@ -1008,7 +1008,9 @@ def load_recording(path):
     Raises :class:`RecordingError` (a ValueError) when ``path`` is not a recording;
     warns when the recording is incomplete (interrupted run: what was flushed is kept).
     """
-    return open_recording(path)
+    from sbsnn.sim.shards import ShardedRecording, is_index
+
+    return ShardedRecording(path) if is_index(path) else Recording(path)
 
 
 __all__ = ["Recorder", "Recording", "RecordingError", "RowView", "load_recording", "open_recording"]
