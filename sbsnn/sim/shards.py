@@ -237,7 +237,13 @@ class ShardedRecording:
                     missing.append(str(p))
                     self.shards.append(None)
                     continue
-                self.shards.append(Recording(p, warn=False))
+                try:
+                    self.shards.append(Recording(p, warn=False))
+                except (RecordingError, OSError) as e:
+                    if index_complete:
+                        raise
+                    missing.append(f"{p} ({e})")      # a failed run's shard: not readable
+                    self.shards.append(None)
             if missing and index_complete:
                 raise RecordingError(f"{self.path}: shard {missing[0]} is missing ({len(missing)} of "
                                      f"{len(shard_names)}); a sharded recording is read with its "
@@ -264,7 +270,8 @@ class ShardedRecording:
             msg = (f"{self.path}: the sharded recording is incomplete (a rank failed, was "
                    f"stopped, or the run is still going); it holds what each rank flushed")
             if missing:
-                msg += f"; {len(missing)} of {len(shard_names)} shards were never written"
+                msg += (f"; {len(missing)} of {len(shard_names)} shards were never written or "
+                        f"do not read: {missing[0]}")
             if self.damaged:
                 msg += f"; {len(self.damaged)} layer shard(s) lost their last rows"
             self.notes.append(msg)
