@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_DISTRIBUTED = ("simulate", "sweep", "convert")   # the commands that run under torchrun
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -434,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     where = f" (rank {os.environ.get('RANK')} of {world})" if world > 1 else ""
+    if world > 1 and args.command not in _DISTRIBUTED:
+        print(f"sbsnn {args.command}: error{where}: runs in one process; launch it without "
+              f"torchrun ({', '.join(_DISTRIBUTED)} split their work across ranks)", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (CheckpointError, OSError, ValueError, RuntimeError) as e:
