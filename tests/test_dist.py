@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import warnings
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -179,6 +178,39 @@ def test_document_set_equals_each_document_alone(tmp_path, snn, text):
                 with load_recording(tmp_path / f"{i}.h5") as alone:
                     np.testing.assert_array_equal(rec.counts(name)[rows], alone.counts(name)[:])
                     np.testing.assert_array_equal(rec.thresholds(name)[rows], alone.thresholds(name)[:])
+
+
+def test_a_traced_document_set_keeps_every_call(tmp_path, snn, text):
+    path = tmp_path / "t.h5"
+    r = simulate_documents(snn, [text[:30], text[40:75]], backend="torch", record=path,
+                           block_size=16, trace="model.layers.0.attn.q_proj")
+    tr = r.traces["model.layers.0.attn.q_proj"]
+    assert len(tr.calls) == 2 + 3 and [c.row0 for c in tr.calls] == [0, 16, 30, 46, 62]
+    with load_recording(path) as rec:
+        back = rec.trace("model.layers.0.attn.q_proj")
+        assert [c.row0 for c in back.calls] == [c.row0 for c in tr.calls]
+        assert all(torch.equal(a.events_pos, b.events_pos) for a, b in zip(tr.calls, back.calls))
+
+
+def test_cli_document_sets_and_commands_that_do_not_split(tmp_path, snn, text, capsys, monkeypatch):
+    from sbsnn.cli import main
+    from sbsnn.converters import save_spiking
+
+    save_spiking(snn, tmp_path / "ck")
+    d = tmp_path / "docs"
+    d.mkdir()
+    for i in range(3):
+        (d / f"{i}.txt").write_text(text[50 * i:50 * i + 20 + i])
+    assert main(["simulate", str(tmp_path / "ck"), "--text", str(d), "--quiet",
+                 "--record", str(tmp_path / "r.h5")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("simulated 63 tokens of 3 documents through 32 spiking layers")
+    with load_recording(tmp_path / "r.h5") as rec:
+        assert [x["name"] for x in rec.documents] == ["0.txt", "1.txt", "2.txt"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["report", str(tmp_path / "r.h5"), "--out", str(tmp_path / "rep")]) == 2
+    assert "error (rank 1 of 2): runs in one process" in capsys.readouterr().err
 
 
 def test_trace_needs_one_process(snn):
