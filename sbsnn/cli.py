@@ -16,6 +16,10 @@ examples:
   sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --calib text.txt
   sbsnn report spikes.h5 --out report/    report.json, report.html and plots
   sbsnn sweep tiny-hybrid --k 2 3 4 --out sweep/
+  sbsnn simulate spiking-tiny --text corpus.jsonl --record spikes.h5   (a document set)
+  torchrun --nproc-per-node 4 -m sbsnn simulate spiking-tiny --text corpus.jsonl --record spikes.h5
+                                     the same, documents split over 4 processes
+                                     (docs/distributed.md: clusters, pipeline stages)
 """
 
 
@@ -73,17 +77,23 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from sbsnn.converters import convert_checkpoint
+    from sbsnn.dist import process_group
+    from sbsnn.dist.convert import convert_checkpoint_split
 
     t0 = time.perf_counter()
-    scfg = convert_checkpoint(args.src, args.out, preset=args.preset, coding=args.coding,
-                              k=args.k, group_size=args.group_size, targets=args.targets,
-                              exclude=args.exclude, force=args.force,
-                              allow_pickle=args.allow_pickle, progress=not args.quiet)
+    with process_group() as g:   # under torchrun: the blocks split across the ranks
+        scfg = convert_checkpoint_split(args.src, args.out, preset=args.preset, coding=args.coding,
+                                        k=args.k, group_size=args.group_size, targets=args.targets,
+                                        exclude=args.exclude, force=args.force,
+                                        allow_pickle=args.allow_pickle, progress=not args.quiet,
+                                        group=g)
+    if not g.is_main:
+        return 0
     q = scfg.quantization
     print(f"wrote {args.out}: {len(scfg.targets)} spiking linear layers "
           f"({scfg.preset or 'custom targets'}, {scfg.coding}, k={scfg.k:g}, "
-          f"group {scfg.group_size}) in {time.perf_counter() - t0:.1f} s")
+          f"group {scfg.group_size}) in {time.perf_counter() - t0:.1f} s"
+          + (f" on {g.world_size} ranks" if g.distributed else ""))
     print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
           f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
           f"{q['max_clamp_weight_error']:.3g})")
@@ -102,9 +112,8 @@ def cmd_convert(args) -> int:
 
 def cmd_simulate(args) -> int:
     import sbsnn
+    from sbsnn.dist import process_group
 
-    model = sbsnn.load_spiking(args.spiking_dir)
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else args.prompt
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -112,17 +121,40 @@ def cmd_simulate(args) -> int:
     if args.trace:
         from sbsnn.sim import TraceSpec
 
+        if args.pipeline:
+            raise ValueError("--trace needs one process without --pipeline")
         trace = TraceSpec(tuple(args.trace), tokens=None if args.trace_tokens < 0 else args.trace_tokens)
     elif args.trace_tokens != _TRACE_TOKENS_DEFAULT:
         raise ValueError("--trace-tokens needs --trace LAYER_GLOB")
-    r = sbsnn.simulate(model, text, backend=args.backend, record=args.record,
-                       block_size=args.block_size, max_tokens=args.max_tokens,
-                       return_logits=False, progress=not args.quiet,
-                       record_events=args.record_events,
-                       metadata={"model_dir": str(args.spiking_dir)}, trace=trace)
+    meta = {"model_dir": str(args.spiking_dir)}
+    opts = dict(backend=args.backend, record=args.record, block_size=args.block_size,
+                max_tokens=args.max_tokens, progress=not args.quiet,
+                record_events=args.record_events, metadata=meta)
+    with process_group() as g:   # under torchrun: documents (or, --pipeline, layers) split
+        _use_local_device(g)
+        docs = args.text if args.text else [args.prompt]
+        if args.pipeline:
+            from sbsnn.dist.pipeline import simulate_pipeline
+
+            r = simulate_pipeline(args.spiking_dir, docs, group=g, **opts)
+        elif args.text or g.distributed:
+            from sbsnn.dist import simulate_documents
+
+            r = simulate_documents(sbsnn.load_spiking(args.spiking_dir), docs, trace=trace,
+                                   group=g, **opts)
+        else:
+            r = sbsnn.simulate(sbsnn.load_spiking(args.spiking_dir), args.prompt,
+                               return_logits=False, trace=trace, **opts)
+    if not g.is_main:
+        return 0
     t = r.totals()
-    print(f"simulated {r.tokens:,} tokens through {len(r.layers)} spiking layers "
-          f"({r.backend} backend, {r.coding} coding) in {r.seconds:.1f} s")
+    docs = getattr(r, "documents", None)
+    print(f"simulated {r.tokens:,} tokens"
+          + (f" of {len(docs):,} document{'s' if len(docs) != 1 else ''}" if docs else "")
+          + f" through {len(r.layers)} spiking layers ({r.backend} backend, {r.coding} coding) "
+          f"in {r.seconds:.1f} s"
+          + (f" on {g.world_size} ranks ({'pipeline stages' if args.pipeline else 'documents split'})"
+             if g.distributed else ""))
     print(f"  events          {t['events']:,} ({t['events_pos']:,} positive, {t['events_neg']:,} negative)")
     print(f"  synaptic ops    {t['synaptic_ops']:,} (dense MACs {t['dense_macs']:,}: "
           f"ratio {t['synaptic_ops'] / max(1, t['dense_macs']):.3f})")
@@ -142,6 +174,21 @@ def cmd_simulate(args) -> int:
 
 
 _TRACE_TOKENS_DEFAULT = 32  # sbsnn.sim.trace.DEFAULT_TOKENS (not imported: torch loads slowly)
+
+
+def _use_local_device(g) -> None:
+    """In a multi-rank run on GPUs, this process works on GPU LOCAL_RANK (the command owns
+    its process, so it may set the current device; the library never does)."""
+    import torch
+
+    if g.distributed and torch.cuda.is_available():
+        torch.cuda.set_device(g.local_rank)
+        try:
+            import cupy
+
+            cupy.cuda.Device(g.local_rank).use()
+        except Exception:  # noqa: BLE001 - no CuPy: the torch backend needs nothing more
+            pass
 
 
 def cmd_demo(args) -> int:
@@ -172,21 +219,45 @@ def cmd_sweep(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    from sbsnn.dist import load_documents, process_group
+
     model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
-    if args.text:
-        text, source = Path(args.text).read_text(encoding="utf-8"), args.text
-    else:
-        from sbsnn.demo import heldout_text
-        text, source = heldout_text(), "the shipped held-out sample (tiny-hybrid/heldout.txt)"
-    if args.max_chars:
-        text = text[:args.max_chars]
-    print(f"sbsnn sweep: {args.checkpoint}, {args.preset} preset, {args.coding} coding, "
-          f"k = {', '.join(f'{k:g}' for k in args.k)}; {len(text):,} characters of {source}")
-    rows = sweep(model, text, ks=args.k, preset=args.preset, coding=args.coding,
-                 profile=args.profile, progress=not args.quiet)
+    docs = load_documents(args.text) if args.text else None
+    with process_group() as g:   # under torchrun: the documents split across the ranks
+        if (docs is None or len(docs) == 1) and not g.distributed:
+            if docs is None:
+                from sbsnn.demo import heldout_text
+                text, source = heldout_text(), "the shipped held-out sample (tiny-hybrid/heldout.txt)"
+            else:
+                text, source = docs[0].text, args.text
+            if args.max_chars:
+                text = text[:args.max_chars]
+            what = f"{len(text):,} characters of {source}"
+            run = lambda: sweep(model, text, ks=args.k, preset=args.preset,  # noqa: E731
+                                coding=args.coding, profile=args.profile, progress=not args.quiet)
+        else:
+            from sbsnn.dist import sweep_documents
+
+            if docs is None:
+                from sbsnn.demo import heldout_text
+                docs = load_documents([heldout_text()])
+            source = args.text or "the shipped held-out sample (tiny-hybrid/heldout.txt)"
+            chars = sum(min(len(d.text), args.max_chars or len(d.text)) for d in docs)
+            what = (f"{len(docs):,} documents ({chars:,} characters) of {source}"
+                    + (f", split over {g.world_size} ranks" if g.distributed else ""))
+            run = lambda: sweep_documents(model, docs, ks=args.k, preset=args.preset,  # noqa: E731
+                                          coding=args.coding, profile=args.profile,
+                                          max_chars=args.max_chars or None,
+                                          progress=not args.quiet, group=g)
+        if g.is_main:
+            print(f"sbsnn sweep: {args.checkpoint}, {args.preset} preset, {args.coding} coding, "
+                  f"k = {', '.join(f'{k:g}' for k in args.k)}; {what}")
+        rows = run()
+    if not g.is_main:
+        return 0
     save_sweep(rows, args.out, {"checkpoint": str(args.checkpoint), "text": source,
-                                "chars": len(text), "preset": args.preset, "coding": args.coding,
-                                "profile": args.profile})
+                                "chars": rows[0]["chars"] if rows else 0, "preset": args.preset,
+                                "coding": args.coding, "profile": args.profile})
     print(format_sweep(rows))
     print(f"wrote {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.png'}")
     return 0
@@ -246,13 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
     p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
                    help="values of k (default: 2 2.5 3 3.5 4)")
-    p.add_argument("--text", metavar="FILE", help="text file (default: the shipped held-out sample)")
+    p.add_argument("--text", metavar="PATH", help="text file, JSONL file (\"text\" per line) or "
+                   "directory of .txt files (default: the shipped held-out sample); under "
+                   "torchrun the documents are split across the ranks")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"])
     p.add_argument("--coding", default="ternary",
                    choices=["binary", "ternary", "bitwise", "twos_complement"])
     p.add_argument("--profile", default="horowitz45", help="energy profile (default: %(default)s)")
-    p.add_argument("--max-chars", type=int, default=None, help="use only the first N characters")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="use only the first N characters (of each document)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -288,13 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "operations and sparsity; optionally record counts to HDF5.")
     p.add_argument("spiking_dir", help="directory written by sbsnn convert")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text", metavar="FILE", help="text file to run")
+    g.add_argument("--text", metavar="PATH", help="what to run: a text file, a JSONL file with a "
+                   "\"text\" field per line, or a directory of .txt files (each document from a "
+                   "fresh decoding state; under torchrun split across the ranks)")
     g.add_argument("--prompt", metavar="STR", help="text given inline")
     p.add_argument("--record", metavar="FILE.h5", help="write counts and thresholds per layer (HDF5)")
     p.add_argument("--record-events", action="store_true", help="also store every event (large)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"],
                    help="auto: CuPy kernels when a GPU is usable, PyTorch otherwise")
-    p.add_argument("--max-tokens", type=int, default=None, help="simulate at most N tokens")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="simulate at most N tokens (of each document)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="under torchrun, place the model's blocks across the ranks (one pipeline "
+                        "stage each; every rank loads only its blocks) instead of splitting the "
+                        "documents")
     p.add_argument("--block-size", type=int, default=256,
                    help="tokens per step through the decoding state (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0)
@@ -337,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_DISTRIBUTED = ("simulate", "sweep", "convert")   # the commands that run under torchrun
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -349,13 +433,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # A terminated run unwinds like an interrupted one, so partial outputs are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    where = f" (rank {os.environ.get('RANK')} of {world})" if world > 1 else ""
+    if world > 1 and args.command not in _DISTRIBUTED:
+        print(f"sbsnn {args.command}: error{where}: runs in one process; launch it without "
+              f"torchrun ({', '.join(_DISTRIBUTED)} split their work across ranks)", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        print(f"sbsnn {args.command}: error: {e}", file=sys.stderr)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as e:
+        print(f"sbsnn {args.command}: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"sbsnn {args.command}: interrupted", file=sys.stderr)
+        print(f"sbsnn {args.command}: interrupted{where}", file=sys.stderr)
         return 130
 
 

@@ -571,7 +571,7 @@ def test_traces_round_trip_through_the_recording(tmp_path, snn):
     res = simulate(snn, TEXT, backend="torch", record=path, block_size=16,
                    trace=sbsnn.sim.TraceSpec(("model.layers.0.*", "model.layers.3.mlp.down_proj"), tokens=24))
     with load_recording(path) as rec:
-        assert rec.format_version == 2
+        assert rec.format_version == sbsnn.sim.recorder.FORMAT_VERSION == 3
         assert rec.traced_layers == list(res.traces)
         assert rec.metadata["trace"] == {"layers": ["model.layers.0.*", "model.layers.3.mlp.down_proj"],
                                          "tokens": 24}

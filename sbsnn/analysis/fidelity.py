@@ -33,13 +33,35 @@ class Fidelity:
         return d
 
 
-@torch.no_grad()
-def fidelity(float_model, spiking_model, text: str, block_size: int = 256) -> Fidelity:
-    """Perplexity of both models on ``text``, top-1 agreement and mean KL divergence.
+@dataclass
+class FidelitySums:
+    """The sums a :class:`Fidelity` divides: they add over documents (each a fresh
+    sequence) in the order given, so a document set gives the same bits however it was
+    split across processes, as long as the sums are added in document order."""
 
-    Both models read the same tokens in blocks through their decoding states, so memory
-    stays bounded on long texts.
-    """
+    tokens: int = 0              # next-token predictions
+    float_nats: float = 0.0
+    spiking_nats: float = 0.0
+    kl: float = 0.0              # summed KL(float || spiking), nats
+    agree: int = 0               # predictions whose argmaxes agree
+    chars: int = 0
+
+    def add(self, other: "FidelitySums") -> "FidelitySums":
+        return FidelitySums(self.tokens + other.tokens, self.float_nats + other.float_nats,
+                            self.spiking_nats + other.spiking_nats, self.kl + other.kl,
+                            self.agree + other.agree, self.chars + other.chars)
+
+    def fidelity(self) -> Fidelity:
+        n = self.tokens
+        if n < 1:
+            raise ValueError("fidelity needs at least one next-token prediction")
+        return Fidelity(tokens=n, float_nll=self.float_nats / n, spiking_nll=self.spiking_nats / n,
+                        top1_agreement=self.agree / n, mean_kl=self.kl / n, chars=self.chars)
+
+
+@torch.no_grad()
+def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) -> FidelitySums:
+    """:func:`fidelity`'s sums on one text (a fresh sequence for both models)."""
     tok = float_model._require_tokenizer()
     ids = torch.tensor([tok.encode(text)])
     if ids.shape[1] < 2:
@@ -56,6 +78,14 @@ def fidelity(float_model, spiking_model, text: str, block_size: int = 256) -> Fi
         nll_s -= ls.gather(1, y[:, None]).sum().item()
         kl += F.kl_div(ls, lf, log_target=True, reduction="sum").item()
         agree += int((lf.argmax(-1) == ls.argmax(-1)).sum())
-    n = ids.shape[1] - 1
-    return Fidelity(tokens=n, float_nll=nll_f / n, spiking_nll=nll_s / n,
-                    top1_agreement=agree / n, mean_kl=kl / n, chars=len(text))
+    return FidelitySums(ids.shape[1] - 1, nll_f, nll_s, kl, agree, len(text))
+
+
+@torch.no_grad()
+def fidelity(float_model, spiking_model, text: str, block_size: int = 256) -> Fidelity:
+    """Perplexity of both models on ``text``, top-1 agreement and mean KL divergence.
+
+    Both models read the same tokens in blocks through their decoding states, so memory
+    stays bounded on long texts.
+    """
+    return fidelity_sums(float_model, spiking_model, text, block_size).fidelity()

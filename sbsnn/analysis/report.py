@@ -51,7 +51,7 @@ __all__ = ["ESTIMATE_INFO", "BASELINE_INFO", "METRIC_DEFINITIONS", "PLOT_FILES",
            "build_report", "energy_section", "format_summary", "load_schema", "render_html",
            "sparsity_section", "write_atomically"]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 PLOT_FILES = {
     "sparsity_per_layer": "sparsity_per_layer.png",
     "count_histograms": "count_histograms.png",
@@ -179,6 +179,35 @@ def _fidelity_section(fid) -> dict | None:
     return d
 
 
+def _documents(rec) -> list[dict]:
+    """The documents of a document-set recording, in document order, with the rows
+    (tokens) each left in its densest layer (``rows``: all its tokens unless the run was
+    cut short); [] for a recording of one text."""
+    docs = list(getattr(rec, "documents", None) or [])
+    if not docs or not rec.layers:
+        return []
+    layer = max(rec.layers, key=rec.rows)
+    rows = {d["index"]: 0 for d in docs}
+    cd = rec.call_documents(layer)
+    if cd is not None:
+        import numpy as np
+
+        offs = np.append(np.asarray(rec.call_offsets(layer)[:], dtype=np.int64), rec.rows(layer))
+        cd = np.asarray(cd[:])[:len(offs) - 1]
+        for i, n in zip(cd.tolist(), np.diff(offs[:len(cd) + 1]).tolist()):
+            rows[int(i)] = rows.get(int(i), 0) + int(n)
+    return [{"index": d["index"], "name": d["name"], "tokens": d["tokens"], "chars": d["chars"],
+             "rows": rows.get(d["index"], 0)} for d in sorted(docs, key=lambda d: d["index"])]
+
+
+def _sum_ops(parts: list[dict]) -> dict:
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 # ============================================================================ build
 def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=None, *,
                  window: int = 3, raster_layer: str | None = None, raster_tokens: int = 6,
@@ -201,10 +230,10 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     from sbsnn.analysis.energy import estimate_energy, load_profile
     from sbsnn.analysis.sparsity import sparsity_from_recording
     from sbsnn.analysis.opcount import nonspiking_ops
-    from sbsnn.sim.recorder import Recording
+    from sbsnn.sim.recorder import open_recording
 
     rec_path = Path(recording_path)
-    rec = Recording(rec_path, warn=False)   # what it would warn about becomes a note
+    rec = open_recording(rec_path, warn=False)   # what it would warn about becomes a note
     try:
         meta = dict(rec.metadata)
         coding = meta.get("coding") or "ternary"
@@ -234,8 +263,11 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
                          f"batch); per-token figures divide by {tokens}")
         dense = _dense_projections(counters, meta.get("preset")) if cfg is not None else ()
         ns = None
+        documents = _documents(rec)
         if cfg is not None and tokens:
-            ns = nonspiking_ops(cfg, tokens, dense_projections=dense)
+            # each document is a fresh sequence: its attention sees only its own keys
+            lengths = [d["rows"] for d in documents if d["rows"]] if documents else [tokens]
+            ns = _sum_ops([nonspiking_ops(cfg, n, dense_projections=dense) for n in lengths])
             ns = {k: v for k, v in ns.items() if not (k.startswith("dense_") and v == 0)}
             dense = tuple(p for p in dense if f"dense_{p}_macs" in ns)
         else:
@@ -264,7 +296,7 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
             recording=str(rec_path), recording_complete=bool(rec.complete),
             coding=coding, k=meta.get("k"), preset=meta.get("preset"),
             tokens=meta.get("tokens", tokens), spiking_layers=len(rec.layers),
-            layer_names=list(rec.layers))
+            layer_names=list(rec.layers), recording_shards=len(getattr(rec, "shards", [rec])))
         if not rec.complete:
             notes.insert(0, "the recording is INCOMPLETE (its run was interrupted): the "
                             "figures cover only what was flushed before")
@@ -285,6 +317,8 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     fid = _fidelity_section(fidelity)
     if fid is not None:
         report["fidelity"] = fid
+    if documents:
+        report["documents"] = documents
     if raster is None:
         report["files"]["plots"].pop("spike_raster")
     if trace is not None:
@@ -451,6 +485,11 @@ def render_html(report: Mapping) -> str:
       f"&middot; preset {_e(m.get('preset'))} &middot; recording <code>{_e(Path(str(m.get('recording', ''))).name)}</code>"
       f" &middot; sbsnn {_e(report['generator']['version'])}, {_e(report['generator']['created'])} "
       f"&middot; schema {_e(report['schema_version'])}</p>")
+    docs = report.get("documents")
+    if docs:
+        w(f"<p class=\"meta\">{_num(len(docs))} documents, each from a fresh decoding state "
+          f"({_num(sum(d['rows'] for d in docs))} tokens recorded); per document in "
+          f"<code>report.json</code></p>")
     for n in report.get("notes") or []:
         w(f"<div class=\"note\">{_e(_no_urls(n))}</div>")
 

@@ -30,8 +30,20 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
                        progress: bool = True) -> SpikingConfig:
     """Write the spiking form of checkpoint ``src`` (a directory, a GGUF file or an
     embedded name) to ``out``."""
-    check_request(preset, targets, coding, k, group_size)  # fail before reading anything
     out = Path(out)
+    ck, model, scfg = open_source(src, out, preset, coding, k, group_size, targets, exclude,
+                                  force, allow_pickle, progress)
+    with atomic_directory(out, force) as tmp:
+        parts = convert_blocks(model, range(len(model.model.layers)), scfg, tmp, progress)
+        finish_checkpoint(tmp, model, ck, scfg, parts)
+    return scfg
+
+
+def open_source(src, out: Path, preset, coding, k, group_size, targets, exclude, force,
+                allow_pickle, progress):
+    """``(opened checkpoint, model with views of its tensors, plan)``, after every check
+    that needs no conversion (so a bad request fails before any work)."""
+    check_request(preset, targets, coding, k, group_size)  # fail before reading anything
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     ck = open_checkpoint(src, allow_pickle=allow_pickle, progress=progress)
@@ -40,38 +52,65 @@ def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "p
     fill_state(model, ck.raw, ck.origin, ck.source, ck.config.model_type)  # views of the mapped files
     ck.raw = {}
     scfg = plan(model, preset, coding, k, group_size, targets, exclude)
-    names = scfg.targets
+    for name in [n for n in scfg.targets if not n.startswith("model.layers.")]:
+        raise ValueError(f"target {name!r} lies outside the transformer blocks; "
+                         "the streaming converter converts block layers only")
+    return ck, model, scfg
+
+
+def shard_name(i: int, n_shards: int) -> str:
+    """File of shard ``i`` (block ``i``; the last holds everything outside the blocks)."""
+    return f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+
+
+def convert_blocks(model, blocks, scfg: SpikingConfig, tmp: Path, progress: bool = False
+                   ) -> list[tuple[int, dict[str, str], int, QuantStats]]:
+    """Convert and write the blocks ``blocks`` (one shard each), releasing each before
+    the next; per block ``(index, weight_map part, bytes, weight statistics)``."""
+    n_shards = len(model.model.layers) + 1
+    parts = []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(list(blocks), desc="convert", unit="layer", disable=not progress):
+        prefix, block = f"model.layers.{i}", model.model.layers[i]
+        stats = QuantStats()
+        for name in [n for n in scfg.targets if n.startswith(prefix + ".")]:
+            sl = SpikingLinear.from_linear(model.get_submodule(name), scfg.group_size, scfg.k,
+                                           scfg.coding)
+            _set(model, name, sl)
+            stats = stats.merge(sl.quant_stats)
+        tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
+        weight_map: dict[str, str] = {}
+        size = _write(tmp / shard_name(i, n_shards), tensors, weight_map)
+        parts.append((i, weight_map, size, stats))
+        del block, tensors  # the norms are views of the source shard's mapping
+        model.model.layers[i] = nn.Module()  # release this layer before the next
+    return parts
+
+
+def finish_checkpoint(tmp: Path, model, ck, scfg: SpikingConfig,
+                      parts: list[tuple[int, dict[str, str], int, QuantStats]]) -> None:
+    """Write the shard outside the blocks, the index (blocks in order), config.json, the
+    tokenizer and spiking_config.json (with the statistics of every block) into ``tmp``."""
     n_blocks = len(model.model.layers)
-    n_shards = n_blocks + 1
-    shard = lambda i: f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"  # noqa: E731
+    parts = sorted(parts, key=lambda p: p[0])
+    if [p[0] for p in parts] != list(range(n_blocks)):
+        raise RuntimeError(f"internal: converted blocks {[p[0] for p in parts]} of {n_blocks}")
     weight_map: dict[str, str] = {}
     total = 0
     stats = QuantStats()
-    from tqdm.auto import tqdm
-
-    with atomic_directory(out, force) as tmp:
-        for i in tqdm(range(n_blocks), desc="convert", unit="layer", disable=not progress):
-            prefix, block = f"model.layers.{i}", model.model.layers[i]
-            for name in [n for n in names if n.startswith(prefix + ".")]:
-                sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, k, coding)
-                _set(model, name, sl)
-                stats = stats.merge(sl.quant_stats)
-            tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
-            total += _write(tmp / shard(i), tensors, weight_map)
-            del block, tensors  # the norms are views of the source shard's mapping
-            model.model.layers[i] = nn.Module()  # release this layer before the next
-        rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
-                if not k_.startswith("model.layers.")}
-        for name in [n for n in names if not n.startswith("model.layers.")]:
-            raise ValueError(f"target {name!r} lies outside the transformer blocks; "
-                             "the streaming converter converts block layers only")
-        total += _write(tmp / shard(n_blocks), rest, weight_map)
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        ck.write_beside(tmp)
-        scfg.quantization = stats.to_dict()
-        write_spiking_config(tmp, scfg)
-    return scfg
+    for _, wm, size, st in parts:
+        weight_map.update(wm)
+        total += size
+        stats = stats.merge(st)
+    rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
+            if not k_.startswith("model.layers.")}
+    total += _write(tmp / shard_name(n_blocks, n_blocks + 1), rest, weight_map)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    ck.write_beside(tmp)
+    scfg.quantization = stats.to_dict()
+    write_spiking_config(tmp, scfg)
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> int:

@@ -2,9 +2,12 @@
 
 from sbsnn.sim.engine import LayerCounters, SimResult, Simulator, simulate
 from sbsnn.sim.events import CountSummary, StepEvents, events_to_counts, step_events, summarize
-from sbsnn.sim.recorder import Recorder, Recording, RecordingError, RowView, load_recording
+from sbsnn.sim.recorder import (Recorder, Recording, RecordingError, RowView, load_recording,
+                                open_recording)
+from sbsnn.sim.shards import ShardedRecording
 from sbsnn.sim.trace import LayerTrace, TraceCall, TraceError, TraceSpec
 
 __all__ = ["CountSummary", "LayerCounters", "LayerTrace", "Recorder", "Recording", "RecordingError",
-           "RowView", "SimResult", "Simulator", "StepEvents", "TraceCall", "TraceError", "TraceSpec",
-           "events_to_counts", "load_recording", "simulate", "step_events", "summarize"]
+           "RowView", "ShardedRecording", "SimResult", "Simulator", "StepEvents", "TraceCall",
+           "TraceError", "TraceSpec", "events_to_counts", "load_recording", "open_recording",
+           "simulate", "step_events", "summarize"]

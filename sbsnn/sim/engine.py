@@ -36,7 +36,7 @@ largest count, and the dense MACs the same layer would need.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -114,6 +114,25 @@ class LayerCounters:
         d = asdict(self)
         d.update(events=self.events, synaptic_ops=self.synaptic_ops, dense_macs=self.dense_macs)
         return d
+
+    def merge(self, other: "LayerCounters") -> None:
+        """Add the same layer's counters over other calls (another document, another rank):
+        sums, and the larger value of each ``*_max`` field."""
+        if (other.name, other.in_features, other.out_features) != (
+                self.name, self.in_features, self.out_features):
+            raise ValueError(f"cannot merge the counters of {other.name!r} "
+                             f"[{other.in_features} -> {other.out_features}] into {self.name!r} "
+                             f"[{self.in_features} -> {self.out_features}]")
+        for f in counter_fields():
+            a, b = getattr(self, f), getattr(other, f)
+            setattr(self, f, max(a, b) if f.endswith("_max") else a + b)
+
+
+def counter_fields() -> tuple[str, ...]:
+    """The fields of :class:`LayerCounters` that count: summed over calls, except the
+    ``*_max`` ones, which keep the largest value."""
+    return tuple(f.name for f in fields(LayerCounters)
+                 if f.name not in ("name", "in_features", "out_features"))
 
 
 @dataclass
@@ -237,12 +256,19 @@ class Simulator:
             raise ValueError("the model has no SpikingLinear layer: convert it first "
                              "(sbsnn.convert or sbsnn convert)")
         self.counters = {n: LayerCounters(n, m.in_features, m.out_features) for n, m in self.layers}
+        self.document_counters: dict[str, LayerCounters] | None = None
         spec = TraceSpec.parse(trace)
         self.tracer = Tracer(spec, self.layers) if spec is not None else None
 
     @property
     def traces(self) -> dict[str, LayerTrace]:
         return self.tracer.traces if self.tracer is not None else {}
+
+    def begin_document(self) -> dict[str, LayerCounters]:
+        """Count the calls from now on apart as well (one document of a set): returns the
+        dict that fills with this document's counters (``counters`` keeps the totals)."""
+        self.document_counters = {}
+        return self.document_counters
 
     def __enter__(self) -> "Simulator":
         for name, layer in self.layers:
@@ -274,6 +300,11 @@ class Simulator:
         c = self.counters[name]
         row0 = c.tokens
         c.add(s)
+        if self.document_counters is not None:
+            d = self.document_counters.get(name)
+            if d is None:
+                d = self.document_counters[name] = LayerCounters(name, c.in_features, c.out_features)
+            d.add(s)
         if self.tracer is not None and name in self.tracer and counts.shape[0]:
             call = self.tracer.add(name, layer, counts, v_th, x.dtype, s, row0)
             if self.recorder is not None and hasattr(self.recorder, "write_trace"):
@@ -339,35 +370,51 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
                             record_events=record_events)
     t0 = time.perf_counter()
     L = ids.shape[1]
-    logits = []
     from tqdm.auto import tqdm
 
     try:
         with Simulator(spiking_model, backend, recorder, trace=spec) as sim:
-            if block_size is None:
-                out = spiking_model(ids)
-                if return_logits:
-                    logits.append(out[0].float().cpu())
-            else:
-                state = spiking_model.new_state()
-                bar = tqdm(total=L, desc="simulate", unit="tok", disable=not progress)
-                for s in range(0, L, block_size):
-                    out = spiking_model(ids[:, s:s + block_size], state)
-                    if return_logits:
-                        logits.append(out[0].float().cpu())
-                    if recorder is not None:
-                        recorder.flush()
-                    bar.update(min(block_size, L - s))
-                bar.close()
+            bar = tqdm(total=L, desc="simulate", unit="tok",
+                       disable=not progress or block_size is None)
+            logits = run_sequence(spiking_model, ids, block_size, recorder, return_logits,
+                                  on_block=bar.update)
+            bar.close()
         if recorder is not None:
             recorder.close(complete=True)
     except BaseException:
         if recorder is not None:
             recorder.close(complete=False)
         raise
-    return SimResult(logits=torch.cat(logits) if logits else None, layers=sim.counters,
+    return SimResult(logits=logits, layers=sim.counters,
                      tokens=L, seconds=time.perf_counter() - t0, backend=backend,
                      coding=_coding_of(spiking_model), traces=sim.traces)
+
+
+def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, recorder=None,
+                 return_logits: bool = False, on_block=None) -> torch.Tensor | None:
+    """Feed ``ids [B, L]`` through ``model`` from a fresh state: in one pass
+    (``block_size=None``) or block by block through the decoding state, flushing
+    ``recorder`` after each block. Returns the first sequence's logits ``[L, vocab]``
+    (float32, CPU) when asked. ``on_block(tokens)`` is called after each block."""
+    logits = []
+    L = ids.shape[1]
+    if block_size is None:
+        out = model(ids)
+        if return_logits:
+            logits.append(out[0].float().cpu())
+        if on_block is not None:
+            on_block(L)
+    else:
+        state = model.new_state()
+        for s in range(0, L, block_size):
+            out = model(ids[:, s:s + block_size], state)
+            if return_logits:
+                logits.append(out[0].float().cpu())
+            if recorder is not None:
+                recorder.flush()
+            if on_block is not None:
+                on_block(min(block_size, L - s))
+    return torch.cat(logits) if logits else None
 
 
 def _coding_of(model) -> str:

@@ -5,8 +5,9 @@
 thresholds, chunk by chunk, so memory stays bounded on long texts;
 :func:`load_recording` reads the file back lazily.
 
-File layout (``format="sbsnn-recording"``, ``format_version=2``; version 1 is the same
-without ``trace/`` groups and still reads)::
+File layout (``format="sbsnn-recording"``, ``format_version=3``; version 2 is the same
+without ``documents/`` and ``call_documents``, version 1 also without ``trace/`` groups;
+both still read)::
 
     /                         attrs: format, format_version, complete (False until a
                               normal close), sbsnn_version, created, closed (UTC, ISO),
@@ -16,6 +17,12 @@ without ``trace/`` groups and still reads)::
                               coding, k, group_size, tokens, token_digest, sbsnn_version,
                               model_config as a nested object, ...)
     /layer_names              str [layers], in the order layers were first written
+    /documents/               only for document sets (Recorder.begin_document): one
+                              entry per document, in the order they were simulated
+        index                 int64: the document's index in its set
+        name                  str
+        tokens                int64: tokens of the document
+        chars                 int64: characters of the document
     /layers/<name>            one group per spiking layer; <name> is the module name
                               with '%' and '/' percent-escaped (dots are kept).
                               attrs: name, index, in_features, rows, calls, events
@@ -28,6 +35,8 @@ without ``trace/`` groups and still reads)::
         call_steps            int32 [calls]: T of each call (``sbsnn.neurons.num_steps``
                               of its counts under the recording's coding)
         call_events           int64 [calls]: first event of each call (with events)
+        call_documents        int64 [calls]: index of the document each call belongs to
+                              (document sets only; calls of one document are contiguous)
         events/               only with record_events=True, one entry per spike event:
             token             int64: the event's *row* in counts (global, not per call)
             channel           int32: input channel
@@ -102,7 +111,8 @@ import numpy as np
 import torch
 
 FORMAT = "sbsnn-recording"
-FORMAT_VERSION = 2
+INDEX_FORMAT = "sbsnn-recording-index"   # a sharded recording's index (sbsnn.sim.shards)
+FORMAT_VERSION = 3
 
 _INT_TYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -175,6 +185,7 @@ class _Layer:
     call_offsets: h5py.Dataset = None
     call_steps: h5py.Dataset = None
     call_events: h5py.Dataset | None = None
+    call_documents: h5py.Dataset | None = None
     events: dict | None = None
     trace: dict | None = None   # trace datasets, once the layer is traced
     rows: int = 0
@@ -211,6 +222,8 @@ class Recorder:
         self.compression = compression
         self.chunk_tokens = chunk_tokens
         self._layers: dict[str, _Layer] = {}
+        self._document: int | None = None     # index of the document being recorded
+        self._documents = 0
         self._flushes = 0
         self._reopens = 0
         self._closed = False
@@ -280,6 +293,8 @@ class Recorder:
         lay.thresholds = g["thresholds"]
         lay.call_offsets = g["call_offsets"]
         lay.call_steps = g["call_steps"]
+        if "call_documents" in g:
+            lay.call_documents = g["call_documents"]
         if "events" in g:
             lay.call_events = g["call_events"]
             lay.events = {f: g["events"][f] for f, _ in _EVENT_FIELDS}
@@ -318,6 +333,8 @@ class Recorder:
         self._series(g, "thresholds", v.dtype, self.chunk_tokens, v.shape[1:], fill=np.nan)
         self._series(g, "call_offsets", np.int64, _SERIES_CHUNK)
         self._series(g, "call_steps", np.int32, _SERIES_CHUNK)
+        if self._document is not None:
+            self._series(g, "call_documents", np.int64, _SERIES_CHUNK)
         if self.record_events:
             self._series(g, "call_events", np.int64, _SERIES_CHUNK)
             eg = g.create_group("events")
@@ -403,6 +420,8 @@ class Recorder:
                 self._widen(lay, need)
             _append(lay.call_offsets, k0, np.array([r0], np.int64))
             _append(lay.call_steps, k0, np.array([T], np.int32))
+            if lay.call_documents is not None:
+                _append(lay.call_documents, k0, np.array([self._document], np.int64))
             if lay.events is not None:
                 _append(lay.call_events, k0, np.array([e0], np.int64))
             ct, s = self.chunk_tokens, 0
@@ -427,6 +446,8 @@ class Recorder:
                 lay.thresholds.resize(r0, axis=0)
                 lay.call_offsets.resize(k0, axis=0)
                 lay.call_steps.resize(k0, axis=0)
+                if lay.call_documents is not None:
+                    lay.call_documents.resize(k0, axis=0)
                 for ds in (lay.events or {}).values():
                     ds.resize(e0, axis=0)
                 if lay.call_events is not None:
@@ -435,6 +456,34 @@ class Recorder:
                 pass
             raise
         lay.rows, lay.calls, lay.dirty = r0 + N, k0 + 1, True
+
+    def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
+        """Start document ``index`` of a document set: every call written until the next
+        ``begin_document`` belongs to it (``call_documents``), and ``/documents`` lists it.
+        The first call must come before any :meth:`write`; indices must increase."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: the recorder is closed")
+        if self._document is None and self._layers:
+            raise RuntimeError(f"{self.path}: begin_document after calls were written without "
+                               f"one; a recording of a document set starts with its first document")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0 or (
+                self._document is not None and index <= self._document):
+            raise ValueError(f"Recorder.begin_document: index must be an int above the last one "
+                             f"({self._document}), got {index!r}")
+        if "documents" not in self._file:
+            g = self._file.create_group("documents")
+            for key, dt in (("index", np.int64), ("tokens", np.int64), ("chars", np.int64)):
+                self._series(g, key, dt, _SERIES_CHUNK)
+            g.create_dataset("name", shape=(0,), maxshape=(None,), chunks=(_SERIES_CHUNK,),
+                             dtype=h5py.string_dtype())
+        g = self._file["documents"]
+        n = self._documents
+        for key, value in (("index", index), ("tokens", tokens), ("chars", chars)):
+            _append(g[key], n, np.array([int(value)], np.int64))
+        g["name"].resize(n + 1, axis=0)
+        g["name"][n] = str(name)
+        self._documents = n + 1
+        self._document = index
 
     def write_trace(self, name: str, call) -> None:
         """Append the time-resolved trace of the call of layer ``name`` just written by
@@ -661,7 +710,8 @@ class Recording:
     accessors return :class:`RowView` objects over the readable rows.
     ``Recording(path, warn=False)`` keeps the incomplete-file warning in ``notes`` instead
     of issuing it (no warning filter needs changing to collect it). Traced layers
-    (format 2): ``traced_layers`` and ``trace(name)``.
+    (format 2): ``traced_layers`` and ``trace(name)``. Document sets (format 3):
+    ``documents`` and ``call_documents(name)``.
     """
 
     def __init__(self, path, warn: bool = True):
@@ -688,6 +738,10 @@ class Recording:
             fmt = a.get("format")
             if isinstance(fmt, bytes):
                 fmt = fmt.decode()
+            if fmt == INDEX_FORMAT:
+                raise RecordingError(f"{self.path}: the index of a sharded recording (one shard "
+                                     f"per rank); open it with sbsnn.load_recording or "
+                                     f"sbsnn.sim.open_recording, which read all its shards")
             if fmt != FORMAT or "layers" not in f:
                 raise RecordingError(f"{self.path}: not an sbsnn recording (an HDF5 file without "
                                      f"format={FORMAT!r}; recordings come from "
@@ -710,6 +764,11 @@ class Recording:
         except BaseException:
             f.close()
             raise
+        shard = self.metadata.get("shard")
+        if isinstance(shard, dict):
+            self.notes.append(f"{self.path}: shard {shard.get('rank')} of {shard.get('world_size')} "
+                              f"of the sharded recording {shard.get('index')}; open the index to "
+                              f"read every rank's documents")
         if not self.complete:
             msg = (f"{self.path}: the recording is incomplete (its run was interrupted or is "
                    f"still going); it holds what was flushed before that")
@@ -748,6 +807,8 @@ class Recording:
         rows = _readable_rows(t, _readable_rows(c, rows), unwritten=np.isnan)
         offsets = g["call_offsets"]
         calls = _readable_rows(g["call_steps"], _readable_rows(offsets, offsets.shape[0]))
+        if "call_documents" in g:
+            calls = _readable_rows(g["call_documents"], calls)
         offs = offsets[:calls]
         calls = int(np.searchsorted(offs, rows, side="left"))   # calls starting before `rows`
         events = 0
@@ -804,6 +865,31 @@ class Recording:
         """First event of each call of layer ``name`` (None without events)."""
         g = self._group(name)
         return self._view(g["call_events"], self._limit(name, 1)) if "call_events" in g else None
+
+    def call_documents(self, name: str):
+        """Document index of each call of layer ``name`` (None unless the run simulated a
+        document set)."""
+        g = self._group(name)
+        return (self._view(g["call_documents"], self._limit(name, 1))
+                if "call_documents" in g else None)
+
+    @property
+    def documents(self) -> list[dict]:
+        """The documents of a document-set run, in simulation order: ``index``, ``name``,
+        ``tokens``, ``chars`` (empty for a single text). Of an incomplete file, those that
+        read back."""
+        if "documents" not in self._file:
+            return []
+        g = self._file["documents"]
+        keys = ("index", "name", "tokens", "chars")
+        n = min(g[k].shape[0] for k in keys)
+        if not self.complete:
+            n = min(_readable_rows(g[k], n) for k in keys)
+        cols = {k: g[k][:n] for k in keys}
+        return [{"index": int(cols["index"][i]),
+                 "name": (lambda v: v.decode() if isinstance(v, bytes) else str(v))(cols["name"][i]),
+                 "tokens": int(cols["tokens"][i]), "chars": int(cols["chars"][i])}
+                for i in range(n)]
 
     def events(self, name: str) -> dict | None:
         """``{"token", "channel", "step", "polarity", "weight"}`` datasets, or None when
@@ -904,13 +990,27 @@ class Recording:
         return f"Recording({str(self.path)!r}, {len(self.layers)} layers, {state})"
 
 
-def load_recording(path) -> Recording:
-    """Open a recording written by ``simulate(..., record=path)`` for lazy reading.
+def open_recording(path, warn: bool = True):
+    """A :class:`Recording`, or for the index of a sharded recording (one shard per rank of
+    a ``torchrun`` run) a :class:`sbsnn.sim.shards.ShardedRecording` that reads its shards
+    as one recording, with the same accessors."""
+    from sbsnn.sim.shards import ShardedRecording, is_index
+
+    if is_index(path):
+        return ShardedRecording(path, warn=warn)
+    return Recording(path, warn=warn)
+
+
+def load_recording(path):
+    """Open a recording written by ``simulate(..., record=path)`` (or a sharded one, by its
+    index) for lazy reading.
 
     Raises :class:`RecordingError` (a ValueError) when ``path`` is not a recording;
     warns when the recording is incomplete (interrupted run: what was flushed is kept).
     """
-    return Recording(path)
+    from sbsnn.sim.shards import ShardedRecording, is_index
+
+    return ShardedRecording(path) if is_index(path) else Recording(path)
 
 
-__all__ = ["Recorder", "Recording", "RecordingError", "RowView", "load_recording"]
+__all__ = ["Recorder", "Recording", "RecordingError", "RowView", "load_recording", "open_recording"]
