@@ -15,13 +15,13 @@ _LAZY = {
     "convert_checkpoint": "sbsnn.converters",
     "save_spiking": "sbsnn.converters",
     "load_spiking": "sbsnn.converters",
-    "calibrate": "sbsnn.calibration",
+    "calibrate": "sbsnn.converters.calibration",
     "simulate": "sbsnn.sim",
     "load_recording": "sbsnn.sim",
 }
 # Subpackages reachable as attributes (``sbsnn.analysis.fidelity`` after ``import sbsnn``,
 # as ``torch.nn`` after ``import torch``), imported on first use.
-_SUBMODULES = ("analysis", "calibration", "converters", "models", "neurons", "sim")
+_SUBMODULES = ("analysis", "converters", "models", "neurons", "sim")
 
 
 def __getattr__(name):

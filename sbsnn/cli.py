@@ -13,7 +13,8 @@ examples:
   sbsnn info tiny-hybrid             layers, parameters, state bytes
   sbsnn info path/to/checkpoint      (a directory holding config.json, or a .gguf file)
   sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
-  sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --calib text.txt
+  sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --eval text.txt
+  sbsnn convert model.gguf spiking-cal --calibrate calib.txt --spike-budget k=3 --eval heldout.txt
   sbsnn report spikes.h5 --out report/    report.json, report.html and plots
   sbsnn sweep tiny-hybrid --k 2 3 4 --out sweep/
   sbsnn simulate spiking-tiny --text corpus.jsonl --record spikes.h5   (a document set)
@@ -76,10 +77,82 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _evaluate(args, src_model, snn) -> None:
+    """``--eval TEXT``: float against spiking fidelity on a text, printed."""
+    import sbsnn
+    from sbsnn.analysis import fidelity
+
+    text = Path(args.eval).read_text(encoding="utf-8")
+    model = src_model or sbsnn.load_model(args.src, allow_pickle=args.allow_pickle)
+    f = fidelity(model, snn or sbsnn.load_spiking(args.out), text)
+    print(f"  fidelity on {args.eval} ({f.tokens:,} tokens): perplexity float "
+          f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
+          f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+
+
+def _convert_calibrated(args) -> int:
+    """``sbsnn convert --calibrate TEXT``: calibrate in memory, then write the checkpoint
+    with ``calibration.json`` (the report) in it, in one atomic step."""
+    import json
+
+    import sbsnn
+    from sbsnn.analysis.calibration import compare, format_calibration
+    from sbsnn.analysis.report import _jsonable
+    from sbsnn.dist import load_documents
+
+    t0 = time.perf_counter()
+    docs = [d.text for d in load_documents(args.calibrate)]
+    budget = args.spike_budget if args.spike_budget is not None else f"k={args.k:g}"
+    model = sbsnn.load_model(args.src, allow_pickle=args.allow_pickle)
+    snn = sbsnn.calibrate(model, docs, budget, coding=args.coding, preset=args.preset,
+                          group_size=args.group_size, targets=args.targets, exclude=args.exclude,
+                          max_tokens=args.calibration_tokens, progress=not args.quiet)
+    report = snn.calibration_report
+    plain = sbsnn.convert(model, args.preset, args.coding, report["plain_k"], args.group_size,
+                          args.targets, args.exclude)
+    if args.eval:
+        texts, where = [d.text for d in load_documents(args.eval)], f"{args.eval} (held out)"
+        limit = args.eval_tokens
+    else:
+        texts, limit = docs, report["fisher_tokens"]
+        where = (f"the first {limit:,} tokens of the calibration text (not held out: give "
+                 "--eval TEXT for text the calibration did not see)")
+    overall = compare(model, {"plain": plain, "calibrated": snn}, texts, args.coding,
+                      max_tokens=limit)
+    report["overall"] = {"text": where, "before": overall["plain"], "after": overall["calibrated"]}
+    snn.spiking_config.calibration["overall"] = {
+        "text": str(args.eval) if args.eval else "calibration text", **overall["calibrated"]}
+    sbsnn.save_spiking(snn, args.out, force=args.force, extra_files={
+        "calibration.json": json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n"})
+    print(f"wrote {args.out}: {len(snn.spiking_config.targets)} spiking linear layers, calibrated "
+          f"in {time.perf_counter() - t0:.0f} s (report: {Path(args.out) / 'calibration.json'})")
+    print(format_calibration(report, overall, where))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from sbsnn.dist import process_group
     from sbsnn.dist.convert import convert_checkpoint_split
 
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if args.calib is not None:
+        raise ValueError("--calib was renamed --eval (it evaluates a text; --calibrate TEXT "
+                         "calibrates the conversion on a text)")
+    if args.calibrate is None:
+        for opt, v in (("--spike-budget", args.spike_budget),
+                       ("--calibration-tokens", args.calibration_tokens)):
+            if v is not None:
+                raise ValueError(f"{opt} needs --calibrate TEXT (the text to calibrate on)")
+    else:
+        if args.calibration_tokens is None:
+            args.calibration_tokens = 32768
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ValueError("convert --calibrate runs in one process; launch it without torchrun")
+        return _convert_calibrated(args)
     t0 = time.perf_counter()
     with process_group() as g:   # under torchrun: the blocks split across the ranks
         scfg = convert_checkpoint_split(args.src, args.out, preset=args.preset, coding=args.coding,
@@ -97,16 +170,8 @@ def cmd_convert(args) -> int:
     print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
           f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
           f"{q['max_clamp_weight_error']:.3g})")
-    if args.calib:
-        import sbsnn
-        from sbsnn.analysis import fidelity
-
-        text = Path(args.calib).read_text(encoding="utf-8")
-        f = fidelity(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
-                     sbsnn.load_spiking(args.out), text)
-        print(f"  fidelity on {args.calib} ({f.tokens:,} tokens): perplexity float "
-              f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
-              f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+    if args.eval:
+        _evaluate(args, None, None)
     return 0
 
 
@@ -221,9 +286,17 @@ def cmd_sweep(args) -> int:
         torch.set_num_threads(args.threads)
     from sbsnn.dist import load_documents, process_group
 
+    if args.spike_budget and not args.calibrate:
+        raise ValueError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
+    if args.calibrate and not args.spike_budget:
+        raise ValueError("--calibrate needs --spike-budget B1 [B2 ...] (spikes per element)")
+    cal_docs = [d.text for d in load_documents(args.calibrate)] if args.calibrate else None
     model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
     docs = load_documents(args.text) if args.text else None
     with process_group() as g:   # under torchrun: the documents split across the ranks
+        if args.spike_budget and (g.distributed or (docs is not None and len(docs) > 1)):
+            raise ValueError("sweep --spike-budget measures on one text in one process; give "
+                             "--text a single text file and launch it without torchrun")
         if (docs is None or len(docs) == 1) and not g.distributed:
             if docs is None:
                 from sbsnn.demo import heldout_text
@@ -234,7 +307,9 @@ def cmd_sweep(args) -> int:
                 text = text[:args.max_chars]
             what = f"{len(text):,} characters of {source}"
             run = lambda: sweep(model, text, ks=args.k, preset=args.preset,  # noqa: E731
-                                coding=args.coding, profile=args.profile, progress=not args.quiet)
+                                coding=args.coding, profile=args.profile, progress=not args.quiet,
+                                spike_budgets=args.spike_budget or (), calibration_texts=cal_docs,
+                                calibration_tokens=args.calibration_tokens)
         else:
             from sbsnn.dist import sweep_documents
 
@@ -251,15 +326,20 @@ def cmd_sweep(args) -> int:
                                           progress=not args.quiet, group=g)
         if g.is_main:
             print(f"sbsnn sweep: {args.checkpoint}, {args.preset} preset, {args.coding} coding, "
-                  f"k = {', '.join(f'{k:g}' for k in args.k)}; {what}")
+                  f"k = {', '.join(f'{k:g}' for k in args.k)}"
+                  + (f", calibrated on {args.calibrate} at spike budgets "
+                     f"{', '.join(f'{b:g}' for b in args.spike_budget)}" if args.spike_budget else "")
+                  + f"; {what}")
         rows = run()
     if not g.is_main:
         return 0
-    save_sweep(rows, args.out, {"checkpoint": str(args.checkpoint), "text": source,
-                                "chars": rows[0]["chars"] if rows else 0, "preset": args.preset,
-                                "coding": args.coding, "profile": args.profile})
+    doc = save_sweep(rows, args.out, {"checkpoint": str(args.checkpoint), "text": source,
+                                      "chars": rows[0]["chars"] if rows else 0,
+                                      "preset": args.preset, "coding": args.coding,
+                                      "profile": args.profile, "calibration_text": args.calibrate})
     print(format_sweep(rows))
-    print(f"wrote {Path(args.out) / 'sweep.json'} and {Path(args.out) / 'sweep.png'}")
+    print(f"wrote {Path(args.out) / 'sweep.json'}, "
+          + ", ".join(str(Path(args.out) / f) for f in doc["files"].values()))
     return 0
 
 
@@ -327,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="horowitz45", help="energy profile (default: %(default)s)")
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters (of each document)")
+    p.add_argument("--spike-budget", type=float, nargs="+", metavar="B",
+                   help="with --calibrate: also calibrate at each budget (mean spikes per element "
+                        "on the calibration text) and add the calibrated rows; writes "
+                        "OUT/sweep_spikes.png (fidelity against spikes, plain and calibrated)")
+    p.add_argument("--calibrate", metavar="TEXT", help="calibration text for --spike-budget (text "
+                   "file, .jsonl or directory of .txt); evaluate on other text with --text")
+    p.add_argument("--calibration-tokens", type=int, default=32768, metavar="N",
+                   help="at most N calibration tokens (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -349,8 +437,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="GLOB",
                    help="module-name patterns to convert instead of a preset, e.g. '*.q_proj' '*.mlp.*'")
     p.add_argument("--exclude", nargs="+", metavar="GLOB", help="module-name patterns to leave float")
-    p.add_argument("--calib", metavar="TEXT", help="text file: print float vs spiking perplexity, "
-                   "top-1 agreement and KL on it")
+    p.add_argument("--eval", metavar="TEXT", help="text file: print float vs spiking perplexity, "
+                   "top-1 agreement and KL on it (with --calibrate: the overall before/after "
+                   "report is measured on it)")
+    p.add_argument("--eval-tokens", type=int, default=8192, metavar="N",
+                   help="with --calibrate --eval: at most N tokens of the evaluation text "
+                        "(default: %(default)s)")
+    p.add_argument("--calib", help=argparse.SUPPRESS)   # renamed --eval: refused by name
+    p.add_argument("--calibrate", metavar="TEXT", help="calibrate on this text (a text file, a "
+                   ".jsonl file with a \"text\" per line, or a directory of .txt files): per-layer "
+                   "k allocated by output sensitivity and per-channel smoothing folded into the "
+                   "weights, spending at most --spike-budget; writes OUT/calibration.json "
+                   "(docs/calibration.md)")
+    p.add_argument("--spike-budget", metavar="S", help="with --calibrate: mean spikes per element "
+                   "in --coding over all spiking inputs on the calibration text, a number, or "
+                   "k=K for what plain conversion at k = K spends there (default: k=<--k>)")
+    p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
+                   help="with --calibrate: use at most the first N tokens (default: 32768)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

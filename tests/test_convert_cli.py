@@ -1,6 +1,6 @@
 """``sbsnn convert``: options, errors, fidelity printout, and what a killed run leaves.
 
-Runs that must behave like the real command line (kills, argparse, ``--calib``) use
+Runs that must behave like the real command line (kills, argparse, ``--eval``) use
 ``python -m sbsnn`` or ``sbsnn.cli.main`` in a subprocess; option and error checks that
 need no separate process call ``sbsnn.cli.main`` in-process (torch imports once).
 """
@@ -76,7 +76,7 @@ def test_cli_w8aspike_with_options_and_calib(tmp_path, src):
     (tmp_path / "text.txt").write_text(TEXT)
     out = tmp_path / "out"
     r = subprocess.run([PY, "-m", "sbsnn", "convert", src, out, "--preset", "w8aspike", "--k", "2.5",
-                        "--group-size", "64", "--calib", tmp_path / "text.txt", "--quiet"],
+                        "--group-size", "64", "--eval", tmp_path / "text.txt", "--quiet"],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr

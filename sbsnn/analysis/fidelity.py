@@ -66,6 +66,13 @@ def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) 
     ids = torch.tensor([tok.encode(text)])
     if ids.shape[1] < 2:
         raise ValueError("fidelity needs a text of at least two tokens")
+    return fidelity_sums_of_ids(float_model, spiking_model, ids, block_size, chars=len(text))
+
+
+@torch.no_grad()
+def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_size: int = 256,
+                         chars: int = 0) -> FidelitySums:
+    """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models)."""
     states = float_model.new_state(), spiking_model.new_state()
     nll_f = nll_s = kl = 0.0
     agree = 0
@@ -78,7 +85,7 @@ def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) 
         nll_s -= ls.gather(1, y[:, None]).sum().item()
         kl += F.kl_div(ls, lf, log_target=True, reduction="sum").item()
         agree += int((lf.argmax(-1) == ls.argmax(-1)).sum())
-    return FidelitySums(ids.shape[1] - 1, nll_f, nll_s, kl, agree, len(text))
+    return FidelitySums(max(0, ids.shape[1] - 1), nll_f, nll_s, kl, agree, chars)
 
 
 @torch.no_grad()

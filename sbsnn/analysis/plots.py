@@ -37,8 +37,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_SWEEP", "plot_count_histograms", "plot_energy",
-           "plot_events_per_step", "plot_sparsity_per_layer", "plot_spike_raster",
+__all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_POINT", "SPIKINGBRAIN_7B_SWEEP",
+           "plot_count_histograms", "plot_energy", "plot_events_per_step",
+           "plot_fidelity_per_spike", "plot_sparsity_per_layer", "plot_spike_raster",
            "plot_steps_per_token", "plot_sweep"]
 
 KIND_COLORS = {"GLA": "#1f77b4", "SWA": "#ff7f0e", "full attention": "#d62728",
@@ -400,6 +401,52 @@ def plot_sweep(rows: Sequence[Mapping], path, reference: Mapping | None = None,
                  fontsize=10)
     if not all(math.isfinite(v) for v in ratio):
         ax1.text(0.5, 0.5, "some perplexities are not finite", transform=ax1.transAxes, ha="center")
+    return _save(fig, path)
+
+
+# SpikingBrain-7B at k = 3 with sign-magnitude bitwise coding: 1.13 spikes per element
+# (report section 5.5, Fig. 9) and average benchmark score 0.6875 against bf16 0.6998
+# (Appendix A.8, Table 11).
+SPIKINGBRAIN_7B_POINT = {"source": "SpikingBrain report (arXiv 2509.05276), section 5.5 and Table 11 (7B)",
+                         "coding": "bitwise", "k": 3.0, "spikes_per_element": 1.13,
+                         "score_ratio": 0.6998 / 0.6875}
+
+
+def plot_fidelity_per_spike(rows: Sequence[Mapping], path, title: str | None = None) -> Path:
+    """Fidelity against spikes per element, plain conversion at each k beside calibration
+    at each budget (rows of :func:`sbsnn.analysis.sweep.sweep` with ``method``): (left)
+    top-1 agreement with the float model, (right) perplexity ratio, with SpikingBrain-7B's
+    published point (bitwise k = 3: 1.13 spikes per element; bf16 / spiking benchmark
+    score) on the ratio panel."""
+    fig = _figure(11.0, 4.3)
+    ax1, ax2 = fig.subplots(1, 2)
+    styles = {"plain": ("o-", "#4c72b0", "plain conversion (labels: k)"),
+              "calibrated": ("D-", "#c44e52", "calibrated (sbsnn.calibrate) at each budget")}
+    for method, (style, color, label) in styles.items():
+        rs = sorted((r for r in rows if r.get("method", "plain") == method),
+                    key=lambda r: r["sparsity"]["spikes_per_element"])
+        if not rs:
+            continue
+        x = [r["sparsity"]["spikes_per_element"] for r in rs]
+        ax1.plot(x, [100 * r["top1_agreement"] for r in rs], style, color=color, label=label)
+        ax2.plot(x, [r["perplexity_ratio"] for r in rs], style, color=color, label=label)
+        if method == "plain":
+            for xi, r in zip(x, rs):
+                ax1.annotate(f"k={r['k']:g}", (xi, 100 * r["top1_agreement"]), fontsize=7,
+                             textcoords="offset points", xytext=(4, -10), color=color)
+    p = SPIKINGBRAIN_7B_POINT
+    ax2.plot([p["spikes_per_element"]], [p["score_ratio"]], "*", ms=12, color="#777777",
+             label=f"SpikingBrain-7B, {p['coding']} k = {p['k']:g}: bf16 / spiking avg score")
+    ax2.axhline(1.0, color="black", lw=0.8)
+    coding = rows[0].get("coding", "") if rows else ""
+    for ax, ylabel, ttl in ((ax1, "top-1 agreement with the float model (%)", "Agreement per spike"),
+                            (ax2, "perplexity spiking / float (1 = lossless)", "Degradation per spike")):
+        ax.set_xlabel(f"spikes per element ({coding} coding)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ttl)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Fidelity against spikes: plain conversion and calibration", fontsize=10)
     return _save(fig, path)
 
 

@@ -70,7 +70,9 @@ def _energy_summary(report, tokens: int) -> dict:
 def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper",
           coding: str = "ternary", profile: str = "horowitz45", *, group_size: int = 128,
           block_size: int = 256, window: int = 3, progress: bool = False,
-          on_row: Callable[[dict], None] | None = None) -> list[dict]:
+          on_row: Callable[[dict], None] | None = None,
+          spike_budgets: Sequence[float] = (), calibration_texts=None,
+          calibration_tokens: int = 32768) -> list[dict]:
     """One row per k: perplexity float and spiking (and their ratio), top-1 agreement, mean
     KL, the pooled sparsity metrics, the energy of the spiking layers (estimate (a), and all
     three under ``by_estimate``) against INT8 and FP16, and SpikingBrain-7B's Table 11
@@ -78,6 +80,13 @@ def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper
 
     ``model``: a float model with a tokenizer (``sbsnn.load_model``). ``on_row`` is called
     with each row as soon as it is ready (progress printing).
+
+    ``spike_budgets`` (with ``calibration_texts``, a string or a list of documents): after
+    the plain rows (``"method": "plain"``), one row per budget for the model calibrated on
+    those texts to spend at most that many spikes per element
+    (:func:`sbsnn.converters.calibration.calibrate`; ``"method": "calibrated"``,
+    ``"spike_budget"``, ``"k"`` the median of its per-layer k, ``"calibration"`` what it
+    spent there), measured on ``text`` like the plain rows: fidelity per spike.
     """
     import torch
 
@@ -95,13 +104,36 @@ def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper
     bad = [k for k in ks if not (k > 0 and math.isfinite(k))]
     if bad:
         raise ValueError(f"every k must be a finite number > 0, got {bad}")
+    budgets = [float(b) for b in spike_budgets]
+    bad = [b for b in budgets if not (b > 0 and math.isfinite(b))]
+    if bad:
+        raise ValueError(f"every spike budget must be a finite number > 0, got {bad}")
+    if budgets and calibration_texts is None:
+        raise ValueError("spike budgets need calibration texts (calibration_texts=...)")
     cfg = model.config
     rows = []
     from tqdm.auto import tqdm
 
-    for k in tqdm(ks, desc="sweep", unit="k", disable=not progress):
+    def conversions():
+        for k in ks:
+            yield {"method": "plain"}, convert(model, preset=preset, coding=coding, k=k,
+                                               group_size=group_size)
+        for b in budgets:
+            from sbsnn.converters.calibration import calibrate
+
+            snn = calibrate(model, calibration_texts, b, coding=coding, preset=preset,
+                            group_size=group_size, max_tokens=calibration_tokens,
+                            progress=progress)
+            r = snn.calibration_report
+            yield {"method": "calibrated", "spike_budget": b,
+                   "calibration": {"spikes_per_element": r["spikes_per_element"],
+                                   "calibration_tokens": r["calibration_tokens"],
+                                   "seconds": r["seconds"]["total_s"]}}, snn
+
+    for fields, snn in tqdm(conversions(), total=len(ks) + len(budgets), desc="sweep",
+                            unit="model", disable=not progress):
         t0 = time.perf_counter()
-        snn = convert(model, preset=preset, coding=coding, k=k, group_size=group_size)
+        k = float(snn.spiking_config.k)
         collector = SparsityCollector(coding, cfg, window)
         counters: dict[str, LayerCounters] = {}
         info: dict[str, dict] = {}
@@ -135,14 +167,14 @@ def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper
         pooled = collector.report().pooled
         fd = fid.to_dict()
         row = {
-            "k": k, "preset": preset, "coding": coding, "tokens": tokens, "chars": len(text),
+            "k": k, **fields, "preset": preset, "coding": coding, "tokens": tokens, "chars": len(text),
             "float_perplexity": fd["float_perplexity"], "spiking_perplexity": fd["spiking_perplexity"],
             "perplexity_ratio": fd["spiking_perplexity"] / fd["float_perplexity"],
             "top1_agreement": fd["top1_agreement"], "mean_kl": fd["mean_kl"],
             "float_nll": fd["float_nll"], "spiking_nll": fd["spiking_nll"],
             "sparsity": {key: pooled[key] for key in _SPARSITY_KEYS},
             "energy": _energy_summary(en, tokens),
-            "reference": _reference(k),
+            "reference": _reference(k) if fields["method"] == "plain" else None,
             "seconds": time.perf_counter() - t0,
         }
         rows.append(row)
@@ -158,7 +190,8 @@ def _f(x, fmt: str) -> str:
 
 def format_sweep(rows: Iterable[Mapping]) -> str:
     """The sweep as a text table, SpikingBrain-7B's Table 11 in the last two columns."""
-    head = (f"{'k':>4} {'ppl float':>9} {'ppl spike':>9} {'ratio':>6} {'top-1':>6} {'KL':>7} "
+    rows = list(rows)
+    head = (f"{'k':>12} {'ppl float':>9} {'ppl spike':>9} {'ratio':>6} {'top-1':>6} {'KL':>7} "
             f"{'zeros':>6} {'spk/el':>6} {'win3':>6} {'E(a)/tok':>9} {'vs INT8':>8} {'vs FP16':>8} "
             f"| {'7B spars.':>9} {'7B score':>8}")
     lines = [head, "-" * len(head)]
@@ -166,14 +199,19 @@ def format_sweep(rows: Iterable[Mapping]) -> str:
         sp, en, ref = r["sparsity"], r["energy"], r.get("reference") or {}
         e = en.get("snn_pj_per_token")
         e_txt = "n/a" if e is None else (f"{e / 1e3:.1f} nJ" if e >= 1e3 else f"{e:.1f} pJ")
+        label = (f"cal {r['spike_budget']:.3g}/el" if r.get("method") == "calibrated"
+                 else f"{r['k']:g}")
         lines.append(
-            f"{r['k']:>4g} {_f(r['float_perplexity'], '{:.3f}'):>9} {_f(r['spiking_perplexity'], '{:.3f}'):>9} "
+            f"{label:>12} {_f(r['float_perplexity'], '{:.3f}'):>9} {_f(r['spiking_perplexity'], '{:.3f}'):>9} "
             f"{_f(r['perplexity_ratio'], '{:.3f}'):>6} {_f(100 * r['top1_agreement'], '{:.1f}%'):>6} "
             f"{_f(r['mean_kl'], '{:.4f}'):>7} {_f(100 * sp['zero_fraction'], '{:.1f}%'):>6} "
             f"{_f(sp['spikes_per_element'], '{:.2f}'):>6} {_f(100 * sp['slot_sparsity_window'], '{:.1f}%'):>6} "
             f"{e_txt:>9} {_f(None if en.get('reduction_vs_int8') is None else -100 * en['reduction_vs_int8'], '{:+.1f}%'):>8} "
             f"{_f(None if en.get('reduction_vs_fp16') is None else -100 * en['reduction_vs_fp16'], '{:+.1f}%'):>8} "
             f"| {_f(ref.get('sparsity'), '{:.3f}'):>9} {_f(ref.get('avg_score'), '{:.4f}'):>8}")
+    if any(r.get("method") == "calibrated" for r in rows):
+        lines.append("cal B/el: calibrated (sbsnn.calibrate) to spend at most B spikes per element "
+                     "on the calibration text; its spk/el is measured on this text.")
     lines.append(f"ratio: spiking / float perplexity; zeros: zero fraction of counts; spk/el: spikes "
                  f"per element; win3: slot sparsity in a 3-step window; E(a): energy of the spiking "
                  f"layers per token, SpikingBrain's Eq. 24; 7B: SpikingBrain-7B, Table 11 (bf16 score 0.6998).")
@@ -184,7 +222,7 @@ def save_sweep(rows: Sequence[Mapping], out_dir, metadata: Mapping | None = None
     """Write ``sweep.json`` (rows + SpikingBrain's Table 11 + metadata) and ``sweep.png``
     into ``out_dir`` atomically (``sweep.json`` last); returns the JSON object."""
     from sbsnn import __version__
-    from sbsnn.analysis.plots import SPIKINGBRAIN_7B_SWEEP, plot_sweep
+    from sbsnn.analysis.plots import SPIKINGBRAIN_7B_SWEEP, plot_fidelity_per_spike, plot_sweep
     from sbsnn.analysis.report import _jsonable, write_atomically
 
     doc = _jsonable({"format": "sbsnn-sweep", "format_version": 1, "sbsnn_version": __version__,
@@ -192,11 +230,19 @@ def save_sweep(rows: Sequence[Mapping], out_dir, metadata: Mapping | None = None
                      "metadata": dict(metadata or {}), "rows": list(rows),
                      "reference": SPIKINGBRAIN_7B_SWEEP, "files": {"plot": "sweep.png"}})
 
+    calibrated = any(r.get("method") == "calibrated" for r in doc["rows"])
+    if calibrated:
+        doc["files"]["fidelity_per_spike"] = "sweep_spikes.png"
+
     def write(tmp: Path) -> list[str]:
-        plot_sweep(doc["rows"], tmp / "sweep.png")
+        plot_sweep([r for r in doc["rows"] if r.get("method") != "calibrated"], tmp / "sweep.png")
+        files = ["sweep.png"]
+        if calibrated:
+            plot_fidelity_per_spike(doc["rows"], tmp / "sweep_spikes.png")
+            files.append("sweep_spikes.png")
         (tmp / "sweep.json").write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n",
                                         encoding="utf-8")
-        return ["sweep.png", "sweep.json"]
+        return files + ["sweep.json"]
 
     write_atomically(out_dir, write, final="sweep.json", remove_first=("sweep.json",))
     return doc

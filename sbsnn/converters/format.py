@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -102,8 +103,12 @@ def read_spiking_config(directory: str | Path) -> SpikingConfig:
 
 
 def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = False,
-                 max_shard_bytes: int | None = None) -> Path:
-    """Write a converted model (from :func:`sbsnn.convert`) as a spiking checkpoint."""
+                 max_shard_bytes: int | None = None,
+                 extra_files: Mapping[str, str] | None = None) -> Path:
+    """Write a converted model (from :func:`sbsnn.convert`) as a spiking checkpoint.
+
+    ``extra_files``: file name -> text, written into the same directory before it appears
+    (``sbsnn convert --calibrate`` puts ``calibration.json`` there)."""
     cfg = getattr(model, "spiking_config", None)
     if not isinstance(cfg, SpikingConfig):
         raise ValueError("save_spiking needs a model returned by sbsnn.convert")
@@ -113,6 +118,11 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
         tok = getattr(model, "tokenizer", None)
         if hasattr(tok, "to_json"):  # a Hugging Face tokenizer travels with the weights
             (tmp / "tokenizer.json").write_text(tok.to_json())
+        for name, text in (extra_files or {}).items():
+            if Path(name).name != name or name in (SPIKING_CONFIG, "config.json"):
+                raise ValueError(f"extra file {name!r}: give a plain file name that is not "
+                                 "one of the checkpoint's own files")
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(directory)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sbsnn.calibration.measure import Tables
+from sbsnn.converters.calibration.measure import Tables
 
 
 @dataclass

@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbsnn.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
-from sbsnn.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
-from sbsnn.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
+from sbsnn.converters.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
+from sbsnn.converters.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
+from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
                                        distortion_tables, spikes_of)
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import SpikingLinear
@@ -46,7 +46,7 @@ from sbsnn.neurons import CODINGS
 # (0, 0) is no smoothing; (1/3, 1/3) is optimal for ternary coding at a fixed budget;
 # (0, 1/2) equalises sensitivity-weighted noise, which suits bitwise coding, whose spikes
 # grow with the logarithm of a count.
-SMOOTHINGS = ((0.0, 0.0), (1 / 3, 1 / 3), (0.25, 0.25), (0.5, 0.5), (0.0, 0.5), (1 / 6, 1 / 3))
+SMOOTHINGS = ((0.0, 0.0), (1 / 3, 1 / 3), (0.5, 0.5), (0.0, 0.5))
 SMOOTH_RANGE = 16.0  # s is kept within [1/16, 16] of its geometric mean (INT8 weights)
 
 
@@ -79,12 +79,15 @@ def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if isinstance(spike_budget, str):
-        text = spike_budget.strip()
-        if not text.startswith("k="):
-            raise ValueError(f"spike_budget {spike_budget!r}: give spikes per element (a number) "
-                             "or 'k=K' (what plain conversion at k = K spends on the text)")
-        k = _number(text[2:], "spike_budget's k")
-        return None, k
+        text = spike_budget.strip().replace(" ", "")
+        if text.startswith("k="):
+            return None, _number(text[2:], "spike_budget's k")
+        try:
+            float(text)
+        except ValueError:
+            raise ValueError(f"spike budget {spike_budget!r}: give spikes per element (a number) "
+                             "or 'k=K' (what plain conversion at k = K spends on the text)") from None
+        spike_budget = text
     return _number(spike_budget, "spike_budget"), None
 
 
@@ -147,46 +150,66 @@ def _smoothing(stats: ChannelStats, group: InputGroup, alpha: float, beta: float
     return tie_for_producer(group, s).float()
 
 
-@torch.no_grad()
-def measure_spikes(spiking, blocks, coding: str, reference: nn.Module | None = None) -> Measured:
-    """Spikes per element (the coding's count) and, with the float ``reference`` model, each
-    layer's relative output error, from the spiking model's integer path. The head is
-    not computed (nothing there spikes)."""
-    layers = [(n, m) for n, m in spiking.named_modules() if isinstance(m, SpikingLinear)]
-    acc = {n: [0, 0, 0.0, 0.0] for n, _ in layers}  # elements, spikes, err^2, ref^2
+class SpikeTap:
+    """While active (``with SpikeTap(spiking, coding, reference):``), every spiking linear
+    layer of ``spiking`` runs its integer path through an executor that counts its
+    elements and spikes (the coding's count) and, with the float ``reference`` model
+    (same module names), sums the squared error of its output against the float layer
+    on the same input."""
 
-    def executor(layer, x, name):
+    def __init__(self, spiking: nn.Module, coding: str, reference: nn.Module | None = None):
+        self.spiking, self.coding, self.reference = spiking, coding, reference
+        self.layers = [(n, m) for n, m in spiking.named_modules() if isinstance(m, SpikingLinear)]
+        self.acc = {n: [0, 0, 0.0, 0.0] for n, _ in self.layers}  # elements, spikes, err^2, ref^2
+
+    def _execute(self, layer, x, name):
         counts, v_th = layer.spike(x)
         y = layer.forward_counts(counts, v_th, x.dtype)
-        a = acc[name]
+        a = self.acc[name]
         a[0] += counts.numel()
-        a[1] += int(spikes_of(counts.to(torch.int64), coding))
-        if reference is not None:
-            ref = reference.get_submodule(name)
+        a[1] += int(spikes_of(counts.to(torch.int64), self.coding))
+        if self.reference is not None:
+            ref = self.reference.get_submodule(name)
             yr = F.linear(x.reshape(-1, layer.in_features), ref.weight, ref.bias)
             a[2] += float((y.float() - yr.float()).pow(2).sum())
             a[3] += float(yr.float().pow(2).sum())
         return y.view(*x.shape[:-1], layer.out_features)
 
-    for n, m in layers:
-        m.executor = lambda lyr, x, _n=n: executor(lyr, x, _n)
+    def __enter__(self) -> "SpikeTap":
+        for n, m in self.layers:
+            m.executor = lambda lyr, x, _n=n: self._execute(lyr, x, _n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for _, m in self.layers:
+            m.executor = None
+
+    def measured(self, tokens: int) -> Measured:
+        out = Measured(tokens=tokens, elements=sum(a[0] for a in self.acc.values()),
+                       spikes=sum(a[1] for a in self.acc.values()))
+        for n, m in self.layers:
+            e, sp, err, ref = self.acc[n]
+            out.layers[n] = LayerRecord(k=m.k, spikes_per_element=sp / e if e else 0.0,
+                                        local_error=math.sqrt(err / ref) if ref else 0.0)
+        return out
+
+
+@torch.no_grad()
+def measure_spikes(spiking, blocks, coding: str, reference: nn.Module | None = None,
+                   progress=None) -> Measured:
+    """Spikes per element (the coding's count) and, with the float ``reference`` model, each
+    layer's relative output error, from the spiking model's integer path over ``blocks``.
+    The head is not computed (nothing there spikes). ``progress(n)`` after each block."""
     tokens = 0
-    try:
+    with SpikeTap(spiking, coding, reference) as tap:
         for doc in blocks:
             state = spiking.new_state()
             for ids in doc:
                 spiking.body(ids, state)
                 tokens += ids.shape[1]
-    finally:
-        for _, m in layers:
-            m.executor = None
-    out = Measured(tokens=tokens, elements=sum(a[0] for a in acc.values()),
-                   spikes=sum(a[1] for a in acc.values()))
-    for n, m in layers:
-        e, s, err, ref = acc[n]
-        out.layers[n] = LayerRecord(k=m.k, spikes_per_element=s / e if e else 0.0,
-                                    local_error=math.sqrt(err / ref) if ref else 0.0)
-    return out
+                if progress is not None:
+                    progress(ids.shape[1])
+    return tap.measured(tokens)
 
 
 def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
@@ -244,11 +267,15 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     if missing:
         raise ValueError(f"no calibration activations reached {missing[:3]}; give a longer text")
 
+    def bar_for(desc: str, total: int):
+        return tqdm(total=total, desc=desc, unit="tok", disable=not progress)
+
     t = time.perf_counter()
     plain_measured = None
     if plain_k is not None:  # the budget is what plain conversion at this k spends here
         plain = convert(float_model, preset, coding, plain_k, group_size, targets, exclude)
-        plain_measured = measure_spikes(plain, blocks, coding)
+        with bar_for(f"calibrate (budget: plain k = {plain_k:g})", n_tokens) as b:
+            plain_measured = measure_spikes(plain, blocks, coding, progress=b.update)
         budget = plain_measured.spikes_per_element
         del plain
     timings["plain_budget_s"] = time.perf_counter() - t
@@ -272,7 +299,8 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         base_k = float(np.median(list(layer_k.values())))
         spiking = convert(work, preset, coding, base_k, group_size, targets, exclude,
                           layer_k=layer_k)
-        measured = measure_spikes(spiking, blocks, coding, reference=work)
+        with bar_for(f"calibrate (check {attempt + 1})", n_tokens) as b:
+            measured = measure_spikes(spiking, blocks, coding, progress=b.update)
         tries.append({"scale": scale, "spikes_per_element": measured.spikes_per_element})
         if measured.spikes_per_element <= budget:
             break
@@ -285,8 +313,9 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
 
     # "before": plain conversion at the uniform k of the same budget, on the Fisher tokens
     plain = convert(float_model, preset, coding, k_plain, group_size, targets, exclude)
-    before = measure_spikes(plain, fblocks, coding, reference=float_model)
-    after = measure_spikes(spiking, fblocks, coding, reference=work)
+    with bar_for("calibrate (per-layer report)", 2 * n_fisher) as b:
+        before = measure_spikes(plain, fblocks, coding, reference=float_model, progress=b.update)
+        after = measure_spikes(spiking, fblocks, coding, reference=work, progress=b.update)
     del plain
     timings["total_s"] = time.perf_counter() - t_start
 

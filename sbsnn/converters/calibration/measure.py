@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sbsnn.calibration.groups import InputGroup
+from sbsnn.converters.calibration.groups import InputGroup
 from sbsnn.neurons.coding import V_TH_MAX, V_TH_MIN
 
 _POPCOUNT16 = None
@@ -47,6 +47,17 @@ def popcount(c: torch.Tensor) -> torch.Tensor:
     m = c.abs().to(torch.int64)
     table = _POPCOUNT16.to(m.device)
     return (table[m & 0xFFFF].to(torch.int32) + table[(m >> 16) & 0xFFFF].to(torch.int32))
+
+
+def spikes_per_row(c: torch.Tensor, coding: str) -> torch.Tensor:
+    """Spikes of each row of integer counts ``c`` [N, D] in ``coding``: [N]."""
+    if coding in ("ternary", "binary"):
+        return c.abs().sum(-1)
+    if coding == "bitwise":
+        return popcount(c).sum(-1)
+    peak = int(c.abs().max()) if c.numel() else 0
+    T = max(2, int(peak).bit_length() + 1)
+    return popcount(c.to(torch.int64) & ((1 << T) - 1)).sum(-1)
 
 
 def spikes_of(c: torch.Tensor, coding: str) -> torch.Tensor:
@@ -168,39 +179,61 @@ def channel_stats(model, groups, blocks, seed: int = 0, progress=None) -> dict[s
     return {n: ChannelStats(u=e[0] / e[2], a=e[1] / e[2], tokens=e[2]) for n, e in acc.items()}
 
 
+def _rows(n: int, keep: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a block the tables read, and their weights: row 0 always (a document's
+    first token carries the outlier activations of pretrained models), and a uniform
+    sample of ``keep - 1`` others weighted ``(n - 1) / (keep - 1)``: an unbiased estimate
+    of the block's sums at ``keep / n`` of the cost."""
+    if n <= keep:
+        return torch.arange(n), torch.ones(n)
+    rest = torch.randperm(n - 1, generator=gen)[: keep - 1] + 1
+    w = torch.full((keep,), (n - 1) / (keep - 1))
+    w[0] = 1.0
+    return torch.cat([torch.zeros(1, dtype=torch.long), rest]), w
+
+
 def distortion_tables(model, groups, blocks, candidates: dict[str, list[torch.Tensor]],
                       kgrid: np.ndarray, coding: str, seed: int = 0,
-                      progress=None) -> dict[str, Tables]:
+                      progress=None, rows_per_block: int = 64) -> dict[str, Tables]:
     """For each group and each candidate smoothing ``s`` of ``candidates[group]``, the
-    distortion and spikes per element at every k of ``kgrid``."""
+    distortion and spikes per element at every k of ``kgrid``, estimated on
+    ``rows_per_block`` tokens of each block (:func:`_rows`)."""
     K = len(kgrid)
     acc: dict[str, list] = {}
     kk = torch.tensor(kgrid, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
 
     def on_group(group, x, g):
         cands = candidates[group.name]
         e = acc.setdefault(group.name, [np.zeros((len(cands), K)), np.zeros((len(cands), K)), 0])
-        x, g2 = x.float(), g.float() ** 2
+        idx, w = _rows(x.shape[0], rows_per_block, gen)
+        idx, w = idx.to(x.device), w.to(x.device)
+        x, g2 = x[idx].float(), g[idx].float() ** 2
+        wd = w[:, None]
         for ci, s in enumerate(cands):
             xs = x / s if s is not None else x
-            gs2 = g2 * (s * s) if s is not None else g2
+            gs2 = (g2 * (s * s) if s is not None else g2) * wd
             mean = xs.abs().mean(-1, keepdim=True)
-            for k0 in range(0, K, 4):  # a few k at a time bounds the [k, N, D] temporaries
-                kb = kk[k0:k0 + 4].to(x.device)[:, None, None]
+            for k0 in range(0, K, 8):  # a few k at a time bounds the [k, n, D] temporaries
+                kb = kk[k0:k0 + 8].to(x.device)[:, None, None]
                 vth = (mean[None] / kb).clamp(V_TH_MIN, V_TH_MAX)
                 c = torch.round(xs[None] / vth)
                 err = (xs[None] - c * vth) ** 2
                 e[0][ci, k0:k0 + len(kb)] += (err * gs2[None]).sum((1, 2)).double().cpu().numpy()
-                cnt = c.to(torch.int64)
-                sp = torch.stack([spikes_of(cnt[i], coding) for i in range(len(kb))])
+                if coding in ("ternary", "binary"):
+                    sp = (c.abs() * wd[None]).sum((1, 2))
+                else:
+                    cnt = c.to(torch.int64)
+                    sp = torch.stack([(spikes_per_row(cnt[i], coding) * w).sum()
+                                      for i in range(len(kb))])
                 e[1][ci, k0:k0 + len(kb)] += (sp.double() / xs.shape[-1]).cpu().numpy()
-        e[2] += x.shape[0]
+        e[2] += float(w.sum())
 
     fisher_pass(model, groups, blocks, on_group, seed, progress)
     return {n: Tables(kgrid=np.asarray(kgrid), distortion=e[0] / e[2], spikes=e[1] / e[2],
-                      tokens=e[2]) for n, e in acc.items()}
+                      tokens=int(round(e[2]))) for n, e in acc.items()}
 
 
-def default_kgrid(lo: float = 0.5, hi: float = 64.0, per_octave: int = 5) -> np.ndarray:
+def default_kgrid(lo: float = 0.5, hi: float = 32.0, per_octave: int = 4) -> np.ndarray:
     n = int(round(math.log2(hi / lo) * per_octave)) + 1
     return np.geomspace(lo, hi, n)
