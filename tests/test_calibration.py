@@ -343,3 +343,23 @@ def test_sweep_with_spike_budgets_adds_calibrated_rows_and_the_spike_plot(tmp_pa
     assert (out / "sweep_spikes.png").stat().st_size > 1000
     assert "cal 2.5/el" in capsys.readouterr().out
     assert main(["sweep", "tiny-hybrid", "--spike-budget", "2", "--out", str(out), "--quiet"]) == 2
+
+
+def test_the_format_docs_snippet_reads_a_calibrated_layer_with_its_own_k(calibrated, tmp_path):
+    """docs/spiking-checkpoint.md's numpy reader (no sbsnn) gives a calibrated layer's
+    output: it must take the layer's k from layer_k."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "spiking-checkpoint.md").read_text()
+    code = re.search(r"<!-- snippet: read-one-layer -->\s*```python\n(.*?)```", doc, re.S).group(1)
+    d = save_spiking(calibrated, tmp_path / "cal")
+    scfg = read_spiking_config(d)
+    layer = next(n for n in scfg.targets if n in scfg.layer_k)
+    sl = calibrated.get_submodule(layer)
+    x = torch.randn(5, sl.in_features, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = sl(x).numpy()
+    scope = {"ckpt": str(d), "layer": layer, "x": x.numpy()}
+    exec(compile(code, "<docs snippet>", "exec"), scope)
+    assert np.abs(scope["y"] - want).max() <= 1e-5 * np.abs(want).max()
