@@ -19,6 +19,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from sbsnn.errors import OptionError
+
 PRESETS = ("paper", "w8aspike")
 HEAD_NAMES = ("lm_head",)
 
@@ -35,15 +37,19 @@ def linear_targets(model: nn.Module, preset: str | None = "paper",
         chosen = [n for n in linears if any(fnmatchcase(n, p) for p in targets)]
         unmatched = [p for p in targets if not any(fnmatchcase(n, p) for n in linears)]
         if unmatched:
-            raise ValueError(f"targets {unmatched} match no nn.Linear module; linear modules "
+            raise OptionError(f"targets {unmatched} match no nn.Linear module; linear modules "
                              f"look like {linears[:4]}")
     elif preset == "paper":
         chosen = [n for n in linears if not _is_head(n)]
     elif preset == "w8aspike":
         chosen = [n for n in linears if not _is_head(n) and not n.endswith("down_proj")]
     else:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+        raise OptionError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
     if exclude:
+        idle = [p for p in exclude if not any(fnmatchcase(n, p) for n in chosen)]
+        if idle:   # a typo would leave the layer it meant converted, without a word
+            raise OptionError(f"exclude patterns {idle} match none of the layers being "
+                              f"converted (they look like {chosen[:3]}); fix or drop them")
         chosen = [n for n in chosen if not any(fnmatchcase(n, p) for p in exclude)]
     return chosen
 

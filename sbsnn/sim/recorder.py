@@ -110,6 +110,8 @@ import h5py
 import numpy as np
 import torch
 
+from sbsnn.errors import RecordingError  # noqa: F401 - re-exported (sbsnn.sim.RecordingError)
+
 FORMAT = "sbsnn-recording"
 INDEX_FORMAT = "sbsnn-recording-index"   # a sharded recording's index (sbsnn.sim.shards)
 FORMAT_VERSION = 3
@@ -131,16 +133,49 @@ _TRACE_SERIES = (("step_offsets", np.int64, _SERIES_CHUNK), ("events_pos", np.in
 _TRACE_OUTPUT_ROWS = 64             # rows per chunk of trace/outputs
 
 
-class RecordingError(ValueError):
-    """A file that is not (or no longer) a readable sbsnn recording."""
-
-
 def _narrowest(lo: int, hi: int) -> np.dtype:
+    """The narrowest integer type holding ``-peak..peak`` (peak = max(|lo|, |hi|)):
+    symmetric, as the counts' own type, so a stored count's negation never overflows
+    (int8 -128 would read back as a count whose abs() is -128)."""
+    peak = max(-lo, hi)
     for dt in _INT_TYPES:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
+        if peak <= np.iinfo(dt).max:
             return dt
     raise ValueError(f"counts {lo}..{hi} do not fit int64")
+
+
+def check_record_path(path, option: str = "record") -> Path:
+    """Where a recording may be written: not a directory, in a directory that exists, and
+    not over a file that is not an sbsnn recording (sbsnn overwrites only its own)."""
+    from sbsnn.errors import (MissingPathError, OptionError, PathIsDirectoryError,
+                              PathNotDirectoryError)
+
+    p = Path(path)
+    if p.is_dir():
+        raise PathIsDirectoryError(f"{p}: {option} names a directory; give a file name "
+                                   "such as spikes.h5", filename=p)
+    parent = p.parent
+    if not parent.exists():
+        raise MissingPathError(f"{p}: the directory {parent} does not exist; create it first "
+                               f"({option})", filename=p)
+    if not parent.is_dir():
+        raise PathNotDirectoryError(f"{p}: {parent} is not a directory ({option})", filename=p)
+    if p.exists() and p.stat().st_size:
+        fmt = None
+        try:
+            if h5py.is_hdf5(p):
+                with h5py.File(p, "r") as f:
+                    fmt = f.attrs.get("format")
+        except BlockingIOError:
+            raise OptionError(f"{p}: in use by another process (a simulation still writing "
+                              f"it?); choose another {option} file") from None
+        except OSError:
+            fmt = None
+        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        if fmt not in (FORMAT, INDEX_FORMAT):
+            raise OptionError(f"{p}: exists and is not an sbsnn recording; {option} would "
+                              "overwrite it: remove it yourself or choose another file name")
+    return p
 
 
 def _group_key(name: str) -> str:
@@ -228,9 +263,15 @@ class Recorder:
         self._reopens = 0
         self._closed = False
         meta_json = json.dumps(self.metadata, default=_json_default)
+        check_record_path(self.path)
         # Default (earliest) file format on purpose: its superblock has no "open for
         # writing" flag, so a file whose writer was killed still opens without h5clear.
-        self._file = h5py.File(self.path, "w")
+        try:
+            self._file = h5py.File(self.path, "w")
+        except OSError as e:
+            from sbsnn.errors import os_error
+
+            raise os_error(e, self.path, "creating the recording") from None
         try:
             self._no_metadata_evictions()
             a = self._file.attrs
@@ -718,7 +759,11 @@ class Recording:
         self.path = Path(path)
         self.notes: list[str] = []      # what opening found (an incomplete or damaged file)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such recording")
+            from sbsnn.errors import MissingPathError
+
+            raise MissingPathError(f"{self.path}: no such recording (check the path; "
+                                   "recordings come from sbsnn simulate --record FILE.h5)",
+                                   filename=self.path)
         if self.path.is_dir():
             raise RecordingError(f"{self.path}: is a directory, not an sbsnn recording")
         try:
