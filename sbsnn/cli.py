@@ -96,6 +96,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _load_spiking(path, verify: bool):
+    """load_spiking, with a note (not a warning) when the checkpoint has no digests."""
+    import sbsnn
+
+    model = sbsnn.load_spiking(path, verify=verify)
+    if verify and not model.spiking_config.digests:
+        print(f"note: {path} has no content digests (written by an sbsnn before they were "
+              "recorded), so its files were not verified; convert it again to add them",
+              file=sys.stderr)
+    return model
+
+
 def _generation_options(args) -> None:
     from sbsnn.models.hybrid import check_generation
 
@@ -115,7 +127,7 @@ def cmd_generate(args) -> int:
         raise OptionError("--prompt is empty: give at least one character to continue")
     _threads(args)
     if _spiking_config_of(args.model) is not None:  # a spiking model answering a prompt
-        model = sbsnn.load_spiking(args.model, verify=not args.no_verify)
+        model = _load_spiking(args.model, verify=not args.no_verify)
     else:
         model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
     sys.stdout.write(prompt)
@@ -224,10 +236,10 @@ def cmd_simulate(args) -> int:
         elif args.text or g.distributed:
             from sbsnn.dist import simulate_documents
 
-            r = simulate_documents(sbsnn.load_spiking(args.spiking_dir, verify=verify), docs,
+            r = simulate_documents(_load_spiking(args.spiking_dir, verify), docs,
                                    trace=trace, group=g, **opts)
         else:
-            r = sbsnn.simulate(sbsnn.load_spiking(args.spiking_dir, verify=verify), args.prompt,
+            r = sbsnn.simulate(_load_spiking(args.spiking_dir, verify), args.prompt,
                                return_logits=False, trace=trace, **opts)
     if not g.is_main:
         return 0

@@ -154,11 +154,11 @@ _KINDS = {
     _errno.ELOOP: (PathLoopError, "symbolic link loop", "fix the links"),
     _errno.ENAMETOOLONG: (PathError, "file name too long", "choose a shorter path"),
     _errno.ENOSPC: (DiskFullError, "no space left on the device",
-                    "free space or write elsewhere, then rerun (the partial output was removed)"),
+                    "free space or write elsewhere, then rerun"),
     _errno.EDQUOT: (DiskFullError, "disk quota exceeded",
-                    "free space or write elsewhere, then rerun (the partial output was removed)"),
+                    "free space or write elsewhere, then rerun"),
     _errno.EFBIG: (DiskFullError, "file too large for this file system or limit",
-                   "write elsewhere or raise the limit, then rerun (the partial output was removed)"),
+                   "write elsewhere or raise the limit, then rerun"),
 }
 
 

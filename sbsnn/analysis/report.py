@@ -272,9 +272,10 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     rec_path = Path(recording_path)
     rec = open_recording(rec_path, warn=False)   # what it would warn about becomes a note
     try:
-        return _build(rec, rec_path, out, prof, base, fid, window=window,
-                      raster_layer=raster_layer, raster_tokens=raster_tokens,
-                      raster_channels=raster_channels, title=title, energy_options=energy_options)
+        report, write = _build(rec, rec_path, out, prof, base, fid, window=window,
+                               raster_layer=raster_layer, raster_tokens=raster_tokens,
+                               raster_channels=raster_channels, title=title,
+                               energy_options=energy_options)
     except OSError as e:       # HDF5 refused a read: a damaged file
         from sbsnn.errors import RecordingError
 
@@ -282,10 +283,13 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
             raise
         raise RecordingError(f"{rec_path}: a dataset of the recording cannot be read ({e}); "
                              "the file is damaged: simulate again") from None
+    _write_report(out, write)
+    return report
 
 
 def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, raster_tokens,
-           raster_channels, title, energy_options) -> dict:
+           raster_channels, title, energy_options):
+    """Read the recording: ``(report dict, write(tmp) -> file names)``."""
     from sbsnn import __version__
     from sbsnn.analysis.counters import counters_from_recording
     from sbsnn.analysis.energy import estimate_energy
@@ -402,8 +406,19 @@ def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, ras
                                         encoding="utf-8")
         return [*files.values(), _REPORT_HTML, _REPORT_JSON]
 
-    write_atomically(out_dir, write)
-    return report
+    return report, write
+
+
+def _write_report(out_dir, write) -> None:
+    """The report's files (an OSError here is about the output, never the recording)."""
+    from sbsnn.errors import SbsnnError, os_error
+
+    try:
+        write_atomically(out_dir, write)
+    except OSError as e:
+        if isinstance(e, SbsnnError):
+            raise
+        raise os_error(e, action="writing the report") from None
 
 
 # ============================================================================ text

@@ -67,12 +67,14 @@ def _check_group_width(model: nn.Module, names: list[str], group_size: int) -> N
     padded to ``group_size``): refused beyond the widest layer's width rounded up to a
     power of two (and beyond 128, the default, for small models)."""
     widest = max(model.get_submodule(n).in_features for n in names)
-    if group_size > max(128, 1 << (widest - 1).bit_length()):
+    bound = max(128, 1 << (widest - 1).bit_length())
+    if group_size > bound:
         from sbsnn.checks import GROUP_SIZE_WHY
 
-        raise LimitError(f"group_size={group_size} is wider than every layer being converted "
-                         f"(the widest has {widest} inputs): {GROUP_SIZE_WHY}; give "
-                         f"group_size={widest} (--group-size {widest}) or less")
+        raise LimitError(f"group_size={group_size} is refused: the bound for this model is {bound} "
+                         f"(the widest layer being converted has {widest} inputs; the bound is "
+                         f"that rounded up to a power of two, at least 128): {GROUP_SIZE_WHY}; "
+                         f"give group_size={widest} (--group-size {widest}) or less")
 
 
 def check_request(preset: str | None, targets: list[str] | None, coding: str, k: float,

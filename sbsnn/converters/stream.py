@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan, spiking_from_linear
 from sbsnn.converters.format import atomic_directory, write_spiking_config
 from sbsnn.converters.quant import QuantStats
-from sbsnn.models.checkpoint import fill_state, open_checkpoint
+from sbsnn.models.checkpoint import fill_state, open_checkpoint, write_safetensors
 from sbsnn.models.hybrid import HybridForCausalLM
 
 
@@ -136,10 +135,7 @@ def _check_finite(tensors: dict[str, torch.Tensor], source) -> None:
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> int:
-    from sbsnn.fsutil import apply_umask
-
-    save_file(tensors, str(path), metadata={"format": "pt"})
-    apply_umask(path)                # the writer makes 0600 files
+    write_safetensors(tensors, path)
     for name in tensors:
         weight_map[name] = path.name
     return sum(t.numel() * t.element_size() for t in tensors.values())

@@ -539,6 +539,29 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
 
 
 # ----------------------------------------------------------------------------- writing
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, umask: int | None = None) -> None:
+    """``safetensors.torch.save_file`` with the user's umask on the file (the writer makes
+    it 0600) and a failure to write (a full disk, a file-size limit, no permission)
+    raised as the :class:`~sbsnn.errors.PathError` of its kind, naming the file."""
+    from safetensors.torch import save_file
+
+    from sbsnn.errors import os_error
+    from sbsnn.fsutil import apply_umask
+
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except OSError as e:
+        raise os_error(e, path, "writing the weights") from None
+    except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
+        m = re.search(r"(?:code: |os error )(\d+)", str(e))
+        if m is None:
+            raise
+        raise os_error(OSError(int(m.group(1)), os.strerror(int(m.group(1)))), path,
+                       "writing the weights") from None
+    apply_umask(path, umask)
+
+
+
 def save_pretrained(model: HybridForCausalLM, directory: str | Path,
                     max_shard_bytes: int | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` (or shards plus an index).
@@ -546,8 +569,6 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
     Each file is written under a temporary name and renamed, the config last, so an
     interrupted save never leaves a directory that loads as complete.
     """
-    from safetensors.torch import save_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -565,13 +586,12 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
         names = ["model.safetensors"]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    from sbsnn.fsutil import apply_umask, current_umask
+    from sbsnn.fsutil import current_umask
 
     mask = current_umask()
     for name, shard in zip(names, shards):
         tmp = d / (name + ".tmp")
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        apply_umask(tmp, mask)       # the writer makes 0600 files
+        write_safetensors(shard, tmp, mask)
         written.append((tmp, d / name))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},

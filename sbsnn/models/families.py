@@ -476,7 +476,7 @@ def read_config(d: dict[str, Any], source: str = "config") -> HybridConfig:
     """A config.json dict of any supported family -> HybridConfig."""
     mt = d.get("model_type")
     if not isinstance(mt, str) or mt not in READERS:
-        hint = _HINTS.get(mt, f"sbsnn reads {', '.join(READERS)}")
+        hint = (_HINTS.get(mt) if isinstance(mt, str) else None) or f"sbsnn reads {', '.join(READERS)}"
         raise ConfigError(f"{source}: model_type {mt!r} (architectures "
                               f"{d.get('architectures')}) is not supported; {hint}")
     r = ConfigKeys(d, source, mt)

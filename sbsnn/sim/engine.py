@@ -320,7 +320,7 @@ def _token_ids(model, text_or_ids) -> torch.Tensor:
     else:
         ids = text_or_ids
     t = torch.as_tensor(ids)
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+    if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex()):
         raise OptionError(f"simulate needs a text or integer token ids, got {t.dtype} values")
     ids = t.to(torch.long)
     if ids.dim() == 1:

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -208,6 +209,30 @@ def _append(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
         return
     ds.resize(start + n, axis=0)
     ds[start:start + n] = data
+
+
+def _named_os_errors(method):
+    """A failed write in HDF5 (a full disk, a file-size limit) is raised as the
+    :class:`~sbsnn.errors.PathError` of its kind naming the recording, after the file is
+    abandoned (:meth:`Recorder._abandon`)."""
+    import functools
+    import re
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as e:
+            from sbsnn.errors import SbsnnError, os_error
+
+            if isinstance(e, SbsnnError) or (isinstance(e, RuntimeError) and "errno" not in str(e)):
+                raise
+            m = re.search(r"errno = (\d+)", str(e))
+            code = int(m.group(1)) if m else getattr(e, "errno", None)
+            self._abandon()
+            err = OSError(code, os.strerror(code)) if code else e
+            raise os_error(err, self.path, "writing the recording") from None
+    return wrapper
 
 
 @dataclass
@@ -418,6 +443,7 @@ class Recorder:
     def layers(self) -> list[str]:
         return list(self._layers)
 
+    @_named_os_errors
     def write(self, name: str, counts: torch.Tensor, v_th: torch.Tensor) -> None:
         """Append one call of layer ``name``: integer ``counts [N, in]``, ``v_th [N, 1]``."""
         if self._closed:
@@ -498,6 +524,7 @@ class Recorder:
             raise
         lay.rows, lay.calls, lay.dirty = r0 + N, k0 + 1, True
 
+    @_named_os_errors
     def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
         """Start document ``index`` of a document set: every call written until the next
         ``begin_document`` belongs to it (``call_documents``), and ``/documents`` lists it.
@@ -526,6 +553,7 @@ class Recorder:
         self._documents = n + 1
         self._document = index
 
+    @_named_os_errors
     def write_trace(self, name: str, call) -> None:
         """Append the time-resolved trace of the call of layer ``name`` just written by
         :meth:`write` (a :class:`sbsnn.sim.trace.TraceCall`), then flush."""
@@ -614,6 +642,7 @@ class Recorder:
         a["layers"] = len(self._layers)
         a["flushes"] = self._flushes
 
+    @_named_os_errors
     def flush(self) -> None:
         """Write everything recorded so far to disk (the engine calls it per block;
         :meth:`write` also does, before a layer's rows since the last flush would
@@ -628,6 +657,24 @@ class Recorder:
         if self._file.id.get_mdc_size()[2] > _MDC_LIMIT:
             self._reopen()
 
+    def _abandon(self) -> None:
+        """After a write failed (a full disk): HDF5 would retry its flush at every close and
+        fail again (and, at interpreter exit, crash). The file's descriptor is pointed at
+        /dev/null, so the close completes while the file on disk stays as of its last flush:
+        incomplete (``complete=False`` is on disk from the start), read as such."""
+        if getattr(self, "_abandoned", False):
+            return
+        self._abandoned = True
+        try:
+            fd = self._file.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:  # noqa: BLE001 - nothing more can be done for the file
+            pass
+
     def close(self, complete: bool = True) -> None:
         """Record ``complete`` and close the file; a second call does nothing.
 
@@ -637,6 +684,12 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_abandoned", False):      # a write failed: nothing reaches the disk
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001
+                pass
+            return
         try:
             self._sync_attrs()
             self._file.attrs["complete"] = bool(complete)
@@ -806,6 +859,12 @@ class Recording:
             if not self.complete:
                 for name in self.layers:
                     self._check(name)
+        except (OSError, RuntimeError, KeyError) as e:
+            f.close()
+            state = "complete" if getattr(self, "complete", False) else "incomplete"
+            raise RecordingError(f"{self.path}: damaged {state} recording: its structure cannot be "
+                                 f"read ({type(e).__name__}: {e}); its writer was probably cut off "
+                                 "during a write (a full disk, a kill): simulate again") from None
         except BaseException:
             f.close()
             raise
