@@ -16,6 +16,8 @@ OptionError              an option or argument: type, range, or a combination
                          (``--block-size -5``; a source and output that overlap)
 LimitError               a value that would make a run absurdly long or large,
                          refused with the bound and its reason (``--k 1e9``)
+UnavailableError         something not available here: a usable GPU for the CuPy
+                         backend, a tokenizer, an optional package
 InputError               the content of an input file: text that is not UTF-8, a
                          document set, a fidelity JSON, an energy profile
 CheckpointError          a checkpoint that cannot be used (the tensors of a model)
@@ -46,7 +48,7 @@ __all__ = [
     "IntegrityError", "LimitError", "MissingPathError", "NonFiniteError", "OptionError",
     "PathError", "PathExistsError", "PathIsDirectoryError", "PathLoopError",
     "PathNotDirectoryError", "PathPermissionError", "RecordingError", "SafetensorsError",
-    "SbsnnError", "os_error",
+    "SbsnnError", "UnavailableError", "os_error",
 ]
 
 
@@ -62,6 +64,12 @@ class OptionError(SbsnnError, ValueError):
 class LimitError(OptionError):
     """A value refused because the run it asks for would be absurdly long or large; the
     message gives the bound and the reason for it."""
+
+
+class UnavailableError(SbsnnError, RuntimeError):
+    """Something the run asks for is not available here (a usable GPU for the CuPy
+    backend, a tokenizer, an optional package); the message says what to install or
+    choose instead."""
 
 
 class InputError(SbsnnError, ValueError):

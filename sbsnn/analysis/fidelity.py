@@ -75,6 +75,10 @@ def _finite(logits: torch.Tensor, which: str, start: int) -> torch.Tensor:
 @torch.no_grad()
 def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) -> FidelitySums:
     """:func:`fidelity`'s sums on one text (a fresh sequence for both models)."""
+    if not isinstance(text, str):
+        from sbsnn.errors import OptionError
+
+        raise OptionError(f"fidelity needs a text (str), got {type(text).__name__}")
     tok = float_model._require_tokenizer()
     ids = torch.tensor([tok.encode(text)])
     if ids.shape[1] < 2:

@@ -32,8 +32,8 @@ from sbsnn.converters.quant import CODE_MAX
 from sbsnn.errors import (CheckpointKindError, IntegrityError, NonFiniteError, OptionError,
                           PathExistsError, os_error)
 from sbsnn.fsutil import make_dir, remove_stale, stale_entries, temp_name
-from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, default_dtype, fill_state,
-                                     read_state_dict, save_pretrained)
+from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dtype,
+                                     default_dtype, fill_state, read_state_dict, save_pretrained)
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.hybrid import HybridForCausalLM
@@ -142,14 +142,23 @@ def _read_by_loader(name: str) -> bool:
     return name.endswith((".safetensors", ".json")) or name in TOKENIZER_FILES
 
 
-def verify_digests(directory: str | Path, cfg: SpikingConfig) -> bool:
-    """Check every file against ``cfg.digests`` (and that no file the loader reads is
-    left out of them). False when the checkpoint has no digests (written before sbsnn
-    recorded them); raises :class:`IntegrityError` naming the file otherwise."""
+def verify_digests(directory: str | Path, cfg: SpikingConfig, files=None) -> bool:
+    """Check every file (or only those named in ``files``) against ``cfg.digests`` (and
+    that no file the loader reads is left out of them). False when the checkpoint has no
+    digests (written before sbsnn recorded them); raises :class:`IntegrityError` naming
+    the file otherwise."""
     d = Path(directory)
     if not cfg.digests:
         return False
+    chosen = None if files is None else {Path(f).name for f in files}
+    if chosen is not None:
+        missing = sorted(chosen - set(cfg.digests))
+        if missing:
+            raise IntegrityError(f"{d / missing[0]}: not covered by {SPIKING_CONFIG}'s digests "
+                                 "(added after conversion?); convert the checkpoint again")
     for name, want in sorted(cfg.digests.items()):
+        if chosen is not None and name not in chosen:
+            continue
         p = d / name
         if not p.is_file():
             raise IntegrityError(f"{p}: listed in {SPIKING_CONFIG}'s digests but missing; the "
@@ -251,6 +260,9 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
     if not isinstance(cfg, SpikingConfig):
         raise CheckpointKindError("save_spiking needs a model returned by sbsnn.convert (this one "
                                   "has no spiking_config: it is a float model)")
+    from sbsnn.checks import check_int
+
+    check_int(max_shard_bytes, "max_shard_bytes", minimum=1, none_ok=True, hint=" (None: one file)")
     with atomic_directory(directory, force) as tmp:
         save_pretrained(model, tmp, max_shard_bytes=max_shard_bytes)
         tok = getattr(model, "tokenizer", None)
@@ -275,6 +287,11 @@ def load_spiking(directory: str | Path, device: str | torch.device = "cpu",
     (the default) also the content digest of every file and the finiteness of every float
     tensor (``verify=False`` skips these two, for speed on large models). A checkpoint
     written before sbsnn recorded digests loads with an info-level log line instead."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise OptionError(f"load_spiking takes a path, got {type(directory).__name__}")
+    check_device_dtype(device, dtype)
+    if not isinstance(verify, bool):
+        raise OptionError(f"verify must be True or False, got {verify!r}")
     d = Path(directory)
     if isinstance(directory, str) and directory in EMBEDDED:
         d = EMBEDDED[directory]
@@ -321,7 +338,7 @@ def check_spiking_tensors(model, raw: dict, origin: dict, finite_floats: bool = 
         return str(origin.get(key, "the checkpoint"))
 
     for name, m in model.named_modules():
-        if not isinstance(m, SpikingLinear):
+        if not isinstance(m, SpikingLinear) or m.weight_codes.is_meta:   # not loaded (a stage)
             continue
         codes, scales = m.weight_codes, m.weight_scales
         key = f"{name}.weight_codes"

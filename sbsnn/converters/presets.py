@@ -32,6 +32,11 @@ def _is_head(name: str) -> bool:
 def linear_targets(model: nn.Module, preset: str | None = "paper",
                    targets: list[str] | None = None, exclude: list[str] | None = None) -> list[str]:
     """Names of the ``nn.Linear`` modules to convert, in model order."""
+    for name, v in (("targets", targets), ("exclude", exclude)):
+        if v is not None and (isinstance(v, (str, bytes)) or not all(isinstance(p, str) for p in v)):
+            # a lone string would be read pattern by character ("*" matching every layer)
+            raise OptionError(f"{name} must be a list of glob patterns, got {v!r}"
+                              + (f" (wrap it: [{v!r}])" if isinstance(v, str) else ""))
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if targets:
         chosen = [n for n in linears if any(fnmatchcase(n, p) for p in targets)]

@@ -393,6 +393,19 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
     return OpenedCheckpoint(p, untie_if_head_stored(cfg, raw, origin), raw, origin, tok)
 
 
+def check_device_dtype(device, dtype) -> None:
+    """``device`` one torch understands; ``dtype`` None or a floating torch dtype."""
+    from sbsnn.errors import OptionError
+
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise OptionError(f"dtype must be None or a floating torch.dtype (torch.float32, "
+                          f"torch.bfloat16, ...), got {dtype!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise OptionError(f"device {device!r} is not a torch device ({e})") from None
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None, allow_pickle: bool = False,
                     progress: bool = False) -> HybridForCausalLM:
@@ -401,6 +414,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     ``dtype``: convert floating tensors to this dtype. Default: keep the checkpoint's,
     except that float16 weights compute in float32 on a CPU (see :func:`default_dtype`).
     """
+    check_device_dtype(device, dtype)
     ck = open_checkpoint(directory, allow_pickle=allow_pickle, progress=progress)
     with torch.device("meta"):
         model = HybridForCausalLM(ck.config)
@@ -534,6 +548,10 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
                progress: bool = False) -> HybridForCausalLM:
     """Load ``"tiny-hybrid"`` (the embedded default), a checkpoint directory, or a
     llama.cpp ``.gguf`` file (needs the ``gguf`` extra)."""
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        from sbsnn.errors import OptionError
+
+        raise OptionError(f"load_model takes a name or a path, got {type(name_or_dir).__name__}")
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
                            allow_pickle=allow_pickle, progress=progress)
 

@@ -223,8 +223,10 @@ class HybridForCausalLM(nn.Module):
     # ------------------------------------------------------------------ generation
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer; load it with sbsnn.load_model, "
-                               "or set model.tokenizer, or pass token ids to stream_ids")
+            from sbsnn.errors import UnavailableError
+
+            raise UnavailableError("this model has no tokenizer; load it with sbsnn.load_model, "
+                                   "or set model.tokenizer, or pass token ids to stream_ids")
         return self.tokenizer
 
     @torch.no_grad()

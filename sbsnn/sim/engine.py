@@ -43,7 +43,7 @@ import torch
 
 from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.errors import CheckpointKindError, OptionError
+from sbsnn.errors import CheckpointKindError, OptionError, UnavailableError
 from sbsnn.neurons.workers import submit, workers_for
 from sbsnn.sim.events import CountSummary, step_events, summarize
 from sbsnn.sim.trace import LayerTrace, Tracer, TraceSpec
@@ -235,8 +235,8 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "cupy" if cupy_usable() else "torch"
     if backend == "cupy" and not cupy_usable():
-        raise RuntimeError("backend='cupy' needs CuPy and a usable CUDA device "
-                           "(pip install 'sbsnn[gpu]'); use backend='torch' on a CPU")
+        raise UnavailableError("backend='cupy' needs CuPy and a usable CUDA device "
+                               "(pip install 'sbsnn[gpu]'); use backend='torch' on a CPU")
     return backend
 
 
