@@ -139,7 +139,9 @@ def _digested_files(directory: Path) -> list[Path]:
 
 
 def _read_by_loader(name: str) -> bool:
-    return name.endswith((".safetensors", ".json")) or name in TOKENIZER_FILES
+    """Files load_spiking reads (a report written into the directory is not one)."""
+    return (name.endswith(".safetensors") or name in TOKENIZER_FILES
+            or name in ("config.json", "model.safetensors.index.json"))
 
 
 def verify_digests(directory: str | Path, cfg: SpikingConfig, files=None) -> bool:

@@ -314,6 +314,13 @@ def check_generation(max_new_tokens, temperature, top_k, seed,
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None,
            generator: torch.Generator | None) -> int:
+    if not bool(torch.isfinite(logits).all()):    # argmax of NaN would pick a token silently
+        from sbsnn.errors import NonFiniteError
+
+        raise NonFiniteError("the model's logits hold NaN or Inf (from the activations: a "
+                             "float tensor of the checkpoint holds NaN or Inf, or the "
+                             "computation overflowed in this dtype); check the weights",
+                             layer="lm_head", origin="activations")
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits.float() / temperature

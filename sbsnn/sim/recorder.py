@@ -153,8 +153,8 @@ def check_record_path(path, option: str = "record") -> Path:
 
     p = Path(path)
     if p.is_dir():
-        raise PathIsDirectoryError(f"{p}: {option} names a directory; give a file name "
-                                   "such as spikes.h5", filename=p)
+        raise PathIsDirectoryError(f"{p}: is a directory ({option} names the recording's "
+                                   "file); give a file name such as spikes.h5", filename=p)
     parent = p.parent
     if not parent.exists():
         raise MissingPathError(f"{p}: the directory {parent} does not exist; create it first "
