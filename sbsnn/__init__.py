@@ -21,7 +21,7 @@ _LAZY = {
 }
 # Subpackages reachable as attributes (``sbsnn.analysis.fidelity`` after ``import sbsnn``,
 # as ``torch.nn`` after ``import torch``), imported on first use.
-_SUBMODULES = ("analysis", "converters", "models", "neurons", "sim")
+_SUBMODULES = ("analysis", "converters", "errors", "models", "neurons", "sim")
 
 
 def __getattr__(name):

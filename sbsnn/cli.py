@@ -24,6 +24,47 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _threads(args) -> None:
+    """Apply --threads (0: torch's default); the command owns its process."""
+    from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
+
+    n = check_int(args.threads, "--threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    if n:
+        import torch
+        torch.set_num_threads(n)
+
+
+def _check_out_dir(out, option: str = "--out") -> Path:
+    """An output directory: it may exist, but as a directory."""
+    from sbsnn.errors import PathNotDirectoryError
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise PathNotDirectoryError(f"{p}: {option} names a file; give a directory (it is "
+                                    "created if missing)", filename=p)
+    return p
+
+
+def _check_apart(src, out, what_src: str, option: str = "--out", contain_ok: bool = False) -> None:
+    """Refuse an output that is, lies inside, or (unless ``contain_ok``) contains the source."""
+    from sbsnn.checks import overlap
+    from sbsnn.errors import OptionError
+    from sbsnn.models.checkpoint import resolve
+
+    how = overlap(resolve(src), out)
+    if how is not None and not (contain_ok and how == "a in b"):
+        rel = {"same": "is", "b in a": "lies inside", "a in b": "contains"}[how]
+        raise OptionError(f"{option} {out} {rel} the {what_src} {src}; write the output "
+                          "somewhere else (the source must stay untouched)")
+
+
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="embedded model name (tiny-hybrid), checkpoint directory "
                                  "(config.json + *.safetensors), llama.cpp .gguf file, or "
@@ -50,21 +91,46 @@ def cmd_info(args) -> int:
               f"({scfg.preset or 'custom targets'} preset, {scfg.coding} coding, k = {scfg.k:g}, "
               f"INT8 weights in groups of {scfg.group_size})"
               + (f"; query/KV hooks in {len(scfg.attention_hooks)} attention layers"
-                 if scfg.attention_hooks else ""))
+                 if scfg.attention_hooks else "")
+              + ("; content digests of every file" if scfg.digests else
+                 "; no content digests (written before sbsnn recorded them)"))
     return 0
+
+
+def _load_spiking(path, verify: bool):
+    """load_spiking, with a note (not a warning) when the checkpoint has no digests."""
+    import sbsnn
+
+    model = sbsnn.load_spiking(path, verify=verify)
+    if verify and not model.spiking_config.digests:
+        print(f"note: {path} has no content digests (written by an sbsnn before they were "
+              "recorded), so its files were not verified; convert it again to add them",
+              file=sys.stderr)
+    return model
+
+
+def _generation_options(args) -> None:
+    from sbsnn.models.hybrid import check_generation
+
+    check_generation(args.max_new_tokens, args.temperature, args.top_k, args.seed,
+                     names=("--max-new-tokens", "--temperature", "--top-k", "--seed"))
 
 
 def cmd_generate(args) -> int:
     import sbsnn
+    from sbsnn.checks import read_text_file
+    from sbsnn.errors import OptionError
 
+    _generation_options(args)
+    prompt = (read_text_file(args.prompt_file, "the prompt (--prompt-file)") if args.prompt_file
+              else args.prompt)
+    if not prompt:
+        raise OptionError("--prompt is empty: give at least one character to continue")
+    _threads(args)
     if _spiking_config_of(args.model) is not None:  # a spiking model answering a prompt
-        model = sbsnn.load_spiking(args.model)
+        model = _load_spiking(args.model, verify=not args.no_verify)
     else:
         model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    prompt = Path(args.prompt_file).read_text() if args.prompt_file else args.prompt
     sys.stdout.write(prompt)
     t0 = time.perf_counter()
     n = 0
@@ -77,17 +143,12 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _evaluate(args, src_model, snn) -> None:
-    """``--eval TEXT``: float against spiking fidelity on a text, printed."""
-    import sbsnn
-    from sbsnn.analysis import fidelity
+def _conversion_options(args) -> None:
+    from sbsnn.checks import GROUP_SIZE_LIMIT, GROUP_SIZE_WHY, check_int, check_k
 
-    text = Path(args.eval).read_text(encoding="utf-8")
-    model = src_model or sbsnn.load_model(args.src, allow_pickle=args.allow_pickle)
-    f = fidelity(model, snn or sbsnn.load_spiking(args.out), text)
-    print(f"  fidelity on {args.eval} ({f.tokens:,} tokens): perplexity float "
-          f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
-          f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+    check_k(args.k, "--k")
+    check_int(args.group_size, "--group-size", minimum=1, maximum=GROUP_SIZE_LIMIT,
+              why=GROUP_SIZE_WHY)
 
 
 def _convert_calibrated(args) -> int:
@@ -131,28 +192,36 @@ def _convert_calibrated(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from sbsnn.checks import read_text_file
     from sbsnn.dist import process_group
     from sbsnn.dist.convert import convert_checkpoint_split
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    _conversion_options(args)
+    _check_apart(args.src, args.out, "source checkpoint", option="OUT")
+    _threads(args)
+    from sbsnn.errors import OptionError
+
     if args.calib is not None:
-        raise ValueError("--calib was renamed --eval (it evaluates a text; --calibrate TEXT "
-                         "calibrates the conversion on a text)")
+        raise OptionError("--calib was renamed --eval (it evaluates a text; --calibrate TEXT "
+                          "calibrates the conversion on a text)")
     if args.calibrate is None:
         for opt, v in (("--spike-budget", args.spike_budget),
                        ("--calibration-tokens", args.calibration_tokens)):
             if v is not None:
-                raise ValueError(f"{opt} needs --calibrate TEXT (the text to calibrate on)")
+                raise OptionError(f"{opt} needs --calibrate TEXT (the text to calibrate on)")
     else:
+        from sbsnn.checks import check_int
+
         if args.calibration_tokens is None:
             args.calibration_tokens = 32768
+        check_int(args.calibration_tokens, "--calibration-tokens", minimum=2)
+        check_int(args.eval_tokens, "--eval-tokens", minimum=2)
         import os
 
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-            raise ValueError("convert --calibrate runs in one process; launch it without torchrun")
+            raise OptionError("convert --calibrate runs in one process; launch it without torchrun")
         return _convert_calibrated(args)
+    evaluate = read_text_file(args.eval, "the --eval text") if args.eval else None
     t0 = time.perf_counter()
     with process_group() as g:   # under torchrun: the blocks split across the ranks
         scfg = convert_checkpoint_split(args.src, args.out, preset=args.preset, coding=args.coding,
@@ -170,31 +239,57 @@ def cmd_convert(args) -> int:
     print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
           f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
           f"{q['max_clamp_weight_error']:.3g})")
-    if args.eval:
-        _evaluate(args, None, None)
+    if evaluate is not None:
+        import sbsnn
+        from sbsnn.analysis import fidelity
+
+        f = fidelity(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
+                     sbsnn.load_spiking(args.out), evaluate)
+        print(f"  fidelity on {args.eval} ({f.tokens:,} tokens): perplexity float "
+              f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
+              f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
     return 0
+
+
+def _simulation_options(args) -> None:
+    from sbsnn.checks import check_int
+    from sbsnn.errors import OptionError
+
+    check_int(args.block_size, "--block-size", minimum=1)
+    check_int(args.max_tokens, "--max-tokens", minimum=1, none_ok=True,
+              hint=" (leave it out for the whole text)")
+    check_int(args.trace_tokens, "--trace-tokens", minimum=-1, hint=" (-1: all)")
+    if args.prompt is not None and not args.prompt:
+        raise OptionError("--prompt is empty: give the text to simulate")
+    if args.record_events and not args.record:
+        raise OptionError("--record-events needs --record FILE.h5 (the events are stored there)")
+    if args.record:
+        from sbsnn.sim.recorder import check_record_path
+
+        check_record_path(args.record, option="--record")
 
 
 def cmd_simulate(args) -> int:
     import sbsnn
     from sbsnn.dist import process_group
+    from sbsnn.errors import OptionError
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    _simulation_options(args)
+    _threads(args)
     trace = None
     if args.trace:
         from sbsnn.sim import TraceSpec
 
         if args.pipeline:
-            raise ValueError("--trace needs one process without --pipeline")
+            raise OptionError("--trace needs one process without --pipeline")
         trace = TraceSpec(tuple(args.trace), tokens=None if args.trace_tokens < 0 else args.trace_tokens)
     elif args.trace_tokens != _TRACE_TOKENS_DEFAULT:
-        raise ValueError("--trace-tokens needs --trace LAYER_GLOB")
+        raise OptionError("--trace-tokens needs --trace LAYER_GLOB")
     meta = {"model_dir": str(args.spiking_dir)}
     opts = dict(backend=args.backend, record=args.record, block_size=args.block_size,
                 max_tokens=args.max_tokens, progress=not args.quiet,
                 record_events=args.record_events, metadata=meta)
+    verify = not args.no_verify
     with process_group() as g:   # under torchrun: documents (or, --pipeline, layers) split
         _use_local_device(g)
         docs = args.text if args.text else [args.prompt]
@@ -205,10 +300,10 @@ def cmd_simulate(args) -> int:
         elif args.text or g.distributed:
             from sbsnn.dist import simulate_documents
 
-            r = simulate_documents(sbsnn.load_spiking(args.spiking_dir), docs, trace=trace,
-                                   group=g, **opts)
+            r = simulate_documents(_load_spiking(args.spiking_dir, verify), docs,
+                                   trace=trace, group=g, **opts)
         else:
-            r = sbsnn.simulate(sbsnn.load_spiking(args.spiking_dir), args.prompt,
+            r = sbsnn.simulate(_load_spiking(args.spiking_dir, verify), args.prompt,
                                return_logits=False, trace=trace, **opts)
     if not g.is_main:
         return 0
@@ -257,19 +352,26 @@ def _use_local_device(g) -> None:
 
 
 def cmd_demo(args) -> int:
+    from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
     from sbsnn.demo import run_demo
 
+    check_int(args.max_chars, "--max-chars", minimum=2, none_ok=True,
+              hint=" (leave it out for the whole text)")
+    check_int(args.sim_tokens, "--sim-tokens", minimum=0, none_ok=True, hint=" (0: the whole text)")
+    check_int(args.threads, "--threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    _check_out_dir(args.out)
     return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads,
                     sim_tokens="auto" if args.sim_tokens is None else args.sim_tokens,
                     profile=args.profile, backend=args.backend, progress=not args.quiet)
 
 
 def cmd_report(args) -> int:
-    import json
-
     from sbsnn.analysis.report import build_report, format_summary
+    from sbsnn.checks import check_int, read_json_file
 
-    fid = json.loads(Path(args.fidelity).read_text(encoding="utf-8")) if args.fidelity else None
+    check_int(args.window, "--window", minimum=1, hint=" (the paper's is 3)")
+    _check_out_dir(args.out)
+    fid = read_json_file(args.fidelity, "the --fidelity file") if args.fidelity else None
     report = build_report(args.recording, args.out, profile=args.profile, fidelity=fid,
                           window=args.window)
     print(f"sbsnn report: {args.recording}")
@@ -279,24 +381,34 @@ def cmd_report(args) -> int:
 
 def cmd_sweep(args) -> int:
     import sbsnn
+    from sbsnn.analysis.energy import load_profile
     from sbsnn.analysis.sweep import format_sweep, save_sweep, sweep
+    from sbsnn.checks import check_int, check_k
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    for k in args.k:
+        check_k(k, "--k")
+    check_int(args.max_chars, "--max-chars", minimum=1, none_ok=True,
+              hint=" (leave it out for the whole text)")
+    _check_out_dir(args.out)
+    _check_apart(args.checkpoint, args.out, "checkpoint", contain_ok=True)
+    load_profile(args.profile)            # an unknown profile fails before any work
+    _threads(args)
     from sbsnn.dist import load_documents, process_group
 
+    from sbsnn.errors import OptionError
+
     if args.spike_budget and not args.calibrate:
-        raise ValueError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
+        raise OptionError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
     if args.calibrate and not args.spike_budget:
-        raise ValueError("--calibrate needs --spike-budget B1 [B2 ...] (spikes per element)")
+        raise OptionError("--calibrate needs --spike-budget B1 [B2 ...] (spikes per element)")
+    check_int(args.calibration_tokens, "--calibration-tokens", minimum=2)
     cal_docs = [d.text for d in load_documents(args.calibrate)] if args.calibrate else None
-    model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
     docs = load_documents(args.text) if args.text else None
+    model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
     with process_group() as g:   # under torchrun: the documents split across the ranks
         if args.spike_budget and (g.distributed or (docs is not None and len(docs) > 1)):
-            raise ValueError("sweep --spike-budget measures on one text in one process; give "
-                             "--text a single text file and launch it without torchrun")
+            raise OptionError("sweep --spike-budget measures on one text in one process; give "
+                              "--text a single text file and launch it without torchrun")
         if (docs is None or len(docs) == 1) and not g.distributed:
             if docs is None:
                 from sbsnn.demo import heldout_text
@@ -346,12 +458,20 @@ def cmd_sweep(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from sbsnn import __version__
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="sbsnn", description="Spiking conversion, event-driven simulation and reports "
-        "for hybrid LLMs (GLA + sliding-window attention, as in SpikingBrain).",
+        "for hybrid LLMs (GLA + sliding-window attention, as in SpikingBrain). An error is "
+        "printed on one line and the exit status is 2 (130 when interrupted, 143 on SIGTERM).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"sbsnn {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    ap.add_argument("--debug", action="store_true",
+                    help="show the traceback of an error (also after the command)")
+    common = _Parser(add_help=False)   # --debug after the command too, without resetting it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _sub_add(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
     p = sub.add_parser("demo", help="run the main job on the embedded model",
                        description="Convert the embedded tiny-hybrid model to spiking form "
@@ -491,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-tokens", type=int, default=_TRACE_TOKENS_DEFAULT, metavar="N",
                    help="tokens per traced layer whose per-step outputs are kept "
                         "(default: %(default)s; -1: all)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the content digests of the checkpoint's files (faster on large "
+                        "models; weight codes and scales are still checked)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",
@@ -518,11 +641,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-verify", action="store_true",
+                   help="a spiking checkpoint: skip the content digests of its files")
     p.set_defaults(func=cmd_generate)
     return ap
 
 
 _DISTRIBUTED = ("simulate", "sweep", "convert")   # the commands that run under torchrun
+
+
+class _Terminated(BaseException):
+    """SIGTERM: unwinds like an interrupt, so partial outputs are removed on the way."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def report_error(command: str, e: BaseException, where: str = "") -> int:
+    """Print ``e`` on one line for the user; the exit status: 2 for an error of the input
+    (every :class:`~sbsnn.errors.SbsnnError`, the OS refusing a path, a bad value), 1 for
+    anything else (a bug in sbsnn: rerun with --debug and report it)."""
+    from sbsnn.errors import SbsnnError, os_error
+
+    status = 2
+    if isinstance(e, SbsnnError):
+        msg = str(e)
+    elif isinstance(e, OSError):
+        msg = str(os_error(e))
+    elif isinstance(e, UnicodeDecodeError):
+        msg = f"input is not UTF-8 text (byte {e.start}: {e.reason})"
+    elif isinstance(e, KeyError):
+        msg = f"missing entry {e.args[0]!r}" if e.args else "missing entry"
+    elif isinstance(e, (ValueError, RuntimeError)):
+        msg = str(e) or type(e).__name__
+    else:
+        status = 1
+        msg = (f"internal error ({type(e).__name__}: {e}); rerun with --debug for the "
+               "traceback and report it")
+    print(f"sbsnn {command}: error{where}: {_one_line(msg)}", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -531,13 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
-    import signal
-
-    from sbsnn.models.errors import CheckpointError
-
-    # A terminated run unwinds like an interrupted one, so partial outputs are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     import os
+    import signal
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     where = f" (rank {os.environ.get('RANK')} of {world})" if world > 1 else ""
@@ -545,14 +702,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sbsnn {args.command}: error{where}: runs in one process; launch it without "
               f"torchrun ({', '.join(_DISTRIBUTED)} split their work across ranks)", file=sys.stderr)
         return 2
+    debug = bool(args.debug or os.environ.get("SBSNN_DEBUG"))
+    # A terminated run unwinds like an interrupted one, so partial outputs are removed;
+    # the previous handler comes back when the command returns (main may run in-process).
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:       # not the main thread: leave signals alone
+        previous = None
     try:
         return args.func(args)
-    except (CheckpointError, OSError, ValueError, RuntimeError) as e:
-        print(f"sbsnn {args.command}: error{where}: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        if debug:
+            raise
         print(f"sbsnn {args.command}: interrupted{where}", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"sbsnn {args.command}: terminated (SIGTERM){where}", file=sys.stderr)
+        return 143
+    except Exception as e:  # noqa: BLE001 - every error becomes one line (--debug: traceback)
+        if debug:
+            raise
+        return report_error(args.command, e, where)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

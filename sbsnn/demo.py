@@ -63,12 +63,33 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     from sbsnn.sim import simulate
     from sbsnn.sim.engine import resolve_backend
 
+    from sbsnn.analysis.energy import load_profile
+    from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
+    from sbsnn.errors import PathNotDirectoryError, os_error
+    from sbsnn.sim.recorder import check_record_path
+
+    # Every option is checked before any work (a bad one must not cost a conversion).
+    check_int(max_chars, "max_chars", minimum=2, none_ok=True, hint=" (None: the whole text)")
+    check_int(threads, "threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    if sim_tokens not in ("auto", None):
+        check_int(sim_tokens, "sim_tokens", minimum=0, hint=" ('auto' or 0: the whole text)")
+    load_profile(profile)
+    backend = resolve_backend(backend)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PathNotDirectoryError(f"{out}: the demo's output directory is a file; give a "
+                                    "directory", filename=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, out, "creating the demo's output directory") from None
+    check_record_path(out / "spikes.h5")
+    # The summary and the report mark a finished run: gone until this one finishes, so a
+    # killed rerun never leaves the previous run's beside a new, incomplete recording.
+    for name in ("summary.json", "report.json", "report.html"):
+        (out / name).unlink(missing_ok=True)
     if threads:
         torch.set_num_threads(threads)
-    if max_chars is not None and max_chars < 2:
-        raise ValueError(f"max_chars must be at least 2 (or None for the whole text), got {max_chars}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
@@ -85,7 +106,6 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     lap("convert")
     fid = fidelity(model, snn, text, block_size=BLOCK_SIZE)
     lap("fidelity")
-    backend = resolve_backend(backend)
     n_sim = _resolve_sim_tokens(sim_tokens, fid.tokens + 1)
     recording = out / "spikes.h5"
     sim = simulate(snn, text, backend=backend, record=recording, block_size=BLOCK_SIZE,

@@ -608,3 +608,31 @@ def test_pickle_with_code_is_refused_even_when_allowed(good):
     with pytest.raises(CheckpointError, match="weights_only") as e:
         load_model(d, allow_pickle=True)
     in_message(e, d / "pytorch_model.bin")
+
+
+# ============================================================================ tied heads
+@pytest.mark.parametrize("stored", ["different", "equal", "head-only"])
+def test_tied_config_with_a_stored_head_runs_as_transformers_does(tmp_path, stored):
+    """``tie_word_embeddings: true`` and an ``lm_head.weight`` in the file: transformers
+    5.x (``tie_weights`` in ``from_pretrained``) keeps a stored head that differs from the
+    embeddings, ties an equal one, and with no embeddings stored ties them to the head.
+    sbsnn must compute what transformers computes, in each case."""
+    transformers = pytest.importorskip("transformers")
+    c = {**LLAMA, "tie_word_embeddings": True}
+    t = hf_tensors({**c, "tie_word_embeddings": False}, seed=6)   # with an lm_head.weight
+    if stored == "equal":
+        t["lm_head.weight"] = t["model.embed_tokens.weight"].clone()
+    elif stored == "head-only":
+        del t["model.embed_tokens.weight"]
+    d = write_single(tmp_path / stored, t, c)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    ours = load_model(d)
+    with torch.no_grad():
+        want = ref(IDS).logits
+        got = ours(IDS)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    head = t["lm_head.weight"]
+    assert torch.equal(ref.lm_head.weight, head)   # transformers used the stored head
+    emb = ours.model.embeddings.weight
+    assert torch.equal(emb, head if stored == "head-only" else t["model.embed_tokens.weight"])
+    assert (ours.lm_head is None) == (stored != "different")

@@ -119,7 +119,7 @@ def test_cli_bad_choices_are_argparse_errors(tmp_path, src, args, message):
     (["--k", "0"], "k must be"),
     (["--k", "nan"], "k must be"),
     (["--k", "inf"], "k must be"),  # a checkpoint with k=inf cannot run: V_th would be 0
-    (["--group-size", "0"], "group_size"),
+    (["--group-size", "0"], "--group-size"),
     (["--targets", "*.nothing"], "*.nothing"),
 ], ids=["k=-1", "k=0", "k=nan", "k=inf", "group-size=0", "unmatched-target"])
 def test_cli_bad_values_are_clear_errors(tmp_path, src, capsys, args, message):
@@ -145,8 +145,17 @@ def test_cli_refuses_existing_output_without_force_and_replaces_with_force(tmp_p
     err = capsys.readouterr().err
     assert "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "mine" and not (out / "spiking_config.json").exists()
-    assert run_main(["convert", src, out, "--quiet", "--force"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "spiking_config.json").exists()
+    # --force replaces a spiking checkpoint only, never a directory of other files
+    assert run_main(["convert", src, out, "--quiet", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "not a spiking checkpoint" in err and "keep.txt" in err
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_main(["convert", src, out, "--quiet", "--k", "2"]) == 2   # exists, even empty
+    assert run_main(["convert", src, out, "--quiet", "--force", "--k", "2"]) == 0   # empty: replaced
+    assert run_main(["convert", src, out, "--quiet", "--force"]) == 0    # a spiking one: replaced
+    assert (out / "spiking_config.json").exists()
+    assert json.loads((out / "spiking_config.json").read_text())["k"] == 3.0
     assert isinstance(load_spiking(out), HybridForCausalLM)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .old / .partial left
 
@@ -210,13 +219,17 @@ def test_killed_conversion_leaves_no_complete_looking_output(tmp_path, src, sig)
 
 def test_killed_forced_conversion_keeps_the_old_output(tmp_path, src):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    assert run_main(["convert", src, out, "--quiet", "--k", "2"]) == 0
+    before = {q.name: q.read_bytes() for q in out.iterdir()}
     p = start_slow(src, out, "--force")
     wait_for_shards(p, 2)
     p.kill()
     p.wait(timeout=30)
-    assert sorted(q.name for q in out.iterdir()) == ["keep.txt"]
+    assert {q.name: q.read_bytes() for q in out.iterdir()} == before
+    # a rerun removes what the killed run left and replaces the old output
+    assert run_main(["convert", src, out, "--quiet", "--force"]) == 0
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["out"]
+    assert json.loads((out / "spiking_config.json").read_text())["k"] == 3.0
 
 
 def test_generate_and_info_take_a_spiking_checkpoint(src, tmp_path, capsys):

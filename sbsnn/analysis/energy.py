@@ -128,6 +128,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from sbsnn.errors import InputError
 from sbsnn.neurons import CODINGS
 
 __all__ = [
@@ -162,7 +163,7 @@ _SRAM_FIT_MAX_BITS = 8 * 2 ** 20  # Lemaire's fit is meant for on-chip sizes up 
 
 
 # ============================================================================ profiles
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """A cost profile is malformed, missing, or lacks a constant an estimate needs."""
 
 

@@ -59,13 +59,32 @@ class FidelitySums:
                         top1_agreement=self.agree / n, mean_kl=self.kl / n, chars=self.chars)
 
 
+def _finite(logits: torch.Tensor, which: str, start: int) -> torch.Tensor:
+    if not bool(torch.isfinite(logits).all()):
+        from sbsnn.errors import NonFiniteError
+
+        row = int((~torch.isfinite(logits)).any(-1).nonzero()[0])
+        raise NonFiniteError(f"the {which} model's logits hold NaN or Inf (first at token "
+                             f"{start + row}) - from the activations of its non-spiking parts "
+                             "(embeddings, norms, attention, lm_head) or from NaN in its float "
+                             "weights; check the checkpoint's tensors", layer="lm_head",
+                             origin="activations")
+    return logits
+
+
 @torch.no_grad()
 def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) -> FidelitySums:
     """:func:`fidelity`'s sums on one text (a fresh sequence for both models)."""
+    if not isinstance(text, str):
+        from sbsnn.errors import OptionError
+
+        raise OptionError(f"fidelity needs a text (str), got {type(text).__name__}")
     tok = float_model._require_tokenizer()
     ids = torch.tensor([tok.encode(text)])
     if ids.shape[1] < 2:
-        raise ValueError("fidelity needs a text of at least two tokens")
+        from sbsnn.errors import OptionError
+
+        raise OptionError("fidelity needs a text of at least two tokens")
     return fidelity_sums_of_ids(float_model, spiking_model, ids, block_size, chars=len(text))
 
 
@@ -73,14 +92,18 @@ def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) 
 def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_size: int = 256,
                          chars: int = 0) -> FidelitySums:
     """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models)."""
+    from sbsnn.checks import check_int
+
+    check_int(block_size, "block_size", minimum=1)
     states = float_model.new_state(), spiking_model.new_state()
     nll_f = nll_s = kl = 0.0
     agree = 0
     for s in range(0, ids.shape[1] - 1, block_size):
         x = ids[:, s:s + block_size]
         y = ids[:, s + 1:s + 1 + block_size].reshape(-1)
-        lf = float_model(x, states[0])[0, : y.numel()].float().log_softmax(-1)
-        ls = spiking_model(x, states[1])[0, : y.numel()].float().log_softmax(-1)
+        lf = _finite(float_model(x, states[0])[0, : y.numel()].float(), "float", s)
+        ls = _finite(spiking_model(x, states[1])[0, : y.numel()].float(), "spiking", s)
+        lf, ls = lf.log_softmax(-1), ls.log_softmax(-1)
         nll_f -= lf.gather(1, y[:, None]).sum().item()
         nll_s -= ls.gather(1, y[:, None]).sum().item()
         kl += F.kl_div(ls, lf, log_target=True, reduction="sum").item()

@@ -37,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -115,9 +114,19 @@ def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str = _
     """Call ``write(tmp_dir)`` (it writes files there and returns their names), then move
     them into ``out_dir``: the names in ``remove_first`` are deleted before anything is
     moved, and ``final`` is moved last. Returns the final paths."""
+    from sbsnn.errors import PathNotDirectoryError, os_error
+    from sbsnn.fsutil import make_dir, remove_stale
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".sbsnn-", suffix=".partial", dir=out))
+    if out.exists() and not out.is_dir():
+        raise PathNotDirectoryError(f"{out}: the output directory is a file; give a directory "
+                                    "(it is created if missing)", filename=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale(out, "sbsnn", "partial")      # what a killed run left
+        tmp = make_dir(out, "sbsnn", "partial")
+    except OSError as e:
+        raise os_error(e, out, "creating the output directory") from None
     try:
         names = list(write(tmp))
         for n in remove_first:
@@ -161,9 +170,27 @@ def _dense_projections(layer_names, preset: str | None) -> tuple[str, ...]:
 
 
 def _fidelity_section(fid) -> dict | None:
+    """The fidelity figures to report, checked: finite numbers, perplexities >= 1,
+    agreement in [0, 1], KL >= 0 (a hand-written or damaged JSON is refused by field)."""
     if fid is None:
         return None
+    from sbsnn.errors import InputError
+
+    if not (hasattr(fid, "to_dict") or isinstance(fid, Mapping)):
+        raise InputError(f"fidelity must be a Fidelity or its to_dict() (a JSON object), got "
+                         f"{type(fid).__name__}")
     d = fid.to_dict() if hasattr(fid, "to_dict") else dict(fid)
+    for key, lo, hi in (("float_perplexity", 1.0, None), ("spiking_perplexity", 1.0, None),
+                        ("float_nll", 0.0, None), ("spiking_nll", 0.0, None),
+                        ("top1_agreement", 0.0, 1.0), ("mean_kl", 0.0, None), ("tokens", 1, None)):
+        v = d.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+                v < lo or (hi is not None and v > hi)):
+            raise InputError(f"fidelity: {key} = {v!r} is not a number in "
+                             f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]; give the JSON "
+                             "Fidelity.to_dict() writes")
     fp, sp = d.get("float_perplexity"), d.get("spiking_perplexity")
     if fp is None and d.get("float_nll") is not None:
         fp = math.exp(d["float_nll"])
@@ -171,10 +198,10 @@ def _fidelity_section(fid) -> dict | None:
         sp = math.exp(d["spiking_nll"])
     for key in ("top1_agreement", "mean_kl"):
         if key not in d:
-            raise ValueError(f"fidelity needs {key!r} (a Fidelity or its to_dict()); got keys "
+            raise InputError(f"fidelity needs {key!r} (a Fidelity or its to_dict()); got keys "
                              f"{sorted(d)}")
     if fp is None or sp is None:
-        raise ValueError("fidelity needs float_perplexity and spiking_perplexity (or the NLLs)")
+        raise InputError("fidelity needs float_perplexity and spiking_perplexity (or the NLLs)")
     d.update(float_perplexity=fp, spiking_perplexity=sp, perplexity_ratio=_div(sp, fp))
     return d
 
@@ -225,15 +252,50 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     its first 6 tokens, its 8 most active channels). ``energy_options``: extra keyword
     arguments of :func:`~sbsnn.analysis.energy.estimate_energy` (e.g. ``weight_memory``).
     """
-    from sbsnn import __version__
-    from sbsnn.analysis.counters import counters_from_recording
-    from sbsnn.analysis.energy import estimate_energy, load_profile
-    from sbsnn.analysis.sparsity import sparsity_from_recording
-    from sbsnn.analysis.opcount import nonspiking_ops
+    from sbsnn.analysis.energy import load_profile
+    from sbsnn.checks import check_int
+    from sbsnn.errors import SbsnnError
     from sbsnn.sim.recorder import open_recording
 
+    check_int(window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+    check_int(raster_tokens, "raster_tokens", minimum=0)
+    check_int(raster_channels, "raster_channels", minimum=1)
+    fid = _fidelity_section(fidelity)        # refused before any work
+    prof = load_profile(profile)
+    base = load_profile(dict(energy_options or {}).get("baseline_profile", "horowitz45"))
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from sbsnn.errors import PathNotDirectoryError
+
+        raise PathNotDirectoryError(f"{out}: the output directory is a file; give a directory",
+                                    filename=out)
     rec_path = Path(recording_path)
     rec = open_recording(rec_path, warn=False)   # what it would warn about becomes a note
+    try:
+        report, write = _build(rec, rec_path, out, prof, base, fid, window=window,
+                               raster_layer=raster_layer, raster_tokens=raster_tokens,
+                               raster_channels=raster_channels, title=title,
+                               energy_options=energy_options)
+    except OSError as e:       # HDF5 refused a read: a damaged file
+        from sbsnn.errors import RecordingError
+
+        if isinstance(e, SbsnnError):
+            raise
+        raise RecordingError(f"{rec_path}: a dataset of the recording cannot be read ({e}); "
+                             "the file is damaged: simulate again") from None
+    _write_report(out, write)
+    return report
+
+
+def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, raster_tokens,
+           raster_channels, title, energy_options):
+    """Read the recording: ``(report dict, write(tmp) -> file names)``."""
+    from sbsnn import __version__
+    from sbsnn.analysis.counters import counters_from_recording
+    from sbsnn.analysis.energy import estimate_energy
+    from sbsnn.analysis.opcount import nonspiking_ops
+    from sbsnn.analysis.sparsity import sparsity_from_recording
+
     try:
         meta = dict(rec.metadata)
         coding = meta.get("coding") or "ternary"
@@ -275,8 +337,7 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
                          "(attention, norms, lm_head) are not counted")
         group_size = int(meta.get("group_size") or 128)
         opts = dict(energy_options or {})
-        prof = load_profile(profile)
-        base = load_profile(opts.pop("baseline_profile", "horowitz45"))
+        opts.pop("baseline_profile", None)
         en = estimate_energy(layers, coding, profile=prof, nonspiking=ns, group_size=group_size,
                              baseline_profile=base, **opts)
         energy = energy_section(en, tokens, kinds, dense, profiles=(prof, base))
@@ -314,7 +375,6 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
         "files": {"json": _REPORT_JSON, "html": _REPORT_HTML, "plots": dict(PLOT_FILES)},
         "notes": notes,
     }
-    fid = _fidelity_section(fidelity)
     if fid is not None:
         report["fidelity"] = fid
     if documents:
@@ -346,8 +406,19 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
                                         encoding="utf-8")
         return [*files.values(), _REPORT_HTML, _REPORT_JSON]
 
-    write_atomically(out_dir, write)
-    return report
+    return report, write
+
+
+def _write_report(out_dir, write) -> None:
+    """The report's files (an OSError here is about the output, never the recording)."""
+    from sbsnn.errors import SbsnnError, os_error
+
+    try:
+        write_atomically(out_dir, write)
+    except OSError as e:
+        if isinstance(e, SbsnnError):
+            raise
+        raise os_error(e, action="writing the report") from None
 
 
 # ============================================================================ text

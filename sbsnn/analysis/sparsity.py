@@ -61,6 +61,12 @@ class SparsityTally:
     abs_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)
     spikes_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)
 
+    def __post_init__(self) -> None:
+        from sbsnn.checks import check_int
+
+        # a 0-step window would read as 100 % sparse; a negative one is meaningless
+        check_int(self.window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+
     def add(self, other: "SparsityTally") -> None:
         for k, v in vars(other).items():
             if k == "window":
@@ -111,7 +117,8 @@ def tally_counts(counts: torch.Tensor, coding: str, window: int = DEFAULT_WINDOW
     t.fits_window = int((per.element_steps <= window).sum())
     t.silent_channels = int((counts == 0).all(0).sum())
     t.channel_calls = D
-    t.abs_hist = torch.bincount(counts.abs().to(torch.int64).clamp(max=HIST_BINS - 1).flatten(),
+    # widen before abs(): an int8 -128 (older recordings store it) has no int8 magnitude
+    t.abs_hist = torch.bincount(counts.to(torch.int64).abs().clamp(max=HIST_BINS - 1).flatten(),
                                 minlength=HIST_BINS).tolist()
     t.spikes_hist = torch.bincount(s.clamp(max=HIST_BINS - 1).flatten(), minlength=HIST_BINS).tolist()
     return t

@@ -67,6 +67,31 @@ def _energy_summary(report, tokens: int) -> dict:
     return out
 
 
+def check_sweep(model, ks, preset, coding, profile, group_size=128, block_size=256,
+                window=3) -> list[float]:
+    """Every option of a sweep, checked before the first conversion; the ks as floats."""
+    from sbsnn.analysis.energy import load_profile
+    from sbsnn.checks import check_int, check_k
+    from sbsnn.converters.convert import check_request
+    from sbsnn.converters.spiking_linear import SpikingLinear
+    from sbsnn.errors import CheckpointKindError, OptionError
+
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
+        raise OptionError(f"ks must be a list of numbers, got {ks!r}")
+    ks = list(ks)
+    if not ks:
+        raise OptionError("sweep needs at least one k")
+    ks = [check_k(k) for k in ks]
+    check_request(preset, None, coding, ks[0], group_size)
+    check_int(block_size, "block_size", minimum=1)
+    check_int(window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+    load_profile(profile)
+    if any(isinstance(m, SpikingLinear) for m in model.modules()):
+        raise CheckpointKindError("sweep needs the float model (it converts it at each k); this "
+                                  "one is already spiking")
+    return ks
+
+
 def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper",
           coding: str = "ternary", profile: str = "horowitz45", *, group_size: int = 128,
           block_size: int = 256, window: int = 3, progress: bool = False,
@@ -98,18 +123,15 @@ def sweep(model, text: str, ks: Sequence[float] = SWEEP_KS, preset: str = "paper
     from sbsnn.converters import SpikingLinear, convert
     from sbsnn.sim.engine import LayerCounters
 
-    ks = [float(k) for k in ks]
-    if not ks:
-        raise ValueError("sweep needs at least one k")
-    bad = [k for k in ks if not (k > 0 and math.isfinite(k))]
-    if bad:
-        raise ValueError(f"every k must be a finite number > 0, got {bad}")
+    ks = check_sweep(model, ks, preset, coding, profile, group_size, block_size, window)
+    from sbsnn.errors import OptionError
+
     budgets = [float(b) for b in spike_budgets]
     bad = [b for b in budgets if not (b > 0 and math.isfinite(b))]
     if bad:
-        raise ValueError(f"every spike budget must be a finite number > 0, got {bad}")
+        raise OptionError(f"every spike budget must be a finite number > 0, got {bad}")
     if budgets and calibration_texts is None:
-        raise ValueError("spike budgets need calibration texts (calibration_texts=...)")
+        raise OptionError("spike budgets need calibration texts (calibration_texts=...)")
     cfg = model.config
     rows = []
     from tqdm.auto import tqdm

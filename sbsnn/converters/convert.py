@@ -14,6 +14,7 @@ from sbsnn.converters.kv_quant import Int8PerTokenHead
 from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
 from sbsnn.converters.quant import QuantStats
 from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.errors import CheckpointKindError, LimitError, NonFiniteError, OptionError
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 FORMAT_VERSION = 2  # 2: per-layer k (layer_k) and the calibration record
@@ -36,6 +37,10 @@ class SpikingConfig:
     layer_k: dict[str, float] = field(default_factory=dict)
     # What calibration did (method, budget, measured spikes); None for plain conversion.
     calibration: dict | None = None
+    # "sha256:<hex>" of every file of the checkpoint but this one, by file name, checked on
+    # load (sbsnn.converters.format.verify_digests); empty in checkpoints written before.
+    # (Not compared: two layouts of one conversion are equal configs.)
+    digests: dict[str, str] = field(default_factory=dict, compare=False)
     sbsnn_version: str = __version__
     format: str = "sbsnn-spiking"
     format_version: int = FORMAT_VERSION
@@ -49,12 +54,27 @@ class SpikingConfig:
 
 
 def _check_options(coding: str, k: float, group_size: int) -> None:
+    from sbsnn.checks import GROUP_SIZE_LIMIT, GROUP_SIZE_WHY, check_int, check_k
+
     if coding not in CODINGS:
-        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
-    if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k < float("inf"):
-        raise ValueError(f"k must be a positive finite number, got {k!r}")
-    if isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size >= 1):
-        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+        raise OptionError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
+    check_k(k)
+    check_int(group_size, "group_size", minimum=1, maximum=GROUP_SIZE_LIMIT, why=GROUP_SIZE_WHY)
+
+
+def _check_group_width(model: nn.Module, names: list[str], group_size: int) -> None:
+    """A group much wider than every targeted layer only pads rows with zeros (each row is
+    padded to ``group_size``): refused beyond the widest layer's width rounded up to a
+    power of two (and beyond 128, the default, for small models)."""
+    widest = max(model.get_submodule(n).in_features for n in names)
+    bound = max(128, 1 << (widest - 1).bit_length())
+    if group_size > bound:
+        from sbsnn.checks import GROUP_SIZE_WHY
+
+        raise LimitError(f"group_size={group_size} is refused: the bound for this model is {bound} "
+                         f"(the widest layer being converted has {widest} inputs; the bound is "
+                         f"that rounded up to a power of two, at least 128): {GROUP_SIZE_WHY}; "
+                         f"give group_size={widest} (--group-size {widest}) or less")
 
 
 def check_request(preset: str | None, targets: list[str] | None, coding: str, k: float,
@@ -64,7 +84,7 @@ def check_request(preset: str | None, targets: list[str] | None, coding: str, k:
     if targets:
         return None
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+        raise OptionError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
     return preset
 
 
@@ -73,9 +93,14 @@ def plan(model: nn.Module, preset: str | None, coding: str, k: float, group_size
     """What a conversion of ``model`` will touch, as a :class:`SpikingConfig` (weights
     untouched; ``quantization`` is filled in once the weights are converted)."""
     chosen = check_request(preset, targets, coding, k, group_size)
+    if isinstance(getattr(model, "spiking_config", None), SpikingConfig) or any(
+            isinstance(m, SpikingLinear) for m in model.modules()):
+        raise CheckpointKindError("the model is already spiking (it holds SpikingLinear layers); "
+                                  "convert the float model it came from")
     names = linear_targets(model, chosen, targets, exclude)
     if not names:
-        raise ValueError("nothing to convert: no nn.Linear module matches")
+        raise OptionError("nothing to convert: no nn.Linear module matches")
+    _check_group_width(model, names, group_size)
     return SpikingConfig(preset=chosen, coding=coding, k=float(k), group_size=group_size,
                          targets=names, attention_hooks=attention_hook_targets(model, chosen),
                          patterns=targets, exclude=exclude)
@@ -91,9 +116,11 @@ def apply_structure(model: nn.Module, cfg: SpikingConfig) -> nn.Module:
     for name in cfg.targets:
         lin = model.get_submodule(name)
         dev = lin.weight.device
-        _set(model, name, SpikingLinear(lin.in_features, lin.out_features, lin.bias is not None,
-                                        cfg.group_size, cfg.k_of(name), cfg.coding, device=dev,
-                                        dtype=lin.weight.dtype))
+        sl = SpikingLinear(lin.in_features, lin.out_features, lin.bias is not None,
+                           cfg.group_size, cfg.k_of(name), cfg.coding, device=dev,
+                           dtype=lin.weight.dtype)
+        sl.name = name
+        _set(model, name, sl)
     _apply_hooks(model, cfg)
     model.spiking_config = cfg
     return model
@@ -127,8 +154,8 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
     if layer_k:
         unknown = sorted(set(layer_k) - set(cfg.targets))
         if unknown:
-            raise ValueError(f"layer_k names {unknown[:3]} which are not converted layers "
-                             f"(targets look like {cfg.targets[:3]})")
+            raise OptionError(f"layer_k names {unknown[:3]} which are not converted layers "
+                              f"(targets look like {cfg.targets[:3]})")
         for name, v in layer_k.items():
             _check_options(coding, v, group_size)
         cfg.layer_k = {n: float(v) for n, v in layer_k.items() if float(v) != cfg.k}
@@ -141,13 +168,29 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
     from tqdm.auto import tqdm
 
     for name in tqdm(cfg.targets, desc="convert", unit="layer", disable=not progress):
-        sl = SpikingLinear.from_linear(model.get_submodule(name), group_size, cfg.k_of(name), coding)
+        sl = spiking_from_linear(model.get_submodule(name), name, group_size, cfg.k_of(name), coding)
         _set(model, name, sl)
         stats = stats.merge(sl.quant_stats)
     cfg.quantization = stats.to_dict()
     _apply_hooks(model, cfg)
     model.spiking_config = cfg
     return model
+
+
+def spiking_from_linear(linear: nn.Linear, name: str, group_size: int, k: float,
+                        coding: str) -> SpikingLinear:
+    """:meth:`SpikingLinear.from_linear`, with NaN or Inf in the weight or bias refused
+    by the layer's name."""
+    for what, t in (("weight", linear.weight), ("bias", linear.bias)):
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise NonFiniteError(f"layer {name}: its {what} holds {bad:,} NaN or Inf values "
+                                 f"(from the weights, not the activations); the checkpoint is "
+                                 f"damaged or was trained into overflow: fix or re-export it",
+                                 layer=name, origin="weights")
+    sl = SpikingLinear.from_linear(linear, group_size, k, coding)
+    sl.name = name
+    return sl
 
 
 def spiking_layers(model: nn.Module) -> list[tuple[str, SpikingLinear]]:

@@ -19,6 +19,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from sbsnn.errors import OptionError
+
 PRESETS = ("paper", "w8aspike")
 HEAD_NAMES = ("lm_head",)
 
@@ -30,20 +32,29 @@ def _is_head(name: str) -> bool:
 def linear_targets(model: nn.Module, preset: str | None = "paper",
                    targets: list[str] | None = None, exclude: list[str] | None = None) -> list[str]:
     """Names of the ``nn.Linear`` modules to convert, in model order."""
+    for name, v in (("targets", targets), ("exclude", exclude)):
+        if v is not None and (isinstance(v, (str, bytes)) or not all(isinstance(p, str) for p in v)):
+            # a lone string would be read pattern by character ("*" matching every layer)
+            raise OptionError(f"{name} must be a list of glob patterns, got {v!r}"
+                              + (f" (wrap it: [{v!r}])" if isinstance(v, str) else ""))
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if targets:
         chosen = [n for n in linears if any(fnmatchcase(n, p) for p in targets)]
         unmatched = [p for p in targets if not any(fnmatchcase(n, p) for n in linears)]
         if unmatched:
-            raise ValueError(f"targets {unmatched} match no nn.Linear module; linear modules "
+            raise OptionError(f"targets {unmatched} match no nn.Linear module; linear modules "
                              f"look like {linears[:4]}")
     elif preset == "paper":
         chosen = [n for n in linears if not _is_head(n)]
     elif preset == "w8aspike":
         chosen = [n for n in linears if not _is_head(n) and not n.endswith("down_proj")]
     else:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
+        raise OptionError(f"unknown preset {preset!r}; choose one of {PRESETS} or give targets")
     if exclude:
+        idle = [p for p in exclude if not any(fnmatchcase(n, p) for n in chosen)]
+        if idle:   # a typo would leave the layer it meant converted, without a word
+            raise OptionError(f"exclude patterns {idle} match none of the layers being "
+                              f"converted (they look like {chosen[:3]}); fix or drop them")
         chosen = [n for n in chosen if not any(fnmatchcase(n, p) for p in exclude)]
     return chosen
 

@@ -7,7 +7,9 @@ from torch import nn
 
 from sbsnn.converters.quant import (QuantStats, dequantize_weight, linear_from_counts,
                                     num_groups, quantize_weight)
+from sbsnn.errors import NonFiniteError
 from sbsnn.neurons import AdaptiveThresholdNeuron
+from sbsnn.neurons.coding import SpikeCodingError
 
 # Bytes of the float64 [tokens, out] output one forward block may hold (the exact group
 # sums themselves come a chunk of groups at a time, see quant.group_sums).
@@ -41,6 +43,8 @@ class SpikingLinear(nn.Module):
         # When set (by sbsnn.sim), forward(x) returns executor(self, x) instead of the
         # integer path: the simulator computes the same layer from its spike events.
         self.executor = None
+        # The module's name in its model (set by convert / load_spiking), for error messages.
+        self.name: str | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, k: float = 3.0,
@@ -72,8 +76,29 @@ class SpikingLinear(nn.Module):
         return dequantize_weight(self.weight_codes, self.weight_scales, self.group_size, dtype)
 
     def spike(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Counts ``[N, in]`` and thresholds ``[N, 1]`` of the input rows."""
-        return self.neuron.spike(x.reshape(-1, self.in_features))
+        """Counts ``[N, in]`` and thresholds ``[N, 1]`` of the input rows. NaN or Inf in
+        the input raises :class:`~sbsnn.errors.NonFiniteError` naming this layer."""
+        rows = x.reshape(-1, self.in_features)
+        try:
+            return self.neuron.spike(rows)
+        except SpikeCodingError:
+            if rows.is_floating_point() and not bool(torch.isfinite(rows).all()):
+                raise self._nonfinite_input(rows) from None
+            raise
+
+    def _nonfinite_input(self, rows: torch.Tensor) -> NonFiniteError:
+        bad = ~torch.isfinite(rows)
+        token, channel = (int(i) for i in bad.nonzero()[0])
+        name = self.name or f"a SpikingLinear [{self.in_features} -> {self.out_features}]"
+        codes_ok = bool(torch.isfinite(self.weight_scales).all())
+        return NonFiniteError(
+            f"layer {name}: its input activations hold {int(bad.sum()):,} NaN or Inf values "
+            f"(first at row {token}, channel {channel}) - from the activations, not this layer's "
+            + ("weights (its INT8 codes and scales are finite): an earlier layer or a float "
+               "tensor upstream (embeddings, norms, attention) overflowed or holds NaN; load the "
+               "checkpoint with verification on and check the float model on the same text"
+               if codes_ok else "weights alone: this layer's scales are not finite either"),
+            layer=name, origin="activations")
 
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks:

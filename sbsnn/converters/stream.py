@@ -12,14 +12,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan
+from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan, spiking_from_linear
 from sbsnn.converters.format import atomic_directory, write_spiking_config
 from sbsnn.converters.quant import QuantStats
-from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.models.checkpoint import fill_state, open_checkpoint
+from sbsnn.models.checkpoint import fill_state, open_checkpoint, write_safetensors
 from sbsnn.models.hybrid import HybridForCausalLM
 
 
@@ -44,16 +42,26 @@ def open_source(src, out: Path, preset, coding, k, group_size, targets, exclude,
     """``(opened checkpoint, model with views of its tensors, plan)``, after every check
     that needs no conversion (so a bad request fails before any work)."""
     check_request(preset, targets, coding, k, group_size)  # fail before reading anything
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    from sbsnn.checks import overlap
+    from sbsnn.converters.format import check_output_dir
+    from sbsnn.errors import OptionError
+    from sbsnn.models.checkpoint import resolve
+
+    how = overlap(resolve(src), out)
+    if how is not None:
+        rel = {"same": "is", "b in a": "lies inside", "a in b": "contains"}[how]
+        raise OptionError(f"output {out} {rel} the source checkpoint {src}; write it somewhere "
+                          "else (the source must stay untouched)")
+    check_output_dir(out, force)
     ck = open_checkpoint(src, allow_pickle=allow_pickle, progress=progress)
     with torch.device("meta"):
         model = HybridForCausalLM(ck.config)
     fill_state(model, ck.raw, ck.origin, ck.source, ck.config.model_type)  # views of the mapped files
     ck.raw = {}
+    model._source = ck.source
     scfg = plan(model, preset, coding, k, group_size, targets, exclude)
     for name in [n for n in scfg.targets if not n.startswith("model.layers.")]:
-        raise ValueError(f"target {name!r} lies outside the transformer blocks; "
+        raise OptionError(f"target {name!r} lies outside the transformer blocks; "
                          "the streaming converter converts block layers only")
     return ck, model, scfg
 
@@ -75,12 +83,13 @@ def convert_blocks(model, blocks, scfg: SpikingConfig, tmp: Path, progress: bool
         prefix, block = f"model.layers.{i}", model.model.layers[i]
         stats = QuantStats()
         for name in [n for n in scfg.targets if n.startswith(prefix + ".")]:
-            sl = SpikingLinear.from_linear(model.get_submodule(name), scfg.group_size, scfg.k,
-                                           scfg.coding)
+            sl = spiking_from_linear(model.get_submodule(name), name, scfg.group_size, scfg.k,
+                                     scfg.coding)
             _set(model, name, sl)
             stats = stats.merge(sl.quant_stats)
         tensors = {f"{prefix}.{k_}": v.contiguous() for k_, v in block.state_dict().items()}
         weight_map: dict[str, str] = {}
+        _check_finite(tensors, getattr(model, "_source", None))
         size = _write(tmp / shard_name(i, n_shards), tensors, weight_map)
         parts.append((i, weight_map, size, stats))
         del block, tensors  # the norms are views of the source shard's mapping
@@ -105,6 +114,7 @@ def finish_checkpoint(tmp: Path, model, ck, scfg: SpikingConfig,
         stats = stats.merge(st)
     rest = {k_: v.contiguous() for k_, v in model.state_dict().items()
             if not k_.startswith("model.layers.")}
+    _check_finite(rest, ck.source)
     total += _write(tmp / shard_name(n_blocks, n_blocks + 1), rest, weight_map)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -113,8 +123,19 @@ def finish_checkpoint(tmp: Path, model, ck, scfg: SpikingConfig,
     write_spiking_config(tmp, scfg)
 
 
+def _check_finite(tensors: dict[str, torch.Tensor], source) -> None:
+    """The float tensors a spiking checkpoint keeps as they are must be finite."""
+    from sbsnn.errors import NonFiniteError
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"tensor {name!r} of the source checkpoint {source or ''} holds "
+                                 "NaN or Inf (in the weights); the checkpoint is damaged: fix or "
+                                 "re-export it", layer=name.rsplit(".", 1)[0], origin="weights")
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], weight_map: dict[str, str]) -> int:
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    write_safetensors(tensors, path)
     for name in tensors:
         weight_map[name] = path.name
     return sum(t.numel() * t.element_size() for t in tensors.values())

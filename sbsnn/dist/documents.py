@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from sbsnn.errors import InputError
+
 __all__ = ["Document", "DocumentSet", "DocumentSetError", "assign_documents",
            "contiguous_split", "load_documents"]
 
 
-class DocumentSetError(ValueError):
+class DocumentSetError(InputError):
     """A document set that cannot be read; the message names the file (and line)."""
 
 
@@ -78,11 +80,15 @@ class DocumentSet:
 
 
 def _read_text(path: Path) -> str:
+    from sbsnn.checks import read_text_file
+
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DocumentSetError(f"{path}: not UTF-8 text ({e}); documents are read as UTF-8 "
-                               f"(JSONL, .txt files or one text file)") from None
+        return read_text_file(path, "the document", empty_ok=True)
+    except InputError as e:
+        if isinstance(e, DocumentSetError):
+            raise
+        raise DocumentSetError(f"{e} (a document set is JSONL, .txt files or one text file, "
+                               "in UTF-8)") from None
 
 
 def _jsonl(path: Path, field: str) -> DocumentSet:
@@ -150,8 +156,11 @@ def load_documents(source, text_field: str = "text") -> DocumentSet:
                                f"{type(source).__name__}")
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory (a document set is a "
-                                f".jsonl file, a directory of .txt files, or a text file)")
+        from sbsnn.errors import MissingPathError
+
+        raise MissingPathError(f"{path}: no such file or directory (a document set is a "
+                               f".jsonl file, a directory of .txt files, or a text file)",
+                               filename=path)
     if path.is_dir():
         return _directory(path)
     if path.suffix == ".jsonl":

@@ -83,7 +83,7 @@ def load_stage(directory, layers: range, first: bool, last: bool,
     :func:`sbsnn.load_spiking` chooses it (over the whole checkpoint, so every rank
     agrees)."""
     from sbsnn.converters.convert import apply_structure
-    from sbsnn.converters.format import read_spiking_config
+    from sbsnn.converters.format import check_spiking_tensors, read_spiking_config, verify_digests
     from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict
     from sbsnn.models.config import HybridConfig
     from sbsnn.models.families import rename_key
@@ -100,8 +100,11 @@ def load_stage(directory, layers: range, first: bool, last: bool,
     stage = Stage(model, layers, first, last)
     wanted = set(stage.state_dict())
     part = {k: v for k, v in raw.items() if rename_key(k, cfg.model_type) in wanted}
+    # this stage's files are verified as load_spiking verifies the whole checkpoint
+    verify_digests(d, scfg, {origin[k] for k in part} | {"config.json"})
     fill_state(stage, part, origin, d, cfg.model_type, device=device,
                dtype=default_dtype(raw, device) if dtype is None else dtype)
+    check_spiking_tensors(model, part, origin)
     model.eval()
     model.tokenizer = tokenizer_for(d, cfg.vocab_size)
     return model, stage
@@ -185,9 +188,13 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
     from sbsnn.models.config import HybridConfig
     from sbsnn.sim.engine import LayerCounters, Simulator, _coding_of, resolve_backend
 
+    from sbsnn.checks import check_int
+
+    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
+    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
     d = Path(spiking_dir)
+    scfg = read_spiking_config(d)          # a float checkpoint is refused by kind, first
     cfg = HybridConfig.from_json(d / "config.json")
-    scfg = read_spiking_config(d)
     stages = stage_layers(cfg, group.world_size, scfg)
     mine = stages[group.rank]
     first, last = group.rank == 0, group.rank == group.world_size - 1

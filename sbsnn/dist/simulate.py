@@ -67,7 +67,9 @@ def tokenize_documents(model, docs: DocumentSet, max_tokens: int | None = None) 
     """Token ids ``[1, n]`` of each document (the first ``max_tokens`` of each)."""
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        from sbsnn.errors import OptionError
+
+        raise OptionError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     tok = model._require_tokenizer()
     out = []
     for d in docs:

@@ -11,7 +11,6 @@ process would compute. Each row also lists the fidelity of every document.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Sequence
 
@@ -83,15 +82,12 @@ def sweep_documents(model, documents, ks: Sequence[float] | None = None, preset:
     from sbsnn.dist.documents import Document, DocumentSet
     from sbsnn.sim.engine import LayerCounters
 
-    ks = [float(k) for k in (SWEEP_KS if ks is None else ks)]
-    if not ks:
-        raise ValueError("sweep needs at least one k")
-    bad = [k for k in ks if not (k > 0 and math.isfinite(k))]
-    if bad:
-        raise ValueError(f"every k must be a finite number > 0, got {bad}")
-    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int)
-                                  or max_chars < 1):
-        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
+    from sbsnn.analysis.sweep import check_sweep
+    from sbsnn.checks import check_int
+
+    ks = check_sweep(model, SWEEP_KS if ks is None else ks, preset, coding, profile, group_size,
+                     block_size, window)
+    check_int(max_chars, "max_chars", minimum=1, none_ok=True, hint=" (None: the whole text)")
     docs = load_documents(documents)
     if max_chars is not None:
         docs = DocumentSet(docs.source, tuple(Document(d.index, d.name, d.text[:max_chars])

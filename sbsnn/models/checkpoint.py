@@ -18,6 +18,7 @@ the Hugging Face families' names (``embed_tokens``, ``self_attn``, ``input_layer
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -31,8 +32,8 @@ import numpy as np
 import torch
 
 from sbsnn.models.config import HybridConfig
-from sbsnn.models.errors import CheckpointError
-from sbsnn.models.families import rename_key
+from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
+from sbsnn.models.families import RENAMES, rename_key
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
 
@@ -55,54 +56,158 @@ _IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.masked_bias)$")
 
 
 # ----------------------------------------------------------------------------- reading
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Memory-map one safetensors file; tensors are copy-on-write views of the file."""
+# Every dtype the safetensors format defines, with its size in bits (the library's list);
+# sbsnn computes with those of SAFETENSORS_DTYPES and refuses the others by name.
+FORMAT_DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "U64": 64,
+}
+MAX_HEADER_BYTES = 100_000_000     # the safetensors library's bound
+_U64_MAX = 2 ** 64 - 1
+
+
+def _strict_pairs(pairs):
+    """A JSON object that refuses a name given twice (json keeps the last silently)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _u64(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U64_MAX
+
+
+def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict]]:
+    """``(header bytes N, {tensor: {dtype, shape, data_offsets}})`` of a safetensors file,
+    checked as strictly as the ``safetensors`` library checks it: the 8-byte length within
+    its 100 MB bound and the file, a UTF-8 JSON object, ``__metadata__`` a map of strings,
+    each entry's dtype one of the format's, its shape and offsets unsigned integers, the
+    offsets (in order) tiling the data exactly from 0 to the end of the file with the bytes
+    each shape and dtype need. Also refused: a tensor name given twice (the library would
+    keep one silently). Raises :class:`SafetensorsError` naming the file and tensor."""
     path = Path(path)
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated file ({size} bytes): no safetensors header")
+                raise SafetensorsError(f"{path}: truncated file ({size} bytes): no safetensors "
+                                       "header; re-download or re-save it")
             (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100_000_000:
-                raise CheckpointError(f"{path}: truncated or not a safetensors file "
-                                      f"(header claims {n} bytes, file has {size})")
-            header = json.loads(f.read(n))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+            if n > MAX_HEADER_BYTES:
+                raise SafetensorsError(f"{path}: not a safetensors file (its header would be "
+                                       f"{n:,} bytes, beyond the format's {MAX_HEADER_BYTES:,})")
+            if 8 + n > size:
+                raise SafetensorsError(f"{path}: truncated or not a safetensors file (header "
+                                       f"claims {n:,} bytes, the file has {size:,})")
+            raw = f.read(n)
+    except OSError as e:
+        from sbsnn.errors import os_error
+
+        raise os_error(e, path, "reading the weights") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SafetensorsError(f"{path}: corrupt safetensors header (not UTF-8 at byte "
+                               f"{8 + e.start})") from None
+    try:
+        header = json.loads(text, object_pairs_hook=_strict_pairs, parse_constant=_no_constant)
+    except _Duplicate as e:
+        raise SafetensorsError(f"{path}: corrupt safetensors header: tensor {e.args[0]!r} is "
+                               "listed twice (which entry holds?)") from None
+    except ValueError as e:
+        raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (a JSON object is expected, "
-                              f"got {type(header).__name__})")
-    header.pop("__metadata__", None)
+        raise SafetensorsError(f"{path}: corrupt safetensors header (a JSON object is expected, "
+                               f"got {type(header).__name__})")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict)
+                                 and all(isinstance(v, str) for v in meta.values())):
+        raise SafetensorsError(f"{path}: corrupt safetensors header ('__metadata__' must map "
+                               "names to strings)")
+    entries = []
+    for name, meta in header.items():
+        ok = isinstance(meta, dict) and {"dtype", "shape", "data_offsets"} <= set(meta)
+        if ok:
+            dt, shape, offs = meta["dtype"], meta["shape"], meta["data_offsets"]
+            ok = (isinstance(dt, str) and dt in FORMAT_DTYPE_BITS and isinstance(shape, list)
+                  and all(_u64(d) for d in shape) and isinstance(offs, list) and len(offs) == 2
+                  and all(_u64(o) for o in offs))
+        if not ok:
+            raise SafetensorsError(f"{path}: tensor {name!r} has an unreadable header entry "
+                                   f"{meta!r} (dtype one of {', '.join(FORMAT_DTYPE_BITS)}; "
+                                   "shape and data_offsets unsigned integers)")
+        entries.append((tuple(offs), name, meta))
+    entries.sort(key=lambda e: e[0])
+    end = 0
+    for (s, e), name, meta in entries:
+        if s != end or e < s:
+            raise SafetensorsError(f"{path}: tensor {name!r} has invalid data_offsets {[s, e]}: "
+                                   f"the tensors' bytes must follow each other without gap or "
+                                   f"overlap (this one should start at {end}); the file is corrupt")
+        nbits = FORMAT_DTYPE_BITS[meta["dtype"]]
+        for d in meta["shape"]:
+            nbits *= d
+        if nbits % 8 or e - s != nbits // 8:
+            raise SafetensorsError(f"{path}: tensor {name!r}: {e - s} bytes stored for shape "
+                                   f"{meta['shape']} of {meta['dtype']}")
+        end = e
+    if 8 + n + end > size:
+        cut = next(name for (_, e), name, _ in entries if 8 + n + e > size)
+        raise SafetensorsError(f"{path}: truncated file: tensor {cut!r} needs bytes up to "
+                               f"{8 + n + end:,} (the tensors' end), the file has {size:,}; "
+                               "re-download or re-save it")
+    if 8 + n + end < size:
+        raise SafetensorsError(f"{path}: {size - 8 - n - end:,} bytes after the last tensor "
+                               f"({entries[-1][1] if entries else 'there is none'!r}) that no tensor "
+                               "covers (the file is corrupt or was appended to)")
+    return n, {name: meta for _, name, meta in entries}
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Memory-map one safetensors file; tensors are copy-on-write views of the file.
+    The header is checked by :func:`read_safetensors_header`; a tensor of a dtype sbsnn
+    does not compute with (FP8, unsigned 16/32/64-bit, complex) is refused by name."""
+    path = Path(path)
+    n, header = read_safetensors_header(path)
     base = 8 + n
     out: dict[str, torch.Tensor] = {}
     mm = None
     for name, meta in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[meta["dtype"]]
-            shape = [int(s) for s in meta["shape"]]
-            start, end = (int(o) for o in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has an unreadable header entry "
-                                  f"{meta!r}") from None
-        if start < 0 or end < start or any(n_ < 0 for n_ in shape):
-            raise CheckpointError(f"{path}: tensor {name!r} has a corrupt header entry "
-                                  f"(data_offsets {[start, end]}, shape {shape})")
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if end - start != int(np.prod(shape, dtype=np.int64)) * itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r}: {end - start} bytes stored for "
-                                  f"shape {shape} of {meta['dtype']}")
-        if base + end > size:
-            raise CheckpointError(f"{path}: truncated file: tensor {name!r} needs bytes up to "
-                                  f"{base + end}, the file has {size}; re-download or re-save it")
-        if mm is None:
-            mm = np.memmap(path, dtype=np.uint8, mode="c")
-        arr = mm[base + start:base + end].view(_NUMPY_CARRIER[dtype]).reshape(shape)
-        t = torch.from_numpy(arr)
-        out[name] = t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+        dtype = SAFETENSORS_DTYPES.get(meta["dtype"])
+        if dtype is None:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {meta['dtype']}, which "
+                                   f"sbsnn does not read ({', '.join(SAFETENSORS_DTYPES)}); "
+                                   "convert it to one of those")
+        start, end = meta["data_offsets"]
+        shape = meta["shape"]
+        if end == start:
+            t = torch.empty(shape, dtype=dtype)
+        else:
+            if mm is None:
+                try:
+                    mm = np.memmap(path, dtype=np.uint8, mode="c")
+                except OSError as e:
+                    from sbsnn.errors import os_error
+
+                    raise os_error(e, path, "mapping the weights") from None
+            arr = mm[base + start:base + end].view(_NUMPY_CARRIER[dtype]).reshape(shape)
+            t = torch.from_numpy(arr)
+            t = t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+        out[name] = t
     return out
 
 
@@ -118,18 +223,33 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(directory: str | Path, allow_pickle: bool = False
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of a checkpoint directory, and the file each came from."""
+    """All tensors of a checkpoint directory, and the file each came from.
+
+    Layouts, as ``transformers`` looks for them: ``model.safetensors``; a sharded
+    ``model.safetensors.index.json`` and the shards it lists (every tensor of a shard must
+    be listed there, for that shard); other ``*.safetensors`` files when neither is there;
+    pickle files only with ``allow_pickle``. Ambiguity is refused by name: both a single
+    file and an index, a tensor in two files, a shard holding a tensor its index does not
+    give it, an index naming a file that is missing or lies outside the directory.
+    """
     d = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
 
     def add(file: Path, part: dict[str, torch.Tensor]) -> None:
         for k, v in part.items():
+            if k in tensors:
+                raise SafetensorsError(f"{file}: tensor {k!r} is also in {origin[k]}; which one "
+                                       "holds? Remove the stale file")
             tensors[k] = v
             origin[k] = file
 
     index = d / "model.safetensors.index.json"
     single = d / "model.safetensors"
+    if index.exists() and single.exists():
+        raise SafetensorsError(f"{d}: both model.safetensors and model.safetensors.index.json; "
+                               "they may hold different weights (transformers reads the single "
+                               "file, older sbsnn the index): remove the one that is stale")
     if index.exists():
         weight_map = _read_index(index)
         for shard in sorted(set(weight_map.values())):
@@ -137,14 +257,28 @@ def read_state_dict(directory: str | Path, allow_pickle: bool = False
             listed = {k for k, s in weight_map.items() if s == shard}
             absent = sorted(listed - part.keys())
             if absent:
-                raise CheckpointError(f"{d / shard}: tensor {absent[0]!r} is listed in {index.name} "
-                                      f"but missing from this shard ({len(absent)} missing)")
+                raise SafetensorsError(f"{d / shard}: tensor {absent[0]!r} is listed in "
+                                       f"{index.name} but missing from this shard "
+                                       f"({len(absent)} missing)")
+            extra = sorted(part.keys() - listed)
+            if extra:
+                elsewhere = weight_map.get(extra[0])
+                raise SafetensorsError(
+                    f"{d / shard}: holds tensor {extra[0]!r}, which {index.name} "
+                    + (f"places in {elsewhere}" if elsewhere else "does not list")
+                    + f" ({len(extra)} such tensors); the index and the shards disagree: "
+                    "re-save the checkpoint")
             add(d / shard, part)
         return tensors, origin
     if single.exists():
         add(single, read_safetensors(single))
         return tensors, origin
-    others = sorted(p.name for p in d.glob("*.safetensors"))
+    try:
+        others = sorted(p.name for p in d.glob("*.safetensors"))
+    except OSError as e:
+        from sbsnn.errors import os_error
+
+        raise os_error(e, d, "listing the weights") from None
     if others:  # some writers use other names (e.g. a lone "weights.safetensors")
         for name in others:
             add(d / name, read_safetensors(d / name))
@@ -165,17 +299,20 @@ def read_state_dict(directory: str | Path, allow_pickle: bool = False
 
 
 def _read_index(index: Path) -> dict[str, str]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: not a valid index ({e!r}); it needs a 'weight_map'") from None
+    from sbsnn.checks import read_json_file
+
+    doc = read_json_file(index, "the shard index", error=SafetensorsError)
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CheckpointError(f"{index}: not a valid index: 'weight_map' must map tensor names "
-                              "to shard file names")
-    for shard in set(weight_map.values()):
-        if not (index.parent / shard).exists():
-            raise CheckpointError(f"{index.parent / shard}: shard listed in {index.name} "
-                                  "is missing")
+        raise SafetensorsError(f"{index}: not a valid index: it needs a 'weight_map' mapping "
+                               "tensor names to shard file names")
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise SafetensorsError(f"{index}: shard {shard!r} is not a file name in the "
+                                   "checkpoint directory (paths are not followed)")
+        if not (index.parent / shard).is_file():
+            raise SafetensorsError(f"{index.parent / shard}: shard listed in {index.name} "
+                                   "is missing")
     return weight_map
 
 
@@ -218,6 +355,7 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
                     progress: bool = False) -> OpenedCheckpoint:
     """Open a checkpoint directory, a GGUF file or an embedded name (nothing built yet)."""
     p = resolve(src)
+    _refuse_spiking(p)
     if p.is_file():
         from sbsnn.models.gguf import is_gguf, read_gguf
 
@@ -230,9 +368,21 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
         return OpenedCheckpoint(p, untie_if_head_stored(cfg, ck.tensors, origin), ck.tensors,
                                 origin, ck.tokenizer)
     if not p.is_dir():
-        raise CheckpointError(f"{p}: not a directory (give a checkpoint directory holding "
-                              f"config.json and *.safetensors, a .gguf file, or one of "
-                              f"{sorted(EMBEDDED)})")
+        what = (f"give a checkpoint directory holding config.json and *.safetensors, a .gguf "
+                f"file, or one of {sorted(EMBEDDED)}")
+        why = "not a directory"
+        if not p.exists():
+            why = "no such file or directory (not a directory, nor a .gguf file)"
+            if p.is_symlink():
+                try:
+                    p.resolve(strict=True)
+                    why = "a broken symbolic link (not a directory)"
+                except RuntimeError:           # Python < 3.13: a loop
+                    why = "a symbolic link loop (not a directory)"
+                except OSError as e:
+                    why = ("a symbolic link loop (not a directory)" if e.errno == errno.ELOOP
+                           else "a broken symbolic link (not a directory)")
+        raise CheckpointError(f"{p}: {why}; {what}")
     cfg = HybridConfig.from_json(p / "config.json")
     raw, origin = read_state_dict(p, allow_pickle=allow_pickle)
     try:
@@ -243,6 +393,19 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
     return OpenedCheckpoint(p, untie_if_head_stored(cfg, raw, origin), raw, origin, tok)
 
 
+def check_device_dtype(device, dtype) -> None:
+    """``device`` one torch understands; ``dtype`` None or a floating torch dtype."""
+    from sbsnn.errors import OptionError
+
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise OptionError(f"dtype must be None or a floating torch.dtype (torch.float32, "
+                          f"torch.bfloat16, ...), got {dtype!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise OptionError(f"device {device!r} is not a torch device ({e})") from None
+
+
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None, allow_pickle: bool = False,
                     progress: bool = False) -> HybridForCausalLM:
@@ -251,6 +414,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     ``dtype``: convert floating tensors to this dtype. Default: keep the checkpoint's,
     except that float16 weights compute in float32 on a CPU (see :func:`default_dtype`).
     """
+    check_device_dtype(device, dtype)
     ck = open_checkpoint(directory, allow_pickle=allow_pickle, progress=progress)
     with torch.device("meta"):
         model = HybridForCausalLM(ck.config)
@@ -261,16 +425,44 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
     return model
 
 
+# Written by sbsnn.converters beside a spiking checkpoint's weights; the float readers
+# recognise it only to refuse such a directory by name.
+SPIKING_MARKER = "spiking_config.json"
+
+
+def _refuse_spiking(p: Path) -> None:
+    if p.is_dir() and (p / SPIKING_MARKER).exists():
+        raise CheckpointKindError(
+            f"{p}: is a spiking checkpoint (written by sbsnn convert), but a float checkpoint "
+            "is expected here; load it with sbsnn.load_spiking (the CLI's simulate and "
+            "generate read it), or give the float checkpoint it was converted from")
+
+
 def untie_if_head_stored(cfg: HybridConfig, raw: dict[str, torch.Tensor],
                          origin: dict[str, Path]) -> HybridConfig:
-    """``tie_word_embeddings: true`` with an ``lm_head.weight`` stored that differs from
-    the embeddings: ``transformers`` then uses the stored head (it ties only equal
-    tensors), so sbsnn builds an untied model too. The config file is left as it is."""
+    """``tie_word_embeddings: true`` as ``transformers`` (5.x, ``tie_weights`` during
+    ``from_pretrained``) applies it when the checkpoint stores an ``lm_head.weight``:
+
+    - stored and different from the embeddings: not tied (the stored head is used), so
+      sbsnn builds an untied model too;
+    - stored and equal: tied;
+    - stored with no embeddings: tied the other way (the embeddings are the stored head);
+      ``raw`` then gets the embeddings' name for the same tensor.
+
+    The config file is left as it is."""
     if not cfg.tie_word_embeddings or "lm_head.weight" not in raw:
         return cfg
-    emb = next((raw[k] for k in raw if rename_key(k, cfg.model_type) == "model.embeddings.weight"), None)
+    emb_key = next((k for k in raw if rename_key(k, cfg.model_type) == "model.embeddings.weight"), None)
     head = raw["lm_head.weight"]
-    if emb is not None and emb.shape == head.shape and torch.equal(emb, head):
+    if emb_key is None:
+        name = "model.embed_tokens.weight" if cfg.model_type in RENAMES else "model.embeddings.weight"
+        raw[name] = raw.pop("lm_head.weight")
+        origin[name] = origin.pop("lm_head.weight")
+        return cfg
+    emb = raw[emb_key]
+    if emb.shape == head.shape and emb.dtype == head.dtype and torch.equal(emb, head):
+        return cfg
+    if emb.shape == head.shape and torch.equal(emb.to(torch.float32), head.to(torch.float32)):
         return cfg
     import dataclasses
 
@@ -356,11 +548,38 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
                progress: bool = False) -> HybridForCausalLM:
     """Load ``"tiny-hybrid"`` (the embedded default), a checkpoint directory, or a
     llama.cpp ``.gguf`` file (needs the ``gguf`` extra)."""
+    if not isinstance(name_or_dir, (str, os.PathLike)):
+        from sbsnn.errors import OptionError
+
+        raise OptionError(f"load_model takes a name or a path, got {type(name_or_dir).__name__}")
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
                            allow_pickle=allow_pickle, progress=progress)
 
 
 # ----------------------------------------------------------------------------- writing
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, umask: int | None = None) -> None:
+    """``safetensors.torch.save_file`` with the user's umask on the file (the writer makes
+    it 0600) and a failure to write (a full disk, a file-size limit, no permission)
+    raised as the :class:`~sbsnn.errors.PathError` of its kind, naming the file."""
+    from safetensors.torch import save_file
+
+    from sbsnn.errors import os_error
+    from sbsnn.fsutil import apply_umask
+
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except OSError as e:
+        raise os_error(e, path, "writing the weights") from None
+    except Exception as e:  # noqa: BLE001 - safetensors wraps I/O errors in its own type
+        m = re.search(r"(?:code: |os error )(\d+)", str(e))
+        if m is None:
+            raise
+        raise os_error(OSError(int(m.group(1)), os.strerror(int(m.group(1)))), path,
+                       "writing the weights") from None
+    apply_umask(path, umask)
+
+
+
 def save_pretrained(model: HybridForCausalLM, directory: str | Path,
                     max_shard_bytes: int | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` (or shards plus an index).
@@ -368,8 +587,6 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
     Each file is written under a temporary name and renamed, the config last, so an
     interrupted save never leaves a directory that loads as complete.
     """
-    from safetensors.torch import save_file
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -387,9 +604,12 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
         names = ["model.safetensors"]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    from sbsnn.fsutil import current_umask
+
+    mask = current_umask()
     for name, shard in zip(names, shards):
         tmp = d / (name + ".tmp")
-        save_file(shard, str(tmp), metadata={"format": "pt"})
+        write_safetensors(shard, tmp, mask)
         written.append((tmp, d / name))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},

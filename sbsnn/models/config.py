@@ -15,11 +15,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sbsnn.models.errors import CheckpointError
+from sbsnn.models.errors import CheckpointError, ConfigError
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
                          "gemma3_text")
@@ -97,16 +98,25 @@ class HybridConfig:
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        for name in ("attn_layers", "full_attn_layers", "dense_layers"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in v):
+                raise ConfigError(f"invalid model config: {name} must be a list of layer "
+                                  f"indices (integers), got {v!r}")
+            setattr(self, name, [int(i) for i in v])
+        for name in ("hidden_size", "num_attention_heads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"invalid model config: {name} must be a positive integer, "
+                                  f"got {v!r}")
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
-        self.attn_layers = [int(i) for i in self.attn_layers]
-        self.full_attn_layers = [int(i) for i in self.full_attn_layers]
-        self.dense_layers = [int(i) for i in self.dense_layers]
         self.validate()
 
     def validate(self) -> None:
         def bad(msg: str) -> None:
-            raise CheckpointError(f"invalid model config: {msg}")
+            raise ConfigError(f"invalid model config: {msg}")
 
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             bad(f"model_type {self.model_type!r} is not supported; sbsnn reads "
@@ -116,6 +126,46 @@ class HybridConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 bad(f"{name} must be a positive integer, got {v!r}")
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("max_position_embeddings", "gate_low_rank_dim", "num_experts_per_tok"):
+            v = getattr(self, name)
+            if not is_int(v) or v <= 0:
+                bad(f"{name} must be a positive integer, got {v!r}")
+        for name in ("num_sink_tokens", "num_experts", "num_shared_experts"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 0:
+                bad(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v <= 0):
+                bad(f"{name} must be a positive integer or null, got {v!r}")
+        for name in ("rope_theta", "gate_logit_normalizer"):
+            v = getattr(self, name)
+            if not is_num(v) or not v > 0:
+                bad(f"{name} must be a positive finite number, got {v!r}")
+        for name in ("norm_eps", "initializer_range"):
+            v = getattr(self, name)
+            if not is_num(v) or v < 0:
+                bad(f"{name} must be a finite number >= 0, got {v!r}")
+        for name in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_short_conv",
+                     "parallel_mixer", "qk_norm", "sandwich_norm", "o_proj_bias", "norm_topk_prob"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                bad(f"{name} must be true or false, got {v!r}")
+        if self.sliding_window is not None and not is_int(self.sliding_window):
+            bad(f"sliding_window must be a positive integer or null, got {self.sliding_window!r}")
+        if self.rope_parameters is not None and not isinstance(self.rope_parameters, dict):
+            bad(f"rope_parameters must be an object or null, got {self.rope_parameters!r}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            ids = v if isinstance(v, list) else [v]
+            if v is not None and not all(is_int(i) and i >= 0 for i in ids):
+                bad(f"{name} must be a token id (an integer >= 0), a list of them, or null, got {v!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             bad(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})")
@@ -181,7 +231,7 @@ class HybridConfig:
         elif set(params) <= set(LAYER_TYPES.values()) and params:
             key = LAYER_TYPES["full" if self.window_for(i) is None else "swa"]
             if params.get(key) is None:
-                raise CheckpointError(f"invalid model config: rope_parameters has no {key!r} entry, "
+                raise ConfigError(f"invalid model config: rope_parameters has no {key!r} entry, "
                                       f"which layer {i} needs")
             params = params[key]
         return RopeSpec.from_parameters(params, self.head_dim, self.max_position_embeddings,
@@ -208,20 +258,19 @@ class HybridConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HybridConfig":
+        from sbsnn.checks import read_json_file
+        from sbsnn.errors import InputError
+
         path = Path(path)
+        if not path.exists() and not path.is_symlink():
+            raise ConfigError(f"{path}: no config.json; a checkpoint directory needs "
+                              "config.json beside its safetensors")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no config.json; a checkpoint directory needs "
-                                  "config.json beside its safetensors") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{path}: is a directory, not a config.json file") from None
-        except UnicodeDecodeError as e:
-            raise CheckpointError(f"{path}: not UTF-8 text ({e})") from None
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+            d = read_json_file(path, "config.json", error=ConfigError)
+        except InputError as e:     # a directory, a device, not UTF-8
+            raise ConfigError(str(e)) from None
         if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
+            raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_dict(d, source=str(path))
 
     def save(self, path: str | Path) -> None:

@@ -1,5 +1,7 @@
-"""Errors raised while reading models and checkpoints."""
+"""Errors raised while reading models and checkpoints (defined in :mod:`sbsnn.errors`)."""
 
+from sbsnn.errors import (CheckpointError, CheckpointKindError, ConfigError, IntegrityError,
+                          SafetensorsError)
 
-class CheckpointError(ValueError):
-    """A checkpoint or config cannot be used; the message names the file and tensor."""
+__all__ = ["CheckpointError", "CheckpointKindError", "ConfigError", "IntegrityError",
+           "SafetensorsError"]

@@ -27,7 +27,7 @@ import re
 from typing import Any, Callable
 
 from sbsnn.models.config import LAYER_TYPES, HybridConfig
-from sbsnn.models.errors import CheckpointError
+from sbsnn.models.errors import CheckpointError, ConfigError
 
 # Keys that never change the forward pass (bookkeeping, training-only settings, token
 # ids used for generation, kernel choices).
@@ -102,7 +102,7 @@ class ConfigKeys:
         if key in self.d:
             return self.d[key]
         if default is _REQUIRED:
-            raise CheckpointError(f"{self.source}: config key {key!r} is missing; a "
+            raise ConfigError(f"{self.source}: config key {key!r} is missing; a "
                                   f"{self.model_type} model depends on it, so sbsnn will not guess it")
         return default
 
@@ -113,7 +113,7 @@ class ConfigKeys:
         return default if v is None else v
 
     def refuse(self, key: str, why: str) -> None:
-        raise CheckpointError(f"{self.source}: config key {key!r} = {self.d.get(key)!r} {why}")
+        raise ConfigError(f"{self.source}: config key {key!r} = {self.d.get(key)!r} {why}")
 
     def finish(self, extra_harmless: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Check the keys not taken; return the harmless ones (kept in ``extra``)."""
@@ -209,7 +209,7 @@ def _standardize(params: dict, omax: Any, r: ConfigKeys) -> dict:
     params = _strip(params)
     prf = params.get("partial_rotary_factor")
     if prf is not None and prf != 1:
-        raise CheckpointError(
+        raise ConfigError(
             f"{r.source}: partial_rotary_factor = {prf!r}: transformers' {r.model_type} rotates "
             "every channel of a head (its apply_rotary_pos_emb has no pass-through part), so "
             "this config does not run there; sbsnn refuses it rather than guess")
@@ -475,25 +475,27 @@ def _main_theta(kwargs: dict[str, Any]) -> None:
 def read_config(d: dict[str, Any], source: str = "config") -> HybridConfig:
     """A config.json dict of any supported family -> HybridConfig."""
     mt = d.get("model_type")
-    if mt not in READERS:
-        hint = _HINTS.get(mt, f"sbsnn reads {', '.join(READERS)}")
-        raise CheckpointError(f"{source}: model_type {mt!r} (architectures "
+    if not isinstance(mt, str) or mt not in READERS:
+        hint = (_HINTS.get(mt) if isinstance(mt, str) else None) or f"sbsnn reads {', '.join(READERS)}"
+        raise ConfigError(f"{source}: model_type {mt!r} (architectures "
                               f"{d.get('architectures')}) is not supported; {hint}")
     r = ConfigKeys(d, source, mt)
     try:
         kwargs = READERS[mt](r)
     except CheckpointError:
         raise
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
     extra = r.finish(frozenset(r.ignored_by_reference))
-    if mt != "sbsnn_hybrid":
-        _main_theta(kwargs)
     try:
+        if mt != "sbsnn_hybrid":
+            _main_theta(kwargs)
         cfg = HybridConfig(**kwargs, extra=extra,
                            source_config=None if mt == "sbsnn_hybrid" else dict(d))
     except CheckpointError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    except TypeError as e:
-        raise CheckpointError(f"{source}: {e}") from None
+        raise type(e)(f"{source}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        # a field of the wrong type (a string where a number is needed, ...)
+        raise ConfigError(f"{source}: a field has the wrong type or value ({type(e).__name__}: "
+                          f"{e}); fix config.json") from None
     return cfg

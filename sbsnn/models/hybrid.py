@@ -172,6 +172,7 @@ class HybridForCausalLM(nn.Module):
         the head). Work that needs no logits (counting spikes) stops here."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        _check_ids(input_ids, self.config.vocab_size)
         x = self.model.embeddings(input_ids)
         if self.config.embedding_scale is not None:  # Gemma: a float32 scalar in the weights' dtype
             x = x * torch.tensor(self.config.embedding_scale).to(x.dtype)
@@ -222,8 +223,10 @@ class HybridForCausalLM(nn.Module):
     # ------------------------------------------------------------------ generation
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer; load it with sbsnn.load_model, "
-                               "or set model.tokenizer, or pass token ids to stream_ids")
+            from sbsnn.errors import UnavailableError
+
+            raise UnavailableError("this model has no tokenizer; load it with sbsnn.load_model, "
+                                   "or set model.tokenizer, or pass token ids to stream_ids")
         return self.tokenizer
 
     @torch.no_grad()
@@ -232,8 +235,12 @@ class HybridForCausalLM(nn.Module):
                    generator: torch.Generator | None = None,
                    stop_ids: tuple[int, ...] = ()) -> Iterator[int]:
         """Yield new token ids one at a time; memory stays constant in length."""
-        if not prompt_ids:
-            raise ValueError("the prompt is empty: give at least one token")
+        check_generation(max_new_tokens, temperature, top_k, None)
+        if not len(prompt_ids):
+            from sbsnn.errors import OptionError
+
+            raise OptionError("the prompt is empty: give at least one token")
+        _check_ids(prompt_ids, self.config.vocab_size)
         device = next(self.parameters()).device
         state = self.new_state()
         logits = self.prefill(torch.tensor([prompt_ids], device=device), state)
@@ -247,6 +254,11 @@ class HybridForCausalLM(nn.Module):
     def stream(self, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
                top_k: int | None = None, seed: int | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (bytes are decoded incrementally)."""
+        check_generation(max_new_tokens, temperature, top_k, seed)
+        if not isinstance(prompt, str):
+            from sbsnn.errors import OptionError
+
+            raise OptionError(f"prompt must be a str, got {type(prompt).__name__}")
         tok = self._require_tokenizer()
         gen = None
         if seed is not None:
@@ -271,8 +283,44 @@ class HybridForCausalLM(nn.Module):
         return "".join(pieces)
 
 
+def _check_ids(ids, vocab_size: int) -> None:
+    """Token ids must index the vocabulary (an out-of-range id would be an IndexError
+    deep in the embedding, or with negative ids a silent wrap-around)."""
+    from sbsnn.errors import OptionError
+
+    t = torch.as_tensor(ids)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise OptionError(f"token ids must be integers, got {t.dtype}")
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise OptionError(f"token id {bad} is outside the model's vocabulary "
+                              f"(0..{vocab_size - 1}); were the ids made by another tokenizer?")
+
+
+def check_generation(max_new_tokens, temperature, top_k, seed,
+                     names=("max_new_tokens", "temperature", "top_k", "seed")) -> None:
+    """The sampling options: max_new_tokens an int >= 0, temperature a finite number >= 0
+    (0: greedy), top_k None or an int >= 1, seed None or an int in [0, 2**64)."""
+    from sbsnn.checks import check_float, check_int
+
+    check_int(max_new_tokens, names[0], minimum=0)
+    check_float(temperature, names[1], minimum=0.0, hint=" (0: greedy)")
+    check_int(top_k, names[2], minimum=1, none_ok=True, hint=" (leave it out to sample from all)")
+    check_int(seed, names[3], minimum=0, maximum=2 ** 64 - 1, none_ok=True,
+              why="torch generators take 64-bit seeds")
+
+
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None,
            generator: torch.Generator | None) -> int:
+    if not bool(torch.isfinite(logits).all()):    # argmax of NaN would pick a token silently
+        from sbsnn.errors import NonFiniteError
+
+        raise NonFiniteError("the model's logits hold NaN or Inf (from the activations: a "
+                             "float tensor of the checkpoint holds NaN or Inf, or the "
+                             "computation overflowed in this dtype); check the weights",
+                             layer="lm_head", origin="activations")
     if temperature <= 0:
         return int(logits.argmax())
     logits = logits.float() / temperature

@@ -393,6 +393,8 @@ def _read_config(path: str | Path) -> tuple[HybridConfig, str]:
 
         if is_gguf(p):
             return HybridConfig.from_dict(read_gguf_config(p), source=f"{p} (metadata)"), str(p)
+        if p.suffix == ".gguf":
+            raise CheckpointError(f"{p}: not a GGUF file (no GGUF magic bytes); re-download it")
     return HybridConfig.from_json(p), str(p)
 
 

@@ -22,8 +22,9 @@ twos_complement    {0, 1}       max(2, bit_length(max|c|) + 1)  popcount of the 
 ``-5`` with ``T = 3`` is ``[-1, 0, -1]``. Two's complement puts the sign bit first, with
 weight ``-2**(T-1)``.
 
-Everything here works on plain tensors, imports nothing else from ``sbsnn`` and raises
-:class:`SpikeCodingError` (a ``ValueError``) with a message that names the fix.
+Everything here works on plain tensors, imports nothing else from ``sbsnn`` (but its
+error classes, :mod:`sbsnn.errors`) and raises :class:`SpikeCodingError` (an
+:class:`~sbsnn.errors.OptionError`, so a ``ValueError``) with a message that names the fix.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 import torch
+
+from sbsnn.errors import OptionError
 
 from . import workers as _workers
 
@@ -81,7 +84,7 @@ _MAX_BIT_STEPS = {"bitwise": 63, "twos_complement": 64}  # decode works in int64
 Steps = Union[None, int, str]
 
 
-class SpikeCodingError(ValueError):
+class SpikeCodingError(OptionError):
     """Bad input to a spike-coding function; the message says what to do instead."""
 
 

@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from sbsnn.converters.quant import CODE_MAX, num_groups, rescale
+from sbsnn.errors import OptionError
 from sbsnn.sim.events import popcount64, summarize
 
 __all__ = [
@@ -104,7 +105,7 @@ _I32_MAX = 2**31 - 1
 _DIM_LIMIT = 2**31 - 2**16  # the kernels index rows and channels with int (plus a block stride)
 
 
-class KernelInputError(ValueError):
+class KernelInputError(OptionError):
     """An argument a kernel cannot take; the message says what to pass instead."""
 
 

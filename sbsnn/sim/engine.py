@@ -35,6 +35,7 @@ largest count, and the dense MACs the same layer would need.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -42,6 +43,7 @@ import torch
 
 from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.errors import CheckpointKindError, OptionError, UnavailableError
 from sbsnn.neurons.workers import submit, workers_for
 from sbsnn.sim.events import CountSummary, step_events, summarize
 from sbsnn.sim.trace import LayerTrace, Tracer, TraceSpec
@@ -228,13 +230,13 @@ def cupy_usable() -> bool:
 
 
 def resolve_backend(backend: str) -> str:
-    if backend not in ("auto", "torch", "cupy"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'cupy', got {backend!r}")
+    if not isinstance(backend, str) or backend not in ("auto", "torch", "cupy"):
+        raise OptionError(f"backend must be 'auto', 'torch' or 'cupy', got {backend!r}")
     if backend == "auto":
         return "cupy" if cupy_usable() else "torch"
     if backend == "cupy" and not cupy_usable():
-        raise RuntimeError("backend='cupy' needs CuPy and a usable CUDA device "
-                           "(pip install 'sbsnn[gpu]'); use backend='torch' on a CPU")
+        raise UnavailableError("backend='cupy' needs CuPy and a usable CUDA device "
+                               "(pip install 'sbsnn[gpu]'); use backend='torch' on a CPU")
     return backend
 
 
@@ -253,8 +255,8 @@ class Simulator:
         self.recorder = recorder
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingLinear)]
         if not self.layers:
-            raise ValueError("the model has no SpikingLinear layer: convert it first "
-                             "(sbsnn.convert or sbsnn convert)")
+            raise CheckpointKindError("the model has no SpikingLinear layer (a float model): "
+                                      "convert it first (sbsnn.convert or sbsnn convert)")
         self.counters = {n: LayerCounters(n, m.in_features, m.out_features) for n, m in self.layers}
         self.document_counters: dict[str, LayerCounters] | None = None
         spec = TraceSpec.parse(trace)
@@ -317,12 +319,15 @@ def _token_ids(model, text_or_ids) -> torch.Tensor:
         ids = model._require_tokenizer().encode(text_or_ids)
     else:
         ids = text_or_ids
-    ids = torch.as_tensor(ids, dtype=torch.long)
+    t = torch.as_tensor(ids)
+    if t.numel() and (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex()):
+        raise OptionError(f"simulate needs a text or integer token ids, got {t.dtype} values")
+    ids = t.to(torch.long)
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[1] == 0:
-        raise ValueError(f"simulate needs a non-empty text or token ids [length] / [batch, length], "
-                         f"got shape {tuple(ids.shape)}")
+        raise OptionError(f"simulate needs a non-empty text or token ids [length] / [batch, length], "
+                          f"got shape {tuple(ids.shape)}")
     return ids
 
 
@@ -350,6 +355,17 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     each token's first and last spike step and every output after each step; a recording
     stores them too.
     """
+    from sbsnn.checks import check_int
+
+    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
+    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
+    if not isinstance(record_events, bool):
+        raise OptionError(f"record_events must be True or False, got {record_events!r}")
+    if record_events and record is None:
+        raise OptionError("record_events=True needs record= (the events are stored there)")
+    if record is not None and not hasattr(record, "write") and not isinstance(record, (str, os.PathLike)):
+        raise OptionError(f"record must be a file path or an object with write/flush/close, got "
+                          f"{type(record).__name__}")
     ids = _token_ids(spiking_model, text_or_ids)
     if max_tokens is not None:
         ids = ids[:, :max_tokens]
@@ -396,6 +412,9 @@ def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, record
     (``block_size=None``) or block by block through the decoding state, flushing
     ``recorder`` after each block. Returns the first sequence's logits ``[L, vocab]``
     (float32, CPU) when asked. ``on_block(tokens)`` is called after each block."""
+    from sbsnn.checks import check_int
+
+    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
     logits = []
     L = ids.shape[1]
     if block_size is None:

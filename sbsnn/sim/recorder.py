@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ from urllib.parse import quote
 import h5py
 import numpy as np
 import torch
+
+from sbsnn.errors import RecordingError  # noqa: F401 - re-exported (sbsnn.sim.RecordingError)
 
 FORMAT = "sbsnn-recording"
 INDEX_FORMAT = "sbsnn-recording-index"   # a sharded recording's index (sbsnn.sim.shards)
@@ -131,16 +134,49 @@ _TRACE_SERIES = (("step_offsets", np.int64, _SERIES_CHUNK), ("events_pos", np.in
 _TRACE_OUTPUT_ROWS = 64             # rows per chunk of trace/outputs
 
 
-class RecordingError(ValueError):
-    """A file that is not (or no longer) a readable sbsnn recording."""
-
-
 def _narrowest(lo: int, hi: int) -> np.dtype:
+    """The narrowest integer type holding ``-peak..peak`` (peak = max(|lo|, |hi|)):
+    symmetric, as the counts' own type, so a stored count's negation never overflows
+    (int8 -128 would read back as a count whose abs() is -128)."""
+    peak = max(-lo, hi)
     for dt in _INT_TYPES:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
+        if peak <= np.iinfo(dt).max:
             return dt
     raise ValueError(f"counts {lo}..{hi} do not fit int64")
+
+
+def check_record_path(path, option: str = "record") -> Path:
+    """Where a recording may be written: not a directory, in a directory that exists, and
+    not over a file that is not an sbsnn recording (sbsnn overwrites only its own)."""
+    from sbsnn.errors import (MissingPathError, OptionError, PathIsDirectoryError,
+                              PathNotDirectoryError)
+
+    p = Path(path)
+    if p.is_dir():
+        raise PathIsDirectoryError(f"{p}: is a directory ({option} names the recording's "
+                                   "file); give a file name such as spikes.h5", filename=p)
+    parent = p.parent
+    if not parent.exists():
+        raise MissingPathError(f"{p}: the directory {parent} does not exist; create it first "
+                               f"({option})", filename=p)
+    if not parent.is_dir():
+        raise PathNotDirectoryError(f"{p}: {parent} is not a directory ({option})", filename=p)
+    if p.exists() and p.stat().st_size:
+        fmt = None
+        try:
+            if h5py.is_hdf5(p):
+                with h5py.File(p, "r") as f:
+                    fmt = f.attrs.get("format")
+        except BlockingIOError:
+            raise OptionError(f"{p}: in use by another process (a simulation still writing "
+                              f"it?); choose another {option} file") from None
+        except OSError:
+            fmt = None
+        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+        if fmt not in (FORMAT, INDEX_FORMAT):
+            raise OptionError(f"{p}: exists and is not an sbsnn recording; {option} would "
+                              "overwrite it: remove it yourself or choose another file name")
+    return p
 
 
 def _group_key(name: str) -> str:
@@ -173,6 +209,30 @@ def _append(ds: h5py.Dataset, start: int, data: np.ndarray) -> None:
         return
     ds.resize(start + n, axis=0)
     ds[start:start + n] = data
+
+
+def _named_os_errors(method):
+    """A failed write in HDF5 (a full disk, a file-size limit) is raised as the
+    :class:`~sbsnn.errors.PathError` of its kind naming the recording, after the file is
+    abandoned (:meth:`Recorder._abandon`)."""
+    import functools
+    import re
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError) as e:
+            from sbsnn.errors import SbsnnError, os_error
+
+            if isinstance(e, SbsnnError) or (isinstance(e, RuntimeError) and "errno" not in str(e)):
+                raise
+            m = re.search(r"errno = (\d+)", str(e))
+            code = int(m.group(1)) if m else getattr(e, "errno", None)
+            self._abandon()
+            err = OSError(code, os.strerror(code)) if code else e
+            raise os_error(err, self.path, "writing the recording") from None
+    return wrapper
 
 
 @dataclass
@@ -228,9 +288,15 @@ class Recorder:
         self._reopens = 0
         self._closed = False
         meta_json = json.dumps(self.metadata, default=_json_default)
+        check_record_path(self.path)
         # Default (earliest) file format on purpose: its superblock has no "open for
         # writing" flag, so a file whose writer was killed still opens without h5clear.
-        self._file = h5py.File(self.path, "w")
+        try:
+            self._file = h5py.File(self.path, "w")
+        except OSError as e:
+            from sbsnn.errors import os_error
+
+            raise os_error(e, self.path, "creating the recording") from None
         try:
             self._no_metadata_evictions()
             a = self._file.attrs
@@ -377,6 +443,7 @@ class Recorder:
     def layers(self) -> list[str]:
         return list(self._layers)
 
+    @_named_os_errors
     def write(self, name: str, counts: torch.Tensor, v_th: torch.Tensor) -> None:
         """Append one call of layer ``name``: integer ``counts [N, in]``, ``v_th [N, 1]``."""
         if self._closed:
@@ -457,6 +524,7 @@ class Recorder:
             raise
         lay.rows, lay.calls, lay.dirty = r0 + N, k0 + 1, True
 
+    @_named_os_errors
     def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
         """Start document ``index`` of a document set: every call written until the next
         ``begin_document`` belongs to it (``call_documents``), and ``/documents`` lists it.
@@ -485,6 +553,7 @@ class Recorder:
         self._documents = n + 1
         self._document = index
 
+    @_named_os_errors
     def write_trace(self, name: str, call) -> None:
         """Append the time-resolved trace of the call of layer ``name`` just written by
         :meth:`write` (a :class:`sbsnn.sim.trace.TraceCall`), then flush."""
@@ -573,6 +642,7 @@ class Recorder:
         a["layers"] = len(self._layers)
         a["flushes"] = self._flushes
 
+    @_named_os_errors
     def flush(self) -> None:
         """Write everything recorded so far to disk (the engine calls it per block;
         :meth:`write` also does, before a layer's rows since the last flush would
@@ -587,6 +657,24 @@ class Recorder:
         if self._file.id.get_mdc_size()[2] > _MDC_LIMIT:
             self._reopen()
 
+    def _abandon(self) -> None:
+        """After a write failed (a full disk): HDF5 would retry its flush at every close and
+        fail again (and, at interpreter exit, crash). The file's descriptor is pointed at
+        /dev/null, so the close completes while the file on disk stays as of its last flush:
+        incomplete (``complete=False`` is on disk from the start), read as such."""
+        if getattr(self, "_abandoned", False):
+            return
+        self._abandoned = True
+        try:
+            fd = self._file.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:  # noqa: BLE001 - nothing more can be done for the file
+            pass
+
     def close(self, complete: bool = True) -> None:
         """Record ``complete`` and close the file; a second call does nothing.
 
@@ -596,6 +684,12 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_abandoned", False):      # a write failed: nothing reaches the disk
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001
+                pass
+            return
         try:
             self._sync_attrs()
             self._file.attrs["complete"] = bool(complete)
@@ -718,7 +812,11 @@ class Recording:
         self.path = Path(path)
         self.notes: list[str] = []      # what opening found (an incomplete or damaged file)
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such recording")
+            from sbsnn.errors import MissingPathError
+
+            raise MissingPathError(f"{self.path}: no such recording (check the path; "
+                                   "recordings come from sbsnn simulate --record FILE.h5)",
+                                   filename=self.path)
         if self.path.is_dir():
             raise RecordingError(f"{self.path}: is a directory, not an sbsnn recording")
         try:
@@ -761,6 +859,12 @@ class Recording:
             if not self.complete:
                 for name in self.layers:
                     self._check(name)
+        except (OSError, RuntimeError, KeyError) as e:
+            f.close()
+            state = "complete" if getattr(self, "complete", False) else "incomplete"
+            raise RecordingError(f"{self.path}: damaged {state} recording: its structure cannot be "
+                                 f"read ({type(e).__name__}: {e}); its writer was probably cut off "
+                                 "during a write (a full disk, a kill): simulate again") from None
         except BaseException:
             f.close()
             raise

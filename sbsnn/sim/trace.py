@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sbsnn.converters.quant import linear_from_counts, rescale
+from sbsnn.errors import OptionError
 from sbsnn.neurons.coding import _bit_length
 from sbsnn.sim.events import CountSummary, step_events, summarize
 
@@ -43,7 +44,7 @@ DEFAULT_MAX_BYTES = 1 << 30
 _ROWS_BYTES = 64 << 20      # partial counts [rows, in] int64 expanded at a time
 
 
-class TraceError(ValueError):
+class TraceError(OptionError):
     """A trace request that cannot be honoured; the message says what to change."""
 
 

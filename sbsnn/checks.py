@@ -1,0 +1,160 @@
+"""Checks at the boundary: option values, input files and paths, with the limits that keep
+a run from becoming absurd. The Python API and the ``sbsnn`` command use the same checks
+(the command names the option ``--block-size``, the API the argument ``block_size``).
+
+Like :mod:`sbsnn.errors`, this module imports nothing of sbsnn's rooms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import stat
+from pathlib import Path
+
+from sbsnn.errors import InputError, LimitError, OptionError, os_error
+
+__all__ = ["K_LIMIT", "GROUP_SIZE_LIMIT", "THREADS_LIMIT", "check_choice", "check_float",
+           "check_int", "check_k", "overlap", "read_json_file", "read_text_file"]
+
+# ----------------------------------------------------------------------------- limits
+K_LIMIT = 1000.0
+K_LIMIT_WHY = (f"counts grow as k x |x| / mean|x|, so past k = {K_LIMIT:g} an input needs "
+               "thousands of time steps per token (ternary and binary coding: T = its count) "
+               "and the exact integer accumulation leaves its fast path, for no gain in "
+               "fidelity; once mean|x| / k falls below the threshold's floor (1e-5) k changes "
+               "nothing at all. SpikingBrain uses k = 2 to 4 (sbsnn's calibration up to 64)")
+GROUP_SIZE_LIMIT = 1 << 16
+GROUP_SIZE_WHY = ("a scale group wider than any layer pads every weight row and every count "
+                  "row to the group's width with zeros; for one scale per output channel give "
+                  "the layer's width")
+THREADS_LIMIT = 1024
+THREADS_WHY = "more threads than that only oversubscribe the machine (0: torch's default)"
+
+
+def _given(name: str, v) -> str:
+    """``--opt VALUE`` for a command-line option, ``name=VALUE`` for an argument."""
+    return f"{name} {v}" if name.startswith("-") else f"{name}={v}"
+
+
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              why: str | None = None, none_ok: bool = False, hint: str = "") -> int | None:
+    """``value`` as an int, or :class:`OptionError` (not an integer, below ``minimum``) /
+    :class:`LimitError` (above ``maximum``, with ``why``). ``name`` is the option as the
+    caller knows it (``"--block-size"`` or ``"block_size"``)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool):
+        raise OptionError(f"{name} must be an integer, got {value!r}{hint}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise OptionError(f"{name} must be an integer, got {value!r}{hint}") from None
+    if minimum is not None and v < minimum:
+        raise OptionError(f"{name} must be an integer >= {minimum}, got {v}{hint}")
+    if maximum is not None and v > maximum:
+        raise LimitError(f"{_given(name, v)} is refused: the bound is {maximum:,}"
+                         + (f" ({why})" if why else "") + hint)
+    return v
+
+
+def check_float(value, name: str, *, minimum: float | None = None, positive: bool = False,
+                maximum: float | None = None, why: str | None = None, none_ok: bool = False,
+                hint: str = "") -> float | None:
+    """``value`` as a finite float (> 0 with ``positive``, >= ``minimum``, <= ``maximum``
+    with ``why``), else :class:`OptionError` / :class:`LimitError`."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise OptionError(f"{name} must be a number, got {value!r}{hint}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be a number, got {value!r}{hint}") from None
+    if not math.isfinite(v):
+        raise OptionError(f"{name} must be a finite number, got {v}{hint}")
+    if positive and not v > 0:
+        raise OptionError(f"{name} must be a number > 0, got {v:g}{hint}")
+    if minimum is not None and v < minimum:
+        raise OptionError(f"{name} must be a number >= {minimum:g}, got {v:g}{hint}")
+    if maximum is not None and v > maximum:
+        raise LimitError(f"{_given(name, f'{v:g}')} is refused: the bound is {maximum:g}"
+                         + (f" ({why})" if why else "") + hint)
+    return v
+
+
+def check_k(k, name: str = "k") -> float:
+    """The threshold divisor k of ``V_th = mean|x| / k``: positive, finite, at most K_LIMIT."""
+    return check_float(k, name, positive=True, maximum=K_LIMIT, why=K_LIMIT_WHY)
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in tuple(choices):
+        raise OptionError(f"{_given(name, repr(value))} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+# ----------------------------------------------------------------------------- input files
+def _input_path(path, what: str) -> Path:
+    """``path`` if it names something readable as a stream of bytes (a regular file or a
+    pipe), else the PathError / InputError that says why not."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise os_error(e, p, f"reading {what}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{p}: is a directory; {what} must be a file")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise InputError(f"{p}: not a regular file (a device or socket); {what} must be a file")
+    return p
+
+
+def read_text_file(path, what: str = "the text", *, empty_ok: bool = False) -> str:
+    """The UTF-8 text of file ``path``; every failure is an sbsnn error naming the file
+    (missing, a directory, a device, unreadable, not UTF-8 with the byte offset, empty)."""
+    p = _input_path(path, what)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise os_error(e, p, f"reading {what}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: {what} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                         "save it as UTF-8") from None
+    if not text and not empty_ok:
+        raise InputError(f"{p}: {what} is empty")
+    return text
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_file(path, what: str = "the JSON file", error=InputError):
+    """The JSON value of file ``path`` (strict JSON: NaN and Infinity are refused)."""
+    text = read_text_file(path, what)
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except ValueError as e:
+        raise error(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- paths
+def overlap(a, b) -> str | None:
+    """How paths ``a`` and ``b`` overlap once resolved (symlinks followed): ``"same"``,
+    ``"a in b"``, ``"b in a"``, or None."""
+    try:
+        ra, rb = Path(a).resolve(), Path(b).resolve()
+    except (OSError, RuntimeError):   # a link loop: compare as written
+        ra, rb = Path(os.path.abspath(a)), Path(os.path.abspath(b))
+    if ra == rb:
+        return "same"
+    if rb in ra.parents:
+        return "a in b"
+    if ra in rb.parents:
+        return "b in a"
+    return None
