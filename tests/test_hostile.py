@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -846,7 +845,13 @@ CASES: list[Case] = [
     Case("nan-in-a-float-tensor-verified", "error", ["simulate", "{s}", "--prompt", PROMPT, S],
          setup=_spk_copy(_nan_in("model.layers.0.attn_norm.weight", True)),
          culprit=("model.layers.0.attn_norm.weight", "weights"), error=E.NonFiniteError),
+    Case("nan-logits-in-greedy-generation", "error",
+         ["generate", "{s}", "--prompt", "RO", "--max-new-tokens", "3", "--temperature", "0"],
+         setup=_src_copy(_nan_in("model.norm.weight", False)), culprit=("logits", "activations"),
+         error=E.NonFiniteError),
     # ------------------------------------------------------------------ files and the OS
+    Case("info-gguf-without-magic", "error", ["info", "{f}"], setup=_file("m.gguf", b"\x00" * 64),
+         culprit=("{f}", "not a GGUF file"), error=E.CheckpointError),
     Case("text-is-a-device", "error", ["simulate", "{spk}", "--text", "/dev/zero", S],
          culprit=("/dev/zero", "not a regular file"), error=E.InputError),
     Case("text-not-utf8", "error", ["simulate", "{spk}", "--text", "{f}", S],
@@ -933,6 +938,12 @@ CASES: list[Case] = [
     Case("api-save-spiking-of-a-float-model", "error",
          api=lambda c: sbsnn.save_spiking(sbsnn.load_model(c["src"]), c["tmp"] / "out"),
          culprit=("float model",), error=E.CheckpointKindError, outputs=("{tmp}/out",)),
+    Case("api-convert-targets-as-a-string", "error",
+         api=lambda c: sbsnn.convert(sbsnn.load_model(c["src"]), targets="*.q_proj"),
+         culprit=("targets", "list of glob patterns", "['*.q_proj']"), error=E.OptionError),
+    Case("api-load-model-dtype-as-a-string", "error",
+         api=lambda c: sbsnn.load_model(c["src"], dtype="float32"), culprit=("dtype", "'float32'"),
+         error=E.OptionError),
     Case("api-load-recording-missing", "error",
          api=lambda c: sbsnn.load_recording(c["tmp"] / "none.h5"), culprit=("{tmp}/none.h5",),
          error=E.MissingPathError),
