@@ -167,7 +167,7 @@ class SpikeTap:
         y = layer.forward_counts(counts, v_th, x.dtype)
         a = self.acc[name]
         a[0] += counts.numel()
-        a[1] += int(spikes_of(counts.to(torch.int64), self.coding))
+        a[1] += spikes_of(counts, self.coding)
         if self.reference is not None:
             ref = self.reference.get_submodule(name)
             yr = F.linear(x.reshape(-1, layer.in_features), ref.weight, ref.bias)

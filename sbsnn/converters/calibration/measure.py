@@ -31,46 +31,20 @@ import torch
 from torch import nn
 
 from sbsnn.converters.calibration.groups import InputGroup
+from sbsnn.neurons import spike_stats
 from sbsnn.neurons.coding import V_TH_MAX, V_TH_MIN
 
-_POPCOUNT16 = None
-
-
-def popcount(c: torch.Tensor) -> torch.Tensor:
-    """Set bits of ``|c|`` (int32-range integers), elementwise, by a 16-bit table."""
-    global _POPCOUNT16
-    if _POPCOUNT16 is None:
-        t = torch.zeros(1 << 16, dtype=torch.uint8)
-        for b in range(16):
-            t += ((torch.arange(1 << 16) >> b) & 1).to(torch.uint8)
-        _POPCOUNT16 = t
-    m = c.abs().to(torch.int64)
-    table = _POPCOUNT16.to(m.device)
-    return (table[m & 0xFFFF].to(torch.int32) + table[(m >> 16) & 0xFFFF].to(torch.int32))
-
-
 def spikes_per_row(c: torch.Tensor, coding: str) -> torch.Tensor:
-    """Spikes of each row of integer counts ``c`` [N, D] in ``coding``: [N]."""
-    if coding in ("ternary", "binary"):
-        return c.abs().sum(-1)
-    if coding == "bitwise":
-        return popcount(c).sum(-1)
-    peak = int(c.abs().max()) if c.numel() else 0
-    T = max(2, int(peak).bit_length() + 1)
-    return popcount(c.to(torch.int64) & ((1 << T) - 1)).sum(-1)
+    """Spikes of each row of integer counts ``c`` [N, D] laid out in ``coding``: [N]
+    (``sbsnn.neurons.spike_stats``, the closed forms the simulator and the reports use;
+    two's complement takes T from these rows)."""
+    return spike_stats(c, coding).spikes.sum(-1)
 
 
-def spikes_of(c: torch.Tensor, coding: str) -> torch.Tensor:
-    """Spikes per element of integer counts ``c`` [..., N, D] in ``coding`` (summed over
-    the last two dims): the quantity the spike budget and the reports count."""
-    if coding in ("ternary", "binary"):
-        return c.abs().sum((-2, -1))
-    if coding == "bitwise":
-        return popcount(c).sum((-2, -1))
-    # two's complement: the T-bit word of each count, T from the call's largest count
-    peak = int(c.abs().max()) if c.numel() else 0
-    T = max(2, int(peak).bit_length() + 1)
-    return popcount(c.to(torch.int64) & ((1 << T) - 1)).sum((-2, -1))
+def spikes_of(c: torch.Tensor, coding: str) -> int:
+    """All spikes of integer counts ``c`` [N, D] (one call) in ``coding``: what the spike
+    budget, the simulator's counters and the reports count."""
+    return int(spike_stats(c, coding).total_spikes)
 
 
 @dataclass
