@@ -282,6 +282,11 @@ def test_bad_options_are_refused_by_name(tiny):
         sbsnn.calibrate(tiny, [b"bytes"], "k=3")
 
 
+def test_a_spiking_model_given_as_the_float_one_is_refused_in_those_words(tiny):
+    with pytest.raises(ValueError, match="needs the float model"):
+        sbsnn.calibrate(convert(tiny), CAL, "k=3")
+
+
 def test_a_budget_below_what_the_smallest_k_spends_is_refused(tiny):
     with pytest.raises(ValueError, match="budget"):
         sbsnn.calibrate(tiny, CAL, 1e-4, fisher_tokens=256, max_tokens=512)

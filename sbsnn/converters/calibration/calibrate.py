@@ -230,6 +230,11 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     the per-layer and overall record, also summarised in its ``spiking_config.calibration``.
     """
     t_start = time.perf_counter()
+    if any(isinstance(m, SpikingLinear) for m in float_model.modules()):
+        from sbsnn.errors import CheckpointKindError
+
+        raise CheckpointKindError("calibrate needs the float model (it converts it); this one is "
+                                  "already spiking: load the float checkpoint it came from")
     budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)
     if not 0 <= margin < 0.5:
         raise ValueError(f"margin must be in [0, 0.5), got {margin!r}")
