@@ -154,7 +154,8 @@ def sweep_documents(model, documents, ks: Sequence[float] | None = None, preset:
         collector.calls = list(pooled_tallies.items())
         pooled = collector.report().pooled
         row = {
-            "k": k, "preset": preset, "coding": coding, "tokens": tokens, "chars": docs.chars,
+            "k": k, "method": "plain", "preset": preset, "coding": coding, "tokens": tokens,
+            "chars": docs.chars,
             "float_perplexity": fid["float_perplexity"], "spiking_perplexity": fid["spiking_perplexity"],
             "perplexity_ratio": fid["spiking_perplexity"] / fid["float_perplexity"],
             "top1_agreement": fid["top1_agreement"], "mean_kl": fid["mean_kl"],

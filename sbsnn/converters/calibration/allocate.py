@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbsnn.converters.calibration.measure import Tables
+from sbsnn.errors import OptionError
 
 
 @dataclass
@@ -53,7 +54,7 @@ def allocate(tables: dict[str, Tables], elements: dict[str, int], budget: float,
     while spent(tables, elements, pick(hi)) > budget:
         hi *= 10
         if hi > 1e30:
-            raise ValueError(f"a spike budget of {budget:g} per element is below what the "
+            raise OptionError(f"a spike budget of {budget:g} per element is below what the "
                              f"smallest k of the grid ({min(t.kgrid[0] for t in tables.values()):g}) "
                              "spends; give a larger budget")
     for _ in range(200):

@@ -40,6 +40,7 @@ from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, d
                                        distortion_tables, spikes_of)
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.errors import OptionError
 from sbsnn.neurons import CODINGS
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
@@ -73,11 +74,11 @@ class Measured:
 
 def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block_size: int):
     if coding not in CODINGS:
-        raise ValueError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
+        raise OptionError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
     for name, v in (("fisher_tokens", fisher_tokens), ("max_tokens", max_tokens),
                     ("block_size", block_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise OptionError(f"{name} must be a positive integer, got {v!r}")
     if isinstance(spike_budget, str):
         text = spike_budget.strip().replace(" ", "")
         if text.startswith("k="):
@@ -85,7 +86,7 @@ def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block
         try:
             float(text)
         except ValueError:
-            raise ValueError(f"spike budget {spike_budget!r}: give spikes per element (a number) "
+            raise OptionError(f"spike budget {spike_budget!r}: give spikes per element (a number) "
                              "or 'k=K' (what plain conversion at k = K spends on the text)") from None
         spike_budget = text
     return _number(spike_budget, "spike_budget"), None
@@ -95,9 +96,9 @@ def _number(v, what: str) -> float:
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a positive number, got {v!r}") from None
+        raise OptionError(f"{what} must be a positive number, got {v!r}") from None
     if isinstance(v, bool) or not (0 < f < math.inf):
-        raise ValueError(f"{what} must be a positive finite number, got {v!r}")
+        raise OptionError(f"{what} must be a positive finite number, got {v!r}")
     return f
 
 
@@ -110,7 +111,7 @@ def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[tor
     out, total = [], 0
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"calibration texts must be strings, got {type(text).__name__}")
+            raise OptionError(f"calibration texts must be strings, got {type(text).__name__}")
         ids = tok.encode(text)[: max_tokens - total]
         if len(ids) < 2:
             continue
@@ -120,7 +121,7 @@ def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[tor
         if total >= max_tokens:
             break
     if not out:
-        raise ValueError("the calibration text holds fewer than two tokens")
+        raise OptionError("the calibration text holds fewer than two tokens")
     return out
 
 
@@ -237,7 +238,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
                                   "already spiking: load the float checkpoint it came from")
     budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)
     if not 0 <= margin < 0.5:
-        raise ValueError(f"margin must be in [0, 0.5), got {margin!r}")
+        raise OptionError(f"margin must be in [0, 0.5), got {margin!r}")
     from tqdm.auto import tqdm
 
     blocks = text_blocks(float_model, texts, max_tokens, block_size)
@@ -270,7 +271,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     timings["tables_s"] = time.perf_counter() - t
     missing = [g.name for g in groups if g.name not in tables]
     if missing:
-        raise ValueError(f"no calibration activations reached {missing[:3]}; give a longer text")
+        raise OptionError(f"no calibration activations reached {missing[:3]}; give a longer text")
 
     def bar_for(desc: str, total: int):
         return tqdm(total=total, desc=desc, unit="tok", disable=not progress)
@@ -371,7 +372,7 @@ def _uniform_choices(tables, elements, budget) -> dict[str, Choice]:
         if sp <= budget:
             best = (i, cand)
     if best is None:
-        raise ValueError(f"a spike budget of {budget:g} is below what k = {kgrid[0]:g} spends")
+        raise OptionError(f"a spike budget of {budget:g} is below what k = {kgrid[0]:g} spends")
     i, cand = best
     return {g: Choice(c, float(kgrid[i]), float(tables[g].distortion[c, i]),
                       float(tables[g].spikes[c, i])) for g, c in cand.items()}
