@@ -25,6 +25,7 @@ from sbsnn.neurons import (
     num_steps,
     spike_counts,
     spike_stats,
+    spikes_per_element,
 )
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -283,6 +284,7 @@ def check_round_trip(c, coding):
     stats = spike_stats(c, coding)
     assert stats.steps == trains.shape[0]
     assert torch.equal(stats.spikes.to(torch.int64), fired.sum(0))
+    assert torch.equal(spikes_per_element(c, coding).to(torch.int64), fired.sum(0))
     assert torch.equal(stats.spikes_per_step, fired.flatten(1).sum(1))
     assert stats.total_spikes == int(fired.sum()) and stats.slots == trains.numel()
     expected_spikes = {

@@ -23,6 +23,7 @@ from .coding import (
     num_steps,
     spike_counts,
     spike_stats,
+    spikes_per_element,
 )
 from .dynamics import IFResult, integrate_and_fire
 from .modules import HAS_SPIKINGJELLY, AdaptiveThresholdNeuron
@@ -45,6 +46,7 @@ __all__ = [
     "num_steps",
     "spike_counts",
     "spike_stats",
+    "spikes_per_element",
     "IFResult",
     "integrate_and_fire",
     "HAS_SPIKINGJELLY",

@@ -938,8 +938,29 @@ def spike_stats(counts: torch.Tensor, coding: str, steps: Steps = None, *,
                 continue  # leading zeros
             per_step[t] = int(torch.count_nonzero((src >> min(b, bits - 1)) & 1))
         slots, word_len = numel * t_len, t_len
-    if coding == "bitwise":
-        spikes = _popcount(mag)
-    else:  # popcount of the T-bit word; for c < 0 its zeros are the ones of ~c (>= 0)
-        spikes = torch.where(c >= 0, _popcount(mag), word_len - _popcount(~c))
+    spikes = _element_spikes(c, mag, coding, word_len)
     return SpikeStats(coding, t_len, spikes, per_step, int(per_step.sum()), slots, element_steps)
+
+
+def _element_spikes(c: torch.Tensor, mag: torch.Tensor, coding: str, word_len) -> torch.Tensor:
+    """Spikes per element (closed forms): ``|c|``, ``popcount(|c|)``, or the popcount of
+    the ``word_len``-bit two's complement word."""
+    if coding in _UNIT_CODINGS:
+        return mag
+    if coding == "bitwise":
+        return _popcount(mag)
+    # popcount of the T-bit word; for c < 0 its zeros are the ones of ~c (>= 0)
+    return torch.where(c >= 0, _popcount(mag), word_len - _popcount(~c))
+
+
+@_eager
+def spikes_per_element(counts: torch.Tensor, coding: str, steps: Optional[int] = None) -> torch.Tensor:
+    """The spikes each element of ``counts`` emits in ``coding``, without the per-step
+    statistics of :func:`spike_stats` (the same closed forms, for hot loops): ``|c|``
+    (binary, ternary), ``popcount(|c|)`` (bitwise), the popcount of the T-bit two's
+    complement word (T: ``steps``, by default the smallest the counts allow)."""
+    fn = "spikes_per_element"
+    _check_coding(coding, fn)
+    c, lo, hi = _prepare_counts(counts, coding, fn)
+    t_len = _resolve_steps(coding, lo, hi, steps, fn) if coding == "twos_complement" else 0
+    return _element_spikes(c, _magnitude(c), coding, t_len)

@@ -31,20 +31,20 @@ import torch
 from torch import nn
 
 from sbsnn.converters.calibration.groups import InputGroup
-from sbsnn.neurons import spike_stats
+from sbsnn.neurons import spikes_per_element
 from sbsnn.neurons.coding import V_TH_MAX, V_TH_MIN
 
 def spikes_per_row(c: torch.Tensor, coding: str) -> torch.Tensor:
     """Spikes of each row of integer counts ``c`` [N, D] laid out in ``coding``: [N]
-    (``sbsnn.neurons.spike_stats``, the closed forms the simulator and the reports use;
-    two's complement takes T from these rows)."""
-    return spike_stats(c, coding).spikes.sum(-1)
+    (``sbsnn.neurons.spikes_per_element``, the closed forms of the simulator and the
+    reports; two's complement takes T from these rows)."""
+    return spikes_per_element(c, coding).sum(-1)
 
 
 def spikes_of(c: torch.Tensor, coding: str) -> int:
     """All spikes of integer counts ``c`` [N, D] (one call) in ``coding``: what the spike
     budget, the simulator's counters and the reports count."""
-    return int(spike_stats(c, coding).total_spikes)
+    return int(spikes_per_element(c, coding).sum())
 
 
 @dataclass
