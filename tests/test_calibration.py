@@ -24,7 +24,7 @@ import sbsnn
 from sbsnn.analysis.fidelity import fidelity
 from sbsnn.cli import main
 from sbsnn.converters import SpikingLinear, convert, load_spiking, read_spiking_config, save_spiking
-from sbsnn.converters.calibration import find_groups, fold, measure_spikes, text_blocks
+from sbsnn.converters.calibration import find_groups, fold, text_blocks
 from sbsnn.converters.calibration.allocate import allocate, spent
 from sbsnn.converters.calibration.groups import tie_for_producer
 from sbsnn.converters.calibration.measure import Tables

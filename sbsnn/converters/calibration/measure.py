@@ -12,7 +12,8 @@ distinct channels are close to independent, so a group's *distortion* is
 
 and its cost is the spikes it emits per element, ``S(k)``: ``|c|`` (ternary, binary)
 or ``popcount |c|`` (bitwise), or the popcount of the two's-complement word. Both are
-measured exactly, for a grid of k, on the float model's activations and gradients; for
+computed exactly (rounding and counting as the neurons do), for a grid of k, on the float
+model's activations and gradients at sampled tokens (:func:`_rows`); for
 a smoothing ``s`` (``x -> x / s`` folded into the producer), the same tables are
 computed on ``x / s`` with gradients ``g * s``.
 
@@ -33,6 +34,7 @@ from torch import nn
 from sbsnn.converters.calibration.groups import InputGroup
 from sbsnn.neurons import spikes_per_element
 from sbsnn.neurons.coding import V_TH_MAX, V_TH_MIN
+
 
 def spikes_per_row(c: torch.Tensor, coding: str) -> torch.Tensor:
     """Spikes of each row of integer counts ``c`` [N, D] laid out in ``coding``: [N]
