@@ -1377,5 +1377,10 @@ def test_corrupt_configs_are_refused_by_name_or_read_as_given(key, value):
         got = getattr(cfg, key)
         assert got == value and type(got) is type(value) or (
             isinstance(got, list) and got == list(value)), (key, value, got)
-    with torch.device("meta"):
-        HybridForCausalLM(cfg)
+    # Build it (on meta: no memory) unless the value makes it absurdly large: the reader
+    # accepts any positive layer count, and building 2**60 layers never ends.
+    if all(getattr(cfg, n) <= 4096 for n in ("num_hidden_layers", "hidden_size",
+                                             "intermediate_size", "num_attention_heads",
+                                             "num_key_value_heads")):
+        with torch.device("meta"):
+            HybridForCausalLM(cfg)
