@@ -248,6 +248,29 @@ def test_keys_harmless_only_at_one_value_are_refused_otherwise(tmp_path, key, va
         load_model(d)
 
 
+@pytest.mark.parametrize("key,value", [("num_hidden_layers", 2 ** 60), ("vocab_size", 2 ** 40),
+                                       ("hidden_size", 2 ** 31), ("num_attention_heads", 10 ** 9)])
+def test_absurd_sizes_are_refused_with_the_bound(tmp_path, key, value):
+    """A damaged config's sizes are refused by name before anything is built (2**60
+    layers used to hang building the model; a 2**40 vocabulary would allocate)."""
+    from sbsnn.models.config import SIZE_BOUNDS
+
+    _, d = _llama_dir(tmp_path, **{key: value})
+    with pytest.raises(CheckpointError, match=rf"'{key}' = {value} is refused: the bound is "
+                                              rf"{SIZE_BOUNDS[key][0]:,}") as e:
+        load_model(d)
+    assert str(d / "config.json") in str(e.value)
+
+
+def test_absurd_sizes_in_sbsnn_own_config_are_refused():
+    from sbsnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"num_hidden_layers = 20,000 is refused: the bound is 10,000"):
+        HybridConfig(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=20_000,
+                     num_attention_heads=2, num_key_value_heads=2, attn_layers=[],
+                     sliding_window=None, norm_eps=1e-6, attention_bias=False)
+
+
 def test_harmless_keys_load(tmp_path):
     ref, d = _llama_dir(tmp_path, use_cache=False, temperature=0.7, pretraining_tp=1,
                         architectures=["LlamaForCausalLM"], _name_or_path="somewhere")

@@ -26,6 +26,22 @@ SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2",
                          "gemma3_text")
 
 
+# Sizes beyond these are refused by name rather than attempted: a damaged config.json
+# (or a fuzzed one) with 2**60 layers would otherwise hang building the model.
+SIZE_BOUNDS: dict[str, tuple[int, str]] = {
+    "num_hidden_layers": (10_000, "published LLMs have at most a few hundred layers"),
+    "hidden_size": (1 << 20, "published LLMs are at most a few tens of thousands wide"),
+    "intermediate_size": (1 << 22, "published LLMs' feed-forward layers are below a million wide"),
+    "moe_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
+    "shared_expert_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
+    "vocab_size": (1 << 24, "published tokenizers have at most about a million tokens"),
+    "num_attention_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
+    "num_key_value_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
+    "head_dim": (1 << 16, "published LLMs' heads are at most a few hundred wide"),
+    "num_experts": (1 << 20, "published mixtures have at most a few thousand experts"),
+}
+
+
 @dataclass
 class HybridConfig:
     # --- SpikingBrain-7B names -------------------------------------------------------
@@ -126,6 +142,11 @@ class HybridConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 bad(f"{name} must be a positive integer, got {v!r}")
+        for name, (bound, why) in SIZE_BOUNDS.items():
+            v = getattr(self, name)
+            if isinstance(v, int) and v > bound:
+                bad(f"{name} = {v:,} is refused: the bound is {bound:,} ({why}); "
+                    "the config is damaged or not a language model's")
         def is_int(v) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 

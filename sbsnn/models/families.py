@@ -26,7 +26,7 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from sbsnn.models.config import LAYER_TYPES, HybridConfig
+from sbsnn.models.config import LAYER_TYPES, SIZE_BOUNDS, HybridConfig
 from sbsnn.models.errors import CheckpointError, ConfigError
 
 # Keys that never change the forward pass (bookkeeping, training-only settings, token
@@ -139,6 +139,10 @@ class ConfigKeys:
 def _positive_int(r: ConfigKeys, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         r.refuse(key, "must be a positive integer")
+    if key in SIZE_BOUNDS and value > SIZE_BOUNDS[key][0]:
+        bound, why = SIZE_BOUNDS[key]
+        r.refuse(key, f"is refused: the bound is {bound:,} ({why}); the config is damaged "
+                      "or not a language model's")
     return value
 
 
