@@ -21,17 +21,16 @@ tiny-hybrid, its shipped held-out sample: first half calibrates, second half eva
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from _machine import cpu_model
+from _readme import write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -129,16 +128,7 @@ def run(args) -> tuple[str, list[dict]]:
 
 
 def write_readme(path: Path, body: str, command: str) -> None:
-    run_text = (f"\n### Run of {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-                f"Command: `{command}`\n\n{body}\n")
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}"
-    start = text.index(SECTION)
-    nxt = re.search(r"^## ", text[start + len(SECTION):], re.M)
-    end = len(text) if nxt is None else start + len(SECTION) + nxt.start()
-    mine = text[start:end].rstrip("\n") + "\n" + run_text
-    path.write_text(text[:start] + mine + ("\n" + text[end:] if end < len(text) else ""))
+    write_section(path, SECTION, INTRO, body, command)
 
 
 def main(argv=None) -> int:

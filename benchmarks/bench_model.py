@@ -46,7 +46,8 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from _machine import cpu_model
+from _readme import write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -328,18 +329,7 @@ def run_real(args) -> str:
 
 
 def write_readme(path: Path, body: str, command: str) -> None:
-    """Append this run under SECTION (created if missing); other sections untouched."""
-    run = (f"\n### Run of {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n\n"
-           f"Command: `{command}`\n\n{body}\n")
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{SECTION_INTRO}"
-    start = text.index(SECTION)
-    nxt = re.search(r"^## ", text[start + len(SECTION):], re.M)
-    end = len(text) if nxt is None else start + len(SECTION) + nxt.start()
-    mine = text[start:end].rstrip("\n") + "\n" + run
-    text = text[:start] + mine + ("\n" + text[end:] if end < len(text) else "")
-    path.write_text(text)
+    write_section(path, SECTION, SECTION_INTRO, body, command)
 
 
 def main(argv=None) -> int:
