@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from queue import SimpleQueue
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -129,28 +130,82 @@ def submit(fn: Callable, *args, **kwargs) -> Future:
         _in_callers_grad_mode(fn), *args, **kwargs)
 
 
-def run_parts(fn: Callable, parts: Sequence, workers: int) -> list:
-    """``[fn(part) for part in parts]``, in order, on ``workers`` single-threaded workers
-    that take parts from a queue (inline when ``workers <= 1``). Every part finishes
-    before a worker's exception is re-raised."""
+class _Cancelled(Exception):
+    """Raised by a part's ``tell`` once the run has stopped (another part failed, or the
+    caller was interrupted): the part ends at its next report."""
+
+
+_DONE = object()  # a worker's last message to the caller
+
+
+def run_parts(fn: Callable, parts: Sequence, workers: int, *,
+              order: Optional[Sequence[int]] = None, relay: Optional[Callable] = None) -> list:
+    """``[fn(part) for part in parts]``, in part order, on ``workers`` single-threaded
+    workers that take parts from a queue (inline, in part order, when ``workers <= 1``).
+
+    ``order``: the indices of ``parts`` in the order they are handed out (e.g. longest
+    first); results stay in part order. ``relay``: given, ``fn`` is called as
+    ``fn(part, tell)``; each ``tell(x)`` made on a worker becomes ``relay(x)`` on the
+    calling thread (a progress bar's ``update`` is then only touched by its own thread).
+
+    Once a part raises, no further part starts, and a part that calls ``tell`` ends
+    there; the parts in flight finish, then the exception of the failed part that comes
+    first in part order is re-raised. An interrupt of the caller (``KeyboardInterrupt``
+    while waiting) stops the run the same way before it propagates, so no worker goes
+    on with the caller's work."""
     parts = list(parts)
     if workers <= 1 or len(parts) <= 1:
-        return [fn(p) for p in parts]
-    results = [None] * len(parts)
-    queue = iter(range(len(parts)))
-    lock = threading.Lock()
-    fn = _in_callers_grad_mode(fn)
+        if relay is None:
+            return [fn(p) for p in parts]
+        return [fn(p, relay) for p in parts]
+    n = len(parts)
+    order = list(range(n)) if order is None else [int(i) for i in order]
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"run_parts: order must be a permutation of range({n}), got {order}")
+    results, errors = [None] * n, {}
+    todo = iter(order)
+    lock, stop, messages = threading.Lock(), threading.Event(), SimpleQueue()
+    run = _in_callers_grad_mode(fn)
+
+    def tell(x):
+        if stop.is_set():
+            raise _Cancelled()
+        messages.put(x)
 
     def worker():
-        while True:
-            with lock:
-                i = next(queue, None)
-            if i is None:
-                return
-            results[i] = fn(parts[i])
+        try:
+            while not stop.is_set():
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = run(parts[i]) if relay is None else run(parts[i], tell)
+                except _Cancelled:
+                    return
+                except BaseException as err:  # noqa: B902 - handed to the caller below
+                    errors[i] = err
+                    stop.set()
+                    return
+        finally:
+            messages.put(_DONE)
 
-    futures = [_worker_pool(workers).submit(worker) for _ in range(min(workers, len(parts)))]
+    count = min(workers, n)
+    pool = _worker_pool(count)
+    futures = [pool.submit(worker) for _ in range(count)]
+    try:
+        done = 0
+        while done < count:
+            x = messages.get()
+            if x is _DONE:
+                done += 1
+            elif relay is not None:
+                relay(x)
+    except BaseException:
+        stop.set()  # the parts in flight end at their next tell; wait for them
+        wait(futures)
+        raise
     wait(futures)
-    for f in futures:
-        f.result()  # re-raises a worker's exception
+    if errors:
+        raise errors[min(errors)]
     return results
