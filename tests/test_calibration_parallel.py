@@ -26,6 +26,10 @@ TEXT = heldout_text()
 # documents of different lengths (longest-first balancing has something to do)
 DOCS = [TEXT[a:b] for a, b in ((0, 700), (700, 900), (900, 1500), (1500, 1800),
                                (1800, 2300), (2300, 2450))]
+# Not a multiple of 32: attention's last query chunk is then a small matrix product, which
+# MKL splits differently when it runs multi-threaded (a worker must be single-threaded in
+# MKL too, or these passes differ in the last bits).
+BLOCK = 75
 
 
 @contextmanager
@@ -50,7 +54,7 @@ def spiking(tiny):
 
 @pytest.fixture(scope="module")
 def blocks(tiny):
-    b = text_blocks(tiny, DOCS, 4096, 64)
+    b = text_blocks(tiny, DOCS, 4096, BLOCK)
     assert len(b) == len(DOCS) and len({sum(x.shape[1] for x in d) for d in b}) > 2
     return b
 
@@ -185,8 +189,8 @@ def test_compare_side_by_side_gives_the_serial_bits(tiny, spiking, bodies):
     for n in (1, 2):
         with threads(n):
             out[n] = compare(tiny, {"plain": spiking}, DOCS, "ternary", max_tokens=4096,
-                             block_size=64)
+                             block_size=BLOCK)
     assert len(set(bodies)) >= 3  # the calling thread, then two workers
     assert out[2] == out[1]
     assert out[1]["plain"]["tokens"] == sum(
-        sum(b.shape[1] for b in d) - 1 for d in text_blocks(tiny, DOCS, 4096, 64))
+        sum(b.shape[1] for b in d) - 1 for d in text_blocks(tiny, DOCS, 4096, BLOCK))

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sbsnn.neurons import workers
 
@@ -110,3 +111,30 @@ def test_an_interrupt_of_the_caller_stops_the_workers_before_it_propagates():
     # the pool is free for the next run
     assert workers.run_parts(lambda p: p + 1, range(4), 2) == [1, 2, 3, 4]
     assert torch.get_num_threads() >= 2
+
+
+def test_a_worker_computes_what_one_torch_thread_computes():
+    """Matrix products with few rows and attention (whose chunks are such products) on a
+    worker give the bits of the caller at one thread: MKL, where torch uses it, runs
+    single-threaded on the worker too (left at the host's count it splits them
+    differently)."""
+    g = torch.Generator().manual_seed(3)
+    mats = [(torch.randn(m, k, generator=g), torch.randn(k, n, generator=g))
+            for m in (11, 32) for k in (107, 256, 619) for n in (107, 512)]
+    q = torch.randn(1, 4, 107, 64, generator=g)
+    kv = torch.randn(2, 1, 1, 300, 64, generator=g)
+    mask = torch.rand(107, 300, generator=g) > 0.3
+
+    def run():
+        with torch.no_grad():
+            return [x @ y for x, y in mats] + [F.scaled_dot_product_attention(
+                q, kv[0], kv[1], attn_mask=mask, scale=0.125, enable_gqa=True)]
+
+    on_worker = workers.submit(run).result()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one_thread = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(on_worker, one_thread))
