@@ -25,23 +25,36 @@ def compare(float_model, spiking_models: Mapping[str, object], texts, coding: st
     ``top1_agreement``, ``mean_kl``, ``float_perplexity``, ``spiking_perplexity``,
     ``perplexity_ratio`` and ``spikes_per_element`` (in ``coding``) on ``texts`` (a string
     or a list of documents, each a fresh sequence; at most ``max_tokens`` tokens)."""
-    from sbsnn.converters.calibration import SpikeTap, text_blocks
+    from sbsnn.converters.calibration import text_blocks
 
     blocks = text_blocks(float_model, texts, max_tokens, block_size)
     out = {}
     for name, spiking in spiking_models.items():
-        sums = FidelitySums()
-        with SpikeTap(spiking, coding) as tap:
-            for doc in blocks:
-                ids = torch.cat(doc, dim=1)
-                sums = sums.add(fidelity_sums_of_ids(float_model, spiking, ids, block_size))
+        sums, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size)
         f = sums.fidelity()
         out[name] = {"tokens": f.tokens, "top1_agreement": f.top1_agreement,
                      "mean_kl": f.mean_kl, "float_perplexity": f.float_perplexity,
                      "spiking_perplexity": f.spiking_perplexity,
                      "perplexity_ratio": f.spiking_perplexity / f.float_perplexity,
-                     "spikes_per_element": tap.measured(f.tokens).spikes_per_element}
+                     "spikes_per_element": spikes_per_element}
     return out
+
+
+def _sums(float_model, spiking, blocks, coding: str, block_size: int):
+    """Fidelity sums and spikes per element over the documents ``blocks``: documents side
+    by side on a CPU with several torch threads, everything added in document order."""
+    from sbsnn.converters.calibration import SpikeTap, each_document
+
+    def one(i, doc, tell):
+        with tap.document(i):
+            return fidelity_sums_of_ids(float_model, spiking, torch.cat(doc, dim=1),
+                                        block_size, progress=tell)
+
+    with SpikeTap(spiking, coding) as tap:
+        sums = FidelitySums()
+        for s in each_document(one, blocks, [float_model, spiking]):
+            sums = sums.add(s)
+    return sums, tap.measured(sums.tokens).spikes_per_element
 
 
 def _short(name: str) -> str:

@@ -90,8 +90,9 @@ def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) 
 
 @torch.no_grad()
 def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_size: int = 256,
-                         chars: int = 0) -> FidelitySums:
-    """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models)."""
+                         chars: int = 0, progress=None) -> FidelitySums:
+    """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models);
+    ``progress(n)`` after each block of ``n`` predictions."""
     from sbsnn.checks import check_int
 
     check_int(block_size, "block_size", minimum=1)
@@ -108,6 +109,8 @@ def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_si
         nll_s -= ls.gather(1, y[:, None]).sum().item()
         kl += F.kl_div(ls, lf, log_target=True, reduction="sum").item()
         agree += int((lf.argmax(-1) == ls.argmax(-1)).sum())
+        if progress is not None:
+            progress(y.numel())
     return FidelitySums(max(0, ids.shape[1] - 1), nll_f, nll_s, kl, agree, chars)
 
 

@@ -9,10 +9,14 @@ ops single-threaded, which take parts from a queue: a worker that is descheduled
 hold up the others, and there is one hand-off per part instead of one fork/join per op.
 
 Each worker makes *its own* torch ops single-threaded by setting its own OpenMP thread
-count (``omp_set_num_threads`` acts on the calling thread's ICV only). torch's settings for
-the host's threads (``torch.get_num_threads()``, ``torch.set_num_threads``) are never
-changed. Where the OpenMP runtime torch uses cannot be found, :func:`workers_for` returns
-1 and callers run their parts on their own thread. Inside a worker,
+count (``omp_set_num_threads`` acts on the calling thread's ICV only) and, where torch
+uses MKL, MKL's own per-thread count (``MKL_Set_Num_Threads_Local``): with MKL left at the
+host's count, a worker's small matrix products (attention) ran multi-threaded and came out
+in other bits than the same products at one thread. A worker thus computes what one
+torch thread computes, bit for bit. torch's settings for the host's threads
+(``torch.get_num_threads()``, ``torch.set_num_threads``) are never changed. Where either
+setting cannot be found, :func:`workers_for` returns 1 and callers run their parts on
+their own thread. Inside a worker,
 ``torch.get_num_threads()`` reads 1, so nested calls run inline (no deadlock).
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from queue import SimpleQueue
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -32,6 +37,8 @@ _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
 _omp_setter = None          # omp_set_num_threads of torch's OpenMP runtime, once found
 _omp_searched = False
+_mkl_setter = None          # MKL_Set_Num_Threads_Local where torch uses MKL, once found
+_mkl_searched = False
 
 
 def _forget_pool_after_fork():  # a forked child has none of the parent's threads
@@ -83,13 +90,69 @@ def _omp_set_num_threads():
         return _omp_setter
 
 
+def _mkl_library_paths() -> list:
+    """Libraries that may hold torch's MKL: MKL runtimes mapped into this process
+    (Linux), then torch's own ``libtorch_cpu`` (MKL linked in statically)."""
+    import glob
+    import re
+
+    found = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                if re.search(r"/libmkl_(rt|core|intel_thread|gnu_thread)[^/]*\.(so|dylib)", path) \
+                        and path not in found:
+                    found.append(path)
+    except OSError:
+        pass
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for pattern in ("libtorch_cpu.so", "libtorch_cpu.dylib"):
+        found += [p for p in sorted(glob.glob(os.path.join(libdir, pattern))) if p not in found]
+    return found
+
+
+def _mkl_set_num_threads_local():
+    """MKL's ``MKL_Set_Num_Threads_Local`` (its C entry, which takes the count by value;
+    the lower-case ``mkl_set_num_threads_local`` is the Fortran entry and takes a pointer),
+    or None: where torch uses MKL, a worker sets it too, since MKL takes its thread count
+    from its own per-thread setting, which torch's lazy init of the worker sets to the
+    host's count (MKL then splits small products differently: other bits)."""
+    global _mkl_setter, _mkl_searched
+    with _pool_lock:
+        if not _mkl_searched:
+            _mkl_searched = True
+            import ctypes
+
+            for path in _mkl_library_paths():
+                try:
+                    fn = ctypes.CDLL(path).MKL_Set_Num_Threads_Local
+                except (OSError, AttributeError):
+                    continue
+                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                _mkl_setter = fn
+                break
+        return _mkl_setter
+
+
+def _single_threadable() -> bool:
+    """Whether a worker can make its own torch ops single-threaded: OpenMP's setting
+    found, and MKL's where torch uses MKL."""
+    if _omp_set_num_threads() is None:
+        return False
+    return not torch.backends.mkl.is_available() or _mkl_set_num_threads_local() is not None
+
+
 def _serial_worker_init():
-    """Make this worker thread's torch ops single-threaded (its own OpenMP ICV only; if
-    that fails the worker's ops may fork, which costs time, never correctness)."""
-    torch.get_num_threads()       # torch's lazy per-thread init first: it sets the ICV once
+    """Make this worker thread's torch ops single-threaded: its own OpenMP ICV and MKL's
+    per-thread count (workers only run where both are found, see :func:`workers_for`)."""
+    torch.get_num_threads()       # torch's lazy per-thread init first: it sets both once
     setter = _omp_set_num_threads()
     if setter is not None:
         setter(1)
+    mkl = _mkl_set_num_threads_local() if torch.backends.mkl.is_available() else None
+    if mkl is not None:
+        mkl(1)
 
 
 def workers_for(wanted: int) -> int:
@@ -97,7 +160,7 @@ def workers_for(wanted: int) -> int:
     thread count for the calling thread, 1 (run inline) inside a worker or where workers
     cannot be made single-threaded."""
     n = min(int(wanted), torch.get_num_threads())
-    if n <= 1 or _omp_set_num_threads() is None:
+    if n <= 1 or not _single_threadable():
         return 1
     return n
 
@@ -129,28 +192,82 @@ def submit(fn: Callable, *args, **kwargs) -> Future:
         _in_callers_grad_mode(fn), *args, **kwargs)
 
 
-def run_parts(fn: Callable, parts: Sequence, workers: int) -> list:
-    """``[fn(part) for part in parts]``, in order, on ``workers`` single-threaded workers
-    that take parts from a queue (inline when ``workers <= 1``). Every part finishes
-    before a worker's exception is re-raised."""
+class _Cancelled(Exception):
+    """Raised by a part's ``tell`` once the run has stopped (another part failed, or the
+    caller was interrupted): the part ends at its next report."""
+
+
+_DONE = object()  # a worker's last message to the caller
+
+
+def run_parts(fn: Callable, parts: Sequence, workers: int, *,
+              order: Optional[Sequence[int]] = None, relay: Optional[Callable] = None) -> list:
+    """``[fn(part) for part in parts]``, in part order, on ``workers`` single-threaded
+    workers that take parts from a queue (inline, in part order, when ``workers <= 1``).
+
+    ``order``: the indices of ``parts`` in the order they are handed out (e.g. longest
+    first); results stay in part order. ``relay``: given, ``fn`` is called as
+    ``fn(part, tell)``; each ``tell(x)`` made on a worker becomes ``relay(x)`` on the
+    calling thread (a progress bar's ``update`` is then only touched by its own thread).
+
+    Once a part raises, no further part starts, and a part that calls ``tell`` ends
+    there; the parts in flight finish, then the exception of the failed part that comes
+    first in part order is re-raised. An interrupt of the caller (``KeyboardInterrupt``
+    while waiting) stops the run the same way before it propagates, so no worker goes
+    on with the caller's work."""
     parts = list(parts)
     if workers <= 1 or len(parts) <= 1:
-        return [fn(p) for p in parts]
-    results = [None] * len(parts)
-    queue = iter(range(len(parts)))
-    lock = threading.Lock()
-    fn = _in_callers_grad_mode(fn)
+        if relay is None:
+            return [fn(p) for p in parts]
+        return [fn(p, relay) for p in parts]
+    n = len(parts)
+    order = list(range(n)) if order is None else [int(i) for i in order]
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"run_parts: order must be a permutation of range({n}), got {order}")
+    results, errors = [None] * n, {}
+    todo = iter(order)
+    lock, stop, messages = threading.Lock(), threading.Event(), SimpleQueue()
+    run = _in_callers_grad_mode(fn)
+
+    def tell(x):
+        if stop.is_set():
+            raise _Cancelled()
+        messages.put(x)
 
     def worker():
-        while True:
-            with lock:
-                i = next(queue, None)
-            if i is None:
-                return
-            results[i] = fn(parts[i])
+        try:
+            while not stop.is_set():
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = run(parts[i]) if relay is None else run(parts[i], tell)
+                except _Cancelled:
+                    return
+                except BaseException as err:  # noqa: B902 - handed to the caller below
+                    errors[i] = err
+                    stop.set()
+                    return
+        finally:
+            messages.put(_DONE)
 
-    futures = [_worker_pool(workers).submit(worker) for _ in range(min(workers, len(parts)))]
+    count = min(workers, n)
+    pool = _worker_pool(count)
+    futures = [pool.submit(worker) for _ in range(count)]
+    try:
+        done = 0
+        while done < count:
+            x = messages.get()
+            if x is _DONE:
+                done += 1
+            elif relay is not None:
+                relay(x)
+    except BaseException:
+        stop.set()  # the parts in flight end at their next tell; wait for them
+        wait(futures)
+        raise
     wait(futures)
-    for f in futures:
-        f.result()  # re-raises a worker's exception
+    if errors:
+        raise errors[min(errors)]
     return results

@@ -8,7 +8,8 @@ before/after comparison (agreement, KL, perplexity) is analysis:
 
 from sbsnn.converters.calibration.calibrate import (Measured, SpikeTap, calibrate,
                                                     measure_spikes, text_blocks)
+from sbsnn.converters.calibration.documents import each_document
 from sbsnn.converters.calibration.groups import InputGroup, find_groups, fold
 
-__all__ = ["InputGroup", "Measured", "SpikeTap", "calibrate", "find_groups", "fold",
-           "measure_spikes", "text_blocks"]
+__all__ = ["InputGroup", "Measured", "SpikeTap", "calibrate", "each_document", "find_groups",
+           "fold", "measure_spikes", "text_blocks"]

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,13 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbsnn.converters.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
+from sbsnn.converters.calibration.documents import each_document
 from sbsnn.converters.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
 from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
                                        distortion_tables, spikes_of)
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import OptionError
-from sbsnn.neurons import CODINGS
+from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
 # (0, 0) is no smoothing; (1/3, 1/3) is optimal for ternary coding at a fixed budget;
@@ -156,17 +159,57 @@ class SpikeTap:
     layer of ``spiking`` runs its integer path through an executor that counts its
     elements and spikes (the coding's count) and, with the float ``reference`` model
     (same module names), sums the squared error of its output against the float layer
-    on the same input."""
+    on the same input.
+
+    Each document counts apart (``with tap.document(i):`` on the thread that runs it;
+    documents may run on several threads at once), and :meth:`measured` adds the
+    documents in index order, so the sums do not depend on which thread ran what. Calls
+    outside any document count as one more, before the others, and must come from the
+    thread that entered the tap. The neurons' memories (``v_th``) are left as they were
+    found."""
 
     def __init__(self, spiking: nn.Module, coding: str, reference: nn.Module | None = None):
         self.spiking, self.coding, self.reference = spiking, coding, reference
         self.layers = [(n, m) for n, m in spiking.named_modules() if isinstance(m, SpikingLinear)]
-        self.acc = {n: [0, 0, 0.0, 0.0] for n, _ in self.layers}  # elements, spikes, err^2, ref^2
+        self._documents: dict[int, dict] = {}   # index -> per layer [elements, spikes, err^2, ref^2]
+        self._loose: dict | None = None
+        self._current = threading.local()
+        self._lock = threading.Lock()
+        self._owner: threading.Thread | None = None
+        self._memories: list = []
+
+    def _zeros(self) -> dict:
+        return {n: [0, 0, 0.0, 0.0] for n, _ in self.layers}
+
+    @contextmanager
+    def document(self, index: int):
+        """Count what this thread runs inside as document ``index`` (each index once)."""
+        with self._lock:
+            if index in self._documents:
+                raise ValueError(f"SpikeTap: document {index} was already counted")
+            acc = self._documents[index] = self._zeros()
+        before = getattr(self._current, "acc", None)
+        self._current.acc = acc
+        try:
+            yield
+        finally:
+            self._current.acc = before
+
+    def _accumulators(self) -> dict:
+        acc = getattr(self._current, "acc", None)
+        if acc is not None:
+            return acc
+        if threading.current_thread() is not self._owner:
+            raise RuntimeError("SpikeTap: a spiking layer ran on another thread outside "
+                               "tap.document(i); wrap each document's pass in tap.document(i)")
+        if self._loose is None:
+            self._loose = self._zeros()
+        return self._loose
 
     def _execute(self, layer, x, name):
         counts, v_th = layer.spike(x)
         y = layer.forward_counts(counts, v_th, x.dtype)
-        a = self.acc[name]
+        a = self._accumulators()[name]
         a[0] += counts.numel()
         a[1] += spikes_of(counts, self.coding)
         if self.reference is not None:
@@ -177,6 +220,9 @@ class SpikeTap:
         return y.view(*x.shape[:-1], layer.out_features)
 
     def __enter__(self) -> "SpikeTap":
+        self._owner = threading.current_thread()
+        self._memories = [(m, m.v_th) for m in self.spiking.modules()
+                          if isinstance(m, AdaptiveThresholdNeuron)]
         for n, m in self.layers:
             m.executor = lambda lyr, x, _n=n: self._execute(lyr, x, _n)
         return self
@@ -184,12 +230,21 @@ class SpikeTap:
     def __exit__(self, *exc) -> None:
         for _, m in self.layers:
             m.executor = None
+        for m, v_th in self._memories:
+            m.v_th = v_th
 
     def measured(self, tokens: int) -> Measured:
-        out = Measured(tokens=tokens, elements=sum(a[0] for a in self.acc.values()),
-                       spikes=sum(a[1] for a in self.acc.values()))
+        """The counts of all documents (in index order) as a :class:`Measured`."""
+        parts = ([self._loose] if self._loose is not None else []) + \
+            [self._documents[i] for i in sorted(self._documents)]
+        out = Measured(tokens=tokens, elements=0, spikes=0)
         for n, m in self.layers:
-            e, sp, err, ref = self.acc[n]
+            e = sp = 0
+            err = ref = 0.0
+            for acc in parts:
+                e, sp, err, ref = e + acc[n][0], sp + acc[n][1], err + acc[n][2], ref + acc[n][3]
+            out.elements += e
+            out.spikes += sp
             out.layers[n] = LayerRecord(k=m.k, spikes_per_element=sp / e if e else 0.0,
                                         local_error=math.sqrt(err / ref) if ref else 0.0)
         return out
@@ -199,18 +254,23 @@ class SpikeTap:
 def measure_spikes(spiking, blocks, coding: str, reference: nn.Module | None = None,
                    progress=None) -> Measured:
     """Spikes per element (the coding's count) and, with the float ``reference`` model, each
-    layer's relative output error, from the spiking model's integer path over ``blocks``.
-    The head is not computed (nothing there spikes). ``progress(n)`` after each block."""
-    tokens = 0
-    with SpikeTap(spiking, coding, reference) as tap:
-        for doc in blocks:
+    layer's relative output error, from the spiking model's integer path over ``blocks``
+    (documents, each from a fresh state). The head is not computed (nothing there
+    spikes). ``progress(n)`` after each block, on the calling thread. With several torch
+    threads on a CPU the documents run side by side (:func:`each_document`); the result
+    is the same, bit for bit."""
+    models = [spiking] + ([reference] if reference is not None else [])
+
+    def one(i, doc, tell):
+        with tap.document(i):
             state = spiking.new_state()
             for ids in doc:
                 spiking.body(ids, state)
-                tokens += ids.shape[1]
-                if progress is not None:
-                    progress(ids.shape[1])
-    return tap.measured(tokens)
+                tell(ids.shape[1])
+
+    with SpikeTap(spiking, coding, reference) as tap:
+        each_document(one, blocks, models, progress)
+    return tap.measured(sum(ids.shape[1] for doc in blocks for ids in doc))
 
 
 def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
