@@ -178,15 +178,24 @@ def _convert_calibrated(args) -> int:
         texts, limit = docs, report["fisher_tokens"]
         where = (f"the first {limit:,} tokens of the calibration text (not held out: give "
                  "--eval TEXT for text the calibration did not see)")
-    overall = compare(model, {"plain": plain, "calibrated": snn}, texts, args.coding,
-                      max_tokens=limit)
+    t_eval = time.perf_counter()
+    from sbsnn.converters.calibration import text_blocks
+    from tqdm.auto import tqdm
+
+    n_eval = sum(b.shape[1] for doc in text_blocks(model, texts, limit, 256) for b in doc)
+    with tqdm(total=2 * n_eval, desc="evaluate (plain, calibrated)", unit="tok",
+              disable=args.quiet) as bar:
+        overall = compare(model, {"plain": plain, "calibrated": snn}, texts, args.coding,
+                          max_tokens=limit, progress=bar.update)
+    t_eval = time.perf_counter() - t_eval
     report["overall"] = {"text": where, "before": overall["plain"], "after": overall["calibrated"]}
     snn.spiking_config.calibration["overall"] = {
         "text": str(args.eval) if args.eval else "calibration text", **overall["calibrated"]}
     sbsnn.save_spiking(snn, args.out, force=args.force, extra_files={
         "calibration.json": json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n"})
-    print(f"wrote {args.out}: {len(snn.spiking_config.targets)} spiking linear layers, calibrated "
-          f"in {time.perf_counter() - t0:.0f} s (report: {Path(args.out) / 'calibration.json'})")
+    print(f"wrote {args.out}: {len(snn.spiking_config.targets)} spiking linear layers; calibration "
+          f"{report['seconds']['total_s']:.0f} s, evaluation {t_eval:.0f} s, "
+          f"{time.perf_counter() - t0:.0f} s in all (report: {Path(args.out) / 'calibration.json'})")
     print(format_calibration(report, overall, where))
     return 0
 

@@ -20,17 +20,18 @@ __all__ = ["compare", "format_calibration"]
 
 @torch.no_grad()
 def compare(float_model, spiking_models: Mapping[str, object], texts, coding: str, *,
-            max_tokens: int = 8192, block_size: int = 256) -> dict:
+            max_tokens: int = 8192, block_size: int = 256, progress=None) -> dict:
     """Per entry of ``spiking_models`` (name -> spiking model): ``tokens``,
     ``top1_agreement``, ``mean_kl``, ``float_perplexity``, ``spiking_perplexity``,
     ``perplexity_ratio`` and ``spikes_per_element`` (in ``coding``) on ``texts`` (a string
-    or a list of documents, each a fresh sequence; at most ``max_tokens`` tokens)."""
+    or a list of documents, each a fresh sequence; at most ``max_tokens`` tokens).
+    ``progress(n)`` after each block of each model, on the calling thread."""
     from sbsnn.converters.calibration import text_blocks
 
     blocks = text_blocks(float_model, texts, max_tokens, block_size)
     out = {}
     for name, spiking in spiking_models.items():
-        sums, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size)
+        sums, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size, progress)
         f = sums.fidelity()
         out[name] = {"tokens": f.tokens, "top1_agreement": f.top1_agreement,
                      "mean_kl": f.mean_kl, "float_perplexity": f.float_perplexity,
@@ -40,7 +41,7 @@ def compare(float_model, spiking_models: Mapping[str, object], texts, coding: st
     return out
 
 
-def _sums(float_model, spiking, blocks, coding: str, block_size: int):
+def _sums(float_model, spiking, blocks, coding: str, block_size: int, progress=None):
     """Fidelity sums and spikes per element over the documents ``blocks``: documents side
     by side on a CPU with several torch threads, everything added in document order."""
     from sbsnn.converters.calibration import SpikeTap, each_document
@@ -52,7 +53,7 @@ def _sums(float_model, spiking, blocks, coding: str, block_size: int):
 
     with SpikeTap(spiking, coding) as tap:
         sums = FidelitySums()
-        for s in each_document(one, blocks, [float_model, spiking]):
+        for s in each_document(one, blocks, [float_model, spiking], progress):
             sums = sums.add(s)
     return sums, tap.measured(sums.tokens).spikes_per_element
 
@@ -69,7 +70,8 @@ def format_calibration(report: Mapping, overall: Mapping | None = None,
     lines = [f"calibration ({report['coding']} coding, {report['preset'] or 'custom targets'}): "
              f"budget {report['budget']:.4f} spikes per element ({report['budget_from']}); "
              f"spent {report['spikes_per_element']:.4f} on the calibration text "
-             f"({report['calibration_tokens']:,} tokens, {report['documents']} documents) "
+             f"({report['calibration_tokens']:,} tokens, {report['documents']} "
+             f"document{'s' if report['documents'] != 1 else ''}) "
              f"in {report['seconds']['total_s']:.0f} s"]
     head = (f"  {'layer':<34} {'k before':>8} {'k after':>8} {'spk/el before':>13} "
             f"{'after':>7} {'error before':>12} {'after':>7}")
