@@ -179,14 +179,17 @@ def _convert_calibrated(args) -> int:
         where = (f"the first {limit:,} tokens of the calibration text (not held out: give "
                  "--eval TEXT for text the calibration did not see)")
     t_eval = time.perf_counter()
-    from sbsnn.converters.calibration import text_blocks
     from tqdm.auto import tqdm
 
-    n_eval = sum(b.shape[1] for doc in text_blocks(model, texts, limit, 256) for b in doc)
-    with tqdm(total=2 * n_eval, desc="evaluate (plain, calibrated)", unit="tok",
+    with tqdm(total=0, desc="evaluate (plain, calibrated)", unit="tok",
               disable=args.quiet) as bar:
+        def start(total: int):
+            bar.total = total
+            bar.refresh()
+            return bar.update
+
         overall = compare(model, {"plain": plain, "calibrated": snn}, texts, args.coding,
-                          max_tokens=limit, progress=bar.update)
+                          max_tokens=limit, progress=start)
     t_eval = time.perf_counter() - t_eval
     report["overall"] = {"text": where, "before": overall["plain"], "after": overall["calibrated"]}
     snn.spiking_config.calibration["overall"] = {

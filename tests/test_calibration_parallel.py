@@ -194,3 +194,20 @@ def test_compare_side_by_side_gives_the_serial_bits(tiny, spiking, bodies):
     assert out[2] == out[1]
     assert out[1]["plain"]["tokens"] == sum(
         sum(b.shape[1] for b in d) - 1 for d in text_blocks(tiny, DOCS, 4096, BLOCK))
+
+
+def test_compare_announces_the_predictions_it_then_reports(tiny, spiking):
+    """``progress`` is told the total once, then gets every block's predictions: the
+    updates add up to that total, which is each model's predictions times the models."""
+    seen = []
+
+    def start(total):
+        seen.append(("total", total))
+        return lambda n: seen.append(("block", n))
+
+    with threads(2):
+        out = compare(tiny, {"a": spiking, "b": spiking}, DOCS, "ternary", max_tokens=4096,
+                      block_size=BLOCK, progress=start)
+    assert seen[0] == ("total", 2 * out["a"]["tokens"])
+    assert [kind for kind, _ in seen[1:]] == ["block"] * (len(seen) - 1)
+    assert sum(n for _, n in seen[1:]) == seen[0][1]

@@ -25,10 +25,15 @@ def compare(float_model, spiking_models: Mapping[str, object], texts, coding: st
     ``top1_agreement``, ``mean_kl``, ``float_perplexity``, ``spiking_perplexity``,
     ``perplexity_ratio`` and ``spikes_per_element`` (in ``coding``) on ``texts`` (a string
     or a list of documents, each a fresh sequence; at most ``max_tokens`` tokens).
-    ``progress(n)`` after each block of each model, on the calling thread."""
+    ``progress``: called once with the number of predictions to come (all models), it
+    returns the callable that gets ``n`` after each block of ``n`` predictions, on the
+    calling thread (e.g. a progress bar's ``update`` after setting its total)."""
     from sbsnn.converters.calibration import text_blocks
 
     blocks = text_blocks(float_model, texts, max_tokens, block_size)
+    if progress is not None:
+        per_model = sum(sum(b.shape[1] for b in doc) - 1 for doc in blocks)
+        progress = progress(per_model * len(spiking_models))
     out = {}
     for name, spiking in spiking_models.items():
         sums, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size, progress)
