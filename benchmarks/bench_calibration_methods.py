@@ -63,7 +63,6 @@ and scored on the other half, and bias correction end to end (KL on held-out tex
 Below 1.000 would pay.
 """
 
-SMOOTHINGS = None  # filled from sbsnn.converters.calibration.calibrate at run time
 R_GRID = np.geomspace(1 / 4, 4, 17)
 
 
@@ -182,9 +181,17 @@ def fit_channels(x, weight, s, k, lam, rounds: int = 3):
 
 
 # ------------------------------------------------------------------ the methods
-def run_group_methods(data, groups, stats):
-    from sbsnn.converters.calibration.calibrate import _smoothing
+def kept_candidates(stats, group) -> list[torch.Tensor]:
+    """The smoothings calibration chooses from for ``group`` (no smoothing where its
+    producer cannot fold one)."""
+    from sbsnn.converters.calibration.calibrate import SMOOTHINGS, _smoothing
 
+    if not group.foldable:
+        return [torch.ones(group.in_features)]
+    return [_smoothing(stats[group.name], group, a, b) for a, b in SMOOTHINGS]
+
+
+def run_group_methods(data, groups, stats):
     totals: dict[str, list[float]] = {}
 
     def add(method, new, base):
@@ -199,8 +206,7 @@ def run_group_methods(data, groups, stats):
         n = x.shape[0]
         fit, score = slice(0, n, 2), slice(1, n, 2)
         g2 = gsum * gsum
-        cands = ([_smoothing(stats[g.name], g, a, b) for a, b in SMOOTHINGS]
-                 if g.foldable else [torch.ones(x.shape[1])])
+        cands = kept_candidates(stats, g)
         ones = torch.ones(x.shape[1])
         spend = float(quantize(x[fit], ones, 3.0)[1].abs().mean())   # plain k = 3 here
         fitted = [at_spend(x[fit], g2[fit], s, spend) for s in cands]
@@ -271,7 +277,7 @@ def grid_methods(data, groups, stats):
     """Allocation on the fitting rows' tables at 1/4/8/16 k per octave; distortion of the
     chosen (smoothing, k) on the scoring rows' tables, relative to 4 per octave."""
     from sbsnn.converters.calibration.allocate import allocate
-    from sbsnn.converters.calibration.calibrate import _smoothing
+    from sbsnn.converters.calibration.calibrate import SMOOTHINGS
     from sbsnn.converters.calibration.measure import Tables
 
     fine = np.geomspace(0.5, 32, 6 * 16 + 1)
@@ -280,8 +286,7 @@ def grid_methods(data, groups, stats):
     for g in groups:
         x = data[g.name]["x"]
         gsum = sum(data[g.name]["g"].values())
-        cands = ([_smoothing(stats[g.name], g, a, b) for a, b in SMOOTHINGS]
-                 if g.foldable else [torch.ones(x.shape[1])])
+        cands = kept_candidates(stats, g)
         for part, rows in (("fit", slice(0, x.shape[0], 2)), ("score", slice(1, x.shape[0], 2))):
             D = np.full((len(SMOOTHINGS), len(fine)), np.inf)
             S = np.full((len(SMOOTHINGS), len(fine)), 1e9)
@@ -350,15 +355,13 @@ def bias_correction(model, cal, ev, tokens: int, eval_tokens: int):
 
 # ------------------------------------------------------------------ main
 def run(args) -> str:
-    global SMOOTHINGS
     import sbsnn
-    from sbsnn.converters.calibration.calibrate import SMOOTHINGS as KEPT, first_tokens, text_blocks
+    from sbsnn.converters.calibration.calibrate import first_tokens, text_blocks
     from sbsnn.converters.calibration.groups import find_groups
     from sbsnn.converters.calibration.measure import channel_stats
     from sbsnn.converters.convert import plan
     from bench_fidelity import real_gguf, texts_for
 
-    SMOOTHINGS = KEPT
     torch.set_num_threads(args.threads)
     path = real_gguf() if args.model == "gemma" else args.model
     if path is None:
