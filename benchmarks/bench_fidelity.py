@@ -16,6 +16,11 @@ tiny-hybrid, its shipped held-out sample: first half calibrates, second half eva
     .venv/bin/python benchmarks/bench_fidelity.py                         # ~30 min on 2 cores
     .venv/bin/python benchmarks/bench_fidelity.py --models tiny-hybrid    # ~1 min
     .venv/bin/python benchmarks/bench_fidelity.py --readme benchmarks/README.md
+    .venv/bin/python benchmarks/bench_fidelity.py --models gemma --methods refined  # + refinement
+
+``--methods`` picks the rows: ``plain`` (k = 3), ``calibrated`` (smoothing and
+allocation) and ``refined`` (the same, then ``--refine-epochs`` of straight-through
+refinement of the norm weights).
 """
 
 from __future__ import annotations
@@ -88,26 +93,33 @@ def run(args) -> tuple[str, list[dict]]:
         lines.append(f"{name}: {Path(str(path)).name}; {source}; calibration <= "
                      f"{args.calibration_tokens:,} tokens, evaluation <= {args.eval_tokens:,}")
         for coding in args.codings:
-            plain = sbsnn.convert(model, "paper", coding, 3.0)
-            t = time.perf_counter()
-            snn = sbsnn.calibrate(model, cal, "k=3", coding=coding,
-                                  max_tokens=args.calibration_tokens, progress=not args.quiet)
-            seconds = time.perf_counter() - t
-            rep = snn.calibration_report
-            res = compare(model, {"plain": plain, "calibrated": snn}, ev, coding,
-                          max_tokens=args.eval_tokens)
-            for method in ("plain", "calibrated"):
+            models, reports, seconds = {}, {}, {}
+            for method in [m for m in args.methods if m != "plain"]:
+                t = time.perf_counter()
+                models[method] = sbsnn.calibrate(
+                    model, cal, "k=3", coding=coding, max_tokens=args.calibration_tokens,
+                    refine_epochs=args.refine_epochs if method == "refined" else 0,
+                    progress=not args.quiet)
+                seconds[method] = time.perf_counter() - t
+                reports[method] = models[method].calibration_report
+            rep = next(iter(reports.values()), None)
+            if "plain" in args.methods:
+                models = {"plain": sbsnn.convert(model, "paper", coding, 3.0), **models}
+            res = compare(model, models, ev, coding, max_tokens=args.eval_tokens)
+            for method in models:
                 r = res[method]
+                mine = reports.get(method)
                 rows.append({"model": name, "coding": coding, "method": method,
-                             "budget": rep["budget"],
-                             "calibration_spikes_per_element": (rep["plain_spikes_per_element"]
-                                                                if method == "plain"
-                                                                else rep["spikes_per_element"]),
-                             "calibration_tokens": rep["calibration_tokens"],
-                             "seconds": seconds if method == "calibrated" else None,
-                             "phases": rep["seconds"] if method == "calibrated" else None, **r})
+                             "budget": rep["budget"] if rep else None,
+                             "calibration_spikes_per_element": (
+                                 mine["spikes_per_element"] if mine else
+                                 rep["plain_spikes_per_element"] if rep else None),
+                             "calibration_tokens": rep["calibration_tokens"] if rep else None,
+                             "seconds": seconds.get(method),
+                             "phases": mine["seconds"] if mine else None,
+                             "refinement": mine.get("refinement") if mine else None, **r})
                 print(json.dumps(rows[-1]), flush=True)
-            del plain, snn
+            del models
         del model
     head = ("| model | coding | method | spk/el calibration text | spk/el eval text | top-1 | "
             "KL | ppl float | ppl spiking | ratio | calibration s |")
@@ -115,7 +127,8 @@ def run(args) -> tuple[str, list[dict]]:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['coding']} | {r['method']} | "
-            f"{r['calibration_spikes_per_element']:.3f} | {r['spikes_per_element']:.3f} | "
+            f"{'' if r['calibration_spikes_per_element'] is None else format(r['calibration_spikes_per_element'], '.3f')} | "
+            f"{r['spikes_per_element']:.3f} | "
             f"{r['top1_agreement']:.3f} | {r['mean_kl']:.4f} | {r['float_perplexity']:.3f} | "
             f"{r['spiking_perplexity']:.3f} | {r['perplexity_ratio']:.4f} | "
             f"{'' if r['seconds'] is None else format(r['seconds'], '.0f')} |")
@@ -138,6 +151,11 @@ def main(argv=None) -> int:
     ap.add_argument("--codings", nargs="+", default=["ternary", "bitwise"])
     ap.add_argument("--calibration-tokens", type=int, default=32768)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--methods", nargs="+", default=["plain", "calibrated"],
+                    choices=["plain", "calibrated", "refined"],
+                    help="plain k = 3; calibrated (smoothing and allocation); refined (the same "
+                         "and --refine-epochs of straight-through refinement)")
+    ap.add_argument("--refine-epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--readme", help="append the table to this README section")

@@ -313,12 +313,30 @@ def test_cli_convert_calibrate_writes_checkpoint_and_report(tmp_path, capsys):
     assert rep["spikes_per_element"] <= rep["budget"]
     assert set(rep["layers"]) == set(_spiking_k(load_spiking(out)))
     assert "held out" in rep["overall"]["text"]
+    assert rep["refinement"] is None and rep["methods"]["refine_epochs"] == 0
+
+
+def test_cli_convert_calibrate_refines_and_removes_its_state_file(tmp_path, capsys):
+    cal = tmp_path / "cal.txt"
+    cal.write_text(CAL)
+    state, out = tmp_path / "refine.pt", tmp_path / "out"
+    assert main(["convert", "tiny-hybrid", str(out), "--calibrate", str(cal),
+                 "--calibration-tokens", "768", "--refine-epochs", "2", "--refine-state",
+                 str(state), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "refined" in text and "2 epochs" in text
+    rep = json.loads((out / "calibration.json").read_text())
+    assert rep["refinement"]["epochs"] == 2 and len(rep["refinement"]["kl_per_epoch"]) == 2
+    assert read_spiking_config(out).calibration["refine_epochs"] == 2
+    assert not state.exists()     # removed once calibration returned
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--spike-budget", "1.0"], "--spike-budget needs --calibrate"),
     (["--calib", "x.txt"], "renamed --eval"),
     (["--calibrate", "missing.txt"], "missing.txt"),
+    (["--refine-epochs", "2"], "--refine-epochs needs --calibrate"),
+    (["--refine-state", "s.pt"], "--refine-state needs --calibrate"),
 ])
 def test_cli_convert_refuses_calibration_misuse_by_name(tmp_path, capsys, argv, match):
     out = tmp_path / "out"

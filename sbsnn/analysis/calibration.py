@@ -89,6 +89,14 @@ def format_calibration(report: Mapping, overall: Mapping | None = None,
     lines.append(f"  spikes per element and local error (relative RMS error of the layer's output) "
                  f"on the first {report['fisher_tokens']:,} calibration tokens; before: plain "
                  f"conversion at k = {report['plain_k']:.3g}")
+    ref = report.get("refinement")
+    if ref:
+        kl = ", ".join(f"{v:.4f}" for v in ref["kl_per_epoch"])
+        lines.append(f"  refined {ref['parameters']:,} norm weights: {ref['epochs']} epochs of "
+                     f"{ref['tokens']:,} tokens in {ref['seconds']:.0f} s"
+                     + (f" (resumed after epoch {ref['resumed_from_epoch']})"
+                        if ref["resumed_from_epoch"] else "")
+                     + f"; sampled KL per epoch {kl}")
     if overall:
         lines.append(f"overall{(' on ' + overall_text) if overall_text else ''}:")
         lines.append(f"  {'':<12} {'top-1':>7} {'KL':>8} {'ppl float':>10} {'ppl spiking':>11} "

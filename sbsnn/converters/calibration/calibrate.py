@@ -30,6 +30,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from sbsnn.converters.calibration.documents import each_document
 from sbsnn.converters.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
 from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
                                        distortion_tables, spikes_of)
+from sbsnn.converters.calibration.refine import check_options as check_refine_options
+from sbsnn.converters.calibration.refine import refine, refined_parameters
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import OptionError
@@ -278,7 +281,8 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
               targets: list[str] | None = None, exclude: list[str] | None = None, *,
               smoothing: bool = True, allocation: bool = True, fisher_tokens: int = 2048,
               max_tokens: int = 32768, block_size: int = 256, seed: int = 0,
-              margin: float = 0.005, progress: bool = False):
+              margin: float = 0.005, refine_epochs: int = 0, refine_lr: float = 1e-3,
+              refine_positions: int = 64, refine_state=None, progress: bool = False):
     """The spiking version of ``float_model`` calibrated on ``texts`` (a string or a list of
     documents) to spend at most ``spike_budget`` spikes per element there.
 
@@ -286,7 +290,11 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     ``|count|``; bitwise: mean popcount of ``|count|``; two's complement: of its word) over
     all spiking inputs, weighted by elements; or ``"k=K"``: what plain conversion at
     ``k = K`` spends on the same text. ``smoothing`` / ``allocation`` switch the two
-    methods (for ablations). The float model is not modified. The result is an ordinary
+    methods (for ablations). ``refine_epochs`` (0: off) epochs of straight-through
+    distillation of the norm weights on the first ``fisher_tokens`` tokens follow
+    (:func:`~sbsnn.converters.calibration.refine.refine`; ``refine_state``: a file it
+    saves its progress to after every epoch and resumes from, removed when calibration
+    returns). The float model is not modified. The result is an ordinary
     spiking model (``sbsnn.save_spiking`` writes it); ``result.calibration_report`` holds
     the per-layer and overall record, also summarised in its ``spiking_config.calibration``.
     """
@@ -297,6 +305,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         raise CheckpointKindError("calibrate needs the float model (it converts it); this one is "
                                   "already spiking: load the float checkpoint it came from")
     budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)
+    check_refine_options(refine_epochs, refine_lr, refine_positions, refine_state)
     if not 0 <= margin < 0.5:
         raise OptionError(f"margin must be in [0, 0.5), got {margin!r}")
     from tqdm.auto import tqdm
@@ -358,13 +367,41 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         if c:
             fold(work, g, candidates[g.name][c])
 
+    def converted(scale: float):
+        layer_k = {n: choices[g.name].k * scale for g in groups for n in g.consumers}
+        return convert(work, preset, coding, float(np.median(list(layer_k.values()))),
+                       group_size, targets, exclude, layer_k=layer_k)
+
+    t = time.perf_counter()
+    refinement, spiking = None, None
+    if refine_epochs:
+        spiking = converted(1.0)
+        bars: list = []
+
+        def refine_bar(total: int):
+            bars.append(bar_for(f"calibrate (refine, {refine_epochs} epochs)", total))
+            return bars[-1].update
+
+        try:
+            refinement = refine(spiking, float_model, fblocks, epochs=refine_epochs,
+                                lr=refine_lr, positions=refine_positions, seed=seed,
+                                state_path=refine_state, progress=refine_bar)
+        finally:
+            for b in bars:
+                b.close()
+        # every conversion below (and the report's float reference) reads the refined norms
+        fitted = {n: p.detach() for n, p in refined_parameters(spiking).items()}
+        with torch.no_grad():
+            for n, p in work.named_parameters():
+                if n in fitted:
+                    p.copy_(fitted[n])
+    timings["refine_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     scale, tries = 1.0, []
     for attempt in range(5):
-        layer_k = {n: choices[g.name].k * scale for g in groups for n in g.consumers}
-        base_k = float(np.median(list(layer_k.values())))
-        spiking = convert(work, preset, coding, base_k, group_size, targets, exclude,
-                          layer_k=layer_k)
+        if spiking is None or attempt > 0:
+            spiking = converted(scale)
         with bar_for(f"calibrate (check {attempt + 1})", n_tokens) as b:
             measured = measure_spikes(spiking, blocks, coding, progress=b.update)
         tries.append({"scale": scale, "spikes_per_element": measured.spikes_per_element})
@@ -390,7 +427,9 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         "budget_from": f"plain conversion at k = {plain_k:g}" if plain_k is not None else "given",
         "plain_k": k_plain, "calibration_tokens": n_tokens, "fisher_tokens": n_fisher,
         "documents": len(blocks),
-        "methods": {"smoothing": smoothing, "allocation": allocation},
+        "methods": {"smoothing": smoothing, "allocation": allocation,
+                    "refine_epochs": refine_epochs},
+        "refinement": refinement,
         "spikes_per_element": measured.spikes_per_element,
         "plain_spikes_per_element": (plain_measured.spikes_per_element
                                      if plain_measured is not None else None),
@@ -406,12 +445,16 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         "after_fisher_tokens": {"spikes_per_element": after.spikes_per_element},
     }
     spiking.spiking_config.calibration = {
-        "method": "sbsnn.calibrate: Fisher-weighted smoothing and per-layer k allocation",
+        "method": "sbsnn.calibrate: Fisher-weighted smoothing and per-layer k allocation"
+                  + (", straight-through refinement of the norm weights" if refinement else ""),
         "coding": coding, "spike_budget": budget, "budget_from": report["budget_from"],
         "spikes_per_element": measured.spikes_per_element, "calibration_tokens": n_tokens,
-        "smoothing": smoothing, "allocation": allocation, "seconds": timings["total_s"],
+        "smoothing": smoothing, "allocation": allocation, "refine_epochs": refine_epochs,
+        "seconds": timings["total_s"],
     }
     spiking.calibration_report = report
+    if refine_state is not None:
+        Path(refine_state).unlink(missing_ok=True)
     return spiking
 
 
