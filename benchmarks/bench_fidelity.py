@@ -125,10 +125,10 @@ def run(args) -> tuple[str, list[dict]]:
             "KL | ppl float | ppl spiking | ratio | calibration s |")
     lines += ["", head, "|" + "---|" * 3 + "---:|" * 8]
     for r in rows:
+        cal = r["calibration_spikes_per_element"]
         lines.append(
             f"| {r['model']} | {r['coding']} | {r['method']} | "
-            f"{'' if r['calibration_spikes_per_element'] is None else format(r['calibration_spikes_per_element'], '.3f')} | "
-            f"{r['spikes_per_element']:.3f} | "
+            f"{'' if cal is None else format(cal, '.3f')} | {r['spikes_per_element']:.3f} | "
             f"{r['top1_agreement']:.3f} | {r['mean_kl']:.4f} | {r['float_perplexity']:.3f} | "
             f"{r['spiking_perplexity']:.3f} | {r['perplexity_ratio']:.4f} | "
             f"{'' if r['seconds'] is None else format(r['seconds'], '.0f')} |")

@@ -78,9 +78,11 @@ def straight_through(spiking: nn.Module):
             m.neuron.v_th = v_th
 
 
-def _fingerprint(spiking, params, blocks, epochs_lr_positions_seed) -> str:
+def _fingerprint(spiking, params, blocks, settings) -> str:
+    """What a state file must match: the settings, the starting norm weights, each layer's k
+    and the token ids."""
     h = hashlib.sha256()
-    h.update(repr(epochs_lr_positions_seed).encode())
+    h.update(repr(settings).encode())
     for name, p in params.items():
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
