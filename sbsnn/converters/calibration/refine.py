@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbsnn.converters.calibration.measure import _detach_state
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import NonFiniteError, OptionError
 from sbsnn.models.layers import RMSNorm
@@ -191,7 +192,7 @@ def refine(spiking: nn.Module, float_model: nn.Module, blocks, *, epochs: int = 
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
                         opt.step()
-                        _detach(state)
+                        _detach_state(state)
                         total += float(loss.detach()) * len(pos)
                         n += len(pos)
                         if progress is not None:
@@ -228,9 +229,3 @@ def _float_targets(float_model, blocks, positions: int, seed: int, progress=None
                 progress(n)
         out.append(per_doc)
     return out
-
-
-def _detach(state) -> None:
-    from sbsnn.converters.calibration.measure import _detach_state
-
-    _detach_state(state)
