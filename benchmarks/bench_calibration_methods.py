@@ -314,7 +314,7 @@ def bias_correction(model, cal, ev, tokens: int, eval_tokens: int):
     """Plain k = 3 against plain k = 3 with each layer's mean output error (measured on the
     calibration text, against the float layer on the same input) subtracted as a bias."""
     import sbsnn
-    from sbsnn.analysis.calibration import compare
+    from sbsnn.runs.calibrate import compare
     from sbsnn.converters.calibration import text_blocks
     from sbsnn.converters.spiking_linear import SpikingLinear
 

@@ -60,7 +60,7 @@ def worker(args) -> int:
 
     torch.set_num_threads(args.threads)            # this process is ours: the benchmark owns it
     import sbsnn
-    from sbsnn.dist import process_group, simulate_documents
+    from sbsnn.runs import process_group, simulate_documents
 
     with process_group() as g:
         device = "cpu"
@@ -95,7 +95,7 @@ def worker(args) -> int:
 
 # ----------------------------------------------------------------------------- launcher
 def _documents(path: Path, n: int, chars: int) -> None:
-    from sbsnn.demo import heldout_text
+    from sbsnn.data import heldout_text
 
     t = heldout_text()
     lines, pos = [], 0
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
         args.record = not args.no_record
         import torch
 
-        from sbsnn.dist import load_documents
+        from sbsnn.runs import load_documents
 
         docs = load_documents(args.docs)
         runs: dict[int, list[dict]] = {n: [] for n in args.nproc}

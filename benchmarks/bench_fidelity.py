@@ -52,7 +52,7 @@ perplexity within 3 % of float.
 
 def texts_for(name: str) -> tuple[list[str], list[str], str]:
     if name == "tiny-hybrid":
-        from sbsnn.demo import heldout_text
+        from sbsnn.data import heldout_text
 
         t = heldout_text()
         return [t[: len(t) // 2]], [t[len(t) // 2:]], "tiny-hybrid/heldout.txt, halves"
@@ -76,7 +76,7 @@ def real_gguf() -> str | None:
 
 def run(args) -> tuple[str, list[dict]]:
     import sbsnn
-    from sbsnn.analysis.calibration import compare
+    from sbsnn.runs.calibrate import compare
 
     torch.set_num_threads(args.threads)
     rows = []

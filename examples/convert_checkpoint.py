@@ -24,7 +24,7 @@ from pathlib import Path
 import sbsnn
 from sbsnn.analysis import fidelity
 from sbsnn.converters import convert_checkpoint
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 
 
 def main(argv: list[str] | None = None) -> int:

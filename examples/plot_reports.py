@@ -21,7 +21,7 @@ from pathlib import Path
 import sbsnn
 from sbsnn.analysis import fidelity, plots
 from sbsnn.analysis.report import build_report, energy_section, format_summary
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 
 
 def record_short_run(out: Path, max_tokens: int):
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         en = estimate_energy(counters, coding, profile="truenorth2014")
         extra.append(plots.plot_energy(energy_section(en), out / "extra_energy_truenorth.png"))
     if args.sweep:
-        from sbsnn.analysis.sweep import format_sweep, save_sweep, sweep
+        from sbsnn.runs.sweep import format_sweep, save_sweep, sweep
 
         if model is None:
             model, text = sbsnn.load_model("tiny-hybrid"), heldout_text(args.max_tokens)

@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 import sbsnn
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 from sbsnn.neurons import expand
 from sbsnn.sim import simulate
 from sbsnn.sim.recorder import load_recording

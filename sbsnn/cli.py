@@ -31,11 +31,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _threads(args) -> None:
-    """Apply --threads (0: torch's default); the command owns its process."""
+def _check_threads(args) -> int:
     from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
 
-    n = check_int(args.threads, "--threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    return check_int(args.threads, "--threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+
+
+def _threads(args) -> None:
+    """Apply --threads (0: torch's default); the command owns its process."""
+    n = _check_threads(args)
     if n:
         import torch
         torch.set_num_threads(n)
@@ -65,12 +69,30 @@ def _check_apart(src, out, what_src: str, option: str = "--out", contain_ok: boo
                           "somewhere else (the source must stay untouched)")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_allow_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="horowitz45",
+                   help="energy profile of the spiking side: horowitz45, loihi2018, "
+                        "truenorth2014 or a JSON file (default: %(default)s)")
+
+
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="embedded model name (tiny-hybrid), checkpoint directory "
                                  "(config.json + *.safetensors), llama.cpp .gguf file, or "
                                  "spiking checkpoint (sbsnn convert's output)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
+    _add_allow_pickle(p)
 
 
 def _spiking_config_of(path):
@@ -152,63 +174,29 @@ def _conversion_options(args) -> None:
 
 
 def _convert_calibrated(args) -> int:
-    """``sbsnn convert --calibrate TEXT``: calibrate in memory, then write the checkpoint
-    with ``calibration.json`` (the report) in it, in one atomic step."""
-    import json
+    """``sbsnn convert --calibrate TEXT``: :func:`sbsnn.runs.calibrate.calibrate_checkpoint`."""
+    from sbsnn.converters.calibration import SpikeBudget
+    from sbsnn.runs.calibrate import calibrate_checkpoint
 
-    import sbsnn
-    from sbsnn.analysis.calibration import compare, format_calibration
-    from sbsnn.analysis.report import _jsonable
-    from sbsnn.dist import load_documents
-
-    t0 = time.perf_counter()
-    docs = [d.text for d in load_documents(args.calibrate)]
-    budget = args.spike_budget if args.spike_budget is not None else f"k={args.k:g}"
-    model = sbsnn.load_model(args.src, allow_pickle=args.allow_pickle)
-    snn = sbsnn.calibrate(model, docs, budget, coding=args.coding, preset=args.preset,
-                          group_size=args.group_size, targets=args.targets, exclude=args.exclude,
-                          max_tokens=args.calibration_tokens,
-                          refine_epochs=args.refine_epochs, refine_state=args.refine_state,
-                          progress=not args.quiet)
-    report = snn.calibration_report
-    plain = sbsnn.convert(model, args.preset, args.coding, report["plain_k"], args.group_size,
-                          args.targets, args.exclude)
-    if args.eval:
-        texts, where = [d.text for d in load_documents(args.eval)], f"{args.eval} (held out)"
-        limit = args.eval_tokens
-    else:
-        texts, limit = docs, report["fisher_tokens"]
-        where = (f"the first {limit:,} tokens of the calibration text (not held out: give "
-                 "--eval TEXT for text the calibration did not see)")
-    t_eval = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    with tqdm(total=0, desc="evaluate (plain, calibrated)", unit="tok",
-              disable=args.quiet) as bar:
-        def start(total: int):
-            bar.total = total
-            bar.refresh()
-            return bar.update
-
-        overall = compare(model, {"plain": plain, "calibrated": snn}, texts, args.coding,
-                          max_tokens=limit, progress=start)
-    t_eval = time.perf_counter() - t_eval
-    report["overall"] = {"text": where, "before": overall["plain"], "after": overall["calibrated"]}
-    snn.spiking_config.calibration["overall"] = {
-        "text": str(args.eval) if args.eval else "calibration text", **overall["calibrated"]}
-    sbsnn.save_spiking(snn, args.out, force=args.force, extra_files={
-        "calibration.json": json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n"})
-    print(f"wrote {args.out}: {len(snn.spiking_config.targets)} spiking linear layers; calibration "
-          f"{report['seconds']['total_s']:.0f} s, evaluation {t_eval:.0f} s, "
-          f"{time.perf_counter() - t0:.0f} s in all (report: {Path(args.out) / 'calibration.json'})")
-    print(format_calibration(report, overall, where))
+    budget = SpikeBudget.parse(args.spike_budget) if args.spike_budget is not None else None
+    r = calibrate_checkpoint(args.src, args.out, args.calibrate, budget, eval_texts=args.eval,
+                             eval_tokens=args.eval_tokens, coding=args.coding, preset=args.preset,
+                             k=args.k, group_size=args.group_size, targets=args.targets,
+                             exclude=args.exclude, calibration_tokens=args.calibration_tokens,
+                             refine_epochs=args.refine_epochs, refine_state=args.refine_state,
+                             force=args.force, allow_pickle=args.allow_pickle,
+                             progress=not args.quiet)
+    print(f"wrote {args.out}: {len(r.spiking_config.targets)} spiking linear layers; calibration "
+          f"{r.calibration_seconds:.0f} s, evaluation {r.evaluation_seconds:.0f} s, "
+          f"{r.seconds:.0f} s in all (report: {Path(args.out) / 'calibration.json'})")
+    print(r.format())
     return 0
 
 
 def cmd_convert(args) -> int:
     from sbsnn.checks import read_text_file
-    from sbsnn.dist import process_group
-    from sbsnn.dist.convert import convert_checkpoint_split
+    from sbsnn.runs import process_group
+    from sbsnn.runs.convert import convert_checkpoint_split
 
     _conversion_options(args)
     _check_apart(args.src, args.out, "source checkpoint", option="OUT")
@@ -290,8 +278,8 @@ def _simulation_options(args) -> None:
 
 def cmd_simulate(args) -> int:
     import sbsnn
-    from sbsnn.dist import process_group
     from sbsnn.errors import OptionError
+    from sbsnn.runs import process_group, simulate_documents
 
     _simulation_options(args)
     _threads(args)
@@ -308,22 +296,15 @@ def cmd_simulate(args) -> int:
     opts = dict(backend=args.backend, record=args.record, block_size=args.block_size,
                 max_tokens=args.max_tokens, progress=not args.quiet,
                 record_events=args.record_events, metadata=meta)
-    verify = not args.no_verify
     with process_group() as g:   # under torchrun: documents (or, --pipeline, layers) split
         _use_local_device(g)
-        docs = args.text if args.text else [args.prompt]
-        if args.pipeline:
-            from sbsnn.dist.pipeline import simulate_pipeline
-
-            r = simulate_pipeline(args.spiking_dir, docs, group=g, **opts)
-        elif args.text or g.distributed:
-            from sbsnn.dist import simulate_documents
-
-            r = simulate_documents(_load_spiking(args.spiking_dir, verify), docs,
-                                   trace=trace, group=g, **opts)
-        else:
-            r = sbsnn.simulate(_load_spiking(args.spiking_dir, verify), args.prompt,
-                               return_logits=False, trace=trace, **opts)
+        model = (args.spiking_dir if args.pipeline
+                 else _load_spiking(args.spiking_dir, verify=not args.no_verify))
+        if args.prompt is not None and not (g.distributed or args.pipeline):
+            r = sbsnn.simulate(model, args.prompt, return_logits=False, trace=trace, **opts)
+        else:   # a document set, or one text split over ranks or stages
+            r = simulate_documents(model, args.text or [args.prompt], trace=trace,
+                                   pipeline=args.pipeline, group=g, **opts)
     if not g.is_main:
         return 0
     t = r.totals()
@@ -371,13 +352,13 @@ def _use_local_device(g) -> None:
 
 
 def cmd_demo(args) -> int:
-    from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
-    from sbsnn.demo import run_demo
+    from sbsnn.checks import check_int
+    from sbsnn.runs.demo import run_demo
 
     check_int(args.max_chars, "--max-chars", minimum=2, none_ok=True,
               hint=" (leave it out for the whole text)")
     check_int(args.sim_tokens, "--sim-tokens", minimum=0, none_ok=True, hint=" (0: the whole text)")
-    check_int(args.threads, "--threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    _check_threads(args)
     _check_out_dir(args.out)
     return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads,
                     sim_tokens="auto" if args.sim_tokens is None else args.sim_tokens,
@@ -401,8 +382,10 @@ def cmd_report(args) -> int:
 def cmd_sweep(args) -> int:
     import sbsnn
     from sbsnn.analysis.energy import load_profile
-    from sbsnn.analysis.sweep import format_sweep, save_sweep, sweep
     from sbsnn.checks import check_int, check_k
+    from sbsnn.errors import OptionError
+    from sbsnn.runs import load_documents, process_group
+    from sbsnn.runs.sweep import format_sweep, save_sweep, sweep_documents
 
     for k in args.k:
         check_k(k, "--k")
@@ -412,56 +395,37 @@ def cmd_sweep(args) -> int:
     _check_apart(args.checkpoint, args.out, "checkpoint", contain_ok=True)
     load_profile(args.profile)            # an unknown profile fails before any work
     _threads(args)
-    from sbsnn.dist import load_documents, process_group
-
-    from sbsnn.errors import OptionError
-
     if args.spike_budget and not args.calibrate:
         raise OptionError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
     if args.calibrate and not args.spike_budget:
         raise OptionError("--calibrate needs --spike-budget B1 [B2 ...] (spikes per element)")
     check_int(args.calibration_tokens, "--calibration-tokens", minimum=2)
     cal_docs = [d.text for d in load_documents(args.calibrate)] if args.calibrate else None
-    docs = load_documents(args.text) if args.text else None
+    if args.text:
+        docs, source = load_documents(args.text), args.text
+    else:
+        from sbsnn.data import heldout_text
+        docs = load_documents([heldout_text()])
+        source = "the shipped held-out sample (tiny-hybrid/heldout.txt)"
     model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
     with process_group() as g:   # under torchrun: the documents split across the ranks
-        if args.spike_budget and (g.distributed or (docs is not None and len(docs) > 1)):
-            raise OptionError("sweep --spike-budget measures on one text in one process; give "
-                              "--text a single text file and launch it without torchrun")
-        if (docs is None or len(docs) == 1) and not g.distributed:
-            if docs is None:
-                from sbsnn.demo import heldout_text
-                text, source = heldout_text(), "the shipped held-out sample (tiny-hybrid/heldout.txt)"
-            else:
-                text, source = docs[0].text, args.text
-            if args.max_chars:
-                text = text[:args.max_chars]
-            what = f"{len(text):,} characters of {source}"
-            run = lambda: sweep(model, text, ks=args.k, preset=args.preset,  # noqa: E731
-                                coding=args.coding, profile=args.profile, progress=not args.quiet,
-                                spike_budgets=args.spike_budget or (), calibration_texts=cal_docs,
-                                calibration_tokens=args.calibration_tokens)
-        else:
-            from sbsnn.dist import sweep_documents
-
-            if docs is None:
-                from sbsnn.demo import heldout_text
-                docs = load_documents([heldout_text()])
-            source = args.text or "the shipped held-out sample (tiny-hybrid/heldout.txt)"
-            chars = sum(min(len(d.text), args.max_chars or len(d.text)) for d in docs)
-            what = (f"{len(docs):,} documents ({chars:,} characters) of {source}"
-                    + (f", split over {g.world_size} ranks" if g.distributed else ""))
-            run = lambda: sweep_documents(model, docs, ks=args.k, preset=args.preset,  # noqa: E731
-                                          coding=args.coding, profile=args.profile,
-                                          max_chars=args.max_chars or None,
-                                          progress=not args.quiet, group=g)
+        per_document = len(docs) > 1 or g.distributed   # one text in one process: its rows
+        chars = sum(min(len(d.text), args.max_chars or len(d.text)) for d in docs)
+        what = (f"{len(docs):,} documents ({chars:,} characters) of {source}"
+                + (f", split over {g.world_size} ranks" if g.distributed else "")
+                if per_document else f"{chars:,} characters of {source}")
         if g.is_main:
             print(f"sbsnn sweep: {args.checkpoint}, {args.preset} preset, {args.coding} coding, "
                   f"k = {', '.join(f'{k:g}' for k in args.k)}"
                   + (f", calibrated on {args.calibrate} at spike budgets "
                      f"{', '.join(f'{b:g}' for b in args.spike_budget)}" if args.spike_budget else "")
                   + f"; {what}")
-        rows = run()
+        rows = sweep_documents(model, docs, ks=args.k, preset=args.preset, coding=args.coding,
+                               profile=args.profile, max_chars=args.max_chars or None,
+                               progress=not args.quiet, spike_budgets=args.spike_budget or (),
+                               calibration_texts=cal_docs,
+                               calibration_tokens=args.calibration_tokens,
+                               per_document=per_document, group=g)
     if not g.is_main:
         return 0
     doc = save_sweep(rows, args.out, {"checkpoint": str(args.checkpoint), "text": source,
@@ -504,11 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim-tokens", type=int, default=None, metavar="N",
                    help="simulate only the first N tokens event by event (default and 0: "
                         "the whole text)")
-    p.add_argument("--profile", default="horowitz45",
-                   help="energy profile of the spiking side (default: %(default)s)")
+    _add_profile(p)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"])
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
+    _add_quiet(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="sparsity, energy and plots from a recording",
@@ -517,9 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(atomically); print a summary. Schema: docs/report.md.")
     p.add_argument("recording", help="HDF5 recording written by sbsnn simulate --record")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--profile", default="horowitz45",
-                   help="energy profile of the spiking side: horowitz45, loihi2018, "
-                        "truenorth2014 or a JSON file (default: %(default)s)")
+    _add_profile(p)
     p.add_argument("--fidelity", metavar="FILE.json",
                    help="include fidelity figures (a JSON object as Fidelity.to_dict() writes)")
     p.add_argument("--window", type=int, default=3,
@@ -533,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "OUT/sweep.png and prints the table.")
     p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
                    "*.safetensors), .gguf file, or embedded model name (tiny-hybrid)")
-    p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
+    _add_allow_pickle(p)
     p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
                    help="values of k (default: 2 2.5 3 3.5 4)")
     p.add_argument("--text", metavar="PATH", help="text file, JSONL file (\"text\" per line) or "
@@ -543,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"])
     p.add_argument("--coding", default="ternary",
                    choices=["binary", "ternary", "bitwise", "twos_complement"])
-    p.add_argument("--profile", default="horowitz45", help="energy profile (default: %(default)s)")
+    _add_profile(p)
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters (of each document)")
     p.add_argument("--spike-budget", type=float, nargs="+", metavar="B",
@@ -554,8 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "file, .jsonl or directory of .txt); evaluate on other text with --text")
     p.add_argument("--calibration-tokens", type=int, default=32768, metavar="N",
                    help="at most N calibration tokens (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
+    _add_quiet(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("convert", help="convert a checkpoint to spiking form",
@@ -600,10 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-state", metavar="FILE", default=None,
                    help="with --calibrate: save the refinement's progress to FILE after every "
                         "epoch and resume from it if it exists (removed when calibration ends)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _add_threads(p)
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--allow-pickle", action="store_true", help="read pickle weights (weights_only=True)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_allow_pickle(p)
+    _add_quiet(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("simulate", help="simulate a spiking checkpoint event by event",
@@ -628,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "documents")
     p.add_argument("--block-size", type=int, default=256,
                    help="tokens per step through the decoding state (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
+    _add_quiet(p)
     p.add_argument("--trace", metavar="LAYER_GLOB", action="append",
                    help="resolve matching spiking layers in time (repeatable; e.g. "
                         "'model.layers.0.*'): events per step, first/last spike step per "
@@ -666,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=0)
+    _add_threads(p)
     p.add_argument("--no-verify", action="store_true",
                    help="a spiking checkpoint: skip the content digests of its files")
     p.set_defaults(func=cmd_generate)

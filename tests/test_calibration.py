@@ -29,7 +29,7 @@ from sbsnn.converters.calibration.allocate import allocate, spent
 from sbsnn.converters.calibration.groups import tie_for_producer
 from sbsnn.converters.calibration.measure import Tables
 from sbsnn.converters.convert import plan
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 from sbsnn.models.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

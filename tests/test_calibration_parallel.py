@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import sbsnn
-from sbsnn.analysis.calibration import compare
+from sbsnn.runs.calibrate import compare
 from sbsnn.converters import SpikingLinear, convert
 from sbsnn.converters.calibration import measure_spikes, text_blocks
 from sbsnn.converters.calibration.documents import document_workers
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 from sbsnn.errors import NonFiniteError
 from sbsnn.neurons import AdaptiveThresholdNeuron, workers
 

@@ -17,7 +17,7 @@ from sbsnn.analysis.fidelity import fidelity_sums_of_ids
 from sbsnn.converters import SpikingLinear, convert, load_spiking, save_spiking
 from sbsnn.converters.calibration import text_blocks
 from sbsnn.converters.calibration.refine import refine, refined_parameters, straight_through
-from sbsnn.demo import heldout_text
+from sbsnn.data import heldout_text
 from sbsnn.errors import OptionError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sbsnn.demo import _resolve_sim_tokens
+from sbsnn.runs.demo import _resolve_sim_tokens
 from sbsnn.models.checkpoint import EMBEDDED
 
 HAVE_MODEL = (EMBEDDED["tiny-hybrid"] / "config.json").exists()

@@ -415,7 +415,7 @@ def test_spike_raster_and_plots_accept_plain_data(tmp_path):
 # ============================================================================ sweep
 def test_sweep_rows_and_files(tmp_path):
     from sbsnn.analysis import SparsityCollector
-    from sbsnn.analysis.sweep import format_sweep, save_sweep, sweep
+    from sbsnn.runs.sweep import format_sweep, save_sweep, sweep
     from sbsnn.converters import convert
     from sbsnn.sim import simulate
 

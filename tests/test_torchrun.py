@@ -280,7 +280,7 @@ def test_layer_split_conversion_writes_what_one_process_writes(work):
 PIPELINE = """
 import json, sys, torch
 torch.set_num_threads(1)
-from sbsnn.dist.pipeline import simulate_pipeline
+from sbsnn.runs.pipeline import simulate_pipeline
 ck, docs, rec, out = sys.argv[1:5]
 r = simulate_pipeline(ck, docs, backend="torch", record=rec, block_size={block},
                       return_logits=True, metadata={{"model_dir": ck}})  # as sbsnn simulate
@@ -302,7 +302,7 @@ def test_pipeline_stages_give_one_process_logits(work, simulated):
     _ok(r)
     assert not Path(f"{out}.rank0.pt").exists()           # the logits come out of the last stage
     logits = torch.load(f"{out}.rank1.pt", weights_only=True)
-    from sbsnn.dist import simulate_documents
+    from sbsnn.runs import simulate_documents
 
     snn = sbsnn.load_spiking(work / "ck")
     ref = simulate_documents(snn, work / "docs.jsonl", backend="torch", block_size=int(BLOCK),

@@ -414,7 +414,7 @@ SPIKINGBRAIN_7B_POINT = {"source": "SpikingBrain report (arXiv 2509.05276), sect
 
 def plot_fidelity_per_spike(rows: Sequence[Mapping], path, title: str | None = None) -> Path:
     """Fidelity against spikes per element, plain conversion at each k beside calibration
-    at each budget (rows of :func:`sbsnn.analysis.sweep.sweep` with ``method``): (left)
+    at each budget (rows of :func:`sbsnn.runs.sweep.sweep` with ``method``): (left)
     top-1 agreement with the float model, (right) perplexity ratio, with SpikingBrain-7B's
     published point (bitwise k = 3: 1.13 spikes per element; bf16 / spiking benchmark
     score) on the ratio panel."""

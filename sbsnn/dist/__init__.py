@@ -1,21 +1,19 @@
-"""Beyond one process: document sets, torch.distributed runs, layer-split conversion and
-pipeline stages.
+"""Deprecated alias of :mod:`sbsnn.runs` (the orchestration room), kept for one release.
 
-This room sits above :mod:`sbsnn.sim` and :mod:`sbsnn.analysis` and below the CLI: it
-splits work across the ranks of a ``torchrun`` launch (``torch.distributed``: gloo on
-CPUs, NCCL on GPUs), reduces what they counted, and leaves one result; without
-``torchrun`` the same calls run in one process. How to run it on a cluster:
-``docs/distributed.md``.
+``sbsnn.dist`` and its submodules (``sbsnn.dist.pipeline``, ``sbsnn.dist.simulate``, ...)
+are the very modules of ``sbsnn.runs``; import them from there.
 """
 
-from sbsnn.dist.documents import (Document, DocumentSet, DocumentSetError, assign_documents,
-                                  contiguous_split, load_documents)
-from sbsnn.dist.group import Group, launched_by_torchrun, process_group
-from sbsnn.dist.simulate import (DocumentCounters, DocumentSetResult, simulate_documents,
-                                 tokenize_documents)
-from sbsnn.dist.sweep import sweep_documents
+import importlib
+import sys
+import warnings
 
-__all__ = ["Document", "DocumentCounters", "DocumentSet", "DocumentSetError", "DocumentSetResult",
-           "Group", "assign_documents", "contiguous_split", "launched_by_torchrun",
-           "load_documents", "process_group", "simulate_documents", "sweep_documents",
-           "tokenize_documents"]
+warnings.warn("sbsnn.dist is deprecated and will be removed in the next release: import "
+              "sbsnn.runs instead (the same names)", DeprecationWarning, stacklevel=2)
+
+from sbsnn.runs import *  # noqa: E402,F401,F403 - the alias re-exports the room's names
+from sbsnn.runs import __all__  # noqa: E402,F401
+
+for _name in ("convert", "documents", "group", "pipeline", "simulate", "sweep"):
+    sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"sbsnn.runs.{_name}")
+del _name

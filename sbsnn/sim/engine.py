@@ -35,17 +35,19 @@ largest count, and the dense MACs the same layer would need.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
+from tqdm.auto import tqdm
 
+from sbsnn.checks import check_int
 from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import CheckpointKindError, OptionError, UnavailableError
 from sbsnn.neurons.workers import submit, workers_for
 from sbsnn.sim.events import CountSummary, step_events, summarize
+from sbsnn.sim.session import RunRecording, check_record, coding_of, select_trace
 from sbsnn.sim.trace import LayerTrace, Tracer, TraceSpec
 
 _EVENT_BATCH_BYTES = 64 << 20
@@ -355,39 +357,20 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     each token's first and last spike step and every output after each step; a recording
     stores them too.
     """
-    from sbsnn.checks import check_int
-
     check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
     check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
-    if not isinstance(record_events, bool):
-        raise OptionError(f"record_events must be True or False, got {record_events!r}")
-    if record_events and record is None:
-        raise OptionError("record_events=True needs record= (the events are stored there)")
-    if record is not None and not hasattr(record, "write") and not isinstance(record, (str, os.PathLike)):
-        raise OptionError(f"record must be a file path or an object with write/flush/close, got "
-                          f"{type(record).__name__}")
+    check_record(record, record_events)
     ids = _token_ids(spiking_model, text_or_ids)
     if max_tokens is not None:
         ids = ids[:, :max_tokens]
     device = next(spiking_model.parameters()).device
     ids = ids.to(device)
     backend = resolve_backend(backend)
-    spec = TraceSpec.parse(trace)
-    if spec is not None:  # a glob that matches nothing is refused before any file is opened
-        spec.select(n for n, m in spiking_model.named_modules() if isinstance(m, SpikingLinear))
-        metadata = {**(metadata or {}), "trace": {"layers": list(spec.layers), "tokens": spec.tokens}}
-    recorder = None
-    if record is not None and hasattr(record, "write"):
-        recorder = record  # any object with write(name, counts, v_th), flush(), close(complete)
-    elif record is not None:
-        from sbsnn.sim.recorder import Recorder
-
-        recorder = Recorder(record, metadata=_recording_metadata(spiking_model, ids, metadata),
-                            record_events=record_events)
+    spec, metadata = select_trace(spiking_model, trace, metadata)
+    run_rec = RunRecording(record, spiking_model, [ids], metadata, record_events)
+    recorder = run_rec.recorder
     t0 = time.perf_counter()
     L = ids.shape[1]
-    from tqdm.auto import tqdm
-
     try:
         with Simulator(spiking_model, backend, recorder, trace=spec) as sim:
             bar = tqdm(total=L, desc="simulate", unit="tok",
@@ -395,15 +378,13 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
             logits = run_sequence(spiking_model, ids, block_size, recorder, return_logits,
                                   on_block=bar.update)
             bar.close()
-        if recorder is not None:
-            recorder.close(complete=True)
+        run_rec.finish()
     except BaseException:
-        if recorder is not None:
-            recorder.close(complete=False)
+        run_rec.fail()
         raise
     return SimResult(logits=logits, layers=sim.counters,
                      tokens=L, seconds=time.perf_counter() - t0, backend=backend,
-                     coding=_coding_of(spiking_model), traces=sim.traces)
+                     coding=coding_of(spiking_model), traces=sim.traces)
 
 
 def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, recorder=None,
@@ -412,8 +393,6 @@ def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, record
     (``block_size=None``) or block by block through the decoding state, flushing
     ``recorder`` after each block. Returns the first sequence's logits ``[L, vocab]``
     (float32, CPU) when asked. ``on_block(tokens)`` is called after each block."""
-    from sbsnn.checks import check_int
-
     check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
     logits = []
     L = ids.shape[1]
@@ -434,34 +413,3 @@ def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, record
             if on_block is not None:
                 on_block(min(block_size, L - s))
     return torch.cat(logits) if logits else None
-
-
-def _coding_of(model) -> str:
-    """The model's coding: its spiking config's, else its layers' ("mixed" if they differ)."""
-    cfg = getattr(model, "spiking_config", None)
-    if cfg is not None:
-        return cfg.coding
-    codings = {m.coding for m in model.modules() if isinstance(m, SpikingLinear)}
-    return codings.pop() if len(codings) == 1 else "mixed"
-
-
-def _recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
-    import hashlib
-
-    from sbsnn import __version__
-
-    cfg = getattr(model, "spiking_config", None)
-    layers = {n: {"in_features": m.in_features, "out_features": m.out_features,
-                  "group_size": m.group_size, "bias": m.bias is not None}
-              for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
-    meta = {
-        "sbsnn_version": __version__,
-        "layers": layers,
-        "tokens": int(ids.shape[1]),
-        "token_digest": hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
-        "model_config": getattr(getattr(model, "config", None), "to_dict", dict)(),
-    }
-    if cfg is not None:
-        meta.update(preset=cfg.preset, coding=cfg.coding, k=cfg.k, group_size=cfg.group_size)
-    meta.update(extra or {})
-    return meta

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbsnn.converters.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
+from sbsnn.converters.calibration.budget import SpikeBudget
 from sbsnn.converters.calibration.documents import each_document
 from sbsnn.converters.calibration.groups import InputGroup, find_groups, fold, tie_for_producer
 from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, default_kgrid,
@@ -85,27 +86,8 @@ def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block
                     ("block_size", block_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise OptionError(f"{name} must be a positive integer, got {v!r}")
-    if isinstance(spike_budget, str):
-        text = spike_budget.strip().replace(" ", "")
-        if text.startswith("k="):
-            return None, _number(text[2:], "spike_budget's k")
-        try:
-            float(text)
-        except ValueError:
-            raise OptionError(f"spike budget {spike_budget!r}: give spikes per element (a number) "
-                             "or 'k=K' (what plain conversion at k = K spends on the text)") from None
-        spike_budget = text
-    return _number(spike_budget, "spike_budget"), None
-
-
-def _number(v, what: str) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise OptionError(f"{what} must be a positive number, got {v!r}") from None
-    if isinstance(v, bool) or not (0 < f < math.inf):
-        raise OptionError(f"{what} must be a positive finite number, got {v!r}")
-    return f
+    b = SpikeBudget.of(spike_budget)
+    return b.spikes_per_element, b.plain_k
 
 
 def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[torch.Tensor]]:

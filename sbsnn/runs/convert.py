@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sbsnn.dist.documents import contiguous_split
-from sbsnn.dist.group import Group, process_group
+from sbsnn.runs.documents import contiguous_split
+from sbsnn.runs.group import Group, process_group
 
 __all__ = ["convert_checkpoint_split"]
 

@@ -1,4 +1,4 @@
-"""Document sets and the pieces of distributed runs, in one process (``sbsnn.dist``).
+"""Document sets and the pieces of distributed runs, in one process (``sbsnn.runs``).
 
 Launched runs (torchrun, two processes over gloo) are in ``test_torchrun.py``; here:
 
@@ -31,9 +31,9 @@ import torch
 
 import sbsnn
 from sbsnn.converters import convert
-from sbsnn.dist import (DocumentSetError, assign_documents, contiguous_split, load_documents,
+from sbsnn.runs import (DocumentSetError, assign_documents, contiguous_split, load_documents,
                         process_group, simulate_documents, sweep_documents)
-from sbsnn.dist.group import Group
+from sbsnn.runs.group import Group
 from sbsnn.models import HybridForCausalLM
 from sbsnn.models.tokenizer import ByteTokenizer
 from sbsnn.sim import Recorder, Recording, RecordingError, load_recording, simulate
@@ -311,7 +311,7 @@ def test_sharded_recording_reads_as_one_file(tmp_path):
 
 # ----------------------------------------------------------------------------- sweep, report
 def test_sweep_of_one_document_is_the_sweep_of_its_text(snn, text):
-    from sbsnn.analysis.sweep import sweep
+    from sbsnn.runs.sweep import sweep
 
     model = _CACHE["snn"][0]
     a = sweep(model, text[:90], ks=[2.5], group_size=16, block_size=32)[0]
@@ -343,7 +343,7 @@ def test_report_counts_non_spiking_operations_per_document(tmp_path, snn, text):
     {"tie_word_embeddings": True, "full_attn_layers": [3]},
 ])
 def test_stages_chained_equal_the_model(tiny_config, overrides):
-    from sbsnn.dist.pipeline import stage_forward
+    from sbsnn.runs.pipeline import stage_forward
 
     torch.manual_seed(0)
     model = HybridForCausalLM(tiny_config(**overrides)).eval()
@@ -367,7 +367,7 @@ def test_stages_chained_equal_the_model(tiny_config, overrides):
 
 def test_a_stage_loads_only_its_blocks(tmp_path, snn):
     from sbsnn.converters import save_spiking
-    from sbsnn.dist.pipeline import load_stage, stage_layers
+    from sbsnn.runs.pipeline import load_stage, stage_layers
 
     save_spiking(snn, tmp_path / "ck")
     stages = stage_layers(snn.config, 2, snn.spiking_config)

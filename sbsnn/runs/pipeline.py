@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbsnn.dist.documents import contiguous_split, load_documents
-from sbsnn.dist.group import Group, process_group
-from sbsnn.dist.simulate import (DocumentCounters, DocumentSetResult, _RunRecording, _totals,
-                                 tokenize_documents)
+from sbsnn.runs.documents import contiguous_split, load_documents
+from sbsnn.runs.group import Group, process_group
+from sbsnn.runs.simulate import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
+from sbsnn.sim.session import RunRecording, coding_of
 
 __all__ = ["Stage", "load_stage", "simulate_pipeline", "stage_forward", "stage_layers"]
 
@@ -186,7 +186,7 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
     from sbsnn.converters.format import read_spiking_config
     from sbsnn.converters.spiking_linear import SpikingLinear
     from sbsnn.models.config import HybridConfig
-    from sbsnn.sim.engine import LayerCounters, Simulator, _coding_of, resolve_backend
+    from sbsnn.sim.engine import LayerCounters, Simulator, resolve_backend
 
     from sbsnn.checks import check_int
 
@@ -206,9 +206,10 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
     backend = resolve_backend(backend)
     # the hidden states' dtype: the model's floating dtype (the same on every stage)
     dtype = next(t.dtype for t in stage.state_dict().values() if t.is_floating_point())
-    run_rec = _RunRecording(record, model, docs, ids, [-1] * len(docs), group,
-                            {**(metadata or {}), "pipeline": {"stages": [[r.start, r.stop] for r in stages]}},
-                            record_events, every_rank=True)
+    run_rec = RunRecording(record, model, ids,
+                           {**(metadata or {}), "pipeline": {"stages": [[r.start, r.stop] for r in stages]}},
+                           record_events, documents=docs, ranks=[-1] * len(docs), group=group,
+                           every_rank=True)
     recorder = run_rec.recorder
     from tqdm.auto import tqdm
 
@@ -276,7 +277,7 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
                 c.update(dict(part)[doc.index])
             c = {n: c[n] for n in order if n in c}
             merged_docs.append(DocumentCounters(doc.index, doc.name, int(ids[i].shape[1]),
-                                                len(doc.text), -1, _totals(c)))
+                                                len(doc.text), -1, totals_of(c)))
         seconds = max(s for _, _, s in gathered)
         run_rec.finish()
     except BaseException:
@@ -284,6 +285,6 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
         raise
     return DocumentSetResult(
         logits=None, layers=layers, tokens=sum(int(x.shape[1]) for x in ids), seconds=seconds,
-        backend=backend, coding=_coding_of(model), documents=merged_docs,
+        backend=backend, coding=coding_of(model), documents=merged_docs,
         world_size=group.world_size, rank=group.rank, document_logits=logits,
         recording=run_rec.path)

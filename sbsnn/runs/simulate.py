@@ -6,7 +6,7 @@ document boundaries: per-document counters in the result, ``call_documents`` and
 ``documents`` table in the recording.
 
 Under ``torchrun`` (or in a process group the host initialised) the documents are split
-across the ranks, balanced by tokens (:func:`sbsnn.dist.documents.assign_documents`);
+across the ranks, balanced by tokens (:func:`sbsnn.runs.documents.assign_documents`);
 each rank simulates its own documents with its own copy of the model and writes its
 own shard of the recording; the layer counters are reduced over the group (exact int64
 ``all_reduce``), the per-document results gathered in document order, and rank 0 writes
@@ -20,11 +20,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
-from sbsnn.dist.documents import DocumentSet, assign_documents, load_documents
-from sbsnn.dist.group import Group, process_group
-from sbsnn.sim.engine import (LayerCounters, SimResult, Simulator, _coding_of, _recording_metadata,
-                              counter_fields, resolve_backend, run_sequence)
+from sbsnn.checks import check_int
+from sbsnn.runs.documents import DocumentSet, assign_documents, load_documents
+from sbsnn.runs.group import Group, process_group
+from sbsnn.sim.engine import (LayerCounters, SimResult, Simulator, counter_fields, resolve_backend,
+                              run_sequence)
+from sbsnn.sim.session import RunRecording, check_record, coding_of, select_trace
 from sbsnn.sim.trace import TraceError, TraceSpec
 
 __all__ = ["DocumentCounters", "DocumentSetResult", "reduce_counters", "simulate_documents",
@@ -65,11 +68,7 @@ class DocumentSetResult(SimResult):
 
 def tokenize_documents(model, docs: DocumentSet, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Token ids ``[1, n]`` of each document (the first ``max_tokens`` of each)."""
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        from sbsnn.errors import OptionError
-
-        raise OptionError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
     tok = model._require_tokenizer()
     out = []
     for d in docs:
@@ -106,73 +105,9 @@ def reduce_counters(group: Group, names: list[str], counters: dict[str, LayerCou
     return out
 
 
-def _totals(counters: dict[str, LayerCounters]) -> dict:
+def totals_of(counters: dict[str, LayerCounters]) -> dict:
+    """:meth:`sbsnn.sim.SimResult.totals` of some layers' counters."""
     return SimResult(None, counters, 0, 0.0, "", "").totals()
-
-
-def _concat(ids: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(ids, dim=1) if ids else torch.zeros(1, 0, dtype=torch.long)
-
-
-class _RunRecording:
-    """This rank's recorder (a file, a shard, or the caller's object) and, in a
-    multi-rank run, the index rank 0 writes: incomplete at the start, complete last."""
-
-    def __init__(self, record, model, docs, ids, ranks, group: Group, metadata, record_events,
-                 every_rank: bool = False):
-        self.record, self.group, self.recorder, self.path = record, group, None, None
-        if record is None:
-            return
-        if hasattr(record, "write"):
-            self.recorder = record
-            return
-        from sbsnn.sim.recorder import Recorder
-
-        self.path = str(record)
-        extra = {**(metadata or {}),
-                 "documents": {"count": len(docs), "source": docs.source,
-                               "tokens": int(sum(x.shape[1] for x in ids))}}
-        self.index_metadata = _recording_metadata(model, _concat(ids), extra)
-        if not group.distributed:
-            self.recorder = Recorder(record, metadata=self.index_metadata, record_events=record_events)
-            return
-        from sbsnn.sim import shards
-
-        self.planned = [{"index": d.index, "name": d.name, "tokens": int(x.shape[1]),
-                         "chars": len(d.text), "rank": ranks[d.index]} for d, x in zip(docs, ids)]
-        if group.is_main:
-            shards.remove_stale_shards(record, group.world_size)
-            self._index(complete=False)
-        group.barrier()
-        mine = [x for d, x in zip(docs, ids) if every_rank or ranks[d.index] == group.rank]
-        path = shards.shard_path(record, group.rank, group.world_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = _recording_metadata(model, _concat(mine), {
-            **extra, "shard": {"rank": group.rank, "world_size": group.world_size,
-                               "index": str(record)}})
-        self.recorder = Recorder(path, metadata=meta, record_events=record_events)
-
-    def _index(self, complete: bool) -> None:
-        from sbsnn.sim import shards
-
-        shards.write_index(self.record, world_size=self.group.world_size,
-                           metadata=self.index_metadata, documents=self.planned, complete=complete)
-
-    def finish(self) -> None:
-        """Close complete; in a multi-rank run, once every shard is closed, rank 0 marks
-        the index complete."""
-        if self.recorder is None:
-            return
-        self.recorder.close(complete=True)
-        if self.group.distributed and self.path is not None:
-            self.group.barrier()
-            if self.group.is_main:
-                self._index(complete=True)
-            self.group.barrier()
-
-    def fail(self) -> None:
-        if self.recorder is not None:
-            self.recorder.close(complete=False)
 
 
 @torch.no_grad()
@@ -181,43 +116,51 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                        return_logits: bool = False, progress: bool = False,
                        record_events: bool = False, metadata: dict | None = None,
                        trace=None, distributed: bool | str = "auto",
-                       group: Group | None = None) -> DocumentSetResult:
+                       group: Group | None = None, pipeline: bool = False) -> DocumentSetResult:
     """Simulate every document of ``documents`` (a path or texts, see
-    :func:`~sbsnn.dist.documents.load_documents`) from a fresh decoding state.
+    :func:`~sbsnn.runs.documents.load_documents`) from a fresh decoding state.
 
     ``block_size`` / ``record`` / ``record_events`` / ``backend`` / ``trace`` as
     :func:`sbsnn.sim.simulate`; ``max_tokens`` cuts each document. ``distributed``
-    (see :func:`~sbsnn.dist.group.process_group`) or an open ``group`` decides whether the
+    (see :func:`~sbsnn.runs.group.process_group`) or an open ``group`` decides whether the
     documents are split across ranks; ``record="spikes.h5"`` then writes a sharded
     recording (index at ``spikes.h5``), read as one by ``sbsnn.load_recording``. A trace
     needs one process (its first tokens would depend on the split).
+
+    ``pipeline=True``: the model's blocks are split across the ranks instead of the
+    documents (:func:`sbsnn.runs.pipeline.simulate_pipeline`); ``spiking_model`` is then
+    the spiking checkpoint's directory, of which each rank loads only its own blocks.
     """
     if group is None:
         with process_group(distributed) as g:
             return simulate_documents(spiking_model, documents, backend, record, block_size,
                                       max_tokens, return_logits, progress, record_events,
-                                      metadata, trace, group=g)
+                                      metadata, trace, group=g, pipeline=pipeline)
+    if pipeline:
+        from sbsnn.runs.pipeline import simulate_pipeline   # the pipeline builds on this module
+
+        if trace is not None:
+            raise TraceError("trace: a time-resolved trace needs one process without pipeline "
+                             "stages")
+        return simulate_pipeline(spiking_model, documents, backend, record, block_size,
+                                 max_tokens, return_logits, progress, record_events, metadata,
+                                 group=group)
+    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
+    check_record(record, record_events)
     docs = load_documents(documents)
     ids = tokenize_documents(spiking_model, docs, max_tokens)
     backend = resolve_backend(backend)
-    spec = TraceSpec.parse(trace)
-    if spec is not None and group.distributed:
+    if TraceSpec.parse(trace) is not None and group.distributed:
         raise TraceError(f"trace: a time-resolved trace needs one process (its traced tokens "
                          f"would depend on how the documents are split over "
                          f"{group.world_size} ranks); run the traced simulation without torchrun")
-    if spec is not None:
-        from sbsnn.converters.spiking_linear import SpikingLinear
-
-        spec.select(n for n, m in spiking_model.named_modules() if isinstance(m, SpikingLinear))
-        metadata = {**(metadata or {}), "trace": {"layers": list(spec.layers), "tokens": spec.tokens}}
+    spec, metadata = select_trace(spiking_model, trace, metadata)
     ranks = assign_documents([int(x.shape[1]) for x in ids], group.world_size)
     device = next(spiking_model.parameters()).device
     mine = [d for d in docs if ranks[d.index] == group.rank]
-    run_rec = _RunRecording(record, spiking_model, docs, ids, ranks, group, metadata,
-                            record_events)
+    run_rec = RunRecording(record, spiking_model, ids, metadata, record_events,
+                           documents=docs, ranks=ranks, group=group)
     recorder = run_rec.recorder
-    from tqdm.auto import tqdm
-
     per_doc: list[DocumentCounters] = []
     logits: dict[int, torch.Tensor] = {}
     try:
@@ -242,7 +185,7 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                 if out is not None:
                     logits[d.index] = out
                 per_doc.append(DocumentCounters(d.index, d.name, n, len(d.text), group.rank,
-                                                _totals(counters)))
+                                                totals_of(counters)))
             bar.close()
             seconds = time.perf_counter() - t0
             layers = reduce_counters(group, names, sim.counters, shapes)
@@ -258,6 +201,6 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                            f"{len(docs)} documents")
     return DocumentSetResult(
         logits=None, layers=layers, tokens=sum(dc.tokens for dc in all_docs), seconds=seconds,
-        backend=backend, coding=_coding_of(spiking_model), traces=sim.traces,
+        backend=backend, coding=coding_of(spiking_model), traces=sim.traces,
         documents=all_docs, world_size=group.world_size, rank=group.rank,
         document_logits=logits, recording=run_rec.path)
