@@ -1,4 +1,5 @@
-"""Sharded recordings: one HDF5 file per rank plus an index, read as one recording.
+"""Sharded recordings (one HDF5 file per rank plus an index, read as one recording), and
+the openers of any recording.
 
 A ``torchrun`` run with ``record="spikes.h5"`` never has two processes write one HDF5
 file. Each rank writes its own shard, an ordinary sbsnn recording (format 3, with its
@@ -17,8 +18,8 @@ The index is written (atomically: a temporary file, then a rename) with
 every rank closed its shard complete; a run in which any rank failed or was killed
 therefore never leaves a recording that looks complete.
 
-:class:`ShardedRecording` (what :func:`sbsnn.sim.open_recording` and
-``sbsnn.load_recording`` return for an index) offers :class:`~sbsnn.sim.Recording`'s
+:class:`ShardedRecording` (what :func:`open_recording` and :func:`load_recording`, the
+openers of any recording, return for an index) offers :class:`~sbsnn.sim.Recording`'s
 accessors over all shards at once: each layer's rows, calls and events are laid end to
 end in document order (the order of the document set, whatever rank ran them), with
 ``call_offsets`` and event rows renumbered, so that a report of the sharded recording
@@ -30,18 +31,21 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
-import torch
 
-from sbsnn.sim.recorder import INDEX_FORMAT, Recording, RecordingError, _json_default
+from sbsnn.errors import RecordingError
+from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, json_default
+from sbsnn.sim.recording_reader import Recording, no_layer_error
+from sbsnn.sim.trace import LayerTrace
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "ConcatRows", "ShardedRecording", "is_index",
-           "shard_path", "write_index"]
+           "load_recording", "open_recording", "shard_path", "write_index"]
 
 INDEX_VERSION = 1
 _DOC_KEYS = ("index", "name", "tokens", "chars", "rank")
@@ -67,7 +71,7 @@ def is_index(path) -> bool:
             fmt = f.attrs.get("format")
     except OSError:
         return False
-    return (fmt.decode() if isinstance(fmt, bytes) else fmt) == INDEX_FORMAT
+    return as_str(fmt) == INDEX_FORMAT
 
 
 def remove_stale_shards(index_path, world_size: int) -> None:
@@ -97,7 +101,7 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
             a["complete"] = bool(complete)
             a["world_size"] = int(world_size)
             a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            f.create_dataset("metadata", data=json.dumps(metadata, default=_json_default),
+            f.create_dataset("metadata", data=json.dumps(metadata, default=json_default),
                              dtype=h5py.string_dtype())
             names = [str(shard_path(path, r, world_size).relative_to(path.parent))
                      for r in range(world_size)]
@@ -113,10 +117,6 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _str(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 # ============================================================================ reading
@@ -211,7 +211,7 @@ class ShardedRecording:
             raise RecordingError(f"{self.path}: cannot be opened as HDF5: {e}") from e
         with f:
             a = f.attrs
-            if _str(a.get("format")) != INDEX_FORMAT:
+            if as_str(a.get("format")) != INDEX_FORMAT:
                 raise RecordingError(f"{self.path}: not the index of a sharded sbsnn recording")
             version = int(a.get("format_version", 0))
             if version > INDEX_VERSION:
@@ -220,12 +220,12 @@ class ShardedRecording:
             self.format_version = version
             self.world_size = int(a["world_size"])
             index_complete = bool(a.get("complete", False))
-            self.metadata = json.loads(_str(f["metadata"][()]))
-            shard_names = [_str(s) for s in f["shards"][()]]
+            self.metadata = json.loads(as_str(f["metadata"][()]))
+            shard_names = [as_str(s) for s in f["shards"][()]]
             g = f["documents"]
             cols = {k: g[k][()] for k in _DOC_KEYS}
         self.planned_documents = [
-            {k: (_str(cols[k][i]) if k == "name" else int(cols[k][i])) for k in _DOC_KEYS}
+            {k: (as_str(cols[k][i]) if k == "name" else int(cols[k][i])) for k in _DOC_KEYS}
             for i in range(len(cols["index"]))]
         rank_of = {d["index"]: d["rank"] for d in self.planned_documents}
         self.shards: list[Recording | None] = []
@@ -276,8 +276,6 @@ class ShardedRecording:
                 msg += f"; {len(self.damaged)} layer shard(s) lost their last rows"
             self.notes.append(msg)
             if warn:
-                import warnings
-
                 warnings.warn(msg, stacklevel=3)
 
     # ------------------------------------------------------------------ building
@@ -330,9 +328,7 @@ class ShardedRecording:
 
     def _group_check(self, name: str) -> list[_Segment]:
         if name not in self._segments:
-            shown = ", ".join(self.layers[:5]) + (", ..." if len(self.layers) > 5 else "")
-            raise KeyError(f"{self.path}: no layer {name!r} in the recording "
-                           f"({len(self.layers)} layers: {shown})")
+            raise no_layer_error(self.path, name, self.layers)
         return self._segments[name]
 
     def _concat(self, name: str, get, add_rows: bool = False) -> ConcatRows:
@@ -413,8 +409,6 @@ class ShardedRecording:
                 traces[g.shard] = self._shard(g).trace(name)
             t = traces[g.shard]
             if out is None:
-                from sbsnn.sim.trace import LayerTrace
-
                 out = LayerTrace(t.name, t.in_features, t.out_features, t.coding)
             for call in t.calls[g.c0:g.c1]:
                 out.calls.append(replace(call, row0=call.row0 - g.r0 + g_rows))
@@ -430,12 +424,8 @@ class ShardedRecording:
                 return s.in_features(name)
         raise KeyError(f"{self.path}: no layer {name!r} in the recording")
 
-    def iter_counts(self, name: str, block: int = 4096) -> Iterator[torch.Tensor]:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(f"block must be a positive int, got {block!r}")
-        ds = self.counts(name)
-        for s in range(0, ds.shape[0], block):
-            yield torch.from_numpy(ds[s:s + block])
+    # One implementation: it reads through self.counts, which here spans every shard.
+    iter_counts = Recording.iter_counts
 
     def close(self) -> None:
         for s in getattr(self, "shards", []):
@@ -452,3 +442,24 @@ class ShardedRecording:
         state = "complete" if self.complete else "INCOMPLETE"
         return (f"ShardedRecording({str(self.path)!r}, {self.world_size} shards, "
                 f"{len(self.layers)} layers, {state})")
+
+
+# ============================================================================ opening
+def open_recording(path, warn: bool = True):
+    """A :class:`~sbsnn.sim.Recording`, or for the index of a sharded recording (one shard
+    per rank of a ``torchrun`` run) a :class:`ShardedRecording` that reads its shards as one
+    recording, with the same accessors."""
+    if is_index(path):
+        return ShardedRecording(path, warn=warn)
+    return Recording(path, warn=warn)
+
+
+def load_recording(path):
+    """Open a recording written by ``simulate(..., record=path)`` (or a sharded one, by its
+    index) for lazy reading.
+
+    Raises :class:`~sbsnn.errors.RecordingError` (a ValueError) when ``path`` is not a
+    recording; warns when the recording is incomplete (interrupted run: what was flushed is
+    kept).
+    """
+    return ShardedRecording(path) if is_index(path) else Recording(path)
