@@ -13,7 +13,9 @@ Launched runs (torchrun, two processes over gloo) are in ``test_torchrun.py``; h
 - a sharded recording written call by call (documents interleaved over two shards,
   with events, an empty shard) reads exactly as one file holding the same calls in
   document order; an incomplete index reads as incomplete;
-- ``sweep_documents`` on one document gives ``sweep``'s row exactly;
+- ``sweep_documents`` on one document gives ``sweep``'s row exactly; the one sweep counts
+  through the simulator what hooks spiking each input a second time count, spikes each
+  layer once per forward, and gives calibrated rows for a document set;
 - a report of a document set counts the operations that never spike per document;
 - ``stage_forward`` cut into stages equals ``model(ids)`` (sinks, embedding scale,
   soft-capping, tied head), and ``load_stage`` fills only its stage;
@@ -322,6 +324,90 @@ def test_sweep_of_one_document_is_the_sweep_of_its_text(snn, text):
     assert two["documents"] == 2 and [d["tokens"] for d in two["per_document"]] == [39, 49]
     nll = sum(d["float_nll"] * d["tokens"] for d in two["per_document"]) / 88
     assert two["float_nll"] == pytest.approx(nll, rel=1e-12)
+
+
+def _hook_counted_rows_parts(model, text, k, coding, window=3):
+    """The reference the one sweep is held to: counters and sparsity tallies taken by
+    forward hooks that spike each layer's input a second time (how the two sweeps
+    counted before), with the recordings' closed forms (``analysis.counters.add_call``)."""
+    from sbsnn.analysis.counters import add_call
+    from sbsnn.analysis.fidelity import fidelity
+    from sbsnn.analysis.sparsity import SparsityCollector
+    from sbsnn.converters import SpikingLinear
+    from sbsnn.sim.engine import LayerCounters
+
+    s = convert(model, preset="paper", coding=coding, k=k, group_size=16)
+    col, counters, hooks = SparsityCollector(coding, model.config, window), {}, []
+
+    def tap(name):
+        def hook(mod, inputs, _out):
+            counts, v_th = mod.spike(inputs[0].detach())
+            col.write(name, counts, v_th)
+            c = counters.setdefault(name, LayerCounters(name, mod.in_features, mod.out_features))
+            add_call(c, counts, coding)
+        return hook
+
+    for name, mod in s.named_modules():
+        if isinstance(mod, SpikingLinear):
+            hooks.append(mod.register_forward_hook(tap(name)))
+    try:
+        f = fidelity(model, s, text, block_size=32)
+    finally:
+        for h in hooks:
+            h.remove()
+    return f, counters, col.report().pooled
+
+
+@pytest.mark.parametrize("coding", ["ternary", "bitwise"])
+def test_the_sweep_counts_through_the_simulator_what_hooks_count(snn, text, coding):
+    from sbsnn.runs.sweep import sweep
+
+    model = _CACHE["snn"][0]
+    row = sweep(model, text[:120], ks=[2.5], coding=coding, group_size=16, block_size=32)[0]
+    f, counters, pooled = _hook_counted_rows_parts(model, text[:120], 2.5, coding)
+    assert row["tokens"] == max(c.tokens for c in counters.values()) == 120
+    assert (row["float_nll"], row["spiking_nll"], row["mean_kl"], row["top1_agreement"]) == (
+        f.float_nll, f.spiking_nll, f.mean_kl, f.top1_agreement)
+    assert row["sparsity"] == {k: pooled[k] for k in row["sparsity"]}
+    ops = sum(c.synaptic_ops for c in counters.values())
+    assert row["energy"]["snn_pj"] == pytest.approx(ops * 0.03, rel=1e-12)   # horowitz45 add
+
+
+def test_the_sweep_spikes_each_layer_once_per_forward(snn, text, monkeypatch):
+    from sbsnn.converters import SpikingLinear
+    from sbsnn.runs.sweep import sweep
+
+    model = _CACHE["snn"][0]
+    spikes: dict[int, int] = {}
+    forwards: dict[int, int] = {}
+    real_spike, real_call = SpikingLinear.spike, SpikingLinear.__call__
+
+    def spike(self, x):
+        spikes[id(self)] = spikes.get(id(self), 0) + 1
+        return real_spike(self, x)
+
+    def call(self, *a, **kw):
+        forwards[id(self)] = forwards.get(id(self), 0) + 1
+        return real_call(self, *a, **kw)
+
+    monkeypatch.setattr(SpikingLinear, "spike", spike)
+    monkeypatch.setattr(SpikingLinear, "__call__", call)
+    sweep_documents(model, [text[:70], text[70:150]], ks=[3.0], group_size=16, block_size=32)
+    assert forwards and spikes == forwards            # every layer: one spike per forward
+    assert min(forwards.values()) == 2 * 3            # 2 documents x 3 blocks of 32 tokens
+
+
+def test_calibrated_rows_for_a_document_set(snn, text):
+    model = _CACHE["snn"][0]
+    rows = sweep_documents(model, [text[:200], text[200:380]], ks=[3.0], group_size=16,
+                           block_size=64, spike_budgets=[2.5], calibration_texts=text[1000:2600],
+                           calibration_tokens=1536)
+    plain, cal = rows
+    assert plain["method"] == "plain" and cal["method"] == "calibrated"
+    assert cal["spike_budget"] == 2.5 and cal["calibration"]["spikes_per_element"] <= 2.5
+    assert cal["documents"] == plain["documents"] == 2
+    assert [d["tokens"] for d in cal["per_document"]] == [199, 179]
+    assert cal["tokens"] == plain["tokens"] == 380 and cal["reference"] is None
 
 
 def test_report_counts_non_spiking_operations_per_document(tmp_path, snn, text):
