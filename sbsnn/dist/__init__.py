@@ -14,6 +14,6 @@ warnings.warn("sbsnn.dist is deprecated and will be removed in the next release:
 from sbsnn.runs import *  # noqa: E402,F401,F403 - the alias re-exports the room's names
 from sbsnn.runs import __all__  # noqa: E402,F401
 
-for _name in ("convert", "documents", "group", "pipeline", "simulate", "sweep"):
+for _name in ("convert", "documents", "group", "pipeline", "results", "simulate", "sweep"):
     sys.modules[f"{__name__}.{_name}"] = importlib.import_module(f"sbsnn.runs.{_name}")
 del _name

@@ -24,8 +24,8 @@ from sbsnn.runs.demo import run_demo
 from sbsnn.runs.documents import (Document, DocumentSet, DocumentSetError, assign_documents,
                                   contiguous_split, load_documents)
 from sbsnn.runs.group import Group, launched_by_torchrun, process_group
-from sbsnn.runs.simulate import (DocumentCounters, DocumentSetResult, simulate_documents,
-                                 tokenize_documents)
+from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents
+from sbsnn.runs.simulate import simulate_documents
 from sbsnn.runs.sweep import sweep, sweep_documents
 
 __all__ = ["CalibratedCheckpoint", "Document", "DocumentCounters", "DocumentSet",

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sbsnn.converters.format import atomic_directory
+from sbsnn.converters.quant import QuantStats
+from sbsnn.converters.stream import convert_blocks, convert_checkpoint, finish_checkpoint, open_source
 from sbsnn.runs.documents import contiguous_split
 from sbsnn.runs.group import Group, process_group
 
@@ -35,11 +38,6 @@ def convert_checkpoint_split(src, out, preset: str | None = "paper", coding: str
         with process_group(distributed) as g:
             return convert_checkpoint_split(src, out, preset, coding, k, group_size, targets,
                                             exclude, force, allow_pickle, progress, group=g)
-    from sbsnn.converters.format import atomic_directory
-    from sbsnn.converters.quant import QuantStats
-    from sbsnn.converters.stream import (convert_blocks, convert_checkpoint, finish_checkpoint,
-                                         open_source)
-
     if not group.distributed:
         return convert_checkpoint(src, out, preset, coding, k, group_size, targets, exclude,
                                   force, allow_pickle, progress)

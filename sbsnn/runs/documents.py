@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sbsnn.errors import InputError
+from sbsnn.checks import read_text_file
+from sbsnn.errors import InputError, MissingPathError
 
 __all__ = ["Document", "DocumentSet", "DocumentSetError", "assign_documents",
            "contiguous_split", "load_documents"]
@@ -80,8 +81,6 @@ class DocumentSet:
 
 
 def _read_text(path: Path) -> str:
-    from sbsnn.checks import read_text_file
-
     try:
         return read_text_file(path, "the document", empty_ok=True)
     except InputError as e:
@@ -156,8 +155,6 @@ def load_documents(source, text_field: str = "text") -> DocumentSet:
                                f"{type(source).__name__}")
     path = Path(source)
     if not path.exists():
-        from sbsnn.errors import MissingPathError
-
         raise MissingPathError(f"{path}: no such file or directory (a document set is a "
                                f".jsonl file, a directory of .txt files, or a text file)",
                                filename=path)

@@ -31,7 +31,7 @@ from torch import nn
 
 from sbsnn.runs.documents import contiguous_split, load_documents
 from sbsnn.runs.group import Group, process_group
-from sbsnn.runs.simulate import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
+from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
 from sbsnn.sim.session import RunRecording, coding_of
 
 __all__ = ["Stage", "load_stage", "simulate_pipeline", "stage_forward", "stage_layers"]

@@ -17,97 +17,22 @@ equal to those of one process running all the documents.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from sbsnn.checks import check_int
-from sbsnn.runs.documents import DocumentSet, assign_documents, load_documents
+from sbsnn.runs.documents import assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
-from sbsnn.sim.engine import (LayerCounters, SimResult, Simulator, counter_fields, resolve_backend,
-                              run_sequence)
+from sbsnn.runs.pipeline import simulate_pipeline
+from sbsnn.runs.results import (DocumentCounters, DocumentSetResult, reduce_counters,
+                                tokenize_documents, totals_of)
+from sbsnn.sim.engine import Simulator, resolve_backend, run_sequence
 from sbsnn.sim.session import RunRecording, check_record, coding_of, select_trace
 from sbsnn.sim.trace import TraceError, TraceSpec
 
 __all__ = ["DocumentCounters", "DocumentSetResult", "reduce_counters", "simulate_documents",
            "tokenize_documents"]
-
-
-@dataclass
-class DocumentCounters:
-    """One document of a set: where it ran and its totals over all spiking layers
-    (the keys of :meth:`sbsnn.sim.SimResult.totals`)."""
-
-    index: int
-    name: str
-    tokens: int
-    chars: int
-    rank: int
-    totals: dict
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "name": self.name, "tokens": self.tokens,
-                "chars": self.chars, "rank": self.rank, "totals": dict(self.totals)}
-
-
-@dataclass
-class DocumentSetResult(SimResult):
-    """A :class:`~sbsnn.sim.SimResult` over a document set (``layers``: counters summed
-    over every document of every rank), plus ``documents`` (per-document counters, in
-    document order), ``world_size`` / ``rank``, and ``document_logits`` (index -> logits of
-    this rank's documents, with ``return_logits=True``). ``seconds``: the slowest rank's
-    simulation time."""
-
-    documents: list[DocumentCounters] = field(default_factory=list)
-    world_size: int = 1
-    rank: int = 0
-    document_logits: dict[int, torch.Tensor] = field(default_factory=dict)
-    recording: str | None = None
-
-
-def tokenize_documents(model, docs: DocumentSet, max_tokens: int | None = None) -> list[torch.Tensor]:
-    """Token ids ``[1, n]`` of each document (the first ``max_tokens`` of each)."""
-    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
-    tok = model._require_tokenizer()
-    out = []
-    for d in docs:
-        ids = torch.tensor([tok.encode(d.text)], dtype=torch.long)
-        if max_tokens is not None:
-            ids = ids[:, :max_tokens]
-        if ids.shape[1] == 0:
-            raise ValueError(f"{docs.source}: document {d.index} ({d.name}) has no tokens")
-        out.append(ids)
-    return out
-
-
-def reduce_counters(group: Group, names: list[str], counters: dict[str, LayerCounters],
-                    shapes: dict[str, tuple[int, int]]) -> dict[str, LayerCounters]:
-    """The counters of layers ``names`` summed over the group (``*_max`` fields: the
-    largest), exactly: one int64 ``all_reduce`` per kind. ``shapes``: in/out features."""
-    keys = counter_fields()
-    rows = []
-    for n in names:
-        c = counters.get(n)
-        rows.append([0 if c is None else int(getattr(c, k)) for k in keys])
-    packed = torch.tensor(rows, dtype=torch.int64).reshape(len(names), len(keys))
-    is_max = torch.tensor([k.endswith("_max") for k in keys])
-    summed = group.sum_ints(packed)
-    maxed = group.max_ints(packed)
-    total = torch.where(is_max, maxed, summed)
-    out = {}
-    for n, row in zip(names, total.tolist()):
-        i, o = shapes[n]
-        c = LayerCounters(n, i, o)
-        for k, v in zip(keys, row):
-            setattr(c, k, int(v))
-        out[n] = c
-    return out
-
-
-def totals_of(counters: dict[str, LayerCounters]) -> dict:
-    """:meth:`sbsnn.sim.SimResult.totals` of some layers' counters."""
-    return SimResult(None, counters, 0, 0.0, "", "").totals()
 
 
 @torch.no_grad()
@@ -137,8 +62,6 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                                       max_tokens, return_logits, progress, record_events,
                                       metadata, trace, group=g, pipeline=pipeline)
     if pipeline:
-        from sbsnn.runs.pipeline import simulate_pipeline   # the pipeline builds on this module
-
         if trace is not None:
             raise TraceError("trace: a time-resolved trace needs one process without pipeline "
                              "stages")

@@ -46,7 +46,7 @@ from sbsnn.converters.convert import check_request
 from sbsnn.errors import CheckpointKindError, OptionError
 from sbsnn.runs.documents import Document, DocumentSet, assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
-from sbsnn.runs.simulate import reduce_counters
+from sbsnn.runs.results import reduce_counters
 from sbsnn.sim.engine import Simulator
 
 __all__ = ["SWEEP_KS", "check_sweep", "format_sweep", "reduce_tallies", "save_sweep", "sweep",
