@@ -22,6 +22,7 @@ from .coding import (
     expand,
     num_steps,
     spike_counts,
+    spike_counts_reference,
     spike_stats,
     spikes_per_element,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "expand",
     "num_steps",
     "spike_counts",
+    "spike_counts_reference",
     "spike_stats",
     "spikes_per_element",
     "IFResult",
