@@ -53,7 +53,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from sbsnn.checks import check_group_size, check_k
+from sbsnn.checks import check_k
 from sbsnn.converters.quant import CODE_MAX, num_groups, rescale
 from sbsnn.errors import OptionError
 from sbsnn.neurons.formula import spike_counts_reference as _formula_reference
