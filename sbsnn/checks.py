@@ -17,7 +17,7 @@ from pathlib import Path
 from sbsnn.errors import InputError, LimitError, OptionError, os_error
 
 __all__ = ["K_LIMIT", "GROUP_SIZE_LIMIT", "THREADS_LIMIT", "check_choice", "check_float",
-           "check_int", "check_k", "overlap", "read_json_file", "read_text_file"]
+           "check_group_size", "check_int", "check_k", "overlap", "read_json_file", "read_text_file"]
 
 # ----------------------------------------------------------------------------- limits
 K_LIMIT = 1000.0
@@ -85,9 +85,46 @@ def check_float(value, name: str, *, minimum: float | None = None, positive: boo
     return v
 
 
-def check_k(k, name: str = "k") -> float:
-    """The threshold divisor k of ``V_th = mean|x| / k``: positive, finite, at most K_LIMIT."""
-    return check_float(k, name, positive=True, maximum=K_LIMIT, why=K_LIMIT_WHY)
+def _as_error(error: type[OptionError], check, *args, **kwargs):
+    """``check(*args, **kwargs)``, its OptionError refusals (not its LimitError) raised as
+    ``error``, a subclass of OptionError that a room raises for its own inputs."""
+    try:
+        return check(*args, **kwargs)
+    except LimitError:
+        raise
+    except OptionError as e:
+        if error is OptionError:
+            raise
+        raise error(str(e)) from None
+
+
+def check_k(k, name: str = "k", *, bounded: bool = True, error: type[OptionError] = OptionError) -> float:
+    """The threshold divisor k of ``V_th = mean|x| / k`` as a float: the one check of k.
+
+    One rule: a real number, finite and > 0 (else ``error``, an OptionError). ``bounded``
+    adds the boundary's limit, at most K_LIMIT (else :class:`LimitError`): where a user
+    sets the k of a model (convert, sweep, a spiking checkpoint's config, the command line).
+    The spike formula itself (``sbsnn.neurons``, the CuPy kernel) passes ``bounded=False``:
+    it is exact for any positive k, and a layer built by hand may use a larger one.
+    """
+    if bounded:
+        return _as_error(error, check_float, k, name, positive=True, maximum=K_LIMIT, why=K_LIMIT_WHY)
+    return _as_error(error, check_float, k, name, positive=True)
+
+
+def check_group_size(group_size, name: str = "group_size", *, bounded: bool = True,
+                     error: type[OptionError] = OptionError) -> int:
+    """The width of a weight scale group as an int: the one check of the group size.
+
+    One rule: an integer >= 1 (else ``error``, an OptionError). ``bounded`` adds the
+    boundary's limit, at most GROUP_SIZE_LIMIT (else :class:`LimitError`): where a user
+    sets it for a model (convert, a spiking checkpoint's config, the command line); the
+    kernels that take a group (``quantize_weight``, the CuPy kernels) pass ``bounded=False``.
+    """
+    if bounded:
+        return _as_error(error, check_int, group_size, name, minimum=1, maximum=GROUP_SIZE_LIMIT,
+                         why=GROUP_SIZE_WHY)
+    return _as_error(error, check_int, group_size, name, minimum=1)
 
 
 def check_choice(value, name: str, choices) -> str:

@@ -166,11 +166,10 @@ def cmd_generate(args) -> int:
 
 
 def _conversion_options(args) -> None:
-    from sbsnn.checks import GROUP_SIZE_LIMIT, GROUP_SIZE_WHY, check_int, check_k
+    from sbsnn.checks import check_group_size, check_k
 
     check_k(args.k, "--k")
-    check_int(args.group_size, "--group-size", minimum=1, maximum=GROUP_SIZE_LIMIT,
-              why=GROUP_SIZE_WHY)
+    check_group_size(args.group_size, "--group-size")
 
 
 def _convert_calibrated(args) -> int:

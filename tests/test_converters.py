@@ -35,7 +35,7 @@ from sbsnn.converters import quant
 from sbsnn.converters.quant import (f32_count_bound, group_accumulate, group_accumulate_reference,
                                     linear_from_counts, rescale)
 from sbsnn.models import CheckpointError, HybridConfig, HybridForCausalLM, save_pretrained
-from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
+from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron, spike_counts_reference
 
 F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 REPO = Path(__file__).resolve().parent.parent
@@ -65,9 +65,8 @@ def ref_quantize(w: torch.Tensor, gs: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ref_counts(x: torch.Tensor, k: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The SpikingBrain formula, in the activation's dtype."""
-    v = (x.abs().mean(-1, keepdim=True) / k).clamp(1e-5, 1e4)
-    return torch.round(x / v), v
+    """The SpikingBrain formula, in the activation's dtype (sbsnn's plain reference)."""
+    return spike_counts_reference(x, k)
 
 
 def ref_spiking_linear(x, w, b, gs, k) -> torch.Tensor:

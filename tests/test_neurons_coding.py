@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import sbsnn.neurons.coding as coding_mod
+import sbsnn.neurons.scan as scan_mod
 from sbsnn.neurons import (
     CODINGS,
     PackedTrains,
@@ -24,6 +24,7 @@ from sbsnn.neurons import (
     expand,
     num_steps,
     spike_counts,
+    spike_counts_reference,
     spike_stats,
     spikes_per_element,
 )
@@ -32,10 +33,8 @@ FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def reference(x, k=3.0):
-    """The formula in three lines, independent of the package."""
-    v_th = x.abs().mean(-1, keepdim=True) / k
-    v_th = v_th.clamp(1e-5, 1e4)
-    return torch.round(x / v_th), v_th
+    """The formula in plain torch: sbsnn's public reference, which the fast scan must equal."""
+    return spike_counts_reference(x, k)
 
 
 def heavy_tailed(shape, generator):
@@ -101,7 +100,7 @@ def test_counts_equal_formula_hypothesis(arr, k):
 def test_multi_block_rows_and_dtype_promotion(monkeypatch):
     # Small blocks: thresholds must not depend on the blocking, and an outlier in a late
     # block must widen the counts already written as int8.
-    monkeypatch.setattr(coding_mod, "_CPU_BLOCK_BYTES", 4 * 64 * 3)
+    monkeypatch.setattr(scan_mod, "_CPU_BLOCK_BYTES", 4 * 64 * 3)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(40, 64, generator=g)
     counts = assert_matches_reference(x)
@@ -146,7 +145,7 @@ def test_public_calls_never_change_torch_threads(thread_probe, two_threads):
 
 
 def test_worker_threads_restore_torch_threads_and_survive_fork(monkeypatch, two_threads):
-    monkeypatch.setattr(coding_mod, "_CPU_BLOCK_BYTES", 4 * 64 * 3)
+    monkeypatch.setattr(scan_mod, "_CPU_BLOCK_BYTES", 4 * 64 * 3)
     threads = torch.get_num_threads()
     x = torch.randn(60, 64)
     counts = assert_matches_reference(x)
@@ -191,6 +190,50 @@ def test_ties_round_half_to_even():
     assert torch.equal(spike_counts(x.transpose(0, 1).contiguous().transpose(0, 1))[0], counts)  # strided input
     counts, _ = spike_counts(torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, 4.5, -5.5]), threshold=1.0)
     assert counts.tolist() == [0, 0, 2, -2, 2, 4, -6]
+
+
+def test_reference_is_the_formula_by_hand():
+    # mean |x| = 3 per row (or per group of 2), so V_th = 1 at k = 3: the counts are x rounded half to even
+    x = torch.tensor([[2.5, 3.5, -2.5, -3.5], [0.5, 5.5, 1.0, -5.0]])
+    q, v = spike_counts_reference(x)
+    assert v.tolist() == [[1.0], [1.0]] and q.dtype == x.dtype
+    assert q.tolist() == [[2.0, 4.0, -2.0, -4.0], [0.0, 6.0, 1.0, -5.0]]
+    q, v = spike_counts_reference(x, 1.5, group_size=2)  # group means 3, 3, 3, 3 -> V_th 2
+    assert v.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert q.tolist() == [[1.0, 2.0, -1.0, -2.0], [0.0, 3.0, 0.0, -2.0]]
+    q, v = spike_counts_reference(x, threshold=torch.tensor([0.5, 2.0]), group_size=2)
+    assert v.tolist() == [[0.5, 2.0], [0.5, 2.0]]
+    assert q.tolist() == [[5.0, 7.0, -1.0, -2.0], [1.0, 11.0, 0.0, -2.0]]
+    assert spike_counts_reference(torch.full((2, 3), 1e-9))[1].flatten().tolist() == [pytest.approx(1e-5)] * 2
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.sampled_from([1, 2, 4]), st.integers(1, 8)).map(lambda s: (s[0], s[1] * s[2])),
+        elements=st.floats(-1e4, 1e4, width=32, allow_nan=False),
+    ),
+    st.sampled_from([0.5, 3.0, 9.0]),
+    st.sampled_from([None, 1, "width", "static"]),
+)
+def test_fast_scan_equals_public_reference_hypothesis(arr, k, group):
+    """spike_counts and adaptive_threshold equal spike_counts_reference bit for bit, per
+    token, per group of features, and with a static threshold."""
+    x = torch.from_numpy(arr)
+    kwargs = {}
+    if group == "static":
+        kwargs["threshold"] = 0.25
+    elif group == "width":
+        kwargs["group_size"] = x.shape[-1]
+    elif group is not None:
+        kwargs["group_size"] = group
+    counts, v_th = spike_counts(x, k, **kwargs)
+    q, v_ref = spike_counts_reference(x, k, **kwargs)
+    assert torch.equal(v_th, v_ref)
+    assert torch.equal(counts.to(torch.float64), q.to(torch.float64))
+    if group != "static":
+        assert torch.equal(adaptive_threshold(x, k, **kwargs), v_ref)
 
 
 def test_group_size_per_head_thresholds():

@@ -54,12 +54,12 @@ class SpikingConfig:
 
 
 def _check_options(coding: str, k: float, group_size: int) -> None:
-    from sbsnn.checks import GROUP_SIZE_LIMIT, GROUP_SIZE_WHY, check_int, check_k
+    from sbsnn.checks import check_group_size, check_k
 
     if coding not in CODINGS:
         raise OptionError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
     check_k(k)
-    check_int(group_size, "group_size", minimum=1, maximum=GROUP_SIZE_LIMIT, why=GROUP_SIZE_WHY)
+    check_group_size(group_size)
 
 
 def _check_group_width(model: nn.Module, names: list[str], group_size: int) -> None:

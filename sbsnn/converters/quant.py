@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sbsnn.checks import check_group_size
 from sbsnn.neurons.workers import run_parts, workers_for
 
 CODE_MAX = 127
@@ -64,8 +65,7 @@ def quantize_weight(weight: torch.Tensor, group_size: int = 128,
     """
     if weight.dim() != 2:
         raise ValueError(f"quantize_weight: expected a 2-D weight, got shape {tuple(weight.shape)}")
-    if group_size < 1:
-        raise ValueError(f"quantize_weight: group_size must be >= 1, got {group_size}")
+    group_size = check_group_size(group_size, "quantize_weight: group_size", bounded=False)
     out_f, in_f = weight.shape
     G = num_groups(in_f, group_size)
     codes = torch.empty(out_f, in_f, dtype=torch.int8, device=weight.device)

@@ -2,7 +2,10 @@
 
 The pure functions in :mod:`sbsnn.neurons.coding` are the single source of truth for the
 spike formula (``V_th = mean|x| / k``, ``s_INT = round(x / V_th)``); the dynamics and the
-module call them. This subpackage imports nothing else from ``sbsnn``.
+module call them. They live in :mod:`~sbsnn.neurons.formula` (constants, checks, the plain
+reference :func:`spike_counts_reference`), :mod:`~sbsnn.neurons.scan` (the fast counts),
+:mod:`~sbsnn.neurons.trains` (layout in time) and :mod:`~sbsnn.neurons.stats`. This
+subpackage imports nothing else from ``sbsnn`` but the ground floor (``errors``, ``checks``).
 """
 
 from .coding import (
@@ -22,6 +25,7 @@ from .coding import (
     expand,
     num_steps,
     spike_counts,
+    spike_counts_reference,
     spike_stats,
     spikes_per_element,
 )
@@ -45,6 +49,7 @@ __all__ = [
     "expand",
     "num_steps",
     "spike_counts",
+    "spike_counts_reference",
     "spike_stats",
     "spikes_per_element",
     "IFResult",

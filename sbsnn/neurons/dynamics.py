@@ -27,7 +27,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .coding import DEFAULT_K, SpikeCodingError, _binary_negative_error, _check_activation, _eager, adaptive_threshold
+from .formula import DEFAULT_K, SpikeCodingError, binary_negative_error, check_activation, eager
+from .scan import adaptive_threshold
 
 __all__ = ["IFResult", "integrate_and_fire"]
 
@@ -50,7 +51,7 @@ def _in_threshold_units(x: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     return (x.unflatten(-1, (groups, x.shape[-1] // groups)) / v_th.unsqueeze(-1)).flatten(-2)
 
 
-@_eager
+@eager
 @torch.no_grad()
 def integrate_and_fire(x: torch.Tensor, v_th: Optional[torch.Tensor] = None, *, k: float = DEFAULT_K,
                        group_size: Optional[int] = None, coding: str = "ternary", steps: Optional[int] = None,
@@ -70,7 +71,7 @@ def integrate_and_fire(x: torch.Tensor, v_th: Optional[torch.Tensor] = None, *, 
             "or 'binary' trains. For bitwise or two's complement trains use "
             "expand(spike_counts(x)[0], coding)"
         )
-    _check_activation(x, fn)
+    check_activation(x, fn)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
         raise SpikeCodingError(f"{fn}: steps must be None (run until silent) or a non-negative int, got {steps!r}")
     x = x.detach()
@@ -81,7 +82,7 @@ def integrate_and_fire(x: torch.Tensor, v_th: Optional[torch.Tensor] = None, *, 
         raise SpikeCodingError(f"{fn}: x / v_th is not finite; pass finite activations and positive thresholds")
     ternary = coding == "ternary"
     if not ternary and bool((u < -0.5).any()):
-        raise _binary_negative_error(fn, int(torch.round(u.min())))
+        raise binary_negative_error(fn, int(torch.round(u.min())))
     v = u.to(torch.float64 if u.dtype == torch.float64 else torch.float32)
     odd = torch.zeros(v.shape, dtype=torch.bool, device=v.device)
     trains = []

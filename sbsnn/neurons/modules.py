@@ -14,18 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .coding import (
-    _MAX_BIT_STEPS,
-    DEFAULT_K,
-    DEFAULT_MAX_BYTES,
-    SpikeCodingError,
-    _binary_negative_error,
-    _check_coding,
-    capacity,
-    dequantize,
-    expand,
-    spike_counts,
-)
+from .formula import DEFAULT_K, SpikeCodingError, binary_negative_error, check_coding, dequantize
+from .scan import spike_counts
+from .trains import DEFAULT_MAX_BYTES, MAX_BIT_STEPS, capacity, expand
 
 __all__ = ["AdaptiveThresholdNeuron", "HAS_SPIKINGJELLY"]
 
@@ -108,12 +99,12 @@ class AdaptiveThresholdNeuron(_Base):
                  steps: Optional[int] = None, group_size: Optional[int] = None, threshold=None,
                  max_count: Optional[int] = None, max_bytes: int = DEFAULT_MAX_BYTES):
         super().__init__()
-        _check_coding(coding, "AdaptiveThresholdNeuron")
+        check_coding(coding, "AdaptiveThresholdNeuron")
         if steps is not None:
             capacity(coding, steps)  # validates steps
-            if steps > _MAX_BIT_STEPS.get(coding, steps):
+            if steps > MAX_BIT_STEPS.get(coding, steps):
                 raise SpikeCodingError(
-                    f"AdaptiveThresholdNeuron: {coding} trains longer than {_MAX_BIT_STEPS[coding]} "
+                    f"AdaptiveThresholdNeuron: {coding} trains longer than {MAX_BIT_STEPS[coding]} "
                     "steps cannot be decoded in int64; pass fewer steps"
                 )
         self.k = float(k)
@@ -154,7 +145,7 @@ class AdaptiveThresholdNeuron(_Base):
         if self.coding == "binary":
             lowest = int(counts.min())
             if lowest < 0:
-                raise _binary_negative_error(type(self).__name__, lowest)
+                raise binary_negative_error(type(self).__name__, lowest)
         if lo is not None and -lo != hi:  # two's complement: one more negative value than positive
             counts.clamp_(lo, hi)
         self.v_th = v_th

@@ -53,8 +53,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from sbsnn.checks import check_k
 from sbsnn.converters.quant import CODE_MAX, num_groups, rescale
 from sbsnn.errors import OptionError
+from sbsnn.neurons.formula import spike_counts_reference as _formula_reference
 from sbsnn.sim.events import popcount64, summarize
 
 __all__ = [
@@ -75,9 +77,6 @@ __all__ = [
     "accumulate_reference",
     "accumulate_events_reference",
 ]
-
-V_TH_MIN = 1e-5
-V_TH_MAX = 1e4
 
 # Launch shapes; must match the #defines in the .cu files.
 SC_BLOCK = 256  # spike_counts.cu
@@ -245,9 +244,7 @@ def spike_counts_cuda(x: torch.Tensor, k: float, out_dtype: torch.dtype = torch.
     _check_2d(x, "x", tuple(_IN_TYPES))
     if out_dtype not in _COUNT_TYPES:
         raise KernelInputError(f"out_dtype must be torch.int8 or torch.int16, got {out_dtype}")
-    kf = float(k)
-    if isinstance(k, bool) or not math.isfinite(kf) or kf <= 0:
-        raise KernelInputError(f"k must be a positive finite number, got {k!r}")
+    kf = check_k(k, bounded=False, error=KernelInputError)
     _check_device(x, "x")
     N, D = x.shape
     if N == 0 or D == 0:
@@ -280,9 +277,7 @@ def spike_counts_reference(x: torch.Tensor, k: float, out_dtype: torch.dtype = t
     ``v_th=None`` computes ``clamp(x.abs().mean(-1) / k, 1e-5, 1e4)`` (torch's reduction);
     pass the kernel's ``v_th`` to get the counts the kernel must equal exactly.
     """
-    if v_th is None:
-        v_th = torch.clamp(x.abs().mean(-1, keepdim=True) / k, V_TH_MIN, V_TH_MAX)
-    q = torch.round(x / v_th)
+    q, v_th = _formula_reference(x, k, threshold=v_th)
     limit = torch.iinfo(out_dtype).max
     if q.numel() and not bool(torch.isfinite(q).all()):
         raise KernelInputError("x holds NaN or Inf")

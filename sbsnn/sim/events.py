@@ -32,7 +32,8 @@ from typing import Iterator
 import torch
 
 from sbsnn.neurons import CODINGS, num_steps
-from sbsnn.neurons.coding import _binary_negative_error, _min_steps
+from sbsnn.neurons.formula import binary_negative_error
+from sbsnn.neurons.trains import min_steps
 
 
 @dataclass
@@ -224,8 +225,8 @@ def summarize(counts: torch.Tensor, coding: str, steps: int | None = None) -> Co
                             torch.zeros(0, dtype=torch.int64))
     lo, hi = (int(v) for v in torch.aminmax(counts))
     if coding == "binary" and lo < 0:
-        raise _binary_negative_error("summarize", lo)
-    T = _min_steps(coding, lo, hi) if steps is None else int(steps)
+        raise binary_negative_error("summarize", lo)
+    T = min_steps(coding, lo, hi) if steps is None else int(steps)
     peak = max(-lo, hi)
     mag = counts if lo >= 0 else counts.abs()
     if lo < 0 and lo == torch.iinfo(counts.dtype).min:    # |min| overflows: widen first

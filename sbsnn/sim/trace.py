@@ -33,7 +33,7 @@ import torch
 
 from sbsnn.converters.quant import linear_from_counts, rescale
 from sbsnn.errors import OptionError
-from sbsnn.neurons.coding import _bit_length
+from sbsnn.neurons.trains import bit_length
 from sbsnn.sim.events import CountSummary, step_events, summarize
 
 __all__ = ["LayerTrace", "TraceCall", "TraceError", "TraceSpec", "spike_steps", "trace_call",
@@ -197,11 +197,11 @@ def spike_steps(counts: torch.Tensor, coding: str, steps: int) -> tuple[torch.Te
     if coding == "twos_complement" and T >= 64:
         raise TraceError("trace: two's complement trains of 64 steps are not traced "
                          "(counts beyond 2**62); clip the counts or use coding='bitwise'")
-    top = _bit_length(m.amax(1))                                     # highest bit fired + 1
+    top = bit_length(m.amax(1))                                      # highest bit fired + 1
     first = torch.where(active, T - top, none)
     low = m & -m                                                    # lowest set bit (0 if m == 0)
     low = torch.where(low > 0, low, torch.full_like(low, 1 << 62)).amin(1)
-    last = torch.where(active, T - _bit_length(low), none)           # T - 1 - ctz
+    last = torch.where(active, T - bit_length(low), none)            # T - 1 - ctz
     return first, last
 
 
