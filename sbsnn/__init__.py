@@ -1,10 +1,27 @@
 """sbsnn: spiking conversion, event-driven simulation and reports for hybrid LLMs.
 
-The main entry points, imported lazily so ``import sbsnn`` stays cheap::
+The main entry points, imported lazily so ``import sbsnn`` stays cheap (torch is not
+imported until one is used)::
 
     model = sbsnn.load_model("tiny-hybrid")          # float model (sbsnn.models)
     snn = sbsnn.convert(model, preset="paper")       # spiking model (sbsnn.converters)
     sbsnn.save_spiking(snn, "out/"); sbsnn.load_spiking("out/")
+    result = sbsnn.simulate(snn, "some text")         # event by event (sbsnn.sim)
+
+The rooms, bottom up (imports run one way, never back up; docs/architecture.md):
+
+- the ground floor: ``sbsnn.errors`` (one hierarchy of error classes), ``sbsnn.checks``
+  (boundary checks, one check and one rule per parameter) and ``sbsnn.fsutil`` (atomic
+  files); every room may use it and it imports nothing else of sbsnn;
+- ``sbsnn.neurons`` (the spike formula, codings, statistics) and ``sbsnn.models`` (the
+  float LMs, their configs, checkpoint readers and tokenizers);
+- ``sbsnn.converters`` (INT8 weights, ``SpikingLinear``, convert, calibrate, the spiking
+  checkpoint format);
+- ``sbsnn.sim`` (events, the simulation engine, backends, recordings);
+- ``sbsnn.analysis`` (sparsity, energy, fidelity, plots, reports);
+- ``sbsnn.runs``: orchestration, one entry point per job (document sets, data-parallel
+  and pipeline runs, sweeps, calibrate-and-evaluate, the demo);
+- ``sbsnn.cli``: the ``sbsnn`` command, which parses, calls one entry point and prints.
 """
 
 __version__ = "0.1.0"
@@ -18,10 +35,14 @@ _LAZY = {
     "calibrate": "sbsnn.converters.calibration",
     "simulate": "sbsnn.sim",
     "load_recording": "sbsnn.sim",
+    "simulate_documents": "sbsnn.runs",
+    "sweep": "sbsnn.runs",
+    "calibrate_checkpoint": "sbsnn.runs",
 }
 # Subpackages reachable as attributes (``sbsnn.analysis.fidelity`` after ``import sbsnn``,
 # as ``torch.nn`` after ``import torch``), imported on first use.
-_SUBMODULES = ("analysis", "converters", "errors", "models", "neurons", "sim")
+_SUBMODULES = ("analysis", "checks", "converters", "errors", "fsutil", "models", "neurons",
+               "runs", "sim")
 
 
 def __getattr__(name):

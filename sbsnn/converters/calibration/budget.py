@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from sbsnn.checks import check_k
 from sbsnn.errors import OptionError
 
 __all__ = ["SpikeBudget"]
@@ -42,8 +43,8 @@ class SpikeBudget:
             raise OptionError("a spike budget is either spikes per element or plain_k, "
                               f"exactly one of them (got {self.spikes_per_element!r} and "
                               f"{self.plain_k!r})")
-        if self.plain_k is not None:
-            object.__setattr__(self, "plain_k", _number(self.plain_k, "spike_budget's k"))
+        if self.plain_k is not None:   # a k the user sets for a conversion: k's one check
+            object.__setattr__(self, "plain_k", check_k(self.plain_k, "spike_budget's k"))
         else:
             object.__setattr__(self, "spikes_per_element",
                                _number(self.spikes_per_element, "spike_budget"))
@@ -59,7 +60,12 @@ class SpikeBudget:
         (``"3 4"`` is not 34)."""
         m = _PLAIN_K.fullmatch(text)
         if m is not None:
-            return cls(plain_k=_number(m.group(1), "spike_budget's k"))
+            try:
+                k = float(m.group(1))
+            except ValueError:
+                raise OptionError(f"spike budget {text!r}: k must be a number, got "
+                                  f"{m.group(1)!r}") from None
+            return cls(plain_k=k)
         try:
             value = float(text)
         except ValueError:
