@@ -42,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _readme import write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+SECTION = "## Data-parallel simulation (bench_distributed.py)"
+
 
 def _load() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -255,9 +259,8 @@ def main(argv=None) -> int:
     if args.readme:
         cmd = "python benchmarks/bench_distributed.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        with open(args.readme, "a", encoding="utf-8") as f:
-            f.write(f"\n### Run of {stamp}\n\nCommand: `{cmd.strip()}`\n{text}")
+        write_section(Path(args.readme), SECTION, __doc__.split("\n\n")[0] + "\n",
+                      text.strip("\n"), cmd.strip())
     return 0 if same else 1
 
 

@@ -21,7 +21,6 @@ Phases (wall-clock seconds, each run once, sbsnn and transformers alternating):
 from __future__ import annotations
 
 import argparse
-import datetime
 from importlib import metadata
 import os
 import platform
@@ -34,6 +33,9 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 from _machine import cpu_model  # noqa: E402
+from _readme import write_section  # noqa: E402
+
+SECTION = "## GGUF read (bench_gguf.py)"
 
 
 def timed(fn):
@@ -110,10 +112,8 @@ def main(argv=None) -> int:
     text = "\n".join([facts, "", head, *lines])
     print(text)
     if args.readme:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        with open(args.readme, "a") as f:
-            f.write(f"\n### GGUF read, run of {stamp}\n\nCommand: `.venv/bin/python "
-                    f"benchmarks/bench_gguf.py --readme {args.readme}`\n\n{text}\n")
+        write_section(args.readme, SECTION, __doc__.split("\n\n")[0] + "\n", text,
+                      f".venv/bin/python benchmarks/bench_gguf.py --readme {args.readme}")
     return 0
 
 
