@@ -158,7 +158,7 @@ def _convert_calibrated(args) -> int:
 
     import sbsnn
     from sbsnn.analysis.calibration import compare, format_calibration
-    from sbsnn.analysis.report import _jsonable
+    from sbsnn.fsutil import jsonable as _jsonable
     from sbsnn.dist import load_documents
 
     t0 = time.perf_counter()

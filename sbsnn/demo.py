@@ -19,10 +19,10 @@ Fidelity always covers the whole text (``max_chars`` shortens it).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from sbsnn.fsutil import atomic_file
 from sbsnn.models.checkpoint import EMBEDDED, load_model
 
 DEFAULT_MODEL = "tiny-hybrid"
@@ -139,9 +139,8 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
                    "recording": str(recording)},
         "seconds": round(seconds, 2), "phase_seconds": times,
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    with atomic_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     part = ("" if sim.tokens == fid.tokens + 1 else
             f" (event-driven simulation and report: the first {sim.tokens:,} tokens; "
