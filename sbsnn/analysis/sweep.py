@@ -35,7 +35,7 @@ _SPARSITY_KEYS = ("zero_fraction", "spikes_per_element", "slot_sparsity_global",
 
 
 def _reference(k: float) -> dict | None:
-    from sbsnn.analysis.plots import SPIKINGBRAIN_7B_SWEEP as ref
+    from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SWEEP as ref
 
     for i, rk in enumerate(ref["k"]):
         if math.isclose(rk, k):
@@ -244,8 +244,9 @@ def save_sweep(rows: Sequence[Mapping], out_dir, metadata: Mapping | None = None
     """Write ``sweep.json`` (rows + SpikingBrain's Table 11 + metadata) and ``sweep.png``
     into ``out_dir`` atomically (``sweep.json`` last); returns the JSON object."""
     from sbsnn import __version__
-    from sbsnn.analysis.plots import SPIKINGBRAIN_7B_SWEEP, plot_fidelity_per_spike, plot_sweep
-    from sbsnn.analysis.report import _jsonable, write_atomically
+    from sbsnn.analysis.plots import plot_fidelity_per_spike, plot_sweep
+    from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SWEEP
+    from sbsnn.fsutil import jsonable as _jsonable, write_atomically
 
     doc = _jsonable({"format": "sbsnn-sweep", "format_version": 1, "sbsnn_version": __version__,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
