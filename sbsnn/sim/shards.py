@@ -28,7 +28,6 @@ equals the report of the same documents recorded by one process.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 
+from sbsnn.fsutil import atomic_file
 from sbsnn.sim.recorder import INDEX_FORMAT, Recording, RecordingError, _json_default
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "ConcatRows", "ShardedRecording", "is_index",
@@ -88,8 +88,7 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
     dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
             a["format"] = INDEX_FORMAT
@@ -109,9 +108,6 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
                     g.create_dataset(key, data=[str(v) for v in col], dtype=h5py.string_dtype())
                 else:
                     g.create_dataset(key, data=np.asarray(col, dtype=np.int64).reshape(-1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
