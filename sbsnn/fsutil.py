@@ -6,6 +6,8 @@ temporary names a killed run can be recognised by.
   (written into a hidden temporary folder, then moved in, the file that marks a complete
   output last). ``os.replace`` is atomic on one file system, so a killed run leaves the
   previous output or none, never a half-written one.
+- :class:`atomic_directory` builds a whole directory under a temporary name beside it and
+  renames it into place, setting a previous one aside until the new one is in.
 - :func:`jsonable` turns the values sbsnn puts into its JSON files (tensors and numpy
   scalars, tuples, paths, NaN) into plain JSON values.
 
@@ -39,8 +41,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from sbsnn.errors import PathNotDirectoryError, os_error
 
-__all__ = ["apply_umask", "atomic_file", "current_umask", "jsonable", "make_dir", "remove_stale",
-           "stale_entries", "temp_name", "write_atomically"]
+__all__ = ["apply_umask", "atomic_directory", "atomic_file", "current_umask", "jsonable", "make_dir",
+           "remove_stale", "stale_entries", "temp_name", "write_atomically"]
 
 
 def _umask_from_proc() -> int | None:
@@ -200,6 +202,62 @@ def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str | N
         return [out / n for n in ordered]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class atomic_directory:
+    """``with atomic_directory(out) as tmp:`` write into ``tmp``; on success it becomes
+    ``out`` (a previous ``out`` is set aside, then removed), on failure it is removed.
+
+    ``tmp`` is ``.OUT.partial-HOST-PID-XXXXXXXX`` beside ``out`` (:func:`temp_name`), made
+    with the user's umask. On entry, what a killed run left for the same ``out`` is cleaned
+    up: its partial directories are removed, and a previous ``out`` set aside during a
+    replacement that was cut short is put back (or removed if ``out`` exists); then
+    ``check(out)``, if given, may refuse the output.
+    """
+
+    def __init__(self, out, check: Callable[[Path], None] | None = None):
+        self.out, self.check = Path(out), check
+
+    def __enter__(self) -> Path:
+        parent = self.out.parent
+        _clean_leftovers(self.out)
+        if self.check is not None:
+            self.check(self.out)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = make_dir(parent, self.out.name, "partial")
+        except OSError as e:
+            raise os_error(e, parent, "creating the output directory") from None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        try:
+            if self.out.exists():
+                old = self.out.with_name(temp_name(self.out.name, "old"))
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None and not self.out.exists():
+                os.replace(old, self.out)     # put the previous output back
+                old = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_leftovers(out: Path) -> None:
+    parent = out.parent
+    remove_stale(parent, out.name, "partial")
+    for old in stale_entries(parent, out.name, "old"):
+        if not out.exists():          # killed between the two renames: the old one is whole
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def jsonable(x: Any) -> Any:
