@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from sbsnn.errors import PathNotDirectoryError, os_error
 
-__all__ = ["apply_umask", "atomic_directory", "atomic_file", "current_umask", "jsonable", "make_dir",
-           "remove_stale", "stale_entries", "temp_name", "write_atomically"]
+__all__ = ["apply_umask", "atomic_directory", "atomic_file", "current_umask", "ensure_output_dir",
+           "jsonable", "make_dir", "remove_stale", "stale_entries", "temp_name", "write_atomically"]
 
 
 def _umask_from_proc() -> int | None:
@@ -160,6 +160,20 @@ def remove_stale(parent, name: str, kind: str = "partial") -> list[Path]:
 
 
 # ============================================================================ atomic writes
+def ensure_output_dir(path, what: str = "the output directory", hint: str = "") -> Path:
+    """``path`` as a directory, created if missing; a file there, or a directory that cannot
+    be created, is refused as a :class:`~sbsnn.errors.PathError` naming ``what``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise PathNotDirectoryError(f"{out}: {what} is a file; give a directory{hint}",
+                                    filename=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, out, f"creating {what}") from None
+    return out
+
+
 @contextmanager
 def atomic_file(path) -> Iterator[Path]:
     """``with atomic_file(path) as tmp:`` write the file ``tmp`` (a hidden
@@ -182,12 +196,8 @@ def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str | N
 
     ``tmp_dir`` is a hidden ``.sbsnn.partial-HOST-PID-XXXXXXXX`` folder inside ``out_dir``,
     removed on the way out; one a killed run left is removed on entry."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise PathNotDirectoryError(f"{out}: the output directory is a file; give a directory "
-                                    "(it is created if missing)", filename=out)
+    out = ensure_output_dir(out_dir, hint=" (it is created if missing)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         remove_stale(out, "sbsnn", "partial")      # what a killed run left
         tmp = make_dir(out, "sbsnn", "partial")
     except OSError as e:
