@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 
 from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_per_mac
-from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_FIG9
+from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_FIG9, SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT
 
 __all__ = ["BASELINE_INFO", "ESTIMATE_INFO", "METRIC_DEFINITIONS", "TRACE_DEFINITIONS",
            "energy_section", "sparsity_section", "trace_section"]
@@ -29,8 +29,8 @@ METRIC_DEFINITIONS = {
                      "c is 0: silent elements.",
     "spikes_per_element": "Spikes emitted per input element: sum of s(c) / elements, with "
                           "s(c) = |c| (binary, ternary), popcount(|c|) (bitwise) or the popcount "
-                          "of the T-bit two's-complement word. SpikingBrain's '1.13 spikes per "
-                          "channel'.",
+                          "of the T-bit two's-complement word. SpikingBrain's "
+                          f"'{SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT:g} spikes per channel'.",
     "slot_sparsity_global": "1 - spikes / (elements x T), T the global number of time steps of "
                             "each layer call (upstream's firing rate is 1 - this).",
     "slot_sparsity_per_element": "1 - spikes / sum of T_e, each element with its own T_e (the "

@@ -1,15 +1,16 @@
 """Sparsity of spike counts, per layer, per layer kind and pooled.
 
-SpikingBrain's "69.15 % sparsity" comes with no definition in code, so sbsnn reports
-each candidate under its own name. For counts ``c`` of one layer call (``N`` tokens x
-``D`` input channels; one call = one forward pass, which has one global T, as
-upstream), with ``s(c)`` the spikes an element emits in the coding (|c| for ternary,
-popcount(|c|) for bitwise, ...; from :func:`sbsnn.neurons.spike_stats`):
+SpikingBrain's sparsity figure (:mod:`sbsnn.analysis.spikingbrain`) comes with no
+definition in code, so sbsnn reports each candidate under its own name. For counts ``c``
+of one layer call (``N`` tokens x ``D`` input channels; one call = one forward pass,
+which has one global T, as upstream), with ``s(c)`` the spikes an element emits in the
+coding (|c| for ternary, popcount(|c|) for bitwise, ...; from
+:func:`sbsnn.neurons.spike_stats`):
 
 ``zero_fraction``
     fraction of elements with ``c == 0`` (silent elements).
 ``spikes_per_element``
-    ``sum s(c) / elements`` (SpikingBrain's "1.13 spikes per channel").
+    ``sum s(c) / elements`` (SpikingBrain's "spikes per channel").
 ``slot_sparsity_global``
     ``1 - sum s(c) / sum(elements x T_call)``, T_call the call's global T (upstream's
     firing rate is ``1 -`` this).
