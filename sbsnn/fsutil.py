@@ -1,5 +1,15 @@
-"""Files as a user expects them: the user's umask on what sbsnn writes, and temporary
-directories a killed run can be recognised by.
+"""Files as a user expects them: written atomically, with the user's umask, and with
+temporary names a killed run can be recognised by.
+
+- :func:`atomic_file` writes one file under a temporary name beside it and renames it into
+  place; :func:`write_atomically` does the same for a set of files in one directory
+  (written into a hidden temporary folder, then moved in, the file that marks a complete
+  output last). ``os.replace`` is atomic on one file system, so a killed run leaves the
+  previous output or none, never a half-written one.
+- :class:`atomic_directory` builds a whole directory under a temporary name beside it and
+  renames it into place, setting a previous one aside until the new one is in.
+- :func:`jsonable` turns the values sbsnn puts into its JSON files (tensors and numpy
+  scalars, tuples, paths, NaN) into plain JSON values.
 
 - ``tempfile.mkdtemp`` makes 0700 directories and the ``safetensors`` writer 0600 files;
   renamed into place they would leave outputs only their owner can read.
@@ -12,11 +22,12 @@ directories a killed run can be recognised by.
   :func:`stale_entries` finds those whose process is gone (SIGKILL, power loss), so a
   rerun removes what a killed run left instead of accumulating it.
 
-Imports nothing of sbsnn's rooms.
+Imports nothing of sbsnn but :mod:`sbsnn.errors`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -24,10 +35,14 @@ import shutil
 import socket
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["apply_umask", "current_umask", "make_dir", "remove_stale", "stale_entries",
-           "temp_name"]
+from sbsnn.errors import PathNotDirectoryError, os_error
+
+__all__ = ["apply_umask", "atomic_directory", "atomic_file", "current_umask", "ensure_output_dir",
+           "jsonable", "make_dir", "remove_stale", "stale_entries", "temp_name", "write_atomically"]
 
 
 def _umask_from_proc() -> int | None:
@@ -142,3 +157,132 @@ def remove_stale(parent, name: str, kind: str = "partial") -> list[Path]:
                 continue
         gone.append(p)
     return gone
+
+
+# ============================================================================ atomic writes
+def ensure_output_dir(path, what: str = "the output directory", hint: str = "") -> Path:
+    """``path`` as a directory, created if missing; a file there, or a directory that cannot
+    be created, is refused as a :class:`~sbsnn.errors.PathError` naming ``what``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise PathNotDirectoryError(f"{out}: {what} is a file; give a directory{hint}",
+                                    filename=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, out, f"creating {what}") from None
+    return out
+
+
+@contextmanager
+def atomic_file(path) -> Iterator[Path]:
+    """``with atomic_file(path) as tmp:`` write the file ``tmp`` (a hidden
+    :func:`temp_name` beside ``path``); on success it replaces ``path``, on any error or
+    interruption it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str | None = None,
+                     remove_first: tuple[str, ...] = ()) -> list[Path]:
+    """Call ``write(tmp_dir)`` (it writes files there and returns their names), then move
+    them into ``out_dir`` (created if missing): the names in ``remove_first`` are deleted
+    before anything is moved, and ``final`` is moved last. Returns the final paths.
+
+    ``tmp_dir`` is a hidden ``.sbsnn.partial-HOST-PID-XXXXXXXX`` folder inside ``out_dir``,
+    removed on the way out; one a killed run left is removed on entry."""
+    out = ensure_output_dir(out_dir, hint=" (it is created if missing)")
+    try:
+        remove_stale(out, "sbsnn", "partial")      # what a killed run left
+        tmp = make_dir(out, "sbsnn", "partial")
+    except OSError as e:
+        raise os_error(e, out, "creating the output directory") from None
+    try:
+        names = list(write(tmp))
+        for n in remove_first:
+            (out / n).unlink(missing_ok=True)
+        ordered = [n for n in names if n != final] + [n for n in names if n == final]
+        for n in ordered:
+            os.replace(tmp / n, out / n)
+        return [out / n for n in ordered]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class atomic_directory:
+    """``with atomic_directory(out) as tmp:`` write into ``tmp``; on success it becomes
+    ``out`` (a previous ``out`` is set aside, then removed), on failure it is removed.
+
+    ``tmp`` is ``.OUT.partial-HOST-PID-XXXXXXXX`` beside ``out`` (:func:`temp_name`), made
+    with the user's umask. On entry, what a killed run left for the same ``out`` is cleaned
+    up: its partial directories are removed, and a previous ``out`` set aside during a
+    replacement that was cut short is put back (or removed if ``out`` exists); then
+    ``check(out)``, if given, may refuse the output.
+    """
+
+    def __init__(self, out, check: Callable[[Path], None] | None = None):
+        self.out, self.check = Path(out), check
+
+    def __enter__(self) -> Path:
+        parent = self.out.parent
+        _clean_leftovers(self.out)
+        if self.check is not None:
+            self.check(self.out)
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = make_dir(parent, self.out.name, "partial")
+        except OSError as e:
+            raise os_error(e, parent, "creating the output directory") from None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        try:
+            if self.out.exists():
+                old = self.out.with_name(temp_name(self.out.name, "old"))
+                os.replace(self.out, old)
+            os.replace(self.tmp, self.out)
+        except BaseException:
+            if old is not None and not self.out.exists():
+                os.replace(old, self.out)     # put the previous output back
+                old = None
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _clean_leftovers(out: Path) -> None:
+    parent = out.parent
+    remove_stale(parent, out.name, "partial")
+    for old in stale_entries(parent, out.name, "old"):
+        if not out.exists():          # killed between the two renames: the old one is whole
+            os.replace(old, out)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def jsonable(x: Any) -> Any:
+    """Plain JSON values: NaN and infinities become null, tuples lists, one-element tensors
+    and numpy scalars numbers, paths and anything else strings."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, int):
+        return int(x)
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if hasattr(x, "item"):                 # torch tensors, numpy scalars
+        return jsonable(x.item())
+    return str(x)

@@ -99,6 +99,7 @@ def test_an_interrupted_refinement_resumes_to_the_same_weights(tiny, blocks, tmp
     a, b = _norms(straight), _norms(again)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not (tmp_path / "refine.pt.tmp").exists()
+    assert not list(tmp_path.glob(".refine.pt.partial-*"))
 
 
 def test_a_state_file_of_other_settings_or_not_a_state_is_refused_by_name(tiny, blocks, tmp_path):

@@ -242,6 +242,7 @@ def test_save_pretrained_round_trip(tmp_path, tiny_config, layout, max_shard_byt
     else:
         assert shards == ["model.safetensors"]
     assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".sbsnn.partial-*"))
     loaded = load_model(tmp_path)
     saved = loaded.config.to_dict()
     assert saved.pop("torch_dtype", "float32") == "float32"  # recorded as transformers does

@@ -363,7 +363,7 @@ _KILL = textwrap.dedent("""
             if n[0] > 2:
                 os.kill(os.getpid(), signal.SIGKILL)
         real(a, b)
-    report.os.replace = replace
+    os.replace = replace
     report.build_report(sys.argv[1], sys.argv[2])
 """)
 

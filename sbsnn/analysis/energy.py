@@ -2,9 +2,11 @@
 
 Everything here works from plain numbers: per-layer counters (a
 :class:`~sbsnn.sim.engine.LayerCounters`, its ``to_dict()``, or any object or dict with the
-same fields) and cost profiles stored as JSON data files in ``analysis/profiles/``. Every
-constant in a profile carries its value, unit, basis (measured, simulated, derived or
-all-in) and source; :func:`load_profile` refuses a file where one is missing.
+same fields) and cost profiles stored as JSON data files in ``analysis/profiles/``
+(read and checked by :mod:`sbsnn.analysis.energy_profiles`; every constant carries its
+value, unit, basis and source). SpikingBrain's own figures and its Eq. 24 are in
+:mod:`sbsnn.analysis.spikingbrain`; this module re-exports the profile names and
+:func:`spikingbrain_energy_per_mac`.
 
 Notation, per spiking linear layer (summed over all its calls)
 --------------------------------------------------------------
@@ -31,7 +33,8 @@ Estimate (a): SpikingBrain-compatible (report section 5.5, Eq. 24)
 ------------------------------------------------------------------
 * spiking: ``compute = SOP * E_int8_add``. Per MAC-equivalent (per dense MAC, i.e. per
   (input element x output) pair): ``SOP * E_add / M = (theta / elements) * E_add`` = mean
-  spikes per element x E_INT8_add: 1.13 spikes give 0.0339 pJ.
+  spikes per element x E_INT8_add (SpikingBrain-7B's figures:
+  :data:`~sbsnn.analysis.spikingbrain.SPIKINGBRAIN_7B_EQ24`).
 * baselines: ``fp16_dense = M * E_fp16_mac``, ``int8_dense = M * E_int8_mac``,
   ``int8_zero_skip = nonzero * N_out * E_int8_mac``.
 
@@ -121,14 +124,14 @@ the multiply cost (an add is cheaper, an exp dearer), other keys counted but not
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from sbsnn.errors import InputError
+from sbsnn.analysis.energy_profiles import (BASES, Constant, EnergyProfile, ProfileError,
+                                            list_profiles, load_profile, profile_from_dict)
+from sbsnn.analysis.spikingbrain import spikingbrain_energy_per_mac
 from sbsnn.neurons import CODINGS
 
 __all__ = [
@@ -137,7 +140,6 @@ __all__ = [
     "profile_from_dict", "spikingbrain_energy_per_mac",
 ]
 
-BASES = ("measured", "simulated", "derived", "all-in")
 ESTIMATES = ("a_spikingbrain", "b_arithmetic", "c_memory")
 SCENARIOS = ("snn", "fp16_dense", "int8_dense", "int8_zero_skip")
 BASELINES = SCENARIOS[1:]
@@ -158,187 +160,14 @@ COUNT_KEYS = ("synaptic_ops", "macs", "shifts", "neuron_updates", "threshold_add
 SHIFT_CODINGS = ("bitwise", "twos_complement")
 _REQUIRED_LAYER_KEYS = ("in_features", "out_features", "tokens", "elements", "nonzero",
                         "events_pos", "events_neg", "slots", "silent_channels", "channel_calls")
-_PROFILE_DIR = "profiles"
 _SRAM_FIT_MAX_BITS = 8 * 2 ** 20  # Lemaire's fit is meant for on-chip sizes up to about 1 MB
 
 
-# ============================================================================ profiles
-class ProfileError(InputError):
-    """A cost profile is malformed, missing, or lacks a constant an estimate needs."""
-
-
-@dataclass(frozen=True)
-class Constant:
-    key: str
-    value: float
-    unit: str
-    basis: str
-    source: str
-    note: str | None = None
-    range: tuple[float, float] | None = None
-
-    def to_dict(self) -> dict:
-        d = {"value": self.value, "unit": self.unit, "basis": self.basis, "source": self.source}
-        if self.note is not None:
-            d["note"] = self.note
-        if self.range is not None:
-            d["range"] = list(self.range)
-        return d
-
-
-@dataclass
-class EnergyProfile:
-    name: str
-    description: str
-    source: dict
-    constants: dict[str, Constant]
-    all_in: bool = False
-    path: str | None = None
-
-    @property
-    def kind(self) -> str:
-        """``"all_in"``, ``"per_op"`` (has ``synaptic_op``) or ``"arithmetic"``."""
-        if self.all_in:
-            return "all_in"
-        if "synaptic_op" in self.constants:
-            return "per_op"
-        return "arithmetic"
-
-    def has(self, key: str) -> bool:
-        return key in self.constants
-
-    def value(self, key: str) -> float:
-        try:
-            return self.constants[key].value
-        except KeyError:
-            raise ProfileError(
-                f"profile {self.name!r} ({self.path or 'in memory'}) has no constant {key!r}; "
-                f"it defines {', '.join(sorted(self.constants))}") from None
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "source": self.source,
-                "all_in": self.all_in,
-                "constants": {k: c.to_dict() for k, c in self.constants.items()}}
-
-
-def _packaged_dir():
-    return resources.files("sbsnn.analysis").joinpath(_PROFILE_DIR)
-
-
-def list_profiles() -> list[str]:
-    """Names of the profiles shipped with sbsnn."""
-    return sorted(p.name[:-5] for p in _packaged_dir().iterdir() if p.name.endswith(".json"))
-
-
-def profile_from_dict(d: Any, origin: str = "<dict>") -> EnergyProfile:
-    """Validate a profile's JSON object; errors name ``origin`` and the offending key."""
-    def bad(msg: str) -> ProfileError:
-        return ProfileError(f"{origin}: {msg}")
-
-    if not isinstance(d, dict):
-        raise bad("a profile must be a JSON object")
-    for key, typ in (("name", str), ("description", str), ("source", dict),
-                     ("constants", dict), ("all_in", bool)):
-        if key not in d:
-            raise bad(f"missing top-level key {key!r} (a profile needs name, description, "
-                      "source, constants, all_in)")
-        if not isinstance(d[key], typ):
-            raise bad(f"top-level key {key!r} must be a {typ.__name__}, got {type(d[key]).__name__}")
-    if not d["constants"]:
-        raise bad("'constants' is empty")
-    constants = {}
-    for key, c in d["constants"].items():
-        where = f"constant {key!r}"
-        if not isinstance(c, dict):
-            raise bad(f"{where} must be an object with value, unit, basis and source")
-        for field_ in ("value", "unit", "basis", "source"):
-            if field_ not in c:
-                raise bad(f"{where} lacks {field_!r} (every constant needs value, unit, basis, source)")
-        v = c["value"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise bad(f"{where}: 'value' must be a finite non-negative number, got {v!r}")
-        for field_ in ("unit", "source"):
-            if not isinstance(c[field_], str) or not c[field_].strip():
-                raise bad(f"{where}: {field_!r} must be a non-empty string")
-        if c["basis"] not in BASES:
-            raise bad(f"{where}: 'basis' must be one of {', '.join(BASES)}, got {c['basis']!r}")
-        rng = c.get("range")
-        if rng is not None:
-            if (not isinstance(rng, list) or len(rng) != 2
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in rng)
-                    or not rng[0] <= v <= rng[1]):
-                raise bad(f"{where}: 'range' must be [min, max] around the value, got {rng!r}")
-            rng = (float(rng[0]), float(rng[1]))
-        note = c.get("note")
-        if note is not None and not isinstance(note, str):
-            raise bad(f"{where}: 'note' must be a string")
-        constants[key] = Constant(key, float(v), c["unit"], c["basis"], c["source"], note, rng)
-    return EnergyProfile(d["name"], d["description"], d["source"], constants, d["all_in"],
-                         None if origin == "<dict>" else origin)
-
-
-def load_profile(name_or_path: "str | Path | EnergyProfile") -> EnergyProfile:
-    """A shipped profile by name (``horowitz45``, ``loihi2018``, ``truenorth2014``) or a
-    JSON file by path; validated (every constant has value, unit, basis and source)."""
-    if isinstance(name_or_path, EnergyProfile):
-        return name_or_path
-    if isinstance(name_or_path, str) and name_or_path in list_profiles():
-        res = _packaged_dir().joinpath(f"{name_or_path}.json")
-        origin, text = str(res), res.read_text(encoding="utf-8")
-    else:
-        p = Path(name_or_path)
-        if not p.is_file():
-            raise ProfileError(f"{p}: no such profile file, and not a shipped profile name "
-                               f"({', '.join(list_profiles())})")
-        origin, text = str(p), p.read_text(encoding="utf-8")
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{origin}: not valid JSON ({e})") from None
-    return profile_from_dict(d, origin)
-
-
-# ============================================================================ SpikingBrain's formula
-def _truncate(x: float, decimals: int) -> float:
-    f = 10 ** decimals
-    return math.floor(x * f + 1e-9) / f
-
-
+# ============================================================================ counts
 def _div(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def spikingbrain_energy_per_mac(spikes_per_element: float,
-                                profile: "str | Path | EnergyProfile" = "horowitz45") -> dict:
-    """SpikingBrain's Eq. 24: energy per MAC-equivalent = mean spikes per element x E_INT8_add.
-
-    A MAC-equivalent is one dense MAC, i.e. one (input element x output) pair: a layer's
-    spiking energy ``events * fan_out * E_add`` divided by its dense MACs
-    ``elements * fan_out`` is ``spikes_per_element * E_add``.
-
-    Returns the energy, the exact reductions against the FP16 and INT8 MACs and the direct
-    ratios (MAC / energy), plus the report's printed forms: percentages truncated to 0.1 %
-    (97.74 % -> 97.7 %, 85.26 % -> 85.2 %, as printed) and the report's "x" factors, which
-    are 1 / (1 - printed reduction) (43.48x and 6.76x), not the direct ratios (44.2x, 6.8x).
-    """
-    if spikes_per_element < 0:
-        raise ValueError(f"spikes_per_element must be >= 0, got {spikes_per_element}")
-    prof = load_profile(profile)
-    e_add, fp16, int8 = (prof.value(k) for k in ("int8_add", "fp16_mac", "int8_mac"))
-    e = spikes_per_element * e_add
-    out = {"spikes_per_element": spikes_per_element, "e_add_pj": e_add, "fp16_mac_pj": fp16,
-           "int8_mac_pj": int8, "pj_per_mac_equivalent": e, "profile": prof.name}
-    for name, mac in (("fp16", fp16), ("int8", int8)):
-        red = 1 - e / mac
-        printed = _truncate(100 * red, 1)
-        out[f"reduction_vs_{name}"] = red
-        out[f"ratio_vs_{name}"] = _div(mac, e)
-        out[f"reduction_vs_{name}_pct_printed"] = printed
-        out[f"ratio_vs_{name}_printed"] = _div(1.0, 1 - printed / 100)
-    return out
-
-
-# ============================================================================ counts
 def _get(layer: Any, key: str, default: Any = None) -> Any:
     if isinstance(layer, Mapping):
         return layer.get(key, default)

@@ -10,7 +10,8 @@ one PNG atomically (temporary name, then rename) and returns its path.
 function                  draws
 ========================  ==============================================================
 plot_sparsity_per_layer   one bar per spiking layer (zero fraction by default), coloured
-                          by layer kind, with the pooled value and SpikingBrain's 69.15 %
+                          by layer kind, with the pooled value and SpikingBrain-7B's
+                          sparsity
 plot_count_histograms     the histogram of abs(count) and the spikes per element (0, 1, 2,
                           >= 3) beside SpikingBrain-7B's Fig. 9 bars
 plot_spike_raster         a few channels of a few tokens expanded to spike trains
@@ -31,11 +32,18 @@ The plots take ``report.json``'s sections (:mod:`sbsnn.analysis.sections`) and n
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+
+from sbsnn.analysis.sections import energy_section
+from sbsnn.analysis.spikingbrain import (SPIKINGBRAIN_7B_ABS_COUNT_LE_7, SPIKINGBRAIN_7B_POINT,
+                                        SPIKINGBRAIN_7B_SPARSITY, SPIKINGBRAIN_7B_SPIKES,
+                                        SPIKINGBRAIN_7B_SWEEP)
+from sbsnn.fsutil import atomic_file
+from sbsnn.neurons import expand, spike_stats
 
 __all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_POINT", "SPIKINGBRAIN_7B_SWEEP",
            "plot_count_histograms", "plot_energy", "plot_events_per_step",
@@ -45,16 +53,6 @@ __all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_POINT", "SPIKINGBRAIN_7B_SWEEP",
 KIND_COLORS = {"GLA": "#1f77b4", "SWA": "#ff7f0e", "full attention": "#d62728",
                "attention": "#8c564b", "MLP": "#2ca02c", "MoE": "#9467bd", "other": "#7f7f7f"}
 POS_COLOR, NEG_COLOR = "#d62728", "#1f77b4"
-# SpikingBrain-7B, report Appendix A.8, Table 11 (k sweep): sparsity and average benchmark
-# score; bf16 (no spiking) average score 0.6998.
-SPIKINGBRAIN_7B_SWEEP = {
-    "source": "SpikingBrain report (arXiv 2509.05276), Appendix A.8, Table 11 (7B)",
-    "k": [2.0, 2.5, 3.0, 3.5, 4.0],
-    "sparsity": [0.730, 0.709, 0.692, 0.677, 0.664],
-    "avg_score": [0.6735, 0.6807, 0.6875, 0.6898, 0.6940],
-    "bf16_avg_score": 0.6998,
-}
-SPIKINGBRAIN_7B_SPARSITY = 0.6915      # report section 5.5, Fig. 9 ("within a 3-step window")
 ESTIMATE_LABELS = {"a_spikingbrain": "(a) SpikingBrain Eq. 24", "b_arithmetic": "(b) + arithmetic",
                    "c_memory": "(c) + memory (DRAM)"}
 SCENARIO_LABELS = {"snn": "spiking", "int8_dense": "INT8\ndense", "int8_zero_skip": "INT8\nzero-skip",
@@ -79,13 +77,8 @@ def _save(fig, path) -> Path:
     """Write the PNG under a temporary name in the same folder, then rename it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -126,7 +119,7 @@ def plot_sparsity_per_layer(sparsity: Mapping, path, metric: str = "zero_fractio
     """Bars of ``metric`` per spiking layer, coloured by layer kind (GLA, SWA, MLP...).
 
     ``sparsity``: ``SparsityReport.to_dict()`` or ``report.json``'s ``sparsity`` section.
-    A dashed line marks the pooled value, a dotted one SpikingBrain-7B's 69.15 % (report
+    A dashed line marks the pooled value, a dotted one SpikingBrain-7B's sparsity (report
     Fig. 9, pooled over the 7B model, bitwise coding, "within a 3-step window").
     """
     per_layer = sparsity["per_layer"]
@@ -147,7 +140,8 @@ def plot_sparsity_per_layer(sparsity: Mapping, path, metric: str = "zero_fractio
                               label=f"pooled, this run: {pooled:.1f} %"))
     if metric in ("zero_fraction", "slot_sparsity_window"):
         handles.append(ax.axhline(100 * SPIKINGBRAIN_7B_SPARSITY, color="#555555", ls=":", lw=1.5,
-                                  label="SpikingBrain-7B: 69.15 % (Fig. 9, bitwise)"))
+                                  label=f"SpikingBrain-7B: {100 * SPIKINGBRAIN_7B_SPARSITY:.2f} % "
+                                        "(Fig. 9, bitwise)"))
     ax.set_xticks(x, [_short(n) for n in names], rotation=60, ha="right", fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} (%)")
@@ -163,9 +157,10 @@ def plot_sparsity_per_layer(sparsity: Mapping, path, metric: str = "zero_fractio
 def plot_count_histograms(sparsity: Mapping, path, reference: Mapping[str, float] | None = None,
                           title: str | None = None) -> Path:
     """Left: elements by abs(count) (log scale). Right: elements by spikes emitted, 0 / 1 /
-    2 / >= 3, beside SpikingBrain-7B's Fig. 9 bars (69.15 / 19.30 / 9.69 / 1.85 %)."""
+    2 / >= 3, beside SpikingBrain-7B's Fig. 9 bars (``reference``, by default
+    :data:`~sbsnn.analysis.spikingbrain.SPIKINGBRAIN_7B_SPIKES`)."""
     if reference is None:
-        from sbsnn.analysis.sparsity import SPIKINGBRAIN_7B_SPIKES as reference
+        reference = SPIKINGBRAIN_7B_SPIKES
     pooled = sparsity["pooled"]
     coding = sparsity.get("coding", "")
     abs_h = np.asarray(pooled["abs_count_histogram"], dtype=float)
@@ -191,7 +186,8 @@ def plot_count_histograms(sparsity: Mapping, path, reference: Mapping[str, float
     ax1.set_ylabel("% of input elements (log scale)")
     ax1.set_title(f"abs(count) histogram, pooled over all layers ({int(total):,} elements)")
     le7 = abs_h[:8].sum() / total * 100
-    ax1.text(0.98, 0.95, f"abs(count) <= 7: {le7:.1f} %\n(SpikingBrain-7B: 94.1 %)",
+    ax1.text(0.98, 0.95, f"abs(count) <= 7: {le7:.1f} %\n(SpikingBrain-7B: "
+             f"{100 * SPIKINGBRAIN_7B_ABS_COUNT_LE_7:.1f} %)",
              transform=ax1.transAxes, ha="right", va="top", fontsize=9,
              bbox=dict(boxstyle="round", fc="white", ec="#bbbbbb"))
     ax1.grid(axis="y", alpha=0.3)
@@ -234,10 +230,6 @@ def plot_spike_raster(counts, coding: str, path, layer: str | None = None,
     ``channels``: which input channels to show; by default the ``max_channels`` channels
     with the most spikes in these tokens (named on the y axis).
     """
-    import torch
-
-    from sbsnn.neurons import expand, spike_stats
-
     c = torch.as_tensor(counts)
     if c.dim() != 2 or c.numel() == 0:
         raise ValueError(f"plot_spike_raster: counts must be a non-empty [tokens, channels] tensor, "
@@ -293,8 +285,6 @@ def plot_energy(energy: Mapping, path, title: str | None = None) -> Path:
     converted with :func:`sbsnn.analysis.report.energy_section`).
     """
     if not isinstance(energy, Mapping):
-        from sbsnn.analysis.sections import energy_section
-
         energy = energy_section(energy)
     ests = [e for e in ("a_spikingbrain", "b_arithmetic", "c_memory") if e in energy["estimates"]]
     scen_order = ("snn", "int8_zero_skip", "int8_dense", "fp16_dense")
@@ -404,20 +394,12 @@ def plot_sweep(rows: Sequence[Mapping], path, reference: Mapping | None = None,
     return _save(fig, path)
 
 
-# SpikingBrain-7B at k = 3 with sign-magnitude bitwise coding: 1.13 spikes per element
-# (report section 5.5, Fig. 9) and average benchmark score 0.6875 against bf16 0.6998
-# (Appendix A.8, Table 11).
-SPIKINGBRAIN_7B_POINT = {"source": "SpikingBrain report (arXiv 2509.05276), section 5.5 and Table 11 (7B)",
-                         "coding": "bitwise", "k": 3.0, "spikes_per_element": 1.13,
-                         "score_ratio": 0.6998 / 0.6875}
-
-
 def plot_fidelity_per_spike(rows: Sequence[Mapping], path, title: str | None = None) -> Path:
     """Fidelity against spikes per element, plain conversion at each k beside calibration
     at each budget (rows of :func:`sbsnn.runs.sweep.sweep` with ``method``): (left)
     top-1 agreement with the float model, (right) perplexity ratio, with SpikingBrain-7B's
-    published point (bitwise k = 3: 1.13 spikes per element; bf16 / spiking benchmark
-    score) on the ratio panel."""
+    published point (:data:`~sbsnn.analysis.spikingbrain.SPIKINGBRAIN_7B_POINT`: bitwise
+    k = 3, spikes per element, bf16 / spiking benchmark score) on the ratio panel."""
     fig = _figure(11.0, 4.3)
     ax1, ax2 = fig.subplots(1, 2)
     styles = {"plain": ("o-", "#4c72b0", "plain conversion (labels: k)"),

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
+
+from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_per_mac
+from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_FIG9, SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT
+
 __all__ = ["BASELINE_INFO", "ESTIMATE_INFO", "METRIC_DEFINITIONS", "TRACE_DEFINITIONS",
            "energy_section", "sparsity_section", "trace_section"]
 
-# Mirrors the module docstring of sbsnn.analysis.sparsity (used when that module does not
-# export its own DEFINITIONS).
+# Mirrors the module docstring of sbsnn.analysis.sparsity.
 METRIC_DEFINITIONS = {
     "zero_fraction": "Fraction of input elements (token x input channel) whose spike count "
                      "c is 0: silent elements.",
     "spikes_per_element": "Spikes emitted per input element: sum of s(c) / elements, with "
                           "s(c) = |c| (binary, ternary), popcount(|c|) (bitwise) or the popcount "
-                          "of the T-bit two's-complement word. SpikingBrain's '1.13 spikes per "
-                          "channel'.",
+                          "of the T-bit two's-complement word. SpikingBrain's "
+                          f"'{SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT:g} spikes per channel'.",
     "slot_sparsity_global": "1 - spikes / (elements x T), T the global number of time steps of "
                             "each layer call (upstream's firing rate is 1 - this).",
     "slot_sparsity_per_element": "1 - spikes / sum of T_e, each element with its own T_e (the "
@@ -84,25 +88,13 @@ def _div(a, b):
 def sparsity_section(report) -> dict:
     """``report.json``'s ``sparsity``: the report's dict plus definitions and the paper's
     reference figures."""
-    import importlib
-
-    sp = importlib.import_module("sbsnn.analysis.sparsity")  # the package shadows the name
     d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    defs = dict(METRIC_DEFINITIONS)
-    defs.update(getattr(sp, "DEFINITIONS", {}) or {})
     return {
         "coding": d["coding"], "window": d["window"],
-        "definitions": defs,
+        "definitions": dict(METRIC_DEFINITIONS),
         "pooled": d["pooled"], "per_kind": d["per_kind"], "per_layer": d["per_layer"],
-        "reference": {
-            "source": "SpikingBrain report (arXiv 2509.05276), section 5.5, Fig. 9: 7B model, "
-                      "sign-magnitude bitwise coding, pooled over all projection inputs",
-            "sparsity_3_step_window": 0.6915,
-            "spikes_per_element": 1.13,
-            "silent_channel_fraction": 0.184,
-            "abs_count_le_7": 0.941,
-            "spikes_histogram": dict(sp.SPIKINGBRAIN_7B_SPIKES),
-        },
+        "reference": {**SPIKINGBRAIN_7B_FIG9,
+                      "spikes_histogram": dict(SPIKINGBRAIN_7B_FIG9["spikes_histogram"])},
     }
 
 
@@ -136,8 +128,6 @@ def energy_section(report, tokens: int | None = None, kinds: Mapping[str, str] |
     compact per-layer table. ``profiles``: the (spiking, baseline)
     :class:`~sbsnn.analysis.energy.EnergyProfile` objects the report was priced with
     (default: loaded again by the names the report carries)."""
-    from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_per_mac
-
     d = report.to_dict()
     tc = d["totals"]["counts"]
     if tokens is None:
@@ -215,8 +205,6 @@ def trace_section(recording) -> dict | None:
     """``report.json``'s ``trace``: per traced layer of a recording, events per step
     (positive, negative, all), the histogram of steps per token and first/last step
     figures; None when the recording holds no trace."""
-    import torch
-
     names = recording.traced_layers if hasattr(recording, "traced_layers") else []
     if not names:
         return None

@@ -1,15 +1,16 @@
 """Sparsity of spike counts, per layer, per layer kind and pooled.
 
-SpikingBrain's "69.15 % sparsity" comes with no definition in code, so sbsnn reports
-each candidate under its own name. For counts ``c`` of one layer call (``N`` tokens x
-``D`` input channels; one call = one forward pass, which has one global T, as
-upstream), with ``s(c)`` the spikes an element emits in the coding (|c| for ternary,
-popcount(|c|) for bitwise, ...; from :func:`sbsnn.neurons.spike_stats`):
+SpikingBrain's sparsity figure (:mod:`sbsnn.analysis.spikingbrain`) comes with no
+definition in code, so sbsnn reports each candidate under its own name. For counts ``c``
+of one layer call (``N`` tokens x ``D`` input channels; one call = one forward pass,
+which has one global T, as upstream), with ``s(c)`` the spikes an element emits in the
+coding (|c| for ternary, popcount(|c|) for bitwise, ...; from
+:func:`sbsnn.neurons.spike_stats`):
 
 ``zero_fraction``
     fraction of elements with ``c == 0`` (silent elements).
 ``spikes_per_element``
-    ``sum s(c) / elements`` (SpikingBrain's "1.13 spikes per channel").
+    ``sum s(c) / elements`` (SpikingBrain's "spikes per channel").
 ``slot_sparsity_global``
     ``1 - sum s(c) / sum(elements x T_call)``, T_call the call's global T (upstream's
     firing rate is ``1 -`` this).
@@ -34,12 +35,14 @@ from typing import Iterable
 
 import torch
 
+from sbsnn.analysis.counters import iter_calls
+from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SPIKES  # noqa: F401 - re-exported
+from sbsnn.checks import check_int
+from sbsnn.models.config import HybridConfig
 from sbsnn.neurons import spike_stats
 
 HIST_BINS = 33               # |c| and spikes 0..31, then ">= 32"
 DEFAULT_WINDOW = 3
-# SpikingBrain-7B, report Fig. 9 (spikes per element, bitwise coding, pooled).
-SPIKINGBRAIN_7B_SPIKES = {"0": 0.6915, "1": 0.1930, "2": 0.0969, ">=3": 0.0185}
 
 
 @dataclass
@@ -62,8 +65,6 @@ class SparsityTally:
     spikes_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)
 
     def __post_init__(self) -> None:
-        from sbsnn.checks import check_int
-
         # a 0-step window would read as 100 % sparse; a negative one is meaningless
         check_int(self.window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
 
@@ -183,8 +184,6 @@ def _report(tallies: Iterable[tuple[str, SparsityTally]], coding: str, config, w
 
 def sparsity_from_recording(recording, window: int = DEFAULT_WINDOW) -> SparsityReport:
     """:func:`sparsity` over everything a recording holds, read layer by layer, call by call."""
-    from sbsnn.models.config import HybridConfig
-
     meta = recording.metadata
     coding = meta.get("coding") or "ternary"
     cfg = None
@@ -193,8 +192,6 @@ def sparsity_from_recording(recording, window: int = DEFAULT_WINDOW) -> Sparsity
             cfg = HybridConfig.from_dict(meta["model_config"])
         except Exception:  # noqa: BLE001 - a foreign config only loses the kind labels
             cfg = None
-    from sbsnn.analysis.counters import iter_calls
-
     return sparsity(iter_calls(recording), coding, cfg, window)
 
 

@@ -21,18 +21,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from sbsnn import fsutil
 from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, _check_options, apply_structure
 from sbsnn.converters.presets import PRESETS
 from sbsnn.converters.quant import CODE_MAX
 from sbsnn.errors import (CheckpointKindError, IntegrityError, NonFiniteError, OptionError,
                           PathExistsError, os_error)
-from sbsnn.fsutil import make_dir, remove_stale, stale_entries, temp_name
 from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dtype,
                                      default_dtype, fill_state, read_state_dict, save_pretrained)
 from sbsnn.models.config import HybridConfig
@@ -43,60 +42,18 @@ from sbsnn.models.tokenizer import tokenizer_for
 SPIKING_CONFIG = "spiking_config.json"
 
 
-class atomic_directory:
+class atomic_directory(fsutil.atomic_directory):
     """``with atomic_directory(out, force) as tmp:`` write into ``tmp``; on success it
-    becomes ``out`` (replacing it only with ``force``); on failure it is removed.
+    becomes ``out`` (replacing it only with ``force``); on failure it is removed
+    (:class:`sbsnn.fsutil.atomic_directory`, which also cleans up what a killed run left).
 
-    ``tmp`` is ``.OUT.partial-HOST-PID-XXXXXXXX`` beside ``out`` (:mod:`sbsnn.fsutil`),
-    made with the user's umask. On entry, what a killed run left for the same ``out`` is
-    cleaned up: its partial directories are removed, and a previous ``out`` set aside
-    during a replacement that was cut short is put back (or removed if ``out`` exists).
     ``force`` replaces only a spiking checkpoint or an empty directory, never a file, a
-    float checkpoint or a directory of other things.
+    float checkpoint or a directory of other things (:func:`check_output_dir`).
     """
 
     def __init__(self, out: str | Path, force: bool = False):
-        self.out, self.force = Path(out), force
-
-    def __enter__(self) -> Path:
-        parent = self.out.parent
-        _clean_leftovers(self.out)
-        check_output_dir(self.out, self.force)
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = make_dir(parent, self.out.name, "partial")
-        except OSError as e:
-            raise os_error(e, parent, "creating the output directory") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        try:
-            if self.out.exists():
-                old = self.out.with_name(temp_name(self.out.name, "old"))
-                os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-        except BaseException:
-            if old is not None and not self.out.exists():
-                os.replace(old, self.out)     # put the previous output back
-                old = None
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _clean_leftovers(out: Path) -> None:
-    parent = out.parent
-    remove_stale(parent, out.name, "partial")
-    for old in stale_entries(parent, out.name, "old"):
-        if not out.exists():          # killed between the two renames: the old one is whole
-            os.replace(old, out)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
+        super().__init__(out, check=lambda p: check_output_dir(p, force))
+        self.force = force
 
 
 def check_output_dir(out: str | Path, force: bool) -> None:

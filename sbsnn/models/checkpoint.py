@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sbsnn.fsutil import current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
 from sbsnn.models.families import RENAMES, rename_key
@@ -584,11 +585,10 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
                     max_shard_bytes: int | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` (or shards plus an index).
 
-    Each file is written under a temporary name and renamed, the config last, so an
-    interrupted save never leaves a directory that loads as complete.
+    The files are written into a temporary folder inside ``directory`` and moved in, the
+    config last (:func:`sbsnn.fsutil.write_atomically`), so an interrupted save never
+    leaves a directory that loads as complete.
     """
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -599,30 +599,26 @@ def save_pretrained(model: HybridForCausalLM, directory: str | Path,
             size = 0
         shards[-1][k] = v
         size += nbytes
-    written = []
     if len(shards) == 1:
         names = ["model.safetensors"]
     else:
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    from sbsnn.fsutil import current_umask
-
-    mask = current_umask()
-    for name, shard in zip(names, shards):
-        tmp = d / (name + ".tmp")
-        write_safetensors(shard, tmp, mask)
-        written.append((tmp, d / name))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
-                 "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
-        tmp = d / "model.safetensors.index.json.tmp"
-        tmp.write_text(json.dumps(index, indent=2) + "\n")
-        written.append((tmp, d / "model.safetensors.index.json"))
     config = model.config.to_dict()
     floats = {v.dtype for v in tensors.values() if v.is_floating_point()}
     if len(floats) == 1:  # as Hugging Face records it (5.x "dtype", 4.x "torch_dtype")
         config["dtype" if "dtype" in config else "torch_dtype"] = str(floats.pop()).replace("torch.", "")
-    tmp = d / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    written.append((tmp, d / "config.json"))
-    for tmp, final in written:
-        os.replace(tmp, final)
+
+    def write(tmp: Path) -> list[str]:
+        mask = current_umask()
+        for name, shard in zip(names, shards):
+            write_safetensors(shard, tmp / name, mask)
+        written = list(names)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in tensors.values())},
+                     "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            written.append("model.safetensors.index.json")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return written + ["config.json"]
+
+    write_atomically(directory, write, final="config.json")

@@ -22,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sbsnn.analysis.fidelity import FidelitySums, fidelity_sums_of_ids
-from sbsnn.analysis.report import _jsonable
 from sbsnn.checks import check_int
 from sbsnn.converters import convert, save_spiking
 from sbsnn.converters.calibration import (SpikeBudget, SpikeTap, calibrate, each_document,
                                           text_blocks)
+from sbsnn.fsutil import jsonable
 from sbsnn.models.checkpoint import load_model
 from sbsnn.runs.documents import load_documents
 
@@ -194,6 +194,6 @@ def calibrate_checkpoint(src, out, texts, budget=None, *, eval_texts=None,
     report["overall"] = {"text": where, "before": overall["plain"], "after": overall["calibrated"]}
     snn.spiking_config.calibration["overall"] = {"text": text_name, **overall["calibrated"]}
     save_spiking(snn, out, force=force, extra_files={
-        "calibration.json": json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n"})
+        "calibration.json": json.dumps(jsonable(report), indent=1, allow_nan=False) + "\n"})
     return CalibratedCheckpoint(str(out), snn.spiking_config, report, overall, where,
                                 report["seconds"]["total_s"], t_eval, time.perf_counter() - t0)

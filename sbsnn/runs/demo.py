@@ -19,11 +19,11 @@ Fidelity always covers the whole text (``max_chars`` shortens it).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from sbsnn.data import heldout_text
+from sbsnn.fsutil import atomic_file, ensure_output_dir
 from sbsnn.models.checkpoint import load_model
 
 DEFAULT_MODEL = "tiny-hybrid"
@@ -61,7 +61,6 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
 
     from sbsnn.analysis.energy import load_profile
     from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
-    from sbsnn.errors import PathNotDirectoryError, os_error
     from sbsnn.sim.recorder import check_record_path
 
     # Every option is checked before any work (a bad one must not cost a conversion).
@@ -71,14 +70,7 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
         check_int(sim_tokens, "sim_tokens", minimum=0, hint=" ('auto' or 0: the whole text)")
     load_profile(profile)
     backend = resolve_backend(backend)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PathNotDirectoryError(f"{out}: the demo's output directory is a file; give a "
-                                    "directory", filename=out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise os_error(e, out, "creating the demo's output directory") from None
+    out = ensure_output_dir(out, "the demo's output directory")
     check_record_path(out / "spikes.h5")
     # The summary and the report mark a finished run: gone until this one finishes, so a
     # killed rerun never leaves the previous run's beside a new, incomplete recording.
@@ -135,9 +127,8 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
                    "recording": str(recording)},
         "seconds": round(seconds, 2), "phase_seconds": times,
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "summary.json")
+    with atomic_file(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
     part = ("" if sim.tokens == fid.tokens + 1 else
             f" (event-driven simulation and report: the first {sim.tokens:,} tokens; "

@@ -36,14 +36,15 @@ from sbsnn import __version__
 from sbsnn.analysis.energy import estimate_energy, load_profile
 from sbsnn.analysis.fidelity import FidelitySums, fidelity_sums
 from sbsnn.analysis.opcount import nonspiking_ops
-from sbsnn.analysis.plots import SPIKINGBRAIN_7B_SWEEP, plot_fidelity_per_spike, plot_sweep
-from sbsnn.analysis.report import _jsonable, write_atomically
+from sbsnn.analysis.plots import plot_fidelity_per_spike, plot_sweep
 from sbsnn.analysis.sparsity import SparsityCollector, SparsityTally
+from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SWEEP
 from sbsnn.checks import check_int, check_k
 from sbsnn.converters import SpikingLinear, convert
 from sbsnn.converters.calibration import calibrate
 from sbsnn.converters.convert import check_request
 from sbsnn.errors import CheckpointKindError, OptionError
+from sbsnn.fsutil import jsonable, write_atomically
 from sbsnn.runs.documents import Document, DocumentSet, assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.results import reduce_counters
@@ -355,14 +356,15 @@ def format_sweep(rows: Iterable[Mapping]) -> str:
                      "on the calibration text; its spk/el is measured on this text.")
     lines.append("ratio: spiking / float perplexity; zeros: zero fraction of counts; spk/el: spikes "
                  "per element; win3: slot sparsity in a 3-step window; E(a): energy of the spiking "
-                 "layers per token, SpikingBrain's Eq. 24; 7B: SpikingBrain-7B, Table 11 (bf16 score 0.6998).")
+                 "layers per token, SpikingBrain's Eq. 24; 7B: SpikingBrain-7B, Table 11 (bf16 score "
+                 f"{SPIKINGBRAIN_7B_SWEEP['bf16_avg_score']:.4f}).")
     return "\n".join(lines)
 
 
 def save_sweep(rows: Sequence[Mapping], out_dir, metadata: Mapping | None = None) -> dict:
     """Write ``sweep.json`` (rows + SpikingBrain's Table 11 + metadata) and ``sweep.png``
     into ``out_dir`` atomically (``sweep.json`` last); returns the JSON object."""
-    doc = _jsonable({"format": "sbsnn-sweep", "format_version": 1, "sbsnn_version": __version__,
+    doc = jsonable({"format": "sbsnn-sweep", "format_version": 1, "sbsnn_version": __version__,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "metadata": dict(metadata or {}), "rows": list(rows),
                      "reference": SPIKINGBRAIN_7B_SWEEP, "files": {"plot": "sweep.png"}})

@@ -29,7 +29,6 @@ equals the report of the same documents recorded by one process.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ import h5py
 import numpy as np
 
 from sbsnn.errors import RecordingError
+from sbsnn.fsutil import atomic_file
 from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, json_default
 from sbsnn.sim.recording_reader import Recording, no_layer_error
 from sbsnn.sim.trace import LayerTrace
@@ -92,8 +92,7 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
     dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
             a["format"] = INDEX_FORMAT
@@ -113,9 +112,6 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
                     g.create_dataset(key, data=[str(v) for v in col], dtype=h5py.string_dtype())
                 else:
                     g.create_dataset(key, data=np.asarray(col, dtype=np.int64).reshape(-1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from sbsnn.converters.calibration.measure import _detach_state
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import NonFiniteError, OptionError
+from sbsnn.fsutil import atomic_file
 from sbsnn.models.layers import RMSNorm
 
 STATE_VERSION = 1
@@ -118,12 +119,11 @@ def _load_state(path: Path, fingerprint: str, params, opt) -> tuple[int, list[fl
 
 
 def _save_state(path: Path, fingerprint: str, epoch: int, losses, params, opt) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": epoch,
-                "losses": list(losses),
-                "params": {n: p.detach().clone() for n, p in params.items()},
-                "optimizer": opt.state_dict()}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save({"version": STATE_VERSION, "fingerprint": fingerprint, "epoch": epoch,
+                    "losses": list(losses),
+                    "params": {n: p.detach().clone() for n, p in params.items()},
+                    "optimizer": opt.state_dict()}, tmp)
 
 
 def check_options(epochs, lr, positions, state_path=None) -> None:
