@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from sbsnn.checks import check_int
+from sbsnn.errors import NonFiniteError, OptionError
+
 
 @dataclass
 class Fidelity:
@@ -61,8 +64,6 @@ class FidelitySums:
 
 def _finite(logits: torch.Tensor, which: str, start: int) -> torch.Tensor:
     if not bool(torch.isfinite(logits).all()):
-        from sbsnn.errors import NonFiniteError
-
         row = int((~torch.isfinite(logits)).any(-1).nonzero()[0])
         raise NonFiniteError(f"the {which} model's logits hold NaN or Inf (first at token "
                              f"{start + row}) - from the activations of its non-spiking parts "
@@ -76,14 +77,10 @@ def _finite(logits: torch.Tensor, which: str, start: int) -> torch.Tensor:
 def fidelity_sums(float_model, spiking_model, text: str, block_size: int = 256) -> FidelitySums:
     """:func:`fidelity`'s sums on one text (a fresh sequence for both models)."""
     if not isinstance(text, str):
-        from sbsnn.errors import OptionError
-
         raise OptionError(f"fidelity needs a text (str), got {type(text).__name__}")
     tok = float_model._require_tokenizer()
     ids = torch.tensor([tok.encode(text)])
     if ids.shape[1] < 2:
-        from sbsnn.errors import OptionError
-
         raise OptionError("fidelity needs a text of at least two tokens")
     return fidelity_sums_of_ids(float_model, spiking_model, ids, block_size, chars=len(text))
 
@@ -93,8 +90,6 @@ def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_si
                          chars: int = 0, progress=None) -> FidelitySums:
     """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models);
     ``progress(n)`` after each block of ``n`` predictions."""
-    from sbsnn.checks import check_int
-
     check_int(block_size, "block_size", minimum=1)
     states = float_model.new_state(), spiking_model.new_state()
     nll_f = nll_s = kl = 0.0

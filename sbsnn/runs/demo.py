@@ -22,9 +22,19 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
+from sbsnn.analysis.energy import load_profile
+from sbsnn.analysis.fidelity import fidelity
+from sbsnn.analysis.report import build_report, format_summary
+from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
+from sbsnn.converters import convert
 from sbsnn.data import heldout_text
 from sbsnn.fsutil import atomic_file, ensure_output_dir
 from sbsnn.models.checkpoint import load_model
+from sbsnn.sim import simulate
+from sbsnn.sim.engine import resolve_backend
+from sbsnn.sim.recorder import check_record_path
 
 DEFAULT_MODEL = "tiny-hybrid"
 PRESET, CODING, K = "paper", "ternary", 3.0
@@ -51,18 +61,6 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     event ('auto' or 0: the whole text). ``profile``:
     energy profile of the spiking side. ``backend``: 'auto', 'torch' or 'cupy'.
     """
-    import torch
-
-    from sbsnn.analysis.fidelity import fidelity
-    from sbsnn.analysis.report import build_report, format_summary
-    from sbsnn.converters import convert
-    from sbsnn.sim import simulate
-    from sbsnn.sim.engine import resolve_backend
-
-    from sbsnn.analysis.energy import load_profile
-    from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
-    from sbsnn.sim.recorder import check_record_path
-
     # Every option is checked before any work (a bad one must not cost a conversion).
     check_int(max_chars, "max_chars", minimum=2, none_ok=True, hint=" (None: the whole text)")
     check_int(threads, "threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
