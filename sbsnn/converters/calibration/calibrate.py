@@ -46,7 +46,7 @@ from sbsnn.converters.calibration.refine import check_options as check_refine_op
 from sbsnn.converters.calibration.refine import refine, refined_parameters
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
-from sbsnn.errors import OptionError
+from sbsnn.errors import CheckpointKindError, OptionError
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
@@ -298,8 +298,6 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     """
     t_start = time.perf_counter()
     if any(isinstance(m, SpikingLinear) for m in float_model.modules()):
-        from sbsnn.errors import CheckpointKindError
-
         raise CheckpointKindError("calibrate needs the float model (it converts it); this one is "
                                   "already spiking: load the float checkpoint it came from")
     budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)
