@@ -316,13 +316,13 @@ def bias_correction(model, cal, ev, tokens: int, eval_tokens: int):
     import sbsnn
     from sbsnn.runs.calibrate import compare
     from sbsnn.converters.calibration import text_blocks
-    from sbsnn.converters.spiking_linear import SpikingLinear
+    from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 
     plain = sbsnn.convert(model, "paper", "ternary", 3.0)
-    layers = [(n, m) for n, m in plain.named_modules() if isinstance(m, SpikingLinear)]
+    layers = spiking_layers(plain)
     sums = {n: [0, torch.zeros(m.out_features, dtype=torch.float64)] for n, m in layers}
 
-    def execute(layer, x, name):
+    def execute(name, layer, x):
         counts, v = layer.spike(x)
         y = layer.forward_counts(counts, v, x.dtype)
         ref = model.get_submodule(name)
@@ -331,16 +331,11 @@ def bias_correction(model, cal, ev, tokens: int, eval_tokens: int):
         sums[name][1] += err.sum(0)
         return y.view(*x.shape[:-1], layer.out_features)
 
-    for n, m in layers:
-        m.executor = lambda lyr, x, _n=n: execute(lyr, x, _n)
-    try:
+    with ExecutorSwap(layers, execute):
         for doc in text_blocks(model, cal, tokens, 256):
             state = plain.new_state()
             for ids in doc:
                 plain.body(ids, state)
-    finally:
-        for _, m in layers:
-            m.executor = None
     corrected = sbsnn.convert(model, "paper", "ternary", 3.0)
     for n, m in corrected.named_modules():
         if isinstance(m, SpikingLinear):

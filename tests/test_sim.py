@@ -416,6 +416,43 @@ def test_counters_equal_closed_forms_on_a_hand_made_layer(coding):
     assert (d["events"], d["synaptic_ops"], d["dense_macs"]) == (c.events, c.synaptic_ops, c.dense_macs)
 
 
+def test_executor_swap_restores_and_refuses_nesting():
+    """One mechanism swaps how spiking layers execute (simulator, calibration, refinement):
+    it restores the previous executor on exit, error or not, and refuses a second swap on
+    a layer that one already holds (the inner one would take the outer one's calls)."""
+    from sbsnn.converters.calibration import SpikeTap
+    from sbsnn.converters.calibration.refine import straight_through
+    from sbsnn.converters.spiking_linear import ExecutorSwap
+
+    model = OneLayer("ternary")
+    layer = model.proj
+    seen = []
+    swap = ExecutorSwap(model, lambda name, lyr, x: seen.append(name) or lyr.forward_counts(
+        *lyr.spike(x), x.dtype).view(*x.shape[:-1], lyr.out_features))
+    with torch.no_grad():
+        want = model(X)
+        with swap:
+            assert torch.equal(model(X), want) and seen == ["proj"]
+            for inner in (Simulator(model, backend="torch"), SpikeTap(model, "ternary"),
+                          straight_through(model)):
+                with pytest.raises(RuntimeError, match="proj.*another executor swap"):
+                    with inner:
+                        pass
+                assert layer.executor is not None       # the outer swap still holds it
+            with pytest.raises(RuntimeError, match="entered twice"):
+                with swap:
+                    pass
+            assert torch.equal(model(X), want) and seen == ["proj", "proj"]
+        assert layer.executor is None
+        with pytest.raises(ZeroDivisionError):
+            with Simulator(model, backend="torch"):
+                1 / 0
+        assert layer.executor is None
+        with Simulator(model, backend="torch") as sim:   # usable again after the error
+            assert torch.equal(model(X), want)
+        assert sim.counters["proj"].calls == 1 and layer.executor is None
+
+
 def test_hand_made_bitwise_events_of_minus_five():
     # the -5 of row 0, channel 5: two negative events, at steps 0 (weight 4) and 2 (weight 1)
     seen = [(e.step, e.weight, int(p)) for e in step_events(C, "bitwise")

@@ -13,7 +13,7 @@ from sbsnn import __version__
 from sbsnn.converters.kv_quant import Int8PerTokenHead
 from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
 from sbsnn.converters.quant import QuantStats
-from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.converters.spiking_linear import SpikingLinear, spiking_layers  # noqa: F401 (re-exported)
 from sbsnn.errors import CheckpointKindError, LimitError, NonFiniteError, OptionError
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
@@ -191,7 +191,3 @@ def spiking_from_linear(linear: nn.Linear, name: str, group_size: int, k: float,
     sl = SpikingLinear.from_linear(linear, group_size, k, coding)
     sl.name = name
     return sl
-
-
-def spiking_layers(model: nn.Module) -> list[tuple[str, SpikingLinear]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingLinear)]

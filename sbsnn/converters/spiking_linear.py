@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable, Iterable
+
 import torch
 from torch import nn
 
@@ -40,8 +43,8 @@ class SpikingLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         self.neuron = AdaptiveThresholdNeuron(k=k, coding=coding, step_mode="s")
         self.quant_stats = QuantStats()
-        # When set (by sbsnn.sim), forward(x) returns executor(self, x) instead of the
-        # integer path: the simulator computes the same layer from its spike events.
+        # When set (by an ExecutorSwap: the simulator, calibration, refinement), forward(x)
+        # returns executor(self, x) instead of the integer path.
         self.executor = None
         # The module's name in its model (set by convert / load_spiking), for error messages.
         self.name: str | None = None
@@ -125,3 +128,52 @@ class SpikingLinear(nn.Module):
         counts, v_th = self.spike(x)
         y = self.forward_counts(counts, v_th, x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
+
+
+def spiking_layers(model: nn.Module) -> list[tuple[str, SpikingLinear]]:
+    """The :class:`SpikingLinear` modules of ``model`` with their names, in module order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingLinear)]
+
+
+class ExecutorSwap:
+    """While active (``with swap:``), every :class:`SpikingLinear` of ``layers`` (a model, or
+    ``(name, layer)`` pairs) computes ``execute(name, layer, x)`` instead of its integer
+    path: the one way the simulator, calibration's spike tap and refinement's
+    straight-through pass run a spiking model their own way.
+
+    ``execute`` is given, or a subclass overrides :meth:`execute`. On exit, error or not,
+    each layer gets back the executor it had. A layer that already has one (another swap is
+    active on it) is refused: the inner swap would take the outer one's calls from it
+    unseen, so nothing is installed and :class:`RuntimeError` names the layer.
+    """
+
+    def __init__(self, layers: nn.Module | Iterable[tuple[str, SpikingLinear]],
+                 execute: Callable[[str, SpikingLinear, torch.Tensor], torch.Tensor] | None = None):
+        self.layers = spiking_layers(layers) if isinstance(layers, nn.Module) else list(layers)
+        if execute is not None:
+            self.execute = execute
+        self._saved: list[tuple[SpikingLinear, object]] = []
+
+    def execute(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("pass execute= or override ExecutorSwap.execute")
+
+    def __enter__(self):
+        if self._saved:
+            raise RuntimeError(f"{type(self).__name__} is already active; it cannot be entered twice")
+        for name, layer in self.layers:
+            if layer.executor is not None:
+                self._restore()
+                raise RuntimeError(
+                    f"layer {name}: another executor swap is active on it "
+                    f"({type(self).__name__} cannot run inside it); end that one first")
+            self._saved.append((layer, layer.executor))
+            layer.executor = partial(self.execute, name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for layer, executor in reversed(self._saved):
+            layer.executor = executor
+        self._saved = []

@@ -20,26 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sbsnn.checks import read_json_file
+from sbsnn.errors import InputError
 from sbsnn.models.errors import ConfigError
+from sbsnn.models.families import LAYER_TYPES, SIZE_BOUNDS, read_config
+from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
+from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
                          "gemma3_text")
-
-
-# Sizes beyond these are refused by name rather than attempted: a damaged config.json
-# (or a fuzzed one) with 2**60 layers would otherwise hang building the model.
-SIZE_BOUNDS: dict[str, tuple[int, str]] = {
-    "num_hidden_layers": (10_000, "published LLMs have at most a few hundred layers"),
-    "hidden_size": (1 << 20, "published LLMs are at most a few tens of thousands wide"),
-    "intermediate_size": (1 << 22, "published LLMs' feed-forward layers are below a million wide"),
-    "moe_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
-    "shared_expert_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
-    "vocab_size": (1 << 24, "published tokenizers have at most about a million tokens"),
-    "num_attention_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
-    "num_key_value_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
-    "head_dim": (1 << 16, "published LLMs' heads are at most a few hundred wide"),
-    "num_experts": (1 << 20, "published mixtures have at most a few thousand experts"),
-}
 
 
 @dataclass
@@ -200,8 +189,6 @@ class HybridConfig:
         if self.use_short_conv:
             bad("use_short_conv=true (short convolutions before GLA) is not supported; "
                 "SpikingBrain-7B ships with it off")
-        from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
-
         if self.hidden_act not in ACTIVATIONS:
             bad(f"hidden_act {self.hidden_act!r} is not supported ({', '.join(sorted(ACTIVATIONS))})")
         if self.norm_style not in NORM_STYLES:
@@ -244,8 +231,6 @@ class HybridConfig:
 
     def rope_for(self, i: int):
         """The :class:`~sbsnn.models.rope.RopeSpec` of layer i's softmax attention."""
-        from sbsnn.models.rope import RopeSpec
-
         params = self.rope_parameters
         if params is None:
             params = {"rope_type": "default", "rope_theta": self.rope_theta}
@@ -273,15 +258,10 @@ class HybridConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "HybridConfig":
         """Read a config.json dict of any supported family; every key is handled,
         known to be harmless, or refused (:mod:`sbsnn.models.families`)."""
-        from sbsnn.models.families import read_config
-
-        return read_config(d, source)
+        return read_config(d, source, config_class=cls)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HybridConfig":
-        from sbsnn.checks import read_json_file
-        from sbsnn.errors import InputError
-
         path = Path(path)
         if not path.exists() and not path.is_symlink():
             raise ConfigError(f"{path}: no config.json; a checkpoint directory needs "
@@ -296,7 +276,3 @@ class HybridConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-# Layer kinds of sbsnn -> the layer_types names of transformers.
-LAYER_TYPES = {"full": "full_attention", "swa": "sliding_attention"}

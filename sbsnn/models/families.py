@@ -1,4 +1,6 @@
-"""Reading ``config.json`` of every supported family into a :class:`HybridConfig`.
+"""Reading ``config.json`` of every supported family into a
+:class:`~sbsnn.models.config.HybridConfig` (which imports this module: this one knows it
+only as the ``config_class`` it is given).
 
 One reader per ``model_type``. Each key of the file is either
 
@@ -26,8 +28,26 @@ import dataclasses
 import re
 from typing import Any, Callable
 
-from sbsnn.models.config import LAYER_TYPES, SIZE_BOUNDS, HybridConfig
 from sbsnn.models.errors import CheckpointError, ConfigError
+from sbsnn.models.layers import ACTIVATIONS
+
+# Layer kinds of sbsnn -> the layer_types names of transformers.
+LAYER_TYPES = {"full": "full_attention", "swa": "sliding_attention"}
+
+# Sizes beyond these are refused by name rather than attempted: a damaged config.json
+# (or a fuzzed one) with 2**60 layers would otherwise hang building the model.
+SIZE_BOUNDS: dict[str, tuple[int, str]] = {
+    "num_hidden_layers": (10_000, "published LLMs have at most a few hundred layers"),
+    "hidden_size": (1 << 20, "published LLMs are at most a few tens of thousands wide"),
+    "intermediate_size": (1 << 22, "published LLMs' feed-forward layers are below a million wide"),
+    "moe_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
+    "shared_expert_intermediate_size": (1 << 22, "published LLMs' experts are below a million wide"),
+    "vocab_size": (1 << 24, "published tokenizers have at most about a million tokens"),
+    "num_attention_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
+    "num_key_value_heads": (1 << 16, "published LLMs have at most a few hundred heads"),
+    "head_dim": (1 << 16, "published LLMs' heads are at most a few hundred wide"),
+    "num_experts": (1 << 20, "published mixtures have at most a few thousand experts"),
+}
 
 # Keys that never change the forward pass (bookkeeping, training-only settings, token
 # ids used for generation, kernel choices).
@@ -89,8 +109,10 @@ def rename_key(key: str, model_type: str) -> str:
 class ConfigKeys:
     """A config dict whose keys are taken one by one; :meth:`finish` refuses the rest."""
 
-    def __init__(self, d: dict[str, Any], source: str, model_type: str):
+    def __init__(self, d: dict[str, Any], source: str, model_type: str,
+                 fields: frozenset[str] = frozenset()):
         self.d, self.source, self.model_type = d, source, model_type
+        self.fields = fields    # the config class's field names (sbsnn's own layout reads them)
         self.used: set[str] = set()
         self.ignored_by_reference: set[str] = set()
 
@@ -275,8 +297,6 @@ def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hidden_act(r: ConfigKeys, key: str, default: str) -> str:
-    from sbsnn.models.layers import ACTIVATIONS
-
     act = r.take_or(key, default)
     if act not in ACTIVATIONS:
         r.refuse(key, f"is not supported (sbsnn implements {', '.join(sorted(ACTIVATIONS))})")
@@ -441,7 +461,7 @@ _OWN_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 def read_sbsnn_hybrid(r: ConfigKeys) -> dict[str, Any]:
     """sbsnn's own layout: HybridConfig's fields. Those a trained model depends on are
     required (sbsnn always writes them); the rest default to sbsnn 0.1's behaviour."""
-    names = {f.name for f in dataclasses.fields(HybridConfig)} - {"extra", "source_config"}
+    names = set(r.fields) - {"extra", "source_config"}
     out = {}
     for key in _OWN_REQUIRED:
         out[key] = r.take(key)
@@ -476,14 +496,16 @@ def _main_theta(kwargs: dict[str, Any]) -> None:
         kwargs["rope_theta"] = float(rp.get("full_attention", rp)["rope_theta"])
 
 
-def read_config(d: dict[str, Any], source: str = "config") -> HybridConfig:
-    """A config.json dict of any supported family -> HybridConfig."""
+def read_config(d: dict[str, Any], source: str = "config", *, config_class):
+    """A config.json dict of any supported family -> a ``config_class`` (the dataclass
+    :class:`~sbsnn.models.config.HybridConfig`, whose ``from_dict`` calls this: the
+    config module imports this one, never the other way round)."""
     mt = d.get("model_type")
     if not isinstance(mt, str) or mt not in READERS:
         hint = (_HINTS.get(mt) if isinstance(mt, str) else None) or f"sbsnn reads {', '.join(READERS)}"
         raise ConfigError(f"{source}: model_type {mt!r} (architectures "
                               f"{d.get('architectures')}) is not supported; {hint}")
-    r = ConfigKeys(d, source, mt)
+    r = ConfigKeys(d, source, mt, frozenset(f.name for f in dataclasses.fields(config_class)))
     try:
         kwargs = READERS[mt](r)
     except CheckpointError:
@@ -494,7 +516,7 @@ def read_config(d: dict[str, Any], source: str = "config") -> HybridConfig:
     try:
         if mt != "sbsnn_hybrid":
             _main_theta(kwargs)
-        cfg = HybridConfig(**kwargs, extra=extra,
+        cfg = config_class(**kwargs, extra=extra,
                            source_config=None if mt == "sbsnn_hybrid" else dict(d))
     except CheckpointError as e:
         raise type(e)(f"{source}: {e}") from None

@@ -23,16 +23,17 @@ window layer a ring of ``sliding_window`` keys and values. Neither grows with le
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sbsnn.checks import check_float, check_int
+from sbsnn.errors import NonFiniteError, OptionError, UnavailableError
 from sbsnn.models.attention import WindowAttention
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.gla import GatedLinearAttention
-import torch.nn.functional as F
-
 from sbsnn.models.layers import MoE, RMSNorm, SwiGLU
 from sbsnn.models.rope import RopeSpec
 
@@ -167,29 +168,55 @@ class HybridForCausalLM(nn.Module):
         """
         return self.head(self.body(input_ids, state))
 
+    # The forward pass in its parts (pipeline stages run them on different processes):
+    #   x = embed(ids, state); x = blocks(x, state); logits = head(final_norm(x, sinks))
+    # with sinks = sink_rows(state) taken before blocks advance the state.
     def body(self, input_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         """Every block and the final norm: hidden states ``[B, L, hidden]`` (the input of
         the head). Work that needs no logits (counting spikes) stops here."""
+        sinks = self.sink_rows(state)
+        return self.final_norm(self.blocks(self.embed(input_ids, state), state), sinks)
+
+    def sink_rows(self, state: DecodeState | None = None) -> int:
+        """Rows of sink tokens :meth:`embed` puts before the tokens: all of the model's at
+        the start of a sequence (no ``state``, or one that has seen nothing), else none."""
+        return self.config.num_sink_tokens if state is None or state.seen == 0 else 0
+
+    def embed(self, input_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """The hidden states entering block 0 ``[B, sinks + L, hidden]``: the token
+        embeddings (times ``embedding_scale``, Gemma), preceded by the sink tokens' rows at
+        the start of a sequence (:meth:`sink_rows`). ``state`` is only read."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         _check_ids(input_ids, self.config.vocab_size)
         x = self.model.embeddings(input_ids)
         if self.config.embedding_scale is not None:  # Gemma: a float32 scalar in the weights' dtype
             x = x * torch.tensor(self.config.embedding_scale).to(x.dtype)
-        start = 0 if state is None else state.seen
-        n_sinks = 0
-        if self.config.num_sink_tokens and start == 0:
-            n_sinks = self.config.num_sink_tokens
+        if self.sink_rows(state):
             sinks = self.model.sink_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([sinks, x], dim=1)
+        return x
+
+    def blocks(self, x: torch.Tensor, state: DecodeState | None = None,
+               layers: Iterable[int] | None = None) -> torch.Tensor:
+        """Run blocks ``layers`` (indices, in order; default every block) on hidden states
+        ``x [B, n, hidden]`` whose first row sits at position ``state.seen`` (0 without a
+        state); their decoding caches and ``state.seen`` advance."""
+        start = 0 if state is None else state.seen
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         tables = self.rope_tables(positions, x.dtype)
-        for i, layer in enumerate(self.model.layers):
+        for i in range(len(self.model.layers)) if layers is None else layers:
+            layer = self.model.layers[i]
             x = layer(x, None if state is None else state.layers[i], positions,
                       tables.get(layer.rope))
         if state is not None:
             state.seen += x.shape[1]
-        return self.model.norm(x[:, n_sinks:])
+        return x
+
+    def final_norm(self, x: torch.Tensor, sinks: int = 0) -> torch.Tensor:
+        """The last block's output without its ``sinks`` first rows, normalised: the input
+        of :meth:`head`."""
+        return self.model.norm(x[:, sinks:])
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states (tied or separate head, Gemma's soft-capping)."""
@@ -223,8 +250,6 @@ class HybridForCausalLM(nn.Module):
     # ------------------------------------------------------------------ generation
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            from sbsnn.errors import UnavailableError
-
             raise UnavailableError("this model has no tokenizer; load it with sbsnn.load_model, "
                                    "or set model.tokenizer, or pass token ids to stream_ids")
         return self.tokenizer
@@ -237,8 +262,6 @@ class HybridForCausalLM(nn.Module):
         """Yield new token ids one at a time; memory stays constant in length."""
         check_generation(max_new_tokens, temperature, top_k, None)
         if not len(prompt_ids):
-            from sbsnn.errors import OptionError
-
             raise OptionError("the prompt is empty: give at least one token")
         _check_ids(prompt_ids, self.config.vocab_size)
         device = next(self.parameters()).device
@@ -256,8 +279,6 @@ class HybridForCausalLM(nn.Module):
         """Yield text pieces as they are generated (bytes are decoded incrementally)."""
         check_generation(max_new_tokens, temperature, top_k, seed)
         if not isinstance(prompt, str):
-            from sbsnn.errors import OptionError
-
             raise OptionError(f"prompt must be a str, got {type(prompt).__name__}")
         tok = self._require_tokenizer()
         gen = None
@@ -286,8 +307,6 @@ class HybridForCausalLM(nn.Module):
 def _check_ids(ids, vocab_size: int) -> None:
     """Token ids must index the vocabulary (an out-of-range id would be an IndexError
     deep in the embedding, or with negative ids a silent wrap-around)."""
-    from sbsnn.errors import OptionError
-
     t = torch.as_tensor(ids)
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
         raise OptionError(f"token ids must be integers, got {t.dtype}")
@@ -303,8 +322,6 @@ def check_generation(max_new_tokens, temperature, top_k, seed,
                      names=("max_new_tokens", "temperature", "top_k", "seed")) -> None:
     """The sampling options: max_new_tokens an int >= 0, temperature a finite number >= 0
     (0: greedy), top_k None or an int >= 1, seed None or an int in [0, 2**64)."""
-    from sbsnn.checks import check_float, check_int
-
     check_int(max_new_tokens, names[0], minimum=0)
     check_float(temperature, names[1], minimum=0.0, hint=" (0: greedy)")
     check_int(top_k, names[2], minimum=1, none_ok=True, hint=" (leave it out to sample from all)")
@@ -315,8 +332,6 @@ def check_generation(max_new_tokens, temperature, top_k, seed,
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None,
            generator: torch.Generator | None) -> int:
     if not bool(torch.isfinite(logits).all()):    # argmax of NaN would pick a token silently
-        from sbsnn.errors import NonFiniteError
-
         raise NonFiniteError("the model's logits hold NaN or Inf (from the activations: a "
                              "float tensor of the checkpoint holds NaN or Inf, or the "
                              "computation overflowed in this dtype); check the weights",

@@ -13,8 +13,9 @@ event and writes its own shard of the recording; the counters are gathered at th
 
 The result equals one process's: the hidden states cross ranks bit for bit, and each
 stage runs the very modules of :class:`~sbsnn.models.hybrid.HybridForCausalLM`;
-:func:`stage_forward` is the model's ``forward`` cut at the stage boundaries (the tests
-hold it to ``model(ids)``, and two ranks to one process).
+:func:`stage_forward` is the model's ``forward`` cut at the stage boundaries, from its own
+``embed`` / ``blocks`` / ``final_norm`` / ``head`` (the tests hold it to ``model(ids)``,
+and two ranks to one process).
 
 With CUDA, each rank puts its stage on ``cuda:LOCAL_RANK`` and the hidden states travel
 over NCCL.
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sbsnn.runs.documents import contiguous_split, load_documents
@@ -111,50 +111,17 @@ def load_stage(directory, layers: range, first: bool, last: bool,
 
 
 # ----------------------------------------------------------------------------- forward
-def _embed(model, ids: torch.Tensor, seen: int) -> tuple[torch.Tensor, int]:
-    """The hidden states entering block 0 and the sink rows they start with
-    (``HybridForCausalLM.forward`` up to its layer loop)."""
-    cfg = model.config
-    x = model.model.embeddings(ids)
-    if cfg.embedding_scale is not None:
-        x = x * torch.tensor(cfg.embedding_scale).to(x.dtype)
-    n_sinks = 0
-    if cfg.num_sink_tokens and seen == 0:
-        n_sinks = cfg.num_sink_tokens
-        sinks = model.model.sink_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
-        x = torch.cat([sinks, x], dim=1)
-    return x, n_sinks
-
-
-def _head(model, x: torch.Tensor, n_sinks: int) -> torch.Tensor:
-    """The logits from the last block's output (the end of ``HybridForCausalLM.forward``)."""
-    x = model.model.norm(x[:, n_sinks:])
-    weight = model.model.embeddings.weight if model.lm_head is None else model.lm_head.weight
-    logits = F.linear(x, weight)
-    cap = model.config.final_logit_softcapping
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
 def stage_forward(model, layers: range, x: torch.Tensor | None, ids: torch.Tensor, state,
                   first: bool, last: bool):
     """One stage's share of ``model(ids, state)``: embeds ``ids`` when ``first`` (else
     takes ``x``, the previous stage's output), runs blocks ``layers`` and, when ``last``,
     returns the logits; otherwise the hidden states for the next stage. ``state`` (the
     model's :class:`~sbsnn.models.hybrid.DecodeState`) advances on every stage alike."""
-    cfg = model.config
-    seen = state.seen
-    n_sinks = cfg.num_sink_tokens if (cfg.num_sink_tokens and seen == 0) else 0
+    sinks = model.sink_rows(state)
     if first:
-        x, _ = _embed(model, ids, seen)
-    positions = torch.arange(seen, seen + x.shape[1], device=x.device)
-    tables = model.rope_tables(positions, x.dtype)
-    for i in layers:
-        layer = model.model.layers[i]
-        x = layer(x, state.layers[i], positions, tables.get(layer.rope))
-    state.seen += x.shape[1]
-    return _head(model, x, n_sinks) if last else x
+        x = model.embed(ids, state)
+    x = model.blocks(x, state, layers)
+    return model.head(model.final_norm(x, sinks)) if last else x
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from sbsnn.checks import check_int
 from sbsnn.converters.quant import group_accumulate, num_groups
-from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import CheckpointKindError, OptionError, UnavailableError
 from sbsnn.neurons.workers import submit, workers_for
 from sbsnn.sim.events import CountSummary, step_events, summarize
@@ -243,8 +243,10 @@ def resolve_backend(backend: str) -> str:
 
 
 # ----------------------------------------------------------------------------- engine
-class Simulator:
-    """Context manager that routes every SpikingLinear of ``model`` through events.
+class Simulator(ExecutorSwap):
+    """Context manager that routes every SpikingLinear of ``model`` through events (an
+    :class:`~sbsnn.converters.spiking_linear.ExecutorSwap` whose executor is
+    :meth:`run_layer`).
 
     ``trace``: layers to resolve in time (a glob, a list of globs or a
     :class:`~sbsnn.sim.trace.TraceSpec`); their traces are in ``traces``.
@@ -252,10 +254,10 @@ class Simulator:
 
     def __init__(self, model: torch.nn.Module, backend: str = "torch",
                  recorder=None, trace=None):
+        super().__init__(spiking_layers(model))
         self.model = model
         self.backend = resolve_backend(backend)
         self.recorder = recorder
-        self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingLinear)]
         if not self.layers:
             raise CheckpointKindError("the model has no SpikingLinear layer (a float model): "
                                       "convert it first (sbsnn.convert or sbsnn convert)")
@@ -274,15 +276,6 @@ class Simulator:
         self.document_counters = {}
         return self.document_counters
 
-    def __enter__(self) -> "Simulator":
-        for name, layer in self.layers:
-            layer.executor = lambda lyr, x, _n=name: self.run_layer(_n, lyr, x)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for _, layer in self.layers:
-            layer.executor = None
-
     def _accumulate(self, layer: SpikingLinear, counts: torch.Tensor, v_th: torch.Tensor,
                     dtype: torch.dtype) -> torch.Tensor:
         if self.backend == "cupy":
@@ -292,6 +285,7 @@ class Simulator:
         return accumulate_frame(layer, counts, v_th, dtype)
 
     def run_layer(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
+        """``layer``'s output for ``x``, computed from its spike events and counted."""
         counts, v_th = layer.spike(x)
         # The closed-form counters run on one of sbsnn's workers beside the accumulation.
         pending = None
@@ -314,6 +308,8 @@ class Simulator:
             if self.recorder is not None and hasattr(self.recorder, "write_trace"):
                 self.recorder.write_trace(name, call)
         return y.view(*x.shape[:-1], layer.out_features)
+
+    execute = run_layer   # what the swap installs on every layer
 
 
 def _token_ids(model, text_or_ids) -> torch.Tensor:

@@ -46,8 +46,8 @@ from sbsnn.converters.calibration.measure import (ChannelStats, channel_stats, d
 from sbsnn.converters.calibration.refine import check_options as check_refine_options
 from sbsnn.converters.calibration.refine import refine, refined_parameters
 from sbsnn.converters.convert import convert, plan
-from sbsnn.converters.spiking_linear import SpikingLinear
-from sbsnn.errors import OptionError
+from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
+from sbsnn.errors import CheckpointKindError, OptionError
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
@@ -139,12 +139,13 @@ def _smoothing(stats: ChannelStats, group: InputGroup, alpha: float, beta: float
     return tie_for_producer(group, s).float()
 
 
-class SpikeTap:
+class SpikeTap(ExecutorSwap):
     """While active (``with SpikeTap(spiking, coding, reference):``), every spiking linear
-    layer of ``spiking`` runs its integer path through an executor that counts its
-    elements and spikes (the coding's count) and, with the float ``reference`` model
-    (same module names), sums the squared error of its output against the float layer
-    on the same input.
+    layer of ``spiking`` runs its integer path through an executor (an
+    :class:`~sbsnn.converters.spiking_linear.ExecutorSwap`) that counts its elements and
+    spikes (the coding's count) and, with the float ``reference`` model (same module
+    names), sums the squared error of its output against the float layer on the same
+    input.
 
     Each document counts apart (``with tap.document(i):`` on the thread that runs it;
     documents may run on several threads at once), and :meth:`measured` adds the
@@ -154,8 +155,8 @@ class SpikeTap:
     found."""
 
     def __init__(self, spiking: nn.Module, coding: str, reference: nn.Module | None = None):
+        super().__init__(spiking_layers(spiking))
         self.spiking, self.coding, self.reference = spiking, coding, reference
-        self.layers = [(n, m) for n, m in spiking.named_modules() if isinstance(m, SpikingLinear)]
         self._documents: dict[int, dict] = {}   # index -> per layer [elements, spikes, err^2, ref^2]
         self._loose: dict | None = None
         self._current = threading.local()
@@ -191,7 +192,7 @@ class SpikeTap:
             self._loose = self._zeros()
         return self._loose
 
-    def _execute(self, layer, x, name):
+    def execute(self, name, layer, x):
         counts, v_th = layer.spike(x)
         y = layer.forward_counts(counts, v_th, x.dtype)
         a = self._accumulators()[name]
@@ -208,13 +209,10 @@ class SpikeTap:
         self._owner = threading.current_thread()
         self._memories = [(m, m.v_th) for m in self.spiking.modules()
                           if isinstance(m, AdaptiveThresholdNeuron)]
-        for n, m in self.layers:
-            m.executor = lambda lyr, x, _n=n: self._execute(lyr, x, _n)
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
-        for _, m in self.layers:
-            m.executor = None
+        super().__exit__(*exc)
         for m, v_th in self._memories:
             m.v_th = v_th
 
@@ -282,8 +280,6 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     """
     t_start = time.perf_counter()
     if any(isinstance(m, SpikingLinear) for m in float_model.modules()):
-        from sbsnn.errors import CheckpointKindError
-
         raise CheckpointKindError("calibrate needs the float model (it converts it); this one is "
                                   "already spiking: load the float checkpoint it came from")
     budget, plain_k = _check(spike_budget, coding, fisher_tokens, max_tokens, block_size)

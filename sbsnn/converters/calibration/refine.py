@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sbsnn.converters.calibration.measure import _detach_state
-from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import NonFiniteError, OptionError
 from sbsnn.fsutil import atomic_file
 from sbsnn.models.layers import RMSNorm
@@ -59,24 +59,22 @@ def straight_through(spiking: nn.Module):
     """Inside, every SpikingLinear computes its spiking output in floats with the
     straight-through gradient (see the module docstring); executors and the neurons'
     memories are restored on exit."""
-    layers = [m for m in spiking.modules() if isinstance(m, SpikingLinear)]
-    saved = [(m, m.executor, m.neuron.v_th) for m in layers]
-    weights = {id(m): m.dequantized_weight() for m in layers}
+    layers = spiking_layers(spiking)
+    memories = [(m, m.neuron.v_th) for _, m in layers]
+    weights = {id(m): m.dequantized_weight() for _, m in layers}
 
-    def execute(layer, x):
+    def execute(name, layer, x):
         rows = x.reshape(-1, layer.in_features)
         q = layer.neuron.single_step_forward(rows)
         w = weights[id(layer)].to(q.dtype)
         y = F.linear(q, w, None if layer.bias is None else layer.bias.to(q.dtype))
         return y.view(*x.shape[:-1], layer.out_features)
 
-    for m in layers:
-        m.executor = execute
     try:
-        yield
+        with ExecutorSwap(layers, execute):
+            yield
     finally:
-        for m, executor, v_th in saved:
-            m.executor = executor
+        for m, v_th in memories:
             m.neuron.v_th = v_th
 
 
