@@ -112,6 +112,18 @@ def test_no_module_imports_itself_back():
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
 
 
+def test_no_private_name_crosses_a_room():
+    """A name with a leading underscore is its room's own business: another room that
+    needs it gets a public name instead."""
+    crossing = []
+    for name, path in _modules().items():
+        for line, target, attr in _imports(path):
+            if attr and attr.startswith("_") and not attr.startswith("__") \
+                    and _room(target) != _room(name):
+                crossing.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {target}.{attr}")
+    assert not crossing, "private names imported across rooms:\n" + "\n".join(crossing)
+
+
 def test_the_rule_checker_sees_a_wrong_import(tmp_path):
     """The two checks above would fail on a house that broke its rules."""
     bad = tmp_path / "bad.py"

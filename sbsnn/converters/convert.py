@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sbsnn import __version__
+from sbsnn.checks import GROUP_SIZE_WHY, check_group_size, check_k
 from sbsnn.converters.kv_quant import Int8PerTokenHead
 from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_targets
 from sbsnn.converters.quant import QuantStats
@@ -54,8 +55,6 @@ class SpikingConfig:
 
 
 def _check_options(coding: str, k: float, group_size: int) -> None:
-    from sbsnn.checks import check_group_size, check_k
-
     if coding not in CODINGS:
         raise OptionError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
     check_k(k)
@@ -69,8 +68,6 @@ def _check_group_width(model: nn.Module, names: list[str], group_size: int) -> N
     widest = max(model.get_submodule(n).in_features for n in names)
     bound = max(128, 1 << (widest - 1).bit_length())
     if group_size > bound:
-        from sbsnn.checks import GROUP_SIZE_WHY
-
         raise LimitError(f"group_size={group_size} is refused: the bound for this model is {bound} "
                          f"(the widest layer being converted has {widest} inputs; the bound is "
                          f"that rounded up to a power of two, at least 128): {GROUP_SIZE_WHY}; "

@@ -27,9 +27,11 @@ from typing import Mapping
 import torch
 
 from sbsnn import fsutil
+from sbsnn.checks import check_int, read_json_file
 from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, _check_options, apply_structure
 from sbsnn.converters.presets import PRESETS
-from sbsnn.converters.quant import CODE_MAX
+from sbsnn.converters.quant import CODE_MAX, num_groups
+from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import (CheckpointKindError, IntegrityError, NonFiniteError, OptionError,
                           PathExistsError, os_error)
 from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dtype,
@@ -153,8 +155,6 @@ def _str_list(v) -> bool:
 
 
 def read_spiking_config(directory: str | Path) -> SpikingConfig:
-    from sbsnn.checks import read_json_file
-
     d = Path(directory)
     path = d / SPIKING_CONFIG
     if not path.exists():
@@ -224,8 +224,6 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
     if not isinstance(cfg, SpikingConfig):
         raise CheckpointKindError("save_spiking needs a model returned by sbsnn.convert (this one "
                                   "has no spiking_config: it is a float model)")
-    from sbsnn.checks import check_int
-
     check_int(max_shard_bytes, "max_shard_bytes", minimum=1, none_ok=True, hint=" (None: one file)")
     with atomic_directory(directory, force) as tmp:
         save_pretrained(model, tmp, max_shard_bytes=max_shard_bytes)
@@ -234,8 +232,6 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
             (tmp / "tokenizer.json").write_text(tok.to_json())
         for name, text in (extra_files or {}).items():
             if Path(name).name != name or name in (SPIKING_CONFIG, "config.json"):
-                from sbsnn.errors import OptionError
-
                 raise OptionError(f"extra file {name!r}: give a plain file name that is not "
                                   "one of the checkpoint's own files")
             (tmp / name).write_text(text, encoding="utf-8")
@@ -302,9 +298,6 @@ def check_spiking_tensors(model, raw: dict, origin: dict, finite_floats: bool = 
     """The values a spiking checkpoint's format promises (docs/spiking-checkpoint.md):
     codes in [-127, 127], scales finite and >= 0 (0 only over zero codes), and with
     ``finite_floats`` no NaN or Inf in any float tensor. Errors name tensor and file."""
-    from sbsnn.converters.quant import num_groups
-    from sbsnn.converters.spiking_linear import SpikingLinear
-
     def where(key: str) -> str:
         return str(origin.get(key, "the checkpoint"))
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sbsnn.checks import overlap
 from sbsnn.converters.convert import SpikingConfig, _set, check_request, plan, spiking_from_linear
-from sbsnn.converters.format import atomic_directory, write_spiking_config
+from sbsnn.converters.format import atomic_directory, check_output_dir, write_spiking_config
 from sbsnn.converters.quant import QuantStats
-from sbsnn.models.checkpoint import fill_state, open_checkpoint, write_safetensors
+from sbsnn.errors import NonFiniteError, OptionError
+from sbsnn.models.checkpoint import fill_state, open_checkpoint, resolve, write_safetensors
 from sbsnn.models.hybrid import HybridForCausalLM
 
 
@@ -42,10 +44,6 @@ def open_source(src, out: Path, preset, coding, k, group_size, targets, exclude,
     """``(opened checkpoint, model with views of its tensors, plan)``, after every check
     that needs no conversion (so a bad request fails before any work)."""
     check_request(preset, targets, coding, k, group_size)  # fail before reading anything
-    from sbsnn.checks import overlap
-    from sbsnn.converters.format import check_output_dir
-    from sbsnn.errors import OptionError
-    from sbsnn.models.checkpoint import resolve
 
     how = overlap(resolve(src), out)
     if how is not None:
@@ -125,8 +123,6 @@ def finish_checkpoint(tmp: Path, model, ck, scfg: SpikingConfig,
 
 def _check_finite(tensors: dict[str, torch.Tensor], source) -> None:
     """The float tensors a spiking checkpoint keeps as they are must be finite."""
-    from sbsnn.errors import NonFiniteError
-
     for name, t in tensors.items():
         if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"tensor {name!r} of the source checkpoint {source or ''} holds "

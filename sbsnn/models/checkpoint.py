@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbsnn.fsutil import current_umask, write_atomically
+from sbsnn.checks import read_json_file
+from sbsnn.errors import OptionError, os_error
+from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
 from sbsnn.models.families import RENAMES, rename_key
+from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
 
@@ -300,8 +303,6 @@ def read_state_dict(directory: str | Path, allow_pickle: bool = False
 
 
 def _read_index(index: Path) -> dict[str, str]:
-    from sbsnn.checks import read_json_file
-
     doc = read_json_file(index, "the shard index", error=SafetensorsError)
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -358,8 +359,6 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
     p = resolve(src)
     _refuse_spiking(p)
     if p.is_file():
-        from sbsnn.models.gguf import is_gguf, read_gguf
-
         if not is_gguf(p):
             raise CheckpointError(f"{p}: a file, but not a GGUF file (no GGUF magic bytes); give "
                                   "a checkpoint directory (config.json + *.safetensors) or a .gguf file")
@@ -396,8 +395,6 @@ def open_checkpoint(src: str | Path, allow_pickle: bool = False,
 
 def check_device_dtype(device, dtype) -> None:
     """``device`` one torch understands; ``dtype`` None or a floating torch dtype."""
-    from sbsnn.errors import OptionError
-
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise OptionError(f"dtype must be None or a floating torch.dtype (torch.float32, "
                           f"torch.bfloat16, ...), got {dtype!r}")
@@ -550,8 +547,6 @@ def load_model(name_or_dir: str | Path, device: str | torch.device = "cpu",
     """Load ``"tiny-hybrid"`` (the embedded default), a checkpoint directory, or a
     llama.cpp ``.gguf`` file (needs the ``gguf`` extra)."""
     if not isinstance(name_or_dir, (str, os.PathLike)):
-        from sbsnn.errors import OptionError
-
         raise OptionError(f"load_model takes a name or a path, got {type(name_or_dir).__name__}")
     return load_checkpoint(resolve(name_or_dir), device=device, dtype=dtype,
                            allow_pickle=allow_pickle, progress=progress)
@@ -563,9 +558,6 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, umask: int |
     it 0600) and a failure to write (a full disk, a file-size limit, no permission)
     raised as the :class:`~sbsnn.errors.PathError` of its kind, naming the file."""
     from safetensors.torch import save_file
-
-    from sbsnn.errors import os_error
-    from sbsnn.fsutil import apply_umask
 
     try:
         save_file(tensors, str(path), metadata={"format": "pt"})

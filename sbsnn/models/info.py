@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from sbsnn.models.checkpoint import EMBEDDED, resolve
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
+from sbsnn.models.gguf import is_gguf, read_gguf_config
 
 __all__ = [
     "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "model_info",
@@ -389,8 +390,6 @@ def _read_config(path: str | Path) -> tuple[HybridConfig, str]:
             raise CheckpointError(f"{p}: directory has no config.json")
         p = p / "config.json"
     else:
-        from sbsnn.models.gguf import is_gguf, read_gguf_config
-
         if is_gguf(p):
             return HybridConfig.from_dict(read_gguf_config(p), source=f"{p} (metadata)"), str(p)
         if p.suffix == ".gguf":

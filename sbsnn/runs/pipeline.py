@@ -29,9 +29,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sbsnn.checks import check_int
+from sbsnn.converters.convert import apply_structure
+from sbsnn.converters.format import check_spiking_tensors, read_spiking_config, verify_digests
+from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.families import rename_key
+from sbsnn.models.hybrid import HybridForCausalLM
+from sbsnn.models.tokenizer import tokenizer_for
 from sbsnn.runs.documents import contiguous_split, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
+from sbsnn.sim.engine import LayerCounters, Simulator, resolve_backend
 from sbsnn.sim.session import RunRecording, coding_of
 
 __all__ = ["Stage", "load_stage", "simulate_pipeline", "stage_forward", "stage_layers"]
@@ -39,13 +49,9 @@ __all__ = ["Stage", "load_stage", "simulate_pipeline", "stage_forward", "stage_l
 
 def _block_bytes(cfg, scfg=None) -> list[int]:
     """Bytes of each transformer block's tensors (from a skeleton on the meta device)."""
-    from sbsnn.models.hybrid import HybridForCausalLM
-
     with torch.device("meta"):
         model = HybridForCausalLM(cfg)
         if scfg is not None:
-            from sbsnn.converters.convert import apply_structure
-
             apply_structure(model, scfg)
     return [sum(t.numel() * t.element_size() for t in b.state_dict().values())
             for b in model.model.layers]
@@ -82,14 +88,6 @@ def load_stage(directory, layers: range, first: bool, last: bool,
     every other tensor stays on the meta device. Floating dtype as
     :func:`sbsnn.load_spiking` chooses it (over the whole checkpoint, so every rank
     agrees)."""
-    from sbsnn.converters.convert import apply_structure
-    from sbsnn.converters.format import check_spiking_tensors, read_spiking_config, verify_digests
-    from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict
-    from sbsnn.models.config import HybridConfig
-    from sbsnn.models.families import rename_key
-    from sbsnn.models.hybrid import HybridForCausalLM
-    from sbsnn.models.tokenizer import tokenizer_for
-
     d = Path(directory)
     scfg = read_spiking_config(d)
     cfg = HybridConfig.from_json(d / "config.json")
@@ -150,12 +148,6 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
             return simulate_pipeline(spiking_dir, documents, backend, record, block_size,
                                      max_tokens, return_logits, progress, record_events,
                                      metadata, device, group=g)
-    from sbsnn.converters.format import read_spiking_config
-    from sbsnn.converters.spiking_linear import SpikingLinear
-    from sbsnn.models.config import HybridConfig
-    from sbsnn.sim.engine import LayerCounters, Simulator, resolve_backend
-
-    from sbsnn.checks import check_int
 
     check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
     check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
