@@ -69,30 +69,44 @@ def _check_apart(src, out, what_src: str, option: str = "--out", contain_ok: boo
                           "somewhere else (the source must stay untouched)")
 
 
-def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+# Options several commands take, each declared once: name -> (flags, add_argument keywords).
+_SHARED_OPTIONS = {
+    "threads": (("--threads",), dict(type=int, default=0,
+                                     help="torch threads (0: torch's default)")),
+    "quiet": (("--quiet",), dict(action="store_true", help="no progress bar")),
+    "allow_pickle": (("--allow-pickle",), dict(
+        action="store_true",
+        help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")),
+    "profile": (("--profile",), dict(
+        default="horowitz45", help="energy profile of the spiking side: horowitz45, loihi2018, "
+        "truenorth2014 or a JSON file (default: %(default)s)")),
+    "preset": (("--preset",), dict(
+        default="paper", choices=["paper", "w8aspike"],
+        help="which layers to spike (default: %(default)s; see docs/spiking-checkpoint.md)")),
+    "coding": (("--coding",), dict(
+        default="ternary", choices=["binary", "ternary", "bitwise", "twos_complement"],
+        help="how counts become time steps (default: %(default)s)")),
+    "backend": (("--backend",), dict(
+        default="auto", choices=["auto", "torch", "cupy"],
+        help="auto: CuPy kernels when a GPU is usable, PyTorch otherwise")),
+    "no_verify": (("--no-verify",), dict(
+        action="store_true", help="a spiking checkpoint: skip the content digests of its files "
+        "(faster on large models; weight codes and scales are still checked)")),
+}
 
 
-def _add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _add_allow_pickle(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="also read pickle weights (.bin/.pt), with torch.load(weights_only=True)")
-
-
-def _add_profile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="horowitz45",
-                   help="energy profile of the spiking side: horowitz45, loihi2018, "
-                        "truenorth2014 or a JSON file (default: %(default)s)")
+def _add(p: argparse.ArgumentParser, *names: str) -> None:
+    """Add the shared options ``names`` (keys of ``_SHARED_OPTIONS``) to ``p``."""
+    for name in names:
+        flags, kw = _SHARED_OPTIONS[name]
+        p.add_argument(*flags, **kw)
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="embedded model name (tiny-hybrid), checkpoint directory "
                                  "(config.json + *.safetensors), llama.cpp .gguf file, or "
                                  "spiking checkpoint (sbsnn convert's output)")
-    _add_allow_pickle(p)
+    _add(p, "allow_pickle")
 
 
 def _spiking_config_of(path):
@@ -452,58 +466,54 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _sub_add = sub.add_parser
-    sub.add_parser = lambda *a, **kw: _sub_add(*a, parents=[common], **kw)  # type: ignore[method-assign]
 
-    p = sub.add_parser("demo", help="run the main job on the embedded model",
-                       description="Convert the embedded tiny-hybrid model to spiking form "
-                       "(paper preset, ternary coding, k = 3), measure its fidelity on the "
-                       "shipped held-out text, simulate it event by event with recording "
-                       "(OUT/spikes.h5), write the report (report.html, report.json, plots) "
-                       "and print a summary.")
+    def command(name: str, func, **kw) -> argparse.ArgumentParser:
+        """A subcommand calling ``func(args)``, with --debug after the command too."""
+        p = sub.add_parser(name, parents=[common], **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", cmd_demo, help="run the main job on the embedded model",
+                description="Convert the embedded tiny-hybrid model to spiking form "
+                "(paper preset, ternary coding, k = 3), measure its fidelity on the "
+                "shipped held-out text, simulate it event by event with recording "
+                "(OUT/spikes.h5), write the report (report.html, report.json, plots) "
+                "and print a summary.")
     p.add_argument("--out", default="sbsnn-demo", help="directory for the outputs (default: %(default)s)")
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters of the held-out text")
     p.add_argument("--sim-tokens", type=int, default=None, metavar="N",
                    help="simulate only the first N tokens event by event (default and 0: "
                         "the whole text)")
-    _add_profile(p)
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"])
-    _add_threads(p)
-    _add_quiet(p)
-    p.set_defaults(func=cmd_demo)
+    _add(p, "profile", "backend", "threads", "quiet")
 
-    p = sub.add_parser("report", help="sparsity, energy and plots from a recording",
-                       description="Read a recording (sbsnn simulate --record FILE.h5) and write "
-                       "report.json, a self-contained report.html and PNG plots into OUT "
-                       "(atomically); print a summary. Schema: docs/report.md.")
+    p = command("report", cmd_report, help="sparsity, energy and plots from a recording",
+                description="Read a recording (sbsnn simulate --record FILE.h5) and write "
+                "report.json, a self-contained report.html and PNG plots into OUT "
+                "(atomically); print a summary. Schema: docs/report.md.")
     p.add_argument("recording", help="HDF5 recording written by sbsnn simulate --record")
     p.add_argument("--out", required=True, help="output directory")
-    _add_profile(p)
+    _add(p, "profile")
     p.add_argument("--fidelity", metavar="FILE.json",
                    help="include fidelity figures (a JSON object as Fidelity.to_dict() writes)")
     p.add_argument("--window", type=int, default=3,
                    help="fixed window of the windowed slot sparsity (default: %(default)s)")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("sweep", help="fidelity, sparsity and energy against k",
-                       description="Convert a checkpoint at several k (V_th = mean|x|/k) and "
-                       "measure perplexity, top-1 agreement, KL, sparsity and energy for each, "
-                       "beside SpikingBrain-7B's Table 11; writes OUT/sweep.json and "
-                       "OUT/sweep.png and prints the table.")
+    p = command("sweep", cmd_sweep, help="fidelity, sparsity and energy against k",
+                description="Convert a checkpoint at several k (V_th = mean|x|/k) and "
+                "measure perplexity, top-1 agreement, KL, sparsity and energy for each, "
+                "beside SpikingBrain-7B's Table 11; writes OUT/sweep.json and "
+                "OUT/sweep.png and prints the table.")
     p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
                    "*.safetensors), .gguf file, or embedded model name (tiny-hybrid)")
-    _add_allow_pickle(p)
+    _add(p, "allow_pickle")
     p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
                    help="values of k (default: 2 2.5 3 3.5 4)")
     p.add_argument("--text", metavar="PATH", help="text file, JSONL file (\"text\" per line) or "
                    "directory of .txt files (default: the shipped held-out sample); under "
                    "torchrun the documents are split across the ranks")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"])
-    p.add_argument("--coding", default="ternary",
-                   choices=["binary", "ternary", "bitwise", "twos_complement"])
-    _add_profile(p)
+    _add(p, "preset", "coding", "profile")
     p.add_argument("--max-chars", type=int, default=None,
                    help="use only the first N characters (of each document)")
     p.add_argument("--spike-budget", type=float, nargs="+", metavar="B",
@@ -514,23 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "file, .jsonl or directory of .txt); evaluate on other text with --text")
     p.add_argument("--calibration-tokens", type=int, default=32768, metavar="N",
                    help="at most N calibration tokens (default: %(default)s)")
-    _add_threads(p)
-    _add_quiet(p)
-    p.set_defaults(func=cmd_sweep)
+    _add(p, "threads", "quiet")
 
-    p = sub.add_parser("convert", help="convert a checkpoint to spiking form",
-                       description="Convert a float checkpoint to a spiking checkpoint: INT8 "
-                       "weights and adaptive-threshold spikes on the inputs of the targeted "
-                       "linear layers. Works layer by layer from the memory-mapped source; "
-                       "writes a temporary directory and renames it at the end.")
+    p = command("convert", cmd_convert, help="convert a checkpoint to spiking form",
+                description="Convert a float checkpoint to a spiking checkpoint: INT8 "
+                "weights and adaptive-threshold spikes on the inputs of the targeted "
+                "linear layers. Works layer by layer from the memory-mapped source; "
+                "writes a temporary directory and renames it at the end.")
     p.add_argument("src", help="float checkpoint: directory (config.json + safetensors), "
                                "llama.cpp .gguf file, or embedded name")
     p.add_argument("out", help="output directory (must not exist unless --force)")
-    p.add_argument("--preset", default="paper", choices=["paper", "w8aspike"],
-                   help="which layers to spike (default: %(default)s; see docs/spiking-checkpoint.md)")
-    p.add_argument("--coding", default="ternary",
-                   choices=["binary", "ternary", "bitwise", "twos_complement"],
-                   help="how counts become time steps (default: %(default)s)")
+    _add(p, "preset", "coding")
     p.add_argument("--k", type=float, default=3.0, help="threshold divisor, V_th = mean|x|/k (default: 3)")
     p.add_argument("--group-size", type=int, default=128, help="inputs per INT8 weight scale (default: 128)")
     p.add_argument("--targets", nargs="+", metavar="GLOB",
@@ -560,16 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-state", metavar="FILE", default=None,
                    help="with --calibrate: save the refinement's progress to FILE after every "
                         "epoch and resume from it if it exists (removed when calibration ends)")
-    _add_threads(p)
+    _add(p, "threads")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    _add_allow_pickle(p)
-    _add_quiet(p)
-    p.set_defaults(func=cmd_convert)
+    _add(p, "allow_pickle", "quiet")
 
-    p = sub.add_parser("simulate", help="simulate a spiking checkpoint event by event",
-                       description="Run a spiking checkpoint on a text with every spiking "
-                       "layer computed from its spike events; print events, synaptic "
-                       "operations and sparsity; optionally record counts to HDF5.")
+    p = command("simulate", cmd_simulate, help="simulate a spiking checkpoint event by event",
+                description="Run a spiking checkpoint on a text with every spiking "
+                "layer computed from its spike events; print events, synaptic "
+                "operations and sparsity; optionally record counts to HDF5.")
     p.add_argument("spiking_dir", help="directory written by sbsnn convert")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", metavar="PATH", help="what to run: a text file, a JSONL file with a "
@@ -578,8 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", metavar="STR", help="text given inline")
     p.add_argument("--record", metavar="FILE.h5", help="write counts and thresholds per layer (HDF5)")
     p.add_argument("--record-events", action="store_true", help="also store every event (large)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "cupy"],
-                   help="auto: CuPy kernels when a GPU is usable, PyTorch otherwise")
+    _add(p, "backend")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="simulate at most N tokens (of each document)")
     p.add_argument("--pipeline", action="store_true",
@@ -588,8 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "documents")
     p.add_argument("--block-size", type=int, default=256,
                    help="tokens per step through the decoding state (default: %(default)s)")
-    _add_threads(p)
-    _add_quiet(p)
+    _add(p, "threads", "quiet")
     p.add_argument("--trace", metavar="LAYER_GLOB", action="append",
                    help="resolve matching spiking layers in time (repeatable; e.g. "
                         "'model.layers.0.*'): events per step, first/last spike step per "
@@ -597,27 +597,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-tokens", type=int, default=_TRACE_TOKENS_DEFAULT, metavar="N",
                    help="tokens per traced layer whose per-step outputs are kept "
                         "(default: %(default)s; -1: all)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the content digests of the checkpoint's files (faster on large "
-                        "models; weight codes and scales are still checked)")
-    p.set_defaults(func=cmd_simulate)
+    _add(p, "no_verify")
 
-    p = sub.add_parser("info", help="layers, parameters and decoding memory of a model",
-                       description="Describe a model from its config alone: layers by kind, "
-                       "parameters (total and active for MoE), state and cache bytes per "
-                       "sequence at 4k and 1M tokens.")
+    p = command("info", cmd_info, help="layers, parameters and decoding memory of a model",
+                description="Describe a model from its config alone: layers by kind, "
+                "parameters (total and active for MoE), state and cache bytes per "
+                "sequence at 4k and 1M tokens.")
     p.add_argument("model", help="embedded model name, checkpoint directory (float or spiking), "
                                  "config.json, or .gguf file")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="bytes per weight and cache element (auto: the config's torch_dtype, "
                         "else bf16)")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("generate", help="continue a prompt, streaming token by token",
-                       description="Continue a prompt with a float model or a spiking "
-                       "checkpoint (written by sbsnn convert; its spiking layers run on the "
-                       "integer path); memory stays constant in length for GLA and window "
-                       "layers (recurrent state + window cache).")
+    p = command("generate", cmd_generate, help="continue a prompt, streaming token by token",
+                description="Continue a prompt with a float model or a spiking "
+                "checkpoint (written by sbsnn convert; its spiking layers run on the "
+                "integer path); memory stays constant in length for GLA and window "
+                "layers (recurrent state + window cache).")
     _add_model_arg(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--prompt", default="\n", help="prompt text (default: a newline)")
@@ -626,10 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    _add_threads(p)
-    p.add_argument("--no-verify", action="store_true",
-                   help="a spiking checkpoint: skip the content digests of its files")
-    p.set_defaults(func=cmd_generate)
+    _add(p, "threads", "no_verify")
     return ap
 
 
