@@ -127,6 +127,25 @@ def check_group_size(group_size, name: str = "group_size", *, bounded: bool = Tr
     return _as_error(error, check_int, group_size, name, minimum=1)
 
 
+def check_block_size(block_size, name: str = "block_size", *, none_ok: bool = False) -> int | None:
+    """Tokens fed at a time through a decoding state: the one check of a block size. One
+    rule: an integer >= 1; ``none_ok`` where None means the whole sequence in one pass."""
+    return check_int(block_size, name, minimum=1, none_ok=none_ok,
+                     hint=" (None: one pass)" if none_ok else "")
+
+
+def check_max_tokens(max_tokens, name: str = "max_tokens", *,
+                     hint: str = " (None: every token)") -> int | None:
+    """A cut on tokens (of a text, of each document): an integer >= 1, or None for all."""
+    return check_int(max_tokens, name, minimum=1, none_ok=True, hint=hint)
+
+
+def check_window(window, name: str = "window") -> int:
+    """The fixed window (time steps) of the windowed slot sparsity: an integer >= 1 (a
+    0-step window would read as 100 % sparse)."""
+    return check_int(window, name, minimum=1, hint=" (the paper's window is 3 steps)")
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in tuple(choices):
         raise OptionError(f"{_given(name, repr(value))} is not one of {', '.join(map(str, choices))}")

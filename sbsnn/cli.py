@@ -272,12 +272,11 @@ def cmd_convert(args) -> int:
 
 
 def _simulation_options(args) -> None:
-    from sbsnn.checks import check_int
+    from sbsnn.checks import check_block_size, check_int, check_max_tokens
     from sbsnn.errors import OptionError
 
-    check_int(args.block_size, "--block-size", minimum=1)
-    check_int(args.max_tokens, "--max-tokens", minimum=1, none_ok=True,
-              hint=" (leave it out for the whole text)")
+    check_block_size(args.block_size, "--block-size")
+    check_max_tokens(args.max_tokens, "--max-tokens", hint=" (leave it out for the whole text)")
     check_int(args.trace_tokens, "--trace-tokens", minimum=-1, hint=" (-1: all)")
     if args.prompt is not None and not args.prompt:
         raise OptionError("--prompt is empty: give the text to simulate")
@@ -380,9 +379,9 @@ def cmd_demo(args) -> int:
 
 def cmd_report(args) -> int:
     from sbsnn.analysis.report import build_report, format_summary
-    from sbsnn.checks import check_int, read_json_file
+    from sbsnn.checks import check_window, read_json_file
 
-    check_int(args.window, "--window", minimum=1, hint=" (the paper's is 3)")
+    check_window(args.window, "--window")
     _check_out_dir(args.out)
     fid = read_json_file(args.fidelity, "the --fidelity file") if args.fidelity else None
     report = build_report(args.recording, args.out, profile=args.profile, fidelity=fid,

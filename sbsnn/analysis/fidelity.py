@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_block_size
 from sbsnn.errors import NonFiniteError, OptionError
 
 
@@ -90,7 +90,7 @@ def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_si
                          chars: int = 0, progress=None) -> FidelitySums:
     """:func:`fidelity`'s sums on token ids ``[1, T]`` (a fresh sequence for both models);
     ``progress(n)`` after each block of ``n`` predictions."""
-    check_int(block_size, "block_size", minimum=1)
+    check_block_size(block_size)
     states = float_model.new_state(), spiking_model.new_state()
     nll_f = nll_s = kl = 0.0
     agree = 0

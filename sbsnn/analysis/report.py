@@ -52,7 +52,7 @@ from sbsnn.analysis.report_render import PLOT_CAPTIONS, format_summary, render_h
 from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _div,
                                      energy_section, sparsity_section, trace_section)
 from sbsnn.analysis.sparsity import sparsity_from_recording
-from sbsnn.checks import check_int
+from sbsnn.checks import check_int, check_window
 from sbsnn.errors import InputError, PathNotDirectoryError, RecordingError, SbsnnError, os_error
 from sbsnn.fsutil import jsonable
 from sbsnn.fsutil import write_atomically as _write_atomically
@@ -193,7 +193,7 @@ def build_report(recording_path, out_dir, profile: str = "horowitz45", fidelity=
     its first 6 tokens, its 8 most active channels). ``energy_options``: extra keyword
     arguments of :func:`~sbsnn.analysis.energy.estimate_energy` (e.g. ``weight_memory``).
     """
-    check_int(window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+    check_window(window)
     check_int(raster_tokens, "raster_tokens", minimum=0)
     check_int(raster_channels, "raster_channels", minimum=1)
     fid = _fidelity_section(fidelity)        # refused before any work

@@ -37,7 +37,7 @@ import torch
 
 from sbsnn.analysis.counters import iter_calls
 from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SPIKES  # noqa: F401 - re-exported
-from sbsnn.checks import check_int
+from sbsnn.checks import check_window
 from sbsnn.models.config import HybridConfig
 from sbsnn.neurons import spike_stats
 
@@ -66,7 +66,7 @@ class SparsityTally:
 
     def __post_init__(self) -> None:
         # a 0-step window would read as 100 % sparse; a negative one is meaningless
-        check_int(self.window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+        check_window(self.window)
 
     def add(self, other: "SparsityTally") -> None:
         for k, v in vars(other).items():

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_block_size, check_max_tokens
 from sbsnn.converters.convert import apply_structure
 from sbsnn.converters.format import check_spiking_tensors, read_spiking_config, verify_digests
 from sbsnn.converters.spiking_linear import SpikingLinear
@@ -149,8 +149,8 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
                                      max_tokens, return_logits, progress, record_events,
                                      metadata, device, group=g)
 
-    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
-    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
+    check_block_size(block_size, none_ok=True)
+    check_max_tokens(max_tokens)
     d = Path(spiking_dir)
     scfg = read_spiking_config(d)          # a float checkpoint is refused by kind, first
     cfg = HybridConfig.from_json(d / "config.json")

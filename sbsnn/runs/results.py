@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_max_tokens
 from sbsnn.runs.documents import DocumentSet
 from sbsnn.runs.group import Group
 from sbsnn.sim.engine import LayerCounters, SimResult, counter_fields
@@ -57,7 +57,7 @@ class DocumentSetResult(SimResult):
 
 def tokenize_documents(model, docs: DocumentSet, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Token ids ``[1, n]`` of each document (the first ``max_tokens`` of each)."""
-    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
+    check_max_tokens(max_tokens)
     tok = model._require_tokenizer()
     out = []
     for d in docs:

@@ -21,7 +21,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_block_size
 from sbsnn.runs.documents import assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.pipeline import simulate_pipeline
@@ -68,7 +68,7 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
         return simulate_pipeline(spiking_model, documents, backend, record, block_size,
                                  max_tokens, return_logits, progress, record_events, metadata,
                                  group=group)
-    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
+    check_block_size(block_size, none_ok=True)
     check_record(record, record_events)
     docs = load_documents(documents)
     ids = tokenize_documents(spiking_model, docs, max_tokens)

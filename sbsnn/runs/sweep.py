@@ -39,7 +39,7 @@ from sbsnn.analysis.opcount import nonspiking_ops
 from sbsnn.analysis.plots import plot_fidelity_per_spike, plot_sweep
 from sbsnn.analysis.sparsity import SparsityCollector, SparsityTally
 from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SWEEP
-from sbsnn.checks import check_int, check_k
+from sbsnn.checks import check_block_size, check_int, check_k, check_window
 from sbsnn.converters import SpikingLinear, convert
 from sbsnn.converters.calibration import calibrate
 from sbsnn.converters.convert import check_request
@@ -101,8 +101,8 @@ def check_sweep(model, ks, preset, coding, profile, group_size=128, block_size=2
         raise OptionError("sweep needs at least one k")
     ks = [check_k(k) for k in ks]
     check_request(preset, None, coding, ks[0], group_size)
-    check_int(block_size, "block_size", minimum=1)
-    check_int(window, "window", minimum=1, hint=" (the paper's window is 3 steps)")
+    check_block_size(block_size)
+    check_window(window)
     load_profile(profile)
     if any(isinstance(m, SpikingLinear) for m in model.modules()):
         raise CheckpointKindError("sweep needs the float model (it converts it at each k); this "

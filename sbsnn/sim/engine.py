@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from tqdm.auto import tqdm
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_block_size, check_max_tokens
 from sbsnn.converters.quant import group_accumulate, num_groups
 from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import CheckpointKindError, OptionError, UnavailableError
@@ -353,8 +353,8 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     each token's first and last spike step and every output after each step; a recording
     stores them too.
     """
-    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
-    check_int(max_tokens, "max_tokens", minimum=1, none_ok=True, hint=" (None: every token)")
+    check_block_size(block_size, none_ok=True)
+    check_max_tokens(max_tokens)
     check_record(record, record_events)
     ids = _token_ids(spiking_model, text_or_ids)
     if max_tokens is not None:
@@ -389,7 +389,7 @@ def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, record
     (``block_size=None``) or block by block through the decoding state, flushing
     ``recorder`` after each block. Returns the first sequence's logits ``[L, vocab]``
     (float32, CPU) when asked. ``on_block(tokens)`` is called after each block."""
-    check_int(block_size, "block_size", minimum=1, none_ok=True, hint=" (None: one pass)")
+    check_block_size(block_size, none_ok=True)
     logits = []
     L = ids.shape[1]
     if block_size is None:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbsnn.checks import check_block_size, check_int
 from sbsnn.converters.calibration.allocate import Choice, allocate, scale_to_budget, uniform_k
 from sbsnn.converters.calibration.budget import SpikeBudget
 from sbsnn.converters.calibration.documents import each_document
@@ -82,10 +83,9 @@ class Measured:
 def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block_size: int):
     if coding not in CODINGS:
         raise OptionError(f"unknown coding {coding!r}; choose one of {', '.join(CODINGS)}")
-    for name, v in (("fisher_tokens", fisher_tokens), ("max_tokens", max_tokens),
-                    ("block_size", block_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise OptionError(f"{name} must be a positive integer, got {v!r}")
+    check_int(fisher_tokens, "fisher_tokens", minimum=1)
+    check_int(max_tokens, "max_tokens", minimum=1)
+    check_block_size(block_size)
     b = SpikeBudget.of(spike_budget)
     return b.spikes_per_element, b.plain_k
 
