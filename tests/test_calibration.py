@@ -265,10 +265,22 @@ def test_allocation_is_optimal_at_its_own_spending(te, frac):
 # ============================================================================ input checks
 @pytest.mark.parametrize("budget, match", [(0, "spike_budget"), (-1, "spike_budget"),
                                            (math.inf, "spike_budget"), ("k=0", "k"),
-                                           ("fast", "spike budget"), (True, "spike_budget")])
+                                           ("fast", "spike budget"), (True, "spike_budget"),
+                                           ("3 4", "'3 4'"), ("k=3 4", "'k=3 4'"),
+                                           ("k=1e6", "bound is 1000")])
 def test_bad_budgets_are_refused_by_name(tiny, budget, match):
     with pytest.raises(ValueError, match=match):
         sbsnn.calibrate(tiny, CAL, budget)
+
+
+def test_a_budget_is_parsed_once_to_a_typed_value():
+    from sbsnn.converters.calibration import SpikeBudget
+
+    assert SpikeBudget.parse(" k = 2.5 ") == SpikeBudget.at_k(2.5) == SpikeBudget(plain_k=2.5)
+    assert SpikeBudget.parse("1.75") == SpikeBudget.of(1.75) == SpikeBudget(spikes_per_element=1.75)
+    assert SpikeBudget.of(SpikeBudget.at_k(3)) == SpikeBudget(plain_k=3.0)
+    with pytest.raises(ValueError, match="exactly one"):
+        SpikeBudget(spikes_per_element=1.0, plain_k=3.0)
 
 
 def test_bad_options_are_refused_by_name(tiny):
