@@ -228,12 +228,13 @@ def cmd_convert(args) -> int:
                 raise OptionError(f"{opt} needs --calibrate TEXT (the text to calibrate on)")
     else:
         from sbsnn.checks import check_int
+        from sbsnn.converters.calibration.refine import check_epochs
 
         if args.calibration_tokens is None:
             args.calibration_tokens = 32768
         if args.refine_epochs is None:
             args.refine_epochs = 0
-        check_int(args.refine_epochs, "--refine-epochs", minimum=0)
+        check_epochs(args.refine_epochs, "--refine-epochs")
         check_int(args.calibration_tokens, "--calibration-tokens", minimum=2)
         check_int(args.eval_tokens, "--eval-tokens", minimum=2)
         import os

@@ -349,9 +349,13 @@ def test_cli_convert_calibrate_refines_and_removes_its_state_file(tmp_path, caps
     (["--calibrate", "missing.txt"], "missing.txt"),
     (["--refine-epochs", "2"], "--refine-epochs needs --calibrate"),
     (["--refine-state", "s.pt"], "--refine-state needs --calibrate"),
+    (["--calibrate", "CAL", "--refine-epochs", "1000000000000"], "--refine-epochs 1000000000000 is refused"),
+    (["--calibrate", "CAL", "--spike-budget", "3 4"], "spike budget '3 4'"),
 ])
 def test_cli_convert_refuses_calibration_misuse_by_name(tmp_path, capsys, argv, match):
     out = tmp_path / "out"
+    (tmp_path / "cal.txt").write_text(CAL[:1500])
+    argv = [str(tmp_path / "cal.txt") if a == "CAL" else a for a in argv]
     assert main(["convert", "tiny-hybrid", str(out), "--quiet", *argv]) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()

@@ -118,6 +118,7 @@ def test_a_state_file_of_other_settings_or_not_a_state_is_refused_by_name(tiny, 
 @pytest.mark.parametrize("kw, match", [
     ({"refine_epochs": -1}, "refine_epochs"),
     ({"refine_epochs": 1.5}, "refine_epochs"),
+    ({"refine_epochs": 10**12}, "the bound is 1,000"),
     ({"refine_lr": 0.0}, "refine_lr"),
     ({"refine_positions": 0}, "refine_positions"),
     ({"refine_state": "/nonexistent-folder/state.pt"}, "does not exist"),
