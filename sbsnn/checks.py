@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from sbsnn.errors import InputError, LimitError, OptionError, os_error
+from sbsnn.errors import InputError, LimitError, OptionError, SbsnnError, os_error
 
 __all__ = ["K_LIMIT", "GROUP_SIZE_LIMIT", "THREADS_LIMIT", "check_choice", "check_float",
            "check_group_size", "check_int", "check_k", "overlap", "read_json_file", "read_text_file"]
@@ -153,25 +153,41 @@ def check_choice(value, name: str, choices) -> str:
 
 
 # ----------------------------------------------------------------------------- input files
-def _input_path(path, what: str) -> Path:
-    """``path`` if it names something readable as a stream of bytes (a regular file or a
-    pipe), else the PathError / InputError that says why not."""
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_input_file(path, what: str = "the file", *, pipes_ok: bool = False,
+                     error: type[SbsnnError] = InputError) -> Path:
+    """``path`` if it names a regular file (symlinks followed), checked BEFORE it is opened:
+    opening a FIFO blocks until a writer comes, a device may never end. ``pipes_ok`` for
+    the text inputs a user may pipe in (``--text /dev/stdin``). Else the PathError /
+    ``error`` that says what ``path`` is instead; the one check of every file sbsnn reads."""
     p = Path(path)
     try:
         st = p.stat()
     except OSError as e:
         raise os_error(e, p, f"reading {what}") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{p}: is a directory; {what} must be a file")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise InputError(f"{p}: not a regular file (a device or socket); {what} must be a file")
-    return p
+        raise error(f"{p}: is a directory; {what} must be a file")
+    if stat.S_ISREG(st.st_mode) or (pipes_ok and stat.S_ISFIFO(st.st_mode)):
+        return p
+    raise error(f"{p}: {_kind(st.st_mode)}, not a regular file; {what} must be a regular file"
+                + (" (a pipe is read only as a text input)" if stat.S_ISFIFO(st.st_mode) else ""))
 
 
-def read_text_file(path, what: str = "the text", *, empty_ok: bool = False) -> str:
+def read_text_file(path, what: str = "the text", *, empty_ok: bool = False,
+                   pipes_ok: bool = True) -> str:
     """The UTF-8 text of file ``path``; every failure is an sbsnn error naming the file
-    (missing, a directory, a device, unreadable, not UTF-8 with the byte offset, empty)."""
-    p = _input_path(path, what)
+    (missing, a directory, a device, unreadable, not UTF-8 with the byte offset, empty).
+    A named pipe is read (``--text /dev/stdin``) unless ``pipes_ok`` is False."""
+    p = check_input_file(path, what, pipes_ok=pipes_ok)
     try:
         data = p.read_bytes()
     except OSError as e:
@@ -191,8 +207,9 @@ def _no_constants(name: str):
 
 
 def read_json_file(path, what: str = "the JSON file", error=InputError):
-    """The JSON value of file ``path`` (strict JSON: NaN and Infinity are refused)."""
-    text = read_text_file(path, what)
+    """The JSON value of file ``path`` (strict JSON: NaN and Infinity are refused); a
+    regular file only (a JSON file is part of a checkpoint or a setting, never piped)."""
+    text = read_text_file(path, what, pipes_ok=False)
     try:
         return json.loads(text, parse_constant=_no_constants)
     except ValueError as e:

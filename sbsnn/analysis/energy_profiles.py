@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sbsnn.checks import check_input_file
 from sbsnn.errors import InputError
 
 __all__ = ["BASES", "Constant", "EnergyProfile", "ProfileError", "list_profiles", "load_profile",
@@ -150,9 +151,10 @@ def load_profile(name_or_path: "str | Path | EnergyProfile") -> EnergyProfile:
         origin, text = str(res), res.read_text(encoding="utf-8")
     else:
         p = Path(name_or_path)
-        if not p.is_file():
+        if not p.exists():
             raise ProfileError(f"{p}: no such profile file, and not a shipped profile name "
                                f"({', '.join(list_profiles())})")
+        check_input_file(p, "the energy profile", error=ProfileError)
         origin, text = str(p), p.read_text(encoding="utf-8")
     try:
         d = json.loads(text)

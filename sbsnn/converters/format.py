@@ -27,13 +27,13 @@ from typing import Mapping
 import torch
 
 from sbsnn import fsutil
-from sbsnn.checks import check_int, read_json_file
+from sbsnn.checks import check_input_file, check_int, read_json_file
 from sbsnn.converters.convert import FORMAT_VERSION, SpikingConfig, _check_options, apply_structure
 from sbsnn.converters.presets import PRESETS
 from sbsnn.converters.quant import CODE_MAX, num_groups
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import (CheckpointKindError, IntegrityError, NonFiniteError, OptionError,
-                          PathExistsError, os_error)
+                          PathExistsError, SbsnnError, os_error)
 from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dtype,
                                      default_dtype, fill_state, read_state_dict, save_pretrained)
 from sbsnn.models.config import HybridConfig
@@ -75,11 +75,35 @@ def check_output_dir(out: str | Path, force: bool) -> None:
         entries = [p.name for p in out.iterdir()]
     except OSError as e:
         raise os_error(e, out, "checking the output before replacing it") from None
-    if entries and SPIKING_CONFIG not in entries:
+    if not entries:
+        return
+    refuse = ("--force (force=True) replaces only a spiking checkpoint sbsnn wrote, exactly as "
+              "it wrote it: remove it yourself or choose another output")
+    if SPIKING_CONFIG not in entries:
         raise OptionError(f"{out} exists and is not a spiking checkpoint (it holds "
                           f"{', '.join(sorted(entries)[:4])}{', ...' if len(entries) > 4 else ''}); "
-                          "--force (force=True) replaces only a spiking checkpoint written by "
-                          "sbsnn: remove it yourself or choose another output")
+                          + refuse)
+    try:
+        scfg = read_spiking_config(out)
+    except SbsnnError as e:
+        raise OptionError(f"{out}: its {SPIKING_CONFIG} is not one sbsnn wrote ({e}); " + refuse) from None
+    if not scfg.digests:
+        raise OptionError(f"{out}: a spiking checkpoint without the list of the files sbsnn wrote "
+                          f"(its {SPIKING_CONFIG} has no digests: written by an earlier sbsnn "
+                          "that did not record them, or by hand), so sbsnn cannot tell its files "
+                          "from others; " + refuse)
+    # Everything in the directory must be a file sbsnn wrote, with the content it wrote:
+    # the digests are its manifest (every file but spiking_config.json itself).
+    foreign = sorted(n for n in entries
+                     if n != SPIKING_CONFIG and (n not in scfg.digests or not (out / n).is_file()
+                                                 or (out / n).is_symlink()))
+    if foreign:
+        raise OptionError(f"{out} holds files sbsnn did not write ({', '.join(foreign[:4])}"
+                          f"{', ...' if len(foreign) > 4 else ''}); " + refuse)
+    try:
+        verify_digests(out, scfg)
+    except IntegrityError as e:
+        raise OptionError(f"{out}: changed since sbsnn wrote it ({e}); " + refuse) from None
 
 
 # ----------------------------------------------------------------------------- digests
@@ -87,6 +111,7 @@ DIGEST = "sha256"
 
 
 def file_digest(path: Path) -> str:
+    check_input_file(path, "a checkpoint file", error=IntegrityError)
     with open(path, "rb") as f:
         return f"{DIGEST}:{hashlib.file_digest(f, DIGEST).hexdigest()}"
 

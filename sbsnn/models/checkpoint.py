@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbsnn.checks import read_json_file
+from sbsnn.checks import check_input_file, read_json_file
 from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
@@ -102,7 +102,7 @@ def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, dict]]:
     offsets (in order) tiling the data exactly from 0 to the end of the file with the bytes
     each shape and dtype need. Also refused: a tensor name given twice (the library would
     keep one silently). Raises :class:`SafetensorsError` naming the file and tensor."""
-    path = Path(path)
+    path = check_input_file(path, "a safetensors file", error=SafetensorsError)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -216,6 +216,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    check_input_file(path, "a pickle checkpoint", error=CheckpointError)
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds here
@@ -342,10 +343,31 @@ class OpenedCheckpoint:
             (out / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             (out / "tokenizer.json").write_text(self.tokenizer.to_json())
             return
-        shutil.copyfile(self.source / "config.json", out / "config.json")
-        for name in TOKENIZER_FILES:
-            if (self.source / name).exists():
-                shutil.copyfile(self.source / name, out / name)
+        for name in ("config.json", *TOKENIZER_FILES):
+            src = self.source / name
+            if name == "config.json" or src.exists() or src.is_symlink():
+                shutil.copyfile(source_file(self.source, name), out / name)
+
+
+def source_file(directory: Path, name: str) -> Path:
+    """The file ``name`` of checkpoint ``directory``, safe to copy into an output: a regular
+    file (not a pipe or device, which could block or never end), and, symlinks followed,
+    inside the directory (or, for a Hugging Face cache snapshot, in its repository's
+    ``blobs``): a link that leads elsewhere would copy bytes from outside the checkpoint
+    into the output and its digests. A JSON file must parse. Refusals name the file."""
+    p = directory / name
+    check_input_file(p, f"the checkpoint's {name}", error=CheckpointError)
+    real, root = p.resolve(), directory.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":          # <cache>/models--org--name/snapshots/<rev>
+        roots.append(root.parent.parent / "blobs")
+    if not any(real == r or r in real.parents for r in roots):
+        raise CheckpointError(f"{p}: a link to {real}, outside the checkpoint {root}; sbsnn "
+                              "copies a checkpoint's own files only: replace the link with the "
+                              "file itself")
+    if name.endswith(".json"):
+        read_json_file(p, f"the checkpoint's {name}", error=CheckpointError)
+    return p
 
 
 # Files copied unchanged beside a converted checkpoint (tokenizers and the like).

@@ -16,12 +16,15 @@ llama.cpp's own default for it differs. Every metadata key is used, on the harml
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sbsnn.checks import check_input_file
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.gguf_tokenizer import build_tokenizer
 from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
@@ -51,6 +54,8 @@ def _gguf():
 def is_gguf(path) -> bool:
     """Whether ``path`` is a file that starts with the GGUF magic bytes."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):   # a FIFO would block the open below
+            return False
         with open(path, "rb") as f:
             return f.read(4) == _MAGIC
     except (OSError, TypeError):
@@ -73,8 +78,9 @@ class GGUFCheckpoint:
 # ----------------------------------------------------------------------------- reading
 def _open(path: Path):
     gguf = _gguf()
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: file not found")
+    check_input_file(path, "a GGUF file", error=CheckpointError)
     if not is_gguf(path):
         raise CheckpointError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
     try:

@@ -318,11 +318,17 @@ def _check_ids(ids, vocab_size: int) -> None:
                               f"(0..{vocab_size - 1}); were the ids made by another tokenizer?")
 
 
+MAX_NEW_TOKENS_LIMIT = 1 << 20
+MAX_NEW_TOKENS_WHY = ("a million tokens already take days to decode on a CPU, and the "
+                      "full-attention layers' cache grows with every token; generate in parts")
+
+
 def check_generation(max_new_tokens, temperature, top_k, seed,
                      names=("max_new_tokens", "temperature", "top_k", "seed")) -> None:
-    """The sampling options: max_new_tokens an int >= 0, temperature a finite number >= 0
-    (0: greedy), top_k None or an int >= 1, seed None or an int in [0, 2**64)."""
-    check_int(max_new_tokens, names[0], minimum=0)
+    """The sampling options: max_new_tokens an int in [0, 2**20], temperature a finite
+    number >= 0 (0: greedy), top_k None or an int >= 1, seed None or an int in [0, 2**64)."""
+    check_int(max_new_tokens, names[0], minimum=0, maximum=MAX_NEW_TOKENS_LIMIT,
+              why=MAX_NEW_TOKENS_WHY)
     check_float(temperature, names[1], minimum=0.0, hint=" (0: greedy)")
     check_int(top_k, names[2], minimum=1, none_ok=True, hint=" (leave it out to sample from all)")
     check_int(seed, names[3], minimum=0, maximum=2 ** 64 - 1, none_ok=True,

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+from sbsnn.checks import check_input_file
 from sbsnn.models.checkpoint import EMBEDDED, resolve
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
@@ -386,10 +387,11 @@ def _read_config(path: str | Path) -> tuple[HybridConfig, str]:
             f"config.json, a config.json file, a .gguf file, or an embedded name "
             f"({', '.join(sorted(EMBEDDED_MODELS))})")
     if p.is_dir():
-        if not (p / "config.json").is_file():
+        if not ((p / "config.json").exists() or (p / "config.json").is_symlink()):
             raise CheckpointError(f"{p}: directory has no config.json")
         p = p / "config.json"
     else:
+        check_input_file(p, "the model file (a .gguf or a config.json)", error=CheckpointError)
         if is_gguf(p):
             return HybridConfig.from_dict(read_gguf_config(p), source=f"{p} (metadata)"), str(p)
         if p.suffix == ".gguf":

@@ -7,6 +7,9 @@ import codecs
 from pathlib import Path
 from typing import Callable
 
+from sbsnn.checks import check_input_file
+from sbsnn.errors import CheckpointError
+
 
 class ByteTokenizer:
     """UTF-8 bytes are the tokens: vocab 256, lossless for any text."""
@@ -38,7 +41,7 @@ class HFTokenizer:
             from tokenizers import Tokenizer
         except ImportError as e:
             raise ImportError(f"{path} needs the 'tokenizers' package: pip install 'sbsnn[hf]'") from e
-        self.path = Path(path)
+        self.path = check_input_file(path, "the tokenizer", error=CheckpointError)
         self._tok = Tokenizer.from_file(str(path))
         self.vocab_size = self._tok.get_vocab_size()
 

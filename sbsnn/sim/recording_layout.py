@@ -137,6 +137,9 @@ def check_record_path(path, option: str = "record") -> Path:
                                f"({option})", filename=p)
     if not parent.is_dir():
         raise PathNotDirectoryError(f"{p}: {parent} is not a directory ({option})", filename=p)
+    if p.exists() and not p.is_file():
+        raise OptionError(f"{p}: exists and is not a regular file (a directory, pipe or "
+                          f"device); choose another {option} file")
     if p.exists() and p.stat().st_size:
         fmt = None
         try:

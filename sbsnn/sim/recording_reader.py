@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from sbsnn.checks import check_input_file
 from sbsnn.errors import MissingPathError, RecordingError
 from sbsnn.sim.recording_layout import (EVENT_FIELDS, FORMAT, FORMAT_VERSION, INDEX_FORMAT, as_str,
                                         group_key)
@@ -126,8 +127,7 @@ class Recording:
             raise MissingPathError(f"{self.path}: no such recording (check the path; "
                                    "recordings come from sbsnn simulate --record FILE.h5)",
                                    filename=self.path)
-        if self.path.is_dir():
-            raise RecordingError(f"{self.path}: is a directory, not an sbsnn recording")
+        check_input_file(self.path, "a recording", error=RecordingError)
         try:
             f = h5py.File(self.path, "r")
         except BlockingIOError as e:

@@ -38,6 +38,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from sbsnn.checks import check_input_file
 from sbsnn.errors import RecordingError
 from sbsnn.fsutil import atomic_file
 from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, json_default
@@ -201,6 +202,7 @@ class ShardedRecording:
         self.path = Path(path)
         self.notes: list[str] = []
         self.damaged: dict[str, str] = {}
+        check_input_file(self.path, "a recording index", error=RecordingError)
         try:
             f = h5py.File(self.path, "r")
         except OSError as e:

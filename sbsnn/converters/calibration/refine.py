@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sbsnn.checks import check_int
+from sbsnn.checks import check_input_file, check_int
 from sbsnn.converters.calibration.measure import _detach_state
 from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import NonFiniteError, OptionError
@@ -98,6 +98,7 @@ def _fingerprint(spiking, params, blocks, settings) -> str:
 
 
 def _load_state(path: Path, fingerprint: str, params, opt) -> tuple[int, list[float]]:
+    check_input_file(path, "the refinement state", error=OptionError)
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is named, not used
