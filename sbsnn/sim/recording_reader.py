@@ -52,6 +52,19 @@ def _readable_rows(ds: h5py.Dataset, n: int, unwritten=None) -> int:
     return n
 
 
+def _stored_rows(ds: h5py.Dataset) -> int:
+    """An upper bound on the rows ``ds`` really stores: its allocated chunks (a chunked,
+    resizable dataset, as the recorder writes) or its storage (a contiguous one)."""
+    if ds.chunks is None:
+        row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        return ds.id.get_storage_size() // row if row else ds.shape[0]
+    per_row_block = 1
+    for n, c in zip(ds.shape[1:], ds.chunks[1:]):
+        per_row_block *= -(-n // c) if n else 1
+    stored = ds.id.get_num_chunks()
+    return -(-stored // per_row_block) * ds.chunks[0]
+
+
 def no_layer_error(path, name: str, layers: list[str]) -> KeyError:
     """The KeyError for a layer ``name`` that the recording at ``path`` does not hold."""
     shown = ", ".join(layers[:5]) + (", ..." if len(layers) > 5 else "")
@@ -163,9 +176,11 @@ class Recording:
             except (TypeError, ValueError, OSError) as e:
                 raise RecordingError(f"{self.path}: unreadable metadata: {e}") from e
             self.layers = self._layer_names()
-            if not self.complete:
-                for name in self.layers:
+            for name in self.layers:
+                self._check_stored(name)
+                if not self.complete:
                     self._check(name)
+                self._check_calls(name)
         except (OSError, RuntimeError, KeyError) as e:
             f.close()
             state = "complete" if getattr(self, "complete", False) else "incomplete"
@@ -207,6 +222,66 @@ class Recording:
             if n not in known:
                 extra.append((int(g.attrs.get("index", 1 << 30)), n))
         return names + [n for _, n in sorted(extra)]
+
+    def _check_stored(self, name: str) -> None:
+        """Every dataset of layer ``name`` declares no more rows than the file stores (a
+        dataset resized to 10**12 rows would otherwise be read as fill values, or exhaust
+        memory); checked before anything is read from it."""
+        g = self._file["layers"][group_key(name)]
+        series = [(k, g[k]) for k in ("counts", "thresholds", "call_offsets", "call_steps",
+                                      "call_events", "call_documents") if k in g]
+        if "events" in g:
+            series += [(f"events/{f}", g["events"][f]) for f, _ in EVENT_FIELDS if f in g["events"]]
+        for key, ds in series:
+            bound = _stored_rows(ds)
+            if not self.complete and ds.chunks is not None:
+                bound += 2 * ds.chunks[0]     # a torn flush: the last chunk rows unwritten
+            if ds.shape[0] > bound:
+                raise RecordingError(f"{self.path}: layer {name!r}: dataset {key!r} declares "
+                                     f"{ds.shape[0]:,} rows but the file stores at most {bound:,}; "
+                                     "the recording was altered or damaged: simulate again")
+
+    def _check_calls(self, name: str) -> None:
+        """The call table of layer ``name`` indexes its rows: offsets start at 0, never
+        decrease and end within the rows; every per-call series has one entry per call;
+        document numbers name documents of the table. A table that points elsewhere would
+        shift every call silently, so it is refused, naming the layer."""
+        g = self._file["layers"][group_key(name)]
+        rows = self._limit(name, 0)
+        rows = min(g["counts"].shape[0], g["thresholds"].shape[0]) if rows is None else rows
+        calls = self._limit(name, 1)
+        per_call = [k for k in ("call_offsets", "call_steps", "call_events", "call_documents")
+                    if k in g]
+        if calls is None:
+            lengths = {k: g[k].shape[0] for k in per_call}
+            if len(set(lengths.values())) > 1:
+                raise RecordingError(f"{self.path}: layer {name!r}: its call tables differ in "
+                                     f"length ({lengths}); the recording is damaged")
+            if g["counts"].shape[0] != g["thresholds"].shape[0]:
+                raise RecordingError(f"{self.path}: layer {name!r}: {g['counts'].shape[0]:,} "
+                                     f"rows of counts but {g['thresholds'].shape[0]:,} of "
+                                     "thresholds; the recording is damaged")
+            calls = g["call_offsets"].shape[0]
+        offs = np.asarray(g["call_offsets"][:calls], dtype=np.int64)
+        bad = None
+        if offs.size and offs[0] != 0:
+            bad = f"the first call starts at row {int(offs[0])}, not 0"
+        elif offs.size and (np.diff(offs) < 0).any():
+            i = int(np.flatnonzero(np.diff(offs) < 0)[0]) + 1
+            bad = f"call {i} starts at row {int(offs[i])}, before call {i - 1} ({int(offs[i - 1])})"
+        elif offs.size and offs[-1] > rows:
+            bad = f"call {offs.size - 1} starts at row {int(offs[-1])}, past its {rows:,} rows"
+        if bad is None and "call_documents" in g and "documents" in self._file:
+            docs = self._file["documents"]["index"]
+            if docs.shape[0] <= _stored_rows(docs):
+                known = set(int(v) for v in docs[:])
+                cd = np.asarray(g["call_documents"][:calls], dtype=np.int64)
+                wrong = [int(v) for v in np.unique(cd) if int(v) not in known]
+                if wrong:
+                    bad = f"its calls name document {wrong[0]}, which the documents table lacks"
+        if bad is not None:
+            raise RecordingError(f"{self.path}: layer {name!r}: {bad}; the call table does not "
+                                 "index this recording's rows (altered or damaged): simulate again")
 
     def _check(self, name: str) -> None:
         """Readable rows, calls and events of a layer of an incomplete recording."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 
 import torch
 
@@ -121,6 +122,8 @@ class RunRecording:
         self.planned = [{"index": d.index, "name": d.name, "tokens": int(x.shape[1]),
                          "chars": len(d.text), "rank": ranks[d.index]}
                         for d, x in zip(documents, ids)]
+        # One identity for the run, rank 0's, in the index and in every shard.
+        self.run_id = group.all_gather(uuid.uuid4().hex if group.is_main else None)[0]
         if group.is_main:
             shards.remove_stale_shards(record, group.world_size)
             self._index(complete=False)
@@ -130,12 +133,13 @@ class RunRecording:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = recording_metadata(model, _concat(mine), {
             **extra, "shard": {"rank": group.rank, "world_size": group.world_size,
-                               "index": str(record)}})
+                               "index": str(record), "run_id": self.run_id}})
         self.recorder = Recorder(path, metadata=meta, record_events=record_events)
 
     def _index(self, complete: bool) -> None:
         shards.write_index(self.record, world_size=self.group.world_size,
-                           metadata=self.index_metadata, documents=self.planned, complete=complete)
+                           metadata=self.index_metadata, documents=self.planned, complete=complete,
+                           run_id=self.run_id)
 
     def finish(self) -> None:
         """Close complete; in a multi-rank run, once every shard is closed, rank 0 marks

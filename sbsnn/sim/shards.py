@@ -88,9 +88,11 @@ def remove_stale_shards(index_path, world_size: int) -> None:
 
 
 def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[dict],
-                complete: bool) -> Path:
+                complete: bool, run_id: str | None = None) -> Path:
     """Write the index of a sharded recording at ``path`` atomically; ``documents`` are
-    dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``."""
+    dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``. ``run_id``: the
+    identity of the run, written in every shard too, so that a shard from another run is
+    refused when the recording is read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
@@ -101,6 +103,8 @@ def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[di
             a["complete"] = bool(complete)
             a["world_size"] = int(world_size)
             a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if run_id is not None:
+                a["run_id"] = str(run_id)
             f.create_dataset("metadata", data=json.dumps(metadata, default=json_default),
                              dtype=h5py.string_dtype())
             names = [str(shard_path(path, r, world_size).relative_to(path.parent))
@@ -217,6 +221,7 @@ class ShardedRecording:
                                      f"newer than this sbsnn reads ({INDEX_VERSION}); upgrade sbsnn")
             self.format_version = version
             self.world_size = int(a["world_size"])
+            self.run_id = as_str(a["run_id"]) if "run_id" in a else None
             index_complete = bool(a.get("complete", False))
             self.metadata = json.loads(as_str(f["metadata"][()]))
             shard_names = [as_str(s) for s in f["shards"][()]]
@@ -229,8 +234,11 @@ class ShardedRecording:
         self.shards: list[Recording | None] = []
         missing = []
         try:
+            if len(shard_names) != self.world_size:
+                raise RecordingError(f"{self.path}: the index lists {len(shard_names)} shards "
+                                     f"for {self.world_size} ranks; the index is damaged")
             for r, name in enumerate(shard_names):
-                p = self.path.parent / name
+                p = self._shard_file(name)
                 if not p.exists():
                     missing.append(str(p))
                     self.shards.append(None)
@@ -242,6 +250,8 @@ class ShardedRecording:
                         raise
                     missing.append(f"{p} ({e})")      # a failed run's shard: not readable
                     self.shards.append(None)
+                    continue
+                self._check_shard(self.shards[-1], r)
             if missing and index_complete:
                 raise RecordingError(f"{self.path}: shard {missing[0]} is missing ({len(missing)} of "
                                      f"{len(shard_names)}); a sharded recording is read with its "
@@ -275,6 +285,41 @@ class ShardedRecording:
             self.notes.append(msg)
             if warn:
                 warnings.warn(msg, stacklevel=3)
+
+    def _shard_file(self, name: str) -> Path:
+        """The shard the index names, which must lie in the index's own directory: an
+        absolute or ``..`` entry, or a link leading out, would read files anywhere."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise RecordingError(f"{self.path}: the index names the shard {name!r}, outside its "
+                                 "directory; a shard lies beside its index (the index is "
+                                 "altered or damaged)")
+        p = self.path.parent / rel
+        home = self.path.parent.resolve()
+        if p.exists() and home not in p.resolve().parents:
+            raise RecordingError(f"{self.path}: shard {p} leads to {p.resolve()}, outside the "
+                                 f"index's directory {home}; copy the shard itself there")
+        return p
+
+    def _check_shard(self, shard: Recording, rank: int) -> None:
+        """A shard belongs to this index: written by rank ``rank`` of the same world size
+        and, for a run that recorded one, with the index's run identity (a shard copied in
+        from another run with the same documents would give other numbers silently)."""
+        own = shard.metadata.get("shard")
+        if not isinstance(own, dict) and self.run_id is None:
+            return          # an index written before run identities: nothing to hold it to
+        if not isinstance(own, dict):
+            raise RecordingError(f"{shard.path}: not a shard of a sharded recording (its "
+                                 f"metadata names no rank), but {self.path} lists it as rank {rank}")
+        if own.get("rank") != rank or own.get("world_size") != self.world_size:
+            raise RecordingError(f"{shard.path}: written by rank {own.get('rank')} of "
+                                 f"{own.get('world_size')}, but {self.path} lists it as rank "
+                                 f"{rank} of {self.world_size}; the shard is not this run's")
+        if self.run_id is not None and own.get("run_id") != self.run_id:
+            raise RecordingError(f"{shard.path}: from another run (run {own.get('run_id')!r}, "
+                                 f"the index's is {self.run_id!r}); a shard copied from another "
+                                 "run would give its numbers: simulate again, or put back this "
+                                 "run's shard")
 
     # ------------------------------------------------------------------ building
     def _layer_order(self) -> list[str]:
