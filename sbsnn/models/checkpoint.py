@@ -497,6 +497,25 @@ def default_dtype(raw: dict[str, torch.Tensor], device) -> torch.dtype | None:
     return None
 
 
+_SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "moe_intermediate_size", "num_experts",
+              "shared_expert_intermediate_size")
+
+
+def _defaulted_sizes(cfg) -> str:
+    """The cause behind a shape mismatch when config.json leaves out a size: those keys
+    took their family's default (as transformers' config class gives them)."""
+    given = getattr(cfg, "source_config", None)
+    if not isinstance(given, dict):
+        return ""
+    absent = [k for k in _SIZE_KEYS if k not in given and getattr(cfg, k, None) not in (None, 0)]
+    if not absent:
+        return ""
+    shown = ", ".join(f"{k} (default {getattr(cfg, k)})" for k in absent)
+    return (f"; config.json leaves out {shown}, so the family's defaults were used: give the "
+            "checkpoint's real values")
+
+
 def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dict[str, Path],
                directory: Path, model_type: str = "sbsnn_hybrid",
                device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
@@ -535,7 +554,8 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
         want, key = expected[name], source[name]
         if tuple(t.shape) != tuple(want.shape):
             raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
-                                  f"config.json implies {tuple(want.shape)}")
+                                  f"config.json implies {tuple(want.shape)}"
+                                  + _defaulted_sizes(getattr(model, "config", None)))
         if want.is_floating_point():
             if not t.is_floating_point():
                 raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "

@@ -81,6 +81,19 @@ MUST_EQUAL = {
 
 _REQUIRED = object()
 
+# The keys whose explicit null each family's reference (transformers' strict config
+# classes) accepts and derives a value for, among those sbsnn reads with a default; every
+# other null is refused as the reference refuses it. SpikingBrain's remote-code
+# GLAswaConfig is not strict: a null there means the default (it has no entry).
+NULLABLE: dict[str, frozenset[str]] = {
+    "llama": frozenset({"num_key_value_heads", "head_dim"}),
+    "mistral": frozenset({"head_dim"}),
+    "qwen2": frozenset({"num_key_value_heads"}),
+    "qwen3": frozenset({"num_key_value_heads"}),
+    "gemma3_text": frozenset(),
+    "sbsnn_hybrid": frozenset(),
+}
+
 # ----------------------------------------------------------------------------- tensor names
 _COMMON_RENAMES = [
     (re.compile(r"^model\.embed_tokens\."), "model.embeddings."),
@@ -129,9 +142,15 @@ class ConfigKeys:
         return default
 
     def take_or(self, key: str, default: Any) -> Any:
-        """Like :meth:`take`, but an explicit null also means the default (as the
-        reference's ``x or default`` / ``if x is None`` does)."""
+        """Like :meth:`take`, but an explicit null means the default where the family's
+        reference accepts it (its ``if x is None`` derives the value: :data:`NULLABLE`);
+        elsewhere the reference refuses the file, and so does sbsnn."""
         v = self.take(key, None)
+        nullable = NULLABLE.get(self.model_type)
+        if v is None and key in self.d and nullable is not None and key not in nullable:
+            self.refuse(key, "is null, which transformers' config class of this family refuses "
+                             "(the key needs a value); give the value or remove the key for its "
+                             "default")
         return default if v is None else v
 
     def refuse(self, key: str, why: str) -> None:
@@ -142,6 +161,9 @@ class ConfigKeys:
         extra = {}
         for key, value in self.d.items():
             if key in self.used:
+                continue
+            if key == "quantization_config" and _dequantized_gguf(value):
+                extra[key] = value      # float tensors transformers dequantized from a GGUF
                 continue
             if key in MUST_EQUAL:
                 if value not in MUST_EQUAL[key]:
@@ -156,6 +178,14 @@ class ConfigKeys:
                                  "reads and those it knows to be harmless)")
             extra[key] = value
         return extra
+
+
+def _dequantized_gguf(value: Any) -> bool:
+    """``quantization_config`` of a directory transformers saved after loading a GGUF file
+    (``from_pretrained(..., gguf_file=...)`` then ``save_pretrained``): its tensors are the
+    float weights it dequantized, and transformers loads the directory as a float model,
+    so sbsnn does too. Any other quantization (GPTQ, AWQ, bitsandbytes ...) is refused."""
+    return isinstance(value, dict) and value.get("quant_method") == "gguf"
 
 
 def _positive_int(r: ConfigKeys, key: str, value: Any) -> int:
@@ -263,8 +293,8 @@ def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dic
     n = len(layer_types)
     sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
     if sliding and window is None:
-        r.refuse("layer_types", "names sliding_attention layers but the model has no "
-                                "sliding_window (null, or use_sliding_window false)")
+        r.refuse("layer_types", "names sliding_attention layers but the model has no window "
+                                "('sliding_window' null, or 'use_sliding_window' false)")
     if sliding and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         r.refuse("sliding_window", "must be a positive integer")
     return {"attn_layers": list(range(n)),
@@ -278,10 +308,13 @@ def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads"):
         out[key] = _positive_int(r, key, r.take_or(key, defaults[key]))
-    kv = r.take_or("num_key_value_heads", defaults.get("num_key_value_heads") or out["num_attention_heads"])
-    out["num_key_value_heads"] = _positive_int(r, "num_key_value_heads", kv)
-    hd = r.take_or("head_dim", defaults.get("head_dim") or out["hidden_size"] // out["num_attention_heads"])
-    out["head_dim"] = _positive_int(r, "head_dim", hd)
+    # An explicit null of these two is derived (the reference's ``if x is None``), while an
+    # absent key takes the class default.
+    derived = {"num_key_value_heads": out["num_attention_heads"],
+               "head_dim": out["hidden_size"] // out["num_attention_heads"]}
+    for key, value in derived.items():
+        given = r.take_or(key, defaults.get(key) or value)
+        out[key] = _positive_int(r, key, value if r.d.get(key, 0) is None else given)
     out["max_position_embeddings"] = r.take_or("max_position_embeddings",
                                                defaults["max_position_embeddings"])
     eps = r.take_or("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
@@ -340,10 +373,16 @@ def read_mistral(r: ConfigKeys) -> dict[str, Any]:
     n = out["num_hidden_layers"]
     window = r.take("sliding_window", 4096)
     kind = "full_attention" if window is None else "sliding_attention"
-    if r.has("layer_types"):  # MistralForCausalLM ignores it: refuse anything but agreement
-        if r.take("layer_types") != [kind] * n:
-            r.refuse("layer_types", "disagrees with sliding_window; transformers' Mistral applies "
-                                    "sliding_window to every layer and ignores layer_types")
+    if r.has("layer_types"):
+        # The Ministral layout. AutoConfig keeps it, but the class AutoModelForCausalLM
+        # builds for model_type mistral (MistralForCausalLM) applies sliding_window to every
+        # layer and never reads layer_types: sbsnn runs it as a user's transformers does.
+        lt = r.take("layer_types")
+        if not (isinstance(lt, list) and len(lt) == n
+                and all(t in ("full_attention", "sliding_attention") for t in lt)):
+            r.refuse("layer_types", f"must list {n} layer types, each 'full_attention' or "
+                                    "'sliding_attention'")
+        r.ignored_by_reference.add("layer_types")
     out.update(_placement([kind] * n, window, r))
     return out
 
@@ -364,6 +403,8 @@ def _read_qwen(r: ConfigKeys, defaults: dict, qwen3: bool) -> dict[str, Any]:
     window = r.take("sliding_window", 4096) if use_sw else None  # as Qwen2Config does
     r.used.add("sliding_window")
     mwl = r.take("max_window_layers", 28)
+    if isinstance(mwl, bool) or not isinstance(mwl, int) or mwl < 0:
+        r.refuse("max_window_layers", "must be an integer >= 0")
     derived = ["sliding_attention" if window is not None and i >= mwl else "full_attention"
                for i in range(n)]
     out.update(_placement(_layer_types(r, n, derived), window, r))
