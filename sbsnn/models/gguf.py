@@ -26,6 +26,8 @@ import torch
 
 from sbsnn.checks import check_input_file
 from sbsnn.models.errors import CheckpointError
+from sbsnn.models.families import SIZE_BOUNDS
+from sbsnn.models.gguf_layout import check_layout
 from sbsnn.models.gguf_tokenizer import build_tokenizer
 from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
 from sbsnn.models.tokenizer import HFTokenizer
@@ -83,6 +85,10 @@ def _open(path: Path):
     check_input_file(path, "a GGUF file", error=CheckpointError)
     if not is_gguf(path):
         raise CheckpointError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    try:                      # every count bounded by the file, the data tiled: before the reader
+        check_layout(path)
+    except CheckpointError as e:
+        raise CheckpointError(str(e)) from None
     try:
         return gguf.GGUFReader(path, "r")
     except Exception as e:  # numpy/struct errors from a short or damaged file
@@ -114,12 +120,20 @@ def _value(field, path: Path):
         raise CheckpointError(f"{path}: metadata key {field.name} is not valid UTF-8 ({e})") from None
 
 
+# The metadata sizes a model is built from -> sbsnn's bound on each (SIZE_BOUNDS).
+_SIZES = {"block_count": "num_hidden_layers", "embedding_length": "hidden_size",
+          "feed_forward_length": "intermediate_size", "attention.head_count": "num_attention_heads",
+          "attention.head_count_kv": "num_key_value_heads", "vocab_size": "vocab_size",
+          "attention.key_length": "head_dim", "attention.value_length": "head_dim",
+          "context_length": "context_length"}
+
+
 class _Meta:
     """The architecture's ``{arch}.*`` keys; remembers which were read so that the rest
     can be refused by name."""
 
-    def __init__(self, meta: dict, arch: str, path: Path):
-        self.meta, self.arch, self.path = meta, arch, path
+    def __init__(self, meta: dict, arch: str, path: Path, n_tensors: int | None = None):
+        self.meta, self.arch, self.path, self.n_tensors = meta, arch, path, n_tensors
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -138,7 +152,24 @@ class _Meta:
             self.refuse(name, "a single number is expected (per-layer values are not supported)")
         if kind is int and v != int(v):
             self.refuse(name, "a whole number is expected")
-        return kind(v) if kind is not None else v
+        v = kind(v) if kind is not None else v
+        if name in _SIZES:
+            self._check_size(name, v)
+        return v
+
+    def _check_size(self, name: str, v) -> None:
+        """A size the model is built from: at least 1 (0 heads would divide by zero) and
+        within sbsnn's bounds, checked before anything is built or looped over."""
+        bound_key = _SIZES[name]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            self.refuse(name, "must be a whole number >= 1")
+        if bound_key in SIZE_BOUNDS and v > SIZE_BOUNDS[bound_key][0]:
+            bound, why = SIZE_BOUNDS[bound_key]
+            self.refuse(name, f"is refused: the bound is {bound:,} ({why}); the file is "
+                              "damaged or not a language model's")
+        if name == "block_count" and self.n_tensors is not None and v > self.n_tensors:
+            self.refuse(name, f"declares more blocks than the file has tensors ({self.n_tensors}); "
+                              "the file is damaged")
 
     def req(self, name: str, kind=int):
         if not self.has(name):
@@ -468,7 +499,7 @@ def _check_keys(meta: dict, arch: str, path: Path):
 
 
 def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
-    m = _Meta(meta, arch, path)
+    m = _Meta(meta, arch, path, n_tensors=len(by_name))
     n_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
     rope_freqs = None
     if "rope_freqs.weight" in by_name:
