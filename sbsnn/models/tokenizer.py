@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +43,12 @@ class HFTokenizer:
         except ImportError as e:
             raise ImportError(f"{path} needs the 'tokenizers' package: pip install 'sbsnn[hf]'") from e
         self.path = check_input_file(path, "the tokenizer", error=CheckpointError)
-        self._tok = Tokenizer.from_file(str(path))
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise CheckpointError(f"{path}: not a tokenizer.json the tokenizers library can "
+                                  f"read ({_first_line(e)}); restore the file from the "
+                                  "checkpoint's source") from None
         self.vocab_size = self._tok.get_vocab_size()
 
     @classmethod
@@ -78,11 +84,56 @@ class HFTokenizer:
         return step
 
 
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# The files transformers builds a tokenizer from when a checkpoint has no tokenizer.json:
+# a byte-level BPE (GPT-2 style) or a SentencePiece model.
+SLOW_TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.model",))
+
+
 def tokenizer_for(directory: str | Path, vocab_size: int):
-    """The tokenizer stored with a checkpoint, else bytes when the vocab is 256."""
+    """The tokenizer stored with a checkpoint: its ``tokenizer.json``; else the one
+    ``AutoTokenizer`` builds from ``vocab.json`` + ``merges.txt`` or a SentencePiece
+    ``tokenizer.model`` (with ``tokenizer_config.json``), converted by transformers itself
+    so that it encodes and decodes as a user's ``AutoTokenizer`` does; else bytes when the
+    vocab is 256."""
     directory = Path(directory)
-    if (directory / "tokenizer.json").exists():
+    if (directory / "tokenizer.json").exists() or (directory / "tokenizer.json").is_symlink():
         return HFTokenizer(directory / "tokenizer.json")
+    for files in SLOW_TOKENIZER_FILES:
+        if all((directory / f).exists() for f in files):
+            return _converted(directory, files)
     if vocab_size == 256:
         return ByteTokenizer()
     return None
+
+
+def _converted(directory: Path, files: tuple[str, ...]) -> HFTokenizer:
+    """A fast tokenizer from a slow tokenizer's files, as AutoTokenizer converts them."""
+    for f in files:
+        check_input_file(directory / f, f"the tokenizer's {f}", error=CheckpointError)
+    if files == ("tokenizer.model",) and importlib.util.find_spec("sentencepiece") is None:
+        raise CheckpointError(f"{directory}: its tokenizer is a SentencePiece tokenizer.model "
+                              "without a tokenizer.json; reading it (as AutoTokenizer does) "
+                              "needs the sentencepiece package: pip install 'sbsnn[hf]'")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise CheckpointError(f"{directory}: its tokenizer is {' + '.join(files)} without a "
+                              "tokenizer.json; building it as AutoTokenizer does needs "
+                              "transformers: pip install 'sbsnn[hf]'") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers/tokenizers/sentencepiece errors vary
+        raise CheckpointError(f"{directory}: its tokenizer ({' + '.join(files)}) cannot be "
+                              f"built ({type(e).__name__}: {_first_line(e)}); restore the files "
+                              "or add the checkpoint's tokenizer.json") from None
+    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
+    if backend is None:
+        raise CheckpointError(f"{directory}: transformers built a {type(tok).__name__} from "
+                              f"{' + '.join(files)}, which has no fast (tokenizers) form sbsnn "
+                              "can run; add the checkpoint's tokenizer.json")
+    return HFTokenizer.from_tokenizer(backend, directory / files[0])
