@@ -575,7 +575,11 @@ def load_tensors(reader, names: dict[str, str], arch: str, config: dict, path: P
     tensors, origin = {}, {}
     for t in items:
         hf = names[t.name]
-        w = torch.from_numpy(_dequantize(t, path)).reshape(shapes[hf])
+        values = _dequantize(t, path)
+        if values.size != int(np.prod(shapes[hf])):
+            raise CheckpointError(f"{path}: tensor {t.name} dequantizes to {values.size:,} values, "
+                                  f"but {hf} has shape {shapes[hf]}; the file is corrupt")
+        w = torch.from_numpy(values).reshape(shapes[hf])
         if arch == "llama" and ".self_attn.q_proj." in hf:
             w = unpermute_rows(w, heads).contiguous()
         elif arch == "llama" and ".self_attn.k_proj." in hf:
