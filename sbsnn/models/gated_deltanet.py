@@ -57,7 +57,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     of a sequence). Returns y ``[B, L, D]`` (activation applied) and the new state, the
     last K-1 inputs of ``state ++ x``.
     """
-    B, L, D = x.shape
+    B, _, D = x.shape
     weight = weight.reshape(D, -1)
     K = weight.shape[1]
     if state is None:
@@ -287,7 +287,8 @@ class GatedDeltaNet(nn.Module):
         k = l2norm(k.reshape(B, L, Hk, dk)).transpose(1, 2)
         v = v.reshape(B, L, Hv, dv).transpose(1, 2)
         beta = b.sigmoid().to(cdt).transpose(1, 2)
-        g = (-self.A_log.to(cdt).exp() * F.softplus(a.to(cdt) + self.dt_bias.to(cdt))).transpose(1, 2)
+        g = -self.A_log.to(cdt).exp() * F.softplus(a.to(cdt) + self.dt_bias.to(cdt))
+        g = g.transpose(1, 2)
         if L == 1 and state is not None:
             o, state = gated_delta_rule_recurrent(q, k, v, g, beta, state)
         else:
