@@ -69,13 +69,15 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
     With ``a_t = dt_t A`` (log decay, <= 0) the decay from token s to token t of a chunk
     is ``exp(a_{s+1} + ... + a_t)``; it is summed over exactly those terms (not taken as
-    a difference of prefix sums, which cancels badly when the decays are strong). Memory
-    per chunk is ``b * H * C * C``.
+    a difference of prefix sums, which cancels badly when the decays are strong). The
+    pairwise decays of all chunks are formed at once: ``b * H * L * C`` numbers.
     """
     b, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     if state is None:
         state = x.new_zeros(b, H, P, N)
+    if L == 0:
+        return x.new_zeros(b, 0, H, P), state
     Cs = chunk_size
     pad = (-L) % Cs
     xs = x * dt[..., None]                                   # dt folded into the input
@@ -97,7 +99,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     causal = torch.ones(Cs, Cs, dtype=torch.bool, device=x.device).tril()
     decay = seg.masked_fill(~causal, float("-inf")).exp()          # [b, n, G, hg, t, s]
     scores = torch.einsum("bntgk,bnsgk->bngts", Cc, Bc)            # C_t . B_s per group
-    y_intra = torch.einsum("bngts,bnghts,bnsghp->bntghp", scores, decay, xs)
+    y_intra = torch.einsum("bnghts,bnsghp->bntghp", scores[:, :, :, None] * decay, xs)
     cum = a.cumsum(dim=-1)                                          # [b, n, G, hg, Cs]
     to_end = seg[..., -1, :]                                         # a_{s+1..Cs}: [.., s]
     chunk_decay = cum[..., -1].exp()                                 # [b, n, G, hg]
@@ -244,15 +246,17 @@ class Mamba2Mixer(nn.Module):
     def _project(self, x: torch.Tensor):
         if self.in_multiplier != 1.0:
             x = x * self.in_multiplier
-        zxbcdt = self.in_proj(x)
-        sizes = [self.d_inner, self.d_inner, self.n_groups * self.d_state,
-                 self.n_groups * self.d_state, self.num_heads]
-        parts = list(zxbcdt.split(sizes, dim=-1))
-        for i, m in enumerate(self.zxbcdt_multipliers):
-            if m != 1.0:
-                parts[i] = parts[i] * m
-        z, dt = parts[0], parts[4]
-        return z, torch.cat(parts[1:4], dim=-1), dt
+        z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
+        mz, mx, mb, mc, mdt = self.zxbcdt_multipliers
+        if mz != 1.0:
+            z = z * mz
+        if (mx, mb, mc) != (1.0, 1.0, 1.0):
+            GN = self.n_groups * self.d_state
+            xbc = xbc * torch.cat([xbc.new_full((self.d_inner,), mx), xbc.new_full((GN,), mb),
+                                   xbc.new_full((GN,), mc)])
+        if mdt != 1.0:
+            dt = dt * mdt
+        return z, xbc, dt
 
     def _split_xbc(self, xbc: torch.Tensor):
         GN = self.n_groups * self.d_state
