@@ -243,4 +243,4 @@ def test_refuses_bad_shapes():
     with pytest.raises(ValueError, match="layout"):
         GatedDeltaNet(48, 2, 4, 12, 20, layout="qwen3")
     with pytest.raises(ValueError, match="activation"):
-        GatedDeltaNet(48, 2, 4, 12, 20, activation="relu6")
+        GatedDeltaNet(48, 2, 4, 12, 20, activation="prelu")

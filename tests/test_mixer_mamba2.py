@@ -179,7 +179,7 @@ def test_module_refuses_bad_shapes():
     with pytest.raises(ValueError, match="multiple of n_groups"):
         Mamba2Mixer(40, num_heads=3, head_dim=6, d_state=8, n_groups=2)
     with pytest.raises(ValueError, match="activation"):
-        Mamba2Mixer(40, num_heads=4, head_dim=6, d_state=8, activation="relu2")
+        Mamba2Mixer(40, num_heads=4, head_dim=6, d_state=8, activation="prelu")
 
 
 # ---- against transformers -----------------------------------------------------------
