@@ -36,7 +36,10 @@ THREADS_WHY = "more threads than that only oversubscribe the machine (0: torch's
 
 def _given(name: str, v) -> str:
     """``--opt VALUE`` for a command-line option, ``name=VALUE`` for an argument."""
-    return f"{name} {v}" if name.startswith("-") else f"{name}={v}"
+    text = str(v)
+    if len(text) > 80:   # a whole array given where one number belongs: one readable line
+        text = text[:80] + "..."
+    return f"{name} {text}" if name.startswith("-") else f"{name}={text}"
 
 
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
