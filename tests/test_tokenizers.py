@@ -153,6 +153,11 @@ def test_load_model_reads_vocab_merges(files, tmp_path):
     ref = _reference(d)
     assert model.tokenizer.encode(TEXTS[2]) == ref.encode(TEXTS[2])
     assert isinstance(model.generate("Hello", max_new_tokens=3), str)
+    # converted, the spiking checkpoint carries the files and reads the same tokenizer
+    from sbsnn.converters import convert_checkpoint, load_spiking
+    convert_checkpoint(d, tmp_path / "snn", progress=False)
+    snn = load_spiking(tmp_path / "snn")
+    assert snn.tokenizer.encode(TEXTS[2]) == ref.encode(TEXTS[2])
 
 
 def _fifo(p: Path) -> None:
@@ -258,6 +263,27 @@ def test_missing_sentencepiece_names_the_extra(files, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"sbsnn\[sentencepiece\]") as info:
         tokenizer_for(d, 10_000)
     assert str(d / "tokenizer.model") in str(info.value)
+
+
+def test_missing_extra_loads_spiking_without_tokenizer(files, tmp_path, monkeypatch):
+    """load_spiking of a checkpoint whose tokenizer needs a missing extra: a warning that
+    names it, and a model that runs on token ids (as load_model does)."""
+    import sbsnn.models.tokenizer as T
+    from sbsnn.converters import convert_checkpoint, load_spiking
+    d = tmp_path / "ck"
+    save_pretrained(HybridForCausalLM(HybridConfig(
+        vocab_size=420, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, attn_layers=[1], sliding_window=8,
+        rope_theta=10000.0, gate_low_rank_dim=8)), d)
+    shutil.copy(files["spm_bpe"] / "tokenizer.model", d / "tokenizer.model")
+    convert_checkpoint(d, tmp_path / "snn", progress=False)
+    real = T._find_spec
+    monkeypatch.setattr(T, "_find_spec", lambda m: None if m == "google.protobuf" else real(m))
+    with pytest.warns(UserWarning, match=r"without its tokenizer.*sbsnn\[sentencepiece\]"):
+        snn = load_spiking(tmp_path / "snn")
+    assert snn.tokenizer is None
+    with pytest.raises(E.UnavailableError):
+        snn.generate("Hello", max_new_tokens=1)
 
 
 def test_refusals_do_not_dump_token_arrays(tmp_path):

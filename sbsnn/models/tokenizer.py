@@ -276,3 +276,13 @@ def tokenizer_for(directory: str | Path, vocab_size: int):
     if vocab_size == 256:
         return ByteTokenizer()
     return None
+
+
+def tokenizer_or_none(directory: str | Path, vocab_size: int, stacklevel: int = 3):
+    """:func:`tokenizer_for`, except that a tokenizer whose package (an extra) is missing
+    gives None and a warning naming the extra: the model still runs on token ids."""
+    try:
+        return tokenizer_for(directory, vocab_size)
+    except ImportError as e:
+        warnings.warn(f"{directory}: model loaded without its tokenizer: {e}", stacklevel=stacklevel)
+        return None
