@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from sbsnn.errors import InputError, LimitError, OptionError, SbsnnError, os_error
+from sbsnn.errors import InputError, LimitError, OptionError, SbsnnError, brief, os_error
 
 __all__ = ["K_LIMIT", "GROUP_SIZE_LIMIT", "THREADS_LIMIT", "check_choice", "check_float",
            "check_group_size", "check_int", "check_k", "overlap", "read_json_file", "read_text_file"]
@@ -34,22 +34,12 @@ THREADS_LIMIT = 1024
 THREADS_WHY = "more threads than that only oversubscribe the machine (0: torch's default)"
 
 
-def short_repr(value, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: a refusal names a bad value, it never
-    prints a whole token array or tensor on its line."""
-    r = repr(value)
-    if len(r) > limit:
-        kind = type(value).__name__
-        shape = getattr(value, "shape", None)
-        size = f" of shape {tuple(shape)}" if shape is not None else (
-            f" of {len(value):,} items" if hasattr(value, "__len__") else "")
-        r = f"{r[:limit - 3].splitlines()[0]}... (a {kind}{size})"
-    return r
-
-
 def _given(name: str, v) -> str:
     """``--opt VALUE`` for a command-line option, ``name=VALUE`` for an argument."""
-    return f"{name} {v}" if name.startswith("-") else f"{name}={v}"
+    text = str(v)
+    if len(text) > 80:   # a whole array given where one number belongs: one readable line
+        text = text[:80] + "..."
+    return f"{name} {text}" if name.startswith("-") else f"{name}={text}"
 
 
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None,
@@ -60,11 +50,11 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
     if value is None and none_ok:
         return None
     if isinstance(value, bool):
-        raise OptionError(f"{name} must be an integer, got {short_repr(value)}{hint}")
+        raise OptionError(f"{name} must be an integer, got {brief(value)}{hint}")
     try:
         v = operator.index(value)
     except TypeError:
-        raise OptionError(f"{name} must be an integer, got {short_repr(value)}{hint}") from None
+        raise OptionError(f"{name} must be an integer, got {brief(value)}{hint}") from None
     if minimum is not None and v < minimum:
         raise OptionError(f"{name} must be an integer >= {minimum}, got {v}{hint}")
     if maximum is not None and v > maximum:
@@ -81,11 +71,11 @@ def check_float(value, name: str, *, minimum: float | None = None, positive: boo
     if value is None and none_ok:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise OptionError(f"{name} must be a number, got {short_repr(value)}{hint}")
+        raise OptionError(f"{name} must be a number, got {brief(value)}{hint}")
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise OptionError(f"{name} must be a number, got {short_repr(value)}{hint}") from None
+        raise OptionError(f"{name} must be a number, got {brief(value)}{hint}") from None
     if not math.isfinite(v):
         raise OptionError(f"{name} must be a finite number, got {v}{hint}")
     if positive and not v > 0:

@@ -48,7 +48,7 @@ __all__ = [
     "IntegrityError", "LimitError", "MissingPathError", "NonFiniteError", "OptionError",
     "PathError", "PathExistsError", "PathIsDirectoryError", "PathLoopError",
     "PathNotDirectoryError", "PathPermissionError", "RecordingError", "SafetensorsError",
-    "SbsnnError", "UnavailableError", "os_error",
+    "SbsnnError", "UnavailableError", "brief", "os_error",
 ]
 
 
@@ -205,3 +205,17 @@ def os_error(e: OSError, path=None, action: str | None = None) -> OSError:
     out = cls(msg, filename=where, errno=code)
     out.__cause__ = e
     return out
+
+
+def brief(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages: a refusal
+    stays one readable line even when the value is a whole token array or a long list
+    (a list or tuple also says how many items it holds)."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the refusal
+        return f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} items)" if isinstance(value, (list, tuple, dict, set)) else ""
+    return f"{text[:limit]}...{size}"

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from sbsnn.errors import brief
 from sbsnn.models.config import HybridConfig
 
 __all__ = ["DENSE_PROJECTIONS", "nonspiking_ops", "visible_keys"]
@@ -170,7 +171,7 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
     """
     cfg = config
     if not isinstance(tokens, int) or tokens < 0:
-        raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
+        raise ValueError(f"tokens must be a non-negative integer, got {brief(tokens)}")
     if context is not None and (not isinstance(context, int) or context < 1):
         raise ValueError(f"context must be None or an integer >= 1, got {context!r}")
     dense = list(dict.fromkeys(dense_projections))

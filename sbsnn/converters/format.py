@@ -39,7 +39,7 @@ from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dty
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.hybrid import HybridForCausalLM
-from sbsnn.models.tokenizer import tokenizer_for
+from sbsnn.models.tokenizer import tokenizer_or_none
 
 SPIKING_CONFIG = "spiking_config.json"
 
@@ -315,7 +315,7 @@ def load_spiking(directory: str | Path, device: str | torch.device = "cpu",
                dtype=default_dtype(raw, device) if dtype is None else dtype)
     check_spiking_tensors(model, raw, origin, finite_floats=verify)
     model.eval()
-    model.tokenizer = tokenizer_for(d, cfg.vocab_size)
+    model.tokenizer = tokenizer_or_none(d, cfg.vocab_size)
     return model
 
 

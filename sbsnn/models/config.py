@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sbsnn.checks import read_json_file
-from sbsnn.errors import InputError
+from sbsnn.errors import InputError, brief
 from sbsnn.models.errors import ConfigError
 from sbsnn.models.families import LAYER_TYPES, SIZE_BOUNDS, read_config
 from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
@@ -175,7 +175,7 @@ class HybridConfig:
             v = getattr(self, name)
             ids = v if isinstance(v, list) else [v]
             if v is not None and not all(is_int(i) and i >= 0 for i in ids):
-                bad(f"{name} must be a token id (an integer >= 0), a list of them, or null, got {v!r}")
+                bad(f"{name} must be a token id (an integer >= 0), a list of them, or null, got {brief(v)}")
         if self.num_attention_heads % self.num_key_value_heads:
             bad(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})")

@@ -17,6 +17,7 @@ Needs the ``tokenizers`` package only; the metadata arrives as a plain dict.
 
 from __future__ import annotations
 
+from sbsnn.errors import brief
 from sbsnn.models.errors import CheckpointError
 
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
@@ -110,7 +111,7 @@ def build_tokenizer(meta: dict, arch: str, source: str):
                           "pip install 'sbsnn[gguf]'") from e
 
     def refuse(key, why):
-        raise CheckpointError(f"{source}: {key}={meta.get(key)!r}: {why}")
+        raise CheckpointError(f"{source}: {key}={brief(meta.get(key))}: {why}")
 
     for key in meta:
         if key.startswith("tokenizer.") and not is_known_key(key):

@@ -1,15 +1,50 @@
 """Tokenizers: a byte-level one (the embedded model's) and a wrapper for Hugging Face
-``tokenizer.json`` files (needs the ``hf`` extra)."""
+tokenizers (needs the ``hf`` extra).
+
+A checkpoint's tokenizer is read, as ``transformers``' ``AutoTokenizer`` reads it, from
+
+- ``tokenizer.json`` (read with the ``tokenizers`` library), else
+- the files a "slow" tokenizer ships: GPT-2 style byte-level BPE as ``vocab.json`` +
+  ``merges.txt``, or a SentencePiece ``tokenizer.model`` (the ``sentencepiece`` extra),
+  with ``tokenizer_config.json`` (tokenizer class, added tokens, bos/eos,
+  ``add_bos_token``) and ``special_tokens_map.json``. These are converted by
+  ``AutoTokenizer`` itself (the conversion of a slow tokenizer to a fast one differs per
+  tokenizer class; reusing it is the only way to get its ids token for token), and the
+  fast tokenizer it builds is what sbsnn runs and saves as ``tokenizer.json``.
+
+Every file is checked before it is handed on, so that a corrupt one is refused by name
+(:class:`~sbsnn.errors.CheckpointError`), never as a bare ``tokenizers`` ``Exception``.
+"""
 
 from __future__ import annotations
 
 import codecs
 import importlib.util
+import json
+import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from sbsnn.checks import check_input_file
-from sbsnn.errors import CheckpointError
+from sbsnn.errors import CheckpointError, brief
+
+# The files of a slow tokenizer, tried when there is no tokenizer.json.
+SLOW_FILES = ("tokenizer.model", "vocab.json", "merges.txt")
+# JSON files AutoTokenizer reads beside them (each must be one JSON object).
+CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+HF_EXTRA = "pip install 'sbsnn[hf]'"
+SPM_EXTRA = "pip install 'sbsnn[sentencepiece]'"
+
+
+def _why(e: BaseException, limit: int = 160) -> str:
+    """An exception in one short line: its class and the start of its first line."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class ByteTokenizer:
@@ -41,14 +76,20 @@ class HFTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError as e:
-            raise ImportError(f"{path} needs the 'tokenizers' package: pip install 'sbsnn[hf]'") from e
+            raise ImportError(f"{path} needs the 'tokenizers' package: {HF_EXTRA}") from e
         self.path = check_input_file(path, "the tokenizer", error=CheckpointError)
+        text = _read_text(self.path)
         try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
-            raise CheckpointError(f"{path}: not a tokenizer.json the tokenizers library can "
-                                  f"read ({_first_line(e)}); restore the file from the "
-                                  "checkpoint's source") from None
+            self._tok = Tokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a bare Exception for every fault
+            try:
+                json.loads(text)
+            except ValueError as j:
+                e, what = j, "not valid JSON"
+            else:
+                what = "not a tokenizer.json the tokenizers library can read"
+            raise CheckpointError(f"{path}: {what} ({_why(e)}); replace it with the model's "
+                                  "original tokenizer.json") from None
         self.vocab_size = self._tok.get_vocab_size()
 
     @classmethod
@@ -84,56 +125,158 @@ class HFTokenizer:
         return step
 
 
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 200 else text[:197] + "..."
+def _present(path: Path) -> bool:
+    """Whether a tokenizer file is there; one that is there but cannot be read as a regular
+    file (a FIFO would block the read forever, a directory, a broken link) is refused."""
+    if not path.exists():
+        if os.path.islink(path):
+            raise CheckpointError(f"{path}: a broken symbolic link; remove it or point it at "
+                                  "the tokenizer file")
+        return False
+    check_input_file(path, "a tokenizer file", error=CheckpointError)
+    return True
 
 
-# The files transformers builds a tokenizer from when a checkpoint has no tokenizer.json:
-# a byte-level BPE (GPT-2 style) or a SentencePiece model.
-SLOW_TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.model",))
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({_why(e)})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}); replace it with the "
+                              "model's original file") from None
+
+
+def _check_json_object(path: Path, what: str) -> dict:
+    try:
+        d = json.loads(_read_text(path))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({_why(e)}); replace it with the "
+                              "model's original file") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: must be a JSON object ({what}), got "
+                              f"{type(d).__name__} {brief(d, 40)}")
+    return d
+
+
+def _check_vocab(path: Path) -> None:
+    """vocab.json: one object, token -> integer id in [0, 2**32) (what the tokenizers
+    library stores an id in)."""
+    vocab = _check_json_object(path, "token -> id")
+    for token, i in vocab.items():
+        if type(i) is not int or not 0 <= i < 2**32:
+            raise CheckpointError(f"{path}: token {brief(token, 40)} has id {brief(i, 40)}; "
+                                  "ids must be integers in [0, 2**32)")
+
+
+def _check_merges(path: Path) -> None:
+    """merges.txt as transformers reads it: after an optional ``#version`` line, one merge
+    per line, two tokens separated by a space."""
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#") and len(line.split()) != 2:
+            raise CheckpointError(f"{path}: line {n} ({brief(line, 60)}) is not a merge "
+                                  "(two tokens separated by one space)")
+
+
+def _looks_tiktoken(path: Path) -> bool:
+    """A tiktoken BPE file (``<base64 token> <rank>`` per line), which AutoTokenizer
+    also accepts as a ``tokenizer.model`` (Llama 3's original release)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096).split()
+    except OSError:
+        return False
+    return len(first) == 2 and first[1].isdigit()
+
+
+def _check_sentencepiece(path: Path) -> None:
+    missing = [name for name, module in (("sentencepiece", "sentencepiece"),
+                                         ("protobuf", "google.protobuf"))
+               if _find_spec(module) is None]
+    if missing:
+        raise ImportError(f"{path}: a SentencePiece tokenizer needs the "
+                          f"{' and '.join(missing)} package(s): {SPM_EXTRA}")
+    import sentencepiece
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError by version
+        if _looks_tiktoken(path):
+            return
+        raise CheckpointError(f"{path}: not a SentencePiece model ({_why(e)}); replace it "
+                              "with the model's original tokenizer.model") from None
+
+
+def _find_spec(module: str):
+    try:
+        return importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+
+
+def _auto_tokenizer(directory: Path, files: list[str]) -> "HFTokenizer":
+    """The fast tokenizer transformers' AutoTokenizer builds from a slow tokenizer's files
+    (each checked first, so that a corrupt one is refused by name)."""
+    if _find_spec("transformers") is None or _find_spec("tokenizers") is None:
+        raise ImportError(f"{directory}: its tokenizer ({', '.join(files)}, no tokenizer.json) "
+                          f"is converted by transformers' AutoTokenizer: {HF_EXTRA}")
+    if "tokenizer.model" in files:
+        _check_sentencepiece(directory / "tokenizer.model")
+    if "vocab.json" in files:
+        _check_vocab(directory / "vocab.json")
+    if "merges.txt" in files:
+        _check_merges(directory / "merges.txt")
+    for name in CONFIG_FILES:
+        if _present(directory / name):
+            _check_json_object(directory / name, "the tokenizer's settings")
+    from transformers import AutoTokenizer
+    log = logging.getLogger("transformers")
+    level = log.level
+    log.setLevel(logging.ERROR)   # its notes on the conversion are not the user's concern
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                trust_remote_code=False)
+    except ImportError as e:
+        raise ImportError(f"{directory}: converting its tokenizer ({', '.join(files)}) needs a "
+                          f"package that is missing ({_why(e)})") from e
+    except Exception as e:  # transformers and tokenizers raise many kinds here
+        raise CheckpointError(f"{directory}: transformers' AutoTokenizer cannot build a "
+                              f"tokenizer from {', '.join(files)} ({_why(e)}); fix these files "
+                              "or add the model's tokenizer.json") from None
+    finally:
+        log.setLevel(level)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise CheckpointError(f"{directory}: AutoTokenizer builds a {type(tok).__name__} from "
+                              f"{', '.join(files)}, which has no tokenizers backend; sbsnn runs "
+                              "fast tokenizers only: add the model's tokenizer.json")
+    return HFTokenizer.from_tokenizer(backend, directory)
 
 
 def tokenizer_for(directory: str | Path, vocab_size: int):
-    """The tokenizer stored with a checkpoint: its ``tokenizer.json``; else the one
-    ``AutoTokenizer`` builds from ``vocab.json`` + ``merges.txt`` or a SentencePiece
-    ``tokenizer.model`` (with ``tokenizer_config.json``), converted by transformers itself
-    so that it encodes and decodes as a user's ``AutoTokenizer`` does; else bytes when the
-    vocab is 256."""
+    """The tokenizer stored with a checkpoint (``tokenizer.json``, else ``vocab.json`` +
+    ``merges.txt`` or ``tokenizer.model`` as AutoTokenizer converts them), else bytes when
+    the vocab is 256, else None."""
     directory = Path(directory)
-    if (directory / "tokenizer.json").exists() or (directory / "tokenizer.json").is_symlink():
+    if _present(directory / "tokenizer.json"):
         return HFTokenizer(directory / "tokenizer.json")
-    for files in SLOW_TOKENIZER_FILES:
-        if all((directory / f).exists() for f in files):
-            return _converted(directory, files)
+    slow = [name for name in SLOW_FILES if _present(directory / name)]
+    if slow:
+        return _auto_tokenizer(directory, slow)
     if vocab_size == 256:
         return ByteTokenizer()
     return None
 
 
-def _converted(directory: Path, files: tuple[str, ...]) -> HFTokenizer:
-    """A fast tokenizer from a slow tokenizer's files, as AutoTokenizer converts them."""
-    for f in files:
-        check_input_file(directory / f, f"the tokenizer's {f}", error=CheckpointError)
-    if files == ("tokenizer.model",) and importlib.util.find_spec("sentencepiece") is None:
-        raise CheckpointError(f"{directory}: its tokenizer is a SentencePiece tokenizer.model "
-                              "without a tokenizer.json; reading it (as AutoTokenizer does) "
-                              "needs the sentencepiece package: pip install 'sbsnn[hf]'")
+def tokenizer_or_none(directory: str | Path, vocab_size: int, stacklevel: int = 3):
+    """:func:`tokenizer_for`, except that a tokenizer whose package (an extra) is missing
+    gives None and a warning naming the extra: the model still runs on token ids."""
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise CheckpointError(f"{directory}: its tokenizer is {' + '.join(files)} without a "
-                              "tokenizer.json; building it as AutoTokenizer does needs "
-                              "transformers: pip install 'sbsnn[hf]'") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - transformers/tokenizers/sentencepiece errors vary
-        raise CheckpointError(f"{directory}: its tokenizer ({' + '.join(files)}) cannot be "
-                              f"built ({type(e).__name__}: {_first_line(e)}); restore the files "
-                              "or add the checkpoint's tokenizer.json") from None
-    backend = getattr(tok, "backend_tokenizer", None) or getattr(tok, "_tokenizer", None)
-    if backend is None:
-        raise CheckpointError(f"{directory}: transformers built a {type(tok).__name__} from "
-                              f"{' + '.join(files)}, which has no fast (tokenizers) form sbsnn "
-                              "can run; add the checkpoint's tokenizer.json")
-    return HFTokenizer.from_tokenizer(backend, directory / files[0])
+        return tokenizer_for(directory, vocab_size)
+    except ImportError as e:
+        warnings.warn(f"{directory}: model loaded without its tokenizer: {e}", stacklevel=stacklevel)
+        return None

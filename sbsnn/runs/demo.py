@@ -30,6 +30,7 @@ from sbsnn.analysis.report import build_report, format_summary
 from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
 from sbsnn.converters import convert
 from sbsnn.data import heldout_text
+from sbsnn.errors import brief
 from sbsnn.fsutil import atomic_file, ensure_output_dir
 from sbsnn.models.checkpoint import load_model
 from sbsnn.sim import simulate
@@ -46,7 +47,7 @@ def _resolve_sim_tokens(sim_tokens, n_tokens: int) -> int:
         return n_tokens
     if isinstance(sim_tokens, bool) or not isinstance(sim_tokens, int) or sim_tokens < 0:
         raise ValueError(f"sim_tokens must be 'auto' or an int >= 0 (0: the whole text), "
-                         f"got {sim_tokens!r}")
+                         f"got {brief(sim_tokens)}")
     return n_tokens if sim_tokens == 0 else min(n_tokens, sim_tokens)
 
 

@@ -37,7 +37,7 @@ from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.families import rename_key
 from sbsnn.models.hybrid import HybridForCausalLM
-from sbsnn.models.tokenizer import tokenizer_for
+from sbsnn.models.tokenizer import tokenizer_or_none
 from sbsnn.runs.documents import contiguous_split, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
@@ -104,7 +104,7 @@ def load_stage(directory, layers: range, first: bool, last: bool,
                dtype=default_dtype(raw, device) if dtype is None else dtype)
     check_spiking_tensors(model, part, origin)
     model.eval()
-    model.tokenizer = tokenizer_for(d, cfg.vocab_size)
+    model.tokenizer = tokenizer_or_none(d, cfg.vocab_size)
     return model, stage
 
 

@@ -39,11 +39,11 @@ from sbsnn.analysis.opcount import nonspiking_ops
 from sbsnn.analysis.plots import plot_fidelity_per_spike, plot_sweep
 from sbsnn.analysis.sparsity import SparsityCollector, SparsityTally
 from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_SWEEP
-from sbsnn.checks import check_block_size, check_int, check_k, check_window, short_repr
+from sbsnn.checks import check_block_size, check_int, check_k, check_window
 from sbsnn.converters import SpikingLinear, convert
 from sbsnn.converters.calibration import calibrate
 from sbsnn.converters.convert import check_request
-from sbsnn.errors import CheckpointKindError, OptionError
+from sbsnn.errors import CheckpointKindError, OptionError, brief
 from sbsnn.fsutil import jsonable, write_atomically
 from sbsnn.runs.documents import Document, DocumentSet, assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
@@ -95,7 +95,7 @@ def check_sweep(model, ks, preset, coding, profile, group_size=128, block_size=2
                 window=3) -> list[float]:
     """Every option of a sweep, checked before the first conversion; the ks as floats."""
     if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__"):
-        raise OptionError(f"ks must be a list of numbers, got {short_repr(ks)}")
+        raise OptionError(f"ks must be a list of numbers, got {brief(ks)}")
     ks = list(ks)
     if not ks:
         raise OptionError("sweep needs at least one k")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sbsnn.converters.quant import linear_from_counts, rescale
-from sbsnn.errors import OptionError
+from sbsnn.errors import OptionError, brief
 from sbsnn.neurons.trains import bit_length
 from sbsnn.sim.events import CountSummary, step_events, summarize
 
@@ -69,7 +69,7 @@ class TraceSpec:
                              f"got {self.layers!r}")
         if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
                                         or self.tokens < 0):
-            raise TraceError(f"trace: tokens must be a non-negative int or None, got {self.tokens!r}")
+            raise TraceError(f"trace: tokens must be a non-negative int or None, got {brief(self.tokens)}")
         if isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes < 0:
             raise TraceError(f"trace: max_bytes must be a non-negative int, got {self.max_bytes!r}")
 
