@@ -138,3 +138,33 @@ def test_a_worker_computes_what_one_torch_thread_computes():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(on_worker, one_thread))
+
+
+def test_another_packages_openmp_runtime_does_not_fool_the_workers(monkeypatch):
+    """sentencepiece (and other wheels) bundle their own libgomp: set that one's thread count
+    and torch's workers stay multi-threaded (then parts nest, and deadlock). The search
+    takes torch's runtime, checked on a fresh thread."""
+    import ctypes
+    import glob
+    import os
+
+    if torch.get_num_threads() < 2 or not torch.backends.openmp.is_available():
+        pytest.skip("needs an OpenMP torch with two threads")
+    torch_gomp = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
+    if not torch_gomp:
+        pytest.skip("torch's OpenMP runtime is not a libgomp in its lib dir")
+    import shutil
+    import tempfile
+
+    other = os.path.join(tempfile.mkdtemp(), "libgomp-bundled.so.1")   # as a wheel bundles one
+    shutil.copyfile(torch_gomp[0], other)
+    ctypes.CDLL(other)                         # mapped into the process before the search
+    paths = workers._openmp_runtime_paths()
+    assert os.path.realpath(paths[0]).startswith(os.path.realpath(os.path.dirname(torch.__file__)))
+    monkeypatch.setattr(workers, "_omp_searched", False)
+    monkeypatch.setattr(workers, "_omp_setter", None)
+    monkeypatch.setattr(workers, "_pool", None)
+    monkeypatch.setattr(workers, "_pool_size", 0)
+    assert workers.workers_for(2) == 2
+    seen = workers.run_parts(lambda _: (torch.get_num_threads(), workers.workers_for(2)), [0, 1], 2)
+    assert seen == [(1, 1), (1, 1)]           # single-threaded workers, never nesting

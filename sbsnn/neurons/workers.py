@@ -51,7 +51,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _openmp_runtime_paths() -> list:
-    """Paths of OpenMP runtimes mapped into this process (Linux), then torch's own lib dir."""
+    """Paths of OpenMP runtimes: torch's own first (its lib dir, then those mapped into the
+    process from there), then the others mapped into this process (Linux). Other packages
+    bundle their own libgomp (sentencepiece does): setting the thread count of that one
+    would leave torch's workers multi-threaded."""
     import glob
     import re
 
@@ -65,9 +68,26 @@ def _openmp_runtime_paths() -> list:
     except OSError:
         pass
     libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    own = []
     for pattern in ("libgomp*.so*", "libomp*.so*", "libiomp*.so*", "libomp*.dylib", "libiomp*.dylib"):
-        found += [p for p in sorted(glob.glob(os.path.join(libdir, pattern))) if p not in found]
-    return found
+        own += [p for p in sorted(glob.glob(os.path.join(libdir, pattern))) if p not in own]
+    return own + [p for p in found if p not in own]
+
+
+def _sets_torchs_threads(fn) -> bool:
+    """Whether ``fn`` (an ``omp_set_num_threads``) makes torch single-threaded, tried on a
+    fresh thread (True when a fresh thread has one thread anyway: nothing to tell)."""
+    seen = []
+
+    def probe():
+        before = torch.get_num_threads()
+        fn(1)
+        seen.append((before, torch.get_num_threads()))
+
+    t = threading.Thread(target=probe, name="sbsnn-omp-probe")
+    t.start()
+    t.join()
+    return bool(seen) and (seen[0][0] <= 1 or seen[0][1] == 1)
 
 
 def _omp_set_num_threads():
@@ -85,8 +105,9 @@ def _omp_set_num_threads():
                     except (OSError, AttributeError):
                         continue
                     fn.argtypes, fn.restype = [ctypes.c_int], None
-                    _omp_setter = fn
-                    break
+                    if _sets_torchs_threads(fn):
+                        _omp_setter = fn
+                        break
         return _omp_setter
 
 
@@ -143,9 +164,13 @@ def _single_threadable() -> bool:
     return not torch.backends.mkl.is_available() or _mkl_set_num_threads_local() is not None
 
 
+_thread = threading.local()    # .worker: set in sbsnn's worker threads
+
+
 def _serial_worker_init():
     """Make this worker thread's torch ops single-threaded: its own OpenMP ICV and MKL's
     per-thread count (workers only run where both are found, see :func:`workers_for`)."""
+    _thread.worker = True
     torch.get_num_threads()       # torch's lazy per-thread init first: it sets both once
     setter = _omp_set_num_threads()
     if setter is not None:
@@ -159,6 +184,8 @@ def workers_for(wanted: int) -> int:
     """How many workers to use for ``wanted`` parallel parts on the CPU: at most torch's
     thread count for the calling thread, 1 (run inline) inside a worker or where workers
     cannot be made single-threaded."""
+    if getattr(_thread, "worker", False):
+        return 1      # never nested: a part waiting on parts queued behind it deadlocks the pool
     n = min(int(wanted), torch.get_num_threads())
     if n <= 1 or not _single_threadable():
         return 1
