@@ -12,7 +12,8 @@ either way carries the same metadata and is finished the same way:
   rank 0 writes the index of the shards, complete last.
 
 A ``group`` here is anything with ``distributed``, ``is_main``, ``rank``,
-``world_size`` and ``barrier()`` (:class:`sbsnn.runs.Group`); ``None`` is one process.
+``world_size``, ``barrier()`` and ``broadcast(obj, src=0)`` (:class:`sbsnn.runs.Group`);
+``None`` is one process.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ class RunRecording:
         self.planned = [{"index": d.index, "name": d.name, "tokens": int(x.shape[1]),
                          "chars": len(d.text), "rank": ranks[d.index]}
                         for d, x in zip(documents, ids)]
+        # One identity per run, drawn by rank 0 and shared: written in the index and in
+        # every shard, so that a shard of another run is refused when the index is read.
+        self.run_id = group.broadcast(shards.new_run_id() if group.is_main else None, src=0)
         if group.is_main:
             shards.remove_stale_shards(record, group.world_size)
             self._index(complete=False)
@@ -130,12 +134,13 @@ class RunRecording:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = recording_metadata(model, _concat(mine), {
             **extra, "shard": {"rank": group.rank, "world_size": group.world_size,
-                               "index": str(record)}})
+                               "index": str(record), "run_id": self.run_id}})
         self.recorder = Recorder(path, metadata=meta, record_events=record_events)
 
     def _index(self, complete: bool) -> None:
         shards.write_index(self.record, world_size=self.group.world_size,
-                           metadata=self.index_metadata, documents=self.planned, complete=complete)
+                           metadata=self.index_metadata, documents=self.planned, complete=complete,
+                           run_id=self.run_id)
 
     def finish(self) -> None:
         """Close complete; in a multi-rank run, once every shard is closed, rank 0 marks
