@@ -223,16 +223,20 @@ class Recording:
     def _check_file_datasets(self) -> None:
         """Every dataset of the file stores what its extent claims, before any is read
         (:func:`~sbsnn.sim.recording_layout.check_stored`); the layers' shapes are sane."""
-        def link(key, lk):
+        def link(key, lk):      # (an exception must not cross h5py's visit)
             if not isinstance(lk, h5py.HardLink):   # soft and external links lead elsewhere
-                raise self._refuse(f"/{key}", f"is a {type(lk).__name__} (to "
-                                              f"{getattr(lk, 'filename', '')}{lk.path})")
+                kind = "an external link" if isinstance(lk, h5py.ExternalLink) else "a soft link"
+                return f"/{key}", f"is {kind} (to {getattr(lk, 'filename', '')}:{lk.path})"
+            return None
 
-        def visit(key, obj):
-            if isinstance(obj, h5py.Dataset):
-                check_stored(obj, self.path, f"dataset /{key}", self.complete)
-        self._file.visititems_links(link)
-        self._file.visititems(visit)
+        found = self._file.visititems_links(link)
+        if found is not None:
+            raise self._refuse(*found)
+        datasets = []
+        self._file.visititems(lambda key, obj: datasets.append((key, obj))
+                              if isinstance(obj, h5py.Dataset) else None)
+        for key, ds in datasets:
+            check_stored(ds, self.path, f"dataset /{key}", self.complete)
         self._documents_index = self._check_documents()
         for key, g in self._file["layers"].items():
             if not isinstance(g, h5py.Group):

@@ -42,8 +42,8 @@ equals the report of the same documents recorded by one process.
 from __future__ import annotations
 
 import json
-import math
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -103,8 +103,6 @@ def remove_stale_shards(index_path, world_size: int) -> None:
 
 def new_run_id() -> str:
     """A run identity: 32 random hex digits, drawn once per run by rank 0."""
-    import uuid
-
     return uuid.uuid4().hex
 
 
