@@ -225,6 +225,22 @@ def _giant_chunks(f):
                      chunks=(1 << 28,), compression="gzip")
 
 
+def _metadata(edit):
+    """Rewrite the metadata dataset: ``edit(dict) -> dict or raw JSON text``."""
+    def fn(f):
+        m = edit(json.loads(f["metadata"][()]))
+        del f["metadata"]
+        f.create_dataset("metadata", data=m if isinstance(m, str) else json.dumps(m),
+                         dtype=h5py.string_dtype())
+    return fn
+
+
+def _negative_fan_out(m):
+    name = next(iter(m["layers"]))
+    m["layers"][name]["out_features"] = -5
+    return m
+
+
 def _h5(file, fn):
     return lambda d: rewrite(d / file, fn)
 
@@ -291,6 +307,19 @@ CASES = [
     ("trace-last-step-past-the-steps", "one.h5",
      _h5("one.h5", edit_series("trace/last_step", lambda a: np.full_like(a, 2 ** 31 - 1))),
      ("{d}/one.h5", "{traced}", "first/last steps"), "one.h5"),
+    ("metadata-fan-out-negative", "one.h5", _h5("one.h5", _metadata(_negative_fan_out)),
+     ("{d}/one.h5", "out_features", "-5"), "one.h5"),
+    ("metadata-unknown-coding", "one.h5",
+     _h5("one.h5", _metadata(lambda m: {**m, "coding": "morse"})),
+     ("{d}/one.h5", "coding", "morse"), "one.h5"),
+    ("metadata-not-an-object", "one.h5", _h5("one.h5", _metadata(lambda m: "[1, 2]")),
+     ("{d}/one.h5", "JSON object"), "one.h5"),
+    ("metadata-nested-past-the-recursion-limit", "one.h5",
+     _h5("one.h5", _metadata(lambda m: "[" * 100000 + "]" * 100000)),
+     ("{d}/one.h5", "unreadable metadata"), "one.h5"),
+    ("index-metadata-unknown-coding", "sh",
+     _h5("sh/idx.h5", _metadata(lambda m: {**m, "coding": "morse"})),
+     ("{d}/sh/idx.h5", "coding", "morse"), "sh/idx.h5"),
     # ---- 4. sizes that claim more than the file holds
     ("counts-resized-to-1e12-rows", "one.h5", _h5("one.h5", resize("counts", attr="rows")),
      ("{d}/one.h5", "counts", "1000000000000 rows"), "one.h5"),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sbsnn.errors import MissingPathError, RecordingError
+from sbsnn.neurons.formula import CODINGS
 from sbsnn.sim.recording_layout import (EVENT_FIELDS, FORMAT, FORMAT_VERSION, INDEX_FORMAT,
                                         TRACE_SERIES, as_str, check_stored, group_key)
 from sbsnn.sim.trace import LayerTrace, TraceCall
@@ -49,6 +50,42 @@ def _readable_rows(ds: h5py.Dataset, n: int, unwritten=None) -> int:
             if bad.size:
                 return s + int(bad[0])
     return n
+
+
+_DIM_MAX = 1 << 31          # a layer's in/out features or group size, at most
+
+
+def check_metadata(meta, path) -> dict:
+    """A recording's (or an index's) metadata as the readers use it, refused by key when
+    it is not: a JSON object; ``coding`` one of the codings; ``layers`` an object of
+    layers whose ``in_features``, ``out_features`` and ``group_size`` are positive ints;
+    ``tokens`` an int not negative (the report prices and counts by them)."""
+    def bad(key, v, want):
+        return RecordingError(f"{path}: metadata {key} = {str(v)[:80]!r} is not {want}; the "
+                              f"file is damaged or was edited: simulate again")
+
+    def count(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= _DIM_MAX * _DIM_MAX
+
+    if not isinstance(meta, dict):
+        raise bad("(the whole)", type(meta).__name__, "a JSON object")
+    coding = meta.get("coding")
+    if coding is not None and coding not in (*CODINGS, "mixed"):
+        raise bad("coding", coding, f"one of {', '.join(CODINGS)}")
+    if meta.get("tokens") is not None and not count(meta["tokens"], 0):
+        raise bad("tokens", meta["tokens"], "a count of tokens")
+    layers = meta.get("layers")
+    if layers is not None:
+        if not isinstance(layers, dict):
+            raise bad("layers", type(layers).__name__, "an object of layers")
+        for name, info in layers.items():
+            if not isinstance(info, dict):
+                raise bad(f"layers[{name!r}]", info, "an object")
+            for key in ("in_features", "out_features", "group_size"):
+                v = info.get(key)
+                if v is not None and not (count(v, 1) and v <= _DIM_MAX):
+                    raise bad(f"layers[{name!r}].{key}", v, f"an int in 1..{_DIM_MAX}")
+    return meta
 
 
 def no_layer_error(path, name: str, layers: list[str]) -> KeyError:
@@ -163,8 +200,10 @@ class Recording:
             try:
                 raw = f["metadata"][()] if "metadata" in f else a.get("metadata", "{}")
                 self.metadata = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            except (TypeError, ValueError, OSError) as e:
-                raise RecordingError(f"{self.path}: unreadable metadata: {e}") from e
+            except (TypeError, ValueError, OSError, RecursionError) as e:
+                raise RecordingError(f"{self.path}: unreadable metadata: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from None
+            check_metadata(self.metadata, self.path)
             self._check_file_datasets()
             self.layers = self._layer_names()
             for name in self.layers:
@@ -258,10 +297,8 @@ class Recording:
         g = self._file["layers"][group_key(name)]
         what = f"layer {name!r}"
         c = g["counts"]
-        meta = (self.metadata.get("layers") or {}).get(name) if isinstance(
-            self.metadata.get("layers"), dict) else None
-        if isinstance(meta, dict) and isinstance(meta.get("in_features"), int) and (
-                meta["in_features"] != c.shape[1]):
+        meta = (self.metadata.get("layers") or {}).get(name) or {}
+        if meta.get("in_features") is not None and meta["in_features"] != c.shape[1]:
             raise self._refuse(what, f"its counts have {c.shape[1]} channels but the metadata "
                                      f"gives in_features {meta['in_features']}")
         series = {k: g[k] for k in ("call_offsets", "call_steps", "call_events", "call_documents")
@@ -584,4 +621,4 @@ class Recording:
         return f"Recording({str(self.path)!r}, {len(self.layers)} layers, {state})"
 
 
-__all__ = ["Recording", "RowView"]
+__all__ = ["Recording", "RowView", "check_metadata"]

@@ -55,7 +55,7 @@ import numpy as np
 from sbsnn.errors import RecordingError
 from sbsnn.fsutil import atomic_file
 from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, check_stored, json_default
-from sbsnn.sim.recording_reader import Recording, no_layer_error
+from sbsnn.sim.recording_reader import Recording, check_metadata, no_layer_error
 from sbsnn.sim.trace import LayerTrace
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "ConcatRows", "ShardedRecording", "is_index",
@@ -339,9 +339,13 @@ class ShardedRecording:
         if len(lengths) != 1:
             raise RecordingError(f"{self.path}: the index's document columns differ in length; "
                                  f"it is damaged or was edited")
-        self.metadata = json.loads(as_str(f["metadata"][()]))
-        if not isinstance(self.metadata, dict):
-            raise RecordingError(f"{self.path}: the index's metadata is not a JSON object")
+        try:
+            self.metadata = check_metadata(json.loads(as_str(f["metadata"][()])), self.path)
+        except (ValueError, RecursionError) as e:
+            if isinstance(e, RecordingError):
+                raise
+            raise RecordingError(f"{self.path}: unreadable metadata: {type(e).__name__}: "
+                                 f"{str(e)[:200]}") from None
         shard_names = [as_str(x) for x in f["shards"][()]]
         cols = {k: f[f"documents/{k}"][()] for k in _DOC_KEYS}
         return bool(a.get("complete", False)), shard_names, cols
@@ -457,9 +461,7 @@ class ShardedRecording:
                 raise RecordingError(f"{self.shards[g.shard].path}: layer {name!r} holds calls of "
                                      f"document {g.doc}, which the index {self.path.name} does not "
                                      f"plan; the shard is not this run's: simulate again")
-        meta = self.metadata.get("layers")
-        want = meta.get(name, {}).get("in_features") if isinstance(meta, dict) and isinstance(
-            meta.get(name), dict) else None
+        want = ((self.metadata.get("layers") or {}).get(name) or {}).get("in_features")
         src = "the index's metadata"
         for g in segs:
             d = self.shards[g.shard].in_features(name)
