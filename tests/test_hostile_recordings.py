@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -201,6 +202,17 @@ def _outside_symlink(d):
     p.symlink_to(out / p.name)
 
 
+def _fifo_shard(d):
+    p = d / "sh/idx.h5.shards/rank00001-of-00002.h5"
+    p.unlink()
+    os.mkfifo(p)
+
+
+def _fifo_recording(d):
+    (d / "one.h5").unlink()
+    os.mkfifo(d / "one.h5")
+
+
 def _old_index_over_new_shards(d):
     rewrite(d / "sh/idx.h5", lambda f: (f.attrs.__delitem__("run_id"),
                                         f.attrs.__setitem__("format_version", 1)))
@@ -274,6 +286,10 @@ CASES = [
     ("shard-listed-twice", "sh",
      _index_entries(lambda d: ["idx.h5.shards/rank00000-of-00002.h5"] * 2),
      ("idx.h5.shards/rank00000-of-00002.h5", "twice"), "sh/idx.h5"),
+    ("fifo-in-place-of-a-shard", "sh", _fifo_shard,
+     ("{d}/sh/idx.h5.shards/rank00001-of-00002.h5", "not a regular file"), "sh/idx.h5"),
+    ("fifo-in-place-of-the-recording", "one.h5", _fifo_recording,
+     ("{d}/one.h5", "not a regular file"), "one.h5"),
     ("external-link-out-of-the-file", "one.h5", _external_counts,
      ("{d}/one.h5", "/counts", "external link"), "one.h5"),
     # ---- 3. offsets and indices that point past what they index
@@ -362,7 +378,7 @@ def _setup(base, tmp: Path, source: str) -> Path:
 def test_hostile_recording_is_refused_by_name(base, tmp_path, case, capsys):
     _id, source, edit, culprits, target = case
     d = _setup(base, tmp_path, source)
-    layer, _ = first_layer(next(p for p in sorted(d.rglob("*.h5")) if "rank" in p.name)
+    layer, _ = first_layer(d / "sh/idx.h5.shards/rank00000-of-00002.h5"
                            if source == "sh" else d / source)
     edit(d)
     before = digests(d)

@@ -256,10 +256,7 @@ class ShardedRecording:
                     missing.append(str(p))
                     self.shards.append(None)
                     continue
-                if not p.is_file():
-                    raise RecordingError(f"{self.path}: shard {p} is not a regular file (a "
-                                         f"directory, pipe or device)")
-                try:
+                try:        # (refuses a directory, pipe or device without opening it)
                     shard = Recording(p, warn=False)
                 except (RecordingError, OSError) as e:
                     if index_complete:
