@@ -59,6 +59,11 @@ positions (``call_offsets`` delimits the calls).
 
 A sharded recording's index (``format="sbsnn-recording-index"``) is described in
 :mod:`sbsnn.sim.shards`.
+
+Readers trust no size or offset of the file: :func:`check_stored` holds every dataset to
+what the file stores before it is read, and :class:`sbsnn.sim.Recording` checks every
+series that indexes another (call offsets, call_events, call_documents, the documents,
+the trace series) before use (``docs/errors.md``, "Recordings").
 """
 
 from __future__ import annotations
