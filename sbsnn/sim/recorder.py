@@ -74,6 +74,7 @@ from sbsnn.sim.shards import load_recording, open_recording
 _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _EVENT_BATCH = 1 << 20              # events buffered before an append
 _MDC_LIMIT = 64 << 20              # reopen the file when HDF5's metadata cache outgrows this
+MAX_CHUNK_TOKENS = 1 << 16         # rows per chunk: chunks stay far below CHUNK_BYTES_LIMIT
 
 
 def _chunk_cache(nbytes: int):
@@ -153,8 +154,10 @@ class Recorder:
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
                  compression="gzip", chunk_tokens: int = 256):
-        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
+        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not (
+                1 <= chunk_tokens <= MAX_CHUNK_TOKENS):
+            raise ValueError(f"chunk_tokens must be an int in 1..{MAX_CHUNK_TOKENS} (readers "
+                             f"decompress whole chunks), got {chunk_tokens!r}")
         self.path = Path(path)
         self.metadata = dict(metadata or {})
         self.record_events = bool(record_events)

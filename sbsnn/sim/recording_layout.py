@@ -59,17 +59,24 @@ positions (``call_offsets`` delimits the calls).
 
 A sharded recording's index (``format="sbsnn-recording-index"``) is described in
 :mod:`sbsnn.sim.shards`.
+
+Readers trust no size or offset of the file: :func:`check_stored` holds every dataset to
+what the file stores before it is read, and :class:`sbsnn.sim.Recording` checks every
+series that indexes another (call offsets, call_events, call_documents, the documents,
+the trace series) before use (``docs/errors.md``, "Recordings").
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import quote
 
 import h5py
 import numpy as np
 
-from sbsnn.errors import MissingPathError, OptionError, PathIsDirectoryError, PathNotDirectoryError
+from sbsnn.errors import (MissingPathError, OptionError, PathIsDirectoryError, PathNotDirectoryError,
+                          RecordingError)
 
 FORMAT = "sbsnn-recording"
 INDEX_FORMAT = "sbsnn-recording-index"   # a sharded recording's index (sbsnn.sim.shards)
@@ -87,6 +94,14 @@ TRACE_SERIES = (("step_offsets", np.int64, SERIES_CHUNK), ("events_pos", np.int6
                 ("last_step", np.int32, 4096), ("output_rows", np.int64, 4096),
                 ("output_offsets", np.int64, 4096), ("call_outputs", np.int64, SERIES_CHUNK))
 TRACE_OUTPUT_ROWS = 64              # rows per chunk of trace/outputs
+# The largest chunk a reader decompresses: sbsnn writes chunks of at most a few MiB (a
+# counts chunk holds COUNT_CHUNK_BYTES counts); a chunk of gigabytes compresses to a few
+# megabytes of zeros, a memory bomb in a small file.
+CHUNK_BYTES_LIMIT = 256 << 20
+# A kill during a flush may leave chunks unwritten (never allocated) at the end of a
+# dataset of an incomplete file: its last two chunk rows, and what HDF5's default chunk
+# cache (1 MiB) held of a dataset without a cache of its own (events, trace series).
+_DEFAULT_CHUNK_CACHE = 1 << 20
 
 
 def narrowest_count_dtype(lo: int, hi: int) -> np.dtype:
@@ -103,6 +118,50 @@ def narrowest_count_dtype(lo: int, hi: int) -> np.dtype:
 def counts_chunk_columns(in_features: int, chunk_tokens: int) -> int:
     """Columns per chunk of a counts dataset (a chunk is ``chunk_tokens`` rows by these)."""
     return min(in_features, max(1, COUNT_CHUNK_BYTES // chunk_tokens))
+
+
+def check_stored(ds: h5py.Dataset, path, what: str, complete: bool = True) -> None:
+    """Refuse, naming ``path`` and ``what``, a dataset whose extent claims more than the
+    file stores: a chunked dataset with fewer chunks written than its extent covers (a
+    dataset resized to 10^12 rows reads back as fill values and exhausts memory), a chunk
+    over CHUNK_BYTES_LIMIT, contiguous storage shorter than the extent. An incomplete file
+    may lack what a kill during a flush left unwritten (module docstring of
+    :mod:`sbsnn.sim.recorder`): its last two chunk rows and a chunk cache's worth."""
+    if ds.is_virtual or ds.id.get_create_plist().get_external_count():
+        raise RecordingError(f"{path}: {what} keeps its data in other files (a virtual or "
+                             f"external dataset); sbsnn reads only what a recording holds "
+                             f"itself: simulate again")
+    shape = ds.shape
+    if shape is None:                                   # a null dataspace holds nothing
+        return
+    size = math.prod(int(n) for n in shape)
+    if size == 0:
+        return
+    elem = int(ds.id.get_type().get_size())
+    chunks = ds.chunks
+    if chunks is None:
+        stored = int(ds.id.get_storage_size())
+        if stored < size * elem:
+            raise RecordingError(
+                f"{path}: {what} has shape {shape} ({size * elem} bytes) but the file stores "
+                f"{stored} bytes of it; the file is damaged or was edited: simulate again")
+        return
+    chunk_bytes = math.prod(int(c) for c in chunks) * elem
+    if chunk_bytes > CHUNK_BYTES_LIMIT:
+        raise RecordingError(
+            f"{path}: {what} has chunks of {chunk_bytes} bytes, over the {CHUNK_BYTES_LIMIT} "
+            f"bytes sbsnn decompresses at once (sbsnn writes chunks of a few MiB); the file "
+            f"was not written by sbsnn's Recorder: simulate again")
+    per_row = math.prod(-(-int(n) // int(c)) for n, c in zip(shape[1:], chunks[1:]))
+    need = -(-int(shape[0]) // int(chunks[0])) * per_row
+    slack = 0 if complete else 2 * per_row + _DEFAULT_CHUNK_CACHE // chunk_bytes + 2
+    have = int(ds.id.get_num_chunks())
+    if have < need - slack:
+        rows = f"{shape[0]} rows" if len(shape) else "its extent"
+        raise RecordingError(
+            f"{path}: {what} claims {rows} but the file stores {have} of the {need} chunks "
+            f"they need (a dataset resized past what was written: a damaged or edited "
+            f"file); refused rather than read as fill values: simulate again")
 
 
 def group_key(name: str) -> str:
@@ -158,6 +217,6 @@ def check_record_path(path, option: str = "record") -> Path:
     return p
 
 
-__all__ = ["EVENT_FIELDS", "FORMAT", "FORMAT_VERSION", "INDEX_FORMAT", "TRACE_SERIES", "as_str",
-           "check_record_path", "counts_chunk_columns", "group_key", "json_default",
-           "narrowest_count_dtype"]
+__all__ = ["CHUNK_BYTES_LIMIT", "EVENT_FIELDS", "FORMAT", "FORMAT_VERSION", "INDEX_FORMAT",
+           "TRACE_SERIES", "as_str", "check_record_path", "check_stored", "counts_chunk_columns",
+           "group_key", "json_default", "narrowest_count_dtype"]

@@ -18,10 +18,10 @@ import h5py
 import numpy as np
 import torch
 
-from sbsnn.checks import check_input_file
 from sbsnn.errors import MissingPathError, RecordingError
-from sbsnn.sim.recording_layout import (EVENT_FIELDS, FORMAT, FORMAT_VERSION, INDEX_FORMAT, as_str,
-                                        group_key)
+from sbsnn.neurons.formula import CODINGS
+from sbsnn.sim.recording_layout import (EVENT_FIELDS, FORMAT, FORMAT_VERSION, INDEX_FORMAT,
+                                        TRACE_SERIES, as_str, check_stored, group_key)
 from sbsnn.sim.trace import LayerTrace, TraceCall
 
 
@@ -52,17 +52,40 @@ def _readable_rows(ds: h5py.Dataset, n: int, unwritten=None) -> int:
     return n
 
 
-def _stored_rows(ds: h5py.Dataset) -> int:
-    """An upper bound on the rows ``ds`` really stores: its allocated chunks (a chunked,
-    resizable dataset, as the recorder writes) or its storage (a contiguous one)."""
-    if ds.chunks is None:
-        row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
-        return ds.id.get_storage_size() // row if row else ds.shape[0]
-    per_row_block = 1
-    for n, c in zip(ds.shape[1:], ds.chunks[1:]):
-        per_row_block *= -(-n // c) if n else 1
-    stored = ds.id.get_num_chunks()
-    return -(-stored // per_row_block) * ds.chunks[0]
+_DIM_MAX = 1 << 31          # a layer's in/out features or group size, at most
+
+
+def check_metadata(meta, path) -> dict:
+    """A recording's (or an index's) metadata as the readers use it, refused by key when
+    it is not: a JSON object; ``coding`` one of the codings; ``layers`` an object of
+    layers whose ``in_features``, ``out_features`` and ``group_size`` are positive ints;
+    ``tokens`` an int not negative (the report prices and counts by them)."""
+    def bad(key, v, want):
+        return RecordingError(f"{path}: metadata {key} = {str(v)[:80]!r} is not {want}; the "
+                              f"file is damaged or was edited: simulate again")
+
+    def count(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= _DIM_MAX * _DIM_MAX
+
+    if not isinstance(meta, dict):
+        raise bad("(the whole)", type(meta).__name__, "a JSON object")
+    coding = meta.get("coding")
+    if coding is not None and coding not in (*CODINGS, "mixed"):
+        raise bad("coding", coding, f"one of {', '.join(CODINGS)}")
+    if meta.get("tokens") is not None and not count(meta["tokens"], 0):
+        raise bad("tokens", meta["tokens"], "a count of tokens")
+    layers = meta.get("layers")
+    if layers is not None:
+        if not isinstance(layers, dict):
+            raise bad("layers", type(layers).__name__, "an object of layers")
+        for name, info in layers.items():
+            if not isinstance(info, dict):
+                raise bad(f"layers[{name!r}]", info, "an object")
+            for key in ("in_features", "out_features", "group_size"):
+                v = info.get(key)
+                if v is not None and not (count(v, 1) and v <= _DIM_MAX):
+                    raise bad(f"layers[{name!r}].{key}", v, f"an int in 1..{_DIM_MAX}")
+    return meta
 
 
 def no_layer_error(path, name: str, layers: list[str]) -> KeyError:
@@ -140,7 +163,11 @@ class Recording:
             raise MissingPathError(f"{self.path}: no such recording (check the path; "
                                    "recordings come from sbsnn simulate --record FILE.h5)",
                                    filename=self.path)
-        check_input_file(self.path, "a recording", error=RecordingError)
+        if self.path.is_dir():
+            raise RecordingError(f"{self.path}: is a directory, not an sbsnn recording")
+        if not self.path.is_file():     # a FIFO or a device would block or never end
+            raise RecordingError(f"{self.path}: not a regular file (a pipe or a device); a "
+                                 f"recording is an HDF5 file written by sbsnn simulate --record")
         try:
             f = h5py.File(self.path, "r")
         except BlockingIOError as e:
@@ -173,15 +200,20 @@ class Recording:
             try:
                 raw = f["metadata"][()] if "metadata" in f else a.get("metadata", "{}")
                 self.metadata = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-            except (TypeError, ValueError, OSError) as e:
-                raise RecordingError(f"{self.path}: unreadable metadata: {e}") from e
+            except (TypeError, ValueError, OSError, RecursionError) as e:
+                raise RecordingError(f"{self.path}: unreadable metadata: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from None
+            check_metadata(self.metadata, self.path)
+            self._check_file_datasets()
             self.layers = self._layer_names()
             for name in self.layers:
-                self._check_stored(name)
                 if not self.complete:
                     self._check(name)
-                self._check_calls(name)
-        except (OSError, RuntimeError, KeyError) as e:
+                self._validate(name)
+        except RecordingError:
+            f.close()
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             f.close()
             state = "complete" if getattr(self, "complete", False) else "incomplete"
             raise RecordingError(f"{self.path}: damaged {state} recording: its structure cannot be "
@@ -223,65 +255,150 @@ class Recording:
                 extra.append((int(g.attrs.get("index", 1 << 30)), n))
         return names + [n for _, n in sorted(extra)]
 
-    def _check_stored(self, name: str) -> None:
-        """Every dataset of layer ``name`` declares no more rows than the file stores (a
-        dataset resized to 10**12 rows would otherwise be read as fill values, or exhaust
-        memory); checked before anything is read from it."""
-        g = self._file["layers"][group_key(name)]
-        series = [(k, g[k]) for k in ("counts", "thresholds", "call_offsets", "call_steps",
-                                      "call_events", "call_documents") if k in g]
-        if "events" in g:
-            series += [(f"events/{f}", g["events"][f]) for f, _ in EVENT_FIELDS if f in g["events"]]
-        for key, ds in series:
-            bound = _stored_rows(ds)
-            if not self.complete and ds.chunks is not None:
-                bound += 2 * ds.chunks[0]     # a torn flush: the last chunk rows unwritten
-            if ds.shape[0] > bound:
-                raise RecordingError(f"{self.path}: layer {name!r}: dataset {key!r} declares "
-                                     f"{ds.shape[0]:,} rows but the file stores at most {bound:,}; "
-                                     "the recording was altered or damaged: simulate again")
+    def _refuse(self, what: str, problem: str) -> RecordingError:
+        return RecordingError(f"{self.path}: {what}: {problem}; the file is damaged or was "
+                              f"edited (sbsnn never writes this): simulate again")
 
-    def _check_calls(self, name: str) -> None:
-        """The call table of layer ``name`` indexes its rows: offsets start at 0, never
-        decrease and end within the rows; every per-call series has one entry per call;
-        document numbers name documents of the table. A table that points elsewhere would
-        shift every call silently, so it is refused, naming the layer."""
+    def _check_file_datasets(self) -> None:
+        """Every dataset of the file stores what its extent claims, before any is read
+        (:func:`~sbsnn.sim.recording_layout.check_stored`); the layers' shapes are sane."""
+        def link(key, lk):      # (an exception must not cross h5py's visit)
+            if not isinstance(lk, h5py.HardLink):   # soft and external links lead elsewhere
+                kind = "an external link" if isinstance(lk, h5py.ExternalLink) else "a soft link"
+                return f"/{key}", f"is {kind} (to {getattr(lk, 'filename', '')}:{lk.path})"
+            return None
+
+        found = self._file.visititems_links(link)
+        if found is not None:
+            raise self._refuse(*found)
+        datasets = []
+        self._file.visititems(lambda key, obj: datasets.append((key, obj))
+                              if isinstance(obj, h5py.Dataset) else None)
+        for key, ds in datasets:
+            check_stored(ds, self.path, f"dataset /{key}", self.complete)
+        self._documents_index = self._check_documents()
+        for key, g in self._file["layers"].items():
+            if not isinstance(g, h5py.Group):
+                raise self._refuse(f"/layers/{key}", "is not a group")
+            for k in ("counts", "thresholds", "call_offsets", "call_steps"):
+                if not isinstance(g.get(k), h5py.Dataset):
+                    raise self._refuse(f"layer {as_str(g.attrs.get('name', key))!r}",
+                                       f"has no dataset {k!r}")
+            if g["counts"].ndim != 2 or g["thresholds"].ndim not in (1, 2) or any(
+                    g[k].ndim != 1 for k in ("call_offsets", "call_steps")):
+                raise self._refuse(f"layer {as_str(g.attrs.get('name', key))!r}",
+                                   "its datasets have the wrong number of dimensions")
+
+    def _validate(self, name: str) -> None:
+        """Everything that indexes another dataset, checked before use: the call offsets
+        (from 0, increasing, inside the rows), call_events (inside the events),
+        call_documents (increasing, listed in ``/documents``); in a complete file every
+        dataset of the layer has the length its attributes give."""
         g = self._file["layers"][group_key(name)]
-        rows = self._limit(name, 0)
-        rows = min(g["counts"].shape[0], g["thresholds"].shape[0]) if rows is None else rows
-        calls = self._limit(name, 1)
-        per_call = [k for k in ("call_offsets", "call_steps", "call_events", "call_documents")
-                    if k in g]
-        if calls is None:
-            lengths = {k: g[k].shape[0] for k in per_call}
-            if len(set(lengths.values())) > 1:
-                raise RecordingError(f"{self.path}: layer {name!r}: its call tables differ in "
-                                     f"length ({lengths}); the recording is damaged")
-            if g["counts"].shape[0] != g["thresholds"].shape[0]:
-                raise RecordingError(f"{self.path}: layer {name!r}: {g['counts'].shape[0]:,} "
-                                     f"rows of counts but {g['thresholds'].shape[0]:,} of "
-                                     "thresholds; the recording is damaged")
-            calls = g["call_offsets"].shape[0]
+        what = f"layer {name!r}"
+        c = g["counts"]
+        meta = (self.metadata.get("layers") or {}).get(name) or {}
+        if meta.get("in_features") is not None and meta["in_features"] != c.shape[1]:
+            raise self._refuse(what, f"its counts have {c.shape[1]} channels but the metadata "
+                                     f"gives in_features {meta['in_features']}")
+        series = {k: g[k] for k in ("call_offsets", "call_steps", "call_events", "call_documents")
+                  if k in g}
+        events = g["events"] if "events" in g else None
+        if events is not None and not all(isinstance(events.get(f), h5py.Dataset)
+                                          for f, _ in EVENT_FIELDS):
+            raise self._refuse(what, "its events group lacks one of "
+                                     + ", ".join(f for f, _ in EVENT_FIELDS))
+        if (events is None) != ("call_events" not in g):
+            raise self._refuse(what, "it has events without call_events, or the reverse")
+        if self.complete:
+            rows, calls = c.shape[0], g["call_offsets"].shape[0]
+            n_ev = events["token"].shape[0] if events is not None else 0
+            a = g.attrs
+            lengths = {"counts": c.shape[0], "thresholds": g["thresholds"].shape[0],
+                       **{k: ds.shape[0] for k, ds in series.items()},
+                       **({f"events/{f}": events[f].shape[0] for f, _ in EVENT_FIELDS}
+                          if events is not None else {})}
+            expect = {k: (rows if k in ("counts", "thresholds") else
+                          n_ev if k.startswith("events/") else calls) for k in lengths}
+            for key, attr in (("counts", "rows"), ("call_offsets", "calls"),
+                              ("events/token", "events")):
+                if key in lengths and attr in a:
+                    if int(a[attr]) != lengths[key]:
+                        raise self._refuse(what, f"{key} has {lengths[key]} entries but the "
+                                                 f"layer's attribute {attr} says {int(a[attr])}")
+            bad = [k for k in lengths if lengths[k] != expect[k]]
+            if bad:
+                raise self._refuse(what, f"{bad[0]} has {lengths[bad[0]]} entries, not "
+                                         f"{expect[bad[0]]} like the others of its kind")
+        else:
+            rows, calls, n_ev = self._safe[name]
         offs = np.asarray(g["call_offsets"][:calls], dtype=np.int64)
-        bad = None
-        if offs.size and offs[0] != 0:
-            bad = f"the first call starts at row {int(offs[0])}, not 0"
-        elif offs.size and (np.diff(offs) < 0).any():
-            i = int(np.flatnonzero(np.diff(offs) < 0)[0]) + 1
-            bad = f"call {i} starts at row {int(offs[i])}, before call {i - 1} ({int(offs[i - 1])})"
-        elif offs.size and offs[-1] > rows:
-            bad = f"call {offs.size - 1} starts at row {int(offs[-1])}, past its {rows:,} rows"
-        if bad is None and "call_documents" in g and "documents" in self._file:
-            docs = self._file["documents"]["index"]
-            if docs.shape[0] <= _stored_rows(docs):
-                known = set(int(v) for v in docs[:])
-                cd = np.asarray(g["call_documents"][:calls], dtype=np.int64)
-                wrong = [int(v) for v in np.unique(cd) if int(v) not in known]
-                if wrong:
-                    bad = f"its calls name document {wrong[0]}, which the documents table lacks"
-        if bad is not None:
-            raise RecordingError(f"{self.path}: layer {name!r}: {bad}; the call table does not "
-                                 "index this recording's rows (altered or damaged): simulate again")
+        if calls and (offs[0] != 0 or np.any(np.diff(offs) <= 0) or offs[-1] >= rows):
+            bad = (0 if offs[0] != 0 else
+                   int(np.flatnonzero(np.diff(offs) <= 0)[0]) + 1 if np.any(np.diff(offs) <= 0)
+                   else calls - 1)
+            raise self._refuse(what, f"call_offsets[{bad}] = {int(offs[bad])} (call offsets start "
+                                     f"at 0 and increase below the layer's {rows} rows)")
+        if not calls and rows and self.complete:
+            raise self._refuse(what, f"{rows} rows but no call_offsets")
+        steps = np.asarray(g["call_steps"][:calls])
+        if calls and steps.min() < 0:
+            raise self._refuse(what, f"call_steps[{int(np.argmin(steps))}] = {int(steps.min())} "
+                                     f"is negative")
+        if "call_events" in g:
+            # (an incomplete file's last calls may point past the events a kill damaged:
+            # readers clip them to the readable events)
+            ce = np.asarray(g["call_events"][:calls], dtype=np.int64)
+            if len(ce) and (ce[0] != 0 or np.any(np.diff(ce) < 0) or (
+                    self.complete and ce[-1] > n_ev)):
+                bad = (0 if ce[0] != 0 else int(np.flatnonzero(np.diff(ce) < 0)[0]) + 1
+                       if np.any(np.diff(ce) < 0) else len(ce) - 1)
+                raise self._refuse(what, f"call_events[{bad}] = {int(ce[bad])} (first events of "
+                                         f"the calls start at 0 and never decrease nor pass the "
+                                         f"layer's {n_ev} events)")
+        if "call_documents" in g:
+            if self._documents_index is None and self.complete:
+                raise self._refuse(what, "it has call_documents but the file no /documents")
+            cd = np.asarray(g["call_documents"][:calls], dtype=np.int64)
+            if calls and (cd.min() < 0 or np.any(np.diff(cd) < 0)):
+                bad = (int(np.argmin(cd)) if cd.min() < 0
+                       else int(np.flatnonzero(np.diff(cd) < 0)[0]) + 1)
+                raise self._refuse(what, f"call_documents[{bad}] = {int(cd[bad])} (the calls of "
+                                         f"one document are contiguous, documents in increasing "
+                                         f"order)")
+            if self.complete and calls:
+                unknown = sorted(set(np.unique(cd).tolist()) - self._documents_index)
+                if unknown:
+                    raise self._refuse(what, f"call_documents names document {unknown[0]}, which "
+                                             f"/documents does not list")
+
+    def _check_documents(self) -> set[int] | None:
+        """The indices ``/documents`` lists (None without the group), after checking that
+        they increase from 0 up, with tokens and characters not negative."""
+        if "documents" not in self._file:
+            return None
+        g = self._file["documents"]
+        keys = ("index", "name", "tokens", "chars")
+        for k in keys:
+            if not isinstance(g.get(k), h5py.Dataset) or g[k].ndim != 1:
+                raise self._refuse("/documents", f"has no one-dimensional dataset {k!r}")
+        lengths = {k: g[k].shape[0] for k in keys}
+        if self.complete and len(set(lengths.values())) > 1:
+            raise self._refuse("/documents", f"its columns differ in length ({lengths})")
+        n = min(lengths.values())
+        if not self.complete:
+            n = min(_readable_rows(g[k], n) for k in keys)
+        idx = np.asarray(g["index"][:n], dtype=np.int64)
+        for k in ("tokens", "chars"):
+            col = np.asarray(g[k][:n], dtype=np.int64)
+            if n and col.min() < 0:
+                raise self._refuse("/documents", f"{k}[{int(np.argmin(col))}] = {int(col.min())} "
+                                                 f"is negative")
+        if n and (idx[0] < 0 or np.any(np.diff(idx) <= 0)):
+            bad = 0 if idx[0] < 0 else int(np.flatnonzero(np.diff(idx) <= 0)[0]) + 1
+            raise self._refuse("/documents", f"index[{bad}] = {int(idx[bad])} (document indices "
+                                             f"are not negative and increase)")
+        return set(idx.tolist())
 
     def _check(self, name: str) -> None:
         """Readable rows, calls and events of a layer of an incomplete recording."""
@@ -293,7 +410,11 @@ class Recording:
         calls = _readable_rows(g["call_steps"], _readable_rows(offsets, offsets.shape[0]))
         if "call_documents" in g:
             calls = _readable_rows(g["call_documents"], calls)
-        offs = offsets[:calls]
+        offs = np.asarray(offsets[:calls], dtype=np.int64)
+        if calls and (offs[0] != 0 or np.any(np.diff(offs) <= 0)):   # searchsorted needs order
+            bad = 0 if offs[0] != 0 else int(np.flatnonzero(np.diff(offs) <= 0)[0]) + 1
+            raise self._refuse(f"layer {name!r}", f"call_offsets[{bad}] = {int(offs[bad])} (call "
+                                                  f"offsets start at 0 and increase)")
         calls = int(np.searchsorted(offs, rows, side="left"))   # calls starting before `rows`
         events = 0
         if "events" in g:
@@ -394,6 +515,10 @@ class Recording:
         if "trace" not in g:
             return None
         t = g["trace"]
+        what = f"layer {name!r}: trace"
+        for key in [k for k, _, _ in TRACE_SERIES] + ["outputs"]:
+            if not isinstance(t.get(key), h5py.Dataset) or t[key].ndim != (2 if key == "outputs" else 1):
+                raise self._refuse(what, f"has no dataset {key!r} of the right shape")
         sizes = {k: t[k].shape[0] for k in t}
         calls = sizes["step_offsets"]
         if not self.complete:   # only the calls whose every piece reads back
@@ -401,12 +526,18 @@ class Recording:
                 sizes[k] = _readable_rows(t[k], sizes[k],
                                           unwritten=np.isnan if k == "outputs" else None)
             calls = min(sizes["step_offsets"], sizes["call_outputs"])
+        elif sizes["call_outputs"] != calls:
+            raise self._refuse(what, f"call_outputs has {sizes['call_outputs']} entries, "
+                                     f"step_offsets {calls}")
         offsets = self.call_offsets(name)
         steps = self.call_steps(name)
+        if self.complete and calls > len(offsets):
+            raise self._refuse(what, f"{calls} traced calls but the layer has {len(offsets)}")
         calls = min(calls, len(offsets), len(steps))
         rows_total = self.rows(name)
-        so, co = t["step_offsets"][:calls], t["call_outputs"][:calls]
-        off_all = offsets[:]
+        so = np.asarray(t["step_offsets"][:calls], dtype=np.int64)
+        co = np.asarray(t["call_outputs"][:calls], dtype=np.int64)
+        off_all = np.asarray(offsets[:], dtype=np.int64)
         ends = list(off_all[1:]) + [rows_total]
         n_out_total = sizes["output_rows"]
         out_ends = list(co[1:]) + [n_out_total]
@@ -418,14 +549,35 @@ class Recording:
             T, r0, r1 = int(steps[k]), int(off_all[k]), int(ends[k])
             e0 = int(so[k])
             o0, o1 = int(co[k]), int(out_ends[k])
+            where = f"{what} of call {k}"
+            if e0 < 0 or o0 < 0 or o1 < o0 or o1 - o0 > r1 - r0:
+                raise self._refuse(where, f"step offset {e0}, outputs {o0}..{o1} for "
+                                          f"{r1 - r0} rows (offsets are not negative, "
+                                          f"increase, and give at most one output per row)")
             if (e0 + T > sizes["events_pos"] or e0 + T > sizes["events_neg"] or r1 > sizes["first_step"]
                     or r1 > sizes["last_step"] or o1 > sizes["output_offsets"]):
-                break
-            if o1 > o0:
-                starts = t["output_offsets"][o0:o1].astype(np.int64)
-                stop = int(t["output_offsets"][o1]) if o1 < sizes["output_offsets"] else out_rows_total
-                if stop > out_rows_total:
+                if not self.complete:       # the tail a kill cut off
                     break
+                raise self._refuse(where, f"points past its series (steps {e0}..{e0 + T} of "
+                                          f"{sizes['events_pos']}, rows ..{r1} of "
+                                          f"{sizes['first_step']}, outputs ..{o1} of "
+                                          f"{sizes['output_offsets']})")
+            first = np.asarray(t["first_step"][r0:r1], dtype=np.int64)
+            last = np.asarray(t["last_step"][r0:r1], dtype=np.int64)
+            if len(first) and (first.min() < -1 or last.min() < -1 or first.max() >= T
+                               or last.max() >= T or np.any((first < 0) != (last < 0))
+                               or np.any(last < first)):
+                raise self._refuse(where, f"first/last steps outside -1..{T - 1} (the call's "
+                                          f"{T} steps) or out of order")
+            if o1 > o0:
+                starts = np.asarray(t["output_offsets"][o0:o1], dtype=np.int64)
+                stop = int(t["output_offsets"][o1]) if o1 < sizes["output_offsets"] else out_rows_total
+                if stop > out_rows_total or starts[0] < 0 or np.any(
+                        np.diff(np.append(starts, stop)) <= 0):
+                    if not self.complete and stop > out_rows_total:
+                        break
+                    raise self._refuse(where, f"output_offsets {int(starts[0])}..{stop} are not "
+                                              f"increasing inside the {out_rows_total} output rows")
                 out = torch.from_numpy(t["outputs"][int(starts[0]):stop])
                 rel = torch.from_numpy(np.append(starts, stop) - int(starts[0]))
             else:
@@ -435,8 +587,7 @@ class Recording:
                 steps=T, row0=r0,
                 events_pos=torch.from_numpy(t["events_pos"][e0:e0 + T].astype(np.int64)),
                 events_neg=torch.from_numpy(t["events_neg"][e0:e0 + T].astype(np.int64)),
-                first_step=torch.from_numpy(t["first_step"][r0:r1].astype(np.int64)),
-                last_step=torch.from_numpy(t["last_step"][r0:r1].astype(np.int64)),
+                first_step=torch.from_numpy(first), last_step=torch.from_numpy(last),
                 output_offsets=rel, outputs=out))
         return lt
 
@@ -470,4 +621,4 @@ class Recording:
         return f"Recording({str(self.path)!r}, {len(self.layers)} layers, {state})"
 
 
-__all__ = ["Recording", "RowView"]
+__all__ = ["Recording", "RowView", "check_metadata"]

@@ -12,14 +12,14 @@ either way carries the same metadata and is finished the same way:
   rank 0 writes the index of the shards, complete last.
 
 A ``group`` here is anything with ``distributed``, ``is_main``, ``rank``,
-``world_size`` and ``barrier()`` (:class:`sbsnn.runs.Group`); ``None`` is one process.
+``world_size``, ``barrier()`` and ``broadcast(obj, src=0)`` (:class:`sbsnn.runs.Group`);
+``None`` is one process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 
 import torch
 
@@ -122,8 +122,9 @@ class RunRecording:
         self.planned = [{"index": d.index, "name": d.name, "tokens": int(x.shape[1]),
                          "chars": len(d.text), "rank": ranks[d.index]}
                         for d, x in zip(documents, ids)]
-        # One identity for the run, rank 0's, in the index and in every shard.
-        self.run_id = group.all_gather(uuid.uuid4().hex if group.is_main else None)[0]
+        # One identity per run, drawn by rank 0 and shared: written in the index and in
+        # every shard, so that a shard of another run is refused when the index is read.
+        self.run_id = group.broadcast(shards.new_run_id() if group.is_main else None, src=0)
         if group.is_main:
             shards.remove_stale_shards(record, group.world_size)
             self._index(complete=False)

@@ -6,7 +6,7 @@ file. Each rank writes its own shard, an ordinary sbsnn recording (format 3, wit
 documents and ``call_documents``), and rank 0 writes the index at the path asked for::
 
     spikes.h5                       the index (attrs format="sbsnn-recording-index",
-                                    format_version, complete, world_size, created)
+                                    format_version, complete, world_size, created, run_id)
         metadata                    str: JSON of the whole run's metadata (all tokens)
         shards                      str [world_size]: shard paths relative to the index
         documents/index,name,tokens,chars,rank   the document set and each one's rank
@@ -17,6 +17,19 @@ The index is written (atomically: a temporary file, then a rename) with
 ``complete=False`` before any shard, and rewritten with ``complete=True`` only after
 every rank closed its shard complete; a run in which any rank failed or was killed
 therefore never leaves a recording that looks complete.
+
+Every shard belongs to one index. ``run_id`` (a random hex string rank 0 draws once per
+run and broadcasts to every rank) is written in the index's attributes and in every
+shard's metadata (``metadata["shard"]``: ``rank``, ``world_size``, ``index``,
+``run_id``); opening the index refuses, naming the shard, a shard whose run id, rank or
+world size differs (a shard copied in from another run), and a shard whose documents the
+index did not plan for its rank or with other lengths. Shard paths are confined to the
+index's directory: an entry that is absolute, climbs out with ``..`` or resolves (through
+a symlink) outside that directory is refused by name, as is a shard that is not a
+regular file or is listed twice. Index format version 1 (before run ids) still reads:
+its shards are tied to it only by the checks on ranks and documents (a shard of another
+run of the same documents cannot be told apart there); an index of version 2 without a
+run id, or a version-1 index over shards that carry one, is refused.
 
 :class:`ShardedRecording` (what :func:`open_recording` and :func:`load_recording`, the
 openers of any recording, return for an index) offers :class:`~sbsnn.sim.Recording`'s
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,17 +52,17 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from sbsnn.checks import check_input_file
 from sbsnn.errors import RecordingError
 from sbsnn.fsutil import atomic_file
-from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, json_default
-from sbsnn.sim.recording_reader import Recording, no_layer_error
+from sbsnn.sim.recording_layout import INDEX_FORMAT, as_str, check_stored, json_default
+from sbsnn.sim.recording_reader import Recording, check_metadata, no_layer_error
 from sbsnn.sim.trace import LayerTrace
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "ConcatRows", "ShardedRecording", "is_index",
-           "load_recording", "open_recording", "shard_path", "write_index"]
+           "load_recording", "new_run_id", "open_recording", "shard_path", "write_index"]
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2           # 2: run_id ties the shards to their index (1 still reads)
+MAX_WORLD_SIZE = 1 << 20    # ranks an index may list
 _DOC_KEYS = ("index", "name", "tokens", "chars", "rank")
 
 
@@ -87,24 +101,31 @@ def remove_stale_shards(index_path, world_size: int) -> None:
             p.unlink()
 
 
+def new_run_id() -> str:
+    """A run identity: 32 random hex digits, drawn once per run by rank 0."""
+    return uuid.uuid4().hex
+
+
 def write_index(path, *, world_size: int, metadata: dict, documents: Sequence[dict],
                 complete: bool, run_id: str | None = None) -> Path:
     """Write the index of a sharded recording at ``path`` atomically; ``documents`` are
-    dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``. ``run_id``: the
-    identity of the run, written in every shard too, so that a shard from another run is
-    refused when the recording is read."""
+    dicts with ``index``, ``name``, ``tokens``, ``chars``, ``rank``. ``run_id`` (every
+    shard's ``metadata["shard"]["run_id"]``) makes it a version-2 index; without it, the
+    index is written as version 1 (no tie to its shards but ranks and documents)."""
+    if run_id is not None and (not isinstance(run_id, str) or not run_id):
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             a = f.attrs
             a["format"] = INDEX_FORMAT
-            a["format_version"] = INDEX_VERSION
+            a["format_version"] = INDEX_VERSION if run_id is not None else 1
+            if run_id is not None:
+                a["run_id"] = run_id
             a["complete"] = bool(complete)
             a["world_size"] = int(world_size)
             a["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            if run_id is not None:
-                a["run_id"] = str(run_id)
             f.create_dataset("metadata", data=json.dumps(metadata, default=json_default),
                              dtype=h5py.string_dtype())
             names = [str(shard_path(path, r, world_size).relative_to(path.parent))
@@ -206,52 +227,45 @@ class ShardedRecording:
         self.path = Path(path)
         self.notes: list[str] = []
         self.damaged: dict[str, str] = {}
-        check_input_file(self.path, "a recording index", error=RecordingError)
         try:
             f = h5py.File(self.path, "r")
         except OSError as e:
             raise RecordingError(f"{self.path}: cannot be opened as HDF5: {e}") from e
         with f:
-            a = f.attrs
-            if as_str(a.get("format")) != INDEX_FORMAT:
-                raise RecordingError(f"{self.path}: not the index of a sharded sbsnn recording")
-            version = int(a.get("format_version", 0))
-            if version > INDEX_VERSION:
-                raise RecordingError(f"{self.path}: sharded-recording index version {version} is "
-                                     f"newer than this sbsnn reads ({INDEX_VERSION}); upgrade sbsnn")
-            self.format_version = version
-            self.world_size = int(a["world_size"])
-            self.run_id = as_str(a["run_id"]) if "run_id" in a else None
-            index_complete = bool(a.get("complete", False))
-            self.metadata = json.loads(as_str(f["metadata"][()]))
-            shard_names = [as_str(s) for s in f["shards"][()]]
-            g = f["documents"]
-            cols = {k: g[k][()] for k in _DOC_KEYS}
+            try:
+                index_complete, shard_names, cols = self._read_index(f)
+            except RecordingError:
+                raise
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+                raise RecordingError(f"{self.path}: damaged index of a sharded recording "
+                                     f"({type(e).__name__}: {e}); simulate again") from None
         self.planned_documents = [
             {k: (as_str(cols[k][i]) if k == "name" else int(cols[k][i])) for k in _DOC_KEYS}
             for i in range(len(cols["index"]))]
         rank_of = {d["index"]: d["rank"] for d in self.planned_documents}
+        if len(rank_of) != len(self.planned_documents):
+            raise RecordingError(f"{self.path}: the index plans a document twice; the index "
+                                 f"is damaged or was edited: simulate again")
+        self._planned = {d["index"]: d for d in self.planned_documents}
+        paths = [self._shard_file(name) for name in shard_names]
         self.shards: list[Recording | None] = []
         missing = []
         try:
-            if len(shard_names) != self.world_size:
-                raise RecordingError(f"{self.path}: the index lists {len(shard_names)} shards "
-                                     f"for {self.world_size} ranks; the index is damaged")
-            for r, name in enumerate(shard_names):
-                p = self._shard_file(name)
+            for r, p in enumerate(paths):
                 if not p.exists():
                     missing.append(str(p))
                     self.shards.append(None)
                     continue
-                try:
-                    self.shards.append(Recording(p, warn=False))
+                try:        # (refuses a directory, pipe or device without opening it)
+                    shard = Recording(p, warn=False)
                 except (RecordingError, OSError) as e:
                     if index_complete:
                         raise
                     missing.append(f"{p} ({e})")      # a failed run's shard: not readable
                     self.shards.append(None)
                     continue
-                self._check_shard(self.shards[-1], r)
+                self.shards.append(shard)
+                self._check_shard(shard, r)
             if missing and index_complete:
                 raise RecordingError(f"{self.path}: shard {missing[0]} is missing ({len(missing)} of "
                                      f"{len(shard_names)}); a sharded recording is read with its "
@@ -286,40 +300,110 @@ class ShardedRecording:
             if warn:
                 warnings.warn(msg, stacklevel=3)
 
+    # ------------------------------------------------------------------ checking
+    def _read_index(self, f: h5py.File):
+        """``(complete, shard names, document columns)`` of the open index, every size
+        checked before it is read."""
+        a = f.attrs
+        if as_str(a.get("format")) != INDEX_FORMAT:
+            raise RecordingError(f"{self.path}: not the index of a sharded sbsnn recording")
+        version = int(a.get("format_version", 0))
+        if version > INDEX_VERSION:
+            raise RecordingError(f"{self.path}: sharded-recording index version {version} is "
+                                 f"newer than this sbsnn reads ({INDEX_VERSION}); upgrade sbsnn")
+        self.format_version = version
+        run_id = a.get("run_id")
+        self.run_id = as_str(run_id) if run_id is not None else None
+        if version >= 2 and not self.run_id:
+            raise RecordingError(f"{self.path}: index version {version} without a run_id (it "
+                                 f"ties the shards to their index); the index is damaged or was "
+                                 f"edited: simulate again")
+        self.world_size = int(a["world_size"])
+        if not 1 <= self.world_size <= MAX_WORLD_SIZE:
+            raise RecordingError(f"{self.path}: world_size {self.world_size} is outside "
+                                 f"1..{MAX_WORLD_SIZE}; the index is damaged or was edited")
+        names = ["metadata", "shards", *(f"documents/{k}" for k in _DOC_KEYS)]
+        for key in names:
+            ds = f.get(key)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != (0 if key == "metadata" else 1):
+                raise RecordingError(f"{self.path}: the index has no {'scalar' if key == 'metadata' else 'one-dimensional'} "
+                                     f"dataset {key!r}; it is damaged or was edited")
+            check_stored(ds, self.path, f"dataset /{key}")
+        if f["shards"].shape[0] != self.world_size:
+            raise RecordingError(f"{self.path}: the index lists {f['shards'].shape[0]} shards for "
+                                 f"world_size {self.world_size}; it is damaged or was edited")
+        lengths = {f[f"documents/{k}"].shape[0] for k in _DOC_KEYS}
+        if len(lengths) != 1:
+            raise RecordingError(f"{self.path}: the index's document columns differ in length; "
+                                 f"it is damaged or was edited")
+        try:
+            self.metadata = check_metadata(json.loads(as_str(f["metadata"][()])), self.path)
+        except (ValueError, RecursionError) as e:
+            if isinstance(e, RecordingError):
+                raise
+            raise RecordingError(f"{self.path}: unreadable metadata: {type(e).__name__}: "
+                                 f"{str(e)[:200]}") from None
+        shard_names = [as_str(x) for x in f["shards"][()]]
+        cols = {k: f[f"documents/{k}"][()] for k in _DOC_KEYS}
+        return bool(a.get("complete", False)), shard_names, cols
+
     def _shard_file(self, name: str) -> Path:
-        """The shard the index names, which must lie in the index's own directory: an
-        absolute or ``..`` entry, or a link leading out, would read files anywhere."""
+        """The shard ``name`` (an index entry) names, confined to the index's directory:
+        relative, without ``..``, resolving (symlinks followed) inside that directory, and
+        listed once."""
+        home = self.path.parent
         rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise RecordingError(f"{self.path}: the index names the shard {name!r}, outside its "
-                                 "directory; a shard lies beside its index (the index is "
-                                 "altered or damaged)")
-        p = self.path.parent / rel
-        home = self.path.parent.resolve()
-        if p.exists() and home not in p.resolve().parents:
-            raise RecordingError(f"{self.path}: shard {p} leads to {p.resolve()}, outside the "
-                                 f"index's directory {home}; copy the shard itself there")
+        why = None
+        if not name:
+            why = "is empty"
+        elif rel.is_absolute():
+            why = "is an absolute path"
+        elif ".." in rel.parts:
+            why = "climbs out of the index's directory with '..'"
+        else:
+            target = (home / rel).resolve()
+            if not target.is_relative_to(home.resolve()):
+                why = f"resolves to {target}, outside the index's directory (a symlink)"
+        if why:
+            raise RecordingError(f"{self.path}: shard entry {name!r} {why}; shards are read only "
+                                 f"from {shard_dir(self.path).name}/ beside the index")
+        p = home / rel
+        seen = getattr(self, "_seen_shards", set())
+        key = p.resolve()
+        if key in seen:
+            raise RecordingError(f"{self.path}: shard entry {name!r} is listed twice; the index "
+                                 f"is damaged or was edited")
+        seen.add(key)
+        self._seen_shards = seen
         return p
 
     def _check_shard(self, shard: Recording, rank: int) -> None:
-        """A shard belongs to this index: written by rank ``rank`` of the same world size
-        and, for a run that recorded one, with the index's run identity (a shard copied in
-        from another run with the same documents would give other numbers silently)."""
-        own = shard.metadata.get("shard")
-        if not isinstance(own, dict) and self.run_id is None:
-            return          # an index written before run identities: nothing to hold it to
-        if not isinstance(own, dict):
-            raise RecordingError(f"{shard.path}: not a shard of a sharded recording (its "
-                                 f"metadata names no rank), but {self.path} lists it as rank {rank}")
-        if own.get("rank") != rank or own.get("world_size") != self.world_size:
-            raise RecordingError(f"{shard.path}: written by rank {own.get('rank')} of "
-                                 f"{own.get('world_size')}, but {self.path} lists it as rank "
-                                 f"{rank} of {self.world_size}; the shard is not this run's")
-        if self.run_id is not None and own.get("run_id") != self.run_id:
-            raise RecordingError(f"{shard.path}: from another run (run {own.get('run_id')!r}, "
-                                 f"the index's is {self.run_id!r}); a shard copied from another "
-                                 "run would give its numbers: simulate again, or put back this "
-                                 "run's shard")
+        """Refuse a shard that is not this index's rank ``rank``: another run's (run id), a
+        rank or world size other than its place, documents not planned for it."""
+        info = shard.metadata.get("shard")
+        info = info if isinstance(info, dict) else {}
+        sid = info.get("run_id")
+        fix = "put back this run's shard, or simulate again"
+        if self.run_id is not None and sid != self.run_id:
+            raise RecordingError(f"{shard.path}: shard of another run (run id {sid or 'none'}, the "
+                                 f"index {self.path.name} has {self.run_id}); {fix}")
+        if self.run_id is None and sid is not None:
+            raise RecordingError(f"{shard.path}: shard of run {sid}, but the index {self.path.name} "
+                                 f"(version {self.format_version}) names no run; {fix}")
+        for key, want in (("rank", rank), ("world_size", self.world_size)):
+            if key in info and info[key] != want:
+                raise RecordingError(f"{shard.path}: shard with {key} {info[key]!r} in place of "
+                                     f"rank {rank} of {self.world_size} in the index "
+                                     f"{self.path.name}; {fix}")
+        for d in shard.documents:
+            plan = self._planned.get(d["index"])
+            if plan is None or plan["rank"] not in (rank, -1) or any(
+                    plan[k] != d[k] for k in ("name", "tokens", "chars")):
+                said = ("not planned" if plan is None else
+                        f"planned for rank {plan['rank']} with {plan['tokens']} tokens")
+                raise RecordingError(f"{shard.path}: document {d['index']} ({d['tokens']} tokens) "
+                                     f"of this shard (rank {rank}) is {said} in the index "
+                                     f"{self.path.name}; {fix}")
 
     # ------------------------------------------------------------------ building
     def _layer_order(self) -> list[str]:
@@ -364,6 +448,25 @@ class ShardedRecording:
                     e1 = min(int(ce[c1]), n_ev) if c1 < len(ce) and c1 < calls else n_ev
                 segs.append(_Segment(int(cd[c0]), r, c0, c1, int(co[c0]), r1, e0, e1))
         segs.sort(key=lambda g: (g.doc, g.shard))
+        for a, b in zip(segs, segs[1:]):
+            if a.doc == b.doc:      # one document's calls of a layer come from one rank
+                raise RecordingError(f"{self.shards[b.shard].path}: layer {name!r} holds calls of "
+                                     f"document {b.doc}, which {self.shards[a.shard].path.name} "
+                                     f"also holds; the shards are not one run's: simulate again")
+        for g in segs:
+            if g.doc not in self._planned:
+                raise RecordingError(f"{self.shards[g.shard].path}: layer {name!r} holds calls of "
+                                     f"document {g.doc}, which the index {self.path.name} does not "
+                                     f"plan; the shard is not this run's: simulate again")
+        want = ((self.metadata.get("layers") or {}).get(name) or {}).get("in_features")
+        src = "the index's metadata"
+        for g in segs:
+            d = self.shards[g.shard].in_features(name)
+            if want is None:
+                want, src = d, self.shards[g.shard].path.name
+            if d != want:
+                raise RecordingError(f"{self.shards[g.shard].path}: layer {name!r} has {d} channels, "
+                                     f"{src} {want}; the shard is not this run's: simulate again")
         return segs
 
     def _shard(self, g: _Segment) -> Recording:
