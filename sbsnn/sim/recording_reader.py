@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import torch
 
+from sbsnn.checks import check_input_file
 from sbsnn.errors import MissingPathError, RecordingError
 from sbsnn.neurons.formula import CODINGS
 from sbsnn.sim.recording_layout import (EVENT_FIELDS, FORMAT, FORMAT_VERSION, INDEX_FORMAT,
@@ -165,9 +166,8 @@ class Recording:
                                    filename=self.path)
         if self.path.is_dir():
             raise RecordingError(f"{self.path}: is a directory, not an sbsnn recording")
-        if not self.path.is_file():     # a FIFO or a device would block or never end
-            raise RecordingError(f"{self.path}: not a regular file (a pipe or a device); a "
-                                 f"recording is an HDF5 file written by sbsnn simulate --record")
+        check_input_file(self.path, "a recording (an HDF5 file written by sbsnn simulate "
+                         "--record)", error=RecordingError)   # a FIFO would block the open
         try:
             f = h5py.File(self.path, "r")
         except BlockingIOError as e:
