@@ -295,23 +295,24 @@ def _read_file(path: Path) -> GGUFFile:
         n_bytes = math.prod(shape) // block * type_size
         infos.append((name, shape, qtype, offset, n_bytes))
     data_start = _pad(c.pos, alignment)
-    tensors, expected, previous = [], 0, None
+    tensors, expected, previous = [], 0, "the data section's start"
     for name, shape, qtype, offset, n_bytes in infos:
         if offset != expected:
             where = (f"is not a multiple of the alignment {alignment}" if offset % alignment else
-                     f"overlaps tensor {previous}'s bytes" if offset < expected else
-                     f"leaves a gap after tensor {previous or '(none)'}")
+                     "overlaps the bytes before it" if offset < expected else
+                     "leaves a gap before it")
             raise CheckpointError(
-                f"{path}: tensor {name} has data offset {offset:,}, which {where}; llama.cpp "
-                f"expects {expected:,} (tensors follow each other in table order, each padded to "
-                f"{alignment} bytes); the file is corrupt")
+                f"{path}: tensor {name} has data offset {offset:,}, which {where}: llama.cpp "
+                f"expects {expected:,}, right after {previous} (tensors follow each other in "
+                f"table order, each padded to {alignment} bytes); the file is corrupt")
         end = data_start + offset + n_bytes
         if end > c.size:
             raise CheckpointError(f"{path}: truncated or corrupt GGUF file: tensor {name} ({qtype.name}, "
                                   f"shape {list(shape)}, {n_bytes:,} bytes) ends at byte {end:,}, "
                                   f"the file has {c.size:,}; re-download or re-convert it")
         tensors.append((name, shape, qtype, data_start + offset, n_bytes))
-        expected, previous = _pad(offset + n_bytes, alignment), name
+        expected = _pad(offset + n_bytes, alignment)
+        previous = f"tensor {name} ({qtype.name}, shape {list(shape)}: {n_bytes:,} bytes)"
     f = GGUFFile(path=path, size=c.size, version=version, alignment=alignment, meta=meta,
                  tensors=[], map=mm)
     f.tensors = [GGUFTensor(n, s, q, st, nb, f) for n, s, q, st, nb in tensors]
