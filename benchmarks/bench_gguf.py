@@ -3,7 +3,7 @@ the same file, in one run, phase by phase.
 
 Phases (wall-clock seconds, each run once, sbsnn and transformers alternating):
 
-* open: ``gguf.GGUFReader`` on the file (both loaders use it; it parses every metadata
+* open: sbsnn's ``read_file`` / transformers' ``gguf.GGUFReader`` on the file (it parses every metadata
   value, the vocabulary included);
 * dequantize: every tensor to float32 with ``gguf.quants.dequantize`` plus each loader's
   fix-ups (q/k un-permutation, Gemma norm offset). For sbsnn ``load_tensors`` on an open
@@ -69,11 +69,11 @@ def main(argv=None) -> int:
 
     rows = {}
     # sbsnn, phase by phase, then whole
-    t_open, reader = timed(lambda: g._open(path))
-    meta = g.read_metadata(reader, path)
+    t_open, reader = timed(lambda: g.read_file(path))
+    meta = reader.meta
     arch = meta["general.architecture"]
     t_tok, _ = timed(lambda: build_tokenizer(meta, arch, str(path)))
-    config = g._config(meta, arch, {t.name: t for t in reader.tensors}, path)
+    config = g._config(reader, arch, path)
     names = g._tensor_plan(reader, arch, config, path)
     t_deq, _ = timed(lambda: g.load_tensors(reader, names, arch, config, path))
     del reader, _
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     rows["transformers"] = (t_open_hf, t_full_hf - t_meta_hf, t_tok_hf, t_cfg + t_full_hf + t_tok_hf)
 
     s, h = rows["sbsnn"], rows["transformers"]
-    head = ("| loader | open (GGUFReader) s | dequantize s | tokenizer s | total s |\n"
+    head = ("| loader | open s | dequantize s | tokenizer s | total s |\n"
             "|---|---:|---:|---:|---:|")
     lines = [f"| {k} | {v[0]:.1f} | {v[1]:.1f} | {v[2]:.1f} | {v[3]:.1f} |" for k, v in rows.items()]
     lines.append(f"| sbsnn / transformers | {s[0] / h[0]:.2f} | {s[1] / h[1]:.2f} | "

@@ -285,3 +285,124 @@ def real_gguf_path() -> Path | None:
     except ImportError:
         return None
     return pkg.assemble()
+
+
+# ----------------------------------------------------------------------------- byte by byte
+# A GGUF file as plain Python, to damage one field and write it back: written here with
+# struct (not with the gguf package) so that any count, length, type or offset can be set
+# to a value the package would never write.
+_SCALAR_FMT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+               10: "<Q", 11: "<q", 12: "<d"}
+STRING, ARRAY, UINT32, INT32, FLOAT32, UINT64 = 8, 9, 4, 5, 6, 10
+
+
+class RawGGUF:
+    """``kvs``: [key, value type, value] (an array's value: [item type, items]);
+    ``tensors``: [name, dims (ggml order), ggml type, offset]; ``blob``: the data section.
+    ``n_kv`` / ``n_tensors`` override the counts written; ``fields`` (after ``to_bytes``)
+    lists ``(position, struct format, what)`` of every count, length, type and offset
+    written, for byte-level mutation."""
+
+    def __init__(self, kvs, tensors, blob: bytes, version=3, alignment=32):
+        self.kvs, self.tensors, self.blob = kvs, tensors, blob
+        self.version, self.alignment = version, alignment
+        self.n_kv = self.n_tensors = None
+        self.fields: list[tuple[int, str, str]] = []
+
+    @classmethod
+    def parse(cls, data: bytes) -> "RawGGUF":
+        import struct
+        pos = 8
+
+        def take(fmt):
+            nonlocal pos
+            (v,) = struct.unpack_from(fmt, data, pos)
+            pos += struct.calcsize(fmt)
+            return v
+
+        def string():
+            nonlocal pos
+            n = take("<Q")
+            pos += n
+            return data[pos - n:pos].decode()
+
+        def value(t):
+            if t == STRING:
+                return string()
+            if t == ARRAY:
+                it, n = take("<I"), take("<Q")
+                return [it, [value(it) for _ in range(n)]]
+            return take(_SCALAR_FMT[t])
+
+        version = struct.unpack_from("<I", data, 4)[0]
+        n_t, n_kv = take("<Q"), take("<Q")
+        kvs = []
+        for _ in range(n_kv):
+            k = string()
+            t = take("<I")
+            kvs.append([k, t, value(t)])
+        tensors = []
+        for _ in range(n_t):
+            name = string()
+            nd = take("<I")
+            dims = [take("<Q") for _ in range(nd)]
+            tensors.append([name, dims, take("<I"), take("<Q")])
+        align = next((v for k, _, v in kvs if k == "general.alignment"), 32)
+        start = pos + (-pos) % align
+        return cls(kvs, tensors, data[start:], version=version, alignment=align)
+
+    def kv(self, key):
+        return next(e for e in self.kvs if e[0] == key)
+
+    def tensor(self, name):
+        return next(e for e in self.tensors if e[0] == name)
+
+    def to_bytes(self) -> bytes:
+        import struct
+        out = bytearray(b"GGUF")
+        self.fields = []
+
+        def put(fmt, v, what=None):
+            if what is not None:
+                self.fields.append((len(out), fmt, what))
+            out.extend(struct.pack(fmt, v))
+
+        def string(s, what):
+            b = s.encode() if isinstance(s, str) else s
+            put("<Q", len(b), f"length of {what}")
+            out.extend(b)
+
+        def value(t, v, key):
+            if t == STRING:
+                string(v, key)
+            elif t == ARRAY:
+                put("<I", v[0], f"item type of {key}")
+                put("<Q", len(v[1]), f"length of {key}")
+                for x in v[1]:
+                    value(v[0], x, key + "[]")
+            else:
+                put(_SCALAR_FMT.get(t, "<I"), v,  # an unknown type: four bytes of value
+                f"value of {key}" if t in (UINT32, INT32, UINT64) else None)
+
+        put("<I", self.version, "version")
+        put("<Q", len(self.tensors) if self.n_tensors is None else self.n_tensors, "tensor count")
+        put("<Q", len(self.kvs) if self.n_kv is None else self.n_kv, "key count")
+        for k, t, v in self.kvs:
+            string(k, f"key {k}")
+            put("<I", t, f"type of {k}")
+            value(t, v, k)
+        for name, dims, t, off in self.tensors:
+            string(name, "name of " + name)
+            put("<I", len(dims), f"n_dims of {name}")
+            for d in dims:
+                put("<Q", d, f"dim of {name}")
+            put("<I", t, f"type of {name}")
+            put("<Q", off, f"offset of {name}")
+        out.extend(b"\0" * ((-len(out)) % self.alignment))
+        return bytes(out) + self.blob
+
+
+def raw_model(tmp_path: Path, arch: str = "llama", **kw) -> RawGGUF:
+    """A small valid model written by the gguf package, parsed into a RawGGUF."""
+    p = write_model(tmp_path / f"valid-{arch}.gguf", arch, **kw)
+    return RawGGUF.parse(p.read_bytes())

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import stat
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,7 @@ import torch
 from sbsnn.checks import check_input_file
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.families import SIZE_BOUNDS
-from sbsnn.models.gguf_layout import check_layout
-from sbsnn.models.gguf_tokenizer import build_tokenizer
+from sbsnn.models.gguf_tokenizer import build_tokenizer, check_tokenizer_types
 from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
 from sbsnn.models.tokenizer import HFTokenizer
 
@@ -77,62 +77,274 @@ class GGUFCheckpoint:
         return self.tokenizer.to_json()
 
 
-# ----------------------------------------------------------------------------- reading
-def _open(path: Path):
+# ----------------------------------------------------------------------------- the file
+# Read here with struct over a read-only memory map rather than with gguf.GGUFReader,
+# which trusts every count in the file (a 7 KB file declaring 2**40 array items makes it
+# allocate without bound). Every count and length is checked against the bytes left in
+# the file before anything is allocated or looped over, and the tensor table is checked
+# as llama.cpp's gguf.cpp checks it.
+_GGML_MAX_DIMS = 4         # llama.cpp refuses tensors of more dimensions
+_DEFAULT_ALIGNMENT = 32    # GGUF_DEFAULT_ALIGNMENT
+_MIN_KV_BYTES = 13         # key length (8) + value type (4) + a one-byte value
+_MIN_TENSOR_BYTES = 24     # name length (8) + n_dims (4) + type (4) + offset (8)
+# The longest metadata array read: sbsnn's vocabulary bound (token, score, type and merge
+# lists have one item per token).
+MAX_ARRAY_ITEMS = SIZE_BOUNDS["vocab_size"][0]
+# GGUF value type -> (struct format, numpy dtype) of its scalars; 8 string, 9 array
+_SCALARS = {0: ("<B", "<u1"), 1: ("<b", "<i1"), 2: ("<H", "<u2"), 3: ("<h", "<i2"),
+            4: ("<I", "<u4"), 5: ("<i", "<i4"), 6: ("<f", "<f4"), 7: ("<?", "<u1"),
+            10: ("<Q", "<u8"), 11: ("<q", "<i8"), 12: ("<d", "<f8")}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+
+
+@dataclass
+class GGUFTensor:
+    """One entry of the tensor table, checked: ``shape`` in ggml order (fastest first),
+    ``start`` the absolute byte offset of its ``n_bytes`` bytes in the file."""
+    name: str
+    shape: tuple[int, ...]
+    tensor_type: object        # gguf.GGMLQuantizationType
+    start: int
+    n_bytes: int
+    file: "GGUFFile" = field(repr=False, compare=False)
+
+    @property
+    def n_elements(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def data(self) -> np.ndarray:
+        """A read-only view of the file, laid out as ``gguf.GGUFReader`` lays it out (the
+        input ``gguf.quants.dequantize`` expects)."""
+        gguf = _gguf()
+        Q = gguf.GGMLQuantizationType
+        raw = self.file.map[self.start:self.start + self.n_bytes]
+        dims = tuple(reversed(self.shape))
+        if self.tensor_type == Q.F32:
+            return raw.view(np.float32).reshape(dims)
+        if self.tensor_type == Q.F16:
+            return raw.view(np.float16).reshape(dims)
+        return raw.reshape(gguf.quants.quant_shape_to_byte_shape(dims or (1,), self.tensor_type))
+
+
+@dataclass
+class GGUFFile:
+    path: Path
+    size: int
+    version: int
+    alignment: int
+    meta: dict                  # key -> plain Python value (arrays as lists)
+    tensors: list[GGUFTensor]
+    map: np.ndarray = field(repr=False, compare=False)  # the whole file, read-only uint8
+
+
+class _Cursor:
+    """Reads little-endian values at a position, refusing any read past the file's end."""
+
+    def __init__(self, path: Path, buf: memoryview):
+        self.path, self.buf, self.size, self.pos = path, buf, len(buf), 0
+
+    @property
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def take(self, n: int, what: str) -> int:
+        if n > self.left:
+            raise CheckpointError(f"{self.path}: truncated or corrupt GGUF file: {what} needs "
+                                  f"{n:,} bytes at offset {self.pos:,}, the file has "
+                                  f"{self.left:,} left; re-download or re-convert it")
+        at = self.pos
+        self.pos += n
+        return at
+
+    def scalar(self, fmt: str, what: str):
+        return struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.scalar("<Q", what)
+        at = self.take(n, what)
+        try:
+            return str(self.buf[at:at + n], "utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{self.path}: {what} is not valid UTF-8 (byte {at + e.start:,} "
+                                  "of the file); the file is corrupt") from None
+
+
+def _read_value(c: _Cursor, vtype: int, key: str):
+    what = f"metadata key {key}"
+    if vtype == _STRING:
+        return c.string(what)
+    if vtype in _SCALARS:
+        v = c.scalar(_SCALARS[vtype][0], what)
+        return bool(v) if vtype == 7 else v
+    if vtype != _ARRAY:
+        raise CheckpointError(f"{c.path}: {what} has value type {vtype}, which is not a GGUF "
+                              "type (0-12); the file is corrupt")
+    itype = c.scalar("<I", what)
+    n = c.scalar("<Q", what)
+    if itype == _ARRAY:
+        raise CheckpointError(f"{c.path}: {what} is an array of arrays, which llama.cpp does not "
+                              "read either; not supported")
+    if itype != _STRING and itype not in _SCALARS:
+        raise CheckpointError(f"{c.path}: {what} is an array of value type {itype}, which is not "
+                              "a GGUF type (0-12); the file is corrupt")
+    item = 8 if itype == _STRING else struct.calcsize(_SCALARS[itype][0])
+    if n * item > c.left:  # each string needs at least its 8-byte length
+        raise CheckpointError(f"{c.path}: truncated or corrupt GGUF file: {what} declares {n:,} "
+                              f"items, which need at least {n * item:,} bytes; the file has "
+                              f"{c.left:,} left")
+    if n > MAX_ARRAY_ITEMS:
+        raise CheckpointError(f"{c.path}: {what} declares {n:,} items, beyond sbsnn's bound of "
+                              f"{MAX_ARRAY_ITEMS:,} (the vocabulary bound: "
+                              f"{SIZE_BOUNDS['vocab_size'][1]})")
+    if itype == _STRING:
+        return [c.string(f"{what}[{i}]") for i in range(n)]
+    at = c.take(n * item, what)
+    values = np.frombuffer(c.buf, dtype=_SCALARS[itype][1], count=n, offset=at)
+    return (values != 0).tolist() if itype == 7 else values.tolist()
+
+
+def _pad(n: int, alignment: int) -> int:
+    return n + (-n) % alignment
+
+
+def read_file(path: str | Path) -> GGUFFile:
+    """The metadata and the checked tensor table of a GGUF (version 2 or 3, little-endian)
+    file; tensor bytes stay in the file until read.
+
+    Refused, naming the file and the key or tensor: counts or lengths that the bytes left
+    cannot hold, arrays over sbsnn's bound, unknown value or tensor types, arrays of arrays,
+    duplicate keys or tensor names, a general.alignment that is not a power-of-two uint32,
+    more than four dimensions, a row length that is not a whole number of blocks, and a
+    tensor whose data does not start where llama.cpp expects it (declaration order, each
+    tensor's bytes padded to the alignment: no overlap, no gap, no misaligned offset) or
+    runs past the end of the file."""
+    try:
+        return _read_file(Path(path))
+    except CheckpointError as e:
+        raise e from None  # one line, no chained context
+
+
+def _read_file(path: Path) -> GGUFFile:
     gguf = _gguf()
     if not path.exists():
         raise CheckpointError(f"{path}: file not found")
-    check_input_file(path, "a GGUF file", error=CheckpointError)
-    if not is_gguf(path):
+    check_input_file(path, "a GGUF file", error=CheckpointError)   # a FIFO would block
+    try:
+        mm = np.memmap(path, dtype=np.uint8, mode="r")
+    except OSError as e:
+        from sbsnn.errors import os_error
+
+        raise os_error(e, path, "reading the GGUF file") from None
+    except ValueError:  # an empty file cannot be mapped
+        mm = np.zeros(0, dtype=np.uint8)
+    c = _Cursor(path, memoryview(mm))
+    if c.size < 4 or bytes(c.buf[:4]) != _MAGIC:
         raise CheckpointError(f"{path}: not a GGUF file (it does not start with the bytes 'GGUF')")
-    try:                      # every count bounded by the file, the data tiled: before the reader
-        check_layout(path)
-    except CheckpointError as e:
-        raise CheckpointError(str(e)) from None
-    try:
-        return gguf.GGUFReader(path, "r")
-    except Exception as e:  # numpy/struct errors from a short or damaged file
-        raise CheckpointError(f"{path}: truncated or corrupt GGUF file, cannot be read "
-                              f"({type(e).__name__}: {e})") from None
+    c.pos = 4
+    version = c.scalar("<I", "the GGUF version")
+    if version not in (2, 3):
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        why = ("a big-endian GGUF file, which llama.cpp reads only on big-endian machines; "
+               "convert it on a little-endian one" if swapped in (2, 3) else
+               "GGUF version 1 (llama.cpp dropped it); re-convert the model" if version == 1 else
+               "an unknown GGUF version (sbsnn and llama.cpp read versions 2 and 3)")
+        raise CheckpointError(f"{path}: version {version}: {why}")
+    n_tensors = c.scalar("<Q", "the tensor count")
+    n_kv = c.scalar("<Q", "the metadata key count")
+    least = n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_BYTES
+    if least > c.left:
+        raise CheckpointError(f"{path}: truncated or corrupt GGUF file: its header declares "
+                              f"{n_kv:,} metadata keys and {n_tensors:,} tensors, which need at "
+                              f"least {least:,} bytes; the file has {c.left:,} left")
+    meta: dict = {}
+    for i in range(n_kv):
+        key = c.string(f"metadata key #{i}")
+        vtype = c.scalar("<I", f"metadata key {key}")
+        if key in meta:
+            raise CheckpointError(f"{path}: metadata key {key} is given twice (which holds?); "
+                                  "the file is corrupt")
+        meta[key] = _read_value(c, vtype, key)
+        if key == "general.alignment":
+            a = meta[key]
+            if vtype != _UINT32 or a <= 0 or a & (a - 1):
+                raise CheckpointError(f"{path}: general.alignment={_short(a)}: the alignment must "
+                                      "be a power of two stored as uint32 (llama.cpp refuses "
+                                      "anything else); the file is corrupt")
+    alignment = meta.get("general.alignment", _DEFAULT_ALIGNMENT)
+    Q = gguf.GGMLQuantizationType
+    known = {int(q): q for q in Q if q in gguf.GGML_QUANT_SIZES}
+    infos, names = [], set()
+    for i in range(n_tensors):
+        name = c.string(f"the name of tensor #{i}")
+        what = f"tensor {name}"
+        if name in names:
+            raise CheckpointError(f"{path}: {what} is listed twice in the tensor table (which "
+                                  "holds?); the file is corrupt")
+        names.add(name)
+        n_dims = c.scalar("<I", what)
+        if n_dims > _GGML_MAX_DIMS:
+            raise CheckpointError(f"{path}: {what} declares {n_dims:,} dimensions, more than "
+                                  f"ggml's {_GGML_MAX_DIMS}; the file is corrupt")
+        shape = tuple(c.scalar("<Q", what) for _ in range(n_dims))
+        raw_type = c.scalar("<I", what)
+        offset = c.scalar("<Q", what)
+        if raw_type not in known:
+            raise CheckpointError(f"{path}: {what} has ggml type {raw_type}, which is not a ggml "
+                                  "tensor type; the file is corrupt")
+        qtype = known[raw_type]
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if shape and shape[0] % block:
+            raise CheckpointError(f"{path}: {what} ({qtype.name}, shape {list(shape)}) has rows of "
+                                  f"{shape[0]:,} values, not a whole number of {qtype.name} "
+                                  f"blocks of {block}; the file is corrupt")
+        n_bytes = math.prod(shape) // block * type_size
+        infos.append((name, shape, qtype, offset, n_bytes))
+    data_start = _pad(c.pos, alignment)
+    tensors, expected, previous = [], 0, "the data section's start"
+    for name, shape, qtype, offset, n_bytes in infos:
+        if offset != expected:
+            where = (f"is not a multiple of the alignment {alignment}" if offset % alignment else
+                     "overlaps the bytes before it" if offset < expected else
+                     "leaves a gap before it")
+            raise CheckpointError(
+                f"{path}: tensor {name} has data offset {offset:,}, which {where}: llama.cpp "
+                f"expects {expected:,}, right after {previous} (tensors follow each other in "
+                f"table order, each padded to {alignment} bytes); the file is corrupt")
+        end = data_start + offset + n_bytes
+        if end > c.size:
+            raise CheckpointError(f"{path}: truncated or corrupt GGUF file: tensor {name} ({qtype.name}, "
+                                  f"shape {list(shape)}, {n_bytes:,} bytes) ends at byte {end:,}, "
+                                  f"the file has {c.size:,}; re-download or re-convert it")
+        tensors.append((name, shape, qtype, data_start + offset, n_bytes))
+        expected = _pad(offset + n_bytes, alignment)
+        previous = f"tensor {name} ({qtype.name}, shape {list(shape)}: {n_bytes:,} bytes)"
+    f = GGUFFile(path=path, size=c.size, version=version, alignment=alignment, meta=meta,
+                 tensors=[], map=mm)
+    f.tensors = [GGUFTensor(n, s, q, st, nb, f) for n, s, q, st, nb in tensors]
+    return f
 
 
-def _value(field, path: Path):
-    """One metadata value as plain Python (arrays as lists)."""
-    gguf = _gguf()
-    T = gguf.GGUFValueType
-    types = list(field.types)
-    try:
-        if types[0] == T.STRING:
-            return bytes(field.parts[field.data[0]]).decode("utf-8")
-        if types[0] == T.ARRAY:
-            if len(types) > 2:
-                raise CheckpointError(f"{path}: metadata key {field.name}: nested arrays are "
-                                      "not supported")
-            if len(types) == 1 or not field.data:
-                return []
-            if types[-1] == T.STRING:
-                return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-            values = np.concatenate([field.parts[i] for i in field.data])
-            return [bool(v) for v in values] if types[-1] == T.BOOL else values.tolist()
-        v = field.parts[field.data[0]][0]
-        return bool(v) if types[0] == T.BOOL else v.item()
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: metadata key {field.name} is not valid UTF-8 ({e})") from None
-
-
-# The metadata sizes a model is built from -> sbsnn's bound on each (SIZE_BOUNDS).
-_SIZES = {"block_count": "num_hidden_layers", "embedding_length": "hidden_size",
-          "feed_forward_length": "intermediate_size", "attention.head_count": "num_attention_heads",
-          "attention.head_count_kv": "num_key_value_heads", "vocab_size": "vocab_size",
-          "attention.key_length": "head_dim", "attention.value_length": "head_dim",
-          "context_length": "context_length"}
+# GGUF size keys -> the config key whose bound (families.SIZE_BOUNDS) holds for them
+_BOUNDED = {"embedding_length": "hidden_size", "feed_forward_length": "intermediate_size",
+            "block_count": "num_hidden_layers", "attention.head_count": "num_attention_heads",
+            "attention.head_count_kv": "num_key_value_heads", "attention.key_length": "head_dim",
+            "attention.value_length": "head_dim", "rope.dimension_count": "head_dim",
+            "vocab_size": "vocab_size"}
+_POSITIVE = {"context_length"}  # positive, no size bound (nothing is sized by them)
+# float keys -> the least value allowed (rope bases divide; an epsilon or cap is >= 0)
+_FLOAT_FLOOR = {"rope.freq_base": (0.0, False), "rope.freq_base_swa": (0.0, False),
+                "rope.scaling.factor": (0.0, False),
+                "attention.layer_norm_rms_epsilon": (0.0, True),
+                "final_logit_softcapping": (0.0, True), "attn_logit_softcapping": (0.0, True)}
+_TENSORS_PER_LAYER = 9  # norm, q, k, v, o, gate, up, down, second norm: the least a layer holds
 
 
 class _Meta:
     """The architecture's ``{arch}.*`` keys; remembers which were read so that the rest
     can be refused by name."""
 
-    def __init__(self, meta: dict, arch: str, path: Path, n_tensors: int | None = None):
+    def __init__(self, meta: dict, arch: str, path: Path, n_tensors: int = 0):
         self.meta, self.arch, self.path, self.n_tensors = meta, arch, path, n_tensors
         self.used: set[str] = set()
 
@@ -150,26 +362,34 @@ class _Meta:
         v = self.meta[k]
         if kind is not None and (isinstance(v, (list, bool)) or not isinstance(v, (int, float))):
             self.refuse(name, "a single number is expected (per-layer values are not supported)")
+        if kind is not None and not math.isfinite(v):
+            self.refuse(name, "a finite number is expected")
         if kind is int and v != int(v):
             self.refuse(name, "a whole number is expected")
         v = kind(v) if kind is not None else v
-        if name in _SIZES:
-            self._check_size(name, v)
+        if kind is int and (name in _BOUNDED or name in _POSITIVE):
+            self._bound(name, v)
+        if kind is float and name in _FLOAT_FLOOR:
+            floor, inclusive = _FLOAT_FLOOR[name]
+            if v < floor or (v == floor and not inclusive):
+                self.refuse(name, f"must be {'at least' if inclusive else 'greater than'} {floor}")
         return v
 
-    def _check_size(self, name: str, v) -> None:
-        """A size the model is built from: at least 1 (0 heads would divide by zero) and
-        within sbsnn's bounds, checked before anything is built or looped over."""
-        bound_key = _SIZES[name]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            self.refuse(name, "must be a whole number >= 1")
-        if bound_key in SIZE_BOUNDS and v > SIZE_BOUNDS[bound_key][0]:
-            bound, why = SIZE_BOUNDS[bound_key]
-            self.refuse(name, f"is refused: the bound is {bound:,} ({why}); the file is "
-                              "damaged or not a language model's")
-        if name == "block_count" and self.n_tensors is not None and v > self.n_tensors:
-            self.refuse(name, f"declares more blocks than the file has tensors ({self.n_tensors}); "
-                              "the file is damaged")
+    def _bound(self, name: str, v: int):
+        """Sizes are positive (they divide, and count layers and heads), within sbsnn's
+        bounds, and the layer count within what the file's tensor table can hold; checked
+        before anything is sized by them."""
+        if v <= 0:
+            self.refuse(name, "must be a positive integer")
+        if name not in _BOUNDED:
+            return
+        bound, why = SIZE_BOUNDS[_BOUNDED[name]]
+        if v > bound:
+            self.refuse(name, f"is refused: the bound is {bound:,} ({why}); the file is damaged "
+                              "or not a language model's")
+        if name == "block_count" and v * _TENSORS_PER_LAYER > self.n_tensors:
+            self.refuse(name, f"{v:,} layers need at least {v * _TENSORS_PER_LAYER:,} tensors, "
+                              f"the file holds {self.n_tensors:,}")
 
     def req(self, name: str, kind=int):
         if not self.has(name):
@@ -179,7 +399,7 @@ class _Meta:
 
     def refuse(self, name: str, why: str):
         k = self.key(name) if not name.startswith(self.arch + ".") else name
-        raise CheckpointError(f"{self.path}: {k}={self.meta.get(k)!r}: {why}")
+        raise CheckpointError(f"{self.path}: {k}={_short(self.meta.get(k))}: {why}")
 
     def must_equal(self, name: str, expected, why: str):
         v = self.get(name)
@@ -191,16 +411,12 @@ class _Meta:
                 and k[len(self.arch) + 1:] not in _HARMLESS_ARCH_KEYS]
 
 
-def read_metadata(reader, path: Path) -> dict:
-    return {name: _value(f, path) for name, f in reader.fields.items()}
-
-
 # ----------------------------------------------------------------------------- config
 def _rope_scaling(m: _Meta, theta: float) -> dict:
     """rope.scaling.* as rope_parameters (linear is the one llama.cpp type that maps one to
     one onto transformers'; the rest are refused)."""
     kind = m.get("rope.scaling.type", "none")
-    factor = m.get("rope.scaling.factor", None)
+    factor = m.get("rope.scaling.factor", None, kind=float)
     m.get("rope.scaling.original_context_length")  # read by llama.cpp for YaRN only
     if kind == "none" and factor in (None, 1.0):
         return {"rope_type": "default", "rope_theta": theta}
@@ -209,7 +425,7 @@ def _rope_scaling(m: _Meta, theta: float) -> dict:
             return {"rope_type": "default", "rope_theta": theta}
         return {"rope_type": "linear", "rope_theta": theta, "factor": float(factor)}
     m.refuse("rope.scaling.type" if kind != "none" else "rope.scaling.factor",
-             f"RoPE scaling {kind!r} with factor {factor!r} is not supported (supported: "
+             f"RoPE scaling {_short(kind)} with factor {factor!r} is not supported (supported: "
              "none, linear)")
 
 
@@ -362,14 +578,19 @@ def _gemma3_config(m: _Meta, n_tokens: int) -> dict:
     _head_dim_checks(m, head_dim, key_length=False)
     _no_experts(m)
     window = m.get("attention.sliding_window", None, kind=int)
-    if not window:
+    if window is None or window <= 0:
         m.refuse("attention.sliding_window", "Gemma 3 without a sliding window (llama.cpp then "
                  "uses global attention everywhere, transformers a 4096 window) is not supported")
     sliding = [bool((i + 1) % _GEMMA3_PATTERN) for i in range(layers)]
     pattern = m.get("attention.sliding_window_pattern")
+    if pattern is not None and not (
+            isinstance(pattern, int) or (isinstance(pattern, list) and all(
+                isinstance(p, int) for p in pattern))):  # bools are ints
+        m.refuse("attention.sliding_window_pattern", "a whole number (the period) or one flag "
+                 "per layer is expected")
     if pattern is not None:
         stated = ([bool(p) for p in pattern] if isinstance(pattern, list)
-                  else [bool((i + 1) % int(pattern)) if int(pattern) else False
+                  else [bool((i + 1) % pattern) if pattern > 0 else False
                         for i in range(layers)])
         if stated != sliding:
             m.refuse("attention.sliding_window_pattern",
@@ -467,7 +688,7 @@ def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _dequantize(t, path: Path) -> np.ndarray:
+def _dequantize(t: GGUFTensor, path: Path) -> np.ndarray:
     gguf = _gguf()
     Q = gguf.GGMLQuantizationType
     if t.tensor_type.name not in TENSOR_TYPES:
@@ -478,15 +699,17 @@ def _dequantize(t, path: Path) -> np.ndarray:
             return np.array(t.data, dtype=np.float32)  # a copy: t.data maps the file
         return gguf.quants.dequantize(t.data, t.tensor_type)
     except Exception as e:
-        raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be "
-                              f"dequantized ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}, shape "
+                              f"{list(t.shape)}) cannot be dequantized ({type(e).__name__}: "
+                              f"{e})") from None
 
 
 # ----------------------------------------------------------------------------- entry
 def _check_keys(meta: dict, arch: str, path: Path):
     """Refuse every key outside general.*, the architecture's own and the tokenizer's."""
-    if int(meta.get("split.count", 1) or 1) > 1:
-        raise CheckpointError(f"{path}: split.count={meta['split.count']}: a split GGUF is not "
+    count = meta.get("split.count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count > 1:
+        raise CheckpointError(f"{path}: split.count={_short(count)}: a split GGUF is not "
                               "supported; merge its parts first (llama.cpp's gguf-split --merge)")
     for key, value in meta.items():
         if key.startswith(HARMLESS_PREFIXES) or key.startswith(arch + ".") \
@@ -496,10 +719,23 @@ def _check_keys(meta: dict, arch: str, path: Path):
             continue
         raise CheckpointError(f"{path}: {key}={_short(value)}: unknown metadata key; "
                               "refusing rather than guessing whether it changes the model")
+    check_tokenizer_types(meta, str(path))
 
 
-def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
-    m = _Meta(meta, arch, path, n_tensors=len(by_name))
+def _head_dim(m: _Meta, config: dict) -> None:
+    """head_dim (stated, or hidden/heads) must be positive and even: RoPE rotates pairs, and
+    llama.cpp's q/k row order interleaves them."""
+    d = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    if d <= 0 or d % 2:
+        name = next((n for n in ("rope.dimension_count", "attention.key_length") if m.has(n)),
+                    "attention.head_count")
+        m.refuse(name, f"gives head_dim {d}; a positive even head_dim is needed (RoPE rotates "
+                       "pairs of values)")
+
+
+def _config(f: GGUFFile, arch: str, path: Path) -> dict:
+    meta, by_name = f.meta, {t.name: t for t in f.tensors}
+    m = _Meta(meta, arch, path, len(f.tensors))
     n_tokens = len(meta.get("tokenizer.ggml.tokens") or [])
     rope_freqs = None
     if "rope_freqs.weight" in by_name:
@@ -518,6 +754,7 @@ def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
         config = _qwen_config(m, n_tokens, qwen3=arch == "qwen3")
     else:
         config = _gemma3_config(m, n_tokens)
+    _head_dim(m, config)
     left = m.leftovers()
     if left:
         k = left[0]
@@ -531,12 +768,12 @@ def _config(meta: dict, arch: str, by_name: dict, path: Path) -> dict:
     return config
 
 
-def _tensor_plan(reader, arch: str, config: dict, path: Path) -> dict[str, str]:
+def _tensor_plan(f: GGUFFile, arch: str, config: dict, path: Path) -> dict[str, str]:
     """GGUF name -> Hugging Face name for every tensor, after checking names, shapes, types
     and completeness (so that no work is done on a file that will be refused)."""
     shapes = expected_shapes(arch, config)
     names = {}
-    for t in reader.tensors:
+    for t in f.tensors:
         if t.name == "rope_freqs.weight":
             continue  # became rope_parameters
         hf = hf_name(arch, t.name)
@@ -547,7 +784,7 @@ def _tensor_plan(reader, arch: str, config: dict, path: Path) -> dict[str, str]:
         if hf in names.values():
             raise CheckpointError(f"{path}: tensor {t.name}: {hf} is stored twice")
         names[t.name] = hf
-        shape = tuple(int(x) for x in reversed(t.shape))  # ggml lists dims fastest first
+        shape = tuple(reversed(t.shape))  # ggml lists dims fastest first
         while len(shape) > len(shapes[hf]) and shape[0] == 1:
             shape = shape[1:]
         if shape != shapes[hf]:
@@ -562,12 +799,12 @@ def _tensor_plan(reader, arch: str, config: dict, path: Path) -> dict[str, str]:
     return names
 
 
-def load_tensors(reader, names: dict[str, str], arch: str, config: dict, path: Path,
+def load_tensors(f: GGUFFile, names: dict[str, str], arch: str, config: dict, path: Path,
                  progress: bool = False) -> tuple[dict, dict]:
     """Dequantize the planned tensors to float32 and undo llama.cpp's transforms:
     ``(tensors, origin)`` keyed by Hugging Face name."""
     shapes = expected_shapes(arch, config)
-    items = [t for t in reader.tensors if t.name in names]
+    items = [t for t in f.tensors if t.name in names]
     if progress:
         from tqdm.auto import tqdm
         items = tqdm(items, desc=f"dequantizing {path.name}", unit="tensor")
@@ -575,35 +812,41 @@ def load_tensors(reader, names: dict[str, str], arch: str, config: dict, path: P
     tensors, origin = {}, {}
     for t in items:
         hf = names[t.name]
-        values = _dequantize(t, path)
-        if values.size != int(np.prod(shapes[hf])):
-            raise CheckpointError(f"{path}: tensor {t.name} dequantizes to {values.size:,} values, "
-                                  f"but {hf} has shape {shapes[hf]}; the file is corrupt")
-        w = torch.from_numpy(values).reshape(shapes[hf])
-        if arch == "llama" and ".self_attn.q_proj." in hf:
-            w = unpermute_rows(w, heads).contiguous()
-        elif arch == "llama" and ".self_attn.k_proj." in hf:
-            w = unpermute_rows(w, kv_heads).contiguous()
-        elif arch == "gemma3" and hf.endswith("norm.weight"):
+        w = _dequantize(t, path)
+        try:
+            w = torch.from_numpy(w).reshape(shapes[hf])
+            if arch == "llama" and ".self_attn.q_proj." in hf:
+                w = unpermute_rows(w, heads).contiguous()
+            elif arch == "llama" and ".self_attn.k_proj." in hf:
+                w = unpermute_rows(w, kv_heads).contiguous()
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path}: tensor {t.name} ({t.tensor_type.name}, {w.numel():,} "
+                                  f"values) cannot be laid out as {hf} {shapes[hf]} "
+                                  f"({type(e).__name__}: {e})") from None
+        if arch == "gemma3" and hf.endswith("norm.weight"):
             w = w - 1.0  # llama.cpp stores Gemma's (1 + w) RMSNorm weight as 1 + w
         tensors[hf], origin[hf] = w, t.name
     return tensors, origin
 
 
+def _read_checked(path: Path) -> tuple[GGUFFile, str, dict]:
+    """The file, its architecture and its config, all keys and the tensor table checked."""
+    f = read_file(path)
+    arch = f.meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: general.architecture={_short(arch)} is not supported "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
+    _check_keys(f.meta, arch, path)
+    return f, arch, _config(f, arch, path)
+
+
 def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
     """Read a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma3)."""
     path = Path(path)
-    reader = _open(path)
-    meta = read_metadata(reader, path)
-    arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
-    _check_keys(meta, arch, path)
-    config = _config(meta, arch, {t.name: t for t in reader.tensors}, path)
-    names = _tensor_plan(reader, arch, config, path)
-    tok = build_tokenizer(meta, arch, str(path))
-    tensors, origin = load_tensors(reader, names, arch, config, path, progress)
+    f, arch, config = _read_checked(path)
+    names = _tensor_plan(f, arch, config, path)
+    tok = build_tokenizer(f.meta, arch, str(path))
+    tensors, origin = load_tensors(f, names, arch, config, path, progress)
     return GGUFCheckpoint(path=path, config=config, tensors=tensors, origin=origin,
                           tokenizer=HFTokenizer.from_tokenizer(tok, path))
 
@@ -612,18 +855,14 @@ def read_gguf_config(path: str | Path) -> dict:
     """Only the config (as :func:`read_gguf` builds it), checking the metadata and the
     tensor table but dequantizing nothing (for ``sbsnn info``)."""
     path = Path(path)
-    reader = _open(path)
-    meta = read_metadata(reader, path)
-    arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: general.architecture={arch!r} is not supported "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
-    _check_keys(meta, arch, path)
-    config = _config(meta, arch, {t.name: t for t in reader.tensors}, path)
-    _tensor_plan(reader, arch, config, path)
+    f, arch, config = _read_checked(path)
+    _tensor_plan(f, arch, config, path)
     return config
 
 
 def _short(value) -> str:
+    """A value for a one-line message: long lists by their first items and length."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(repr(v)[:20] for v in value[:4])}, ... ({len(value):,} items)]"
     r = repr(value)
     return r if len(r) <= 80 else r[:77] + "..."

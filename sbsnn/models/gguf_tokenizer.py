@@ -17,6 +17,8 @@ Needs the ``tokenizers`` package only; the metadata arrives as a plain dict.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from sbsnn.errors import brief
 from sbsnn.models.errors import CheckpointError
 
@@ -65,6 +67,54 @@ HARMLESS_KEYS = {
 }
 
 
+# The value types the keys read must have (a file may hold any GGUF type under any key).
+_LISTS = {"tokenizer.ggml.tokens": (str,), "tokenizer.ggml.merges": (str,),
+          "tokenizer.ggml.scores": (int, float), "tokenizer.ggml.token_type": (int,)}
+_STRINGS = {"tokenizer.ggml.model", "tokenizer.ggml.pre"}
+_IDS = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id"}
+_FLAGS = {"tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+          "tokenizer.ggml.add_space_prefix", "tokenizer.ggml.add_sep_token",
+          "tokenizer.ggml.remove_extra_whitespaces"}
+# Deriving a SentencePiece vocabulary's merges tries each piece's splits at the lengths of
+# the vocabulary's pieces: about sum(len(piece) * distinct lengths) character steps. Real
+# vocabularies need a few million (Gemma 3's 262,144 pieces: 2e7); a file of long pieces
+# would take hours, so it is refused above this budget.
+MERGE_WORK_BUDGET = 400_000_000
+
+
+def _short(value) -> str:
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{', '.join(repr(v)[:20] for v in value[:4])}, ... ({len(value):,} items)]"
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def check_tokenizer_types(meta: dict, source: str) -> None:
+    """Refuse, by key, a tokenizer key whose value has the wrong type (a GGUF file may
+    store any type under any key)."""
+    def bad(key, what):
+        raise CheckpointError(f"{source}: {key}={_short(meta[key])}: {what} is expected")
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key, kinds in _LISTS.items():
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, list) and all(
+                isinstance(x, kinds) and not isinstance(x, bool) for x in v)):
+            bad(key, f"an array of {' or '.join(k.__name__ for k in kinds)}")
+    for key in _STRINGS:
+        if key in meta and not isinstance(meta[key], str):
+            bad(key, "a string")
+    for key in _IDS:
+        if key in meta and not (whole(meta[key]) and meta[key] >= 0):
+            bad(key, "a token id (an integer >= 0)")
+    for key in _FLAGS:
+        if key in meta and not isinstance(meta[key], (bool, int)):
+            bad(key, "true or false")
+
+
 def is_known_key(key: str) -> bool:
     return key in USED_KEYS or key in HARMLESS_KEYS or key.startswith("tokenizer.chat_template.")
 
@@ -87,11 +137,23 @@ def derive_merges(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple
     """BPE merges implied by a vocabulary: every split of a piece into two pieces that are
     both in the vocabulary, best-scored piece first; among equal scores the longer left
     part first, then the pieces' order in ``scores`` (transformers' ``generate_merges``)."""
+    lengths = sorted({len(p) for p in vocab})  # a left part has one of these lengths
     ranked = [(piece[:i], piece[i:], score) for piece, score in scores.items()
-              for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+              for i in lengths[:bisect_left(lengths, len(piece))] if i
+              and piece[:i] in vocab and piece[i:] in vocab]
     # stable, descending on (score, len(left), len(right)); one piece's splits never tie
     ranked.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     return [(left, right) for left, right, _ in ranked]
+
+
+def _split_merges(merges: list[str], refuse) -> list[tuple[str, str]]:
+    """``"left right"`` strings as pairs; anything else is refused by index."""
+    pairs = [tuple(m.split(" ")) for m in merges]
+    bad = next((i for i, p in enumerate(pairs) if len(p) != 2 or not all(p)), None)
+    if bad is not None:
+        refuse("tokenizer.ggml.merges", f"merge #{bad} {merges[bad]!r:.60} is not two pieces "
+                                        "separated by one space")
+    return pairs
 
 
 def _flag(meta: dict, key: str, default):
@@ -112,6 +174,8 @@ def build_tokenizer(meta: dict, arch: str, source: str):
 
     def refuse(key, why):
         raise CheckpointError(f"{source}: {key}={brief(meta.get(key))}: {why}")
+
+    check_tokenizer_types(meta, source)
 
     for key in meta:
         if key.startswith("tokenizer.") and not is_known_key(key):
@@ -161,18 +225,28 @@ def build_tokenizer(meta: dict, arch: str, source: str):
             scores = dict(zip(pieces, (float(x) for x in s)))
         vocab = {t: i for i, t in enumerate(pieces)}
         merges = meta.get("tokenizer.ggml.merges")
-        merges = ([tuple(m.split(" ")) for m in merges] if merges
-                  else derive_merges(vocab, scores))
+        if not merges:
+            distinct = len({len(p) for p in pieces})
+            work = sum(len(p) * min(len(p), distinct) for p in pieces)
+            if work > MERGE_WORK_BUDGET:
+                refuse("tokenizer.ggml.tokens", f"pieces this long ({work:,} steps to derive "
+                       f"the merges, the bound is {MERGE_WORK_BUDGET:,}) are not a SentencePiece "
+                       "vocabulary's; give the merges in tokenizer.ggml.merges")
+        merges = _split_merges(merges, refuse) if merges else derive_merges(vocab, scores)
+        try:
+            bpe = (BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>",
+                       byte_fallback=True, dropout=None) if gemma else
+                   BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True, dropout=None))
+        except Exception as e:  # tokenizers' own errors (a merge of unknown pieces)
+            refuse("tokenizer.ggml.merges", f"the merges do not fit the vocabulary ({e})")
         if gemma:
-            tok = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, unk_token="<unk>",
-                                byte_fallback=True, dropout=None))
+            tok = Tokenizer(bpe)
             tok.normalizer = normalizers.Replace(" ", "▁")
             tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
             tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                              decoders.Fuse()])
         else:
-            tok = Tokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=True, byte_fallback=True,
-                                dropout=None))
+            tok = Tokenizer(bpe)
             tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first",
                                                          split=False)
             tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
@@ -193,9 +267,12 @@ def build_tokenizer(meta: dict, arch: str, source: str):
         merges = meta.get("tokenizer.ggml.merges")
         if not merges:
             refuse("tokenizer.ggml.merges", "a byte-level vocabulary needs its merges")
-        tok = Tokenizer(BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges],
-                            dropout=None, continuing_subword_prefix="", end_of_word_suffix="",
-                            fuse_unk=False))
+        try:
+            tok = Tokenizer(BPE(vocab=vocab, merges=_split_merges(merges, refuse), dropout=None,
+                                continuing_subword_prefix="", end_of_word_suffix="",
+                                fuse_unk=False))
+        except Exception as e:  # tokenizers' own errors (a merge of unknown pieces)
+            refuse("tokenizer.ggml.merges", f"the merges do not fit the vocabulary ({e})")
         split = BYTE_LEVEL_SPLITS[pre]
         if split is None:
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
