@@ -420,6 +420,11 @@ def read_mistral(r: ConfigKeys) -> dict[str, Any]:
                rope_parameters=_rope_parameters(r, default_theta=10000.0))
     n = out["num_hidden_layers"]
     window = r.take("sliding_window", 4096)     # null: no window (full attention)
+    if ministral and window is None:
+        r.refuse("sliding_window", "is refused: with layer_types present transformers reads this "
+                                   "mistral config as Ministral, which builds a sliding-window mask "
+                                   "for every model and fails without a window; give sliding_window, "
+                                   "or remove layer_types (Mistral reads null as full attention)")
     derived = ["full_attention" if window is None else "sliding_attention"] * n
     out.update(_placement(_layer_types(r, n, derived) if ministral else derived, window, r))
     return out
