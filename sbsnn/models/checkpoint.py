@@ -516,6 +516,30 @@ def _defaulted_sizes(cfg) -> str:
             "checkpoint's real values")
 
 
+# Which config keys set a tensor's shape (by sbsnn module name), named when it mismatches:
+# the cause is then a config value (a null read as transformers reads it, a wrong size),
+# not the tensor.
+_SHAPE_KEYS = (
+    (re.compile(r"(^|\.)(embeddings|lm_head)\."), ("vocab_size", "hidden_size")),
+    (re.compile(r"\.(q_proj)\."), ("num_attention_heads", "head_dim", "hidden_size")),
+    (re.compile(r"\.(k_proj|v_proj)\."), ("num_key_value_heads", "head_dim", "hidden_size")),
+    (re.compile(r"\.(o_proj)\."), ("hidden_size", "num_attention_heads", "head_dim")),
+    (re.compile(r"\.(q_norm|k_norm)\."), ("head_dim",)),
+    (re.compile(r"\.(gate_proj|up_proj|down_proj)\."), ("intermediate_size", "hidden_size")),
+    (re.compile(r"norm\.weight$"), ("hidden_size",)),
+)
+
+
+def _shape_cause(name: str, cfg, where: str) -> str:
+    """ ``" (from <where>: 'key' = v, ...)"``: the config values that set tensor ``name``'s
+    shape, or "" when none is known."""
+    for pattern, keys in _SHAPE_KEYS:
+        if cfg is not None and pattern.search(name):
+            values = ", ".join(f"{k!r} = {getattr(cfg, k, None)!r}" for k in keys)
+            return f" (from {where}: {values}); the config or the weights are not this model's"
+    return ""
+
+
 def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dict[str, Path],
                directory: Path, model_type: str = "sbsnn_hybrid",
                device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
@@ -553,8 +577,11 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     for name, t in state.items():
         want, key = expected[name], source[name]
         if tuple(t.shape) != tuple(want.shape):
+            where = (f"{Path(directory) / 'config.json'}" if Path(directory).is_dir()
+                     else "the config")
             raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
                                   f"config.json implies {tuple(want.shape)}"
+                                  + _shape_cause(name, getattr(model, "config", None), where)
                                   + _defaulted_sizes(getattr(model, "config", None)))
         if want.is_floating_point():
             if not t.is_floating_point():

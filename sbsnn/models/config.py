@@ -129,7 +129,7 @@ class HybridConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "head_dim"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 bad(f"{name} must be a positive integer, got {v!r}")
         for name, (bound, why) in SIZE_BOUNDS.items():
             v = getattr(self, name)

@@ -29,7 +29,7 @@ import re
 from typing import Any, Callable
 
 from sbsnn.models.errors import CheckpointError, ConfigError
-from sbsnn.models.layers import ACTIVATIONS
+from sbsnn.models.layers import ACTIVATIONS, activation_refusal
 
 # Layer kinds of sbsnn -> the layer_types names of transformers.
 LAYER_TYPES = {"full": "full_attention", "swa": "sliding_attention"}
@@ -81,18 +81,37 @@ MUST_EQUAL = {
 
 _REQUIRED = object()
 
-# The keys whose explicit null each family's reference (transformers' strict config
-# classes) accepts and derives a value for, among those sbsnn reads with a default; every
-# other null is refused as the reference refuses it. SpikingBrain's remote-code
-# GLAswaConfig is not strict: a null there means the default (it has no entry).
-NULLABLE: dict[str, frozenset[str]] = {
-    "llama": frozenset({"num_key_value_heads", "head_dim"}),
-    "mistral": frozenset({"head_dim"}),
-    "qwen2": frozenset({"num_key_value_heads"}),
-    "qwen3": frozenset({"num_key_value_heads"}),
-    "gemma3_text": frozenset(),
-    "sbsnn_hybrid": frozenset(),
+# Keys whose explicit ``null`` the reference refuses: the fields transformers 5.24 types
+# without ``None`` (its strict config dataclasses reject null there), and the keys its
+# model reads where null breaks it. For the other keys null is read as transformers reads
+# it: as the default where its config fills one in (``num_key_value_heads`` -> the
+# number of heads, ``head_dim`` -> hidden / heads, ``layer_types`` -> derived, the RoPE
+# keys -> absent), and as a value where null means something (``sliding_window``: no
+# window; ``final_logit_softcapping``: none; token ids: none).
+_HF_NOT_NULL = frozenset({
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "max_position_embeddings", "initializer_range", "rms_norm_eps", "use_cache",
+    "tie_word_embeddings", "chunk_size_feed_forward", "is_encoder_decoder"})
+NOT_NULL: dict[str, frozenset[str]] = {
+    "llama": _HF_NOT_NULL | {"hidden_act", "attention_bias", "mlp_bias"},
+    "mistral": _HF_NOT_NULL | {"hidden_act", "num_key_value_heads", "attention_dropout"},
+    # Qwen2Config has no head_dim field; Qwen2Attention reads getattr(config, "head_dim")
+    "qwen2": _HF_NOT_NULL | {"hidden_act", "use_sliding_window", "max_window_layers",
+                             "attention_dropout", "head_dim"},
+    "qwen3": _HF_NOT_NULL | {"hidden_act", "head_dim", "attention_bias", "use_sliding_window",
+                             "max_window_layers", "attention_dropout"},
+    "gemma3_text": _HF_NOT_NULL | {"hidden_activation", "num_key_value_heads", "head_dim",
+                                   "attention_bias", "query_pre_attn_scalar"},
 }
+# The reference of each family, named in refusals.
+REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+             "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
+             "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
+# The sizes that define every tensor's shape: a config without them is refused (the
+# reference would take its family's default, say 32 heads, and fail on a shape, or, for
+# the number of heads, silently compute another model).
+REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads")
 
 # ----------------------------------------------------------------------------- tensor names
 _COMMON_RENAMES = [
@@ -142,16 +161,22 @@ class ConfigKeys:
         return default
 
     def take_or(self, key: str, default: Any) -> Any:
-        """Like :meth:`take`, but an explicit null means the default where the family's
-        reference accepts it (its ``if x is None`` derives the value: :data:`NULLABLE`);
-        elsewhere the reference refuses the file, and so does sbsnn."""
+        """Like :meth:`take`, but an explicit null also means the default (as the
+        reference's ``x or default`` / ``if x is None`` does). Keys whose null the
+        reference refuses were refused before (:meth:`refuse_nulls`)."""
         v = self.take(key, None)
-        nullable = NULLABLE.get(self.model_type)
-        if v is None and key in self.d and nullable is not None and key not in nullable:
-            self.refuse(key, "is null, which transformers' config class of this family refuses "
-                             "(the key needs a value); give the value or remove the key for its "
-                             "default")
         return default if v is None else v
+
+    def refuse_nulls(self, keys: frozenset[str]) -> None:
+        """Refuse an explicit null for any of ``keys`` (the reference refuses it; reading it
+        as "absent" would run the model with a default the file did not ask for)."""
+        for key in sorted(keys):
+            if key in self.d and self.d[key] is None:
+                ref = REFERENCE.get(self.model_type, self.model_type)
+                raise ConfigError(
+                    f"{self.source}: config key {key!r} is null; transformers' {ref} refuses "
+                    "null there (it is not read as the default): give its value, or remove "
+                    "the key to take the family's default")
 
     def refuse(self, key: str, why: str) -> None:
         raise ConfigError(f"{self.source}: config key {key!r} = {self.d.get(key)!r} {why}")
@@ -162,10 +187,9 @@ class ConfigKeys:
         for key, value in self.d.items():
             if key in self.used:
                 continue
-            if key == "quantization_config" and _dequantized_gguf(value):
-                extra[key] = value      # float tensors transformers dequantized from a GGUF
-                continue
-            if key in MUST_EQUAL:
+            if key == "quantization_config" and _gguf_dequantized(value):
+                pass    # transformers' GGUF loader dequantized the weights: float tensors
+            elif key in MUST_EQUAL:
                 if value not in MUST_EQUAL[key]:
                     self.refuse(key, f"changes how the model computes and is not supported "
                                      f"(sbsnn needs {MUST_EQUAL[key][0]!r}); "
@@ -180,11 +204,13 @@ class ConfigKeys:
         return extra
 
 
-def _dequantized_gguf(value: Any) -> bool:
-    """``quantization_config`` of a directory transformers saved after loading a GGUF file
-    (``from_pretrained(..., gguf_file=...)`` then ``save_pretrained``): its tensors are the
-    float weights it dequantized, and transformers loads the directory as a float model,
-    so sbsnn does too. Any other quantization (GPTQ, AWQ, bitsandbytes ...) is refused."""
+def _gguf_dequantized(value: Any) -> bool:
+    """``quantization_config`` as transformers leaves it in a directory saved from a GGUF
+    (``from_pretrained(..., gguf_file=...)`` then ``save_pretrained``): the tensors were
+    dequantized to floats when loaded, and transformers loads them back as a float model
+    (its GGUF quantizer does nothing without a ``gguf_file``). Floating tensors are
+    checked when the weights are read; any other quant_method (gptq, awq, bitsandbytes,
+    ...) stays refused by name."""
     return isinstance(value, dict) and value.get("quant_method") == "gguf"
 
 
@@ -293,8 +319,10 @@ def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dic
     n = len(layer_types)
     sliding = [i for i, t in enumerate(layer_types) if t == "sliding_attention"]
     if sliding and window is None:
-        r.refuse("layer_types", "names sliding_attention layers but the model has no window "
-                                "('sliding_window' null, or 'use_sliding_window' false)")
+        key = "sliding_window" if r.d.get("sliding_window", 0) is None else "layer_types"
+        r.refuse(key, f"leaves the sliding_attention layers {sliding} of layer_types without a "
+                      "window (sliding_window null, or use_sliding_window false): the reference "
+                      "fails on it; give sliding_window or type those layers full_attention")
     if sliding and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         r.refuse("sliding_window", "must be a positive integer")
     return {"attn_layers": list(range(n)),
@@ -305,34 +333,40 @@ def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dic
 def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
     """The keys every Hugging Face decoder family shares."""
     out: dict[str, Any] = {"model_type": r.model_type}
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads"):
-        out[key] = _positive_int(r, key, r.take_or(key, defaults[key]))
-    # An explicit null of these two is derived (the reference's ``if x is None``), while an
-    # absent key takes the class default.
-    derived = {"num_key_value_heads": out["num_attention_heads"],
-               "head_dim": out["hidden_size"] // out["num_attention_heads"]}
-    for key, value in derived.items():
-        given = r.take_or(key, defaults.get(key) or value)
-        out[key] = _positive_int(r, key, value if r.d.get(key, 0) is None else given)
-    out["max_position_embeddings"] = r.take_or("max_position_embeddings",
-                                               defaults["max_position_embeddings"])
-    eps = r.take_or("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
+    for key in REQUIRED_SIZES:
+        out[key] = _positive_int(r, key, r.take(key))
+    heads = out["num_attention_heads"]
+    # absent: the family's default; null: the number of heads (the config's __post_init__)
+    kv = r.take("num_key_value_heads", defaults.get("num_key_value_heads"))
+    out["num_key_value_heads"] = _positive_int(r, "num_key_value_heads", heads if kv is None else kv)
+    hd = r.take("head_dim", defaults.get("head_dim"))
+    if hd is None:
+        if out["hidden_size"] % heads:
+            r.refuse("hidden_size", f"is not a multiple of num_attention_heads ({heads}) and the "
+                                    "config gives no head_dim; give head_dim (the width of one head)")
+        hd = out["hidden_size"] // heads
+    out["head_dim"] = _positive_int(r, "head_dim", hd)
+    if heads % out["num_key_value_heads"]:
+        r.refuse("num_key_value_heads", f"does not divide num_attention_heads ({heads}): each "
+                                        "key/value head serves a whole group of query heads")
+    out["max_position_embeddings"] = r.take("max_position_embeddings",
+                                            defaults["max_position_embeddings"])
+    eps = r.take("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         r.refuse("rms_norm_eps", "must be a non-negative number")
     out["norm_eps"] = float(eps)
     out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings",
                                        r.take("tie_word_embeddings", defaults["tie_word_embeddings"]))
-    out["initializer_range"] = r.take_or("initializer_range", 0.02)
+    out["initializer_range"] = r.take("initializer_range", 0.02)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         out[key] = r.take(key, defaults.get(key))
     return out
 
 
 def _hidden_act(r: ConfigKeys, key: str, default: str) -> str:
-    act = r.take_or(key, default)
-    if act not in ACTIVATIONS:
-        r.refuse(key, f"is not supported (sbsnn implements {', '.join(sorted(ACTIVATIONS))})")
+    act = r.take(key, default)
+    if not isinstance(act, str) or act not in ACTIVATIONS:
+        r.refuse(key, activation_refusal(act))
     return act
 
 
@@ -366,24 +400,33 @@ def read_llama(r: ConfigKeys) -> dict[str, Any]:
 
 
 def read_mistral(r: ConfigKeys) -> dict[str, Any]:
+    """Mistral, and the Ministral layout: transformers' AutoConfig reads a ``mistral``
+    config that has a ``layer_types`` key (even null) as ``ministral`` (MinistralConfig,
+    MinistralForCausalLM): sliding_window applies to the layers typed sliding_attention,
+    the others attend to everything; null layer_types is derived from sliding_window.
+    Ministral's attention reads head_dim as given (it does not derive it), so there a
+    missing or null head_dim is refused, as the reference fails on it."""
+    ministral = r.has("layer_types")
+    if ministral and r.d.get("head_dim") is None:
+        r.used.add("head_dim")
+        raise ConfigError(
+            f"{r.source}: config key 'head_dim' is {'null' if r.has('head_dim') else 'missing'}; "
+            "with layer_types present transformers reads this mistral config as Ministral, "
+            "whose attention needs head_dim (it does not derive it from hidden_size): give "
+            "head_dim (hidden_size / num_attention_heads for the usual layout)")
     out = _decoder_common(r, _MISTRAL)
     out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")
     out.update(attention_bias=False, o_proj_bias=False, mlp_bias=False, norm_style="llama",
                rope_parameters=_rope_parameters(r, default_theta=10000.0))
     n = out["num_hidden_layers"]
-    window = r.take("sliding_window", 4096)
-    kind = "full_attention" if window is None else "sliding_attention"
-    if r.has("layer_types"):
-        # The Ministral layout. AutoConfig keeps it, but the class AutoModelForCausalLM
-        # builds for model_type mistral (MistralForCausalLM) applies sliding_window to every
-        # layer and never reads layer_types: sbsnn runs it as a user's transformers does.
-        lt = r.take("layer_types")
-        if not (isinstance(lt, list) and len(lt) == n
-                and all(t in ("full_attention", "sliding_attention") for t in lt)):
-            r.refuse("layer_types", f"must list {n} layer types, each 'full_attention' or "
-                                    "'sliding_attention'")
-        r.ignored_by_reference.add("layer_types")
-    out.update(_placement([kind] * n, window, r))
+    window = r.take("sliding_window", 4096)     # null: no window (full attention)
+    if ministral and window is None:
+        r.refuse("sliding_window", "is refused: with layer_types present transformers reads this "
+                                   "mistral config as Ministral, which builds a sliding-window mask "
+                                   "for every model and fails without a window; give sliding_window, "
+                                   "or remove layer_types (Mistral reads null as full attention)")
+    derived = ["full_attention" if window is None else "sliding_attention"] * n
+    out.update(_placement(_layer_types(r, n, derived) if ministral else derived, window, r))
     return out
 
 
@@ -403,8 +446,6 @@ def _read_qwen(r: ConfigKeys, defaults: dict, qwen3: bool) -> dict[str, Any]:
     window = r.take("sliding_window", 4096) if use_sw else None  # as Qwen2Config does
     r.used.add("sliding_window")
     mwl = r.take("max_window_layers", 28)
-    if isinstance(mwl, bool) or not isinstance(mwl, int) or mwl < 0:
-        r.refuse("max_window_layers", "must be an integer >= 0")
     derived = ["sliding_attention" if window is not None and i >= mwl else "full_attention"
                for i in range(n)]
     out.update(_placement(_layer_types(r, n, derived), window, r))
@@ -433,14 +474,17 @@ def read_gemma3_text(r: ConfigKeys) -> dict[str, Any]:
         r.refuse("attn_logit_softcapping", "is ignored by transformers' Gemma 3 attention; sbsnn "
                                            "refuses rather than guess whether it should apply")
     cap = r.take("final_logit_softcapping", None)
-    scalar = r.take_or("query_pre_attn_scalar", 256)
+    scalar = r.take("query_pre_attn_scalar", 256)
     if isinstance(scalar, bool) or not isinstance(scalar, (int, float)) or not scalar > 0:
         r.refuse("query_pre_attn_scalar", "must be a positive number")
     n = out["num_hidden_layers"]
     pattern = r.take("sliding_window_pattern", 6)
-    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
-        r.refuse("sliding_window_pattern", "must be a positive integer")
-    derived = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    if pattern is None and r.d.get("layer_types") is not None:
+        derived = []    # the pattern is used only to derive absent layer_types
+    else:
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            r.refuse("sliding_window_pattern", "must be a positive integer")
+        derived = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
     layer_types = _layer_types(r, n, derived)
     if r.has("_sliding_window_pattern"):  # written by transformers' to_dict, read by nothing
         p2 = r.take("_sliding_window_pattern")
@@ -468,14 +512,31 @@ _GLA_SWA = dict(vocab_size=152064, hidden_size=3584, num_hidden_layers=28, num_a
                 eos_token_id=151643, pad_token_id=None)
 
 
+# SpikingBrain ships "swish"; its reference is not transformers, so the wider ACT2FN set
+# of the Hugging Face families is not assumed for it.
+GLA_SWA_ACTIVATIONS = ("swish", "silu", "gelu", "gelu_pytorch_tanh")
+
+
 def read_gla_swa(r: ConfigKeys) -> dict[str, Any]:
     """SpikingBrain-7B. Its GLAswaConfig derives head_dim (hidden / heads) and the layer
     pattern (odd layers SWA) instead of reading them; stored values must agree."""
     out: dict[str, Any] = {"model_type": "gla_swa"}
     for key, default in _GLA_SWA.items():
-        out[key] = r.take(key, default)
-    n = out["num_hidden_layers"] = _positive_int(r, "num_hidden_layers", out["num_hidden_layers"])
-    heads = _positive_int(r, "num_attention_heads", out["num_attention_heads"])
+        out[key] = r.take(key, _REQUIRED if key in REQUIRED_SIZES else default)
+    for key in REQUIRED_SIZES:
+        out[key] = _positive_int(r, key, out[key])
+    n = out["num_hidden_layers"]
+    heads = out["num_attention_heads"]
+    kv = out["num_key_value_heads"] = _positive_int(r, "num_key_value_heads", out["num_key_value_heads"])
+    if heads % kv:
+        r.refuse("num_key_value_heads", f"is refused: num_attention_heads ({heads}) must be a "
+                                        f"multiple of num_key_value_heads ({kv})")
+    if out["hidden_act"] not in GLA_SWA_ACTIVATIONS:
+        r.refuse("hidden_act", f"is not one SpikingBrain's MLP is known to run (sbsnn reads "
+                               f"gla_swa with {', '.join(GLA_SWA_ACTIVATIONS)})")
+    if out["hidden_size"] % heads:
+        r.refuse("hidden_size", f"is not a multiple of num_attention_heads ({heads}); "
+                                "GLAswaConfig derives the head width from their ratio")
     derived = {"head_dim": out["hidden_size"] // heads, "attn_layers": list(range(1, n, 2)),
                "attn_type_list": [i % 2 for i in range(n)]}
     for key, value in derived.items():
@@ -544,10 +605,13 @@ def read_config(d: dict[str, Any], source: str = "config", *, config_class):
     mt = d.get("model_type")
     if not isinstance(mt, str) or mt not in READERS:
         hint = (_HINTS.get(mt) if isinstance(mt, str) else None) or f"sbsnn reads {', '.join(READERS)}"
-        raise ConfigError(f"{source}: model_type {mt!r} (architectures "
+        what = (f"model_type {mt!r}" if mt is not None else
+                f"config key 'model_type' is {'null' if 'model_type' in d else 'missing'}")
+        raise ConfigError(f"{source}: {what} (architectures "
                               f"{d.get('architectures')}) is not supported; {hint}")
     r = ConfigKeys(d, source, mt, frozenset(f.name for f in dataclasses.fields(config_class)))
     try:
+        r.refuse_nulls(NOT_NULL.get(mt, frozenset()))
         kwargs = READERS[mt](r)
     except CheckpointError:
         raise

@@ -43,14 +43,19 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}, style={self.style}"
 
 
-# hidden_act names (transformers' ACT2FN keys) -> the function; any other is refused.
-def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+def _gelu_tanh_formula(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-# Every parameter-free activation transformers' ACT2FN names, each computed as its class
-# computes it (so logits match to float rounding). "prelu" and "xielu" carry learned
-# parameters of their own and are not among them: a config naming one is refused.
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+# hidden_act names -> the function: every parameter-free entry of transformers'
+# ``ACT2FN`` (transformers.activations, 5.24), written as it computes them, so that a
+# family's MLP gives transformers' values to float rounding. Any other name is refused,
+# among them ACT2FN's entries with learned weights ("prelu", "xielu": their parameters
+# live in the MLP, which sbsnn's loader does not read).
 ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
@@ -58,29 +63,43 @@ ACTIVATIONS = {
     "gelu_python": lambda x: x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))),
     "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_python_tanh": lambda x: x * 0.5 * (1.0 + torch.tanh(
-        math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0)))),
-    "gelu_new": _tanh_gelu,
-    "gelu_accurate": _tanh_gelu,
+    "gelu_python_tanh": _gelu_tanh_formula,
+    "gelu_new": _gelu_tanh_formula,
+    "gelu_accurate": _gelu_tanh_formula,
     "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
     "relu": F.relu,
     "relu2": lambda x: torch.square(F.relu(x)),
     "relu6": F.relu6,
-    "leaky_relu": F.leaky_relu,
+    "leaky_relu": F.leaky_relu,     # nn.LeakyReLU(): negative_slope 0.01
     "hardswish": F.hardswish,
     "mish": F.mish,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
+    "laplace": _laplace,
     "linear": lambda x: x,
-    "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107).div(0.282095 * math.sqrt(2.0)))),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
     "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
 }
+# ACT2FN entries sbsnn does not run, and why (named in the refusal).
+UNSUPPORTED_ACTIVATIONS = {
+    "prelu": "nn.PReLU has a learned slope stored in the MLP",
+    "xielu": "xIELU has learned parameters stored in the MLP",
+}
+
+
+def activation_refusal(name: object) -> str:
+    """Why ``hidden_act`` ``name`` is refused (it is not in ``ACTIVATIONS``)."""
+    why = UNSUPPORTED_ACTIVATIONS.get(name) if isinstance(name, str) else None
+    if why:
+        return f"is not supported: {why}, which sbsnn does not load"
+    return (f"is not an activation transformers implements for this family's MLP "
+            f"(sbsnn implements {', '.join(sorted(ACTIVATIONS))})")
 
 
 class SwiGLU(nn.Module):
     """``down(act(gate(x)) * up(x))``: SwiGLU with ``silu`` (SpikingBrain, Llama, Qwen),
-    GeGLU with ``gelu_pytorch_tanh`` (Gemma). The names match all of them."""
+    GeGLU with ``gelu_pytorch_tanh`` (Gemma), or any other of ``ACTIVATIONS``. The names
+    match all of them."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
                  activation: str = "silu"):
