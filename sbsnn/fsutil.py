@@ -27,6 +27,8 @@ Imports nothing of sbsnn but :mod:`sbsnn.errors`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
@@ -39,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from sbsnn.errors import PathNotDirectoryError, os_error
+from sbsnn.errors import PathExistsError, PathNotDirectoryError, os_error
 
 __all__ = ["apply_umask", "atomic_directory", "atomic_file", "current_umask", "ensure_output_dir",
            "jsonable", "make_dir", "remove_stale", "stale_entries", "temp_name", "write_atomically"]
@@ -188,15 +190,73 @@ def atomic_file(path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+# What sbsnn wrote into an output directory by write_atomically (a report, a sweep, the
+# demo): name -> SHA-256 digests. A file of the same name that is not in it is the user's.
+OUTPUTS_MANIFEST = "sbsnn-outputs.json"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def owned_outputs(out_dir) -> dict[str, list[str]]:
+    """What sbsnn wrote into ``out_dir``: file name -> the SHA-256 digests it may hold
+    (the directory's ``sbsnn-outputs.json``; empty if none)."""
+    try:
+        d = json.loads((Path(out_dir) / OUTPUTS_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(d, dict):
+        return {}
+    return {k: [x for x in v if isinstance(x, str)] for k, v in d.items()
+            if isinstance(k, str) and isinstance(v, list)}
+
+
+def check_replaceable(out_dir, names) -> None:
+    """Each of ``names`` that exists in ``out_dir`` must be a file sbsnn wrote there, with
+    the content it wrote (its manifest): a file of the user's is never replaced or removed.
+    Else :class:`~sbsnn.errors.PathExistsError` naming it."""
+    out = Path(out_dir)
+    owned = owned_outputs(out)
+    for n in names:
+        p = out / n
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if p.is_symlink() or not p.is_file() or _sha256(p) not in owned.get(n, ()):
+            raise PathExistsError(f"{p}: a file sbsnn did not write there (or one changed since "
+                                  f"it did, or written before sbsnn kept {OUTPUTS_MANIFEST}); "
+                                  "sbsnn replaces only its own outputs: move it away or choose "
+                                  "another output directory", filename=p)
+
+
+def _write_manifest(out: Path, owned: dict[str, list[str]]) -> None:
+    with atomic_file(out / OUTPUTS_MANIFEST) as tmp:
+        tmp.write_text(json.dumps(owned, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def record_outputs(out_dir, names) -> None:
+    """Add ``names`` (files just written into ``out_dir``) to its manifest."""
+    out = Path(out_dir)
+    owned = owned_outputs(out)
+    owned.update({n: [_sha256(out / n)] for n in names})
+    _write_manifest(out, owned)
+
+
 def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str | None = None,
                      remove_first: tuple[str, ...] = ()) -> list[Path]:
     """Call ``write(tmp_dir)`` (it writes files there and returns their names), then move
     them into ``out_dir`` (created if missing): the names in ``remove_first`` are deleted
     before anything is moved, and ``final`` is moved last. Returns the final paths.
 
+    Only files sbsnn wrote there may be replaced or removed (:func:`check_replaceable`,
+    before any work and again before anything moves); while they move, the manifest lists
+    the new content beside the old, so that a run killed half-way is replaced by the next.
+
     ``tmp_dir`` is a hidden ``.sbsnn.partial-HOST-PID-XXXXXXXX`` folder inside ``out_dir``,
     removed on the way out; one a killed run left is removed on entry."""
     out = ensure_output_dir(out_dir, hint=" (it is created if missing)")
+    check_replaceable(out, remove_first)
     try:
         remove_stale(out, "sbsnn", "partial")      # what a killed run left
         tmp = make_dir(out, "sbsnn", "partial")
@@ -204,11 +264,17 @@ def write_atomically(out_dir, write: Callable[[Path], list[str]], final: str | N
         raise os_error(e, out, "creating the output directory") from None
     try:
         names = list(write(tmp))
+        check_replaceable(out, set(names) | set(remove_first))
+        owned = owned_outputs(out)
+        for n in names:        # old and new content both sbsnn's while they move
+            owned[n] = sorted(set(owned.get(n, [])) | {_sha256(tmp / n)})
+        _write_manifest(out, owned)
         for n in remove_first:
             (out / n).unlink(missing_ok=True)
         ordered = [n for n in names if n != final] + [n for n in names if n == final]
         for n in ordered:
             os.replace(tmp / n, out / n)
+        record_outputs(out, ordered)
         return [out / n for n in ordered]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,8 @@ from sbsnn.errors import SbsnnError
 from sbsnn.models import load_model
 
 transformers = pytest.importorskip("transformers")
+from test_families import hf_model, rel_err  # noqa: E402  (tests/: the same reference models)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
@@ -50,23 +52,6 @@ OLDER_KEYS = {
                     "original_max_position_embeddings", "rope_local_base_freq",
                     "sliding_window_pattern", "_sliding_window_pattern", "hidden_act"),
 }
-
-
-def hf_model(config_cls: str, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    cfg = getattr(transformers, config_cls)(**kw)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    with torch.no_grad():  # norms and biases away from their init, so that they matter
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.normal_(0, 0.1)
-    return model
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 IDS = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(1))

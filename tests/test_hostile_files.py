@@ -255,3 +255,37 @@ def test_options_that_would_run_without_end_are_bounded(tmp_path, capsys, argv, 
             for a in argv]
     rc, err = run(argv, capsys)
     assert rc == 2 and culprit in err and "the bound is" in err, err
+
+
+# ------------------------------------------------------------------- other outputs
+def _recording(tmp_path: Path, spk: Path) -> Path:
+    rec = tmp_path / "r.h5"
+    assert cli.main(["simulate", str(spk), "--prompt", "a few words", "--record", str(rec),
+                     "--quiet"]) == 0
+    return rec
+
+
+@pytest.mark.parametrize("mine", ["report.html", "report.json", "energy.png"])
+def test_a_report_never_replaces_a_users_file_of_the_same_name(tmp_path, ckpt, capsys, mine):
+    rec = _recording(tmp_path, ckpt[1])
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / mine).write_text("the user's own file\n")
+    before = tree(out)
+    rc, err = run(["report", rec, "--out", out], capsys)
+    assert rc == 2 and mine in err and "did not write" in err, err
+    assert tree(out) == before
+
+
+def test_a_report_replaces_its_own_files_again_and_again(tmp_path, ckpt, capsys):
+    rec = _recording(tmp_path, ckpt[1])
+    out = tmp_path / "rep"
+    for _ in range(2):
+        rc, err = run(["report", rec, "--out", out], capsys)
+        assert rc == 0, err
+    owned = json.loads((out / "sbsnn-outputs.json").read_text())
+    assert {"report.json", "report.html"} <= set(owned)
+    (out / "report.html").write_text("edited by hand\n")       # changed since: the user's now
+    rc, err = run(["report", rec, "--out", out], capsys)
+    assert rc == 2 and "report.html" in err and "changed since" in err, err
+    assert (out / "report.html").read_text() == "edited by hand\n"

@@ -31,7 +31,7 @@ from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
 from sbsnn.converters import convert
 from sbsnn.data import heldout_text
 from sbsnn.errors import brief
-from sbsnn.fsutil import atomic_file, ensure_output_dir
+from sbsnn.fsutil import atomic_file, check_replaceable, ensure_output_dir, record_outputs
 from sbsnn.models.checkpoint import load_model
 from sbsnn.sim import simulate
 from sbsnn.sim.engine import resolve_backend
@@ -73,7 +73,9 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     check_record_path(out / "spikes.h5")
     # The summary and the report mark a finished run: gone until this one finishes, so a
     # killed rerun never leaves the previous run's beside a new, incomplete recording.
-    for name in ("summary.json", "report.json", "report.html"):
+    finished = ("summary.json", "report.json", "report.html")
+    check_replaceable(out, finished)        # a file of the user's is never removed
+    for name in finished:
         (out / name).unlink(missing_ok=True)
     if threads:
         torch.set_num_threads(threads)
@@ -128,6 +130,7 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     }
     with atomic_file(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    record_outputs(out, ["summary.json"])
 
     part = ("" if sim.tokens == fid.tokens + 1 else
             f" (event-driven simulation and report: the first {sim.tokens:,} tokens; "
