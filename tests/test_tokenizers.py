@@ -118,6 +118,15 @@ LAYOUTS = {
 }
 
 
+def _tiny_checkpoint(d) -> None:
+    """A small float checkpoint with a 400-token vocabulary, no tokenizer file yet."""
+    cfg = HybridConfig(vocab_size=400, hidden_size=32, intermediate_size=48,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       attn_layers=[1], sliding_window=8, rope_theta=10000.0,
+                       gate_low_rank_dim=8)
+    save_pretrained(HybridForCausalLM(cfg), d)
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_slow_tokenizer_files_read_as_autotokenizer(name, files, tmp_path):
     """No tokenizer.json: the files are read, and encode/decode as AutoTokenizer's
@@ -140,11 +149,7 @@ def test_load_model_reads_vocab_merges(files, tmp_path):
     """A checkpoint shipping vocab.json + merges.txt loads with its tokenizer, and text in
     gives the ids AutoTokenizer gives (the model sees the same tokens)."""
     d = tmp_path / "ck"
-    cfg = HybridConfig(vocab_size=400, hidden_size=32, intermediate_size=48,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       attn_layers=[1], sliding_window=8, rope_theta=10000.0,
-                       gate_low_rank_dim=8)
-    save_pretrained(HybridForCausalLM(cfg), d)
+    _tiny_checkpoint(d)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(files["bpe"] / name, d / name)
     (d / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
@@ -242,11 +247,7 @@ def test_corrupt_tokenizer_file_refused_by_name(name, files, tmp_path):
 def test_corrupt_tokenizer_exits_2_by_name(files, tmp_path, capsys):
     """Through the CLI: exit status 2 and one line naming the file."""
     d = tmp_path / "ck"
-    cfg = HybridConfig(vocab_size=400, hidden_size=32, intermediate_size=48,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       attn_layers=[1], sliding_window=8, rope_theta=10000.0,
-                       gate_low_rank_dim=8)
-    save_pretrained(HybridForCausalLM(cfg), d)
+    _tiny_checkpoint(d)
     (d / "tokenizer.json").write_text('{"model": ')
     rc = cli.main(["generate", str(d), "--prompt", "Hello", "--max-new-tokens", "2"])
     err = capsys.readouterr().err.strip()
