@@ -21,7 +21,6 @@ from __future__ import annotations
 import codecs
 import importlib.util
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -232,14 +231,9 @@ def _auto_tokenizer(directory: Path, files: list[str]) -> "HFTokenizer":
         if _present(directory / name):
             _check_json_object(directory / name, "the tokenizer's settings")
     from transformers import AutoTokenizer
-    log = logging.getLogger("transformers")
-    level = log.level
-    log.setLevel(logging.ERROR)   # its notes on the conversion are not the user's concern
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
-                                                trust_remote_code=False)
+    try:   # (transformers' own log lines and warnings are left to the host's settings)
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                            trust_remote_code=False)
     except ImportError as e:
         raise ImportError(f"{directory}: converting its tokenizer ({', '.join(files)}) needs a "
                           f"package that is missing ({_why(e)})") from e
@@ -247,8 +241,6 @@ def _auto_tokenizer(directory: Path, files: list[str]) -> "HFTokenizer":
         raise CheckpointError(f"{directory}: transformers' AutoTokenizer cannot build a "
                               f"tokenizer from {', '.join(files)} ({_why(e)}); fix these files "
                               "or add the model's tokenizer.json") from None
-    finally:
-        log.setLevel(level)
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise CheckpointError(f"{directory}: AutoTokenizer builds a {type(tok).__name__} from "
