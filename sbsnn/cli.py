@@ -373,7 +373,8 @@ def cmd_demo(args) -> int:
     check_int(args.sim_tokens, "--sim-tokens", minimum=0, none_ok=True, hint=" (0: the whole text)")
     _check_threads(args)
     _check_out_dir(args.out)
-    return run_demo(out=args.out, max_chars=args.max_chars, threads=args.threads,
+    _threads(args)               # the command owns its process; run_demo never sets threads
+    return run_demo(out=args.out, max_chars=args.max_chars,
                     sim_tokens="auto" if args.sim_tokens is None else args.sim_tokens,
                     profile=args.profile, backend=args.backend, progress=not args.quiet)
 

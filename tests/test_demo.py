@@ -53,3 +53,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert summ["spiking_perplexity"] == pytest.approx(f["spiking_perplexity"])
     assert summ["reduction_vs_fp16"] == pytest.approx(
         rep["energy"]["estimates"]["a_spikingbrain"]["comparison"]["fp16_dense"]["reduction"])
+
+
+def test_run_demo_leaves_the_hosts_thread_count_alone(tmp_path):
+    import torch
+
+    from sbsnn.errors import OptionError
+    from sbsnn.runs.demo import run_demo
+
+    n = torch.get_num_threads()
+    with pytest.raises(OptionError, match=r"torch.set_num_threads\(3\)"):
+        run_demo(tmp_path / "d", threads=3)
+    assert torch.get_num_threads() == n and not (tmp_path / "d").exists()

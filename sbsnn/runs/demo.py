@@ -30,7 +30,7 @@ from sbsnn.analysis.report import build_report, format_summary
 from sbsnn.checks import THREADS_LIMIT, THREADS_WHY, check_int
 from sbsnn.converters import convert
 from sbsnn.data import heldout_text
-from sbsnn.errors import brief
+from sbsnn.errors import OptionError, brief
 from sbsnn.fsutil import atomic_file, check_replaceable, ensure_output_dir, record_outputs
 from sbsnn.models.checkpoint import load_model
 from sbsnn.sim import simulate
@@ -57,14 +57,19 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     """Run the demo, write ``spikes.h5``, the report and ``summary.json`` into ``out``,
     print the summary through ``print_fn``; returns 0.
 
-    ``max_chars``: use only the first N characters of the held-out text. ``threads``:
-    torch intra-op threads (0: torch's default). ``sim_tokens``: tokens simulated event by
+    ``max_chars``: use only the first N characters of the held-out text. ``threads``: only
+    0; torch's thread count is the host program's to set (``torch.set_num_threads``; the
+    command's ``--threads`` does it for its own process), never the library's. ``sim_tokens``: tokens simulated event by
     event ('auto' or 0: the whole text). ``profile``:
     energy profile of the spiking side. ``backend``: 'auto', 'torch' or 'cupy'.
     """
     # Every option is checked before any work (a bad one must not cost a conversion).
     check_int(max_chars, "max_chars", minimum=2, none_ok=True, hint=" (None: the whole text)")
     check_int(threads, "threads", minimum=0, maximum=THREADS_LIMIT, why=THREADS_WHY)
+    if threads:
+        raise OptionError(f"threads={threads}: run_demo does not change the process's torch "
+                          "thread count (the host program owns it); call "
+                          f"torch.set_num_threads({threads}) first, or run sbsnn demo --threads")
     if sim_tokens not in ("auto", None):
         check_int(sim_tokens, "sim_tokens", minimum=0, hint=" ('auto' or 0: the whole text)")
     load_profile(profile)
@@ -77,8 +82,6 @@ def run_demo(out: str | Path = "sbsnn-demo", max_chars: int | None = None,
     check_replaceable(out, finished)        # a file of the user's is never removed
     for name in finished:
         (out / name).unlink(missing_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
     times: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
