@@ -448,6 +448,8 @@ def test_executor_swap_restores_and_refuses_nesting():
             with Simulator(model, backend="torch"):
                 1 / 0
         assert layer.executor is None
+        with pytest.raises(TypeError, match="needs execute"):     # nothing to run: refused
+            ExecutorSwap(model)
         with Simulator(model, backend="torch") as sim:   # usable again after the error
             assert torch.equal(model(X), want)
         assert sim.counters["proj"].calls == 1 and layer.executor is None

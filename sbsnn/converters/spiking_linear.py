@@ -152,10 +152,10 @@ class ExecutorSwap:
         self.layers = spiking_layers(layers) if isinstance(layers, nn.Module) else list(layers)
         if execute is not None:
             self.execute = execute
+        elif not callable(getattr(self, "execute", None)):
+            raise TypeError(f"{type(self).__name__} needs execute(name, layer, x): pass "
+                            "execute= or define it in a subclass")
         self._saved: list[tuple[SpikingLinear, object]] = []
-
-    def execute(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("pass execute= or override ExecutorSwap.execute")
 
     def __enter__(self):
         if self._saved:
