@@ -216,17 +216,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_hostile_gguf_refused_by_name(case, llama, gemma, tmp_path, capsys):
-    name, arch, change, patch, named = case
-    raw = RawGGUF.parse(llama if arch == LLAMA else gemma)
+def _case_bytes(source: bytes, change, patch) -> bytes:
+    """A case's file: ``source`` parsed, ``change`` applied to its fields, written back,
+    then ``patch`` applied to the bytes."""
+    raw = RawGGUF.parse(source)
     if change is not None:
         change(raw)
     data = raw.to_bytes()
-    if patch is not None:
-        data = _patch(data, raw, *patch)
+    return data if patch is None else _patch(data, raw, *patch)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_gguf_refused_by_name(case, llama, gemma, tmp_path, capsys):
+    name, arch, change, patch, named = case
     path = tmp_path / f"{name}.gguf"
-    path.write_bytes(data)
+    path.write_bytes(_case_bytes(llama if arch == LLAMA else gemma, change, patch))
     _refused(path, capsys, *named)
 
 
@@ -411,14 +415,8 @@ def test_bombs_stay_within_memory_bound(llama, tmp_path):
     bombs = []
     for name, arch, change, patch, _ in CASES:
         if arch == LLAMA and any(s in name for s in ("2^", "1e9")):
-            raw = RawGGUF.parse(llama)
-            if change is not None:
-                change(raw)
-            data = raw.to_bytes()
-            if patch is not None:
-                data = _patch(data, raw, *patch)
             p = tmp_path / f"{name}.gguf"
-            p.write_bytes(data)
+            p.write_bytes(_case_bytes(llama, change, patch))
             bombs.append(p)
     assert len(bombs) >= 10
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
