@@ -42,21 +42,15 @@ def _close(got, ref, rel):
 
 # ---- the two forms of the recurrence ------------------------------------------------
 
-@pytest.mark.parametrize("L", [0, 1, 15, 16, 17, 50, 83])
-def test_chunked_equals_recurrent_float64(L):
-    x, dt, A, B, C, D, s0 = _inputs(2, L, 4, 6, 2, 8, torch.float64)
+@pytest.mark.parametrize("L, dtype, tol, seed",
+                         [(L, torch.float64, 1e-12, 0) for L in (0, 1, 15, 16, 17, 50, 83)]
+                         + [(83, torch.float32, 1e-5, 1)])
+def test_chunked_equals_recurrent(L, dtype, tol, seed):
+    x, dt, A, B, C, D, s0 = _inputs(2, L, 4, 6, 2, 8, dtype, seed=seed)
     y1, s1 = ssd_recurrent(x, dt, A, B, C, D, s0)
     y2, s2 = ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=16)
-    _close(y2, y1, 1e-12)
-    _close(s2, s1, 1e-12)
-
-
-def test_chunked_equals_recurrent_float32():
-    x, dt, A, B, C, D, s0 = _inputs(2, 83, 4, 6, 2, 8, torch.float32, seed=1)
-    y1, s1 = ssd_recurrent(x, dt, A, B, C, D, s0)
-    y2, s2 = ssd_chunked(x, dt, A, B, C, D, s0, chunk_size=16)
-    _close(y2, y1, 1e-5)
-    _close(s2, s1, 1e-5)
+    _close(y2, y1, tol)
+    _close(s2, s1, tol)
 
 
 def test_chunked_strong_decay_stays_finite():
