@@ -351,7 +351,7 @@ def test_tied_config_with_a_different_stored_head_uses_the_stored_head(tmp_path)
 
 
 def test_unsupported_model_types_are_refused_by_name(tmp_path):
-    for mt, hint in (("gemma3", "multimodal"), ("mamba", "sbsnn reads")):
+    for mt, hint in (("gemma2", "Gemma 2 is not supported"), ("mamba", "sbsnn reads")):
         with pytest.raises(CheckpointError, match=f"model_type '{mt}'.*{hint}"):
             HybridConfig.from_dict({"model_type": mt})
 

@@ -26,15 +26,17 @@ class WindowAttention(nn.Module):
     Options the families need: ``rope`` (a :class:`~sbsnn.models.rope.RopeSpec`; or
     ``rope_theta`` for plain RoPE), q/k/v ``bias`` and a separate ``o_bias``,
     ``qk_norm`` (an RMSNorm style: per-head norms on q and k before RoPE, Qwen3 and
-    Gemma 3) and ``scaling`` of the scores (default ``head_dim ** -0.5``; Gemma uses
-    ``query_pre_attn_scalar ** -0.5``).
+    Gemma 3), ``scaling`` of the scores (default ``head_dim ** -0.5``; Gemma uses
+    ``query_pre_attn_scalar ** -0.5``) and ``output_gate`` (Qwen3.5, Qwen3-Next:
+    ``q_proj`` gives, per head, the query and then a gate of the same width; the heads'
+    output is multiplied by ``sigmoid(gate)`` before ``o_proj``).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  window: int | None, rope_theta: float | None = None, bias: bool = True,
                  num_sinks: int = 0, *, rope: RopeSpec | None = None, o_bias: bool = False,
                  qk_norm: str | None = None, norm_eps: float = 1e-6,
-                 scaling: float | None = None):
+                 scaling: float | None = None, output_gate: bool = False):
         super().__init__()
         if rope is None:
             if rope_theta is None:
@@ -44,7 +46,9 @@ class WindowAttention(nn.Module):
         self.window, self.rope, self.num_sinks = window, rope, num_sinks
         self.rope_theta = rope.rope_theta
         self.scaling = head_dim ** -0.5 if scaling is None else float(scaling)
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=bias)
+        self.output_gate = output_gate
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim * (2 if output_gate else 1),
+                                bias=bias)
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
@@ -66,7 +70,11 @@ class WindowAttention(nn.Module):
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if positions is None:
             positions = torch.arange(L, device=x.device)
-        q = self.q_proj(x).view(B, L, H, D).transpose(1, 2)
+        if self.output_gate:
+            q, gate = self.q_proj(x).view(B, L, H, 2 * D).chunk(2, dim=-1)
+            q, gate = q.transpose(1, 2), gate.reshape(B, L, H * D)
+        else:
+            q = self.q_proj(x).view(B, L, H, D).transpose(1, 2)
         k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
         v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
         if hasattr(self, "q_norm"):
@@ -86,7 +94,10 @@ class WindowAttention(nn.Module):
                                              scale=self.scaling, enable_gqa=H != Hkv)
         if cache is not None:
             self._update_cache(cache, k, v, positions)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, H * D))
+        out = out.transpose(1, 2).reshape(B, L, H * D)
+        if self.output_gate:
+            out = out * torch.sigmoid(gate)
+        return self.o_proj(out)
 
     def visible(self, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
         """Boolean ``[Lq, Lk]``: may query position qpos[i] see key position kpos[j]?

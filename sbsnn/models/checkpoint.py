@@ -36,7 +36,7 @@ from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
-from sbsnn.models.families import RENAMES, rename_key
+from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, rename_key
 from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
@@ -442,6 +442,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu",
                dtype=default_dtype(ck.raw, device) if dtype is None else dtype)
     model.eval()
     model.tokenizer = ck.tokenizer
+    for note in ck.config.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     return model
 
 
@@ -553,7 +555,10 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     state: dict[str, torch.Tensor] = {}
     source: dict[str, str] = {}  # sbsnn name -> name in the file
     unexpected = []
+    skipped = SKIPPED_TENSORS.get(model_type)
     for key, t in raw.items():
+        if skipped is not None and skipped.search(key):
+            continue    # a vision tower, a prediction head the causal LM does not load
         name = rename_key(key, model_type)
         if name in state:
             raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are the "

@@ -28,7 +28,21 @@ from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
 from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
-                         "gemma3_text")
+                         "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5")
+# Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
+# (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
+# (models/short_conv.py), softmax attention (full, or a window of sliding_window keys).
+MIXERS = ("gdn", "mamba2", "conv", "full", "swa")
+# Constructor arguments of each linear mixer, as HybridConfig's ``gdn`` / ``mamba2`` /
+# ``short_conv`` dicts hold them (hidden_size and norm_eps come from the model).
+MIXER_ARGS = {
+    "gdn": ("num_key_heads", "num_value_heads", "key_head_dim", "value_head_dim",
+            "conv_kernel_size", "activation", "layout"),
+    "mamba2": ("num_heads", "head_dim", "d_state", "n_groups", "d_conv", "chunk_size",
+               "activation", "conv_bias", "bias", "out_bias", "rms_norm", "norm_before_gate",
+               "time_step_limit", "in_multiplier", "zxbcdt_multipliers"),
+    "conv": ("L_cache", "bias"),
+}
 
 
 @dataclass
@@ -96,10 +110,23 @@ class HybridConfig:
     embedding_scale: float | None = None  # Gemma: embeddings times sqrt(hidden_size)
     attn_scale: float | None = None      # score scale; None = head_dim ** -0.5
     final_logit_softcapping: float | None = None
+    # --- linear-mixer hybrids (Qwen3.5, Qwen3-Next, Granite 4.0-H, Falcon-H1, LFM2) -------
+    # The mixer of each layer (one of MIXERS) where the family names them; None: the
+    # layout above (attn_layers, full_attn_layers, parallel_mixer) decides.
+    layer_mixers: list[str] | None = None
+    # Arguments of the linear mixers (MIXER_ARGS), as the family's reader derives them.
+    gdn: dict | None = None
+    mamba2: dict | None = None
+    short_conv: dict | None = None
+    # Qwen3.5 / Qwen3-Next attention: q_proj also gives a per-channel output gate,
+    # o_proj(attn * sigmoid(gate)).
+    attn_output_gate: bool = False
     # Keys that change nothing in the forward pass, kept so a saved config round-trips.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # The config.json this was read from (a Hugging Face family's); written back on save.
     source_config: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # What the reader tells the user about the reading (a vision tower left out, ...).
+    notes: list[str] = field(default_factory=list, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -210,10 +237,43 @@ class HybridConfig:
             bad(f"router_activation must be 'sigmoid' or 'softmax', got {self.router_activation!r}")
         if self.num_sink_tokens < 0:
             bad("num_sink_tokens must be >= 0")
+        if not isinstance(self.attn_output_gate, bool):
+            bad(f"attn_output_gate must be true or false, got {self.attn_output_gate!r}")
+        self._validate_mixers(bad)
+
+    def _validate_mixers(self, bad) -> None:
+        lm = self.layer_mixers
+        if lm is None:
+            for name in ("gdn", "mamba2", "short_conv"):
+                if getattr(self, name) is not None:
+                    bad(f"{name} arguments are given but layer_mixers is not")
+            return
+        if not isinstance(lm, list) or len(lm) != self.num_hidden_layers or any(
+                m not in MIXERS for m in lm):
+            bad(f"layer_mixers must list one of {MIXERS} for each of the "
+                f"{self.num_hidden_layers} layers, got {brief(lm)}")
+        if self.parallel_mixer or self.num_sink_tokens:
+            bad("layer_mixers does not combine with parallel_mixer or sink tokens")
+        if "swa" in lm and self.sliding_window is None:
+            bad("layer_mixers holds 'swa' layers but sliding_window is null")
+        for kind, name in (("gdn", "gdn"), ("mamba2", "mamba2"), ("conv", "short_conv")):
+            args = getattr(self, name)
+            if args is None:
+                if kind in lm:
+                    bad(f"layer_mixers holds {kind!r} layers but {name} is null")
+                continue
+            if not isinstance(args, dict):
+                bad(f"{name} must be an object of {kind} mixer arguments, got {brief(args)}")
+            unknown = sorted(set(args) - set(MIXER_ARGS[kind]))
+            if unknown:
+                bad(f"{name} holds unknown arguments {unknown} (known: {list(MIXER_ARGS[kind])})")
 
     # ------------------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:
-        """'gla', 'swa', 'full', or 'parallel' (linear + window/full side by side)."""
+        """'gla', 'swa', 'full', or 'parallel' (linear + window/full side by side); for
+        the linear-mixer hybrids also 'gdn', 'mamba2' or 'conv' (``layer_mixers``)."""
+        if self.layer_mixers is not None:
+            return self.layer_mixers[i]
         if self.parallel_mixer:
             return "parallel"
         if i in self.full_attn_layers:
@@ -224,7 +284,18 @@ class HybridConfig:
 
     def window_for(self, i: int) -> int | None:
         """Window of layer i's softmax attention (None = full attention)."""
+        if self.layer_mixers is not None:
+            return self.sliding_window if self.layer_mixers[i] == "swa" else None
         return None if i in self.full_attn_layers else self.sliding_window
+
+    def mixer_args(self, kind: str) -> dict[str, Any]:
+        """The constructor arguments of linear mixer ``kind`` ('gdn', 'mamba2', 'conv')."""
+        args = {"gdn": self.gdn, "mamba2": self.mamba2, "conv": self.short_conv}[kind]
+        if args is None:
+            raise ConfigError(f"invalid model config: layer_mixers holds {kind!r} layers but "
+                              f"the config has no {'short_conv' if kind == 'conv' else kind} "
+                              "arguments")
+        return args
 
     def is_moe_layer(self, i: int) -> bool:
         return self.num_experts > 0 and i not in self.dense_layers
@@ -250,7 +321,7 @@ class HybridConfig:
         if self.source_config is not None:
             return copy.deepcopy(self.source_config)
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("extra", "source_config")}
+             if f.name not in ("extra", "source_config", "notes")}
         d.update(self.extra)
         return d
 

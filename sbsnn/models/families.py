@@ -102,10 +102,17 @@ NOT_NULL: dict[str, frozenset[str]] = {
                              "max_window_layers", "attention_dropout"},
     "gemma3_text": _HF_NOT_NULL | {"hidden_activation", "num_key_value_heads", "head_dim",
                                    "attention_bias", "query_pre_attn_scalar"},
+    "qwen3_5_text": _HF_NOT_NULL | {"hidden_act", "num_key_value_heads", "head_dim",
+                                    "attention_bias", "attention_dropout",
+                                    "linear_conv_kernel_dim", "linear_key_head_dim",
+                                    "linear_value_head_dim", "linear_num_key_heads",
+                                    "linear_num_value_heads"},
 }
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
+             "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
+             "qwen3_5": "Qwen3_5Config",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -125,8 +132,25 @@ _GEMMA_RENAMES = _COMMON_RENAMES + [
     (re.compile(r"\.pre_feedforward_layernorm\."), ".mlp_norm."),
     (re.compile(r"\.post_feedforward_layernorm\."), ".post_mlp_norm."),
 ]
+# Vision-language checkpoints keep their language model under model.language_model
+# (transformers 5) or language_model.model (the layout released Gemma 3 and LLaVA-style
+# checkpoints use, and transformers writes back), the head as lm_head or
+# language_model.lm_head; transformers reads both, and so does sbsnn.
+_LANGUAGE_MODEL = [(re.compile(r"^model\.language_model\."), "model."),
+                   (re.compile(r"^language_model\.model\."), "model."),
+                   (re.compile(r"^language_model\.lm_head\."), "lm_head.")]
 RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
-           "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES}
+           "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
+           "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
+           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES}
+# Tensors a family's checkpoints hold that its causal LM does not load: the vision tower
+# and projector of vision-language checkpoints, Qwen3.5's multi-token-prediction head
+# (transformers' _keys_to_ignore_on_load_unexpected). Matched against the file's names.
+SKIPPED_TENSORS = {
+    "gemma3": re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\."),
+    "qwen3_5": re.compile(r"^(model\.visual\.|mtp\.)"),
+    "qwen3_5_text": re.compile(r"^(model\.visual\.|mtp\.)"),
+}
 
 
 def rename_key(key: str, model_type: str) -> str:
@@ -231,7 +255,8 @@ def _bool(r: ConfigKeys, key: str, value: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- RoPE
-def _rope_parameters(r: ConfigKeys, *, default_theta: float, nested_defaults: dict | None = None
+def _rope_parameters(r: ConfigKeys, *, default_theta: float, nested_defaults: dict | None = None,
+                     default_partial: float | None = None, text_only_keys: frozenset = frozenset()
                      ) -> dict:
     """``rope_parameters`` in transformers' current layout, from either layout.
 
@@ -257,9 +282,13 @@ def _rope_parameters(r: ConfigKeys, *, default_theta: float, nested_defaults: di
             r.refuse("rope_theta", f"disagrees with rope_parameters' rope_theta "
                                    f"{params['rope_theta']!r}; which one holds?")
         params.setdefault("rope_theta", default_theta if theta is None else theta)
+        if prf is None:
+            prf = default_partial
         if prf is not None:
             params.setdefault("partial_rotary_factor", prf)
-        return _standardize(params, omax, r)
+        for key in text_only_keys:      # multimodal position layouts, equal for text
+            params.pop(key, None)
+        return _standardize(params, omax, r, partial_ok=default_partial is not None)
     local = r.take("rope_local_base_freq", None)
     out = {}
     given = rp or {}
@@ -287,10 +316,10 @@ def _strip(p: dict) -> dict:
     return p
 
 
-def _standardize(params: dict, omax: Any, r: ConfigKeys) -> dict:
+def _standardize(params: dict, omax: Any, r: ConfigKeys, partial_ok: bool = False) -> dict:
     params = _strip(params)
     prf = params.get("partial_rotary_factor")
-    if prf is not None and prf != 1:
+    if prf is not None and prf != 1 and not partial_ok:
         raise ConfigError(
             f"{r.source}: partial_rotary_factor = {prf!r}: transformers' {r.model_type} rotates "
             "every channel of a head (its apply_rotary_pos_emb has no pass-through part), so "
@@ -563,7 +592,7 @@ _OWN_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 def read_sbsnn_hybrid(r: ConfigKeys) -> dict[str, Any]:
     """sbsnn's own layout: HybridConfig's fields. Those a trained model depends on are
     required (sbsnn always writes them); the rest default to sbsnn 0.1's behaviour."""
-    names = set(r.fields) - {"extra", "source_config"}
+    names = set(r.fields) - {"extra", "source_config", "notes"}
     out = {}
     for key in _OWN_REQUIRED:
         out[key] = r.take(key)
@@ -575,6 +604,141 @@ def read_sbsnn_hybrid(r: ConfigKeys) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- multimodal
+def _text_part(r: ConfigKeys, text_type: str, read: Callable[[ConfigKeys], dict[str, Any]],
+               own_keys: frozenset[str]) -> dict[str, Any]:
+    """The language model of a vision-language config: ``text_config`` read by the text
+    family's reader (as its own file, keys checked the same way); the top level's
+    ``own_keys`` (vision settings, image token ids) describe the vision tower, which
+    sbsnn leaves out, and the note saying so is kept in ``notes``."""
+    text = r.take("text_config", None)
+    if text is None:
+        text = {}
+    if not isinstance(text, dict):
+        r.refuse("text_config", "must be an object (the language model's config)")
+    text = dict(text)
+    if text.get("model_type", text_type) != text_type:
+        raise ConfigError(f"{r.source}: text_config's model_type {text['model_type']!r} is not "
+                          f"{text_type!r}, the language model a {r.model_type} checkpoint holds")
+    text["model_type"] = text_type
+    sub = ConfigKeys(text, f"{r.source} (text_config)", text_type, r.fields)
+    sub.refuse_nulls(NOT_NULL.get(text_type, frozenset()))
+    out = read(sub)
+    sub.finish(frozenset(sub.ignored_by_reference))
+    r.ignored_by_reference.update(own_keys)
+    vision = [k for k in r.d if k in own_keys and k.startswith("vision")]
+    out["model_type"] = r.model_type
+    out["notes"] = [f"{r.source}: a vision-language {r.model_type} checkpoint: sbsnn loads its "
+                    f"language model (text_config) and leaves the vision tower out"
+                    + (f" ({', '.join(sorted(vision))})" if vision else "")
+                    + "; images cannot be given"]
+    return out
+
+
+_GEMMA3_VISION_KEYS = frozenset({"vision_config", "mm_tokens_per_image", "boi_token_index",
+                                 "eoi_token_index", "image_token_index", "image_token_id",
+                                 "boi_token_id", "eoi_token_id"})
+
+
+def read_gemma3(r: ConfigKeys) -> dict[str, Any]:
+    """Gemma 3's vision-language config (Gemma3ForConditionalGeneration): its text model,
+    as Gemma3ForConditionalGeneration runs it on text: the head tied as the top level's
+    ``tie_word_embeddings`` says, and no final soft-capping (that class does not apply
+    text_config's ``final_logit_softcapping``; a non-null value is refused, since
+    Gemma3ForCausalLM would apply it)."""
+    out = _text_part(r, "gemma3_text", read_gemma3_text, _GEMMA3_VISION_KEYS)
+    if out.get("final_logit_softcapping") is not None:
+        raise ConfigError(
+            f"{r.source}: text_config key 'final_logit_softcapping' = {out['final_logit_softcapping']!r}: "
+            "transformers' Gemma3ForConditionalGeneration does not apply it (Gemma3ForCausalLM "
+            "does); sbsnn will not pick one: set it to null, or give the text model's own config")
+    out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings", r.take("tie_word_embeddings", True))
+    r.take("initializer_range", None)
+    return out
+
+
+# ----------------------------------------------------------------------------- Qwen3.5
+_QWEN3_5 = dict(vocab_size=248320, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+                num_attention_heads=16, num_key_value_heads=4, head_dim=256,
+                max_position_embeddings=32768, tie_word_embeddings=False)
+_QWEN3_5_GDN = dict(linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+                    linear_num_key_heads=16, linear_num_value_heads=32)
+# Mixer names of the hybrid families' layer_types -> sbsnn's layer kinds.
+HYBRID_LAYER_TYPES = {"linear_attention": "gdn", "full_attention": "full",
+                      "sliding_attention": "swa", "mamba": "mamba2", "conv": "conv",
+                      "attention": "full"}
+
+
+def _mixer_placement(kinds: list[str], window: int | None = None) -> dict[str, Any]:
+    """HybridConfig's layer fields for a model whose layers name their mixers."""
+    attn = [i for i, k in enumerate(kinds) if k in ("full", "swa")]
+    return {"layer_mixers": kinds, "attn_layers": attn,
+            "full_attn_layers": [i for i in attn if kinds[i] == "full"],
+            "sliding_window": window if "swa" in kinds else None}
+
+
+def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3.5's language model (Qwen3_5TextConfig): Gated DeltaNet layers (layout
+    ``qwen3_5``: separate q|k|v, z, b, a projections; its conv applies ``hidden_act``) and
+    gated full attention (q_proj gives the output gate; per-head q/k norms; partial
+    RoPE, 0.25 by default), dense SwiGLU MLPs, zero-centred RMSNorms (weights stored as
+    w - 1) except the GDN output norm, untied head by default. The multimodal RoPE
+    sections (``mrope_section``, ``mrope_interleaved``) coincide for text, whose three
+    position rows are equal, so they change nothing here."""
+    out = _decoder_common(r, _QWEN3_5)
+    act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")   # MLP and GDN conv
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    n = out["num_hidden_layers"]
+    interval = r.take("full_attention_interval", None) if r.d.get("layer_types") is None else None
+    if r.d.get("layer_types") is None:
+        interval = 4 if interval is None else interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            r.refuse("full_attention_interval", "must be a positive integer")
+        derived = ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+                   for i in range(n)]
+    else:
+        r.ignored_by_reference.add("full_attention_interval")   # layer_types wins
+        derived = []
+    lt = r.take("layer_types", None)
+    if lt is None:
+        lt = derived
+    if not isinstance(lt, list) or len(lt) != n or any(
+            t not in ("linear_attention", "full_attention") for t in lt):
+        r.refuse("layer_types", f"must list 'linear_attention' or 'full_attention' for each of "
+                                f"the {n} layers")
+    g = {k: _positive_int(r, k, r.take_or(k, v)) for k, v in _QWEN3_5_GDN.items()}
+    if g["linear_num_value_heads"] % g["linear_num_key_heads"]:
+        r.refuse("linear_num_value_heads", f"is not a multiple of linear_num_key_heads "
+                                           f"({g['linear_num_key_heads']}): each key head serves "
+                                           "a whole group of value heads")
+    out.update(attention_bias=bias, o_proj_bias=bias, mlp_bias=False, norm_style="gemma",
+               qk_norm=True, attn_output_gate=True,
+               rope_parameters=_rope_parameters(
+                   r, default_theta=10000.0, default_partial=0.25,
+                   text_only_keys=frozenset({"mrope_section", "mrope_interleaved"})),
+               gdn=dict(num_key_heads=g["linear_num_key_heads"],
+                        num_value_heads=g["linear_num_value_heads"],
+                        key_head_dim=g["linear_key_head_dim"],
+                        value_head_dim=g["linear_value_head_dim"],
+                        conv_kernel_size=g["linear_conv_kernel_dim"], activation=act,
+                        layout="qwen3_5"))
+    out.update(_mixer_placement([HYBRID_LAYER_TYPES[t] for t in lt]))
+    return out
+
+
+_QWEN3_5_VISION_KEYS = frozenset({"vision_config", "image_token_id", "video_token_id",
+                                  "vision_start_token_id", "vision_end_token_id"})
+
+
+def read_qwen3_5(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3.5's vision-language config (Qwen3_5ForConditionalGeneration): its language
+    model, with the head tied as the top level's ``tie_word_embeddings`` says (the
+    class ties from there; text_config's own value is not read by it)."""
+    out = _text_part(r, "qwen3_5_text", read_qwen3_5_text, _QWEN3_5_VISION_KEYS)
+    out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings", r.take("tie_word_embeddings", False))
+    return out
+
+
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
     "gla_swa": read_gla_swa,
@@ -583,10 +747,11 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "qwen2": read_qwen2,
     "qwen3": read_qwen3,
     "gemma3_text": read_gemma3_text,
+    "gemma3": read_gemma3,
+    "qwen3_5_text": read_qwen3_5_text,
+    "qwen3_5": read_qwen3_5,
 }
 _HINTS = {
-    "gemma3": "this is a multimodal Gemma 3 (vision + text); sbsnn reads the text model "
-              "(model_type gemma3_text, e.g. Gemma 3 270M / 1B)",
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",
 }
 

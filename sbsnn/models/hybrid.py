@@ -33,8 +33,11 @@ from sbsnn.checks import check_float, check_int
 from sbsnn.errors import NonFiniteError, OptionError, UnavailableError
 from sbsnn.models.attention import WindowAttention
 from sbsnn.models.config import HybridConfig
+from sbsnn.models.gated_deltanet import GatedDeltaNet
 from sbsnn.models.gla import GatedLinearAttention
 from sbsnn.models.layers import MoE, RMSNorm, SwiGLU
+from sbsnn.models.mamba2 import Mamba2Mixer
+from sbsnn.models.short_conv import ShortConv
 from sbsnn.models.rope import RopeSpec
 
 
@@ -53,7 +56,18 @@ def _make_attention(cfg: HybridConfig, i: int) -> WindowAttention:
         window=cfg.window_for(i), rope=cfg.rope_for(i), bias=cfg.attention_bias,
         num_sinks=cfg.num_sink_tokens, o_bias=cfg.o_proj_bias,
         qk_norm=cfg.norm_style if cfg.qk_norm else None, norm_eps=cfg.norm_eps,
-        scaling=cfg.attn_scale)
+        scaling=cfg.attn_scale, output_gate=cfg.attn_output_gate)
+
+
+# The linear mixers of the hybrid families, by layer kind: (module name in the block, as
+# the family's checkpoints name it; constructor). Each takes ``(x, cache)``.
+LINEAR_MIXERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
+    "gdn": ("linear_attn", lambda cfg: GatedDeltaNet(cfg.hidden_size, norm_eps=cfg.norm_eps,
+                                                     **cfg.mixer_args("gdn"))),
+    "mamba2": ("mamba", lambda cfg: Mamba2Mixer(cfg.hidden_size, norm_eps=cfg.norm_eps,
+                                                **cfg.mixer_args("mamba2"))),
+    "conv": ("conv", lambda cfg: ShortConv(cfg.hidden_size, **cfg.mixer_args("conv"))),
+}
 
 
 class HybridBlock(nn.Module):
@@ -62,7 +76,11 @@ class HybridBlock(nn.Module):
         self.kind = cfg.layer_kind(i)
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps, style=cfg.norm_style)  # noqa: E731
         self.attn_norm = norm()
-        if self.kind == "gla":
+        if self.kind in LINEAR_MIXERS:
+            name, make = LINEAR_MIXERS[self.kind]
+            self.mixer_name = name
+            setattr(self, name, make(cfg))
+        elif self.kind == "gla":
             self.attn = _make_gla(cfg)
         else:
             self.attn = _make_attention(cfg, i)
@@ -85,8 +103,8 @@ class HybridBlock(nn.Module):
 
     @property
     def rope(self) -> RopeSpec | None:
-        """The RoPE of this block's softmax attention (None for a GLA block)."""
-        return getattr(self.attn, "rope", None)
+        """The RoPE of this block's softmax attention (None for a linear mixer's block)."""
+        return getattr(getattr(self, "attn", None), "rope", None)
 
     def forward(self, x: torch.Tensor, cache: dict | None, positions: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -98,6 +116,8 @@ class HybridBlock(nn.Module):
                 h, None if cache is None else cache.setdefault("linear", {}), positions))
         elif self.kind == "gla":
             a = self.attn(h, cache, positions)
+        elif self.kind in LINEAR_MIXERS:
+            a = getattr(self, self.mixer_name)(h, cache)
         else:
             a = self.attn(h, cache, positions, rope)
         if hasattr(self, "post_attn_norm"):

@@ -1,0 +1,221 @@
+"""The linear-mixer hybrid families load as transformers runs them.
+
+Random models built with transformers' own classes at unusual sizes (head widths apart
+from hidden / heads, several value heads per key head, layer patterns that start with
+each kind, tied and untied heads, vision-language wrappers), saved with
+``save_pretrained`` and loaded by sbsnn: float32 logits over more tokens than one chunk
+within 1e-5 relative, 32 greedy tokens equal when decoding token by token, and the
+linear layers' decoding state constant in size.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sbsnn.models import load_model
+from sbsnn.models.config import HybridConfig
+from sbsnn.models.errors import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 101
+SEQ = 80        # more than one chunk of every chunked form (GDN: 64)
+
+_QWEN3_5 = dict(vocab_size=V, hidden_size=48, intermediate_size=72, num_hidden_layers=4,
+                num_attention_heads=3, num_key_value_heads=1, head_dim=24,
+                linear_num_key_heads=2, linear_num_value_heads=6, linear_key_head_dim=12,
+                linear_value_head_dim=10, linear_conv_kernel_dim=3, max_position_embeddings=512)
+_LINEAR_FIRST = ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+_FULL_FIRST = ["full_attention", "linear_attention", "linear_attention", "full_attention"]
+
+
+def _qwen3_5_vl(**text):
+    return dict(text_config=dict(_QWEN3_5, **text),
+                vision_config=dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2,
+                                   out_hidden_size=48, patch_size=4, temporal_patch_size=2,
+                                   spatial_merge_size=2, num_position_embeddings=16))
+
+
+def _gemma3_vl(**text):
+    return dict(text_config=dict(vocab_size=V, hidden_size=48, intermediate_size=72,
+                                 num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, sliding_window=6,
+                                 max_position_embeddings=512, **text),
+                vision_config=dict(model_type="siglip_vision_model", hidden_size=16,
+                                   intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=2, image_size=28, patch_size=14),
+                mm_tokens_per_image=4, image_token_index=V - 1, boi_token_index=V - 3,
+                eoi_token_index=V - 2)
+
+
+# name -> (config class, model class, config kwargs)
+CASES = {
+    "qwen3_5-linear-first-untied": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM",
+                                    dict(_QWEN3_5, layer_types=_LINEAR_FIRST)),
+    "qwen3_5-full-first-tied-rope": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
+        _QWEN3_5, layer_types=_FULL_FIRST, tie_word_embeddings=True, hidden_act="gelu",
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0,
+                         "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 2],
+                         "mrope_interleaved": True})),
+    "qwen3_5-vl": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration",
+                   _qwen3_5_vl(full_attention_interval=2)),
+    "gemma3-vl": ("Gemma3Config", "Gemma3ForConditionalGeneration", _gemma3_vl()),
+}
+# The kinds sbsnn must build for each case.
+KINDS = {
+    "qwen3_5-linear-first-untied": ["gdn", "full", "gdn", "full"],
+    "qwen3_5-full-first-tied-rope": ["full", "gdn", "gdn", "full"],
+    "qwen3_5-vl": ["gdn", "full", "gdn", "full"],
+    "gemma3-vl": ["swa", "swa", "swa"],
+}
+
+
+def hf_model(config_cls: str, model_cls: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_cls)(**kw)
+    model = getattr(transformers, model_cls)(cfg).to(torch.float32).eval()
+    with torch.no_grad():  # norms, biases and decays away from their init, so they matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("bias") or name.endswith("dt_bias"):
+                p.normal_(0, 0.3)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def saved(request, tmp_path_factory):
+    cfg_cls, model_cls, kw = CASES[request.param]
+    model = hf_model(cfg_cls, model_cls, **kw)
+    d = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(d)
+    return request.param, model, d
+
+
+def _load(d):
+    with pytest.warns(UserWarning, match="vision tower") if _is_vl(d) else _nothing():
+        return load_model(d)
+
+
+def _is_vl(d) -> bool:
+    return "text_config" in json.loads((d / "config.json").read_text())
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_logits_equal_transformers(saved):
+    name, ref, d = saved
+    ours = _load(d)
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = ref(ids).logits, ours(ids)
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-5, name
+    assert [b.kind for b in ours.model.layers] == KINDS[name]
+    tied = ref.config.tie_word_embeddings
+    assert (ours.lm_head is None) == tied
+
+
+def test_greedy_tokens_equal_transformers_decoding_token_by_token(saved):
+    name, ref, d = saved
+    ours = _load(d)
+    prompt = torch.randint(0, V - 3, (1, 6), generator=torch.Generator().manual_seed(3))
+    ref.generation_config.eos_token_id = None  # 32 tokens whatever they are, on both sides
+    want = ref.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    assert len(want) == 32
+    got = list(ours.stream_ids(prompt[0].tolist(), 32, temperature=0))
+    assert got == want, name
+
+
+def test_prompt_in_parts_equals_one_pass(saved):
+    """Chunked prompt, then blocks of 7, then single tokens: one set of logits."""
+    name, _, d = saved
+    ours = _load(d)
+    ids = torch.randint(0, V - 3, (1, SEQ), generator=torch.Generator().manual_seed(2))
+    state = ours.new_state()
+    with torch.no_grad():
+        whole = ours(ids)
+        parts = [ours(ids[:, :50], state)]
+        parts += [ours(ids[:, s:s + 7], state) for s in range(50, 71, 7)]
+        parts += [ours(ids[:, s:s + 1], state) for s in range(71, SEQ)]
+    assert rel_err(torch.cat(parts, 1), whole) < 1e-5, name
+
+
+def test_linear_layers_state_is_constant_while_decoding(saved):
+    name, _, d = saved
+    ours = _load(d)
+    linear = [i for i, b in enumerate(ours.model.layers) if b.kind in ("gdn", "mamba2", "conv")]
+    if not linear:
+        pytest.skip("no linear layer")
+    state = ours.new_state()
+
+    def nbytes(i):
+        return sum(t.numel() * t.element_size() for t in state.layers[i].values()
+                   if isinstance(t, torch.Tensor))
+
+    with torch.no_grad():
+        ours(torch.zeros(1, 3, dtype=torch.long), state)
+        first = [nbytes(i) for i in linear]
+        tok = torch.zeros(1, 1, dtype=torch.long)
+        for _ in range(1000):
+            ours(tok, state)
+        later = [nbytes(i) for i in linear]
+    assert first == later and all(first)
+    for i in linear:
+        mixer = getattr(ours.model.layers[i], ours.model.layers[i].mixer_name)
+        assert nbytes(i) == mixer.state_bytes(1, torch.float32)
+
+
+# ----------------------------------------------------------------------------- refusals
+def _config_dir(tmp_path, name, **changes):
+    cfg_cls, model_cls, kw = CASES[name]
+    model = hf_model(cfg_cls, model_cls, **kw)
+    model.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key, value in changes.items():
+        target = cfg["text_config"] if key.startswith("text.") else cfg
+        target[key.removeprefix("text.")] = value
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("qwen3_5-linear-first-untied", "linear_use_bias", True),       # invented: would change the math
+    ("qwen3_5-vl", "text.linear_gate_scale", 2.0),                  # inside text_config
+    ("gemma3-vl", "text.final_logit_softcapping", 30.0),            # the wrapper ignores it
+    ("qwen3_5-linear-first-untied", "layer_types", ["mamba"] * 4),
+])
+def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
+    d = _config_dir(tmp_path, name, **{key: value})
+    with pytest.raises(CheckpointError, match=repr(key.removeprefix("text."))):
+        load_model(d)
+
+
+def test_value_heads_not_a_multiple_of_key_heads_are_refused(tmp_path):
+    cfg = dict(_QWEN3_5, model_type="qwen3_5_text", linear_num_value_heads=5)
+    with pytest.raises(CheckpointError, match="linear_num_value_heads"):
+        HybridConfig.from_dict(cfg)
+
+
+def test_vision_language_config_says_what_it_leaves_out(saved):
+    name, _, d = saved
+    if not _is_vl(d):
+        pytest.skip("a text model")
+    cfg = HybridConfig.from_json(d / "config.json")
+    assert any("vision tower" in n and "vision_config" in n for n in cfg.notes)
+    # the config written back is the file read (the checkpoint stays the same model)
+    assert cfg.to_dict() == json.loads((d / "config.json").read_text())
