@@ -84,15 +84,22 @@ class WindowAttention(nn.Module):
         k = self.k_cache_quant(apply_rope(k, cos, sin))
         v = self.v_cache_quant(v)
 
-        keys, values, kpos = k, v, positions
-        if cache is not None and "k" in cache:
-            keys = torch.cat([cache["k"], k], dim=2)
-            values = torch.cat([cache["v"], v], dim=2)
-            kpos = torch.cat([cache["pos"], positions])
+        if cache is not None and self.window is None:
+            # Full attention: append to the cache first, then attend over it (one copy of
+            # the growing cache per step instead of two).
+            self._update_cache(cache, k, v, positions)
+            keys, values, kpos = cache["k"], cache["v"], cache["pos"]
+        else:
+            keys, values, kpos = k, v, positions
+            if cache is not None and "k" in cache:
+                keys = torch.cat([cache["k"], k], dim=2)
+                values = torch.cat([cache["v"], v], dim=2)
+                kpos = torch.cat([cache["pos"], positions])
         mask = self.visible(positions, kpos)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              scale=self.scaling, enable_gqa=H != Hkv)
-        if cache is not None:
+        if cache is not None and self.window is not None:
+            # a window ring is written after attending: its slots may still be read above
             self._update_cache(cache, k, v, positions)
         out = out.transpose(1, 2).reshape(B, L, H * D)
         if self.output_gate:
