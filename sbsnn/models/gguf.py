@@ -28,6 +28,7 @@ import torch
 from sbsnn.checks import check_input_file
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models import gguf_hybrid
+from sbsnn.models.gguf_hybrid import unpermute_rows
 from sbsnn.models.families import SIZE_BOUNDS
 from sbsnn.models.gguf_tokenizer import build_tokenizer, check_tokenizer_types
 from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
@@ -681,13 +682,6 @@ def hf_name(arch: str, gguf_name: str) -> str | None:
         if leaf is not None:
             return f"model.layers.{parts[1]}.{leaf}.{parts[3]}"
     return None
-
-
-def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row order for llama-architecture files (it interleaves each
-    head's two rotary halves); ``w`` is ``[n_head * head_dim, ...]`` or a bias."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
 def _dequantize(t: GGUFTensor, path: Path) -> np.ndarray:

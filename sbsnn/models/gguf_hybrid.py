@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 
-from sbsnn.models.errors import CheckpointError
 
 ARCHITECTURES = ("qwen35", "qwen3next", "granitehybrid", "falcon-h1", "lfm2")
 # The fewest tensors one layer of the architecture holds (bounds block_count by the table).
@@ -115,11 +114,11 @@ def _lfm2(m, n_tokens: int) -> dict:
                                 "rope_type": "default"},
             "conv_bias": False, "conv_L_cache": m.req("shortconv.l_cache"),
             "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
-            "block_auto_adjust_ff_dim": False, "full_attn_idxs": full,
+            "block_auto_adjust_ff_dim": False, "full_attn_idxs": None,  # layer_types holds it
             "layer_types": ["full_attention" if k else "conv" for k in kv]}
 
 
-def _mamba2(m, hidden: int) -> dict:
+def _mamba2(m) -> dict:
     """The ssm.* keys of a Mamba-2 mixer (llama.cpp's time_step_rank is the head count)."""
     inner = m.req("ssm.inner_size")
     heads = m.req("ssm.time_step_rank")
@@ -147,7 +146,7 @@ def _granitehybrid(m, n_tokens: int, names: set) -> dict:
     used = m.get("expert_used_count", 2, kind=int)  # the converter writes it even when dense
     shared = m.req("expert_shared_feed_forward_length")
     _no_rope_scaling(m)
-    ssm = _mamba2(m, H)
+    ssm = _mamba2(m)
     inner = ssm.pop("_inner")
     expand = _whole(m, "ssm.inner_size", inner, H, "GraniteMoeHybridConfig needs an integer "
                     "mamba_expand = inner size / hidden size")
@@ -180,13 +179,13 @@ def _granitehybrid(m, n_tokens: int, names: set) -> dict:
 
 def _falcon_h1(m, n_tokens: int, names: set) -> dict:
     c = _common(m, n_tokens)
-    H, nh = c["hidden_size"], c["num_attention_heads"]
+    nh = c["num_attention_heads"]
     d = m.req("attention.key_length")
     _eq(m, "attention.value_length", d, "the value length must equal the key length")
     _eq(m, "rope.dimension_count", d, "RoPE over part of the head is not supported")
     _no_experts(m)
     _no_rope_scaling(m)
-    ssm = _mamba2(m, H)
+    ssm = _mamba2(m)
     inner = ssm.pop("_inner")
     # The converter folds every muP multiplier into the weights (llama.cpp applies none):
     # the config carries 1.0 for all of them, which runs the same function.
@@ -213,7 +212,7 @@ def _falcon_h1(m, n_tokens: int, names: set) -> dict:
 
 def _qwen_gdn(m, n_tokens: int, next_: bool) -> dict:
     c = _common(m, n_tokens)
-    L, H, nh = c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"]
+    L = c["num_hidden_layers"]
     d = m.req("attention.key_length")
     _eq(m, "attention.value_length", d, "the value length must equal the key length")
     rot = m.req("rope.dimension_count")
@@ -291,6 +290,8 @@ def _same(x):
 
 
 def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's q/k row order for llama-architecture files (it interleaves each
+    head's two rotary halves); ``w`` is ``[n_head * head_dim, ...]`` or a bias."""
     rows = w.shape[0]
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
@@ -530,9 +531,3 @@ def _gdn_tensors(arch, c):
             "linear_attn.norm.weight": ("ssm_norm.weight", (dv,), _same),
             "linear_attn.out_proj.weight": ("ssm_out.weight", (H, vd), _same)}
 
-
-def check_sizes(arch: str, c: dict, path) -> None:
-    """Sizes that the transformers config class would refuse, refused here by name."""
-    if arch in ("qwen35", "qwen3next") and c["head_dim"] % 2:
-        raise CheckpointError(f"{path}: attention.key_length {c['head_dim']} is odd; RoPE "
-                              "rotates pairs")
