@@ -406,3 +406,252 @@ def raw_model(tmp_path: Path, arch: str = "llama", **kw) -> RawGGUF:
     """A small valid model written by the gguf package, parsed into a RawGGUF."""
     p = write_model(tmp_path / f"valid-{arch}.gguf", arch, **kw)
     return RawGGUF.parse(p.read_bytes())
+
+
+# ----------------------------------------------------------------------------- hybrids
+# A transformers model's state dict written the way llama.cpp's convert_hf_to_gguf.py
+# writes it for qwen35, qwen3next, granitehybrid, falcon-h1 and lfm2 (written here from
+# the converter's documented behaviour, independently of sbsnn's reader).
+def _tile_v(w, dim, k_heads, per_k, size):
+    """Qwen3.5: value heads grouped by key head -> tiled (K0 K1 .. K0 K1 ..)."""
+    shape = list(w.shape)
+    w = w.reshape(*shape[:dim], k_heads, per_k, size, *shape[dim + 1:])
+    return w.transpose(dim, dim + 1).reshape(shape)
+
+
+def _plain(name: str) -> str:
+    return name.removeprefix("model.")
+
+
+def hybrid_tensors(arch: str, model) -> dict:
+    """{GGUF name: float32 torch tensor} as the converter writes ``model``'s weights."""
+    import torch
+    c = model.config
+    sd = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    tied = c.tie_word_embeddings
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"]}
+    if not tied:
+        out["output.weight"] = sd["lm_head.weight"]
+    L = c.num_hidden_layers
+    if arch == "lfm2":
+        out["token_embd_norm.weight"] = sd["model.embedding_norm.weight"]
+        names = {"operator_norm": "attn_norm", "ffn_norm": "ffn_norm",
+                 "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
+                 "feed_forward.w2": "ffn_down", "self_attn.q_proj": "attn_q",
+                 "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                 "self_attn.out_proj": "attn_output", "self_attn.q_layernorm": "attn_q_norm",
+                 "self_attn.k_layernorm": "attn_k_norm", "conv.conv": "shortconv.conv",
+                 "conv.in_proj": "shortconv.in_proj", "conv.out_proj": "shortconv.out_proj"}
+        for k, v in sd.items():
+            if k.startswith("model.layers."):
+                _, _, i, rest = k.split(".", 3)
+                leaf, suffix = rest.rsplit(".", 1)
+                if leaf == "conv.conv":
+                    v = v.squeeze(1)
+                out[f"blk.{i}.{names[leaf]}.{suffix}"] = v
+        return out
+    if arch in ("granitehybrid", "falcon-h1"):
+        falcon = arch == "falcon-h1"
+        out["output_norm.weight"] = sd["model.final_layernorm.weight" if falcon else "model.norm.weight"]
+        inner = c.mamba_d_ssm if falcon else c.mamba_expand * c.hidden_size
+        G = c.mamba_n_groups
+        if falcon:
+            mlp, ssm_m = c.mlp_multipliers, c.ssm_multipliers
+            out["token_embd.weight"] = out["token_embd.weight"] * c.embedding_multiplier
+            if not tied:
+                out["output.weight"] = out["output.weight"] * c.lm_head_multiplier
+        for i in range(L):
+            p, b = f"model.layers.{i}.", f"blk.{i}."
+            out[b + "attn_norm.weight"] = sd[p + "input_layernorm.weight"]
+            if falcon:
+                out[b + "ffn_norm.weight"] = sd[p + "pre_ff_layernorm.weight"]
+                out[b + "ffn_gate.weight"] = sd[p + "feed_forward.gate_proj.weight"] * mlp[0]
+                out[b + "ffn_up.weight"] = sd[p + "feed_forward.up_proj.weight"]
+                out[b + "ffn_down.weight"] = sd[p + "feed_forward.down_proj.weight"] * mlp[1]
+            else:
+                out[b + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
+                gate, up = sd[p + "shared_mlp.input_linear.weight"].split(c.shared_intermediate_size)
+                out[b + "ffn_gate.weight"], out[b + "ffn_up.weight"] = gate, up
+                out[b + "ffn_down.weight"] = sd[p + "shared_mlp.output_linear.weight"]
+            if p + "mamba.in_proj.weight" in sd:
+                m = p + "mamba."
+                w_in = sd[m + "in_proj.weight"]
+                w_out = sd[m + "out_proj.weight"]
+                if falcon:
+                    w_in = w_in * c.ssm_in_multiplier
+                    gs = G * c.mamba_d_state
+                    for j, (lo, hi) in enumerate(((0, inner), (inner, 2 * inner),
+                                                  (2 * inner, 2 * inner + gs),
+                                                  (2 * inner + gs, 2 * inner + 2 * gs),
+                                                  (2 * inner + 2 * gs, w_in.shape[0]))):
+                        w_in[lo:hi] *= ssm_m[j]
+                    w_out = w_out * c.ssm_out_multiplier
+                out[b + "ssm_in.weight"] = w_in
+                out[b + "ssm_out.weight"] = w_out
+                out[b + "ssm_conv1d.weight"] = sd[m + "conv1d.weight"].squeeze()
+                if m + "conv1d.bias" in sd:
+                    out[b + "ssm_conv1d.bias"] = sd[m + "conv1d.bias"]
+                out[b + "ssm_dt.bias"] = sd[m + "dt_bias"]
+                out[b + "ssm_a"] = -torch.exp(sd[m + "A_log"]).reshape(-1, 1)
+                out[b + "ssm_d"] = sd[m + "D"].reshape(-1, 1)
+                if m + "norm.weight" in sd:
+                    out[b + "ssm_norm.weight"] = sd[m + "norm.weight"].reshape(G, inner // G)
+            if p + "self_attn.q_proj.weight" in sd:
+                a = p + "self_attn."
+                q, k = sd[a + "q_proj.weight"], sd[a + "k_proj.weight"]
+                v, o = sd[a + "v_proj.weight"], sd[a + "o_proj.weight"]
+                if falcon:
+                    q = q * c.attention_in_multiplier
+                    k = k * c.key_multiplier * c.attention_in_multiplier
+                    v = v * c.attention_in_multiplier
+                    o = o * c.attention_out_multiplier
+                else:  # GraniteHybridModel.undo_permute
+                    q = torch.from_numpy(llama_permute(q.numpy(), c.num_attention_heads))
+                    k = torch.from_numpy(llama_permute(k.numpy(), c.num_key_value_heads))
+                out[b + "attn_q.weight"], out[b + "attn_k.weight"] = q, k
+                out[b + "attn_v.weight"], out[b + "attn_output.weight"] = v, o
+        return out
+    # qwen35 / qwen3next
+    nk, nv = c.linear_num_key_heads, c.linear_num_value_heads
+    dk, dv, H = c.linear_key_head_dim, c.linear_value_head_dim, c.hidden_size
+    r, kd = nv // nk, nk * dk
+    out["output_norm.weight"] = sd["model.norm.weight"] + 1
+    for i in range(L):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        out[b + "attn_norm.weight"] = sd[p + "input_layernorm.weight"] + 1
+        out[b + "post_attention_norm.weight"] = sd[p + "post_attention_layernorm.weight"] + 1
+        if p + "self_attn.q_proj.weight" in sd:
+            for hf, g in (("q_proj", "attn_q"), ("k_proj", "attn_k"), ("v_proj", "attn_v"),
+                          ("o_proj", "attn_output")):
+                out[b + g + ".weight"] = sd[p + f"self_attn.{hf}.weight"]
+            out[b + "attn_q_norm.weight"] = sd[p + "self_attn.q_norm.weight"] + 1
+            out[b + "attn_k_norm.weight"] = sd[p + "self_attn.k_norm.weight"] + 1
+        else:
+            la = p + "linear_attn."
+            A_log, dt = sd[la + "A_log"], sd[la + "dt_bias"]
+            conv = sd[la + "conv1d.weight"].squeeze()
+            w_out = sd[la + "out_proj.weight"]
+            if arch == "qwen35":
+                qkv, z = sd[la + "in_proj_qkv.weight"], sd[la + "in_proj_z.weight"]
+                qkv = torch.cat([qkv[:2 * kd], _tile_v(qkv[2 * kd:], 0, nk, r, dv)])
+                conv = torch.cat([conv[:2 * kd], _tile_v(conv[2 * kd:], 0, nk, r, dv)])
+                z = _tile_v(z, 0, nk, r, dv)
+                out[b + "ssm_beta.weight"] = _tile_v(sd[la + "in_proj_b.weight"], 0, nk, r, 1)
+                out[b + "ssm_alpha.weight"] = _tile_v(sd[la + "in_proj_a.weight"], 0, nk, r, 1)
+                A_log = _tile_v(A_log.unsqueeze(-1), 0, nk, r, 1).squeeze(-1)
+                dt = _tile_v(dt.unsqueeze(-1), 0, nk, r, 1).squeeze(-1)
+                w_out = _tile_v(w_out, 1, nk, r, dv)
+            else:  # in_proj_qkvz: per key head [q k v z] -> [all q; all k; all v] and z
+                w = sd[la + "in_proj_qkvz.weight"].t().reshape(H, nk, -1)
+                q, k, v, z = torch.split(w, [dk, dk, r * dv, r * dv], dim=-1)
+                qkv = torch.cat([x.reshape(H, -1) for x in (q, k, v)], -1).t()
+                z = z.reshape(H, -1).t()
+                out[b + "ssm_ba.weight"] = sd[la + "in_proj_ba.weight"]
+            out[b + "attn_qkv.weight"], out[b + "attn_gate.weight"] = qkv, z
+            out[b + "ssm_conv1d.weight"] = conv
+            out[b + "ssm_a"] = -torch.exp(A_log)
+            out[b + "ssm_dt.bias"] = dt
+            out[b + "ssm_norm.weight"] = sd[la + "norm.weight"]
+            out[b + "ssm_out.weight"] = w_out
+        if arch == "qwen35":
+            for g in ("gate", "up", "down"):
+                out[b + f"ffn_{g}.weight"] = sd[p + f"mlp.{g}_proj.weight"]
+        else:
+            I = c.moe_intermediate_size
+            gu = sd[p + "mlp.experts.gate_up_proj"]
+            out[b + "ffn_gate_inp.weight"] = sd[p + "mlp.gate.weight"]
+            out[b + "ffn_gate_exps.weight"], out[b + "ffn_up_exps.weight"] = gu[:, :I], gu[:, I:]
+            out[b + "ffn_down_exps.weight"] = sd[p + "mlp.experts.down_proj"]
+            for g in ("gate", "up", "down"):
+                out[b + f"ffn_{g}_shexp.weight"] = sd[p + f"mlp.shared_expert.{g}_proj.weight"]
+            out[b + "ffn_gate_inp_shexp.weight"] = sd[p + "mlp.shared_expert_gate.weight"]
+    return out
+
+
+def hybrid_meta(arch: str, c) -> dict:
+    """The metadata keys convert_hf_to_gguf.py writes for config ``c``."""
+    p = arch
+    H, nh, L = c.hidden_size, c.num_attention_heads, c.num_hidden_layers
+    meta = {"general.name": f"tiny {arch}", "general.file_type": 0,
+            f"{p}.embedding_length": H, f"{p}.block_count": L,
+            f"{p}.attention.head_count": nh, f"{p}.vocab_size": c.vocab_size,
+            f"{p}.rope.freq_base": float(c.rope_parameters["rope_theta"])}
+    if arch == "lfm2":
+        meta.update({f"{p}.context_length": c.max_position_embeddings,
+                     f"{p}.feed_forward_length": c.intermediate_size,
+                     f"{p}.attention.head_count_kv": [
+                         c.num_key_value_heads if t == "full_attention" else 0
+                         for t in c.layer_types],
+                     f"{p}.attention.layer_norm_rms_epsilon": c.norm_eps,
+                     f"{p}.shortconv.l_cache": c.conv_L_cache})
+        return meta
+    meta[f"{p}.attention.layer_norm_rms_epsilon"] = c.rms_norm_eps
+    meta[f"{p}.feed_forward_length"] = c.intermediate_size
+    if arch in ("granitehybrid", "falcon-h1"):
+        falcon = arch == "falcon-h1"
+        inner = c.mamba_d_ssm if falcon else c.mamba_expand * H
+        meta.update({f"{p}.ssm.conv_kernel": c.mamba_d_conv, f"{p}.ssm.inner_size": inner,
+                     f"{p}.ssm.state_size": c.mamba_d_state,
+                     f"{p}.ssm.time_step_rank": inner // c.mamba_d_head,
+                     f"{p}.ssm.group_count": c.mamba_n_groups})
+        if falcon:
+            d = c.head_dim if getattr(c, "head_dim", None) else H // nh
+            meta.update({f"{p}.context_length": c.max_position_embeddings,
+                         f"{p}.attention.head_count_kv": c.num_key_value_heads,
+                         f"{p}.attention.key_length": d, f"{p}.attention.value_length": d})
+            return meta
+        rope = c.position_embedding_type == "rope"
+        meta.update({f"{p}.context_length": c.max_position_embeddings if rope else 2 ** 20,
+                     f"{p}.attention.head_count_kv": [
+                         c.num_key_value_heads if t == "full_attention" else 0
+                         for t in c.layer_types],
+                     f"{p}.rope.dimension_count": H // nh,
+                     f"{p}.expert_count": c.num_local_experts,
+                     f"{p}.expert_used_count": c.num_experts_per_tok,
+                     f"{p}.expert_shared_feed_forward_length": c.shared_intermediate_size,
+                     f"{p}.rope.scaling.finetuned": rope})
+        for key, name in (("attention.scale", "attention_multiplier"),
+                          ("embedding_scale", "embedding_multiplier"),
+                          ("residual_scale", "residual_multiplier"),
+                          ("logit_scale", "logits_scaling")):
+            if getattr(c, name):
+                meta[f"{p}.{key}"] = float(getattr(c, name))
+        return meta
+    d = c.head_dim
+    rot = int(d * c.rope_parameters.get("partial_rotary_factor", 0.25))
+    interval = next(i + 1 for i, t in enumerate(c.layer_types) if t == "full_attention")
+    meta.update({f"{p}.context_length": c.max_position_embeddings,
+                 f"{p}.attention.head_count_kv": c.num_key_value_heads,
+                 f"{p}.attention.key_length": d, f"{p}.attention.value_length": d,
+                 f"{p}.ssm.conv_kernel": c.linear_conv_kernel_dim,
+                 f"{p}.ssm.state_size": c.linear_key_head_dim,
+                 f"{p}.ssm.group_count": c.linear_num_key_heads,
+                 f"{p}.ssm.time_step_rank": c.linear_num_value_heads,
+                 f"{p}.ssm.inner_size": c.linear_value_head_dim * c.linear_num_value_heads,
+                 f"{p}.full_attention_interval": interval,
+                 f"{p}.rope.dimension_count": rot})
+    if arch == "qwen35":
+        meta[f"{p}.rope.dimension_sections"] = list(
+            c.rope_parameters.get("mrope_section", [11, 11, 10])) + [0]
+    else:
+        meta.update({f"{p}.expert_count": c.num_experts,
+                     f"{p}.expert_used_count": c.num_experts_per_tok,
+                     f"{p}.expert_feed_forward_length": c.moe_intermediate_size,
+                     f"{p}.expert_shared_feed_forward_length": c.shared_expert_intermediate_size})
+    return meta
+
+
+def write_hybrid(path: Path, arch: str, model, *, vocab: dict, quantize=None,
+                 extra_meta=None, extra_tensors=None) -> tuple[Path, dict]:
+    """Write ``model`` as the converter would; ``quantize``: {GGUF name: ggml type} (the
+    rest F32). Returns the path and the tensors written (before quantization)."""
+    import gguf
+    Q = gguf.GGMLQuantizationType
+    tensors = hybrid_tensors(arch, model)
+    meta = hybrid_meta(arch, model.config)
+    meta.update(vocab)
+    meta.update(extra_meta or {})
+    quantize = quantize or {}
+    data = {n: (t.numpy(), quantize.get(n, Q.F32)) for n, t in tensors.items()}
+    data.update(extra_tensors or {})
+    return write_gguf(path, arch, meta, data), tensors

@@ -27,12 +27,14 @@ import torch
 
 from sbsnn.checks import check_input_file
 from sbsnn.models.errors import CheckpointError
+from sbsnn.models import gguf_hybrid
+from sbsnn.models.gguf_hybrid import unpermute_rows
 from sbsnn.models.families import SIZE_BOUNDS
 from sbsnn.models.gguf_tokenizer import build_tokenizer, check_tokenizer_types
 from sbsnn.models.gguf_tokenizer import is_known_key as _is_tokenizer_key
 from sbsnn.models.tokenizer import HFTokenizer
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3") + gguf_hybrid.ARCHITECTURES
 # ggml tensor types read (dequantized with gguf.quants.dequantize).
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                 "Q4_K", "Q5_K", "Q6_K")
@@ -387,8 +389,9 @@ class _Meta:
         if v > bound:
             self.refuse(name, f"is refused: the bound is {bound:,} ({why}); the file is damaged "
                               "or not a language model's")
-        if name == "block_count" and v * _TENSORS_PER_LAYER > self.n_tensors:
-            self.refuse(name, f"{v:,} layers need at least {v * _TENSORS_PER_LAYER:,} tensors, "
+        per = gguf_hybrid.TENSORS_PER_LAYER.get(self.arch, _TENSORS_PER_LAYER)
+        if name == "block_count" and v * per > self.n_tensors:
+            self.refuse(name, f"{v:,} layers need at least {v * per:,} tensors, "
                               f"the file holds {self.n_tensors:,}")
 
     def req(self, name: str, kind=int):
@@ -681,13 +684,6 @@ def hf_name(arch: str, gguf_name: str) -> str | None:
     return None
 
 
-def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row order for llama-architecture files (it interleaves each
-    head's two rotary halves); ``w`` is ``[n_head * head_dim, ...]`` or a bias."""
-    rows = w.shape[0]
-    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
-
-
 def _dequantize(t: GGUFTensor, path: Path) -> np.ndarray:
     gguf = _gguf()
     Q = gguf.GGMLQuantizationType
@@ -752,6 +748,8 @@ def _config(f: GGUFFile, arch: str, path: Path) -> dict:
         config = _llama_config(m, n_tokens, rope_freqs)
     elif arch in ("qwen2", "qwen3"):
         config = _qwen_config(m, n_tokens, qwen3=arch == "qwen3")
+    elif arch in gguf_hybrid.ARCHITECTURES:
+        config = gguf_hybrid.config(arch, m, n_tokens, set(by_name))
     else:
         config = _gemma3_config(m, n_tokens)
     _head_dim(m, config)
@@ -771,6 +769,8 @@ def _config(f: GGUFFile, arch: str, path: Path) -> dict:
 def _tensor_plan(f: GGUFFile, arch: str, config: dict, path: Path) -> dict[str, str]:
     """GGUF name -> Hugging Face name for every tensor, after checking names, shapes, types
     and completeness (so that no work is done on a file that will be refused)."""
+    if arch in gguf_hybrid.ARCHITECTURES:
+        return _hybrid_plan(f, arch, config, path)
     shapes = expected_shapes(arch, config)
     names = {}
     for t in f.tensors:
@@ -803,6 +803,8 @@ def load_tensors(f: GGUFFile, names: dict[str, str], arch: str, config: dict, pa
                  progress: bool = False) -> tuple[dict, dict]:
     """Dequantize the planned tensors to float32 and undo llama.cpp's transforms:
     ``(tensors, origin)`` keyed by Hugging Face name."""
+    if arch in gguf_hybrid.ARCHITECTURES:
+        return _hybrid_load(f, names, arch, config, path, progress)
     shapes = expected_shapes(arch, config)
     items = [t for t in f.tensors if t.name in names]
     if progress:
@@ -829,6 +831,56 @@ def load_tensors(f: GGUFFile, names: dict[str, str], arch: str, config: dict, pa
     return tensors, origin
 
 
+def _hybrid_plan(f: GGUFFile, arch: str, config: dict, path: Path) -> dict[str, str]:
+    """As _tensor_plan, for the hybrid architectures (gguf_hybrid.plan): some Hugging Face
+    tensors come from two GGUF tensors. Shapes may differ from the converter's by
+    dimensions of size 1 (llama.cpp treats them alike)."""
+    targets = gguf_hybrid.plan(arch, config, {t.name for t in f.tensors})
+    wanted = {}
+    for hf, target in targets.items():
+        for src, shape in zip(target.sources, target.shapes):
+            wanted[src] = (hf, shape)
+    names = {}
+    for t in f.tensors:
+        if t.name not in wanted:
+            raise CheckpointError(f"{path}: unexpected tensor {t.name} for a {arch} model of "
+                                  f"{config['num_hidden_layers']} layers (layer types "
+                                  f"{_short(config.get('layer_types'))}); refusing rather "
+                                  "than dropping it")
+        hf, expected = wanted[t.name]
+        shape = tuple(reversed(t.shape))
+        if [d for d in shape if d != 1] != [d for d in expected if d != 1]:
+            raise CheckpointError(f"{path}: tensor {t.name} has shape {shape}, expected "
+                                  f"{expected} for {hf} under the file's metadata")
+        if t.tensor_type.name not in TENSOR_TYPES:
+            _dequantize(t, path)  # refuses by tensor name and type
+        names[t.name] = hf
+    missing = [s for s in wanted if s not in names]
+    if missing:
+        raise CheckpointError(f"{path}: tensor {missing[0]} (and {len(missing) - 1} more) missing "
+                              f"for a {arch} model")
+    return names
+
+
+def _hybrid_load(f: GGUFFile, names: dict[str, str], arch: str, config: dict, path: Path,
+                 progress: bool) -> tuple[dict, dict]:
+    targets = gguf_hybrid.plan(arch, config, {t.name for t in f.tensors})
+    by_name = {t.name: t for t in f.tensors}
+    items = list(targets.items())
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(items, desc=f"dequantizing {path.name}", unit="tensor")
+    tensors, origin = {}, {}
+    for hf, target in items:
+        parts = []
+        for src, shape in zip(target.sources, target.shapes):
+            t = by_name[src]
+            parts.append(torch.from_numpy(_dequantize(t, path)).reshape(shape))
+        tensors[hf] = target.build(*parts).contiguous()
+        origin[hf] = "+".join(target.sources)
+    return tensors, origin
+
+
 def _read_checked(path: Path) -> tuple[GGUFFile, str, dict]:
     """The file, its architecture and its config, all keys and the tensor table checked."""
     f = read_file(path)
@@ -841,7 +893,7 @@ def _read_checked(path: Path) -> tuple[GGUFFile, str, dict]:
 
 
 def read_gguf(path: str | Path, progress: bool = False) -> GGUFCheckpoint:
-    """Read a GGUF file of a supported architecture (llama, qwen2, qwen3, gemma3)."""
+    """Read a GGUF file of a supported architecture (``ARCHITECTURES``)."""
     path = Path(path)
     f, arch, config = _read_checked(path)
     names = _tensor_plan(f, arch, config, path)

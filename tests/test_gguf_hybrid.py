@@ -1,0 +1,295 @@
+"""GGUF files of the hybrid architectures (qwen35, qwen3next, granitehybrid, falcon-h1,
+lfm2): a small random transformers model of each family is written the way llama.cpp's
+converter writes it (tests/gguf_files.hybrid_tensors), read back with sbsnn's read_gguf,
+and checked against transformers itself: every tensor, and the logits of the model built
+from the returned config dict and tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("tokenizers")
+transformers = pytest.importorskip("transformers")
+
+import gguf_files as gf  # noqa: E402  (tests/ helper)
+
+from sbsnn.models.errors import CheckpointError  # noqa: E402
+from sbsnn.models.gguf import ARCHITECTURES, read_gguf  # noqa: E402
+
+Q = gguf.GGMLQuantizationType
+transformers.logging.set_verbosity_error()
+
+
+def _vocab():
+    return gf.bpe_vocab()
+
+
+def _n_vocab():
+    return len(_vocab()["tokenizer.ggml.tokens"])
+
+
+def _configs():
+    T = transformers
+    V = _n_vocab()
+    return {
+        # GDN value heads 3x the key heads; partial RoPE 1/2; pattern lin lin full lin
+        "qwen35": lambda: T.Qwen3_5ForCausalLM(T.Qwen3_5TextConfig(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            linear_key_head_dim=8, linear_value_head_dim=12, linear_num_key_heads=2,
+            linear_num_value_heads=6, linear_conv_kernel_dim=3,
+            rope_parameters={"rope_type": "default", "rope_theta": 5000.0,
+                             "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
+                             "mrope_interleaved": True},
+            layer_types=["linear_attention", "linear_attention", "full_attention",
+                         "linear_attention"], tie_word_embeddings=False)),
+        # value heads 2x key heads; MoE with shared expert; lin full lin
+        "qwen3next": lambda: T.Qwen3NextForCausalLM(T.Qwen3NextConfig(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            linear_key_head_dim=8, linear_value_head_dim=12, linear_num_key_heads=2,
+            linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            layer_types=["linear_attention", "full_attention", "linear_attention"],
+            tie_word_embeddings=True)),
+        # Mamba-2 with 2 groups; starts with attention; muP-style multipliers
+        "granitehybrid": lambda: T.GraniteMoeHybridForCausalLM(T.GraniteMoeHybridConfig(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=0,
+            shared_intermediate_size=80, mamba_n_heads=8, mamba_n_groups=2,
+            mamba_d_state=16, mamba_d_head=16, mamba_d_conv=3, position_embedding_type="nope",
+            embedding_multiplier=3.0, residual_multiplier=0.5, attention_multiplier=0.2,
+            logits_scaling=2.0, layer_types=["attention", "mamba", "mamba"])),
+        # d_ssm not 2*hidden, 3 groups, gated norm, every multiplier non-trivial
+        "falcon-h1": lambda: T.FalconH1ForCausalLM(T.FalconH1Config(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=24, mamba_d_ssm=96,
+            mamba_n_heads=6, mamba_n_groups=3, mamba_d_state=16, mamba_rms_norm=True,
+            mamba_norm_before_gate=False, lm_head_multiplier=0.5, embedding_multiplier=2.0,
+            mlp_multipliers=[0.7, 1.3], key_multiplier=0.9, attention_out_multiplier=1.1,
+            attention_in_multiplier=0.8, ssm_multipliers=[0.6, 1.2, 0.9, 1.4, 0.5],
+            ssm_in_multiplier=1.5, ssm_out_multiplier=0.75)),
+        # conv first; attention in the middle; tied head
+        "lfm2": lambda: T.Lfm2ForCausalLM(T.Lfm2Config(
+            vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, conv_L_cache=4,
+            layer_types=["conv", "full_attention", "conv"], block_auto_adjust_ff_dim=False)),
+    }
+
+
+def _randomize(model):
+    """Random weights (not transformers' structured init); norm weights on a 2^-8 grid so
+    that llama.cpp's 1 + w for Qwen comes back exactly."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                p.copy_(torch.log(torch.rand(p.shape, generator=g) * 15 + 1))
+            elif "norm" in name:
+                p.copy_(torch.round(torch.randn(p.shape, generator=g) * 0.2 * 256) / 256)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.ndim == 1 else 0.15))
+    return model.eval()
+
+
+_CACHE: dict = {}
+
+
+def _model(arch):
+    if arch not in _CACHE:
+        torch.manual_seed(0)
+        _CACHE[arch] = _randomize(_configs()[arch]())
+    return _CACHE[arch]
+
+
+def _expected(arch, model) -> dict:
+    """The Hugging Face tensors a reader must return: the state dict, except that
+    falcon-h1's muP multipliers are folded into the weights (llama.cpp applies none)."""
+    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+    if arch != "falcon-h1":
+        return sd
+    c = model.config
+    out = dict(sd)
+    out["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"] * c.embedding_multiplier
+    out["lm_head.weight"] = sd["lm_head.weight"] * c.lm_head_multiplier
+    written = gf.hybrid_tensors(arch, model)
+    for i in range(c.num_hidden_layers):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        for hf, g in (("feed_forward.gate_proj.weight", "ffn_gate.weight"),
+                      ("feed_forward.down_proj.weight", "ffn_down.weight"),
+                      ("self_attn.q_proj.weight", "attn_q.weight"),
+                      ("self_attn.k_proj.weight", "attn_k.weight"),
+                      ("self_attn.v_proj.weight", "attn_v.weight"),
+                      ("self_attn.o_proj.weight", "attn_output.weight"),
+                      ("mamba.in_proj.weight", "ssm_in.weight"),
+                      ("mamba.out_proj.weight", "ssm_out.weight")):
+            out[p + hf] = written[b + g]
+    return out
+
+
+# Keys whose value in the file legitimately differs from the model's config: the muP
+# multipliers falcon-h1's converter folds into the weights, the context length a RoPE-less
+# Granite file states (2**20), and the token ids, which come from the tokenizer.
+_DIFFERENT = {"falcon-h1": {"lm_head_multiplier", "embedding_multiplier", "mlp_multipliers",
+                            "key_multiplier", "attention_out_multiplier",
+                            "attention_in_multiplier", "ssm_multipliers", "ssm_in_multiplier",
+                            "ssm_out_multiplier"},
+              "granitehybrid": {"max_position_embeddings"}}
+
+
+def _assert_config(arch: str, mine: dict, theirs: dict):
+    """Every key the reader writes has the model's config value (floats to float32)."""
+    assert mine["model_type"] == theirs["model_type"]
+    for key, value in mine.items():
+        if key in ("architectures", "bos_token_id", "eos_token_id", "pad_token_id") \
+                or key in _DIFFERENT.get(arch, ()):
+            continue
+        assert key in theirs, key
+        if isinstance(value, float):
+            assert math.isclose(value, theirs[key], rel_tol=1e-6), (key, value, theirs[key])
+        elif key == "rope_parameters":
+            assert value.keys() == theirs[key].keys(), (value, theirs[key])
+            for k, v in value.items():
+                assert v == (pytest.approx(theirs[key][k], rel=1e-6) if isinstance(v, float)
+                             else theirs[key][k]), (k, v, theirs[key][k])
+        else:
+            assert value == theirs[key] or list(value) == list(theirs[key]), \
+                (key, value, theirs[key])
+
+
+def _build(cfg: dict, tensors: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    kw = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures")}
+    config = AutoConfig.for_model(cfg["model_type"], **kw)
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert not unexpected, unexpected
+    assert set(missing) <= ({"lm_head.weight"} if cfg["tie_word_embeddings"] else set()), missing
+    return model.eval()
+
+
+def _ids():
+    return torch.randint(0, _n_vocab(), (1, 80), generator=torch.Generator().manual_seed(2))
+
+
+ARCHS = ["qwen35", "qwen3next", "granitehybrid", "falcon-h1", "lfm2"]
+
+
+def test_architectures_listed():
+    assert set(ARCHS) <= set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hybrid_roundtrip_f32(tmp_path, arch):
+    """Every tensor back bit for bit (A_log: -exp of it is the file's ssm_a bit for bit);
+    the model built from the config dict gives the original's logits."""
+    model = _model(arch)
+    path, written = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab())
+    ck = read_gguf(path)
+    want = _expected(arch, model)
+    if model.config.tie_word_embeddings:
+        want.pop("lm_head.weight")
+    assert set(ck.tensors) == set(want)
+    for name, w in want.items():
+        got = ck.tensors[name]
+        assert got.dtype == torch.float32 and got.shape == w.shape, name
+        if name.endswith("A_log"):
+            assert torch.equal(-torch.exp(got), -torch.exp(w)), name
+            assert torch.allclose(got, w, rtol=0, atol=4e-7), name
+        else:
+            assert torch.equal(got, w), name
+    cfg = ck.config
+    _assert_config(arch, cfg, model.config.to_dict())
+    rebuilt = _build(cfg, ck.tensors)
+    ids = _ids()
+    with torch.no_grad():
+        a = model(ids).logits
+        b = rebuilt(ids).logits
+    torch.testing.assert_close(b, a, rtol=2e-4, atol=2e-5)
+
+
+def test_granite_layer_types(tmp_path):
+    model = _model("granitehybrid")
+    path, _ = gf.write_hybrid(tmp_path / "g.gguf", "granitehybrid", model, vocab=_vocab())
+    cfg = read_gguf(path).config
+    assert cfg["layer_types"] == ["full_attention", "linear_attention", "linear_attention"]
+    assert cfg["position_embedding_type"] == "nope"
+    assert cfg["mamba_n_groups"] == 2 and cfg["mamba_expand"] == 2
+    assert math.isclose(cfg["attention_multiplier"], 0.2, rel_tol=1e-6)
+    assert math.isclose(cfg["logits_scaling"], 2.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hybrid_q8_0(tmp_path, arch):
+    """Plain matrices stored as Q8_0 come back as gguf's dequantization of them."""
+    model = _model(arch)
+    plain = {n for n, t in gf.hybrid_tensors(arch, model).items()
+             if t.ndim == 2 and t.shape[1] % 32 == 0 and any(
+                 k in n for k in ("ffn_up.", "attn_v.", "token_embd.weight", "shortconv.in_proj"))}
+    assert plain
+    path, _ = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab(),
+                              quantize={n: Q.Q8_0 for n in plain})
+    ck = read_gguf(path)
+    reader = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    inverse = {v: k for k, v in ck.origin.items()}  # single-source tensors only
+    plain = {n for n in plain if n in inverse}
+    assert plain
+    for name in plain:
+        t = reader[name]
+        assert t.tensor_type == Q.Q8_0
+        want = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type),
+                                         np.float32))
+        hf = inverse[name]
+        assert torch.equal(ck.tensors[hf], want.reshape(ck.tensors[hf].shape)), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hybrid_refuses_unknown_key(tmp_path, arch):
+    model = _model(arch)
+    key = f"{arch}.attention.temperature_scale"
+    path, _ = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab(),
+                              extra_meta={key: 0.5})
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        read_gguf(path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hybrid_refuses_stray_tensor(tmp_path, arch):
+    model = _model(arch)
+    stray = {"blk.0.ssm_x.weight": (np.ones((4, 64), np.float32), Q.F32)}
+    path, _ = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab(),
+                              extra_tensors=stray)
+    with pytest.raises(CheckpointError, match=r"unexpected tensor blk\.0\.ssm_x\.weight"):
+        read_gguf(path)
+
+
+def test_qwen35_refuses_mtp(tmp_path):
+    model = _model("qwen35")
+    path, _ = gf.write_hybrid(tmp_path / "q.gguf", "qwen35", model, vocab=_vocab(),
+                              extra_meta={"qwen35.nextn_predict_layers": 1})
+    with pytest.raises(CheckpointError, match="nextn_predict_layers"):
+        read_gguf(path)
+
+
+def test_granite_refuses_experts(tmp_path):
+    model = _model("granitehybrid")
+    path, _ = gf.write_hybrid(tmp_path / "g.gguf", "granitehybrid", model, vocab=_vocab(),
+                              extra_meta={"granitehybrid.expert_count": 4})
+    with pytest.raises(CheckpointError, match="expert_count"):
+        read_gguf(path)
+
+
+def test_missing_ssm_key_refused(tmp_path):
+    model = _model("falcon-h1")
+    path, _ = gf.write_hybrid(tmp_path / "f.gguf", "falcon-h1", model, vocab=_vocab())
+    raw = gf.RawGGUF.parse(path.read_bytes())
+    raw.kvs = [kv for kv in raw.kvs if kv[0] != "falcon-h1.ssm.group_count"]
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(raw.to_bytes())
+    with pytest.raises(CheckpointError, match=r"falcon-h1\.ssm\.group_count is missing"):
+        read_gguf(bad)
