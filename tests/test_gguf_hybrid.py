@@ -293,3 +293,25 @@ def test_missing_ssm_key_refused(tmp_path):
     bad.write_bytes(raw.to_bytes())
     with pytest.raises(CheckpointError, match=r"falcon-h1\.ssm\.group_count is missing"):
         read_gguf(bad)
+
+
+# ----------------------------------------------------------------------------- sbsnn's model
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sbsnn_loads_the_gguf_as_the_safetensors_checkpoint(tmp_path, arch):
+    """The GGUF file and the save_pretrained directory of one model load in sbsnn to the
+    same logits (F32 file: to float rounding), with the same layer kinds and head."""
+    from sbsnn.models import load_model
+
+    model = _model(arch)
+    path, _ = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab())
+    model.save_pretrained(tmp_path / "hf")
+    from_gguf, from_dir = load_model(path), load_model(tmp_path / "hf")
+    assert [b.kind for b in from_gguf.model.layers] == [b.kind for b in from_dir.model.layers]
+    assert (from_gguf.lm_head is None) == (from_dir.lm_head is None)
+    ids = _ids()
+    with torch.no_grad():
+        a, b = from_dir(ids), from_gguf(ids)
+    assert float((a - b).abs().max() / a.abs().max()) < 1e-5
+    with torch.no_grad():  # and both equal transformers
+        ref = model(ids).logits
+    assert float((a - ref).abs().max() / ref.abs().max()) < 1e-5
