@@ -11,6 +11,7 @@ linear layers' decoding state constant in size.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,6 +52,23 @@ def _gemma3_vl(**text):
                 mm_tokens_per_image=4, image_token_index=V - 1, boi_token_index=V - 3,
                 eoi_token_index=V - 2)
 
+# granitemoehybrid: head_dim 10 (hidden / heads is 12), Mamba width 2 * 48 = 4 heads of 24
+# in 2 groups, chunks of 32 (the 80-token prompt spans three), muP scalars away from 1.
+_GRANITE = dict(vocab_size=V, hidden_size=48, intermediate_size=20, shared_intermediate_size=28,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=10,
+                mamba_n_heads=4, mamba_d_head=24, mamba_d_state=8, mamba_n_groups=2,
+                mamba_d_conv=3, mamba_chunk_size=32, mamba_proj_bias=True,
+                embedding_multiplier=3.0, residual_multiplier=0.4, logits_scaling=2.5,
+                attention_multiplier=0.07, max_position_embeddings=512)
+# falcon_h1: head_dim 10, Mamba width mamba_d_ssm 24 (not 2 * hidden), 2 groups, every
+# muP multiplier away from 1.
+_FALCON_H1 = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=10, mamba_n_heads=4,
+                  mamba_d_head=6, mamba_d_ssm=24, mamba_d_state=8, mamba_n_groups=2,
+                  mamba_d_conv=4, mamba_chunk_size=32, ssm_multipliers=[0.5, 1.5, 0.8, 1.2, 0.9],
+                  ssm_in_multiplier=0.7, ssm_out_multiplier=0.6, attention_in_multiplier=1.3,
+                  attention_out_multiplier=0.8, key_multiplier=0.5, mlp_multipliers=[1.4, 0.6],
+                  embedding_multiplier=2.0, lm_head_multiplier=0.3, max_position_embeddings=512)
 
 # name -> (config class, model class, config kwargs)
 CASES = {
@@ -64,6 +82,26 @@ CASES = {
     "qwen3_5-vl": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration",
                    _qwen3_5_vl(full_attention_interval=2)),
     "gemma3-vl": ("Gemma3Config", "Gemma3ForConditionalGeneration", _gemma3_vl()),
+    # granitemoehybrid
+    "granite-moe-mamba-first-nope-untied": (
+        "GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM",
+        dict(_GRANITE, num_local_experts=3, num_experts_per_tok=2,
+             layer_types=["mamba", "attention", "mamba", "attention"])),
+    "granite-dense-attention-first-rope-tied": (
+        "GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM",
+        dict(_GRANITE, num_local_experts=0, position_embedding_type="rope", hidden_act="gelu",
+             tie_word_embeddings=True, attention_bias=True, mamba_conv_bias=False,
+             layer_types=["full_attention", "linear_attention", "linear_attention", "full_attention"],
+             rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+    # falcon_h1
+    "falcon_h1-gated-norm-untied": (
+        "FalconH1Config", "FalconH1ForCausalLM",
+        dict(_FALCON_H1, mamba_rms_norm=True, mamba_norm_before_gate=False, projectors_bias=True,
+             rope_parameters={"rope_type": "default", "rope_theta": 700.0})),
+    "falcon_h1-no-norm-tied-biases": (
+        "FalconH1Config", "FalconH1ForCausalLM",
+        dict(_FALCON_H1, mamba_rms_norm=False, mamba_d_ssm=None, mamba_d_head=24,
+             tie_word_embeddings=True, attention_bias=True, mlp_bias=True, mamba_proj_bias=True)),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -71,6 +109,12 @@ KINDS = {
     "qwen3_5-full-first-tied-rope": ["full", "gdn", "gdn", "full"],
     "qwen3_5-vl": ["gdn", "full", "gdn", "full"],
     "gemma3-vl": ["swa", "swa", "swa"],
+    # granitemoehybrid
+    "granite-moe-mamba-first-nope-untied": ["mamba2", "full", "mamba2", "full"],
+    "granite-dense-attention-first-rope-tied": ["full", "mamba2", "mamba2", "full"],
+    # falcon_h1
+    "falcon_h1-gated-norm-untied": ["attn+mamba2"] * 3,
+    "falcon_h1-no-norm-tied-biases": ["attn+mamba2"] * 3,
 }
 
 
@@ -158,14 +202,16 @@ def test_prompt_in_parts_equals_one_pass(saved):
 def test_linear_layers_state_is_constant_while_decoding(saved):
     name, _, d = saved
     ours = _load(d)
-    linear = [i for i, b in enumerate(ours.model.layers) if b.kind in ("gdn", "mamba2", "conv")]
+    linear = [i for i, b in enumerate(ours.model.layers)
+              if b.kind in ("gdn", "mamba2", "conv", "attn+mamba2")]
     if not linear:
         pytest.skip("no linear layer")
     state = ours.new_state()
 
-    def nbytes(i):
-        return sum(t.numel() * t.element_size() for t in state.layers[i].values()
-                   if isinstance(t, torch.Tensor))
+    def nbytes(i):  # the linear mixer's state (beside attention's cache in "attn+mamba2")
+        s = state.layers[i]
+        s = s["mamba"] if ours.model.layers[i].kind == "attn+mamba2" else s
+        return sum(t.numel() * t.element_size() for t in s.values() if isinstance(t, torch.Tensor))
 
     with torch.no_grad():
         ours(torch.zeros(1, 3, dtype=torch.long), state)
@@ -198,6 +244,18 @@ def _config_dir(tmp_path, name, **changes):
     ("qwen3_5-vl", "text.linear_gate_scale", 2.0),                  # inside text_config
     ("gemma3-vl", "text.final_logit_softcapping", 30.0),            # the wrapper ignores it
     ("qwen3_5-linear-first-untied", "layer_types", ["mamba"] * 4),
+    # granitemoehybrid
+    ("granite-moe-mamba-first-nope-untied", "mamba_dt_scale", 2.0),       # invented
+    ("granite-moe-mamba-first-nope-untied", "position_embedding_type", "alibi"),
+    ("granite-moe-mamba-first-nope-untied", "layer_types", ["mamba", "sliding_attention"] * 2),
+    ("granite-moe-mamba-first-nope-untied", "residual_multiplier", None),
+    ("granite-moe-mamba-first-nope-untied", "mamba_n_groups", 3),          # 4 heads
+    # falcon_h1
+    ("falcon_h1-gated-norm-untied", "ssm_gate_multiplier", 1.5),           # invented
+    ("falcon_h1-gated-norm-untied", "ssm_multipliers", [1.0] * 6),
+    ("falcon_h1-gated-norm-untied", "attn_layer_indices", [0]),
+    ("falcon_h1-gated-norm-untied", "mamba_use_mlp", False),
+    ("falcon_h1-gated-norm-untied", "key_multiplier", None),
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -219,3 +277,55 @@ def test_vision_language_config_says_what_it_leaves_out(saved):
     assert any("vision tower" in n and "vision_config" in n for n in cfg.notes)
     # the config written back is the file read (the checkpoint stays the same model)
     assert cfg.to_dict() == json.loads((d / "config.json").read_text())
+
+
+# ----------------------------------------------------------------------------- Mamba-2 hybrids
+def test_granite_fused_experts_are_split_onto_linear_layers(saved):
+    """Granite's stacked expert tensors and fused shared MLP land on one nn.Linear per
+    projection, each equal to its slice of the file's tensor."""
+    name, ref, d = saved
+    if not name.startswith("granite"):
+        pytest.skip("not granitemoehybrid")
+    ours = _load(d)
+    hf_layer, layer = ref.model.layers[0], ours.model.layers[0]
+    shared = hf_layer.shared_mlp.input_linear.weight
+    ours_shared = layer.mlp.shared_experts[0] if ref.config.num_local_experts else layer.mlp
+    half = shared.shape[0] // 2
+    assert torch.equal(ours_shared.gate_proj.weight, shared[:half])
+    assert torch.equal(ours_shared.up_proj.weight, shared[half:])
+    assert isinstance(ours_shared.down_proj, torch.nn.Linear)
+    if ref.config.num_local_experts:
+        experts = hf_layer.block_sparse_moe.experts
+        for e, expert in enumerate(layer.mlp.experts):
+            inter = experts.gate_up_proj.shape[1] // 2
+            assert torch.equal(expert.gate_proj.weight, experts.gate_up_proj[e, :inter])
+            assert torch.equal(expert.up_proj.weight, experts.gate_up_proj[e, inter:])
+            assert torch.equal(expert.down_proj.weight, experts.down_proj[e])
+        assert torch.equal(layer.mlp.router.weight, hf_layer.block_sparse_moe.router.weight)
+
+
+def test_mamba_hybrid_saved_by_sbsnn_loads_as_the_same_model(saved, tmp_path):
+    """sbsnn's own save (its module names, the family's config.json) reads back equal."""
+    from sbsnn.models.checkpoint import save_pretrained
+
+    name, _, d = saved
+    if not name.startswith(("granite", "falcon_h1")):
+        pytest.skip("not a Mamba-2 hybrid")
+    ours = _load(d)
+    save_pretrained(ours, tmp_path)
+    again = load_model(tmp_path)
+    ids = torch.randint(0, V - 3, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(again(ids), ours(ids))
+
+
+def test_granite_fused_tensor_of_a_wrong_shape_is_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    d = _config_dir(tmp_path, "granite-moe-mamba-first-nope-untied")
+    tensors = load_file(d / "model.safetensors")
+    key = "model.layers.1.block_sparse_moe.input_linear.weight"
+    tensors[key] = tensors[key][:, 1:].contiguous()  # odd rows: no gate/up halves
+    save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=re.escape(repr(key))):
+        load_model(d)

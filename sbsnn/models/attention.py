@@ -1,4 +1,4 @@
-"""Softmax attention with RoPE: sliding-window (window = W keys) or full (window None).
+"""Softmax attention with RoPE (or none, NoPE): sliding-window (window = W keys) or full (window None).
 
 Query at position i sees key j when ``j <= i`` and either ``i - j < W`` (exactly W keys,
 itself included; flash-attn's ``window_size=(W, 0)`` would show W + 1) or j is a sink
@@ -29,23 +29,30 @@ class WindowAttention(nn.Module):
     Gemma 3), ``scaling`` of the scores (default ``head_dim ** -0.5``; Gemma uses
     ``query_pre_attn_scalar ** -0.5``) and ``output_gate`` (Qwen3.5, Qwen3-Next:
     ``q_proj`` gives, per head, the query and then a gate of the same width; the heads'
-    output is multiplied by ``sigmoid(gate)`` before ``o_proj``).
+    output is multiplied by ``sigmoid(gate)`` before ``o_proj``), ``use_rope=False``
+    (no positional encoding at all, "NoPE": Granite 4.0-H; ``rope`` is then None) and
+    ``key_multiplier`` (Falcon-H1's muP: keys times it after ``k_proj``).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  window: int | None, rope_theta: float | None = None, bias: bool = True,
                  num_sinks: int = 0, *, rope: RopeSpec | None = None, o_bias: bool = False,
                  qk_norm: str | None = None, norm_eps: float = 1e-6,
-                 scaling: float | None = None, output_gate: bool = False):
+                 scaling: float | None = None, output_gate: bool = False,
+                 use_rope: bool = True, key_multiplier: float = 1.0):
         super().__init__()
-        if rope is None:
+        if not use_rope:
+            if rope is not None or rope_theta is not None:
+                raise ValueError("WindowAttention with use_rope=False takes no rope or rope_theta")
+        elif rope is None:
             if rope_theta is None:
                 raise ValueError("WindowAttention needs rope (a RopeSpec) or rope_theta")
             rope = RopeSpec("default", float(rope_theta), head_dim, 1 << 30)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.window, self.rope, self.num_sinks = window, rope, num_sinks
-        self.rope_theta = rope.rope_theta
+        self.rope_theta = None if rope is None else rope.rope_theta
         self.scaling = head_dim ** -0.5 if scaling is None else float(scaling)
+        self.key_multiplier = float(key_multiplier)
         self.output_gate = output_gate
         self.q_proj = nn.Linear(hidden_size, num_heads * head_dim * (2 if output_gate else 1),
                                 bias=bias)
@@ -76,12 +83,16 @@ class WindowAttention(nn.Module):
         else:
             q = self.q_proj(x).view(B, L, H, D).transpose(1, 2)
         k = self.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)
+        if self.key_multiplier != 1.0:
+            k = k * self.key_multiplier
         v = self.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope if rope is not None else self.rope.cos_sin(positions, q.dtype)
-        q = self.q_post_rope(apply_rope(q, cos, sin))
-        k = self.k_cache_quant(apply_rope(k, cos, sin))
+        if self.rope is not None:
+            cos, sin = rope if rope is not None else self.rope.cos_sin(positions, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = self.q_post_rope(q)
+        k = self.k_cache_quant(k)
         v = self.v_cache_quant(v)
 
         if cache is not None and self.window is None:

@@ -36,7 +36,7 @@ from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
-from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, rename_key
+from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, rename_key, split_tensor
 from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
@@ -556,20 +556,25 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     source: dict[str, str] = {}  # sbsnn name -> name in the file
     unexpected = []
     skipped = SKIPPED_TENSORS.get(model_type)
+    moe = bool(getattr(getattr(model, "config", None), "num_experts", 0))
     for key, t in raw.items():
         if skipped is not None and skipped.search(key):
             continue    # a vision tower, a prediction head the causal LM does not load
-        name = rename_key(key, model_type)
-        if name in state:
-            raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are the "
-                                  f"same parameter ({name!r}) under two names; keep one")
-        if name in expected:
-            state[name] = t
-            source[name] = key
-        elif name == "lm_head.weight" and "lm_head.weight" not in expected:
-            continue  # tied head stored equal to the embeddings (untie_if_head_stored)
-        elif not _IGNORED.search(name):
-            unexpected.append((key, origin[key]))
+        try:
+            parts = split_tensor(key, t, model_type, moe)   # a family's fused tensors
+        except CheckpointError as e:
+            raise CheckpointError(f"{origin[key]}: {e}") from None
+        for name, part in parts if parts is not None else [(rename_key(key, model_type), t)]:
+            if name in state:
+                raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are "
+                                      f"the same parameter ({name!r}) under two names; keep one")
+            if name in expected:
+                state[name] = part
+                source[name] = key
+            elif name == "lm_head.weight" and "lm_head.weight" not in expected:
+                continue  # tied head stored equal to the embeddings (untie_if_head_stored)
+            elif not _IGNORED.search(name):
+                unexpected.append((key, origin[key]))
     if unexpected:
         key, file = unexpected[0]
         raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of this "
@@ -584,7 +589,8 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
         if tuple(t.shape) != tuple(want.shape):
             where = (f"{Path(directory) / 'config.json'}" if Path(directory).is_dir()
                      else "the config")
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
+            part = "" if rename_key(key, model_type) == name else f" (its part {name!r})"
+            raise CheckpointError(f"{origin[key]}: tensor {key!r}{part} has shape {tuple(t.shape)}, "
                                   f"config.json implies {tuple(want.shape)}"
                                   + _shape_cause(name, getattr(model, "config", None), where)
                                   + _defaulted_sizes(getattr(model, "config", None)))

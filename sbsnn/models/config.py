@@ -28,11 +28,15 @@ from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
 from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
-                         "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5")
+                         "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5", "granitemoehybrid",
+                         "falcon_h1")
 # Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
 # (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
-# (models/short_conv.py), softmax attention (full, or a window of sliding_window keys).
-MIXERS = ("gdn", "mamba2", "conv", "full", "swa")
+# (models/short_conv.py), softmax attention (full, or a window of sliding_window keys), and
+# Falcon-H1's full attention and Mamba-2 side by side on the same normed input.
+MIXERS = ("gdn", "mamba2", "conv", "full", "swa", "attn+mamba2")
+# Layer kinds whose block holds softmax attention (``attn``).
+ATTENTION_KINDS = ("swa", "full", "parallel", "attn+mamba2")
 # Constructor arguments of each linear mixer, as HybridConfig's ``gdn`` / ``mamba2`` /
 # ``short_conv`` dicts hold them (hidden_size and norm_eps come from the model).
 MIXER_ARGS = {
@@ -121,6 +125,20 @@ class HybridConfig:
     # Qwen3.5 / Qwen3-Next attention: q_proj also gives a per-channel output gate,
     # o_proj(attn * sigmoid(gate)).
     attn_output_gate: bool = False
+    # --- muP scalars (Granite 4.0-H, Falcon-H1); 1.0 leaves the model as it is --------
+    # Each is applied in the forward pass (never folded into weights), where the family's
+    # reference applies it.
+    embedding_multiplier: float = 1.0   # token embeddings times this
+    residual_multiplier: float = 1.0    # Granite: both branch outputs times this before the add
+    logits_multiplier: float = 1.0      # Falcon-H1 lm_head_multiplier: logits times this
+    logits_divisor: float = 1.0         # Granite logits_scaling: logits divided by this
+    attn_rope: bool = True              # False: attention without positions (Granite's NoPE)
+    key_multiplier: float = 1.0         # Falcon-H1: keys times this after k_proj
+    attn_in_multiplier: float = 1.0     # Falcon-H1 "attn+mamba2": attention input times this
+    attn_out_multiplier: float = 1.0    # Falcon-H1 "attn+mamba2": attention output times this
+    ssm_out_multiplier: float = 1.0     # Falcon-H1 "attn+mamba2": Mamba-2 output times this
+    mlp_gate_multiplier: float = 1.0    # Falcon-H1 MLP: act(gate_proj(x) * this) * up_proj(x)
+    mlp_down_multiplier: float = 1.0    # Falcon-H1 MLP: down_proj(...) * this
     # Keys that change nothing in the forward pass, kept so a saved config round-trips.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # The config.json this was read from (a Hugging Face family's); written back on save.
@@ -224,8 +242,18 @@ class HybridConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 bad(f"{name} must be a positive number or null, got {v!r}")
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_multiplier",
+                     "logits_divisor", "key_multiplier", "attn_in_multiplier",
+                     "attn_out_multiplier", "ssm_out_multiplier", "mlp_gate_multiplier",
+                     "mlp_down_multiplier"):
+            if not is_num(getattr(self, name)):
+                bad(f"{name} must be a finite number, got {getattr(self, name)!r}")
+        if self.logits_divisor == 0:
+            bad("logits_divisor must not be 0 (the logits are divided by it)")
+        if not isinstance(self.attn_rope, bool):
+            bad(f"attn_rope must be true or false, got {self.attn_rope!r}")
         for i in range(n):
-            if self.layer_kind(i) in ("swa", "full", "parallel"):
+            if self.attn_rope and self.layer_kind(i) in ATTENTION_KINDS:
                 self.rope_for(i)  # raises on a bad rope_parameters
         if self.linear_attn_gate not in ("lowrank", "one_minus_k"):
             bad(f"linear_attn_gate must be 'lowrank' or 'one_minus_k', got {self.linear_attn_gate!r}")
@@ -259,7 +287,7 @@ class HybridConfig:
         for kind, name in (("gdn", "gdn"), ("mamba2", "mamba2"), ("conv", "short_conv")):
             args = getattr(self, name)
             if args is None:
-                if kind in lm:
+                if kind in lm or (kind == "mamba2" and "attn+mamba2" in lm):
                     bad(f"layer_mixers holds {kind!r} layers but {name} is null")
                 continue
             if not isinstance(args, dict):
@@ -271,7 +299,8 @@ class HybridConfig:
     # ------------------------------------------------------------------------------
     def layer_kind(self, i: int) -> str:
         """'gla', 'swa', 'full', or 'parallel' (linear + window/full side by side); for
-        the linear-mixer hybrids also 'gdn', 'mamba2' or 'conv' (``layer_mixers``)."""
+        the linear-mixer hybrids also 'gdn', 'mamba2', 'conv' or 'attn+mamba2'
+        (``layer_mixers``)."""
         if self.layer_mixers is not None:
             return self.layer_mixers[i]
         if self.parallel_mixer:
@@ -301,7 +330,10 @@ class HybridConfig:
         return self.num_experts > 0 and i not in self.dense_layers
 
     def rope_for(self, i: int):
-        """The :class:`~sbsnn.models.rope.RopeSpec` of layer i's softmax attention."""
+        """The :class:`~sbsnn.models.rope.RopeSpec` of layer i's softmax attention (None
+        where the attention has no positions: ``attn_rope`` false)."""
+        if not self.attn_rope:
+            return None
         params = self.rope_parameters
         if params is None:
             params = {"rope_type": "default", "rope_theta": self.rope_theta}

@@ -25,6 +25,7 @@ Tensor names of each family are mapped onto sbsnn's module names by :func:`renam
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Callable
 
@@ -107,12 +108,27 @@ NOT_NULL: dict[str, frozenset[str]] = {
                                     "linear_conv_kernel_dim", "linear_key_head_dim",
                                     "linear_value_head_dim", "linear_num_key_heads",
                                     "linear_num_value_heads"},
+    # the muP scalars and Mamba sizes multiply or size something in the model: null breaks it
+    "granitemoehybrid": _HF_NOT_NULL | {
+        "hidden_act", "head_dim", "attention_bias", "shared_intermediate_size",
+        "embedding_multiplier", "logits_scaling", "residual_multiplier", "attention_multiplier",
+        "num_local_experts", "num_experts_per_tok", "mamba_n_heads", "mamba_n_groups",
+        "mamba_d_state", "mamba_d_head", "mamba_d_conv", "mamba_expand", "mamba_chunk_size",
+        "mamba_conv_bias", "mamba_proj_bias", "time_step_limit"},
+    "falcon_h1": _HF_NOT_NULL | {
+        "hidden_act", "head_dim", "attention_bias", "mlp_bias", "lm_head_multiplier",
+        "embedding_multiplier", "key_multiplier", "attention_in_multiplier",
+        "attention_out_multiplier", "ssm_in_multiplier", "ssm_out_multiplier", "mamba_n_heads",
+        "mamba_n_groups", "mamba_d_state", "mamba_d_head", "mamba_d_conv", "mamba_expand",
+        "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias", "mamba_norm_before_gate",
+        "mamba_rms_norm", "projectors_bias", "time_step_limit"},
 }
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
              "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
-             "qwen3_5": "Qwen3_5Config",
+             "qwen3_5": "Qwen3_5Config", "granitemoehybrid": "GraniteMoeHybridConfig",
+             "falcon_h1": "FalconH1Config",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -139,7 +155,15 @@ _GEMMA_RENAMES = _COMMON_RENAMES + [
 _LANGUAGE_MODEL = [(re.compile(r"^model\.language_model\."), "model."),
                    (re.compile(r"^language_model\.model\."), "model."),
                    (re.compile(r"^language_model\.lm_head\."), "lm_head.")]
-RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
+_GRANITE_RENAMES = _LLAMA_RENAMES + [
+    (re.compile(r"\.block_sparse_moe\.router\.layer\."), ".mlp.router.")]
+_FALCON_H1_RENAMES = _COMMON_RENAMES + [
+    (re.compile(r"^model\.final_layernorm\."), "model.norm."),
+    (re.compile(r"\.pre_ff_layernorm\."), ".mlp_norm."),
+    (re.compile(r"\.feed_forward\."), ".mlp."),
+]
+RENAMES = {"granitemoehybrid": _GRANITE_RENAMES, "falcon_h1": _FALCON_H1_RENAMES,
+           "llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
            "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES}
@@ -159,6 +183,46 @@ def rename_key(key: str, model_type: str) -> str:
     for pattern, repl in RENAMES.get(model_type, ()):
         key = pattern.sub(repl, key)
     return key
+
+
+# Granite's fused MLP tensors (transformers writes them under these legacy names): the
+# experts of a layer stacked ``[E, 2I, H]`` (gate rows, then up rows) and ``[E, H, I]``,
+# and the shared MLP's ``[2I, H]`` / ``[H, I]``. sbsnn keeps one nn.Linear per projection
+# (each can become a spiking layer), so they are split on loading.
+_GRANITE_FUSED = re.compile(r"^(model\.layers\.\d+\.)(block_sparse_moe|shared_mlp)\."
+                            r"(input_linear|output_linear)\.weight$")
+
+
+def split_tensor(key: str, t, model_type: str, moe: bool) -> list[tuple[str, Any]] | None:
+    """sbsnn's parameters ``[(name, tensor), ...]`` that the fused tensor ``key`` of a
+    ``model_type`` checkpoint holds (slices, no copies), or None when ``key`` is not fused
+    (then :func:`rename_key` names it). ``moe``: the model has routed experts (Granite's
+    shared MLP is then ``mlp.shared_experts.0``, else the layer's whole ``mlp``)."""
+    m = _GRANITE_FUSED.match(key) if model_type == "granitemoehybrid" else None
+    if m is None:
+        return None
+    prefix, block, which = m.groups()
+    stacked = block == "block_sparse_moe"
+    if t.dim() != (3 if stacked else 2) or (which == "input_linear" and t.shape[-2] % 2):
+        raise CheckpointError(
+            f"tensor {key!r} has shape {tuple(t.shape)}; transformers' Granite layout is "
+            + ("[experts, 2 * intermediate_size, hidden_size] (gate rows, then up rows)"
+               if stacked and which == "input_linear" else
+               "[experts, hidden_size, intermediate_size]" if stacked else
+               "[2 * shared_intermediate_size, hidden_size] (gate rows, then up rows)"
+               if which == "input_linear" else "[hidden_size, shared_intermediate_size]"))
+    if stacked:
+        mlps = [(f"{prefix}mlp.experts.{e}.", t[e]) for e in range(t.shape[0])]
+    else:
+        mlps = [(f"{prefix}mlp.shared_experts.0." if moe else f"{prefix}mlp.", t)]
+    out = []
+    for name, w in mlps:
+        if which == "output_linear":
+            out.append((name + "down_proj.weight", w))
+        else:
+            gate, up = w.chunk(2, dim=0)
+            out += [(name + "gate_proj.weight", gate), (name + "up_proj.weight", up)]
+    return out
 
 
 # ----------------------------------------------------------------------------- key reader
@@ -671,7 +735,7 @@ HYBRID_LAYER_TYPES = {"linear_attention": "gdn", "full_attention": "full",
 
 def _mixer_placement(kinds: list[str], window: int | None = None) -> dict[str, Any]:
     """HybridConfig's layer fields for a model whose layers name their mixers."""
-    attn = [i for i, k in enumerate(kinds) if k in ("full", "swa")]
+    attn = [i for i, k in enumerate(kinds) if k in ("full", "swa", "attn+mamba2")]
     return {"layer_mixers": kinds, "attn_layers": attn,
             "full_attn_layers": [i for i in attn if kinds[i] == "full"],
             "sliding_window": window if "swa" in kinds else None}
@@ -739,6 +803,196 @@ def read_qwen3_5(r: ConfigKeys) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- Mamba-2 hybrids
+def _number(r: ConfigKeys, key: str, default: float, positive: bool = False) -> float:
+    v = r.take(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+            positive and not v > 0):
+        r.refuse(key, f"must be a {'positive ' if positive else ''}finite number")
+    return float(v)
+
+
+def _numbers(r: ConfigKeys, key: str, default: list[float], n: int) -> list[float]:
+    """A list of ``n`` finite numbers (null: ``default``, as the config classes fill it)."""
+    v = r.take_or(key, default)
+    if not isinstance(v, list) or len(v) != n or not all(
+            not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+        r.refuse(key, f"must list {n} finite numbers")
+    return [float(x) for x in v]
+
+
+_FLOAT_TAGS = {"Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _time_step_limit(r: ConfigKeys) -> tuple[float, float]:
+    """``time_step_limit``: [min, max] clamping dt on prompts; transformers writes infinity
+    as ``{"__float__": "Infinity"}`` (and reads it back)."""
+    v = r.take("time_step_limit", [0.0, math.inf])
+    if isinstance(v, (list, tuple)):
+        v = [_FLOAT_TAGS.get(x.get("__float__"), x) if isinstance(x, dict) and set(x) == {"__float__"}
+             else x for x in v]
+    if not isinstance(v, list) or len(v) != 2 or not all(
+            not isinstance(x, bool) and isinstance(x, (int, float)) and not math.isnan(x) for x in v) \
+            or not 0 <= v[0] <= v[1]:
+        r.refuse("time_step_limit", "must be [min, max] with 0 <= min <= max (the range dt is "
+                                    "clamped to on prompts)")
+    return float(v[0]), float(v[1])
+
+
+# Mamba sizes beyond these are refused (a damaged config would hang building the model).
+_MAMBA_BOUND = 1 << 20
+
+
+def _mamba2_args(r: ConfigKeys, hidden: int, act: str, d_ssm: Any = None) -> dict[str, Any]:
+    """The Mamba-2 mixer arguments both families share (their ``mamba_*`` keys, the
+    transformers defaults). ``d_ssm``: Falcon-H1's width of the mixer (None:
+    ``mamba_expand * hidden_size``); ``mamba_d_head`` "auto" is that width / heads."""
+    def size(key: str, default: int) -> int:
+        v = _positive_int(r, key, r.take(key, default))
+        if v > _MAMBA_BOUND:
+            r.refuse(key, f"is refused: the bound is {_MAMBA_BOUND:,}; the config is damaged")
+        return v
+
+    heads = size("mamba_n_heads", 128)
+    groups = size("mamba_n_groups", 1)
+    expand = size("mamba_expand", 2)
+    width = expand * hidden if d_ssm is None else d_ssm
+    if width % heads:
+        r.refuse("mamba_n_heads", f"does not divide the Mamba width {width} (transformers "
+                                  "refuses it)")
+    d_head = r.take("mamba_d_head", "auto")
+    d_head = width // heads if d_head == "auto" else size("mamba_d_head", d_head)
+    if d_head * heads != width:
+        r.refuse("mamba_d_head", f"times mamba_n_heads ({heads}) is not the Mamba width {width} "
+                                 "(transformers refuses it)")
+    if heads % groups:
+        r.refuse("mamba_n_groups", f"does not divide mamba_n_heads ({heads}): each group's B "
+                                   "and C serve a whole number of heads")
+    return dict(num_heads=heads, head_dim=d_head, d_state=size("mamba_d_state", 256),
+                n_groups=groups, d_conv=size("mamba_d_conv", 4),
+                chunk_size=size("mamba_chunk_size", 256), activation=act,
+                conv_bias=_bool(r, "mamba_conv_bias", r.take("mamba_conv_bias", True)),
+                bias=_bool(r, "mamba_proj_bias", r.take("mamba_proj_bias", False)),
+                time_step_limit=_time_step_limit(r))
+
+
+_GRANITE = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=None, head_dim=None,
+                max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=1,
+                eos_token_id=2)
+# Layer names of granitemoehybrid's layer_types (transformers remaps the legacy ones).
+_GRANITE_LAYERS = {"linear_attention": "mamba2", "mamba": "mamba2",
+                   "full_attention": "full", "attention": "full"}
+
+
+def read_granitemoehybrid(r: ConfigKeys) -> dict[str, Any]:
+    """Granite 4.0-H (GraniteMoeHybridForCausalLM): Mamba-2 and full-attention layers
+    (``layer_types``; absent: every layer Mamba-2), attention with RoPE or none
+    (``position_embedding_type``: null or "nope" = NoPE, "rope"), scores scaled by
+    ``attention_multiplier``; after each layer's mixer an MoE of ``num_local_experts``
+    SwiGLU experts (softmax over the top-k router logits) plus the shared MLP
+    (``shared_intermediate_size``), or the shared MLP alone when there are no experts;
+    muP: embeddings times ``embedding_multiplier``, both branches times
+    ``residual_multiplier``, logits divided by ``logits_scaling``."""
+    out = _decoder_common(r, _GRANITE)
+    act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")  # MLPs, experts, Mamba conv
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    n, hidden = out["num_hidden_layers"], out["hidden_size"]
+    if r.has("layer_types") and r.has("layers_block_type") and \
+            r.d["layer_types"] != r.d["layers_block_type"]:
+        r.refuse("layers_block_type", f"disagrees with layer_types {r.d['layer_types']!r} (the "
+                                      "same setting under its old name); which one holds?")
+    key = "layer_types" if r.has("layer_types") or not r.has("layers_block_type") else "layers_block_type"
+    r.used.update({"layer_types", "layers_block_type"})
+    lt = r.d.get(key)
+    lt = ["linear_attention"] * n if lt is None else lt
+    if not isinstance(lt, list) or len(lt) != n or any(t not in _GRANITE_LAYERS for t in lt):
+        r.refuse(key, f"must list one of {sorted(_GRANITE_LAYERS)} for each of the {n} layers")
+    pos = r.take("position_embedding_type", None)
+    if pos not in (None, "nope", "rope"):
+        r.refuse("position_embedding_type", "is not one GraniteMoeHybrid implements (null or "
+                                            "'nope': no positions; 'rope')")
+    rope = _rope_parameters(r, default_theta=10000.0)   # read (and checked) even for NoPE
+    experts = r.take("num_local_experts", 8)
+    if isinstance(experts, bool) or not isinstance(experts, int) or experts < 0:
+        r.refuse("num_local_experts", "must be an integer >= 0 (0: the shared MLP alone)")
+    top_k = _positive_int(r, "num_experts_per_tok", r.take("num_experts_per_tok", 2))
+    if experts and top_k > experts:
+        r.refuse("num_experts_per_tok", f"exceeds num_local_experts ({experts})")
+    shared = _positive_int(r, "shared_intermediate_size", r.take("shared_intermediate_size", 1024))
+    for key in ("output_router_logits", "router_aux_loss_coef"):   # training only
+        r.ignored_by_reference.add(key)
+    out.update(attention_bias=bias, o_proj_bias=bias, mlp_bias=False, norm_style="llama",
+               attn_rope=pos == "rope", rope_parameters=rope,
+               attn_scale=_number(r, "attention_multiplier", 1.0, positive=True),
+               embedding_multiplier=_number(r, "embedding_multiplier", 1.0),
+               residual_multiplier=_number(r, "residual_multiplier", 1.0),
+               logits_divisor=_number(r, "logits_scaling", 1.0),
+               mamba2=dict(_mamba2_args(r, hidden, act), rms_norm=True, norm_before_gate=False))
+    if out["logits_divisor"] == 0:
+        r.refuse("logits_scaling", "must not be 0 (the logits are divided by it)")
+    if experts:
+        out.update(num_experts=experts, num_experts_per_tok=top_k,
+                   moe_intermediate_size=out["intermediate_size"], num_shared_experts=1,
+                   shared_expert_intermediate_size=shared, router_activation="softmax",
+                   norm_topk_prob=True)
+    else:   # the dense variant: the shared MLP is the layer's MLP
+        out["intermediate_size"] = shared
+    out.update(_mixer_placement([_GRANITE_LAYERS[t] for t in lt]))
+    return out
+
+
+_FALCON_H1 = dict(vocab_size=128000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, head_dim=None,
+                  max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def read_falcon_h1(r: ConfigKeys) -> dict[str, Any]:
+    """Falcon-H1 (FalconH1ForCausalLM): every layer runs full attention (RoPE) and Mamba-2
+    side by side on the same normed input ("attn+mamba2"), then a SwiGLU MLP, with the
+    muP multipliers where FalconH1 applies them (see the HybridConfig fields). Keys of
+    the released configs that transformers' FalconH1 does not read (``mamba_use_mlp``,
+    ``mlp_expansion_factor``, ``attn_layer_indices``) are accepted at the values its
+    model runs (an MLP in every layer, attention in every layer)."""
+    out = _decoder_common(r, _FALCON_H1)
+    act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")  # MLP and Mamba conv
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    n, hidden = out["num_hidden_layers"], out["hidden_size"]
+    d_ssm = r.take("mamba_d_ssm", 1024)     # null: mamba_expand * hidden_size
+    if d_ssm is not None:
+        d_ssm = _positive_int(r, "mamba_d_ssm", d_ssm)
+        if d_ssm > _MAMBA_BOUND:
+            r.refuse("mamba_d_ssm", f"is refused: the bound is {_MAMBA_BOUND:,}; the config is damaged")
+    mamba = _mamba2_args(r, hidden, act, d_ssm)
+    mamba.update(out_bias=_bool(r, "projectors_bias", r.take("projectors_bias", False)),
+                 rms_norm=_bool(r, "mamba_rms_norm", r.take("mamba_rms_norm", False)),
+                 norm_before_gate=_bool(r, "mamba_norm_before_gate",
+                                        r.take("mamba_norm_before_gate", True)),
+                 in_multiplier=_number(r, "ssm_in_multiplier", 1.0),
+                 zxbcdt_multipliers=tuple(_numbers(r, "ssm_multipliers", [1.0] * 5, 5)))
+    gate_m, down_m = _numbers(r, "mlp_multipliers", [1.0, 1.0], 2)
+    if r.take("mamba_use_mlp", True) is not True:
+        r.refuse("mamba_use_mlp", "is not supported: transformers' FalconH1 ignores it and gives "
+                                  "every layer an MLP (sbsnn runs the model that way, with true)")
+    if r.take("attn_layer_indices", None) is not None:
+        r.refuse("attn_layer_indices", "is not supported: transformers' FalconH1 ignores it and "
+                                       "runs attention in every layer (sbsnn reads it only as null)")
+    r.ignored_by_reference.update({"mlp_expansion_factor", "num_logits_to_keep"})
+    out.update(attention_bias=bias, o_proj_bias=bias,
+               mlp_bias=_bool(r, "mlp_bias", r.take("mlp_bias", False)), norm_style="llama",
+               rope_parameters=_rope_parameters(r, default_theta=10000.0), mamba2=mamba,
+               embedding_multiplier=_number(r, "embedding_multiplier", 1.0),
+               logits_multiplier=_number(r, "lm_head_multiplier", 1.0),
+               key_multiplier=_number(r, "key_multiplier", 1.0),
+               attn_in_multiplier=_number(r, "attention_in_multiplier", 1.0),
+               attn_out_multiplier=_number(r, "attention_out_multiplier", 1.0),
+               ssm_out_multiplier=_number(r, "ssm_out_multiplier", 1.0),
+               mlp_gate_multiplier=gate_m, mlp_down_multiplier=down_m)
+    out.update(_mixer_placement(["attn+mamba2"] * n))
+    return out
+
+
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
     "gla_swa": read_gla_swa,
@@ -750,6 +1004,8 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "gemma3": read_gemma3,
     "qwen3_5_text": read_qwen3_5_text,
     "qwen3_5": read_qwen3_5,
+    "granitemoehybrid": read_granitemoehybrid,
+    "falcon_h1": read_falcon_h1,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",

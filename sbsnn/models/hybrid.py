@@ -8,6 +8,13 @@ them (:func:`sbsnn.models.families.rename_key`). One block::
     x = x + mixer(attn_norm(x))       mixer: GLA | window attention | full attention
     x = x + mlp(mlp_norm(x))                 | both side by side (76B "parallel")
 
+Granite 4.0-H scales both branch outputs by ``residual_multiplier`` before the adds.
+Falcon-H1 ("attn+mamba2") runs attention and Mamba-2 side by side on the same normed
+input, each with its muP multipliers::
+
+    h = attn_norm(x)
+    x = x + (mamba(h) * ssm_out_multiplier + attn(h * attn_in_multiplier) * attn_out_multiplier)
+
 Gemma 3 ("sandwich" norms) normalises the branch outputs too::
 
     x = x + post_attn_norm(mixer(attn_norm(x)))
@@ -56,7 +63,13 @@ def _make_attention(cfg: HybridConfig, i: int) -> WindowAttention:
         window=cfg.window_for(i), rope=cfg.rope_for(i), bias=cfg.attention_bias,
         num_sinks=cfg.num_sink_tokens, o_bias=cfg.o_proj_bias,
         qk_norm=cfg.norm_style if cfg.qk_norm else None, norm_eps=cfg.norm_eps,
-        scaling=cfg.attn_scale, output_gate=cfg.attn_output_gate)
+        scaling=cfg.attn_scale, output_gate=cfg.attn_output_gate, use_rope=cfg.attn_rope,
+        key_multiplier=cfg.key_multiplier)
+
+
+def _scale(t: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """``t * multiplier`` (a Python float, as the muP families apply it); t itself at 1."""
+    return t if multiplier == 1.0 else t * multiplier
 
 
 # The linear mixers of the hybrid families, by layer kind: (module name in the block, as
@@ -74,6 +87,11 @@ class HybridBlock(nn.Module):
     def __init__(self, cfg: HybridConfig, i: int):
         super().__init__()
         self.kind = cfg.layer_kind(i)
+        self.residual_multiplier = cfg.residual_multiplier
+        if self.kind == "attn+mamba2":
+            self.attn_in_multiplier = cfg.attn_in_multiplier
+            self.attn_out_multiplier = cfg.attn_out_multiplier
+            self.ssm_out_multiplier = cfg.ssm_out_multiplier
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps, style=cfg.norm_style)  # noqa: E731
         self.attn_norm = norm()
         if self.kind in LINEAR_MIXERS:
@@ -84,6 +102,9 @@ class HybridBlock(nn.Module):
             self.attn = _make_gla(cfg)
         else:
             self.attn = _make_attention(cfg, i)
+        if self.kind == "attn+mamba2":
+            self.mixer_name, make = LINEAR_MIXERS["mamba2"]
+            setattr(self, self.mixer_name, make(cfg))
         if self.kind == "parallel":
             self.linear_attn = _make_gla(cfg)
             self.attn_out_norm = norm()
@@ -96,10 +117,11 @@ class HybridBlock(nn.Module):
             self.mlp = MoE(cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size,
                            cfg.num_experts, cfg.num_experts_per_tok, cfg.num_shared_experts,
                            cfg.shared_expert_intermediate_size, cfg.router_activation,
-                           cfg.norm_topk_prob)
+                           cfg.norm_topk_prob, expert_activation=cfg.hidden_act)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias,
-                              activation=cfg.hidden_act)
+                              activation=cfg.hidden_act, gate_multiplier=cfg.mlp_gate_multiplier,
+                              down_multiplier=cfg.mlp_down_multiplier)
 
     @property
     def rope(self) -> RopeSpec | None:
@@ -114,6 +136,13 @@ class HybridBlock(nn.Module):
                 h, None if cache is None else cache.setdefault("attn", {}), positions, rope))
             a = a + self.linear_out_norm(self.linear_attn(
                 h, None if cache is None else cache.setdefault("linear", {}), positions))
+        elif self.kind == "attn+mamba2":
+            m = _scale(self.mamba(h, None if cache is None else cache.setdefault("mamba", {})),
+                       self.ssm_out_multiplier)
+            a = _scale(self.attn(_scale(h, self.attn_in_multiplier),
+                                 None if cache is None else cache.setdefault("attn", {}),
+                                 positions, rope), self.attn_out_multiplier)
+            a = m + a
         elif self.kind == "gla":
             a = self.attn(h, cache, positions)
         elif self.kind in LINEAR_MIXERS:
@@ -122,11 +151,11 @@ class HybridBlock(nn.Module):
             a = self.attn(h, cache, positions, rope)
         if hasattr(self, "post_attn_norm"):
             a = self.post_attn_norm(a)
-        x = x + a
+        x = x + _scale(a, self.residual_multiplier)
         m = self.mlp(self.mlp_norm(x))
         if hasattr(self, "post_mlp_norm"):
             m = self.post_mlp_norm(m)
-        return x + m
+        return x + _scale(m, self.residual_multiplier)
 
 
 class HybridModel(nn.Module):
@@ -212,6 +241,7 @@ class HybridForCausalLM(nn.Module):
         x = self.model.embeddings(input_ids)
         if self.config.embedding_scale is not None:  # Gemma: a float32 scalar in the weights' dtype
             x = x * torch.tensor(self.config.embedding_scale).to(x.dtype)
+        x = _scale(x, self.config.embedding_multiplier)  # Granite, Falcon-H1: a Python float
         if self.sink_rows(state):
             sinks = self.model.sink_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([sinks, x], dim=1)
@@ -239,9 +269,12 @@ class HybridForCausalLM(nn.Module):
         return self.model.norm(x[:, sinks:])
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from final hidden states (tied or separate head, Gemma's soft-capping)."""
+        """Logits from final hidden states (tied or separate head; Falcon-H1's and
+        Granite's muP scalars; Gemma's soft-capping)."""
         weight = self.model.embeddings.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        logits = _scale(F.linear(hidden, weight), self.config.logits_multiplier)
+        if self.config.logits_divisor != 1.0:
+            logits = logits / self.config.logits_divisor
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -99,21 +99,28 @@ def activation_refusal(name: object) -> str:
 class SwiGLU(nn.Module):
     """``down(act(gate(x)) * up(x))``: SwiGLU with ``silu`` (SpikingBrain, Llama, Qwen),
     GeGLU with ``gelu_pytorch_tanh`` (Gemma), or any other of ``ACTIVATIONS``. The names
-    match all of them."""
+    match all of them. Falcon-H1's muP multipliers: ``down(act(gate(x) * gate_multiplier)
+    * up(x)) * down_multiplier``."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
-                 activation: str = "silu"):
+                 activation: str = "silu", gate_multiplier: float = 1.0,
+                 down_multiplier: float = 1.0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not supported; one of {sorted(ACTIVATIONS)}")
         self.activation = activation
         self.act = ACTIVATIONS[activation]
+        self.gate_multiplier, self.down_multiplier = float(gate_multiplier), float(down_multiplier)
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate = self.gate_proj(x)
+        if self.gate_multiplier != 1.0:
+            gate = gate * self.gate_multiplier
+        out = self.down_proj(self.act(gate) * self.up_proj(x))
+        return out if self.down_multiplier == 1.0 else out * self.down_multiplier
 
 
 class MoE(nn.Module):
@@ -121,21 +128,24 @@ class MoE(nn.Module):
 
     Router probabilities are ``sigmoid(W_r x)`` (or softmax); each token goes to its
     top-k experts, weighted by their probabilities (renormalised if ``norm_topk_prob``);
-    shared experts see every token.
+    shared experts see every token. ``expert_activation``: the experts' (and shared
+    experts') MLP activation (one of ``ACTIVATIONS``).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
                  num_shared: int = 0, shared_intermediate_size: int | None = None,
-                 activation: str = "sigmoid", norm_topk_prob: bool = False):
+                 activation: str = "sigmoid", norm_topk_prob: bool = False,
+                 expert_activation: str = "silu"):
         super().__init__()
         self.top_k = top_k
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size)
+        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size, activation=expert_activation)
                                      for _ in range(num_experts))
         shared = shared_intermediate_size or intermediate_size
-        self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared) for _ in range(num_shared))
+        self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared, activation=expert_activation)
+                                            for _ in range(num_shared))
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.router(x)

@@ -246,17 +246,15 @@ class Mamba2Mixer(nn.Module):
     def _project(self, x: torch.Tensor):
         if self.in_multiplier != 1.0:
             x = x * self.in_multiplier
-        z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
-        mz, mx, mb, mc, mdt = self.zxbcdt_multipliers
-        if mz != 1.0:
-            z = z * mz
-        if (mx, mb, mc) != (1.0, 1.0, 1.0):
+        zxbcdt = self.in_proj(x)
+        if self.zxbcdt_multipliers != (1.0,) * 5:
+            # One vector over the five segments, in the activations' dtype: FalconH1's muP
+            # vector (so in half precision the multipliers round as they do there).
             GN = self.n_groups * self.d_state
-            xbc = xbc * torch.cat([xbc.new_full((self.d_inner,), mx), xbc.new_full((GN,), mb),
-                                   xbc.new_full((GN,), mc)])
-        if mdt != 1.0:
-            dt = dt * mdt
-        return z, xbc, dt
+            sizes = (self.d_inner, self.d_inner, GN, GN, self.num_heads)
+            zxbcdt = zxbcdt * torch.cat([zxbcdt.new_full((n,), m) for n, m in
+                                         zip(sizes, self.zxbcdt_multipliers)])
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.num_heads], dim=-1)
 
     def _split_xbc(self, xbc: torch.Tensor):
         GN = self.n_groups * self.d_state
