@@ -52,6 +52,13 @@ def _gemma3_vl(**text):
                 eoi_token_index=V - 2)
 
 
+# LFM2: head_dim 20 apart from hidden / heads = 12, two query heads per key/value head;
+# the MLP width derived (auto-adjust: int(int(2 * 100 / 3) * 1.3) = 85, rounded up to 96).
+_LFM2 = dict(vocab_size=V, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=20, block_multiple_of=16,
+             block_ffn_dim_multiplier=1.3, max_position_embeddings=512)
+
+
 # name -> (config class, model class, config kwargs)
 CASES = {
     "qwen3_5-linear-first-untied": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM",
@@ -64,6 +71,13 @@ CASES = {
     "qwen3_5-vl": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration",
                    _qwen3_5_vl(full_attention_interval=2)),
     "gemma3-vl": ("Gemma3Config", "Gemma3ForConditionalGeneration", _gemma3_vl()),
+    # lfm2
+    "lfm2-conv-first-untied-bias": ("Lfm2Config", "Lfm2ForCausalLM", dict(
+        _LFM2, layer_types=["conv", "full_attention", "conv", "conv"], conv_bias=True,
+        tie_word_embeddings=False)),
+    "lfm2-attn-first-tied-idxs": ("Lfm2Config", "Lfm2ForCausalLM", dict(
+        _LFM2, full_attn_idxs=[0, 3], block_auto_adjust_ff_dim=False, conv_L_cache=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -71,6 +85,9 @@ KINDS = {
     "qwen3_5-full-first-tied-rope": ["full", "gdn", "gdn", "full"],
     "qwen3_5-vl": ["gdn", "full", "gdn", "full"],
     "gemma3-vl": ["swa", "swa", "swa"],
+    # lfm2
+    "lfm2-conv-first-untied-bias": ["conv", "full", "conv", "conv"],
+    "lfm2-attn-first-tied-idxs": ["full", "conv", "conv", "full"],
 }
 
 
@@ -198,6 +215,12 @@ def _config_dir(tmp_path, name, **changes):
     ("qwen3_5-vl", "text.linear_gate_scale", 2.0),                  # inside text_config
     ("gemma3-vl", "text.final_logit_softcapping", 30.0),            # the wrapper ignores it
     ("qwen3_5-linear-first-untied", "layer_types", ["mamba"] * 4),
+    # lfm2
+    ("lfm2-conv-first-untied-bias", "conv_activation", "silu"),     # invented
+    ("lfm2-conv-first-untied-bias", "block_dim", 64),               # restates hidden_size, wrongly
+    ("lfm2-conv-first-untied-bias", "use_pos_enc", False),          # transformers applies RoPE
+    ("lfm2-conv-first-untied-bias", "full_attn_idxs", [0]),         # disagrees with layer_types
+    ("lfm2-attn-first-tied-idxs", "layer_types", ["sliding_attention"] * 4),
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -219,3 +242,43 @@ def test_vision_language_config_says_what_it_leaves_out(saved):
     assert any("vision tower" in n and "vision_config" in n for n in cfg.notes)
     # the config written back is the file read (the checkpoint stays the same model)
     assert cfg.to_dict() == json.loads((d / "config.json").read_text())
+
+
+# ----------------------------------------------------------------------------- LFM2
+@pytest.mark.parametrize("size,auto,mult,multiple", [
+    (100, True, 1.3, 16), (12288, True, 1.0, 256), (10752, False, 1.0, 256),
+    (97, True, 0.7, 7), (5, True, 1.0, 1), (100, True, 1.5, 1), (300, True, 2, 64),
+    (64, False, 3.5, 0)])
+def test_lfm2_mlp_width_is_lfm2mlps(size, auto, mult, multiple):
+    """The width sbsnn reads is the one transformers' Lfm2MLP builds."""
+    kw = dict(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+              vocab_size=V, intermediate_size=size, block_auto_adjust_ff_dim=auto,
+              block_ffn_dim_multiplier=mult, block_multiple_of=multiple)
+    want = transformers.models.lfm2.modeling_lfm2.Lfm2MLP(transformers.Lfm2Config(**kw))
+    got = HybridConfig.from_dict(dict(kw, model_type="lfm2"))
+    assert got.intermediate_size == want.w1.out_features
+
+
+def test_lfm2_older_key_names_read_as_transformers_reads_them(tmp_path):
+    """Liquid AI's configs: ``block_ff_dim`` and ``tie_embedding`` override
+    ``intermediate_size`` and ``tie_word_embeddings``; the keys transformers ignores
+    restate read values or training settings. transformers and sbsnn load the edited
+    file as the same model (the original one)."""
+    name = "lfm2-conv-first-untied-bias"
+    ref = hf_model(*CASES[name][:2], **CASES[name][2])
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(intermediate_size=7, block_ff_dim=100, tie_word_embeddings=True,
+               tie_embedding=False, block_dim=48, conv_dim=48, conv_dim_out=48, num_heads=4,
+               block_norm_eps=1e-5, theta=1e6, use_pos_enc=True, block_use_swiglu=True,
+               block__name_mlp="parallel_mlp_merged", block_use_xavier_init=True,
+               conv_use_xavier_init=True, block_mlp_init_scale=1.0, block_out_init_scale=1.0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, V - 3, (1, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert torch.equal(again(ids).logits, want)     # transformers reads the same model
+        assert rel_err(ours(ids), want) < 1e-5
+    assert ours.lm_head is not None and ours.config.intermediate_size == 96

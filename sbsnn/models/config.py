@@ -28,7 +28,7 @@ from sbsnn.models.layers import ACTIVATIONS, NORM_STYLES
 from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
-                         "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5")
+                         "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5", "lfm2")
 # Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
 # (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
 # (models/short_conv.py), softmax attention (full, or a window of sliding_window keys).

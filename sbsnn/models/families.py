@@ -107,12 +107,16 @@ NOT_NULL: dict[str, frozenset[str]] = {
                                     "linear_conv_kernel_dim", "linear_key_head_dim",
                                     "linear_value_head_dim", "linear_num_key_heads",
                                     "linear_num_value_heads"},
+    # (a null head_dim is refused by read_lfm2: Lfm2Config keeps it, Lfm2Attention fails)
+    "lfm2": (_HF_NOT_NULL - {"rms_norm_eps"}) | {
+        "num_key_value_heads", "norm_eps", "conv_bias", "conv_L_cache", "block_multiple_of",
+        "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim", "block_ff_dim", "tie_embedding"},
 }
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
              "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
-             "qwen3_5": "Qwen3_5Config",
+             "qwen3_5": "Qwen3_5Config", "lfm2": "Lfm2Config",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -139,10 +143,24 @@ _GEMMA_RENAMES = _COMMON_RENAMES + [
 _LANGUAGE_MODEL = [(re.compile(r"^model\.language_model\."), "model."),
                    (re.compile(r"^language_model\.model\."), "model."),
                    (re.compile(r"^language_model\.lm_head\."), "lm_head.")]
+# LFM2: operator_norm before the mixer, ffn_norm before feed_forward (w1 gate, w3 up, w2
+# down), attention's out_proj and q/k_layernorm, the final norm embedding_norm. Only the
+# attention's out_proj is renamed: a conv layer's conv.out_proj is ShortConv's own name.
+_LFM2_RENAMES = _COMMON_RENAMES + [
+    (re.compile(r"\.operator_norm\."), ".attn_norm."),
+    (re.compile(r"\.ffn_norm\."), ".mlp_norm."),
+    (re.compile(r"\.feed_forward\.w1\."), ".mlp.gate_proj."),
+    (re.compile(r"\.feed_forward\.w3\."), ".mlp.up_proj."),
+    (re.compile(r"\.feed_forward\.w2\."), ".mlp.down_proj."),
+    (re.compile(r"\.attn\.out_proj\."), ".attn.o_proj."),
+    (re.compile(r"\.attn\.q_layernorm\."), ".attn.q_norm."),
+    (re.compile(r"\.attn\.k_layernorm\."), ".attn.k_norm."),
+    (re.compile(r"^model\.embedding_norm\."), "model.norm."),
+]
 RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
-           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES}
+           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES, "lfm2": _LFM2_RENAMES}
 # Tensors a family's checkpoints hold that its causal LM does not load: the vision tower
 # and projector of vision-language checkpoints, Qwen3.5's multi-token-prediction head
 # (transformers' _keys_to_ignore_on_load_unexpected). Matched against the file's names.
@@ -359,10 +377,12 @@ def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dic
             "sliding_window": window if sliding else None}
 
 
-def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The keys every Hugging Face decoder family shares."""
+def _decoder_common(r: ConfigKeys, defaults: dict[str, Any], *, eps_key: str = "rms_norm_eps",
+                    sizes: tuple[str, ...] = REQUIRED_SIZES) -> dict[str, Any]:
+    """The keys every Hugging Face decoder family shares (``eps_key``: the family's name
+    for the norms' epsilon; ``sizes``: the required sizes the family reads by name)."""
     out: dict[str, Any] = {"model_type": r.model_type}
-    for key in REQUIRED_SIZES:
+    for key in sizes:
         out[key] = _positive_int(r, key, r.take(key))
     heads = out["num_attention_heads"]
     # absent: the family's default; null: the number of heads (the config's __post_init__)
@@ -380,9 +400,9 @@ def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
                                         "key/value head serves a whole group of query heads")
     out["max_position_embeddings"] = r.take("max_position_embeddings",
                                             defaults["max_position_embeddings"])
-    eps = r.take("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
+    eps = r.take(eps_key, defaults.get(eps_key, 1e-6))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        r.refuse("rms_norm_eps", "must be a non-negative number")
+        r.refuse(eps_key, "must be a non-negative number")
     out["norm_eps"] = float(eps)
     out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings",
                                        r.take("tie_word_embeddings", defaults["tie_word_embeddings"]))
@@ -739,6 +759,122 @@ def read_qwen3_5(r: ConfigKeys) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- LFM2
+_LFM2 = dict(num_key_value_heads=8, head_dim=None, max_position_embeddings=128_000,
+             norm_eps=1e-5, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
+             eos_token_id=2)
+# Keys of Liquid AI's own configs that Lfm2Config does not read (it keeps them as plain
+# attributes; its model never looks at them). Each restates a value read under another
+# name and must equal it: a file where they differ describes another model than the one
+# transformers runs, and is refused.
+_LFM2_RESTATED = {"block_dim": "hidden_size", "conv_dim": "hidden_size",
+                  "conv_dim_out": "hidden_size", "num_heads": "num_attention_heads",
+                  "block_norm_eps": "norm_eps", "theta": "rope_theta"}
+# ... settings harmless at the one value transformers' model computes (RoPE on, a
+# SwiGLU MLP, float weights) and refused at any other ...
+_LFM2_FIXED = {"use_pos_enc": True, "block_use_swiglu": True,
+               "block__name_mlp": "parallel_mlp_merged",
+               "block_ffn_use_quantized_params": False, "ffn_use_quantized_params": False}
+# ... and training-time settings (initialisation, kernels, tensor parallelism).
+_LFM2_TRAINING = frozenset({
+    "block_use_xavier_init", "conv_use_xavier_init", "block_mlp_init_scale",
+    "block_out_init_scale", "block_ffn_te_autocast", "ffn_te_autocast",
+    "block_sequence_parallel_norm_across_tp", "sequence_parallel_norm_across_tp"})
+
+
+def lfm2_ff_dim(size: int, auto_adjust: bool, multiplier: float, multiple_of: int) -> int:
+    """Width of LFM2's MLP as Lfm2MLP derives it from ``intermediate_size``: with
+    ``block_auto_adjust_ff_dim``, two thirds of it (truncated), times
+    ``block_ffn_dim_multiplier`` (truncated), rounded up to a multiple of
+    ``block_multiple_of``; without, ``intermediate_size`` itself."""
+    if not auto_adjust:
+        return size
+    size = int(multiplier * int(2 * size / 3))
+    return multiple_of * ((size + multiple_of - 1) // multiple_of)
+
+
+def _lfm2_layer_types(r: ConfigKeys, n: int) -> list[str]:
+    """``layer_types`` ('conv' / 'full_attention'), or as Lfm2Config derives it from
+    ``full_attn_idxs`` (null or absent: every layer attention). Lfm2Config ignores
+    full_attn_idxs when layer_types is given; sbsnn requires the two to agree, and
+    refuses indices outside the model (Lfm2Config would drop them without a word)."""
+    idxs = r.take("full_attn_idxs", None)
+    if idxs is not None and (not isinstance(idxs, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idxs)):
+        r.refuse("full_attn_idxs", f"must list indices of layers (0 to {n - 1})")
+    full = range(n) if idxs is None else set(idxs)
+    derived = ["full_attention" if i in full else "conv" for i in range(n)]
+    lt = r.take("layer_types", None)
+    if lt is None:
+        return derived
+    if not isinstance(lt, list) or len(lt) != n or any(
+            t not in ("conv", "full_attention") for t in lt):
+        r.refuse("layer_types", f"must list 'conv' or 'full_attention' for each of the {n} "
+                                "layers (Lfm2Model masks no other kind)")
+    if idxs is not None and lt != derived:
+        r.refuse("full_attn_idxs", f"disagrees with layer_types {lt!r}; transformers would "
+                                   "follow layer_types: remove full_attn_idxs or fix it")
+    return lt
+
+
+def read_lfm2(r: ConfigKeys) -> dict[str, Any]:
+    """LFM2 / LFM2.5 (Lfm2Config, Lfm2ForCausalLM): gated short-convolution layers
+    (``conv_L_cache``, ``conv_bias``) and full-attention layers (GQA, ``head_dim`` when
+    given, per-head q/k RMSNorms before RoPE, no biases), SwiGLU MLPs of the width
+    :func:`lfm2_ff_dim` derives, RMSNorm ``w * norm(x)`` (``norm_eps``), tied head by
+    default. The older names ``block_ff_dim`` and ``tie_embedding`` override
+    ``intermediate_size`` and ``tie_word_embeddings``, as in Lfm2Config."""
+    if r.has("head_dim") and r.d["head_dim"] is None:
+        r.refuse("head_dim", "is refused: Lfm2Config keeps the null (head_dim is none of its "
+                             "fields) and Lfm2Attention fails on it; give head_dim, or remove "
+                             "the key for hidden_size / num_attention_heads")
+    sizes = tuple(k for k in REQUIRED_SIZES if k != "intermediate_size")
+    out = _decoder_common(r, _LFM2, eps_key="norm_eps", sizes=sizes)
+    if r.has("tie_embedding"):
+        out["tie_word_embeddings"] = _bool(r, "tie_embedding", r.take("tie_embedding"))
+    if r.has("block_ff_dim"):
+        key = "block_ff_dim"
+        if r.has("intermediate_size"):      # overridden, but still a size Lfm2Config checks
+            _positive_int(r, "intermediate_size", r.take("intermediate_size"))
+    else:
+        key = "intermediate_size"
+    size = _positive_int(r, key, r.take(key))
+    auto = _bool(r, "block_auto_adjust_ff_dim", r.take("block_auto_adjust_ff_dim", True))
+    mult = r.take("block_ffn_dim_multiplier", 1.0)
+    multiple = r.take("block_multiple_of", 256)
+    if auto:    # Lfm2MLP reads the two only when it adjusts the width
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+            r.refuse("block_ffn_dim_multiplier", "must be a positive number")
+        multiple = _positive_int(r, "block_multiple_of", multiple)
+    ff = lfm2_ff_dim(size, auto, mult, multiple)
+    bound = SIZE_BOUNDS["intermediate_size"][0]
+    if not 0 < ff <= bound:
+        r.refuse(key, f"gives an MLP width of {ff} (block_auto_adjust_ff_dim {auto}, "
+                      f"block_ffn_dim_multiplier {mult!r}, block_multiple_of {multiple!r}); "
+                      f"it must be between 1 and {bound:,}")
+    rope = _rope_parameters(r, default_theta=1e6)
+    kinds = [HYBRID_LAYER_TYPES[t] for t in _lfm2_layer_types(r, out["num_hidden_layers"])]
+    out.update(intermediate_size=ff, hidden_act="silu", attention_bias=False, o_proj_bias=False,
+               mlp_bias=False, norm_style="llama", qk_norm=True, rope_parameters=rope,
+               short_conv=dict(L_cache=_positive_int(r, "conv_L_cache", r.take("conv_L_cache", 3)),
+                               bias=_bool(r, "conv_bias", r.take("conv_bias", False))))
+    out.update(_mixer_placement(kinds))
+    restated = {"hidden_size": out["hidden_size"], "norm_eps": out["norm_eps"],
+                "num_attention_heads": out["num_attention_heads"],
+                "rope_theta": rope["rope_theta"]}
+    for key, of in _LFM2_RESTATED.items():
+        if r.has(key) and r.take(key) != restated[of]:
+            r.refuse(key, f"restates {of} (in force: {restated[of]!r}) and disagrees with it; "
+                          "transformers ignores this key, so which one holds is unclear: fix it")
+    for key, value in _LFM2_FIXED.items():
+        given = r.take(key, value)
+        if type(given) is not type(value) or given != value:
+            r.refuse(key, f"is not supported: transformers' LFM2 computes as if it were "
+                          f"{value!r} (it ignores this key); sbsnn refuses rather than guess")
+    r.ignored_by_reference.update(_LFM2_TRAINING)
+    return out
+
+
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
     "gla_swa": read_gla_swa,
@@ -750,6 +886,7 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "gemma3": read_gemma3,
     "qwen3_5_text": read_qwen3_5_text,
     "qwen3_5": read_qwen3_5,
+    "lfm2": read_lfm2,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",
