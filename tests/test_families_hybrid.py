@@ -57,6 +57,9 @@ def _gemma3_vl(**text):
 _LFM2 = dict(vocab_size=V, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, head_dim=20, block_multiple_of=16,
              block_ffn_dim_multiplier=1.3, max_position_embeddings=512)
+_LFM2_MOE = dict(vocab_size=V, hidden_size=48, intermediate_size=40, moe_intermediate_size=24,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=20,
+                 num_experts=6, num_experts_per_tok=2, max_position_embeddings=512)
 
 
 # name -> (config class, model class, config kwargs)
@@ -78,6 +81,12 @@ CASES = {
     "lfm2-attn-first-tied-idxs": ("Lfm2Config", "Lfm2ForCausalLM", dict(
         _LFM2, full_attn_idxs=[0, 3], block_auto_adjust_ff_dim=False, conv_L_cache=4,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    "lfm2_moe-attn-first-untied-bias": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        _LFM2_MOE, layer_types=["full_attention", "conv", "conv", "full_attention"],
+        num_dense_layers=1, routed_scaling_factor=1.7, tie_word_embeddings=False)),
+    "lfm2_moe-conv-first-tied-plain": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        _LFM2_MOE, layer_types=["conv", "full_attention", "conv", "conv"], num_dense_layers=2,
+        use_expert_bias=False, norm_topk_prob=False, conv_bias=True)),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -88,6 +97,8 @@ KINDS = {
     # lfm2
     "lfm2-conv-first-untied-bias": ["conv", "full", "conv", "conv"],
     "lfm2-attn-first-tied-idxs": ["full", "conv", "conv", "full"],
+    "lfm2_moe-attn-first-untied-bias": ["full", "conv", "conv", "full"],
+    "lfm2_moe-conv-first-tied-plain": ["conv", "full", "conv", "conv"],
 }
 
 
@@ -101,6 +112,9 @@ def hf_model(config_cls: str, model_cls: str, seed: int = 0, **kw):
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith("bias") or name.endswith("dt_bias"):
                 p.normal_(0, 0.3)
+        for name, b in model.named_buffers():  # routing biases choose other experts
+            if name.endswith("expert_bias"):
+                b.normal_(0, 0.3)
     return model
 
 
@@ -221,6 +235,9 @@ def _config_dir(tmp_path, name, **changes):
     ("lfm2-conv-first-untied-bias", "use_pos_enc", False),          # transformers applies RoPE
     ("lfm2-conv-first-untied-bias", "full_attn_idxs", [0]),         # disagrees with layer_types
     ("lfm2-attn-first-tied-idxs", "layer_types", ["sliding_attention"] * 4),
+    ("lfm2_moe-attn-first-untied-bias", "router_jitter", 0.1),      # invented
+    ("lfm2_moe-attn-first-untied-bias", "layer_types", None),       # Lfm2MoeConfig derives none
+    ("lfm2_moe-attn-first-untied-bias", "block_auto_adjust_ff_dim", True),  # an LFM2 key only
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -282,3 +299,16 @@ def test_lfm2_older_key_names_read_as_transformers_reads_them(tmp_path):
         assert torch.equal(again(ids).logits, want)     # transformers reads the same model
         assert rel_err(ours(ids), want) < 1e-5
     assert ours.lm_head is not None and ours.config.intermediate_size == 96
+
+
+def test_lfm2_moe_layers_are_dense_then_experts(saved):
+    name, ref, d = saved
+    if not name.startswith("lfm2_moe"):
+        pytest.skip("not an LFM2-MoE case")
+    ours = _load(d)
+    k = ref.config.num_dense_layers
+    assert [type(b.mlp).__name__ for b in ours.model.layers] == ["SwiGLU"] * k + ["MoE"] * (4 - k)
+    for b, r in zip(ours.model.layers[k:], ref.model.layers[k:]):
+        assert hasattr(b.mlp, "expert_bias") == ref.config.use_expert_bias
+        if ref.config.use_expert_bias:
+            assert torch.equal(b.mlp.expert_bias, r.feed_forward.expert_bias)

@@ -111,12 +111,17 @@ NOT_NULL: dict[str, frozenset[str]] = {
     "lfm2": (_HF_NOT_NULL - {"rms_norm_eps"}) | {
         "num_key_value_heads", "norm_eps", "conv_bias", "conv_L_cache", "block_multiple_of",
         "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim", "block_ff_dim", "tie_embedding"},
+    "lfm2_moe": (_HF_NOT_NULL - {"rms_norm_eps"}) | {
+        "num_key_value_heads", "norm_eps", "conv_bias", "conv_L_cache", "tie_embedding",
+        "moe_intermediate_size", "num_dense_layers", "num_experts_per_tok", "num_experts",
+        "use_expert_bias", "routed_scaling_factor", "norm_topk_prob", "output_router_logits"},
 }
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
              "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
              "qwen3_5": "Qwen3_5Config", "lfm2": "Lfm2Config",
+             "lfm2_moe": "Lfm2MoeConfig",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -143,15 +148,18 @@ _GEMMA_RENAMES = _COMMON_RENAMES + [
 _LANGUAGE_MODEL = [(re.compile(r"^model\.language_model\."), "model."),
                    (re.compile(r"^language_model\.model\."), "model."),
                    (re.compile(r"^language_model\.lm_head\."), "lm_head.")]
-# LFM2: operator_norm before the mixer, ffn_norm before feed_forward (w1 gate, w3 up, w2
-# down), attention's out_proj and q/k_layernorm, the final norm embedding_norm. Only the
+# LFM2 (and LFM2-MoE): operator_norm before the mixer, ffn_norm before feed_forward (w1
+# gate, w3 up, w2 down; LFM2-MoE: experts.E.w1/w3/w2, the router gate, expert_bias),
+# attention's out_proj and q/k_layernorm, the final norm embedding_norm. Only the
 # attention's out_proj is renamed: a conv layer's conv.out_proj is ShortConv's own name.
 _LFM2_RENAMES = _COMMON_RENAMES + [
     (re.compile(r"\.operator_norm\."), ".attn_norm."),
     (re.compile(r"\.ffn_norm\."), ".mlp_norm."),
-    (re.compile(r"\.feed_forward\.w1\."), ".mlp.gate_proj."),
-    (re.compile(r"\.feed_forward\.w3\."), ".mlp.up_proj."),
-    (re.compile(r"\.feed_forward\.w2\."), ".mlp.down_proj."),
+    (re.compile(r"\.feed_forward\."), ".mlp."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w1\."), r"\1gate_proj."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w3\."), r"\1up_proj."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w2\."), r"\1down_proj."),
+    (re.compile(r"\.mlp\.gate\."), ".mlp.router."),
     (re.compile(r"\.attn\.out_proj\."), ".attn.o_proj."),
     (re.compile(r"\.attn\.q_layernorm\."), ".attn.q_norm."),
     (re.compile(r"\.attn\.k_layernorm\."), ".attn.k_norm."),
@@ -160,7 +168,8 @@ _LFM2_RENAMES = _COMMON_RENAMES + [
 RENAMES = {"llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
-           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES, "lfm2": _LFM2_RENAMES}
+           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES, "lfm2": _LFM2_RENAMES,
+           "lfm2_moe": _LFM2_RENAMES}
 # Tensors a family's checkpoints hold that its causal LM does not load: the vision tower
 # and projector of vision-language checkpoints, Qwen3.5's multi-token-prediction head
 # (transformers' _keys_to_ignore_on_load_unexpected). Matched against the file's names.
@@ -817,21 +826,46 @@ def _lfm2_layer_types(r: ConfigKeys, n: int) -> list[str]:
     return lt
 
 
-def read_lfm2(r: ConfigKeys) -> dict[str, Any]:
-    """LFM2 / LFM2.5 (Lfm2Config, Lfm2ForCausalLM): gated short-convolution layers
-    (``conv_L_cache``, ``conv_bias``) and full-attention layers (GQA, ``head_dim`` when
-    given, per-head q/k RMSNorms before RoPE, no biases), SwiGLU MLPs of the width
-    :func:`lfm2_ff_dim` derives, RMSNorm ``w * norm(x)`` (``norm_eps``), tied head by
-    default. The older names ``block_ff_dim`` and ``tie_embedding`` override
-    ``intermediate_size`` and ``tie_word_embeddings``, as in Lfm2Config."""
+def _lfm2_common(r: ConfigKeys, sizes: tuple[str, ...]) -> dict[str, Any]:
+    """What LFM2 and LFM2-MoE share: the decoder keys (``norm_eps``; ``tie_embedding``
+    overrides ``tie_word_embeddings`` in both config classes), attention (GQA,
+    ``head_dim`` when given, per-head q/k RMSNorms before RoPE, no biases), the short
+    convolution (``conv_L_cache``, ``conv_bias``), RMSNorm ``w * norm(x)``, and the
+    older keys of Liquid AI's configs both classes ignore."""
     if r.has("head_dim") and r.d["head_dim"] is None:
-        r.refuse("head_dim", "is refused: Lfm2Config keeps the null (head_dim is none of its "
-                             "fields) and Lfm2Attention fails on it; give head_dim, or remove "
-                             "the key for hidden_size / num_attention_heads")
-    sizes = tuple(k for k in REQUIRED_SIZES if k != "intermediate_size")
+        r.refuse("head_dim", f"is refused: {REFERENCE[r.model_type]} keeps the null (head_dim "
+                             "is none of its fields) and its attention fails on it; give "
+                             "head_dim, or remove the key for hidden_size / num_attention_heads")
     out = _decoder_common(r, _LFM2, eps_key="norm_eps", sizes=sizes)
     if r.has("tie_embedding"):
         out["tie_word_embeddings"] = _bool(r, "tie_embedding", r.take("tie_embedding"))
+    rope = _rope_parameters(r, default_theta=1e6)
+    out.update(hidden_act="silu", attention_bias=False, o_proj_bias=False, mlp_bias=False,
+               norm_style="llama", qk_norm=True, rope_parameters=rope,
+               short_conv=dict(L_cache=_positive_int(r, "conv_L_cache", r.take("conv_L_cache", 3)),
+                               bias=_bool(r, "conv_bias", r.take("conv_bias", False))))
+    restated = {"hidden_size": out["hidden_size"], "norm_eps": out["norm_eps"],
+                "num_attention_heads": out["num_attention_heads"],
+                "rope_theta": rope["rope_theta"]}
+    for key, of in _LFM2_RESTATED.items():
+        if r.has(key) and r.take(key) != restated[of]:
+            r.refuse(key, f"restates {of} (in force: {restated[of]!r}) and disagrees with it; "
+                          "transformers ignores this key, so which one holds is unclear: fix it")
+    for key, value in _LFM2_FIXED.items():
+        given = r.take(key, value)
+        if type(given) is not type(value) or given != value:
+            r.refuse(key, f"is not supported: transformers' {r.model_type} computes as if it "
+                          f"were {value!r} (it ignores this key); sbsnn refuses rather than guess")
+    r.ignored_by_reference.update(_LFM2_TRAINING)
+    return out
+
+
+def read_lfm2(r: ConfigKeys) -> dict[str, Any]:
+    """LFM2 / LFM2.5 (Lfm2Config, Lfm2ForCausalLM): short-convolution and attention
+    layers (:func:`_lfm2_common`, placed by :func:`_lfm2_layer_types`), SwiGLU MLPs of
+    the width :func:`lfm2_ff_dim` derives, tied head by default. The older name
+    ``block_ff_dim`` overrides ``intermediate_size``, as in Lfm2Config."""
+    out = _lfm2_common(r, tuple(k for k in REQUIRED_SIZES if k != "intermediate_size"))
     if r.has("block_ff_dim"):
         key = "block_ff_dim"
         if r.has("intermediate_size"):      # overridden, but still a size Lfm2Config checks
@@ -852,28 +886,49 @@ def read_lfm2(r: ConfigKeys) -> dict[str, Any]:
         r.refuse(key, f"gives an MLP width of {ff} (block_auto_adjust_ff_dim {auto}, "
                       f"block_ffn_dim_multiplier {mult!r}, block_multiple_of {multiple!r}); "
                       f"it must be between 1 and {bound:,}")
-    rope = _rope_parameters(r, default_theta=1e6)
+    out["intermediate_size"] = ff
     kinds = [HYBRID_LAYER_TYPES[t] for t in _lfm2_layer_types(r, out["num_hidden_layers"])]
-    out.update(intermediate_size=ff, hidden_act="silu", attention_bias=False, o_proj_bias=False,
-               mlp_bias=False, norm_style="llama", qk_norm=True, rope_parameters=rope,
-               short_conv=dict(L_cache=_positive_int(r, "conv_L_cache", r.take("conv_L_cache", 3)),
-                               bias=_bool(r, "conv_bias", r.take("conv_bias", False))))
     out.update(_mixer_placement(kinds))
-    restated = {"hidden_size": out["hidden_size"], "norm_eps": out["norm_eps"],
-                "num_attention_heads": out["num_attention_heads"],
-                "rope_theta": rope["rope_theta"]}
-    for key, of in _LFM2_RESTATED.items():
-        if r.has(key) and r.take(key) != restated[of]:
-            r.refuse(key, f"restates {of} (in force: {restated[of]!r}) and disagrees with it; "
-                          "transformers ignores this key, so which one holds is unclear: fix it")
-    for key, value in _LFM2_FIXED.items():
-        given = r.take(key, value)
-        if type(given) is not type(value) or given != value:
-            r.refuse(key, f"is not supported: transformers' LFM2 computes as if it were "
-                          f"{value!r} (it ignores this key); sbsnn refuses rather than guess")
-    r.ignored_by_reference.update(_LFM2_TRAINING)
     return out
 
+
+_LFM2_MOE = dict(moe_intermediate_size=1792, num_dense_layers=2, num_experts_per_tok=4,
+                 num_experts=32)
+
+
+def read_lfm2_moe(r: ConfigKeys) -> dict[str, Any]:
+    """LFM2-MoE (Lfm2MoeConfig, Lfm2MoeForCausalLM): LFM2's layers (:func:`_lfm2_common`;
+    ``layer_types`` required, Lfm2MoeConfig derives none), the first ``num_dense_layers``
+    with a SwiGLU MLP of ``intermediate_size`` (not adjusted), the rest with
+    ``num_experts`` SwiGLU experts of ``moe_intermediate_size``: sigmoid router, the top
+    ``num_experts_per_tok`` chosen by probability plus ``expert_bias`` when
+    ``use_expert_bias``, weighted by the unbiased probabilities, renormalised
+    (``norm_topk_prob``, eps 1e-6) and times ``routed_scaling_factor``."""
+    out = _lfm2_common(r, REQUIRED_SIZES)
+    n = out["num_hidden_layers"]
+    lt = r.take("layer_types", None)
+    if not isinstance(lt, list) or len(lt) != n or any(t not in ("conv", "full_attention")
+                                                        for t in lt):
+        r.refuse("layer_types", f"must list 'conv' or 'full_attention' for each of the {n} "
+                                "layers (Lfm2MoeConfig derives none, and Lfm2MoeModel masks no "
+                                "other kind)")
+    sizes = {k: _positive_int(r, k, r.take(k, v)) for k, v in _LFM2_MOE.items()
+             if k != "num_dense_layers"}
+    dense = r.take("num_dense_layers", _LFM2_MOE["num_dense_layers"])
+    if isinstance(dense, bool) or not isinstance(dense, int) or dense < 0:
+        r.refuse("num_dense_layers", "must be an integer >= 0")
+    if sizes["num_experts_per_tok"] > sizes["num_experts"]:
+        r.refuse("num_experts_per_tok", f"exceeds num_experts ({sizes['num_experts']})")
+    scale = r.take("routed_scaling_factor", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        r.refuse("routed_scaling_factor", "must be a positive number")
+    r.take("output_router_logits", False)    # training: the router's auxiliary loss
+    out.update(sizes, dense_layers=list(range(min(dense, n))), router_activation="sigmoid",
+               norm_topk_prob=_bool(r, "norm_topk_prob", r.take("norm_topk_prob", True)),
+               moe_norm_eps=1e-6, routed_scaling_factor=float(scale),
+               moe_expert_bias=_bool(r, "use_expert_bias", r.take("use_expert_bias", True)))
+    out.update(_mixer_placement([HYBRID_LAYER_TYPES[t] for t in lt]))
+    return out
 
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
@@ -887,6 +942,7 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "qwen3_5_text": read_qwen3_5_text,
     "qwen3_5": read_qwen3_5,
     "lfm2": read_lfm2,
+    "lfm2_moe": read_lfm2_moe,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",
