@@ -70,6 +70,16 @@ _FALCON_H1 = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden
                   attention_out_multiplier=0.8, key_multiplier=0.5, mlp_multipliers=[1.4, 0.6],
                   embedding_multiplier=2.0, lm_head_multiplier=0.3, max_position_embeddings=512)
 
+# LFM2: head_dim 20 apart from hidden / heads = 12, two query heads per key/value head;
+# the MLP width derived (auto-adjust: int(int(2 * 100 / 3) * 1.3) = 85, rounded up to 96).
+_LFM2 = dict(vocab_size=V, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=20, block_multiple_of=16,
+             block_ffn_dim_multiplier=1.3, max_position_embeddings=512)
+_LFM2_MOE = dict(vocab_size=V, hidden_size=48, intermediate_size=40, moe_intermediate_size=24,
+                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=20,
+                 num_experts=6, num_experts_per_tok=2, max_position_embeddings=512)
+
+
 # name -> (config class, model class, config kwargs)
 CASES = {
     "qwen3_5-linear-first-untied": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM",
@@ -102,6 +112,19 @@ CASES = {
         "FalconH1Config", "FalconH1ForCausalLM",
         dict(_FALCON_H1, mamba_rms_norm=False, mamba_d_ssm=None, mamba_d_head=24,
              tie_word_embeddings=True, attention_bias=True, mlp_bias=True, mamba_proj_bias=True)),
+    # lfm2
+    "lfm2-conv-first-untied-bias": ("Lfm2Config", "Lfm2ForCausalLM", dict(
+        _LFM2, layer_types=["conv", "full_attention", "conv", "conv"], conv_bias=True,
+        tie_word_embeddings=False)),
+    "lfm2-attn-first-tied-idxs": ("Lfm2Config", "Lfm2ForCausalLM", dict(
+        _LFM2, full_attn_idxs=[0, 3], block_auto_adjust_ff_dim=False, conv_L_cache=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0})),
+    "lfm2_moe-attn-first-untied-bias": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        _LFM2_MOE, layer_types=["full_attention", "conv", "conv", "full_attention"],
+        num_dense_layers=1, routed_scaling_factor=1.7, tie_word_embeddings=False)),
+    "lfm2_moe-conv-first-tied-plain": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
+        _LFM2_MOE, layer_types=["conv", "full_attention", "conv", "conv"], num_dense_layers=2,
+        use_expert_bias=False, norm_topk_prob=False, conv_bias=True)),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -115,6 +138,11 @@ KINDS = {
     # falcon_h1
     "falcon_h1-gated-norm-untied": ["attn+mamba2"] * 3,
     "falcon_h1-no-norm-tied-biases": ["attn+mamba2"] * 3,
+    # lfm2
+    "lfm2-conv-first-untied-bias": ["conv", "full", "conv", "conv"],
+    "lfm2-attn-first-tied-idxs": ["full", "conv", "conv", "full"],
+    "lfm2_moe-attn-first-untied-bias": ["full", "conv", "conv", "full"],
+    "lfm2_moe-conv-first-tied-plain": ["conv", "full", "conv", "conv"],
 }
 
 
@@ -128,6 +156,9 @@ def hf_model(config_cls: str, model_cls: str, seed: int = 0, **kw):
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith("bias") or name.endswith("dt_bias"):
                 p.normal_(0, 0.3)
+        for name, b in model.named_buffers():  # routing biases choose other experts
+            if name.endswith("expert_bias"):
+                b.normal_(0, 0.3)
     return model
 
 
@@ -256,6 +287,15 @@ def _config_dir(tmp_path, name, **changes):
     ("falcon_h1-gated-norm-untied", "attn_layer_indices", [0]),
     ("falcon_h1-gated-norm-untied", "mamba_use_mlp", False),
     ("falcon_h1-gated-norm-untied", "key_multiplier", None),
+    # lfm2
+    ("lfm2-conv-first-untied-bias", "conv_activation", "silu"),     # invented
+    ("lfm2-conv-first-untied-bias", "block_dim", 64),               # restates hidden_size, wrongly
+    ("lfm2-conv-first-untied-bias", "use_pos_enc", False),          # transformers applies RoPE
+    ("lfm2-conv-first-untied-bias", "full_attn_idxs", [0]),         # disagrees with layer_types
+    ("lfm2-attn-first-tied-idxs", "layer_types", ["sliding_attention"] * 4),
+    ("lfm2_moe-attn-first-untied-bias", "router_jitter", 0.1),      # invented
+    ("lfm2_moe-attn-first-untied-bias", "layer_types", None),       # Lfm2MoeConfig derives none
+    ("lfm2_moe-attn-first-untied-bias", "block_auto_adjust_ff_dim", True),  # an LFM2 key only
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -329,3 +369,56 @@ def test_granite_fused_tensor_of_a_wrong_shape_is_refused_by_name(tmp_path):
     save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=re.escape(repr(key))):
         load_model(d)
+
+
+# ----------------------------------------------------------------------------- LFM2
+@pytest.mark.parametrize("size,auto,mult,multiple", [
+    (100, True, 1.3, 16), (12288, True, 1.0, 256), (10752, False, 1.0, 256),
+    (97, True, 0.7, 7), (5, True, 1.0, 1), (100, True, 1.5, 1), (300, True, 2, 64),
+    (64, False, 3.5, 0)])
+def test_lfm2_mlp_width_is_lfm2mlps(size, auto, mult, multiple):
+    """The width sbsnn reads is the one transformers' Lfm2MLP builds."""
+    kw = dict(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+              vocab_size=V, intermediate_size=size, block_auto_adjust_ff_dim=auto,
+              block_ffn_dim_multiplier=mult, block_multiple_of=multiple)
+    want = transformers.models.lfm2.modeling_lfm2.Lfm2MLP(transformers.Lfm2Config(**kw))
+    got = HybridConfig.from_dict(dict(kw, model_type="lfm2"))
+    assert got.intermediate_size == want.w1.out_features
+
+
+def test_lfm2_older_key_names_read_as_transformers_reads_them(tmp_path):
+    """Liquid AI's configs: ``block_ff_dim`` and ``tie_embedding`` override
+    ``intermediate_size`` and ``tie_word_embeddings``; the keys transformers ignores
+    restate read values or training settings. transformers and sbsnn load the edited
+    file as the same model (the original one)."""
+    name = "lfm2-conv-first-untied-bias"
+    ref = hf_model(*CASES[name][:2], **CASES[name][2])
+    ref.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(intermediate_size=7, block_ff_dim=100, tie_word_embeddings=True,
+               tie_embedding=False, block_dim=48, conv_dim=48, conv_dim_out=48, num_heads=4,
+               block_norm_eps=1e-5, theta=1e6, use_pos_enc=True, block_use_swiglu=True,
+               block__name_mlp="parallel_mlp_merged", block_use_xavier_init=True,
+               conv_use_xavier_init=True, block_mlp_init_scale=1.0, block_out_init_scale=1.0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, V - 3, (1, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert torch.equal(again(ids).logits, want)     # transformers reads the same model
+        assert rel_err(ours(ids), want) < 1e-5
+    assert ours.lm_head is not None and ours.config.intermediate_size == 96
+
+
+def test_lfm2_moe_layers_are_dense_then_experts(saved):
+    name, ref, d = saved
+    if not name.startswith("lfm2_moe"):
+        pytest.skip("not an LFM2-MoE case")
+    ours = _load(d)
+    k = ref.config.num_dense_layers
+    assert [type(b.mlp).__name__ for b in ours.model.layers] == ["SwiGLU"] * k + ["MoE"] * (4 - k)
+    for b, r in zip(ours.model.layers[k:], ref.model.layers[k:]):
+        assert hasattr(b.mlp, "expert_bias") == ref.config.use_expert_bias
+        if ref.config.use_expert_bias:
+            assert torch.equal(b.mlp.expert_bias, r.feed_forward.expert_bias)

@@ -29,7 +29,7 @@ from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
                          "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5", "granitemoehybrid",
-                         "falcon_h1")
+                         "falcon_h1", "lfm2", "lfm2_moe")
 # Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
 # (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
 # (models/short_conv.py), softmax attention (full, or a window of sliding_window keys), and
@@ -102,6 +102,12 @@ class HybridConfig:
     norm_topk_prob: bool = False
     # Layers that keep a dense SwiGLU even when num_experts > 0.
     dense_layers: list[int] = field(default_factory=list)
+    # LFM2-MoE routing: a per-expert bias added to the router probabilities to choose the
+    # experts (not to weight them), eps in the top-k renormalisation's denominator, and
+    # a factor on the routing weights.
+    moe_expert_bias: bool = False
+    moe_norm_eps: float = 0.0
+    routed_scaling_factor: float = 1.0
     # --- options of the Hugging Face families (defaults: sbsnn's own model) ----------
     # RoPE as transformers' current ``rope_parameters``: one dict for every softmax layer,
     # or one per layer type ({"full_attention": {...}, "sliding_attention": {...}}).
@@ -199,16 +205,17 @@ class HybridConfig:
             v = getattr(self, name)
             if v is not None and (not is_int(v) or v <= 0):
                 bad(f"{name} must be a positive integer or null, got {v!r}")
-        for name in ("rope_theta", "gate_logit_normalizer"):
+        for name in ("rope_theta", "gate_logit_normalizer", "routed_scaling_factor"):
             v = getattr(self, name)
             if not is_num(v) or not v > 0:
                 bad(f"{name} must be a positive finite number, got {v!r}")
-        for name in ("norm_eps", "initializer_range"):
+        for name in ("norm_eps", "initializer_range", "moe_norm_eps"):
             v = getattr(self, name)
             if not is_num(v) or v < 0:
                 bad(f"{name} must be a finite number >= 0, got {v!r}")
         for name in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_short_conv",
-                     "parallel_mixer", "qk_norm", "sandwich_norm", "o_proj_bias", "norm_topk_prob"):
+                     "parallel_mixer", "qk_norm", "sandwich_norm", "o_proj_bias", "norm_topk_prob",
+                     "moe_expert_bias"):
             v = getattr(self, name)
             if not isinstance(v, bool):
                 bad(f"{name} must be true or false, got {v!r}")

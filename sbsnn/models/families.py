@@ -122,13 +122,21 @@ NOT_NULL: dict[str, frozenset[str]] = {
         "mamba_n_groups", "mamba_d_state", "mamba_d_head", "mamba_d_conv", "mamba_expand",
         "mamba_chunk_size", "mamba_conv_bias", "mamba_proj_bias", "mamba_norm_before_gate",
         "mamba_rms_norm", "projectors_bias", "time_step_limit"},
+    # (a null head_dim is refused by read_lfm2: Lfm2Config keeps it, Lfm2Attention fails)
+    "lfm2": (_HF_NOT_NULL - {"rms_norm_eps"}) | {
+        "num_key_value_heads", "norm_eps", "conv_bias", "conv_L_cache", "block_multiple_of",
+        "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim", "block_ff_dim", "tie_embedding"},
+    "lfm2_moe": (_HF_NOT_NULL - {"rms_norm_eps"}) | {
+        "num_key_value_heads", "norm_eps", "conv_bias", "conv_L_cache", "tie_embedding",
+        "moe_intermediate_size", "num_dense_layers", "num_experts_per_tok", "num_experts",
+        "use_expert_bias", "routed_scaling_factor", "norm_topk_prob", "output_router_logits"},
 }
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
              "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
              "qwen3_5": "Qwen3_5Config", "granitemoehybrid": "GraniteMoeHybridConfig",
-             "falcon_h1": "FalconH1Config",
+             "falcon_h1": "FalconH1Config", "lfm2": "Lfm2Config", "lfm2_moe": "Lfm2MoeConfig",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -162,11 +170,29 @@ _FALCON_H1_RENAMES = _COMMON_RENAMES + [
     (re.compile(r"\.pre_ff_layernorm\."), ".mlp_norm."),
     (re.compile(r"\.feed_forward\."), ".mlp."),
 ]
+# LFM2 (and LFM2-MoE): operator_norm before the mixer, ffn_norm before feed_forward (w1
+# gate, w3 up, w2 down; LFM2-MoE: experts.E.w1/w3/w2, the router gate, expert_bias),
+# attention's out_proj and q/k_layernorm, the final norm embedding_norm. Only the
+# attention's out_proj is renamed: a conv layer's conv.out_proj is ShortConv's own name.
+_LFM2_RENAMES = _COMMON_RENAMES + [
+    (re.compile(r"\.operator_norm\."), ".attn_norm."),
+    (re.compile(r"\.ffn_norm\."), ".mlp_norm."),
+    (re.compile(r"\.feed_forward\."), ".mlp."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w1\."), r"\1gate_proj."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w3\."), r"\1up_proj."),
+    (re.compile(r"(\.mlp\.(?:experts\.\d+\.)?)w2\."), r"\1down_proj."),
+    (re.compile(r"\.mlp\.gate\."), ".mlp.router."),
+    (re.compile(r"\.attn\.out_proj\."), ".attn.o_proj."),
+    (re.compile(r"\.attn\.q_layernorm\."), ".attn.q_norm."),
+    (re.compile(r"\.attn\.k_layernorm\."), ".attn.k_norm."),
+    (re.compile(r"^model\.embedding_norm\."), "model.norm."),
+]
 RENAMES = {"granitemoehybrid": _GRANITE_RENAMES, "falcon_h1": _FALCON_H1_RENAMES,
            "llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
-           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES}
+           "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES, "lfm2": _LFM2_RENAMES,
+           "lfm2_moe": _LFM2_RENAMES}
 # Tensors a family's checkpoints hold that its causal LM does not load: the vision tower
 # and projector of vision-language checkpoints, Qwen3.5's multi-token-prediction head
 # (transformers' _keys_to_ignore_on_load_unexpected). Matched against the file's names.
@@ -423,10 +449,12 @@ def _placement(layer_types: list[str], window: int | None, r: ConfigKeys) -> dic
             "sliding_window": window if sliding else None}
 
 
-def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
-    """The keys every Hugging Face decoder family shares."""
+def _decoder_common(r: ConfigKeys, defaults: dict[str, Any], *, eps_key: str = "rms_norm_eps",
+                    sizes: tuple[str, ...] = REQUIRED_SIZES) -> dict[str, Any]:
+    """The keys every Hugging Face decoder family shares (``eps_key``: the family's name
+    for the norms' epsilon; ``sizes``: the required sizes the family reads by name)."""
     out: dict[str, Any] = {"model_type": r.model_type}
-    for key in REQUIRED_SIZES:
+    for key in sizes:
         out[key] = _positive_int(r, key, r.take(key))
     heads = out["num_attention_heads"]
     # absent: the family's default; null: the number of heads (the config's __post_init__)
@@ -444,9 +472,9 @@ def _decoder_common(r: ConfigKeys, defaults: dict[str, Any]) -> dict[str, Any]:
                                         "key/value head serves a whole group of query heads")
     out["max_position_embeddings"] = r.take("max_position_embeddings",
                                             defaults["max_position_embeddings"])
-    eps = r.take("rms_norm_eps", defaults.get("rms_norm_eps", 1e-6))
+    eps = r.take(eps_key, defaults.get(eps_key, 1e-6))
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-        r.refuse("rms_norm_eps", "must be a non-negative number")
+        r.refuse(eps_key, "must be a non-negative number")
     out["norm_eps"] = float(eps)
     out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings",
                                        r.take("tie_word_embeddings", defaults["tie_word_embeddings"]))
@@ -993,6 +1021,168 @@ def read_falcon_h1(r: ConfigKeys) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- LFM2
+_LFM2 = dict(num_key_value_heads=8, head_dim=None, max_position_embeddings=128_000,
+             norm_eps=1e-5, tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
+             eos_token_id=2)
+# Keys of Liquid AI's own configs that Lfm2Config does not read (it keeps them as plain
+# attributes; its model never looks at them). Each restates a value read under another
+# name and must equal it: a file where they differ describes another model than the one
+# transformers runs, and is refused.
+_LFM2_RESTATED = {"block_dim": "hidden_size", "conv_dim": "hidden_size",
+                  "conv_dim_out": "hidden_size", "num_heads": "num_attention_heads",
+                  "block_norm_eps": "norm_eps", "theta": "rope_theta"}
+# ... settings harmless at the one value transformers' model computes (RoPE on, a
+# SwiGLU MLP, float weights) and refused at any other ...
+_LFM2_FIXED = {"use_pos_enc": True, "block_use_swiglu": True,
+               "block__name_mlp": "parallel_mlp_merged",
+               "block_ffn_use_quantized_params": False, "ffn_use_quantized_params": False}
+# ... and training-time settings (initialisation, kernels, tensor parallelism).
+_LFM2_TRAINING = frozenset({
+    "block_use_xavier_init", "conv_use_xavier_init", "block_mlp_init_scale",
+    "block_out_init_scale", "block_ffn_te_autocast", "ffn_te_autocast",
+    "block_sequence_parallel_norm_across_tp", "sequence_parallel_norm_across_tp"})
+
+
+def lfm2_ff_dim(size: int, auto_adjust: bool, multiplier: float, multiple_of: int) -> int:
+    """Width of LFM2's MLP as Lfm2MLP derives it from ``intermediate_size``: with
+    ``block_auto_adjust_ff_dim``, two thirds of it (truncated), times
+    ``block_ffn_dim_multiplier`` (truncated), rounded up to a multiple of
+    ``block_multiple_of``; without, ``intermediate_size`` itself."""
+    if not auto_adjust:
+        return size
+    size = int(multiplier * int(2 * size / 3))
+    return multiple_of * ((size + multiple_of - 1) // multiple_of)
+
+
+def _lfm2_layer_types(r: ConfigKeys, n: int) -> list[str]:
+    """``layer_types`` ('conv' / 'full_attention'), or as Lfm2Config derives it from
+    ``full_attn_idxs`` (null or absent: every layer attention). Lfm2Config ignores
+    full_attn_idxs when layer_types is given; sbsnn requires the two to agree, and
+    refuses indices outside the model (Lfm2Config would drop them without a word)."""
+    idxs = r.take("full_attn_idxs", None)
+    if idxs is not None and (not isinstance(idxs, list) or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n for i in idxs)):
+        r.refuse("full_attn_idxs", f"must list indices of layers (0 to {n - 1})")
+    full = range(n) if idxs is None else set(idxs)
+    derived = ["full_attention" if i in full else "conv" for i in range(n)]
+    lt = r.take("layer_types", None)
+    if lt is None:
+        return derived
+    if not isinstance(lt, list) or len(lt) != n or any(
+            t not in ("conv", "full_attention") for t in lt):
+        r.refuse("layer_types", f"must list 'conv' or 'full_attention' for each of the {n} "
+                                "layers (Lfm2Model masks no other kind)")
+    if idxs is not None and lt != derived:
+        r.refuse("full_attn_idxs", f"disagrees with layer_types {lt!r}; transformers would "
+                                   "follow layer_types: remove full_attn_idxs or fix it")
+    return lt
+
+
+def _lfm2_common(r: ConfigKeys, sizes: tuple[str, ...]) -> dict[str, Any]:
+    """What LFM2 and LFM2-MoE share: the decoder keys (``norm_eps``; ``tie_embedding``
+    overrides ``tie_word_embeddings`` in both config classes), attention (GQA,
+    ``head_dim`` when given, per-head q/k RMSNorms before RoPE, no biases), the short
+    convolution (``conv_L_cache``, ``conv_bias``), RMSNorm ``w * norm(x)``, and the
+    older keys of Liquid AI's configs both classes ignore."""
+    if r.has("head_dim") and r.d["head_dim"] is None:
+        r.refuse("head_dim", f"is refused: {REFERENCE[r.model_type]} keeps the null (head_dim "
+                             "is none of its fields) and its attention fails on it; give "
+                             "head_dim, or remove the key for hidden_size / num_attention_heads")
+    out = _decoder_common(r, _LFM2, eps_key="norm_eps", sizes=sizes)
+    if r.has("tie_embedding"):
+        out["tie_word_embeddings"] = _bool(r, "tie_embedding", r.take("tie_embedding"))
+    rope = _rope_parameters(r, default_theta=1e6)
+    out.update(hidden_act="silu", attention_bias=False, o_proj_bias=False, mlp_bias=False,
+               norm_style="llama", qk_norm=True, rope_parameters=rope,
+               short_conv=dict(L_cache=_positive_int(r, "conv_L_cache", r.take("conv_L_cache", 3)),
+                               bias=_bool(r, "conv_bias", r.take("conv_bias", False))))
+    restated = {"hidden_size": out["hidden_size"], "norm_eps": out["norm_eps"],
+                "num_attention_heads": out["num_attention_heads"],
+                "rope_theta": rope["rope_theta"]}
+    for key, of in _LFM2_RESTATED.items():
+        if r.has(key) and r.take(key) != restated[of]:
+            r.refuse(key, f"restates {of} (in force: {restated[of]!r}) and disagrees with it; "
+                          "transformers ignores this key, so which one holds is unclear: fix it")
+    for key, value in _LFM2_FIXED.items():
+        given = r.take(key, value)
+        if type(given) is not type(value) or given != value:
+            r.refuse(key, f"is not supported: transformers' {r.model_type} computes as if it "
+                          f"were {value!r} (it ignores this key); sbsnn refuses rather than guess")
+    r.ignored_by_reference.update(_LFM2_TRAINING)
+    return out
+
+
+def read_lfm2(r: ConfigKeys) -> dict[str, Any]:
+    """LFM2 / LFM2.5 (Lfm2Config, Lfm2ForCausalLM): short-convolution and attention
+    layers (:func:`_lfm2_common`, placed by :func:`_lfm2_layer_types`), SwiGLU MLPs of
+    the width :func:`lfm2_ff_dim` derives, tied head by default. The older name
+    ``block_ff_dim`` overrides ``intermediate_size``, as in Lfm2Config."""
+    out = _lfm2_common(r, tuple(k for k in REQUIRED_SIZES if k != "intermediate_size"))
+    if r.has("block_ff_dim"):
+        key = "block_ff_dim"
+        if r.has("intermediate_size"):      # overridden, but still a size Lfm2Config checks
+            _positive_int(r, "intermediate_size", r.take("intermediate_size"))
+    else:
+        key = "intermediate_size"
+    size = _positive_int(r, key, r.take(key))
+    auto = _bool(r, "block_auto_adjust_ff_dim", r.take("block_auto_adjust_ff_dim", True))
+    mult = r.take("block_ffn_dim_multiplier", 1.0)
+    multiple = r.take("block_multiple_of", 256)
+    if auto:    # Lfm2MLP reads the two only when it adjusts the width
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
+            r.refuse("block_ffn_dim_multiplier", "must be a positive number")
+        multiple = _positive_int(r, "block_multiple_of", multiple)
+    ff = lfm2_ff_dim(size, auto, mult, multiple)
+    bound = SIZE_BOUNDS["intermediate_size"][0]
+    if not 0 < ff <= bound:
+        r.refuse(key, f"gives an MLP width of {ff} (block_auto_adjust_ff_dim {auto}, "
+                      f"block_ffn_dim_multiplier {mult!r}, block_multiple_of {multiple!r}); "
+                      f"it must be between 1 and {bound:,}")
+    out["intermediate_size"] = ff
+    kinds = [HYBRID_LAYER_TYPES[t] for t in _lfm2_layer_types(r, out["num_hidden_layers"])]
+    out.update(_mixer_placement(kinds))
+    return out
+
+
+_LFM2_MOE = dict(moe_intermediate_size=1792, num_dense_layers=2, num_experts_per_tok=4,
+                 num_experts=32)
+
+
+def read_lfm2_moe(r: ConfigKeys) -> dict[str, Any]:
+    """LFM2-MoE (Lfm2MoeConfig, Lfm2MoeForCausalLM): LFM2's layers (:func:`_lfm2_common`;
+    ``layer_types`` required, Lfm2MoeConfig derives none), the first ``num_dense_layers``
+    with a SwiGLU MLP of ``intermediate_size`` (not adjusted), the rest with
+    ``num_experts`` SwiGLU experts of ``moe_intermediate_size``: sigmoid router, the top
+    ``num_experts_per_tok`` chosen by probability plus ``expert_bias`` when
+    ``use_expert_bias``, weighted by the unbiased probabilities, renormalised
+    (``norm_topk_prob``, eps 1e-6) and times ``routed_scaling_factor``."""
+    out = _lfm2_common(r, REQUIRED_SIZES)
+    n = out["num_hidden_layers"]
+    lt = r.take("layer_types", None)
+    if not isinstance(lt, list) or len(lt) != n or any(t not in ("conv", "full_attention")
+                                                        for t in lt):
+        r.refuse("layer_types", f"must list 'conv' or 'full_attention' for each of the {n} "
+                                "layers (Lfm2MoeConfig derives none, and Lfm2MoeModel masks no "
+                                "other kind)")
+    sizes = {k: _positive_int(r, k, r.take(k, v)) for k, v in _LFM2_MOE.items()
+             if k != "num_dense_layers"}
+    dense = r.take("num_dense_layers", _LFM2_MOE["num_dense_layers"])
+    if isinstance(dense, bool) or not isinstance(dense, int) or dense < 0:
+        r.refuse("num_dense_layers", "must be an integer >= 0")
+    if sizes["num_experts_per_tok"] > sizes["num_experts"]:
+        r.refuse("num_experts_per_tok", f"exceeds num_experts ({sizes['num_experts']})")
+    scale = r.take("routed_scaling_factor", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        r.refuse("routed_scaling_factor", "must be a positive number")
+    r.take("output_router_logits", False)    # training: the router's auxiliary loss
+    out.update(sizes, dense_layers=list(range(min(dense, n))), router_activation="sigmoid",
+               norm_topk_prob=_bool(r, "norm_topk_prob", r.take("norm_topk_prob", True)),
+               moe_norm_eps=1e-6, routed_scaling_factor=float(scale),
+               moe_expert_bias=_bool(r, "use_expert_bias", r.take("use_expert_bias", True)))
+    out.update(_mixer_placement([HYBRID_LAYER_TYPES[t] for t in lt]))
+    return out
+
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
     "gla_swa": read_gla_swa,
@@ -1006,6 +1196,8 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "qwen3_5": read_qwen3_5,
     "granitemoehybrid": read_granitemoehybrid,
     "falcon_h1": read_falcon_h1,
+    "lfm2": read_lfm2,
+    "lfm2_moe": read_lfm2_moe,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",

@@ -127,20 +127,27 @@ class MoE(nn.Module):
     """Routed SwiGLU experts plus optional shared experts (SpikingBrain-76B style).
 
     Router probabilities are ``sigmoid(W_r x)`` (or softmax); each token goes to its
-    top-k experts, weighted by their probabilities (renormalised if ``norm_topk_prob``);
-    shared experts see every token. ``expert_activation``: the experts' (and shared
-    experts') MLP activation (one of ``ACTIVATIONS``).
+    top-k experts, weighted by their probabilities (renormalised if ``norm_topk_prob``,
+    ``p / (sum + norm_eps)``; then times ``scaling``); shared experts see every token.
+    ``expert_activation``: the experts' (and shared experts') MLP activation (one of
+    ``ACTIVATIONS``).
+    ``expert_bias`` (LFM2-MoE): a float32 buffer added to the probabilities to choose the
+    experts only; the weights stay the unbiased probabilities.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
                  num_shared: int = 0, shared_intermediate_size: int | None = None,
                  activation: str = "sigmoid", norm_topk_prob: bool = False,
-                 expert_activation: str = "silu"):
+                 expert_activation: str = "silu", *,
+                 expert_bias: bool = False, norm_eps: float = 0.0, scaling: float = 1.0):
         super().__init__()
         self.top_k = top_k
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
+        self.norm_eps, self.scaling = norm_eps, scaling
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        if expert_bias:
+            self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
         self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size, activation=expert_activation)
                                      for _ in range(num_experts))
         shared = shared_intermediate_size or intermediate_size
@@ -150,9 +157,15 @@ class MoE(nn.Module):
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.router(x)
         probs = torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(-1)
-        weights, idx = probs.topk(self.top_k, dim=-1)
+        if hasattr(self, "expert_bias"):
+            idx = (probs + self.expert_bias).topk(self.top_k, dim=-1)[1]
+            weights = probs.gather(-1, idx)
+        else:
+            weights, idx = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
-            weights = weights / weights.sum(-1, keepdim=True)
+            weights = weights / (weights.sum(-1, keepdim=True) + self.norm_eps)
+        if self.scaling != 1.0:
+            weights = weights * self.scaling
         return weights, idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,13 @@ class ShortConv(nn.Module):
                               bias=bias, padding=L_cache - 1)
         self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
 
-    def state_bytes(self, batch_size: int = 1, dtype_bytes: int = 4) -> int:
-        """Bytes of the decoding state: ``batch * hidden_size * (L_cache - 1) * dtype_bytes``,
-        whatever the context length."""
-        return batch_size * self.hidden_size * (self.L_cache - 1) * dtype_bytes
+    def state_bytes(self, batch_size: int = 1, dtype: torch.dtype = torch.float32, *,
+                    dtype_bytes: int | None = None) -> int:
+        """Bytes of the decoding state: ``batch * hidden_size * (L_cache - 1)`` entries in
+        the activations' ``dtype`` (the argument the other mixers take), or of
+        ``dtype_bytes`` bytes each; whatever the context length."""
+        item = dtype.itemsize if dtype_bytes is None else dtype_bytes
+        return batch_size * self.hidden_size * (self.L_cache - 1) * item
 
     def forward(self, x: torch.Tensor, cache: dict | None = None,
                 positions: torch.Tensor | None = None,
