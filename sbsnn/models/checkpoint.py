@@ -36,7 +36,7 @@ from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
-from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, rename_key
+from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, TENSOR_TRANSFORMS, rename_key
 from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
@@ -522,6 +522,9 @@ def _defaulted_sizes(cfg) -> str:
 # the cause is then a config value (a null read as transformers reads it, a wrong size),
 # not the tensor.
 _SHAPE_KEYS = (
+    (re.compile(r"\.mlp\.router\."), ("num_experts", "hidden_size")),
+    (re.compile(r"\.mlp\.experts\.\d+\."), ("moe_intermediate_size", "hidden_size")),
+    (re.compile(r"\.mlp\.shared_experts\.\d+\."), ("shared_expert_intermediate_size", "hidden_size")),
     (re.compile(r"(^|\.)(embeddings|lm_head)\."), ("vocab_size", "hidden_size")),
     (re.compile(r"\.(q_proj)\."), ("num_attention_heads", "head_dim", "hidden_size")),
     (re.compile(r"\.(k_proj|v_proj)\."), ("num_key_value_heads", "head_dim", "hidden_size")),
@@ -552,8 +555,11 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     integer tensors (INT8 codes) must have exactly the expected dtype.
     """
     expected = model.state_dict()
+    made: dict[str, str] = {}   # a tensor a family's transform made -> what it came from
+    if model_type in TENSOR_TRANSFORMS:
+        raw, origin, made = TENSOR_TRANSFORMS[model_type](raw, origin)
     state: dict[str, torch.Tensor] = {}
-    source: dict[str, str] = {}  # sbsnn name -> name in the file
+    source: dict[str, str] = {}  # sbsnn name -> name in the file (or made from it)
     unexpected = []
     skipped = SKIPPED_TENSORS.get(model_type)
     for key, t in raw.items():
@@ -561,7 +567,8 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
             continue    # a vision tower, a prediction head the causal LM does not load
         name = rename_key(key, model_type)
         if name in state:
-            raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are the "
+            raise CheckpointError(f"{origin[key]}: tensors {made.get(source[name], source[name])!r} "
+                                  f"and {made.get(key, key)!r} are the "
                                   f"same parameter ({name!r}) under two names; keep one")
         if name in expected:
             state[name] = t
@@ -572,7 +579,7 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
             unexpected.append((key, origin[key]))
     if unexpected:
         key, file = unexpected[0]
-        raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of this "
+        raise CheckpointError(f"{file}: unexpected tensor {made.get(key, key)!r} (not part of this "
                               f"{model_type} model as config.json describes it; "
                               f"{len(unexpected)} unexpected in all)")
     missing = [k for k in expected if k not in state]
@@ -581,21 +588,22 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
                               f"({len(missing)} missing in all, e.g. {missing[:3]})")
     for name, t in state.items():
         want, key = expected[name], source[name]
+        shown = made.get(key, key)
         if tuple(t.shape) != tuple(want.shape):
             where = (f"{Path(directory) / 'config.json'}" if Path(directory).is_dir()
                      else "the config")
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has shape {tuple(t.shape)}, "
+            raise CheckpointError(f"{origin[key]}: tensor {shown!r} has shape {tuple(t.shape)}, "
                                   f"config.json implies {tuple(want.shape)}"
                                   + _shape_cause(name, getattr(model, "config", None), where)
                                   + _defaulted_sizes(getattr(model, "config", None)))
         if want.is_floating_point():
             if not t.is_floating_point():
-                raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "
+                raise CheckpointError(f"{origin[key]}: tensor {shown!r} has dtype {t.dtype}; "
                                       "floating-point values are expected here")
             if dtype is not None:
                 t = t.to(dtype)
         elif t.dtype != want.dtype:
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}, "
+            raise CheckpointError(f"{origin[key]}: tensor {shown!r} has dtype {t.dtype}, "
                                   f"expected {want.dtype}")
         state[name] = t.to(device)
     model.load_state_dict(state, assign=True)

@@ -122,28 +122,46 @@ class MoE(nn.Module):
     Router probabilities are ``sigmoid(W_r x)`` (or softmax); each token goes to its
     top-k experts, weighted by their probabilities (renormalised if ``norm_topk_prob``);
     shared experts see every token.
+
+    The Qwen MoE blocks (Qwen3-Next, Qwen3.5-MoE) differ in three options:
+    ``router_float32`` (the probabilities, their top-k and renormalisation are computed
+    in float32, then the weights cast back to the input's dtype), ``expert_activation``
+    (their ``hidden_act``; sbsnn's own MoE uses silu) and ``shared_gate`` (the shared
+    experts' sum scaled per token by ``sigmoid(shared_expert_gate(x))``, a linear map
+    to one value).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
                  num_shared: int = 0, shared_intermediate_size: int | None = None,
-                 activation: str = "sigmoid", norm_topk_prob: bool = False):
+                 activation: str = "sigmoid", norm_topk_prob: bool = False,
+                 expert_activation: str = "silu", shared_gate: bool = False,
+                 router_float32: bool = False):
         super().__init__()
         self.top_k = top_k
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
+        self.router_float32 = router_float32
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size)
+        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size,
+                                            activation=expert_activation)
                                      for _ in range(num_experts))
         shared = shared_intermediate_size or intermediate_size
-        self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared) for _ in range(num_shared))
+        self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared, activation=expert_activation)
+                                            for _ in range(num_shared))
+        if shared_gate:
+            if not num_shared:
+                raise ValueError("shared_gate needs shared experts (num_shared >= 1)")
+            self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.router(x)
+        if self.router_float32:
+            logits = logits.float()
         probs = torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(-1)
         weights, idx = probs.topk(self.top_k, dim=-1)
         if self.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)
-        return weights, idx
+        return weights.to(x.dtype) if self.router_float32 else weights, idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -154,6 +172,10 @@ class MoE(nn.Module):
             rows, slot = (idx == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None].to(flat.dtype))
-        for shared in self.shared_experts:
-            out = out + shared(flat)
+        if hasattr(self, "shared_expert_gate"):
+            shared = sum(s(flat) for s in self.shared_experts)
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * shared
+        else:
+            for shared in self.shared_experts:
+                out = out + shared(flat)
         return out.reshape(shape)
