@@ -365,6 +365,8 @@ def test_absent_keys_take_qwen3_next_config_defaults():
                                  for t in ref.layer_types]
     assert ours.dense_layers == [] and ours.gdn["num_value_heads"] == ref.linear_num_value_heads
     assert ours.rope_parameters["partial_rotary_factor"] == ref.rope_parameters["partial_rotary_factor"]
+    mtp = HybridConfig.from_dict(dict(sizes, model_type="qwen3_next", mtp_num_hidden_layers=1))
+    assert mtp.extra["mtp_num_hidden_layers"] == 1     # its mtp.* tensors are skipped
     dense = HybridConfig.from_dict(dict(sizes, model_type="qwen3_next", num_experts=0))
     assert dense.num_experts == 0 and not any(dense.is_moe_layer(i) for i in range(8))
 

@@ -805,6 +805,11 @@ def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
     return _qwen_gdn_hybrid(r, _QWEN3_5, "qwen3_5", _MROPE_KEYS)
 
 
+# The multi-token-prediction head released Qwen MoE checkpoints describe (its ``mtp.*``
+# tensors are skipped, as the causal LM of transformers skips them).
+_MTP_KEYS = frozenset({"mtp_num_hidden_layers", "mtp_use_dedicated_embeddings"})
+
+
 def _qwen_moe(r: ConfigKeys, out: dict[str, Any], defaults: dict[str, Any],
               moe_layer: Callable[[int], bool], dense_ok: bool) -> dict[str, Any]:
     """The Qwen sparse MoE block (Qwen3-Next, Qwen3.5-MoE) on the layers ``moe_layer``
@@ -823,6 +828,7 @@ def _qwen_moe(r: ConfigKeys, out: dict[str, Any], defaults: dict[str, Any],
                                                  "shared_expert_intermediate_size")}
     for key in ("output_router_logits", "router_aux_loss_coef"):
         r.ignored_by_reference.add(key)     # the training loss only
+    r.ignored_by_reference.update(_MTP_KEYS)
     if not ne:
         for key in sizes:
             r.ignored_by_reference.add(key)  # no MoE block is built
