@@ -384,3 +384,14 @@ def test_spiking_checkpoint_of_a_qwen3_next_moe_round_trips(tmp_path):
     ids = torch.randint(0, V - 3, (1, 20), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(back(ids), snn(ids))
+
+
+@pytest.mark.parametrize("name", ["qwen3_5_moe-text", "qwen3_5_moe-vl"])
+def test_shape_mismatch_names_only_sizes_the_family_leaves_out(tmp_path, name):
+    """Qwen3.5-MoE has no intermediate_size; the text model of a vision-language config
+    is its text_config: neither is named as a size config.json left out."""
+    d = _config_dir(tmp_path, name, **{("text." if name.endswith("vl") else "") +
+                                       "shared_expert_intermediate_size": 16})
+    with pytest.raises(CheckpointError, match="shared_expert_intermediate_size' = 16") as e:
+        load_model(d)
+    assert "leaves out" not in str(e.value)

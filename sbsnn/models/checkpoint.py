@@ -36,7 +36,8 @@ from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
-from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, TENSOR_TRANSFORMS, rename_key
+from sbsnn.models.families import (NOT_CONFIG_KEYS, RENAMES, SKIPPED_TENSORS, TENSOR_TRANSFORMS,
+                                   rename_key)
 from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
@@ -510,7 +511,10 @@ def _defaulted_sizes(cfg) -> str:
     given = getattr(cfg, "source_config", None)
     if not isinstance(given, dict):
         return ""
-    absent = [k for k in _SIZE_KEYS if k not in given and getattr(cfg, k, None) not in (None, 0)]
+    if isinstance(given.get("text_config"), dict):     # a vision-language config's text model
+        given = given["text_config"]
+    absent = [k for k in _SIZE_KEYS if k not in given and getattr(cfg, k, None) not in (None, 0)
+              and k not in NOT_CONFIG_KEYS.get(cfg.model_type, ())]
     if not absent:
         return ""
     shown = ", ".join(f"{k} (default {getattr(cfg, k)})" for k in absent)

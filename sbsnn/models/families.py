@@ -127,6 +127,11 @@ REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2
 REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads")
 
+# HybridConfig fields a family's config class does not have (the reader sets them to an
+# unused valid value): never named as "left out of config.json".
+NOT_CONFIG_KEYS = {"qwen3_5_moe_text": frozenset({"intermediate_size"}),
+                   "qwen3_5_moe": frozenset({"intermediate_size"})}
+
 # ----------------------------------------------------------------------------- tensor names
 _COMMON_RENAMES = [
     (re.compile(r"^model\.embed_tokens\."), "model.embeddings."),
