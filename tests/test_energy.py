@@ -348,6 +348,18 @@ def test_nonspiking_ops_hand_count():
                                  + 6 * 4 * 48 * 32)
 
 
+def test_nonspiking_ops_moe_with_a_shared_expert_gate():
+    # MoE on layers 1-3 (0 dense): 4 experts, top 2, one shared expert; Qwen's gate adds a
+    # sigmoid and h multiplies per token and MoE layer.
+    moe = dict(TINY, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+               num_shared_experts=1, shared_expert_intermediate_size=24, dense_layers=[0])
+    plain = nonspiking_ops(HybridConfig(**moe), 5)
+    gated = nonspiking_ops(HybridConfig(**moe, shared_expert_gate=True), 5)
+    assert plain["moe_combine_ops"] == 3 * 5 * 2 * 32 * (2 + 1)
+    assert gated["moe_combine_ops"] == plain["moe_combine_ops"] + 3 * 5 * (32 + 1)
+    assert gated["moe_router_ops"] == plain["moe_router_ops"] == 3 * 5 * 2 * 4
+
+
 def test_window_attention_uses_min_context_window():
     cfg = HybridConfig(**TINY)                      # window 4
     assert nonspiking_ops(cfg, 1, context=10)["attn_qk_macs"] == 2 * 32 * 4

@@ -19,6 +19,7 @@ import torch
 from sbsnn.models import load_model
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
+from sbsnn.models.layers import MoE
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,6 +81,17 @@ _LFM2_MOE = dict(vocab_size=V, hidden_size=48, intermediate_size=40, moe_interme
                  num_experts=6, num_experts_per_tok=2, max_position_embeddings=512)
 
 
+# Qwen3-Next: three value heads per key head, head_dim apart from hidden / heads, experts
+# narrower than the dense MLP and the shared expert wider.
+_QWEN3_NEXT = dict(_QWEN3_5, num_experts=5, num_experts_per_tok=2, moe_intermediate_size=20,
+                   shared_expert_intermediate_size=28)
+
+
+def _qwen3_5_moe(**text):
+    kw = {k: v for k, v in _QWEN3_NEXT.items() if k != "intermediate_size"}
+    return dict(kw, **text)
+
+
 # name -> (config class, model class, config kwargs)
 CASES = {
     "qwen3_5-linear-first-untied": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM",
@@ -125,6 +137,24 @@ CASES = {
     "lfm2_moe-conv-first-tied-plain": ("Lfm2MoeConfig", "Lfm2MoeForCausalLM", dict(
         _LFM2_MOE, layer_types=["conv", "full_attention", "conv", "conv"], num_dense_layers=2,
         use_expert_bias=False, norm_topk_prob=False, conv_bias=True)),
+    # qwen3_next
+    # MoE on layers 1 and 5 (decoder_sparse_step 2: 1, 3, 5; mlp_only_layers takes 3 out),
+    # full attention every third layer (2, 5): starts with GDN
+    "qwen3_next-moe-step-linear-first-untied": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        _QWEN3_NEXT, num_hidden_layers=6, full_attention_interval=3, decoder_sparse_step=2,
+        mlp_only_layers=[3])),
+    # MoE on every layer, top 3 of 5 not renormalised, gelu (experts, MLP and conv), tied
+    "qwen3_next-moe-full-first-tied": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        _QWEN3_NEXT, layer_types=_FULL_FIRST, tie_word_embeddings=True, hidden_act="gelu",
+        num_experts_per_tok=3, norm_topk_prob=False, attention_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000.0,
+                         "partial_rotary_factor": 0.5})),
+    "qwen3_next-dense": ("Qwen3NextConfig", "Qwen3NextForCausalLM",
+                         dict(_QWEN3_NEXT, num_experts=0, layer_types=_LINEAR_FIRST)),
+    "qwen3_5_moe-text": ("Qwen3_5MoeTextConfig", "Qwen3_5MoeForCausalLM",
+                         _qwen3_5_moe(layer_types=_FULL_FIRST)),
+    "qwen3_5_moe-vl": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration",
+                       dict(_qwen3_5_vl(), text_config=_qwen3_5_moe(full_attention_interval=2))),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -143,6 +173,20 @@ KINDS = {
     "lfm2-attn-first-tied-idxs": ["full", "conv", "conv", "full"],
     "lfm2_moe-attn-first-untied-bias": ["full", "conv", "conv", "full"],
     "lfm2_moe-conv-first-tied-plain": ["conv", "full", "conv", "conv"],
+    # qwen3_next
+    "qwen3_next-moe-step-linear-first-untied": ["gdn", "gdn", "full", "gdn", "gdn", "full"],
+    "qwen3_next-moe-full-first-tied": ["full", "gdn", "gdn", "full"],
+    "qwen3_next-dense": ["gdn", "full", "gdn", "full"],
+    "qwen3_5_moe-text": ["full", "gdn", "gdn", "full"],
+    "qwen3_5_moe-vl": ["gdn", "full", "gdn", "full"],
+}
+# The layers that hold an MoE block (the others a dense MLP), where the case has any.
+MOE_LAYERS = {
+    "qwen3_next-moe-step-linear-first-untied": [1, 5],
+    "qwen3_next-moe-full-first-tied": [0, 1, 2, 3],
+    "qwen3_next-dense": [],
+    "qwen3_5_moe-text": [0, 1, 2, 3],
+    "qwen3_5_moe-vl": [0, 1, 2, 3],
 }
 
 
@@ -201,6 +245,11 @@ def test_logits_equal_transformers(saved):
     assert got.shape == want.shape
     assert rel_err(got, want) < 1e-5, name
     assert [b.kind for b in ours.model.layers] == KINDS[name]
+    if name in MOE_LAYERS:      # as the case means it, and as transformers built it
+        moe = [i for i, b in enumerate(ours.model.layers) if isinstance(b.mlp, MoE)]
+        ref_layers = getattr(ref.model, "language_model", ref.model).layers
+        assert moe == MOE_LAYERS[name] == [
+            i for i, lay in enumerate(ref_layers) if "SparseMoe" in type(lay.mlp).__name__]
     tied = ref.config.tie_word_embeddings
     assert (ours.lm_head is None) == tied
 
@@ -296,6 +345,15 @@ def _config_dir(tmp_path, name, **changes):
     ("lfm2_moe-attn-first-untied-bias", "router_jitter", 0.1),      # invented
     ("lfm2_moe-attn-first-untied-bias", "layer_types", None),       # Lfm2MoeConfig derives none
     ("lfm2_moe-attn-first-untied-bias", "block_auto_adjust_ff_dim", True),  # an LFM2 key only
+    # qwen3_next
+    ("qwen3_next-moe-full-first-tied", "shared_expert_scale", 0.5),  # invented
+    ("qwen3_next-moe-full-first-tied", "decoder_sparse_step", 0),
+    ("qwen3_next-moe-full-first-tied", "num_experts_per_tok", 6),     # more than the 5 experts
+    ("qwen3_next-moe-full-first-tied", "mlp_only_layers", [1.0]),
+    ("qwen3_next-moe-full-first-tied", "num_experts", None),          # the reference refuses null
+    ("qwen3_5_moe-text", "norm_topk_prob", False),      # not read there: it always renormalises
+    ("qwen3_5_moe-text", "decoder_sparse_step", 2),     # not read there: every layer is MoE
+    ("qwen3_5_moe-text", "num_experts", 0),             # would build an MoE with no expert
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -422,3 +480,121 @@ def test_lfm2_moe_layers_are_dense_then_experts(saved):
         assert hasattr(b.mlp, "expert_bias") == ref.config.use_expert_bias
         if ref.config.use_expert_bias:
             assert torch.equal(b.mlp.expert_bias, r.feed_forward.expert_bias)
+
+
+# ----------------------------------------------------------------------------- qwen3_next
+def _saved_fused(tmp_path, name="qwen3_next-moe-step-linear-first-untied"):
+    """A case saved in transformers 5's own layout: experts fused into 3-D tensors."""
+    cfg_cls, model_cls, kw = CASES[name]
+    model = hf_model(cfg_cls, model_cls, **kw)
+    model.save_pretrained(tmp_path, save_original_format=False)
+    return model, tmp_path
+
+
+@pytest.mark.parametrize("name", ["qwen3_next-moe-step-linear-first-untied", "qwen3_5_moe-vl"])
+def test_fused_experts_load_as_transformers_runs_them(tmp_path, name):
+    ref, d = _saved_fused(tmp_path, name)
+    from sbsnn.models.checkpoint import read_state_dict
+
+    raw, _ = read_state_dict(d)
+    assert any(k.endswith("mlp.experts.gate_up_proj") for k in raw)     # the layout under test
+    assert not any(".experts.0." in k for k in raw)
+    ours = _load(d)
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert rel_err(ours(ids), ref(ids).logits) < 1e-5
+
+
+def test_split_fused_experts_gives_each_expert_its_rows_as_views():
+    from sbsnn.models.families import split_fused_experts
+
+    gate_up, down = torch.randn(3, 8, 5), torch.randn(3, 5, 4)
+    raw = {"m.layers.2.mlp.experts.gate_up_proj": gate_up, "m.layers.2.mlp.experts.down_proj": down,
+           "m.norm.weight": torch.ones(5)}
+    origin = {k: f"f{i}" for i, k in enumerate(raw)}
+    out, where, made = split_fused_experts(raw, origin)
+    assert set(out) == {"m.norm.weight"} | {f"m.layers.2.mlp.experts.{e}.{p}.weight"
+                                             for e in range(3) for p in ("gate_proj", "up_proj", "down_proj")}
+    for e in range(3):
+        p = f"m.layers.2.mlp.experts.{e}."
+        assert torch.equal(out[p + "gate_proj.weight"], gate_up[e, :4])
+        assert torch.equal(out[p + "up_proj.weight"], gate_up[e, 4:])
+        assert torch.equal(out[p + "down_proj.weight"], down[e])
+        assert out[p + "up_proj.weight"].data_ptr() == gate_up[e, 4:].data_ptr()   # no copy
+        assert where[p + "up_proj.weight"] == "f0" and where[p + "down_proj.weight"] == "f1"
+        assert made[p + "up_proj.weight"] == f"m.layers.2.mlp.experts.gate_up_proj[{e}][4:]"
+    assert "m.layers.2.mlp.experts.gate_up_proj" in raw      # the caller's dict is left alone
+    bad = "m.mlp.experts.gate_up_proj"
+    with pytest.raises(CheckpointError, match=r"'m\.mlp\.experts\.gate_up_proj' has shape \(3, 7, 5\)"):
+        split_fused_experts({bad: torch.zeros(3, 7, 5)}, {bad: "f"})
+
+
+def test_fused_and_per_expert_weights_together_are_refused(tmp_path):
+    _, d = _saved_fused(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(d / "model.safetensors")
+    tensors["model.layers.1.mlp.experts.0.up_proj.weight"] = torch.zeros(20, 48)
+    save_file(tensors, d / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.mlp\.experts\.gate_up_proj' "
+                                              r"\(fused experts\) and 'model\.layers\.1\.mlp\."
+                                              r"experts\.0\.up_proj\.weight'"):
+        load_model(d)
+
+
+def test_expert_shape_mismatch_names_the_fused_tensor_and_its_config_key(tmp_path):
+    _, d = _saved_fused(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["moe_intermediate_size"] = 16
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"experts\.(gate_up_proj\[0\]\[:20\]|down_proj\[0\])' "
+                                              r"has shape .*'moe_intermediate_size' = 16"):
+        load_model(d)
+
+
+def test_absent_keys_take_qwen3_next_config_defaults():
+    """A config with only the sizes: every MoE and layer default as Qwen3NextConfig fills it."""
+    sizes = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=8,
+                 num_attention_heads=4)
+    ref = transformers.Qwen3NextConfig(**sizes)
+    ours = HybridConfig.from_dict(dict(sizes, model_type="qwen3_next"))
+    assert (ours.num_experts, ours.num_experts_per_tok, ours.moe_intermediate_size,
+            ours.shared_expert_intermediate_size, ours.norm_topk_prob, ours.head_dim,
+            ours.num_key_value_heads) == (
+        ref.num_experts, ref.num_experts_per_tok, ref.moe_intermediate_size,
+        ref.shared_expert_intermediate_size, ref.norm_topk_prob, ref.head_dim,
+        ref.num_key_value_heads)
+    assert ours.layer_mixers == [{"linear_attention": "gdn", "full_attention": "full"}[t]
+                                 for t in ref.layer_types]
+    assert ours.dense_layers == [] and ours.gdn["num_value_heads"] == ref.linear_num_value_heads
+    assert ours.rope_parameters["partial_rotary_factor"] == ref.rope_parameters["partial_rotary_factor"]
+    mtp = HybridConfig.from_dict(dict(sizes, model_type="qwen3_next", mtp_num_hidden_layers=1))
+    assert mtp.extra["mtp_num_hidden_layers"] == 1     # its mtp.* tensors are skipped
+    dense = HybridConfig.from_dict(dict(sizes, model_type="qwen3_next", num_experts=0))
+    assert dense.num_experts == 0 and not any(dense.is_moe_layer(i) for i in range(8))
+
+
+def test_spiking_checkpoint_of_a_qwen3_next_moe_round_trips(tmp_path):
+    from sbsnn.converters import convert, load_spiking, save_spiking
+
+    cfg_cls, model_cls, kw = CASES["qwen3_next-moe-full-first-tied"]
+    hf_model(cfg_cls, model_cls, **kw).save_pretrained(tmp_path / "float")
+    snn = convert(load_model(tmp_path / "float"), "paper", "ternary", 3.0, group_size=16)
+    names = snn.spiking_config.targets
+    assert "model.layers.0.mlp.shared_expert_gate" in names and "model.layers.0.mlp.router" in names
+    assert "model.layers.1.linear_attn.in_proj_qkvz" in names
+    back = load_spiking(save_spiking(snn, tmp_path / "snn"))
+    ids = torch.randint(0, V - 3, (1, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(back(ids), snn(ids))
+
+
+@pytest.mark.parametrize("name", ["qwen3_5_moe-text", "qwen3_5_moe-vl"])
+def test_shape_mismatch_names_only_sizes_the_family_leaves_out(tmp_path, name):
+    """Qwen3.5-MoE has no intermediate_size; the text model of a vision-language config
+    is its text_config: neither is named as a size config.json left out."""
+    d = _config_dir(tmp_path, name, **{("text." if name.endswith("vl") else "") +
+                                       "shared_expert_intermediate_size": 16})
+    with pytest.raises(CheckpointError, match="shared_expert_intermediate_size' = 16") as e:
+        load_model(d)
+    assert "leaves out" not in str(e.value)

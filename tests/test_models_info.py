@@ -36,6 +36,11 @@ CONFIGS = {
                               num_experts=3, num_experts_per_tok=1, num_shared_experts=1,
                               moe_intermediate_size=16, dense_layers=[0, 2],
                               tie_word_embeddings=True),
+    # Qwen3-Next / Qwen3.5-MoE: one shared expert behind a sigmoid gate of its own.
+    "moe_shared_gate": dict(attn_layers=[1, 3], sliding_window=8, num_experts=4,
+                            num_experts_per_tok=2, moe_intermediate_size=16, num_shared_experts=1,
+                            shared_expert_intermediate_size=24, dense_layers=[2],
+                            shared_expert_gate=True, router_float32=True, moe_hidden_act="gelu"),
     # Gemma 3 / Qwen3 options: q/k norms, sandwich norms, o_proj bias, GeGLU, per-kind RoPE.
     "gemma_like": dict(attn_layers=[0, 1, 2, 3], full_attn_layers=[1, 3], sliding_window=5,
                        qk_norm=True, sandwich_norm=True, norm_style="gemma", o_proj_bias=True,

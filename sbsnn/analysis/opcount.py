@@ -38,6 +38,7 @@ residual_adds_ops      2 * h (+ h to sum the two branches of a parallel layer)
 swiglu_ops             5 * I  (silu = exp, add, divide, multiply; gate * up)
 moe_router_ops         2 * E  (router activation and top-k compare)     MoE layers
 moe_combine_ops        2 * h * (top_k + shared)  (weight and sum)       MoE layers
+                       + h + 1 with a shared-expert gate (sigmoid, scale)
 lm_head_macs           V * h                                            once
 embedding_reads        h  (elements read)                               once
 dense_<proj>_macs      in * out of each projection named in ``dense_projections``
@@ -219,6 +220,8 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["swiglu_ops"] += n * SWIGLU_OPS * active
             out["moe_router_ops"] += n * 2 * cfg.num_experts
             out["moe_combine_ops"] += n * 2 * h * (cfg.num_experts_per_tok + cfg.num_shared_experts)
+            if cfg.shared_expert_gate:      # Qwen: sigmoid of the gate, times the shared sum
+                out["moe_combine_ops"] += n * (h + 1)
         else:
             out["swiglu_ops"] += n * SWIGLU_OPS * cfg.intermediate_size
         for name in dense:

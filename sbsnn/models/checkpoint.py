@@ -36,7 +36,8 @@ from sbsnn.errors import OptionError, os_error
 from sbsnn.fsutil import apply_umask, current_umask, write_atomically
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError, CheckpointKindError, SafetensorsError
-from sbsnn.models.families import RENAMES, SKIPPED_TENSORS, rename_key, split_tensor
+from sbsnn.models.families import (NOT_CONFIG_KEYS, RENAMES, SKIPPED_TENSORS, TENSOR_TRANSFORMS,
+                                   rename_key)
 from sbsnn.models.gguf import is_gguf, read_gguf
 from sbsnn.models.hybrid import HybridForCausalLM
 from sbsnn.models.tokenizer import tokenizer_for
@@ -510,7 +511,10 @@ def _defaulted_sizes(cfg) -> str:
     given = getattr(cfg, "source_config", None)
     if not isinstance(given, dict):
         return ""
-    absent = [k for k in _SIZE_KEYS if k not in given and getattr(cfg, k, None) not in (None, 0)]
+    if isinstance(given.get("text_config"), dict):     # a vision-language config's text model
+        given = given["text_config"]
+    absent = [k for k in _SIZE_KEYS if k not in given and getattr(cfg, k, None) not in (None, 0)
+              and k not in NOT_CONFIG_KEYS.get(cfg.model_type, ())]
     if not absent:
         return ""
     shown = ", ".join(f"{k} (default {getattr(cfg, k)})" for k in absent)
@@ -522,6 +526,9 @@ def _defaulted_sizes(cfg) -> str:
 # the cause is then a config value (a null read as transformers reads it, a wrong size),
 # not the tensor.
 _SHAPE_KEYS = (
+    (re.compile(r"\.mlp\.router\."), ("num_experts", "hidden_size")),
+    (re.compile(r"\.mlp\.experts\.\d+\."), ("moe_intermediate_size", "hidden_size")),
+    (re.compile(r"\.mlp\.shared_experts\.\d+\."), ("shared_expert_intermediate_size", "hidden_size")),
     (re.compile(r"(^|\.)(embeddings|lm_head)\."), ("vocab_size", "hidden_size")),
     (re.compile(r"\.(q_proj)\."), ("num_attention_heads", "head_dim", "hidden_size")),
     (re.compile(r"\.(k_proj|v_proj)\."), ("num_key_value_heads", "head_dim", "hidden_size")),
@@ -552,32 +559,31 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
     integer tensors (INT8 codes) must have exactly the expected dtype.
     """
     expected = model.state_dict()
+    made: dict[str, str] = {}   # a tensor a family's transform made -> what it came from
+    if model_type in TENSOR_TRANSFORMS:
+        raw, origin, made = TENSOR_TRANSFORMS[model_type](raw, origin)
     state: dict[str, torch.Tensor] = {}
-    source: dict[str, str] = {}  # sbsnn name -> name in the file
+    source: dict[str, str] = {}  # sbsnn name -> name in the file (or made from it)
     unexpected = []
     skipped = SKIPPED_TENSORS.get(model_type)
-    moe = bool(getattr(getattr(model, "config", None), "num_experts", 0))
     for key, t in raw.items():
         if skipped is not None and skipped.search(key):
             continue    # a vision tower, a prediction head the causal LM does not load
-        try:
-            parts = split_tensor(key, t, model_type, moe)   # a family's fused tensors
-        except CheckpointError as e:
-            raise CheckpointError(f"{origin[key]}: {e}") from None
-        for name, part in parts if parts is not None else [(rename_key(key, model_type), t)]:
-            if name in state:
-                raise CheckpointError(f"{origin[key]}: tensors {source[name]!r} and {key!r} are "
-                                      f"the same parameter ({name!r}) under two names; keep one")
-            if name in expected:
-                state[name] = part
-                source[name] = key
-            elif name == "lm_head.weight" and "lm_head.weight" not in expected:
-                continue  # tied head stored equal to the embeddings (untie_if_head_stored)
-            elif not _IGNORED.search(name):
-                unexpected.append((key, origin[key]))
+        name = rename_key(key, model_type)
+        if name in state:
+            raise CheckpointError(f"{origin[key]}: tensors {made.get(source[name], source[name])!r} "
+                                  f"and {made.get(key, key)!r} are the "
+                                  f"same parameter ({name!r}) under two names; keep one")
+        if name in expected:
+            state[name] = t
+            source[name] = key
+        elif name == "lm_head.weight" and "lm_head.weight" not in expected:
+            continue  # tied head stored equal to the embeddings (untie_if_head_stored)
+        elif not _IGNORED.search(name):
+            unexpected.append((key, origin[key]))
     if unexpected:
         key, file = unexpected[0]
-        raise CheckpointError(f"{file}: unexpected tensor {key!r} (not part of this "
+        raise CheckpointError(f"{file}: unexpected tensor {made.get(key, key)!r} (not part of this "
                               f"{model_type} model as config.json describes it; "
                               f"{len(unexpected)} unexpected in all)")
     missing = [k for k in expected if k not in state]
@@ -586,22 +592,22 @@ def fill_state(model: torch.nn.Module, raw: dict[str, torch.Tensor], origin: dic
                               f"({len(missing)} missing in all, e.g. {missing[:3]})")
     for name, t in state.items():
         want, key = expected[name], source[name]
+        shown = made.get(key, key)
         if tuple(t.shape) != tuple(want.shape):
             where = (f"{Path(directory) / 'config.json'}" if Path(directory).is_dir()
                      else "the config")
-            part = "" if rename_key(key, model_type) == name else f" (its part {name!r})"
-            raise CheckpointError(f"{origin[key]}: tensor {key!r}{part} has shape {tuple(t.shape)}, "
+            raise CheckpointError(f"{origin[key]}: tensor {shown!r} has shape {tuple(t.shape)}, "
                                   f"config.json implies {tuple(want.shape)}"
                                   + _shape_cause(name, getattr(model, "config", None), where)
                                   + _defaulted_sizes(getattr(model, "config", None)))
         if want.is_floating_point():
             if not t.is_floating_point():
-                raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}; "
+                raise CheckpointError(f"{origin[key]}: tensor {shown!r} has dtype {t.dtype}; "
                                       "floating-point values are expected here")
             if dtype is not None:
                 t = t.to(dtype)
         elif t.dtype != want.dtype:
-            raise CheckpointError(f"{origin[key]}: tensor {key!r} has dtype {t.dtype}, "
+            raise CheckpointError(f"{origin[key]}: tensor {shown!r} has dtype {t.dtype}, "
                                   f"expected {want.dtype}")
         state[name] = t.to(device)
     model.load_state_dict(state, assign=True)

@@ -29,7 +29,8 @@ from sbsnn.models.rope import RopeSpec
 
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
                          "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5", "granitemoehybrid",
-                         "falcon_h1", "lfm2", "lfm2_moe")
+                         "falcon_h1", "lfm2", "lfm2_moe", "qwen3_next", "qwen3_5_moe_text",
+                         "qwen3_5_moe")
 # Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
 # (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
 # (models/short_conv.py), softmax attention (full, or a window of sliding_window keys), and
@@ -108,6 +109,12 @@ class HybridConfig:
     moe_expert_bias: bool = False
     moe_norm_eps: float = 0.0
     routed_scaling_factor: float = 1.0
+    # The Qwen MoE blocks (Qwen3-Next, Qwen3.5-MoE; see sbsnn.models.layers.MoE): the
+    # shared experts scaled by sigmoid(shared_expert_gate(x)), routing in float32, the
+    # experts' activation (None: silu, sbsnn's own MoE).
+    shared_expert_gate: bool = False
+    router_float32: bool = False
+    moe_hidden_act: str | None = None
     # --- options of the Hugging Face families (defaults: sbsnn's own model) ----------
     # RoPE as transformers' current ``rope_parameters``: one dict for every softmax layer,
     # or one per layer type ({"full_attention": {...}, "sliding_attention": {...}}).
@@ -215,7 +222,7 @@ class HybridConfig:
                 bad(f"{name} must be a finite number >= 0, got {v!r}")
         for name in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_short_conv",
                      "parallel_mixer", "qk_norm", "sandwich_norm", "o_proj_bias", "norm_topk_prob",
-                     "moe_expert_bias"):
+                     "moe_expert_bias", "shared_expert_gate", "router_float32"):
             v = getattr(self, name)
             if not isinstance(v, bool):
                 bad(f"{name} must be true or false, got {v!r}")
@@ -268,6 +275,11 @@ class HybridConfig:
             bad(f"linear_feature_map must be 'relu' or 'sigmoid', got {self.linear_feature_map!r}")
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             bad(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..num_experts")
+        if self.moe_hidden_act is not None and self.moe_hidden_act not in ACTIVATIONS:
+            bad(f"moe_hidden_act {self.moe_hidden_act!r} is not supported "
+                f"({', '.join(sorted(ACTIVATIONS))}, or null for silu)")
+        if self.num_experts and self.shared_expert_gate and not self.num_shared_experts:
+            bad("shared_expert_gate needs a shared expert (num_shared_experts >= 1)")
         if self.router_activation not in ("sigmoid", "softmax"):
             bad(f"router_activation must be 'sigmoid' or 'softmax', got {self.router_activation!r}")
         if self.num_sink_tokens < 0:

@@ -131,18 +131,31 @@ NOT_NULL: dict[str, frozenset[str]] = {
         "moe_intermediate_size", "num_dense_layers", "num_experts_per_tok", "num_experts",
         "use_expert_bias", "routed_scaling_factor", "norm_topk_prob", "output_router_logits"},
 }
+_QWEN_MOE_NOT_NULL = frozenset({"num_experts", "num_experts_per_tok", "moe_intermediate_size",
+                                "shared_expert_intermediate_size", "output_router_logits",
+                                "router_aux_loss_coef"})
+NOT_NULL["qwen3_next"] = NOT_NULL["qwen3_5_text"] | _QWEN_MOE_NOT_NULL | {
+    "decoder_sparse_step", "norm_topk_prob"}
+NOT_NULL["qwen3_5_moe_text"] = (NOT_NULL["qwen3_5_text"] - {"intermediate_size"}) | _QWEN_MOE_NOT_NULL
 # The reference of each family, named in refusals.
 REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
              "qwen3": "Qwen3Config", "gemma3_text": "Gemma3TextConfig",
              "gemma3": "Gemma3Config", "qwen3_5_text": "Qwen3_5TextConfig",
              "qwen3_5": "Qwen3_5Config", "granitemoehybrid": "GraniteMoeHybridConfig",
              "falcon_h1": "FalconH1Config", "lfm2": "Lfm2Config", "lfm2_moe": "Lfm2MoeConfig",
+             "qwen3_next": "Qwen3NextConfig", "qwen3_5_moe_text": "Qwen3_5MoeTextConfig",
+             "qwen3_5_moe": "Qwen3_5MoeConfig",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
 # the number of heads, silently compute another model).
 REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads")
+
+# HybridConfig fields a family's config class does not have (the reader sets them to an
+# unused valid value): never named as "left out of config.json".
+NOT_CONFIG_KEYS = {"qwen3_5_moe_text": frozenset({"intermediate_size"}),
+                   "qwen3_5_moe": frozenset({"intermediate_size"})}
 
 # ----------------------------------------------------------------------------- tensor names
 _COMMON_RENAMES = [
@@ -187,12 +200,19 @@ _LFM2_RENAMES = _COMMON_RENAMES + [
     (re.compile(r"\.attn\.k_layernorm\."), ".attn.k_norm."),
     (re.compile(r"^model\.embedding_norm\."), "model.norm."),
 ]
+# The Qwen MoE block (Qwen3-Next, Qwen3.5-MoE): router mlp.gate, one shared expert
+# mlp.shared_expert (its gate mlp.shared_expert_gate keeps its name). Experts stored fused
+# (transformers 5's own layout) are split first (split_fused_experts).
+_QWEN_MOE_RENAMES = [(re.compile(r"\.mlp\.gate\."), ".mlp.router."),
+                     (re.compile(r"\.mlp\.shared_expert\."), ".mlp.shared_experts.0.")]
 RENAMES = {"granitemoehybrid": _GRANITE_RENAMES, "falcon_h1": _FALCON_H1_RENAMES,
            "llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
            "qwen3_5": _LANGUAGE_MODEL + _LLAMA_RENAMES, "lfm2": _LFM2_RENAMES,
-           "lfm2_moe": _LFM2_RENAMES}
+           "lfm2_moe": _LFM2_RENAMES, "qwen3_next": _LLAMA_RENAMES + _QWEN_MOE_RENAMES,
+           "qwen3_5_moe_text": _LANGUAGE_MODEL + _LLAMA_RENAMES + _QWEN_MOE_RENAMES,
+           "qwen3_5_moe": _LANGUAGE_MODEL + _LLAMA_RENAMES + _QWEN_MOE_RENAMES}
 # Tensors a family's checkpoints hold that its causal LM does not load: the vision tower
 # and projector of vision-language checkpoints, Qwen3.5's multi-token-prediction head
 # (transformers' _keys_to_ignore_on_load_unexpected). Matched against the file's names.
@@ -200,7 +220,50 @@ SKIPPED_TENSORS = {
     "gemma3": re.compile(r"^(model\.)?(vision_tower|multi_modal_projector)\."),
     "qwen3_5": re.compile(r"^(model\.visual\.|mtp\.)"),
     "qwen3_5_text": re.compile(r"^(model\.visual\.|mtp\.)"),
+    "qwen3_next": re.compile(r"^mtp\."),
+    "qwen3_5_moe": re.compile(r"^(model\.visual\.|mtp\.)"),
+    "qwen3_5_moe_text": re.compile(r"^(model\.visual\.|mtp\.)"),
 }
+
+
+_FUSED_EXPERTS = re.compile(r"^(.+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+
+
+def split_fused_experts(raw: dict[str, Any], origin: dict[str, Any]
+                        ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Experts stored as transformers 5 holds them (``save_pretrained(...,
+    save_original_format=False)``, or a file written from its state dict), one 3-D tensor
+    per kind: ``mlp.experts.gate_up_proj [E, 2I, H]`` (each expert's gate rows, then its
+    up rows, as the reference's ``chunk(2)`` splits them) and ``mlp.experts.down_proj
+    [E, H, I]`` -> the per-expert ``mlp.experts.{e}.gate_proj / up_proj / down_proj
+    .weight`` that transformers' ``save_pretrained`` writes by default and sbsnn's
+    ``nn.Linear`` experts load (views, no copy). Returns new ``raw`` and ``origin`` and,
+    for each tensor made, where it came from (named in errors)."""
+    if not any(_FUSED_EXPERTS.search(k) for k in raw):
+        return raw, origin, {}
+    raw, origin, made = dict(raw), dict(origin), {}
+    for key in [k for k in raw if _FUSED_EXPERTS.search(k)]:
+        prefix, kind = _FUSED_EXPERTS.search(key).groups()
+        t, file = raw.pop(key), origin.pop(key)
+        if t.dim() != 3 or (kind == "gate_up_proj" and t.shape[1] % 2):
+            raise CheckpointError(
+                f"{file}: tensor {key!r} has shape {tuple(t.shape)}; fused experts are "
+                + ("[experts, 2 * moe_intermediate_size, hidden_size] (gate rows, then up rows)"
+                   if kind == "gate_up_proj" else "[experts, hidden_size, moe_intermediate_size]"))
+        half = t.shape[1] // 2
+        for e in range(t.shape[0]):
+            parts = ({"gate_proj": t[e, :half], "up_proj": t[e, half:]}
+                     if kind == "gate_up_proj" else {"down_proj": t[e]})
+            for proj, w in parts.items():
+                name = f"{prefix}.{e}.{proj}.weight"
+                if name in raw:
+                    raise CheckpointError(
+                        f"{file}: tensor {key!r} (fused experts) and {name!r} (expert {e} on "
+                        f"its own, in {origin[name]}) are the same weights; keep one layout")
+                raw[name], origin[name] = w, file
+                made[name] = f"{key}[{e}]" + (("[:%d]" % half if proj == "gate_proj" else
+                                               "[%d:]" % half) if kind == "gate_up_proj" else "")
+    return raw, origin, made
 
 
 def rename_key(key: str, model_type: str) -> str:
@@ -219,36 +282,50 @@ _GRANITE_FUSED = re.compile(r"^(model\.layers\.\d+\.)(block_sparse_moe|shared_ml
                             r"(input_linear|output_linear)\.weight$")
 
 
-def split_tensor(key: str, t, model_type: str, moe: bool) -> list[tuple[str, Any]] | None:
-    """sbsnn's parameters ``[(name, tensor), ...]`` that the fused tensor ``key`` of a
-    ``model_type`` checkpoint holds (slices, no copies), or None when ``key`` is not fused
-    (then :func:`rename_key` names it). ``moe``: the model has routed experts (Granite's
-    shared MLP is then ``mlp.shared_experts.0``, else the layer's whole ``mlp``)."""
-    m = _GRANITE_FUSED.match(key) if model_type == "granitemoehybrid" else None
-    if m is None:
-        return None
-    prefix, block, which = m.groups()
-    stacked = block == "block_sparse_moe"
-    if t.dim() != (3 if stacked else 2) or (which == "input_linear" and t.shape[-2] % 2):
-        raise CheckpointError(
-            f"tensor {key!r} has shape {tuple(t.shape)}; transformers' Granite layout is "
-            + ("[experts, 2 * intermediate_size, hidden_size] (gate rows, then up rows)"
-               if stacked and which == "input_linear" else
-               "[experts, hidden_size, intermediate_size]" if stacked else
-               "[2 * shared_intermediate_size, hidden_size] (gate rows, then up rows)"
-               if which == "input_linear" else "[hidden_size, shared_intermediate_size]"))
-    if stacked:
-        mlps = [(f"{prefix}mlp.experts.{e}.", t[e]) for e in range(t.shape[0])]
-    else:
-        mlps = [(f"{prefix}mlp.shared_experts.0." if moe else f"{prefix}mlp.", t)]
-    out = []
-    for name, w in mlps:
-        if which == "output_linear":
-            out.append((name + "down_proj.weight", w))
+def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
+                        ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Granite's fused MLP tensors -> one gate / up / down weight per expert and for the
+    shared MLP (slices, no copies), in :func:`split_fused_experts`' protocol. The shared
+    MLP is ``mlp.shared_experts.0`` in a model with routed experts (the file holds
+    ``block_sparse_moe`` tensors), else the layer's whole ``mlp``."""
+    fused = [k for k in raw if _GRANITE_FUSED.match(k)]
+    if not fused:
+        return raw, origin, {}
+    moe = any(_GRANITE_FUSED.match(k).group(2) == "block_sparse_moe" for k in fused)
+    raw, origin, made = dict(raw), dict(origin), {}
+    for key in fused:
+        prefix, block, which = _GRANITE_FUSED.match(key).groups()
+        t, file = raw.pop(key), origin.pop(key)
+        stacked = block == "block_sparse_moe"
+        if t.dim() != (3 if stacked else 2) or (which == "input_linear" and t.shape[-2] % 2):
+            raise CheckpointError(
+                f"{file}: tensor {key!r} has shape {tuple(t.shape)}; transformers' Granite layout is "
+                + ("[experts, 2 * intermediate_size, hidden_size] (gate rows, then up rows)"
+                   if stacked and which == "input_linear" else
+                   "[experts, hidden_size, intermediate_size]" if stacked else
+                   "[2 * shared_intermediate_size, hidden_size] (gate rows, then up rows)"
+                   if which == "input_linear" else "[hidden_size, shared_intermediate_size]"))
+        if stacked:
+            mlps = [(f"{prefix}mlp.experts.{e}.", t[e], f"{key}[{e}]") for e in range(t.shape[0])]
         else:
-            gate, up = w.chunk(2, dim=0)
-            out += [(name + "gate_proj.weight", gate), (name + "up_proj.weight", up)]
-    return out
+            mlps = [(f"{prefix}mlp.shared_experts.0." if moe else f"{prefix}mlp.", t, key)]
+        for name, w, shown in mlps:
+            if which == "output_linear":
+                parts = [("down_proj", w, shown)]
+            else:
+                half = w.shape[0] // 2
+                parts = [("gate_proj", w[:half], f"{shown}[:{half}]"),
+                         ("up_proj", w[half:], f"{shown}[{half}:]")]
+            for proj, part, what in parts:
+                raw[f"{name}{proj}.weight"] = part
+                origin[f"{name}{proj}.weight"] = file
+                made[f"{name}{proj}.weight"] = what
+    return raw, origin, made
+
+
+# Per-family changes to the tensors as read, before they are renamed (fill_state).
+TENSOR_TRANSFORMS = {"qwen3_next": split_fused_experts, "qwen3_5_moe_text": split_fused_experts,
+                     "qwen3_5_moe": split_fused_experts, "granitemoehybrid": split_granite_fused}
 
 
 # ----------------------------------------------------------------------------- key reader
@@ -769,15 +846,16 @@ def _mixer_placement(kinds: list[str], window: int | None = None) -> dict[str, A
             "sliding_window": window if "swa" in kinds else None}
 
 
-def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
-    """Qwen3.5's language model (Qwen3_5TextConfig): Gated DeltaNet layers (layout
-    ``qwen3_5``: separate q|k|v, z, b, a projections; its conv applies ``hidden_act``) and
-    gated full attention (q_proj gives the output gate; per-head q/k norms; partial
-    RoPE, 0.25 by default), dense SwiGLU MLPs, zero-centred RMSNorms (weights stored as
-    w - 1) except the GDN output norm, untied head by default. The multimodal RoPE
-    sections (``mrope_section``, ``mrope_interleaved``) coincide for text, whose three
-    position rows are equal, so they change nothing here."""
-    out = _decoder_common(r, _QWEN3_5)
+def _qwen_gdn_hybrid(r: ConfigKeys, defaults: dict[str, Any], layout: str,
+                     text_only_keys: frozenset = frozenset(),
+                     required: tuple[str, ...] = REQUIRED_SIZES) -> dict[str, Any]:
+    """What Qwen3.5 and Qwen3-Next (and their MoE forms) share: Gated DeltaNet layers
+    (``layout`` names the GDN projections; its conv applies ``hidden_act``) and gated
+    full attention (q_proj gives the output gate; per-head q/k norms; partial RoPE,
+    0.25 by default) placed by ``layer_types`` or ``full_attention_interval``,
+    zero-centred RMSNorms (weights stored as w - 1) except the GDN output norm. The MLPs
+    are the caller's."""
+    out = _decoder_common(r, defaults, sizes=required)
     act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")   # MLP and GDN conv
     bias = _bool(r, "attention_bias", r.take("attention_bias", False))
     n = out["num_hidden_layers"]
@@ -806,15 +884,120 @@ def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
     out.update(attention_bias=bias, o_proj_bias=bias, mlp_bias=False, norm_style="gemma",
                qk_norm=True, attn_output_gate=True,
                rope_parameters=_rope_parameters(
-                   r, default_theta=10000.0, default_partial=0.25,
-                   text_only_keys=frozenset({"mrope_section", "mrope_interleaved"})),
+                   r, default_theta=10000.0, default_partial=0.25, text_only_keys=text_only_keys),
                gdn=dict(num_key_heads=g["linear_num_key_heads"],
                         num_value_heads=g["linear_num_value_heads"],
                         key_head_dim=g["linear_key_head_dim"],
                         value_head_dim=g["linear_value_head_dim"],
                         conv_kernel_size=g["linear_conv_kernel_dim"], activation=act,
-                        layout="qwen3_5"))
+                        layout=layout))
     out.update(_mixer_placement([HYBRID_LAYER_TYPES[t] for t in lt]))
+    return out
+
+
+# The multimodal RoPE sections of Qwen3.5 (its config class leaves them out of the RoPE
+# validation): they coincide for text, whose three position rows are equal.
+_MROPE_KEYS = frozenset({"mrope_section", "mrope_interleaved"})
+
+
+def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3.5's language model (Qwen3_5TextConfig): :func:`_qwen_gdn_hybrid` with the
+    ``qwen3_5`` GDN layout (separate q|k|v, z, b, a projections), dense SwiGLU MLPs,
+    untied head by default. The multimodal RoPE sections (``mrope_section``,
+    ``mrope_interleaved``) coincide for text, whose three position rows are equal, so
+    they change nothing here."""
+    return _qwen_gdn_hybrid(r, _QWEN3_5, "qwen3_5", _MROPE_KEYS)
+
+
+# The multi-token-prediction head released Qwen MoE checkpoints describe (its ``mtp.*``
+# tensors are skipped, as the causal LM of transformers skips them).
+_MTP_KEYS = frozenset({"mtp_num_hidden_layers", "mtp_use_dedicated_embeddings"})
+
+
+def _qwen_moe(r: ConfigKeys, out: dict[str, Any], defaults: dict[str, Any],
+              moe_layer: Callable[[int], bool], dense_ok: bool) -> dict[str, Any]:
+    """The Qwen sparse MoE block (Qwen3-Next, Qwen3.5-MoE) on the layers ``moe_layer``
+    picks: a router ``mlp.gate`` (softmax over the experts in float32, the top
+    ``num_experts_per_tok``, renormalised if ``norm_topk_prob``), experts of
+    ``moe_intermediate_size`` with the model's ``hidden_act``, and one shared expert of
+    ``shared_expert_intermediate_size`` scaled by ``sigmoid(mlp.shared_expert_gate(x))``.
+    ``num_experts`` 0 (where ``dense_ok``): no MoE layer (as the reference builds it)."""
+    ne = r.take("num_experts", defaults["num_experts"])
+    if isinstance(ne, bool) or not isinstance(ne, int) or ne < 0 or (ne == 0 and not dense_ok):
+        r.refuse("num_experts", "must be an integer >= 0 (0: dense MLPs everywhere)" if dense_ok
+                 else "must be a positive integer (every layer of this family is an MoE block)")
+    if ne:
+        _positive_int(r, "num_experts", ne)     # the size bound
+    sizes = {k: r.take(k, defaults[k]) for k in ("num_experts_per_tok", "moe_intermediate_size",
+                                                 "shared_expert_intermediate_size")}
+    for key in ("output_router_logits", "router_aux_loss_coef"):
+        r.ignored_by_reference.add(key)     # the training loss only
+    r.ignored_by_reference.update(_MTP_KEYS)
+    if not ne:
+        for key in sizes:
+            r.ignored_by_reference.add(key)  # no MoE block is built
+        return dict(out, num_experts=0, dense_layers=[])
+    for key, v in sizes.items():
+        _positive_int(r, key, v)
+    if sizes["num_experts_per_tok"] > ne:
+        r.refuse("num_experts_per_tok", f"is more than num_experts ({ne}); each token picks "
+                                        "that many distinct experts")
+    dense = [i for i in range(out["num_hidden_layers"]) if not moe_layer(i)]
+    return dict(out, num_experts=ne, num_experts_per_tok=sizes["num_experts_per_tok"],
+                moe_intermediate_size=sizes["moe_intermediate_size"], num_shared_experts=1,
+                shared_expert_intermediate_size=sizes["shared_expert_intermediate_size"],
+                router_activation="softmax", router_float32=True, shared_expert_gate=True,
+                moe_hidden_act=out["hidden_act"], dense_layers=dense)
+
+
+_QWEN3_NEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632,
+                   num_hidden_layers=48, num_attention_heads=16, num_key_value_heads=2,
+                   head_dim=256, max_position_embeddings=32768, tie_word_embeddings=False,
+                   num_experts=512, num_experts_per_tok=10, moe_intermediate_size=512,
+                   shared_expert_intermediate_size=512)
+
+
+def read_qwen3_next(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3-Next (Qwen3NextConfig, Qwen3NextForCausalLM): :func:`_qwen_gdn_hybrid`
+    with the ``qwen3_next`` GDN layout (fused, per-key-head grouped ``in_proj_qkvz`` and
+    ``in_proj_ba``), and the Qwen MoE block (:func:`_qwen_moe`) on layer i unless i is in
+    ``mlp_only_layers`` or ``(i + 1) % decoder_sparse_step`` is not 0; the other layers
+    (all of them with ``num_experts`` 0) hold a SwiGLU MLP of ``intermediate_size``. Its
+    RoPE is the plain one (no multimodal sections)."""
+    out = _qwen_gdn_hybrid(r, _QWEN3_NEXT, "qwen3_next")
+    only = r.take_or("mlp_only_layers", [])
+    if not isinstance(only, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in only):
+        r.refuse("mlp_only_layers", "must be a list of layer indices (integers)")
+    step = r.take("decoder_sparse_step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        r.refuse("decoder_sparse_step", "must be a positive integer (an MoE block on every "
+                                        "step-th layer)")
+    out["norm_topk_prob"] = _bool(r, "norm_topk_prob", r.take("norm_topk_prob", True))
+    return _qwen_moe(r, out, _QWEN3_NEXT, lambda i: i not in only and (i + 1) % step == 0,
+                     dense_ok=True)
+
+
+_QWEN3_5_MOE = dict(vocab_size=248320, hidden_size=2048, num_hidden_layers=40,
+                    num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+                    max_position_embeddings=32768, tie_word_embeddings=False, num_experts=256,
+                    num_experts_per_tok=8, moe_intermediate_size=512,
+                    shared_expert_intermediate_size=512)
+
+
+def read_qwen3_5_moe_text(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3.5-MoE's language model (Qwen3_5MoeTextConfig, Qwen3_5MoeForCausalLM): as
+    Qwen3.5 (:func:`read_qwen3_5_text`), with the Qwen MoE block (:func:`_qwen_moe`) on
+    every layer and the top-k weights always renormalised. Its config class has no
+    ``intermediate_size`` (no dense MLP), ``norm_topk_prob``, ``decoder_sparse_step`` or
+    ``mlp_only_layers``: such keys are refused as not understood (the reference would
+    ignore them)."""
+    required = tuple(k for k in REQUIRED_SIZES if k != "intermediate_size")
+    out = _qwen_gdn_hybrid(r, _QWEN3_5_MOE, "qwen3_5", _MROPE_KEYS, required)
+    out["norm_topk_prob"] = True
+    out = _qwen_moe(r, out, _QWEN3_5_MOE, lambda i: True, dense_ok=False)
+    # no dense MLP is built; HybridConfig's intermediate_size is set to a valid, unused size
+    out["intermediate_size"] = out["moe_intermediate_size"]
     return out
 
 
@@ -960,7 +1143,7 @@ def read_granitemoehybrid(r: ConfigKeys) -> dict[str, Any]:
     if out["logits_divisor"] == 0:
         r.refuse("logits_scaling", "must not be 0 (the logits are divided by it)")
     if experts:
-        out.update(num_experts=experts, num_experts_per_tok=top_k,
+        out.update(num_experts=experts, num_experts_per_tok=top_k, moe_hidden_act=act,
                    moe_intermediate_size=out["intermediate_size"], num_shared_experts=1,
                    shared_expert_intermediate_size=shared, router_activation="softmax",
                    norm_topk_prob=True)
@@ -1183,6 +1366,14 @@ def read_lfm2_moe(r: ConfigKeys) -> dict[str, Any]:
     out.update(_mixer_placement([HYBRID_LAYER_TYPES[t] for t in lt]))
     return out
 
+def read_qwen3_5_moe(r: ConfigKeys) -> dict[str, Any]:
+    """Qwen3.5-MoE's vision-language config (Qwen3_5MoeForConditionalGeneration): its
+    language model (:func:`read_qwen3_5_moe_text`), tied as the top level says."""
+    out = _text_part(r, "qwen3_5_moe_text", read_qwen3_5_moe_text, _QWEN3_5_VISION_KEYS)
+    out["tie_word_embeddings"] = _bool(r, "tie_word_embeddings", r.take("tie_word_embeddings", False))
+    return out
+
+
 READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "sbsnn_hybrid": read_sbsnn_hybrid,
     "gla_swa": read_gla_swa,
@@ -1198,6 +1389,9 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "falcon_h1": read_falcon_h1,
     "lfm2": read_lfm2,
     "lfm2_moe": read_lfm2_moe,
+    "qwen3_next": read_qwen3_next,
+    "qwen3_5_moe_text": read_qwen3_5_moe_text,
+    "qwen3_5_moe": read_qwen3_5_moe,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",

@@ -117,9 +117,10 @@ class HybridBlock(nn.Module):
             self.mlp = MoE(cfg.hidden_size, cfg.moe_intermediate_size or cfg.intermediate_size,
                            cfg.num_experts, cfg.num_experts_per_tok, cfg.num_shared_experts,
                            cfg.shared_expert_intermediate_size, cfg.router_activation,
-                           cfg.norm_topk_prob, expert_activation=cfg.hidden_act,
-                           expert_bias=cfg.moe_expert_bias,
-                           norm_eps=cfg.moe_norm_eps, scaling=cfg.routed_scaling_factor)
+                           cfg.norm_topk_prob, expert_activation=cfg.moe_hidden_act or "silu",
+                           expert_bias=cfg.moe_expert_bias, norm_eps=cfg.moe_norm_eps,
+                           scaling=cfg.routed_scaling_factor, shared_gate=cfg.shared_expert_gate,
+                           router_float32=cfg.router_float32)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias,
                               activation=cfg.hidden_act, gate_multiplier=cfg.mlp_gate_multiplier,

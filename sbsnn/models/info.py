@@ -198,6 +198,8 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
             out["moe_router"] += h * cfg.num_experts
             out["moe_routed_experts"] += cfg.num_experts * expert
             out["moe_shared_experts"] += cfg.num_shared_experts * _swiglu(h, shared_inter, False)
+            if cfg.shared_expert_gate:  # its linear map to one value per token
+                out["moe_shared_experts"] += h
             out["moe_inactive"] += (cfg.num_experts - cfg.num_experts_per_tok) * expert
         else:
             out["mlp_dense"] += _swiglu(h, cfg.intermediate_size, cfg.mlp_bias)

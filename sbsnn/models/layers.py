@@ -130,32 +130,46 @@ class MoE(nn.Module):
     top-k experts, weighted by their probabilities (renormalised if ``norm_topk_prob``,
     ``p / (sum + norm_eps)``; then times ``scaling``); shared experts see every token.
     ``expert_activation``: the experts' (and shared experts') MLP activation (one of
-    ``ACTIVATIONS``).
-    ``expert_bias`` (LFM2-MoE): a float32 buffer added to the probabilities to choose the
-    experts only; the weights stay the unbiased probabilities.
+    ``ACTIVATIONS``; sbsnn's own MoE uses silu).
+
+    Options of the families' MoE blocks: ``expert_bias`` (LFM2-MoE: a float32 buffer
+    added to the probabilities to choose the experts only; the weights stay the unbiased
+    probabilities); ``router_float32`` (Qwen3-Next, Qwen3.5-MoE: the probabilities, their
+    top-k and renormalisation are computed in float32, then the weights cast back to the
+    input's dtype); ``shared_gate`` (the same Qwen blocks: the shared experts' sum scaled
+    per token by ``sigmoid(shared_expert_gate(x))``, a linear map to one value).
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
                  num_shared: int = 0, shared_intermediate_size: int | None = None,
                  activation: str = "sigmoid", norm_topk_prob: bool = False,
-                 expert_activation: str = "silu", *,
-                 expert_bias: bool = False, norm_eps: float = 0.0, scaling: float = 1.0):
+                 expert_activation: str = "silu", *, expert_bias: bool = False,
+                 norm_eps: float = 0.0, scaling: float = 1.0, shared_gate: bool = False,
+                 router_float32: bool = False):
         super().__init__()
         self.top_k = top_k
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
         self.norm_eps, self.scaling = norm_eps, scaling
+        self.router_float32 = router_float32
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         if expert_bias:
             self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
-        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size, activation=expert_activation)
+        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size,
+                                            activation=expert_activation)
                                      for _ in range(num_experts))
         shared = shared_intermediate_size or intermediate_size
         self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared, activation=expert_activation)
                                             for _ in range(num_shared))
+        if shared_gate:
+            if not num_shared:
+                raise ValueError("shared_gate needs shared experts (num_shared >= 1)")
+            self.shared_expert_gate = nn.Linear(hidden_size, 1, bias=False)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.router(x)
+        if self.router_float32:
+            logits = logits.float()
         probs = torch.sigmoid(logits) if self.activation == "sigmoid" else logits.softmax(-1)
         if hasattr(self, "expert_bias"):
             idx = (probs + self.expert_bias).topk(self.top_k, dim=-1)[1]
@@ -166,7 +180,7 @@ class MoE(nn.Module):
             weights = weights / (weights.sum(-1, keepdim=True) + self.norm_eps)
         if self.scaling != 1.0:
             weights = weights * self.scaling
-        return weights, idx
+        return weights.to(x.dtype) if self.router_float32 else weights, idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -177,6 +191,10 @@ class MoE(nn.Module):
             rows, slot = (idx == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None].to(flat.dtype))
-        for shared in self.shared_experts:
-            out = out + shared(flat)
+        if hasattr(self, "shared_expert_gate"):
+            shared = sum(s(flat) for s in self.shared_experts)
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * shared
+        else:
+            for shared in self.shared_experts:
+                out = out + shared(flat)
         return out.reshape(shape)
