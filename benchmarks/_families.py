@@ -32,6 +32,30 @@ FAMILIES = {
         num_attention_heads=6, num_key_value_heads=2, head_dim=128,
         linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=96,
         linear_value_head_dim=96, tie_word_embeddings=True, max_position_embeddings=65536)),
+    "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(
+        vocab_size=V, hidden_size=640, intermediate_size=1536, num_hidden_layers=8,
+        num_attention_heads=5, num_key_value_heads=1, head_dim=128,
+        linear_num_key_heads=4, linear_num_value_heads=8, linear_key_head_dim=80,
+        linear_value_head_dim=80, num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=512, shared_expert_intermediate_size=512,
+        tie_word_embeddings=True, max_position_embeddings=65536)),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", dict(
+        vocab_size=V, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, num_local_experts=0,
+        shared_intermediate_size=2048, mamba_n_heads=24, mamba_d_head=64, mamba_d_state=128,
+        mamba_n_groups=1, mamba_chunk_size=256, position_embedding_type="nope",
+        layer_types=["mamba"] * 5 + ["attention"] + ["mamba"] * 5 + ["attention"],
+        tie_word_embeddings=True, max_position_embeddings=65536)),
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", dict(
+        vocab_size=V, hidden_size=640, intermediate_size=1664, num_hidden_layers=10,
+        num_attention_heads=10, num_key_value_heads=2, head_dim=64, mamba_d_ssm=1280,
+        mamba_n_heads=20, mamba_d_head=64, mamba_d_state=64, mamba_n_groups=1,
+        mamba_chunk_size=256, tie_word_embeddings=True, max_position_embeddings=65536)),
+    "lfm2": ("Lfm2Config", "Lfm2ForCausalLM", dict(
+        vocab_size=V, hidden_size=768, intermediate_size=3072, num_hidden_layers=14,
+        num_attention_heads=12, num_key_value_heads=4,
+        layer_types=["conv", "conv", "full_attention"] * 4 + ["conv", "full_attention"],
+        tie_word_embeddings=True, max_position_embeddings=65536)),
 }
 
 
