@@ -36,8 +36,8 @@ from sbsnn.models.gguf import is_gguf, read_gguf_config
 from sbsnn.models.hybrid import LINEAR_MIXERS
 
 __all__ = [
-    "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "model_info",
-    "parameter_counts", "settings", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
+    "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "mixer_skeletons",
+    "model_info", "parameter_counts", "settings", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
 ]
 
 DEFAULT_CONTEXTS = (4096, 1_048_576)
@@ -165,9 +165,10 @@ def _mixer(cfg: HybridConfig, kind: str):
         return LINEAR_MIXERS[kind][1](cfg)
 
 
-def _mixers(cfg: HybridConfig) -> dict[str, Any]:
-    """One meta-device module per linear-mixer kind the config uses (all its layers share
-    the kind's arguments)."""
+def mixer_skeletons(cfg: HybridConfig) -> dict[str, Any]:
+    """One module per linear-mixer kind (gdn, mamba2, conv) the config uses, built as the
+    model builds it but on the meta device (sizes, parameters and ``state_bytes`` without
+    storage; all layers of a kind share its arguments)."""
     used = {cfg.layer_kind(i) for i in range(cfg.num_hidden_layers)}
     return {k: _mixer(cfg, k) for k in MIXER_NAMES if k in used}
 
@@ -215,7 +216,8 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
            "gla": 0, "attention": 0, "gdn": 0, "mamba2": 0, "conv": 0, "mlp_dense": 0,
            "moe_router": 0, "moe_routed_experts": 0, "moe_shared_experts": 0,
            "moe_inactive": 0}
-    mixer_params = {k: sum(p.numel() for p in m.parameters()) for k, m in _mixers(cfg).items()}
+    mixer_params = {k: sum(p.numel() for p in m.parameters())
+                    for k, m in mixer_skeletons(cfg).items()}
     moe_inter = cfg.moe_intermediate_size or cfg.intermediate_size
     shared_inter = cfg.shared_expert_intermediate_size or moe_inter
     expert = _swiglu(h, moe_inter, False)  # MoE experts never have biases (layers.py)
@@ -281,7 +283,7 @@ def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2)
     gla_up_one = H * D * D * state_nb if started else 0
     kv_slot = 2 * Hkv * D * nb
     mixer_one = {k: m.state_bytes(1, _state_dtype(nb, k)) if started else 0
-                 for k, m in _mixers(cfg).items()}
+                 for k, m in mixer_skeletons(cfg).items()}
     mixer = {k: 0 for k in MIXER_NAMES}
     gla = gla_up = window_kv = full_kv = positions = 0
     window_slots_alloc = window_slots_used = full_slots = 0
@@ -408,7 +410,7 @@ def settings(config: HybridConfig) -> dict[str, Any]:
     q/k norms; the norms, the MLP activation, the embedding scale, the head."""
     cfg = config
     kinds: dict[str, dict[str, Any]] = {}
-    mixers = _mixers(cfg)
+    mixers = mixer_skeletons(cfg)
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
         entry = {"layers": [], "window": None, "rope": None}
