@@ -431,3 +431,26 @@ def test_info_cli_prints_the_linear_mixers(tmp_path, capsys):
                   "GDN conv + recurrent state", "Mamba-2 conv + SSM state", "short-conv window",
                   "4k", "1M", "1.41 KiB", "1.62 KiB", "256 B", "547.28 KiB", "136.00 MiB"):
         assert piece in out, piece
+
+
+def test_qwen3_5_checkpoint_from_transformers(tmp_path):
+    """A Qwen3.5 checkpoint written by transformers itself: ``sbsnn info``'s parameter
+    count equals transformers' model's, and the state bytes sbsnn's decoding holds."""
+    transformers = pytest.importorskip("transformers")
+    from test_families_hybrid import _LINEAR_FIRST, _QWEN3_5
+
+    from sbsnn.models import load_model
+
+    torch.manual_seed(0)
+    hf = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(
+        **_QWEN3_5, layer_types=_LINEAR_FIRST)).float()
+    hf.save_pretrained(tmp_path / "q")
+    info = info_from_path(tmp_path / "q", dtype_bytes=4)
+    assert info["params"]["total"] == sum(p.numel() for p in hf.parameters())
+    assert info["layers"]["kinds"]["gdn"] == [0, 2] and info["layers"]["kinds"]["full"] == [1, 3]
+    model = load_model(tmp_path / "q", dtype=torch.float32)
+    state = model.new_state()
+    with torch.no_grad():
+        model.prefill(torch.randint(0, model.config.vocab_size, (1, 7)), state)
+        model(torch.randint(0, model.config.vocab_size, (1, 1)), state)
+    assert decode_state_bytes(model.config, 8, 4)["total_bytes"] == state.nbytes()
