@@ -25,6 +25,7 @@ Decode state per sequence (``context`` = tokens consumed, sink tokens not includ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -168,9 +169,22 @@ def _mixer(cfg: HybridConfig, kind: str):
 def mixer_skeletons(cfg: HybridConfig) -> dict[str, Any]:
     """One module per linear-mixer kind (gdn, mamba2, conv) the config uses, built as the
     model builds it but on the meta device (sizes, parameters and ``state_bytes`` without
-    storage; all layers of a kind share its arguments)."""
-    used = {cfg.layer_kind(i) for i in range(cfg.num_hidden_layers)}
-    return {k: _mixer(cfg, k) for k in MIXER_NAMES if k in used}
+    storage; all layers of a kind share its arguments). Read them, never change them:
+    they are cached by the config's content (a report counts per document)."""
+    if cfg.layer_mixers is None:
+        return {}
+    key = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+    hit = _SKELETONS.get(key)
+    if hit is None:
+        used = {cfg.layer_kind(i) for i in range(cfg.num_hidden_layers)}
+        hit = {k: _mixer(cfg, k) for k in MIXER_NAMES if k in used}
+        if len(_SKELETONS) >= 16:
+            _SKELETONS.clear()
+        _SKELETONS[key] = hit
+    return dict(hit)
+
+
+_SKELETONS: dict[str, dict[str, Any]] = {}
 
 
 # ----------------------------------------------------------------------------- params
