@@ -49,7 +49,24 @@ CONFIGS = {
                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
                                         "full_attention": {"rope_type": "linear", "rope_theta": 1e6,
                                                            "factor": 8.0}}),
+    # Linear-mixer hybrids (layer_mixers): Gated DeltaNet, Mamba-2, short convolution and
+    # gated attention (Qwen3.5-like), and the other layouts and options of each mixer.
+    "mixers_qwen3_5_like": dict(
+        layer_mixers=["gdn", "mamba2", "conv", "full"], attn_layers=[3], full_attn_layers=[3],
+        sliding_window=None, attn_output_gate=True, qk_norm=True,
+        gdn=dict(num_key_heads=2, num_value_heads=4, key_head_dim=8, value_head_dim=6,
+                 conv_kernel_size=4, layout="qwen3_5"),
+        mamba2=dict(num_heads=4, head_dim=8, d_state=6, n_groups=2, d_conv=4, chunk_size=8),
+        short_conv=dict(L_cache=3, bias=False)),
+    "mixers_other_options": dict(
+        layer_mixers=["gdn", "swa", "mamba2", "conv"], attn_layers=[1], sliding_window=5,
+        gdn=dict(num_key_heads=1, num_value_heads=2, key_head_dim=8, value_head_dim=8,
+                 conv_kernel_size=3, layout="qwen3_next"),
+        mamba2=dict(num_heads=2, head_dim=8, d_state=4, n_groups=1, d_conv=3, chunk_size=4,
+                    rms_norm=False, bias=True, conv_bias=False),
+        short_conv=dict(L_cache=4, bias=True)),
 }
+MIXER_MODULES = {"gdn": "linear_attn", "mamba2": "mamba", "conv": "conv"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -294,3 +311,151 @@ def test_embedded_tiny_hybrid_if_present():
         pytest.skip(f"{path} not written yet (examples/train_tiny.py)")
     info = info_from_path("tiny-hybrid")
     assert info["params"]["total"] > 0 and info["state_constant"]
+
+
+# ----------------------------------------------------------------------------- linear mixers
+def _mixer_bytes(cfg: HybridConfig, state) -> dict[str, int]:
+    """Bytes of the real DecodeState's linear-mixer caches, by kind."""
+    out = {f"{k}_state_bytes": 0 for k in MIXER_MODULES}
+    for i, cache in enumerate(state.layers):
+        kind = cfg.layer_kind(i)
+        if kind in MIXER_MODULES:
+            out[f"{kind}_state_bytes"] += sum(t.numel() * t.element_size() for t in cache.values())
+    return out
+
+
+@pytest.mark.parametrize("name", ["mixers_qwen3_5_like", "mixers_other_options"])
+def test_linear_mixer_parameters_by_part(name):
+    cfg = small_config(name)
+    model = HybridForCausalLM(cfg)
+    p = parameter_counts(cfg)
+    for kind, attr in MIXER_MODULES.items():
+        want = sum(q.numel() for i, layer in enumerate(model.model.layers)
+                   if cfg.layer_kind(i) == kind for q in getattr(layer, attr).parameters())
+        assert p[kind] == want > 0, kind
+    attn = sum(q.numel() for layer in model.model.layers if hasattr(layer, "attn")
+               for q in layer.attn.parameters())
+    assert p["attention"] == attn and p["gla"] == 0
+    assert p["total"] == sum(q.numel() for q in model.parameters())
+
+
+def test_linear_mixer_parameter_formulas_by_hand():
+    # h 32. GDN (qwen3_5): Hk 2 x dk 8, Hv 4 x dv 6, conv 4: conv channels 2*16 + 24 = 56;
+    # in_proj_qkv 32*56, z 32*24, b and a 32*4 each, conv 56*4, dt_bias + A_log 2*4,
+    # norm 6, out_proj 24*32.
+    p = parameter_counts(small_config("mixers_qwen3_5_like"))
+    assert p["gdn"] == 32 * 56 + 32 * 24 + 2 * 32 * 4 + 56 * 4 + 2 * 4 + 6 + 24 * 32
+    # Mamba-2: H 4 x P 8 (d_inner 32), N 6, G 2: conv channels 32 + 2*2*6 = 56; in_proj
+    # 32 -> 32 + 56 + 4 (no bias), conv 56*4 + bias 56, dt_bias, A_log, D 3*4, norm 32,
+    # out_proj 32*32.
+    assert p["mamba2"] == 32 * 92 + 56 * 4 + 56 + 3 * 4 + 32 + 32 * 32
+    # short conv, kernel 3, no biases: in_proj 32 -> 96, conv 32*3, out_proj 32*32.
+    assert p["conv"] == 32 * 96 + 32 * 3 + 32 * 32
+    # gated attention: q_proj 32 -> 2*4*8 (query and gate), k, v 32 -> 16, o 32 -> 32
+    # (biases on q, k, v), q/k norms 8 each.
+    assert p["attention"] == (32 * 64 + 64) + 2 * (32 * 16 + 16) + 32 * 32 + 2 * 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,prompt,steps", [
+    ("mixers_qwen3_5_like", 9, 4),    # gdn, mamba2, conv and a growing full-attention layer
+    ("mixers_other_options", 2, 6),   # fewer prompt tokens than the conv kernels; window 5
+])
+def test_linear_mixer_state_bytes_match_decode_state(name, prompt, steps, dtype):
+    cfg = small_config(name)
+    torch.manual_seed(0)
+    model = HybridForCausalLM(cfg).to(dtype).eval()
+    state = model.new_state()
+    with torch.no_grad():
+        model.prefill(torch.randint(0, cfg.vocab_size, (1, prompt)), state, block_size=4)
+        for t in range(steps):
+            model(torch.randint(0, cfg.vocab_size, (1, 1)), state)
+            context = prompt + t + 1
+            want = decode_state_bytes(cfg, context, dtype)
+            assert want["total_bytes"] == state.nbytes(), (name, context)
+            assert {k: want[k] for k in _mixer_bytes(cfg, state)} == _mixer_bytes(cfg, state)
+            got = _components(cfg, state)
+            assert {k: want[k] for k in got} == got
+    # the mixers' own state_bytes, layer by layer
+    per = decode_state_bytes(cfg, prompt + steps, dtype)["per_layer"]
+    for i, layer in enumerate(model.model.layers):
+        kind = cfg.layer_kind(i)
+        if kind in MIXER_MODULES:
+            mixer = getattr(layer, MIXER_MODULES[kind])
+            arg = torch.empty((), dtype=dtype).element_size() if kind == "conv" else dtype
+            assert per[i] == {"layer": i, "kind": kind, "bytes": mixer.state_bytes(1, arg)}
+
+
+def test_linear_mixer_state_by_hand():
+    # float32; GDN conv 56 channels x 3 kept inputs + 4 value heads x 8 x 6 recurrent;
+    # Mamba-2 conv 56 channels x 4 (d_conv) + 4 heads x 8 x 6 SSM; short conv 32 x 2;
+    # full attention: 2 kv heads x 8, keys and values, 100 slots, + int64 positions.
+    s = decode_state_bytes(small_config("mixers_qwen3_5_like"), 100, 4)
+    assert s["gdn_state_bytes"] == (56 * 3 + 4 * 8 * 6) * 4
+    assert s["mamba2_state_bytes"] == (56 * 4 + 4 * 8 * 6) * 4
+    assert s["conv_state_bytes"] == 32 * 2 * 4
+    assert s["full_kv_bytes"] == 2 * 2 * 8 * 100 * 4 and s["position_bytes"] == 100 * 8
+    assert s["window_kv_bytes"] == 0 == s["gla_state_bytes"]
+    # bf16: conv windows in bf16, the recurrent and SSM states in float32
+    b = decode_state_bytes(small_config("mixers_qwen3_5_like"), 100, "bf16")
+    assert b["gdn_state_bytes"] == 56 * 3 * 2 + 4 * 8 * 6 * 4
+    assert b["mamba2_state_bytes"] == 56 * 4 * 2 + 4 * 8 * 6 * 4
+    assert b["conv_state_bytes"] == 32 * 2 * 2
+    assert decode_state_bytes(small_config("mixers_qwen3_5_like"), 0, 4)["total_bytes"] == 0
+    # no growing cache: constant from 4k to 1M tokens; the mixers are sized on the meta
+    # device, nothing allocated
+    with NoStorage():
+        info = model_info(small_config("mixers_other_options"))
+    assert info["state_constant"] and info["state"][0]["total_bytes"] == info["state"][1]["total_bytes"]
+    with pytest.raises(ValueError, match="Gated DeltaNet"):
+        decode_state_bytes(small_config("mixers_qwen3_5_like"), 10, 1)
+
+
+def test_linear_mixer_layer_table():
+    L = model_info(small_config("mixers_other_options"))["layers"]
+    assert L["kinds"] == {"gla": [], "swa": [1], "full": [], "parallel": [], "gdn": [0],
+                          "mamba2": [2], "conv": [3]}
+    assert L["with_gdn_state"] == [0] and L["with_mamba2_state"] == [2]
+    assert L["with_conv_state"] == [3] and L["with_window_cache"] == [1]
+
+
+def test_info_cli_prints_the_linear_mixers(tmp_path, capsys):
+    from sbsnn.cli import main
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    small_config("mixers_qwen3_5_like").save(d / "config.json")
+    assert main(["info", str(d), "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    # float32 state at 4k tokens: GDN (56*3 + 4*8*6)*4 = 1440 B, Mamba-2 (56*4 + 192)*4 =
+    # 1664 B, short conv 32*2*4 = 256 B, full-attention K/V 2*2*8*4096*4 = 512 KiB and
+    # positions 4096*8 = 32 KiB: 560416 B = 547.28 KiB. At 1M: 128 + 8 MiB + 3360 B.
+    for piece in ("gdn", "mamba2", "conv", "Gated DeltaNet, 2 key heads x 8, 4 value heads x 6",
+                  "Mamba-2 (SSD), 4 heads x 8, state 6, 2 groups", "short convolution, kernel 3",
+                  "output gate", "GDN mixers", "Mamba-2 mixers", "short-conv mixers",
+                  "GDN conv + recurrent state", "Mamba-2 conv + SSM state", "short-conv window",
+                  "4k", "1M", "1.41 KiB", "1.62 KiB", "256 B", "547.28 KiB", "136.00 MiB"):
+        assert piece in out, piece
+
+
+def test_qwen3_5_checkpoint_from_transformers(tmp_path):
+    """A Qwen3.5 checkpoint written by transformers itself: ``sbsnn info``'s parameter
+    count equals transformers' model's, and the state bytes sbsnn's decoding holds."""
+    transformers = pytest.importorskip("transformers")
+    from test_families_hybrid import _LINEAR_FIRST, _QWEN3_5
+
+    from sbsnn.models import load_model
+
+    torch.manual_seed(0)
+    hf = transformers.Qwen3_5ForCausalLM(transformers.Qwen3_5TextConfig(
+        **_QWEN3_5, layer_types=_LINEAR_FIRST)).float()
+    hf.save_pretrained(tmp_path / "q")
+    info = info_from_path(tmp_path / "q", dtype_bytes=4)
+    assert info["params"]["total"] == sum(p.numel() for p in hf.parameters())
+    assert info["layers"]["kinds"]["gdn"] == [0, 2] and info["layers"]["kinds"]["full"] == [1, 3]
+    model = load_model(tmp_path / "q", dtype=torch.float32)
+    state = model.new_state()
+    with torch.no_grad():
+        model.prefill(torch.randint(0, model.config.vocab_size, (1, 7)), state)
+        model(torch.randint(0, model.config.vocab_size, (1, 1)), state)
+    assert decode_state_bytes(model.config, 8, 4)["total_bytes"] == state.nbytes()

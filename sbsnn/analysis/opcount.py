@@ -2,8 +2,9 @@
 
 The spiking simulator counts events only at the inputs of the converted linear layers.
 Everything else still runs at full precision (FP16 by default in the energy model):
-attention scores and weighted sums, GLA state updates and readouts, RMSNorms, RoPE, the
-SwiGLU activation, residual adds, ``lm_head`` and the embedding lookup.
+attention scores and weighted sums, the linear mixers' state updates and readouts (GLA,
+Gated DeltaNet, Mamba-2) and convolutions, gates, RMSNorms, RoPE, the SwiGLU activation,
+residual adds, ``lm_head`` and the embedding lookup.
 :func:`nonspiking_ops` counts them per component so that :mod:`sbsnn.analysis.energy`
 can price them and show them apart.
 
@@ -26,7 +27,7 @@ attn_qk_macs           H * K * D              (q . k for every key)     window/f
 attn_av_macs           H * K * D              (softmax weights x V)     window/full
 attn_softmax_ops       5 * H * K  (max, subtract, exp, sum, divide)     window/full
 attn_scale_ops         H * D      (q / sqrt(D))                         window/full
-rope_ops               3 * (H + Hkv) * D  (x*cos + rot(x)*sin)          window/full
+rope_ops               3 * (H + Hkv) * rotary_dim  (x*cos + rot(x)*sin)  window/full
 gla_state_macs         Hkv * D * D  (S += k^T v)                        GLA
 gla_decay_ops          Hkv * D * D  (S *= exp(g), one multiply each)    GLA
 gla_gate_ops           3 * Hkv * D  (logsigmoid, / normaliser, exp)     GLA
@@ -39,13 +40,55 @@ swiglu_ops             5 * I  (silu = exp, add, divide, multiply; gate * up)
 moe_router_ops         2 * E  (router activation and top-k compare)     MoE layers
 moe_combine_ops        2 * h * (top_k + shared)  (weight and sum)       MoE layers
                        + h + 1 with a shared-expert gate (sigmoid, scale)
+attn_out_gate_ops      4 * H * D  (sigmoid of the gate, multiply)       gated attention
+gdn_conv_macs          K * (2 Hk dk + Hv dv)  (causal depthwise conv)   GDN
+gdn_conv_ops           A * (2 Hk dk + Hv dv)  (its activation)          GDN
+gdn_l2norm_ops         3 * 2 Hk dk  (square, sum, x * rsqrt; q and k)   GDN
+gdn_scale_ops          Hk * dk    (q / sqrt(dk))                        GDN
+gdn_beta_ops           3 * Hv     (beta = sigmoid(b))                   GDN
+gdn_decay_gate_ops     6 * Hv  (a + dt_bias, softplus: exp, add, log;   GDN
+                       times -exp(A_log); exp)
+gdn_decay_ops          Hv * dk * dv  (S *= exp(g))                      GDN
+gdn_predict_macs       Hv * dk * dv  (k^T S)                            GDN
+gdn_delta_ops          2 * Hv * dv   (v - k^T S, times beta)            GDN
+gdn_write_macs         Hv * dk * dv  (S += k u^T)                       GDN
+gdn_readout_macs       Hv * dk * dv  (o = S^T q)                        GDN
+gdn_out_gate_ops       5 * Hv * dv   (silu(z), multiply)                GDN
+mamba2_conv_macs       K * (H P + 2 G N)  (causal depthwise conv)       Mamba-2
+mamba2_conv_ops        (A + bias) * (H P + 2 G N)  (activation, bias)   Mamba-2
+mamba2_dt_ops          6 * H  (dt + dt_bias, softplus: exp, add, log;   Mamba-2
+                       dt * A; exp)
+mamba2_decay_ops       H * P * N  (S *= exp(dt A))                      Mamba-2
+mamba2_input_ops       H * P      (dt * x)                              Mamba-2
+mamba2_write_macs      H * P * N  (S += (dt x) B^T)                     Mamba-2
+mamba2_readout_macs    H * P * N  (y = S C)                             Mamba-2
+mamba2_skip_ops        2 * H * P  (D * x, add)                          Mamba-2
+mamba2_out_gate_ops    5 * H * P  (silu(z), multiply)                   Mamba-2
+mamba2_mup_ops         h (input multiplier) + the in_proj outputs        Mamba-2
+                       whose multiplier is not 1 (Falcon-H1's muP)
+shortconv_macs         K * h      (causal depthwise conv)               short conv
+shortconv_bias_ops     h          (its bias, when it has one)           short conv
+shortconv_gate_ops     2 * h      (B * x before, C * z after the conv)  short conv
 lm_head_macs           V * h                                            once
 embedding_reads        h  (elements read)                               once
 dense_<proj>_macs      in * out of each projection named in ``dense_projections``
 =====================  ==============================================  =============
 
+Linear mixers (``layer_mixers``): Gated DeltaNet with ``Hk`` key heads of ``dk``, ``Hv``
+value heads of ``dv``, conv kernel ``K``; Mamba-2 with ``H`` heads of ``P``, state size
+``N``, ``G`` groups, conv kernel ``K``; the short convolution with kernel ``K``
+(``L_cache``) over ``h`` channels. ``A``: ops of the conv activation, 4 (as silu: exp,
+add, divide, multiply; every other activation is counted alike), 0 without one. Their
+sizes are read from the mixer built on the meta device
+(:func:`sbsnn.models.info.mixer_skeletons`). The keys of a mixer kind, and
+``attn_out_gate_ops``, are present only for models that have it.
+
 Norms: attn_norm and mlp_norm in every layer (plus the two branch norms of a parallel
-layer), the per-head ``g_norm`` of GLA over ``H * D`` elements, the final norm over ``h``.
+layer, the two sandwich norms of Gemma 3), the per-head ``g_norm`` of GLA over ``H * D``
+elements, the q/k norms of Qwen3 / Gemma 3 / Qwen3.5 attention over ``(H + Hkv) * D``, the
+gated norm of GDN over ``Hv * dv`` and of Mamba-2 (unless ``rms_norm`` is off) over
+``H * P`` elements, the final norm over ``h``. RoPE rotates the ``rotary_dim`` first
+channels of each head (``D`` unless ``partial_rotary_factor`` < 1).
 
 Keys a query sees, ``K``:
 
@@ -60,12 +103,15 @@ Keys a query sees, ``K``:
 
 Assumptions (each an undercount or overcount the reader should know):
 
-* GLA is counted in its recurrent (token by token) form, the decoding form. The chunked
-  form a prompt goes through does different (more) work for the same result.
+* GLA, Gated DeltaNet and Mamba-2 are counted in their recurrent (token by token) form,
+  the decoding form. The chunked form a prompt goes through does different (more) work
+  for the same result (and Mamba-2 clamps dt there, uncounted). Constants of the weights
+  alone (``exp(A_log)``) are taken as precomputed.
 * An exp, a logsigmoid, an rsqrt or a division counts as one op, as does a compare.
 * Sink tokens are not counted as queries (they are a one-time prefix), only as keys.
-* Projections (q, k, v, o, the GLA gate, MLP gate/up/down, MoE router and experts) are
-  spiking layers and are NOT counted here, except those named in ``dense_projections``
+* Projections (q, k, v, o, the GLA gate, the linear mixers' ``in_proj*`` and
+  ``out_proj``, MLP gate/up/down, MoE router and experts) are spiking layers and are NOT
+  counted here, except those named in ``dense_projections``
   (the ``w8aspike`` preset leaves every ``down_proj`` dense: pass
   ``dense_projections=("down_proj",)``). ``lm_head`` is always dense and always counted.
 * The ``w8aspike`` per-head query spiking and INT8 K/V caching change the precision of the
@@ -80,17 +126,27 @@ from typing import Iterable
 
 from sbsnn.errors import brief
 from sbsnn.models.config import HybridConfig
+from sbsnn.models.info import mixer_skeletons
 
 __all__ = ["DENSE_PROJECTIONS", "nonspiking_ops", "visible_keys"]
 
+# Projection names (the last part of a module name). in_proj*: the linear mixers' input
+# projections (Gated DeltaNet: in_proj_qkv/_z/_b/_a or in_proj_qkvz/_ba; Mamba-2 and the
+# short conv: in_proj); out_proj: their output projection.
 DENSE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gk_proj", "gate_proj",
-                     "up_proj", "down_proj", "router")
+                     "up_proj", "down_proj", "router", "in_proj", "in_proj_qkv", "in_proj_z",
+                     "in_proj_b", "in_proj_a", "in_proj_qkvz", "in_proj_ba", "out_proj")
 
 RMSNORM_OPS = 4        # per element
 SOFTMAX_OPS = 5        # per score
 ROPE_OPS = 3           # per element of q and k
 GATE_OPS = 3           # per gate element
 SWIGLU_OPS = 5         # per intermediate element
+ACT_OPS = 4            # an activation (silu: exp, add, divide, multiply), per element
+SIGMOID_OPS = 3        # exp, add, divide
+SOFTPLUS_OPS = 3       # exp, add, log
+L2NORM_OPS = 3         # per element: square, sum, x * rsqrt
+ATTENTION_KINDS = ("swa", "full", "parallel")
 
 
 def _sum_min(a: int, n: int, w: int | None) -> int:
@@ -132,18 +188,24 @@ def visible_keys(tokens: int, window: int | None, context: int | None = None,
     return in_window + extra_sinks
 
 
-def _projection_macs(cfg: HybridConfig, i: int, name: str) -> int:
-    """MACs per token of projection ``name`` in layer ``i`` (0 when the layer has none)."""
+def _projection_macs(cfg: HybridConfig, i: int, name: str, mixers: dict) -> int:
+    """MACs per token of projection ``name`` in layer ``i`` (0 when the layer has none).
+    ``mixers``: :func:`~sbsnn.models.info.mixer_skeletons` of ``cfg``."""
     h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     kind = cfg.layer_kind(i)
-    mixers = 2 if kind == "parallel" else 1  # parallel: window attention + linear attention
+    attn = 1 if kind in ATTENTION_KINDS else 0       # parallel: window attention + GLA
     gla_mixers = 1 if kind in ("gla", "parallel") else 0
-    if name == "q_proj":
-        return mixers * h * H * D
+    if name.startswith(("in_proj", "out_proj")):
+        if kind not in mixers:
+            return 0
+        lin = dict(mixers[kind].named_children()).get(name)
+        return 0 if lin is None else lin.in_features * lin.out_features
+    if name == "q_proj":   # gated attention: q_proj gives the query and the gate
+        return attn * h * H * D * (2 if cfg.attn_output_gate else 1) + gla_mixers * h * H * D
     if name in ("k_proj", "v_proj"):
-        return mixers * h * Hkv * D
+        return (attn + gla_mixers) * h * Hkv * D
     if name == "o_proj":
-        return mixers * H * D * h
+        return (attn + gla_mixers) * H * D * h
     if name == "gk_proj":
         if cfg.linear_attn_gate != "lowrank":
             return 0
@@ -158,6 +220,49 @@ def _projection_macs(cfg: HybridConfig, i: int, name: str) -> int:
     if name == "router":
         return 0
     return h * cfg.intermediate_size  # gate_proj, up_proj, down_proj
+
+
+def _act_ops(activation: str | None) -> int:
+    return 0 if activation is None else ACT_OPS
+
+
+def _mixer_ops(kind: str, m, cfg: HybridConfig) -> dict[str, int]:
+    """Per-token counts of one linear-mixer layer of ``kind`` (``m`` its module); the
+    ``rmsnorm_ops`` of its gated norm included. Formulas: the module docstring."""
+    if kind == "gdn":
+        Hk, Hv, dk, dv = m.num_k_heads, m.num_v_heads, m.head_k_dim, m.head_v_dim
+        state = Hv * dk * dv
+        return {"gdn_conv_macs": m.conv_kernel_size * m.conv_dim,
+                "gdn_conv_ops": _act_ops(m.activation) * m.conv_dim,
+                "gdn_l2norm_ops": L2NORM_OPS * 2 * Hk * dk,
+                "gdn_scale_ops": Hk * dk,
+                "gdn_beta_ops": SIGMOID_OPS * Hv,
+                "gdn_decay_gate_ops": (1 + SOFTPLUS_OPS + 1 + 1) * Hv,
+                "gdn_decay_ops": state, "gdn_predict_macs": state,
+                "gdn_delta_ops": 2 * Hv * dv,
+                "gdn_write_macs": state, "gdn_readout_macs": state,
+                "gdn_out_gate_ops": (ACT_OPS + 1) * Hv * dv,
+                "rmsnorm_ops": RMSNORM_OPS * Hv * dv}
+    if kind == "mamba2":
+        H, P, N, G = m.num_heads, m.head_dim, m.d_state, m.n_groups
+        state = H * P * N
+        conv_bias = 1 if m.conv1d.bias is not None else 0
+        segments = (m.d_inner, m.d_inner, G * N, G * N, H)     # z, x, B, C, dt
+        mup = (cfg.hidden_size if m.in_multiplier != 1.0 else 0) + sum(
+            size for size, mult in zip(segments, m.zxbcdt_multipliers) if mult != 1.0)
+        return {"mamba2_conv_macs": m.d_conv * m.conv_dim,
+                "mamba2_conv_ops": (_act_ops(m.activation) + conv_bias) * m.conv_dim,
+                "mamba2_dt_ops": (1 + SOFTPLUS_OPS + 1 + 1) * H,
+                "mamba2_decay_ops": state, "mamba2_input_ops": H * P,
+                "mamba2_write_macs": state, "mamba2_readout_macs": state,
+                "mamba2_skip_ops": 2 * H * P,
+                "mamba2_out_gate_ops": (ACT_OPS + 1) * H * P,
+                "mamba2_mup_ops": mup,
+                "rmsnorm_ops": RMSNORM_OPS * H * P if m.rms_norm else 0}
+    h = m.hidden_size
+    return {"shortconv_macs": m.L_cache * h,
+            "shortconv_bias_ops": h if m.conv.bias is not None else 0,
+            "shortconv_gate_ops": 2 * h}
 
 
 def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None, *,
@@ -187,12 +292,19 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
         "gla_state_macs", "gla_decay_ops", "gla_gate_ops", "gla_feature_ops", "gla_scale_ops",
         "gla_readout_macs", "rmsnorm_ops", "residual_adds_ops", "swiglu_ops", "moe_router_ops",
         "moe_combine_ops", "lm_head_macs")}
+    mixers = mixer_skeletons(cfg)
+    per_mixer = {k: _mixer_ops(k, m, cfg) for k, m in mixers.items()}
+    if cfg.attn_output_gate and any(cfg.layer_kind(i) in ATTENTION_KINDS
+                                    for i in range(cfg.num_hidden_layers)):
+        out["attn_out_gate_ops"] = 0
+    for ops in per_mixer.values():
+        out.update({k: 0 for k in ops})
     for name in dense:
         out[f"dense_{name}_macs"] = 0
     keys_cache: dict[int | None, int] = {}
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
-        if kind in ("swa", "full", "parallel"):
+        if kind in ATTENTION_KINDS:
             W = cfg.window_for(i)
             if W not in keys_cache:
                 keys_cache[W] = visible_keys(n, W, context, S)
@@ -201,7 +313,14 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["attn_av_macs"] += H * D * K
             out["attn_softmax_ops"] += SOFTMAX_OPS * H * K
             out["attn_scale_ops"] += n * H * D
-            out["rope_ops"] += n * ROPE_OPS * (H + Hkv) * D
+            out["rope_ops"] += n * ROPE_OPS * (H + Hkv) * cfg.rope_for(i).rotary_dim
+            if cfg.qk_norm:
+                out["rmsnorm_ops"] += n * RMSNORM_OPS * (H + Hkv) * D
+            if cfg.attn_output_gate:
+                out["attn_out_gate_ops"] += n * (SIGMOID_OPS + 1) * H * D
+        if kind in per_mixer:
+            for key, v in per_mixer[kind].items():
+                out[key] += n * v
         if kind in ("gla", "parallel"):
             out["gla_state_macs"] += n * Hkv * D * D
             out["gla_decay_ops"] += n * Hkv * D * D
@@ -210,7 +329,7 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["gla_scale_ops"] += n * H * D
             out["gla_readout_macs"] += n * H * D * D
             out["rmsnorm_ops"] += n * RMSNORM_OPS * H * D        # g_norm
-        norms = 4 if kind == "parallel" else 2
+        norms = (4 if kind == "parallel" else 2) + (2 if cfg.sandwich_norm else 0)
         out["rmsnorm_ops"] += n * RMSNORM_OPS * norms * h
         out["residual_adds_ops"] += n * h * (3 if kind == "parallel" else 2)
         if cfg.is_moe_layer(i):
@@ -225,7 +344,7 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
         else:
             out["swiglu_ops"] += n * SWIGLU_OPS * cfg.intermediate_size
         for name in dense:
-            out[f"dense_{name}_macs"] += n * _projection_macs(cfg, i, name)
+            out[f"dense_{name}_macs"] += n * _projection_macs(cfg, i, name, mixers)
     out["rmsnorm_ops"] += n * RMSNORM_OPS * h                    # final norm
     out["lm_head_macs"] = n * cfg.vocab_size * h
     out["embedding_reads"] = n * h

@@ -51,7 +51,8 @@ __all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_POINT", "SPIKINGBRAIN_7B_SWEEP",
            "plot_steps_per_token", "plot_sweep"]
 
 KIND_COLORS = {"GLA": "#1f77b4", "SWA": "#ff7f0e", "full attention": "#d62728",
-               "attention": "#8c564b", "MLP": "#2ca02c", "MoE": "#9467bd", "other": "#7f7f7f"}
+               "attention": "#8c564b", "MLP": "#2ca02c", "MoE": "#9467bd", "other": "#7f7f7f",
+               "GDN": "#17becf", "Mamba-2": "#bcbd22", "short conv": "#e377c2"}
 POS_COLOR, NEG_COLOR = "#d62728", "#1f77b4"
 ESTIMATE_LABELS = {"a_spikingbrain": "(a) SpikingBrain Eq. 24", "b_arithmetic": "(b) + arithmetic",
                    "c_memory": "(c) + memory (DRAM)"}

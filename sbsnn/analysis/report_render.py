@@ -211,8 +211,8 @@ def render_html(report: Mapping) -> str:
     ns = en.get("nonspiking")
     if ns and ns.get("pj_per_token") is not None:
         dp = ns.get("dense_projections") or []
-        w(f"<p>Operations that never spike (attention scores and sums, GLA state, norms, RoPE, "
-          f"SwiGLU, residuals, lm_head{', dense ' + ', '.join(dp) if dp else ''}) at "
+        w(f"<p>Operations that never spike (attention scores and sums, the linear mixers' "
+          f"states and convolutions, gates, norms, RoPE, SwiGLU, residuals, lm_head{', dense ' + ', '.join(dp) if dp else ''}) at "
           f"{_e(ns['precision'].upper())}: {_e(format_pj(ns['pj_per_token']))} per token "
           f"({_num(ns['macs'])} MACs, {_num(ns['ops'])} other operations in all), the same "
           f"for the spiking model and every baseline.</p>")

@@ -128,14 +128,27 @@ def tally_counts(counts: torch.Tensor, coding: str, window: int = DEFAULT_WINDOW
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
+# The linear mixers of the hybrid families: the block's module name -> the kind's label.
+# GDN shares GLA's module name (linear_attn) and is told apart by its projections' names.
+MIXER_LABELS = {"gdn": "GDN", "mamba2": "Mamba-2", "conv": "short conv"}
+_GDN_PROJECTION = re.compile(r"^linear_attn\.(in_proj\w*|out_proj)$")
+
+
 def layer_kind(name: str, config=None) -> str:
-    """'GLA', 'SWA', 'full attention', 'MLP', 'MoE' or 'other' for a module name."""
+    """'GLA', 'GDN', 'Mamba-2', 'short conv', 'SWA', 'full attention', 'MLP', 'MoE' or
+    'other' for a module name."""
     m = _LAYER.match(name)
     if not m:
         return "other"
     i, rest = int(m.group(1)), m.group(2)
+    if config is not None and config.layer_kind(i) in MIXER_LABELS and not rest.startswith("mlp."):
+        return MIXER_LABELS[config.layer_kind(i)]
     if rest.startswith("linear_attn."):
-        return "GLA"
+        return "GDN" if _GDN_PROJECTION.match(rest) else "GLA"
+    if rest.startswith("mamba."):
+        return "Mamba-2"
+    if rest.startswith("conv."):
+        return "short conv"
     if rest.startswith("attn."):
         if config is None:
             return "attention"

@@ -3,12 +3,20 @@
 Presets (SpikingBrain report section 3 and its released W8ASpike code):
 
 - ``paper``: the input of every linear projection is spiked and its weight made INT8:
-  attention q, k, v, o, the GLA gate (both low-rank halves), MLP gate, up and down, MoE
-  router and experts. Never the embedding or ``lm_head``.
+  attention q, k, v, o (q with its output-gate rows in Qwen3.5's gated attention), the
+  GLA gate (both low-rank halves), the linear mixers' projections (Gated DeltaNet
+  ``in_proj_qkv``/``in_proj_z``/``in_proj_b``/``in_proj_a`` or ``in_proj_qkvz``/
+  ``in_proj_ba``, and ``out_proj``; Mamba-2 and the short convolution ``in_proj`` and
+  ``out_proj``), MLP gate, up and down, MoE router and experts. Never the embedding or
+  ``lm_head``. What lies between the projections stays float: the recurrences (GLA,
+  delta rule, SSD), the depthwise convolutions, gates, norms and attention products.
 - ``w8aspike``: what the released code does: as ``paper`` but every ``down_proj`` stays
   dense and float (upstream fuses it into a SwiGLU kernel); in window/full attention
   layers the query is spiked again after RoPE with one threshold per (token, head), and
-  keys and values are INT8 per (token, head) as they enter the cache.
+  keys and values are INT8 per (token, head) as they enter the cache. The linear mixers
+  have no such hooks (their states stay float) and their projections spike as in
+  ``paper``: upstream's recipe covers GLA and softmax attention only, so nothing else
+  is left dense.
 - custom: ``targets``, glob patterns over module names (``fnmatch``), for any model
   built from ``nn.Linear`` (Llama, Qwen2, a BERT-style encoder, your own).
 """

@@ -17,10 +17,15 @@ Decode state per sequence (``context`` = tokens consumed, sink tokens not includ
   whole on the first token, so its size does not depend on the context at all.
 * Full-attention layer: sink slots plus one slot per token; grows with the context.
 * Parallel layer (76B): a GLA state plus a window or full cache.
+* Gated DeltaNet, Mamba-2 and short-convolution layers (``layer_mixers``): the module's
+  own ``state_bytes`` (conv window plus recurrent/SSM state; float32 recurrences for half
+  dtypes), constant in the context. Their sizes and parameters are read from the mixer
+  built once per kind on the ``meta`` device (no storage), so they are the module's.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,10 +34,11 @@ from sbsnn.models.checkpoint import EMBEDDED, resolve
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.gguf import is_gguf, read_gguf_config
+from sbsnn.models.hybrid import LINEAR_MIXERS
 
 __all__ = [
-    "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "model_info",
-    "parameter_counts", "settings", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
+    "EMBEDDED_MODELS", "decode_state_bytes", "format_info", "info_from_path", "mixer_skeletons",
+    "model_info", "parameter_counts", "settings", "spikingbrain_7b_config", "spikingbrain_76b_like_config",
 ]
 
 DEFAULT_CONTEXTS = (4096, 1_048_576)
@@ -118,11 +124,18 @@ def _dtype_bytes_and_name(dtype: Any) -> tuple[int, str]:
 
 
 # ----------------------------------------------------------------------------- layers
+# The linear mixers of layer_mixers, in display order, with their names.
+MIXER_NAMES = {"gdn": "Gated DeltaNet", "mamba2": "Mamba-2", "conv": "short convolution"}
+ATTENTION_KINDS = ("swa", "full", "parallel")   # layers holding a softmax attention
+
+
 def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
+    """Layer indices by kind. ``kinds`` always has gla/swa/full/parallel; gdn, mamba2 and
+    conv appear when the config has such layers."""
     n = cfg.num_hidden_layers
     kinds: dict[str, list[int]] = {"gla": [], "swa": [], "full": [], "parallel": []}
     for i in range(n):
-        kinds[cfg.layer_kind(i)].append(i)
+        kinds.setdefault(cfg.layer_kind(i), []).append(i)
     # Which softmax attention each parallel layer carries.
     par_swa = [i for i in kinds["parallel"] if cfg.window_for(i) is not None]
     par_full = [i for i in kinds["parallel"] if cfg.window_for(i) is None]
@@ -140,7 +153,38 @@ def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
         "with_gla_state": sorted(kinds["gla"] + kinds["parallel"]),
         "with_window_cache": sorted(kinds["swa"] + par_swa),
         "with_full_cache": sorted(kinds["full"] + par_full),
+        **{f"with_{k}_state": kinds.get(k, []) for k in MIXER_NAMES},
     }
+
+
+def _mixer(cfg: HybridConfig, kind: str):
+    """Linear mixer ``kind`` of ``cfg`` as the model builds it, on the meta device (sizes,
+    parameters and ``state_bytes`` without storage)."""
+    import torch
+
+    with torch.device("meta"):
+        return LINEAR_MIXERS[kind][1](cfg)
+
+
+def mixer_skeletons(cfg: HybridConfig) -> dict[str, Any]:
+    """One module per linear-mixer kind (gdn, mamba2, conv) the config uses, built as the
+    model builds it but on the meta device (sizes, parameters and ``state_bytes`` without
+    storage; all layers of a kind share its arguments). Read them, never change them:
+    they are cached by the config's content (a report counts per document)."""
+    if cfg.layer_mixers is None:
+        return {}
+    key = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
+    hit = _SKELETONS.get(key)
+    if hit is None:
+        used = {cfg.layer_kind(i) for i in range(cfg.num_hidden_layers)}
+        hit = {k: _mixer(cfg, k) for k in MIXER_NAMES if k in used}
+        if len(_SKELETONS) >= 16:
+            _SKELETONS.clear()
+        _SKELETONS[key] = hit
+    return dict(hit)
+
+
+_SKELETONS: dict[str, dict[str, Any]] = {}
 
 
 # ----------------------------------------------------------------------------- params
@@ -167,7 +211,11 @@ def _gla_params(cfg: HybridConfig) -> int:
 
 
 def _attn_params(cfg: HybridConfig) -> int:
-    return _qkvo(cfg, cfg.o_proj_bias) + (2 * cfg.head_dim if cfg.qk_norm else 0)  # + q/k norms
+    n = _qkvo(cfg, cfg.o_proj_bias) + (2 * cfg.head_dim if cfg.qk_norm else 0)  # + q/k norms
+    if cfg.attn_output_gate:  # q_proj also gives the gate: H * D more outputs
+        H, D = cfg.num_attention_heads, cfg.head_dim
+        n += _linear(cfg.hidden_size, H * D, cfg.attention_bias)
+    return n
 
 
 def parameter_counts(config: HybridConfig) -> dict[str, int]:
@@ -179,8 +227,11 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
     h, V = cfg.hidden_size, cfg.vocab_size
     out = {"embeddings": V * h, "lm_head": 0 if cfg.tie_word_embeddings else h * V,
            "sink_embeddings": cfg.num_sink_tokens * h, "norms": h,  # final norm
-           "gla": 0, "attention": 0, "mlp_dense": 0, "moe_router": 0,
-           "moe_routed_experts": 0, "moe_shared_experts": 0, "moe_inactive": 0}
+           "gla": 0, "attention": 0, "gdn": 0, "mamba2": 0, "conv": 0, "mlp_dense": 0,
+           "moe_router": 0, "moe_routed_experts": 0, "moe_shared_experts": 0,
+           "moe_inactive": 0}
+    mixer_params = {k: sum(p.numel() for p in m.parameters())
+                    for k, m in mixer_skeletons(cfg).items()}
     moe_inter = cfg.moe_intermediate_size or cfg.intermediate_size
     shared_inter = cfg.shared_expert_intermediate_size or moe_inter
     expert = _swiglu(h, moe_inter, False)  # MoE experts never have biases (layers.py)
@@ -189,6 +240,8 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
         out["norms"] += (4 if cfg.sandwich_norm else 2) * h  # attn_norm, mlp_norm (+ post norms)
         if kind == "gla":
             out["gla"] += _gla_params(cfg)
+        elif kind in MIXER_NAMES:
+            out[kind] += mixer_params[kind]
         else:
             out["attention"] += _attn_params(cfg)
         if kind == "parallel":
@@ -203,8 +256,8 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
             out["moe_inactive"] += (cfg.num_experts - cfg.num_experts_per_tok) * expert
         else:
             out["mlp_dense"] += _swiglu(h, cfg.intermediate_size, cfg.mlp_bias)
-    parts = ("embeddings", "lm_head", "sink_embeddings", "norms", "gla", "attention",
-             "mlp_dense", "moe_router", "moe_routed_experts", "moe_shared_experts")
+    parts = ("embeddings", "lm_head", "sink_embeddings", "norms", "gla", "attention", "gdn",
+             "mamba2", "conv", "mlp_dense", "moe_router", "moe_routed_experts", "moe_shared_experts")
     out["total"] = sum(out[k] for k in parts)
     out["active_per_token"] = out["total"] - out["moe_inactive"]
     out["non_embedding"] = out["total"] - out["embeddings"] - out["lm_head"]
@@ -213,6 +266,24 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- state
+_FLOAT_DTYPES = {2: "bfloat16", 4: "float32", 8: "float64"}
+
+
+def _state_dtype(nb: int, kind: str):
+    """What the linear mixers' ``state_bytes`` take for activations of ``nb`` bytes: a
+    torch dtype (gdn, mamba2; 2 bytes reads as bf16, whose states are float32 like
+    fp16's), or the byte count (conv)."""
+    if kind == "conv":
+        return nb
+    if nb not in _FLOAT_DTYPES:
+        raise ValueError(f"the {MIXER_NAMES[kind]} layers' decoding state is known for 2-, 4- "
+                         f"and 8-byte float activations, not {nb}-byte ones; pass dtype_bytes "
+                         "2, 4 or 8 (or a float dtype)")
+    import torch
+
+    return getattr(torch, _FLOAT_DTYPES[nb])
+
+
 def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2) -> dict[str, Any]:
     """Bytes of one sequence's :class:`DecodeState` after ``context`` tokens (sink tokens
     not counted in ``context``; they are prepended automatically). ``total_bytes`` equals
@@ -227,6 +298,9 @@ def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2)
     gla_one = Hkv * D * D * state_nb if started else 0
     gla_up_one = H * D * D * state_nb if started else 0
     kv_slot = 2 * Hkv * D * nb
+    mixer_one = {k: m.state_bytes(1, _state_dtype(nb, k)) if started else 0
+                 for k, m in mixer_skeletons(cfg).items()}
+    mixer = {k: 0 for k in MIXER_NAMES}
     gla = gla_up = window_kv = full_kv = positions = 0
     window_slots_alloc = window_slots_used = full_slots = 0
     per_layer = []
@@ -237,7 +311,10 @@ def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2)
             gla += gla_one
             gla_up += gla_up_one
             b += gla_one
-        if kind != "gla" and started:
+        if kind in MIXER_NAMES:
+            mixer[kind] += mixer_one[kind]
+            b += mixer_one[kind]
+        if kind in ATTENTION_KINDS and started:
             W = cfg.window_for(i)
             if W is None:  # sink slots reserved, then one slot per token
                 slots = S + context
@@ -250,13 +327,16 @@ def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2)
             positions += slots * POSITION_BYTES
             b += slots * (kv_slot + POSITION_BYTES)
         per_layer.append({"layer": i, "kind": kind, "bytes": b})
-    total = gla + window_kv + full_kv + positions
+    total = gla + window_kv + full_kv + positions + sum(mixer.values())
     # The same dimensions with every layer full attention (a plain Transformer's KV cache).
     full_equiv = cfg.num_hidden_layers * (S + context) * kv_slot if started else 0
     return {
         "context": context,
         "gla_state_bytes": gla,
         "gla_state_bytes_upstream": gla_up,
+        "gdn_state_bytes": mixer["gdn"],          # conv window + recurrent state
+        "mamba2_state_bytes": mixer["mamba2"],    # conv window + SSM state
+        "conv_state_bytes": mixer["conv"],        # short convolution's window
         "window_kv_bytes": window_kv,
         "full_kv_bytes": full_kv,
         "position_bytes": positions,
@@ -311,6 +391,32 @@ def model_info(config: HybridConfig, dtype_bytes: Any = 2,
     }
 
 
+def _mixer_settings(kind: str, m) -> dict[str, Any]:
+    """The sizes a linear mixer runs with (read from the module, defaults included)."""
+    if kind == "gdn":
+        return {"key_heads": m.num_k_heads, "value_heads": m.num_v_heads,
+                "key_head_dim": m.head_k_dim, "value_head_dim": m.head_v_dim,
+                "conv_kernel": m.conv_kernel_size, "activation": m.activation, "layout": m.layout}
+    if kind == "mamba2":
+        return {"heads": m.num_heads, "head_dim": m.head_dim, "d_state": m.d_state,
+                "n_groups": m.n_groups, "conv_kernel": m.d_conv, "activation": m.activation,
+                "rms_norm": m.rms_norm}
+    return {"conv_kernel": m.L_cache, "bias": m.conv.bias is not None}
+
+
+def _mixer_text(kind: str, a: dict[str, Any]) -> str:
+    if kind == "gdn":
+        return (f"Gated DeltaNet, {a['key_heads']} key heads x {a['key_head_dim']}, "
+                f"{a['value_heads']} value heads x {a['value_head_dim']}, conv {a['conv_kernel']} "
+                f"({a['activation']}), layout {a['layout']}; no RoPE")
+    if kind == "mamba2":
+        return (f"Mamba-2 (SSD), {a['heads']} heads x {a['head_dim']}, state {a['d_state']}, "
+                f"{a['n_groups']} groups, conv {a['conv_kernel']} ({a['activation']})"
+                + ("; gated RMSNorm" if a["rms_norm"] else "; gate without norm") + "; no RoPE")
+    return (f"gated short convolution, kernel {a['conv_kernel']}"
+            + (", with biases" if a["bias"] else "") + "; no RoPE")
+
+
 _NORM_TEXT = {"fla": "x / rms(x) * w (fla)", "llama": "w * (x / rms(x)) (Llama)",
               "gemma": "x / rms(x) * (1 + w) (Gemma)"}
 
@@ -320,19 +426,25 @@ def settings(config: HybridConfig) -> dict[str, Any]:
     q/k norms; the norms, the MLP activation, the embedding scale, the head."""
     cfg = config
     kinds: dict[str, dict[str, Any]] = {}
+    mixers = mixer_skeletons(cfg)
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
         entry = {"layers": [], "window": None, "rope": None}
-        if kind != "gla":
+        if kind in ATTENTION_KINDS:
             spec = cfg.rope_for(i)
             entry.update(window=cfg.window_for(i), rope=spec.to_parameters(),
                          rotary_dim=spec.rotary_dim)
-        key = kind if kind == "gla" else f"{kind}:{entry['window']}:{sorted(entry['rope'].items())}"
+            key = f"{kind}:{entry['window']}:{sorted(entry['rope'].items())}"
+        else:
+            key = kind
+            if kind in mixers:
+                entry["mixer"] = _mixer_settings(kind, mixers[kind])
         kinds.setdefault(key, {**entry, "kind": kind})["layers"].append(i)
     return {
         "layer_kinds": list(kinds.values()),
         "score_scale": cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5,
         "qk_norm": cfg.qk_norm,
+        "attn_output_gate": cfg.attn_output_gate,
         "norm": {"style": cfg.norm_style, "eps": cfg.norm_eps, "sandwich": cfg.sandwich_norm},
         "mlp_activation": cfg.hidden_act,
         "biases": {"qkv": cfg.attention_bias, "o_proj": cfg.o_proj_bias, "mlp": cfg.mlp_bias},
@@ -356,12 +468,17 @@ def format_settings(st: dict[str, Any]) -> list[str]:
         if k["kind"] == "gla":
             lines.append(f"  gla   {n:>3} layers  ({where})  gated linear attention, no RoPE")
             continue
+        if k.get("mixer") is not None:
+            lines.append(f"  {k['kind']:<6}{n:>3} layers  ({where})  "
+                         f"{_mixer_text(k['kind'], k['mixer'])}")
+            continue
         window = "full" if k["window"] is None else f"window {k['window']}"
         lines.append(f"  {k['kind']:<5} {n:>3} layers  ({where})  {window}; {_rope_text(k['rope'])}"
                      + (f" on {k['rotary_dim']} dims" if k["rope"].get("partial_rotary_factor") else ""))
     b = st["biases"]
     lines.append(f"  attention scores x {st['score_scale']:.6g}"
                  + ("; q/k RMSNorm per head before RoPE" if st["qk_norm"] else "")
+                 + ("; output gate sigmoid(gate from q_proj)" if st.get("attn_output_gate") else "")
                  + f"; biases q/k/v {'yes' if b['qkv'] else 'no'}, o {'yes' if b['o_proj'] else 'no'}")
     nrm = st["norm"]
     lines.append(f"  norms RMSNorm {_NORM_TEXT[nrm['style']]}, eps {nrm['eps']:g}"
@@ -461,6 +578,11 @@ def _indices(idx: list[int]) -> str:
     return ", ".join(parts)
 
 
+_SHORT = {"gdn": "GDN", "mamba2": "Mamba-2", "conv": "short-conv"}
+_STATE_ROWS = {"gdn": "GDN conv + recurrent state", "mamba2": "Mamba-2 conv + SSM state",
+               "conv": "short-conv window"}
+
+
 def format_info(info: dict) -> str:
     """A readable multi-line table of :func:`model_info`'s result (layer indices 0-based)."""
     c, L, P = info["config"], info["layers"], info["params"]
@@ -478,7 +600,7 @@ def format_info(info: dict) -> str:
     if info.get("settings"):
         lines += format_settings(info["settings"]) + [""]
     lines.append("layers (0-based)")
-    for kind in ("gla", "swa", "full", "parallel"):
+    for kind in L["kinds"]:
         if L["counts"][kind] or kind in ("gla", "swa"):
             lines.append(f"  {kind:<10}{L['counts'][kind]:>4}  {_indices(L['kinds'][kind])}")
     if L["kinds"]["parallel"]:
@@ -493,8 +615,9 @@ def format_info(info: dict) -> str:
     rows = [("total", P["total"]), ("active per token", P["active_per_token"]),
             ("  embeddings", P["embeddings"]),
             ("  lm_head" + (" (tied)" if c["tie_word_embeddings"] else ""), P["lm_head"]),
-            ("  GLA mixers", P["gla"]), ("  softmax attention", P["attention"]),
-            ("  dense MLPs", P["mlp_dense"])]
+            ("  GLA mixers", P["gla"]), ("  softmax attention", P["attention"])]
+    rows += [(f"  {_SHORT[k]} mixers", P[k]) for k in MIXER_NAMES if k in L["kinds"]]
+    rows += [("  dense MLPs", P["mlp_dense"])]
     if L["moe"]:
         rows += [("  MoE routers", P["moe_router"]), ("  MoE routed experts", P["moe_routed_experts"]),
                  ("  MoE shared experts", P["moe_shared_experts"])]
@@ -509,7 +632,9 @@ def format_info(info: dict) -> str:
         lines.append(f"decode state per sequence ({info['dtype']} elements, int64 positions)")
         head = f"  {'context':<30}" + "".join(f"{_ctx(s['context']):>14}" for s in S)
         lines.append(head)
-        srows = [("GLA state", "gla_state_bytes"), ("window K/V", "window_kv_bytes"),
+        srows = [("GLA state", "gla_state_bytes")]
+        srows += [(_STATE_ROWS[k], f"{k}_state_bytes") for k in MIXER_NAMES if k in L["kinds"]]
+        srows += [("window K/V", "window_kv_bytes"),
                  ("full-attention K/V", "full_kv_bytes"), ("cache positions", "position_bytes"),
                  ("total (DecodeState.nbytes)", "total_bytes")]
         for name, key in srows:

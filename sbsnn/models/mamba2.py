@@ -306,7 +306,7 @@ class Mamba2Mixer(nn.Module):
         (itemsize' = 4 for half precision, whose SSM state is kept in float32). Constant
         in the number of tokens."""
         dtype = dtype or self.in_proj.weight.dtype
-        item = torch.empty((), dtype=dtype).element_size()
+        item = dtype.itemsize
         ssm_item = 4 if dtype in (torch.float16, torch.bfloat16) else item
         return batch_size * (self.conv_dim * self.d_conv * item
                              + self.num_heads * self.head_dim * self.d_state * ssm_item)

@@ -1,0 +1,171 @@
+"""Operations that never spike (``sbsnn.analysis.opcount``) for the linear mixers of the
+hybrid families (Gated DeltaNet, Mamba-2, the short convolution) and gated attention
+(Qwen3.5): each count is written out here by hand from the sizes of a tiny model, per the
+table in ``docs/report.md``, never by calling the formulas under test. The dense
+projections are checked against the real modules' shapes."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sbsnn.analysis.opcount import DENSE_PROJECTIONS, nonspiking_ops
+from sbsnn.models import HybridConfig, HybridForCausalLM
+
+# h 16, I 24, V 64; attention H 4, Hkv 2, D 8 (used by the attention layers only).
+BASE = dict(vocab_size=64, hidden_size=16, intermediate_size=24, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, rope_theta=10000.0)
+GDN = dict(num_key_heads=2, num_value_heads=4, key_head_dim=4, value_head_dim=3,
+           conv_kernel_size=4, layout="qwen3_5")
+MAMBA2 = dict(num_heads=4, head_dim=4, d_state=3, n_groups=2, d_conv=3, chunk_size=4)
+N = 5   # tokens
+
+
+def one_layer(kind: str, **extra) -> HybridConfig:
+    attn = [0] if kind in ("full", "swa") else []
+    return HybridConfig(**BASE, num_hidden_layers=1, layer_mixers=[kind], attn_layers=attn,
+                        full_attn_layers=attn if kind == "full" else [],
+                        sliding_window=3 if kind == "swa" else None, **extra)
+
+
+def common(ops: dict, norm_elements: int) -> None:
+    """What every one-layer model of BASE has: attn_norm, mlp_norm, the final norm (3 x 16)
+    plus the mixer's own norms; residual adds 2 x 16; SwiGLU 5 x 24; lm_head 64 x 16."""
+    assert ops["rmsnorm_ops"] == N * 4 * (3 * 16 + norm_elements)
+    assert ops["residual_adds_ops"] == N * 2 * 16
+    assert ops["swiglu_ops"] == N * 5 * 24
+    assert ops["lm_head_macs"] == N * 64 * 16
+    assert ops["embedding_reads"] == N * 16
+
+
+def nonzero(ops: dict, prefix: str) -> dict:
+    return {k: v for k, v in ops.items() if k.startswith(prefix)}
+
+
+def test_gated_deltanet_hand_count():
+    # Hk 2 x dk 4, Hv 4 x dv 3, conv kernel 4 with silu over q, k, v: 2*8 + 12 = 28 channels;
+    # state per value head 4 x 3: 4 * 12 = 48 entries.
+    ops = nonspiking_ops(one_layer("gdn", gdn=GDN), N, dense_projections=DENSE_PROJECTIONS)
+    assert nonzero(ops, "gdn_") == {
+        "gdn_conv_macs": N * 4 * 28,          # K MACs per channel
+        "gdn_conv_ops": N * 4 * 28,           # silu: exp, add, divide, multiply
+        "gdn_l2norm_ops": N * 3 * (8 + 8),    # q and k: square, sum, x * rsqrt
+        "gdn_scale_ops": N * 8,               # q / sqrt(dk), per key head
+        "gdn_beta_ops": N * 3 * 4,            # sigmoid per value head
+        "gdn_decay_gate_ops": N * 6 * 4,      # + dt_bias, softplus (3), * -exp(A_log), exp
+        "gdn_decay_ops": N * 48,              # S *= exp(g)
+        "gdn_predict_macs": N * 48,           # k^T S
+        "gdn_delta_ops": N * 2 * 12,          # v - k^T S, * beta
+        "gdn_write_macs": N * 48,             # S += k u^T
+        "gdn_readout_macs": N * 48,           # S^T q
+        "gdn_out_gate_ops": N * 5 * 12,       # silu(z), multiply
+    }
+    common(ops, 12)                           # the gated norm over Hv x dv = 12
+    # spiking projections, when left dense: in_proj_qkv 16 -> 28, z 16 -> 12, b and a
+    # 16 -> 4, out_proj 12 -> 16; nothing of attention or of the other mixers.
+    assert {k: v for k, v in ops.items() if k.startswith("dense_") and v} == {
+        "dense_in_proj_qkv_macs": N * 16 * 28, "dense_in_proj_z_macs": N * 16 * 12,
+        "dense_in_proj_b_macs": N * 16 * 4, "dense_in_proj_a_macs": N * 16 * 4,
+        "dense_out_proj_macs": N * 12 * 16, "dense_gate_proj_macs": N * 16 * 24,
+        "dense_up_proj_macs": N * 16 * 24, "dense_down_proj_macs": N * 24 * 16}
+    assert ops["attn_qk_macs"] == ops["rope_ops"] == ops["gla_state_macs"] == 0
+    assert "attn_out_gate_ops" not in ops and not nonzero(ops, "mamba2_")
+    # the fused layout has the same arithmetic, projections in_proj_qkvz 16 -> 40, ba 16 -> 8
+    nxt = nonspiking_ops(one_layer("gdn", gdn={**GDN, "layout": "qwen3_next"}), N,
+                         dense_projections=("in_proj_qkvz", "in_proj_ba", "in_proj_qkv"))
+    assert nonzero(nxt, "gdn_") == nonzero(ops, "gdn_")
+    assert (nxt["dense_in_proj_qkvz_macs"], nxt["dense_in_proj_ba_macs"],
+            nxt["dense_in_proj_qkv_macs"]) == (N * 16 * 40, N * 16 * 8, 0)
+    # decoding at any context costs the same per token: the state does not grow
+    assert nonspiking_ops(one_layer("gdn", gdn=GDN), 1, context=1000)["gdn_readout_macs"] == 48
+
+
+def test_mamba2_hand_count():
+    # H 4 x P 4 (d_inner 16), N 3, G 2: conv over x, B, C = 16 + 2*2*3 = 28 channels,
+    # kernel 3, silu and a bias; state 4 x 4 x 3 = 48. muP: input x 0.5 (16), x segment x 2
+    # (16 outputs), dt x 0.5 (4 outputs).
+    cfg = one_layer("mamba2", mamba2={**MAMBA2, "in_multiplier": 0.5,
+                                      "zxbcdt_multipliers": (1.0, 2.0, 1.0, 1.0, 0.5)})
+    ops = nonspiking_ops(cfg, N, dense_projections=("in_proj", "out_proj"))
+    assert nonzero(ops, "mamba2_") == {
+        "mamba2_conv_macs": N * 3 * 28,
+        "mamba2_conv_ops": N * (4 + 1) * 28,  # silu + bias
+        "mamba2_dt_ops": N * 6 * 4,           # + dt_bias, softplus (3), dt * A, exp
+        "mamba2_decay_ops": N * 48,
+        "mamba2_input_ops": N * 16,           # dt * x
+        "mamba2_write_macs": N * 48,          # (dt x) B^T
+        "mamba2_readout_macs": N * 48,        # S C
+        "mamba2_skip_ops": N * 2 * 16,        # D * x, add
+        "mamba2_out_gate_ops": N * 5 * 16,
+        "mamba2_mup_ops": N * (16 + 16 + 4),
+    }
+    common(ops, 16)                           # group-wise gated norm over d_inner
+    # in_proj 16 -> z 16 + xBC 28 + dt 4 = 48; out_proj 16 -> 16
+    assert (ops["dense_in_proj_macs"], ops["dense_out_proj_macs"]) == (N * 16 * 48, N * 16 * 16)
+    # no norm, no conv bias, no multipliers
+    plain = nonspiking_ops(one_layer("mamba2", mamba2={**MAMBA2, "rms_norm": False,
+                                                       "conv_bias": False}), N)
+    assert plain["mamba2_conv_ops"] == N * 4 * 28 and plain["mamba2_mup_ops"] == 0
+    assert plain["mamba2_out_gate_ops"] == N * 5 * 16
+    common(plain, 0)
+
+
+def test_short_conv_hand_count():
+    # kernel 3 over h = 16 channels, with biases; gates B * x and C * z.
+    ops = nonspiking_ops(one_layer("conv", short_conv=dict(L_cache=3, bias=True)), N,
+                         dense_projections=("in_proj", "out_proj", "q_proj"))
+    assert nonzero(ops, "shortconv_") == {"shortconv_macs": N * 3 * 16,
+                                          "shortconv_bias_ops": N * 16,
+                                          "shortconv_gate_ops": N * 2 * 16}
+    common(ops, 0)
+    # in_proj 16 -> 3 x 16, out_proj 16 -> 16
+    assert (ops["dense_in_proj_macs"], ops["dense_out_proj_macs"], ops["dense_q_proj_macs"]) == (
+        N * 16 * 48, N * 16 * 16, 0)
+    no_bias = nonspiking_ops(one_layer("conv", short_conv=dict(L_cache=2)), N)
+    assert no_bias["shortconv_macs"] == N * 2 * 16 and no_bias["shortconv_bias_ops"] == 0
+
+
+def test_gated_attention_hand_count():
+    # Qwen3.5's attention: q/k norms per head, RoPE on 8 * 0.25 = 2 channels per head, the
+    # sigmoid output gate. 5 fresh tokens see 1 + 2 + 3 + 4 + 5 = 15 keys.
+    cfg = one_layer("full", attn_output_gate=True, qk_norm=True,
+                    rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                     "partial_rotary_factor": 0.25})
+    ops = nonspiking_ops(cfg, N, dense_projections=("q_proj", "k_proj", "o_proj"))
+    assert ops["attn_qk_macs"] == ops["attn_av_macs"] == 4 * 8 * 15
+    assert ops["attn_softmax_ops"] == 5 * 4 * 15
+    assert ops["attn_scale_ops"] == N * 4 * 8
+    assert ops["rope_ops"] == N * 3 * (4 + 2) * 2
+    assert ops["attn_out_gate_ops"] == N * 4 * 4 * 8      # sigmoid (3) and multiply
+    common(ops, (4 + 2) * 8)                              # q and k norms
+    # q_proj gives the query and the gate: 16 -> 2 x 32
+    assert ops["dense_q_proj_macs"] == N * 16 * 64
+    assert ops["dense_k_proj_macs"] == N * 16 * 16 and ops["dense_o_proj_macs"] == N * 32 * 16
+    plain = nonspiking_ops(one_layer("full"), N)
+    assert "attn_out_gate_ops" not in plain and plain["rope_ops"] == N * 3 * 6 * 8
+
+
+MIXED = dict(**BASE, num_hidden_layers=5, layer_mixers=["gdn", "mamba2", "conv", "full", "swa"],
+             attn_layers=[3, 4], full_attn_layers=[3], sliding_window=3, attn_output_gate=True,
+             gdn=GDN, mamba2=MAMBA2, short_conv=dict(L_cache=3))
+
+
+def test_mixed_model_sums_its_layers_and_projections_match_the_modules():
+    cfg = HybridConfig(**MIXED)
+    ops = nonspiking_ops(cfg, N, dense_projections=DENSE_PROJECTIONS)
+    one = {k: nonspiking_ops(one_layer(k, **{a: MIXED[a] for a in ("gdn", "mamba2", "short_conv",
+                                                                   "attn_output_gate")},
+                                       **({"sliding_window": 3} if k == "swa" else {})), N)
+           for k in ("gdn", "mamba2", "conv")}
+    for k, prefix in (("gdn", "gdn_"), ("mamba2", "mamba2_"), ("conv", "shortconv_")):
+        assert nonzero(ops, prefix) == nonzero(one[k], prefix)
+    # every dense projection count is the real module's in x out, summed over the layers
+    model = HybridForCausalLM(cfg)
+    real: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and name != "lm_head":
+            leaf = name.rpartition(".")[2]
+            real[leaf] = real.get(leaf, 0) + m.in_features * m.out_features
+    got = {k[len("dense_"):-len("_macs")]: v // N for k, v in ops.items()
+           if k.startswith("dense_") and v}
+    assert got == real
+    assert set(real) <= set(DENSE_PROJECTIONS)
