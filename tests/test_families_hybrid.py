@@ -598,3 +598,51 @@ def test_shape_mismatch_names_only_sizes_the_family_leaves_out(tmp_path, name):
     with pytest.raises(CheckpointError, match="shared_expert_intermediate_size' = 16") as e:
         load_model(d)
     assert "leaves out" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- every family
+def test_info_counts_parameters_and_state_as_the_model_holds_them(saved):
+    """``sbsnn info``'s numbers for each family equal the loaded model's: parameters
+    (transformers' count too) and the decoding state after a prompt and some tokens."""
+    from sbsnn.models.info import decode_state_bytes, parameter_counts
+
+    name, ref, d = saved
+    ours = _load(d)
+    params = parameter_counts(ours.config)
+    assert params["total"] == sum(p.numel() for p in ours.parameters())
+    assert params["total"] == sum(p.numel() for n, p in ref.named_parameters()
+                                  if not n.startswith(("model.visual.", "model.vision_tower.",
+                                                       "model.multi_modal_projector.")))
+    state = ours.new_state()
+    with torch.no_grad():
+        ours(torch.zeros(1, 9, dtype=torch.long), state)
+        for _ in range(4):
+            ours(torch.zeros(1, 1, dtype=torch.long), state)
+    assert decode_state_bytes(ours.config, 13, torch.float32)["total_bytes"] == state.nbytes()
+
+
+def test_spiking_conversion_simulates_bit_identical_to_the_integer_path(saved):
+    """The paper preset converts every projection of each family (never lm_head); the
+    event simulation equals the integer path bit for bit; the report's non-spiking
+    operations count each mixer kind the family holds."""
+    from sbsnn.analysis.opcount import nonspiking_ops
+    from sbsnn.converters import SpikingLinear, convert
+    from sbsnn.sim import simulate
+
+    name, _, d = saved
+    ours = _load(d)
+    snn = convert(ours, preset="paper", k=3.0)
+    spiking = {n for n, m in snn.named_modules() if isinstance(m, SpikingLinear)}
+    linears = {n for n, m in ours.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert spiking == linears - {"lm_head"}
+    ids = torch.randint(0, V - 3, (1, 40), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = snn(ids)
+    got = simulate(snn, ids).logits
+    assert torch.equal(got, want[0]), name
+    ops = nonspiking_ops(ours.config, tokens=40)
+    kinds = {b.kind for b in ours.model.layers}
+    for kind, key in (("gdn", "gdn_decay_ops"), ("mamba2", "mamba2_decay_ops"),
+                      ("attn+mamba2", "mamba2_decay_ops"), ("conv", "shortconv_macs")):
+        if kind in kinds:
+            assert ops.get(key, 0) > 0, (name, key)

@@ -382,8 +382,7 @@ def test_linear_mixer_state_bytes_match_decode_state(name, prompt, steps, dtype)
         kind = cfg.layer_kind(i)
         if kind in MIXER_MODULES:
             mixer = getattr(layer, MIXER_MODULES[kind])
-            arg = torch.empty((), dtype=dtype).element_size() if kind == "conv" else dtype
-            assert per[i] == {"layer": i, "kind": kind, "bytes": mixer.state_bytes(1, arg)}
+            assert per[i] == {"layer": i, "kind": kind, "bytes": mixer.state_bytes(1, dtype)}
 
 
 def test_linear_mixer_state_by_hand():

@@ -169,3 +169,29 @@ def test_mixed_model_sums_its_layers_and_projections_match_the_modules():
            if k.startswith("dense_") and v}
     assert got == real
     assert set(real) <= set(DENSE_PROJECTIONS)
+
+
+def test_falcon_h1_layer_and_mup_scalars_hand_count():
+    """A Falcon-H1 layer (attention and Mamba-2 side by side, one more add to sum them)
+    with every muP scalar away from 1, and Granite's NoPE attention (no RoPE ops)."""
+    cfg = HybridConfig(**BASE, num_hidden_layers=1, layer_mixers=["attn+mamba2"],
+                       attn_layers=[0], full_attn_layers=[0], sliding_window=None,
+                       mamba2=dict(MAMBA2, in_multiplier=2.0), embedding_multiplier=3.0,
+                       residual_multiplier=0.5, logits_multiplier=0.2, logits_divisor=2.0,
+                       key_multiplier=0.9, attn_in_multiplier=0.8, attn_out_multiplier=1.1,
+                       ssm_out_multiplier=0.7, mlp_gate_multiplier=1.3, mlp_down_multiplier=0.6)
+    ops = nonspiking_ops(cfg, N)
+    # per layer and token: residual 2 x 16, keys 2 x 8, attention in / out and Mamba-2 out
+    # 3 x 16, MLP gate 24, MLP out 16; once per token: embeddings 16, logits 2 x 64.
+    assert ops["mup_ops"] == N * (2 * 16 + 2 * 8 + 3 * 16 + 24 + 16) + N * (16 + 2 * 64)
+    assert ops["residual_adds_ops"] == N * 3 * 16              # the two branches summed too
+    assert ops["mamba2_decay_ops"] == N * 4 * 4 * 3            # the Mamba-2 branch: H P N
+    assert ops["mamba2_mup_ops"] == N * 16                     # input times 2.0
+    assert ops["attn_scale_ops"] == N * 4 * 8                  # the attention branch
+    assert ops["rope_ops"] == N * 3 * (4 + 2) * 8
+    nope = HybridConfig(**{**BASE, "rope_theta": 10000.0}, num_hidden_layers=1,
+                        layer_mixers=["full"], attn_layers=[0], full_attn_layers=[0],
+                        sliding_window=None, attn_rope=False)
+    ops = nonspiking_ops(nope, N)
+    assert ops["rope_ops"] == 0 and ops["attn_scale_ops"] == N * 4 * 8
+    assert "mup_ops" not in ops

@@ -35,7 +35,7 @@ gla_feature_ops        (H + Hkv) * D  (ReLU or sigmoid on q and k)      GLA
 gla_scale_ops          H * D      (q / sqrt(D))                         GLA
 gla_readout_macs       H * D * D    (o = q S, per query head)           GLA
 rmsnorm_ops            4 per element (square, sum, x * rsqrt, * weight)  every norm
-residual_adds_ops      2 * h (+ h to sum the two branches of a parallel layer)
+residual_adds_ops      2 * h (+ h to sum the two branches of a parallel or Falcon-H1 layer)
 swiglu_ops             5 * I  (silu = exp, add, divide, multiply; gate * up)
 moe_router_ops         2 * E  (router activation and top-k compare)     MoE layers
 moe_combine_ops        2 * h * (top_k + shared)  (weight and sum)       MoE layers
@@ -69,6 +69,13 @@ mamba2_mup_ops         h (input multiplier) + the in_proj outputs        Mamba-2
 shortconv_macs         K * h      (causal depthwise conv)               short conv
 shortconv_bias_ops     h          (its bias, when it has one)           short conv
 shortconv_gate_ops     2 * h      (B * x before, C * z after the conv)  short conv
+mup_ops                one multiply per element for each muP scalar    Granite, Falcon-H1
+                       that is not 1: 2 h (residual_multiplier: both
+                       branches), Hkv D (key_multiplier), h each for
+                       the attention input / output and Mamba-2 output
+                       of a Falcon-H1 layer, I (MLP gate), h (MLP
+                       output); once per token h (embeddings) and V per
+                       logits scalar
 lm_head_macs           V * h                                            once
 embedding_reads        h  (elements read)                               once
 dense_<proj>_macs      in * out of each projection named in ``dense_projections``
@@ -125,7 +132,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from sbsnn.errors import brief
-from sbsnn.models.config import HybridConfig
+from sbsnn.models.config import ATTENTION_KINDS, HybridConfig
 from sbsnn.models.info import mixer_skeletons
 
 __all__ = ["DENSE_PROJECTIONS", "nonspiking_ops", "visible_keys"]
@@ -146,7 +153,6 @@ ACT_OPS = 4            # an activation (silu: exp, add, divide, multiply), per e
 SIGMOID_OPS = 3        # exp, add, divide
 SOFTPLUS_OPS = 3       # exp, add, log
 L2NORM_OPS = 3         # per element: square, sum, x * rsqrt
-ATTENTION_KINDS = ("swa", "full", "parallel")
 
 
 def _sum_min(a: int, n: int, w: int | None) -> int:
@@ -196,9 +202,10 @@ def _projection_macs(cfg: HybridConfig, i: int, name: str, mixers: dict) -> int:
     attn = 1 if kind in ATTENTION_KINDS else 0       # parallel: window attention + GLA
     gla_mixers = 1 if kind in ("gla", "parallel") else 0
     if name.startswith(("in_proj", "out_proj")):
-        if kind not in mixers:
+        lm = cfg.linear_mixer_of(i)
+        if lm is None:
             return 0
-        lin = dict(mixers[kind].named_children()).get(name)
+        lin = dict(mixers[lm].named_children()).get(name)
         return 0 if lin is None else lin.in_features * lin.out_features
     if name == "q_proj":   # gated attention: q_proj gives the query and the gate
         return attn * h * H * D * (2 if cfg.attn_output_gate else 1) + gla_mixers * h * H * D
@@ -220,6 +227,30 @@ def _projection_macs(cfg: HybridConfig, i: int, name: str, mixers: dict) -> int:
     if name == "router":
         return 0
     return h * cfg.intermediate_size  # gate_proj, up_proj, down_proj
+
+
+# The muP scalars of Granite 4.0-H and Falcon-H1 (HybridConfig fields; 1.0: absent).
+MUP_SCALARS = ("embedding_multiplier", "residual_multiplier", "logits_multiplier",
+               "logits_divisor", "key_multiplier", "attn_in_multiplier", "attn_out_multiplier",
+               "ssm_out_multiplier", "mlp_gate_multiplier", "mlp_down_multiplier")
+
+
+def _mup_layer_ops(cfg: HybridConfig, kind: str, i: int) -> int:
+    """Per-token multiplies by the muP scalars that are not 1 in layer ``i`` (the
+    Mamba-2 input multipliers are ``mamba2_mup_ops``): both branch outputs
+    (``residual_multiplier``), the keys, the attention input and output and the Mamba-2
+    output of a Falcon-H1 layer, the MLP's gate and output."""
+    h, Hkv, D = cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim
+    inter = cfg.moe_intermediate_size if cfg.is_moe_layer(i) else cfg.intermediate_size
+    attn = kind in ATTENTION_KINDS
+    both = kind == "attn+mamba2"
+    return ((cfg.residual_multiplier != 1.0) * 2 * h
+            + (cfg.key_multiplier != 1.0) * attn * Hkv * D
+            + (cfg.attn_in_multiplier != 1.0) * both * h
+            + (cfg.attn_out_multiplier != 1.0) * both * h
+            + (cfg.ssm_out_multiplier != 1.0) * both * h
+            + (cfg.mlp_gate_multiplier != 1.0) * (inter or 0)
+            + (cfg.mlp_down_multiplier != 1.0) * h)
 
 
 def _act_ops(activation: str | None) -> int:
@@ -301,6 +332,9 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
         out.update({k: 0 for k in ops})
     for name in dense:
         out[f"dense_{name}_macs"] = 0
+    mup = any(getattr(cfg, name) != 1.0 for name in MUP_SCALARS)
+    if mup:
+        out["mup_ops"] = 0
     keys_cache: dict[int | None, int] = {}
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
@@ -313,13 +347,16 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["attn_av_macs"] += H * D * K
             out["attn_softmax_ops"] += SOFTMAX_OPS * H * K
             out["attn_scale_ops"] += n * H * D
-            out["rope_ops"] += n * ROPE_OPS * (H + Hkv) * cfg.rope_for(i).rotary_dim
+            rope = cfg.rope_for(i)      # None: attention without positions (Granite's NoPE)
+            if rope is not None:
+                out["rope_ops"] += n * ROPE_OPS * (H + Hkv) * rope.rotary_dim
             if cfg.qk_norm:
                 out["rmsnorm_ops"] += n * RMSNORM_OPS * (H + Hkv) * D
             if cfg.attn_output_gate:
                 out["attn_out_gate_ops"] += n * (SIGMOID_OPS + 1) * H * D
-        if kind in per_mixer:
-            for key, v in per_mixer[kind].items():
+        lm = cfg.linear_mixer_of(i)
+        if lm is not None:
+            for key, v in per_mixer[lm].items():
                 out[key] += n * v
         if kind in ("gla", "parallel"):
             out["gla_state_macs"] += n * Hkv * D * D
@@ -331,7 +368,9 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["rmsnorm_ops"] += n * RMSNORM_OPS * H * D        # g_norm
         norms = (4 if kind == "parallel" else 2) + (2 if cfg.sandwich_norm else 0)
         out["rmsnorm_ops"] += n * RMSNORM_OPS * norms * h
-        out["residual_adds_ops"] += n * h * (3 if kind == "parallel" else 2)
+        out["residual_adds_ops"] += n * h * (3 if kind in ("parallel", "attn+mamba2") else 2)
+        if mup:
+            out["mup_ops"] += n * _mup_layer_ops(cfg, kind, i)
         if cfg.is_moe_layer(i):
             inter = cfg.moe_intermediate_size or cfg.intermediate_size
             shared = cfg.shared_expert_intermediate_size or inter
@@ -346,6 +385,9 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
         for name in dense:
             out[f"dense_{name}_macs"] += n * _projection_macs(cfg, i, name, mixers)
     out["rmsnorm_ops"] += n * RMSNORM_OPS * h                    # final norm
+    if mup:   # embeddings times embedding_multiplier; logits times / divided by a scalar
+        out["mup_ops"] += n * (h * (cfg.embedding_multiplier != 1.0) + cfg.vocab_size * (
+            (cfg.logits_multiplier != 1.0) + (cfg.logits_divisor != 1.0)))
     out["lm_head_macs"] = n * cfg.vocab_size * h
     out["embedding_reads"] = n * h
     out["total_macs"] = sum(v for k, v in out.items() if k.endswith("_macs"))

@@ -330,6 +330,12 @@ class HybridConfig:
             return "full" if self.sliding_window is None else "swa"
         return "gla"
 
+    def linear_mixer_of(self, i: int) -> str | None:
+        """The linear mixer layer i holds ('gdn', 'mamba2', 'conv'; Falcon-H1's
+        'attn+mamba2' holds a Mamba-2), or None (GLA layers are not of this family)."""
+        kind = self.layer_kind(i)
+        return "mamba2" if kind == "attn+mamba2" else kind if kind in MIXER_ARGS else None
+
     def window_for(self, i: int) -> int | None:
         """Window of layer i's softmax attention (None = full attention)."""
         if self.layer_mixers is not None:

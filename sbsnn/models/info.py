@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from sbsnn.checks import check_input_file
 from sbsnn.models.checkpoint import EMBEDDED, resolve
-from sbsnn.models.config import HybridConfig
+from sbsnn.models.config import ATTENTION_KINDS, HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.gguf import is_gguf, read_gguf_config
 from sbsnn.models.hybrid import LINEAR_MIXERS
@@ -126,7 +126,6 @@ def _dtype_bytes_and_name(dtype: Any) -> tuple[int, str]:
 # ----------------------------------------------------------------------------- layers
 # The linear mixers of layer_mixers, in display order, with their names.
 MIXER_NAMES = {"gdn": "Gated DeltaNet", "mamba2": "Mamba-2", "conv": "short convolution"}
-ATTENTION_KINDS = ("swa", "full", "parallel")   # layers holding a softmax attention
 
 
 def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
@@ -152,8 +151,9 @@ def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
         # Layers holding each kind of decode state.
         "with_gla_state": sorted(kinds["gla"] + kinds["parallel"]),
         "with_window_cache": sorted(kinds["swa"] + par_swa),
-        "with_full_cache": sorted(kinds["full"] + par_full),
-        **{f"with_{k}_state": kinds.get(k, []) for k in MIXER_NAMES},
+        "with_full_cache": sorted(kinds["full"] + par_full + kinds.get("attn+mamba2", [])),
+        **{f"with_{k}_state": [i for i in range(n) if cfg.linear_mixer_of(i) == k]
+           for k in MIXER_NAMES},
     }
 
 
@@ -176,7 +176,7 @@ def mixer_skeletons(cfg: HybridConfig) -> dict[str, Any]:
     key = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)
     hit = _SKELETONS.get(key)
     if hit is None:
-        used = {cfg.layer_kind(i) for i in range(cfg.num_hidden_layers)}
+        used = {cfg.linear_mixer_of(i) for i in range(cfg.num_hidden_layers)}
         hit = {k: _mixer(cfg, k) for k in MIXER_NAMES if k in used}
         if len(_SKELETONS) >= 16:
             _SKELETONS.clear()
@@ -238,11 +238,12 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
         out["norms"] += (4 if cfg.sandwich_norm else 2) * h  # attn_norm, mlp_norm (+ post norms)
+        mixer = cfg.linear_mixer_of(i)
         if kind == "gla":
             out["gla"] += _gla_params(cfg)
-        elif kind in MIXER_NAMES:
-            out[kind] += mixer_params[kind]
-        else:
+        if mixer is not None:
+            out[mixer] += mixer_params[mixer]
+        if kind in ATTENTION_KINDS:
             out["attention"] += _attn_params(cfg)
         if kind == "parallel":
             out["gla"] += _gla_params(cfg)
@@ -270,11 +271,8 @@ _FLOAT_DTYPES = {2: "bfloat16", 4: "float32", 8: "float64"}
 
 
 def _state_dtype(nb: int, kind: str):
-    """What the linear mixers' ``state_bytes`` take for activations of ``nb`` bytes: a
-    torch dtype (gdn, mamba2; 2 bytes reads as bf16, whose states are float32 like
-    fp16's), or the byte count (conv)."""
-    if kind == "conv":
-        return nb
+    """The torch dtype the linear mixers' ``state_bytes`` take for activations of ``nb``
+    bytes (2 bytes reads as bf16, whose recurrent states are float32 like fp16's)."""
     if nb not in _FLOAT_DTYPES:
         raise ValueError(f"the {MIXER_NAMES[kind]} layers' decoding state is known for 2-, 4- "
                          f"and 8-byte float activations, not {nb}-byte ones; pass dtype_bytes "
@@ -311,9 +309,10 @@ def decode_state_bytes(config: HybridConfig, context: int, dtype_bytes: Any = 2)
             gla += gla_one
             gla_up += gla_up_one
             b += gla_one
-        if kind in MIXER_NAMES:
-            mixer[kind] += mixer_one[kind]
-            b += mixer_one[kind]
+        lm = cfg.linear_mixer_of(i)
+        if lm is not None:
+            mixer[lm] += mixer_one[lm]
+            b += mixer_one[lm]
         if kind in ATTENTION_KINDS and started:
             W = cfg.window_for(i)
             if W is None:  # sink slots reserved, then one slot per token
@@ -376,7 +375,7 @@ def model_info(config: HybridConfig, dtype_bytes: Any = 2,
             "tie_word_embeddings": cfg.tie_word_embeddings,
             "parallel_mixer": cfg.parallel_mixer, "linear_attn_gate": cfg.linear_attn_gate,
             "num_experts": cfg.num_experts, "num_experts_per_tok": cfg.num_experts_per_tok,
-            "num_shared_experts": cfg.num_shared_experts,
+            "num_shared_experts": cfg.num_shared_experts, "layer_mixers": cfg.layer_mixers,
         },
         "dtype_bytes": nb,
         "dtype": dname,
@@ -430,15 +429,16 @@ def settings(config: HybridConfig) -> dict[str, Any]:
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
         entry = {"layers": [], "window": None, "rope": None}
+        key = kind
         if kind in ATTENTION_KINDS:
-            spec = cfg.rope_for(i)
-            entry.update(window=cfg.window_for(i), rope=spec.to_parameters(),
-                         rotary_dim=spec.rotary_dim)
-            key = f"{kind}:{entry['window']}:{sorted(entry['rope'].items())}"
-        else:
-            key = kind
-            if kind in mixers:
-                entry["mixer"] = _mixer_settings(kind, mixers[kind])
+            spec = cfg.rope_for(i)      # None: attention without positions (NoPE)
+            entry.update(window=cfg.window_for(i),
+                         rope=None if spec is None else spec.to_parameters(),
+                         rotary_dim=None if spec is None else spec.rotary_dim)
+            key = f"{kind}:{entry['window']}:{sorted((entry['rope'] or {}).items())}"
+        lm = cfg.linear_mixer_of(i)
+        if lm is not None:
+            entry["mixer"] = _mixer_settings(lm, mixers[lm])
         kinds.setdefault(key, {**entry, "kind": kind})["layers"].append(i)
     return {
         "layer_kinds": list(kinds.values()),
@@ -468,13 +468,16 @@ def format_settings(st: dict[str, Any]) -> list[str]:
         if k["kind"] == "gla":
             lines.append(f"  gla   {n:>3} layers  ({where})  gated linear attention, no RoPE")
             continue
-        if k.get("mixer") is not None:
+        mixer = k.get("mixer")
+        if mixer is not None and k["kind"] in MIXER_NAMES:
             lines.append(f"  {k['kind']:<6}{n:>3} layers  ({where})  "
-                         f"{_mixer_text(k['kind'], k['mixer'])}")
+                         f"{_mixer_text(k['kind'], mixer)}")
             continue
         window = "full" if k["window"] is None else f"window {k['window']}"
-        lines.append(f"  {k['kind']:<5} {n:>3} layers  ({where})  {window}; {_rope_text(k['rope'])}"
-                     + (f" on {k['rotary_dim']} dims" if k["rope"].get("partial_rotary_factor") else ""))
+        rope = ("no positions (NoPE)" if k["rope"] is None else _rope_text(k["rope"])
+                + (f" on {k['rotary_dim']} dims" if k["rope"].get("partial_rotary_factor") else ""))
+        lines.append(f"  {k['kind']:<5} {n:>3} layers  ({where})  {window}; {rope}"
+                     + (f"; beside it {_mixer_text('mamba2', mixer)}" if mixer is not None else ""))
     b = st["biases"]
     lines.append(f"  attention scores x {st['score_scale']:.6g}"
                  + ("; q/k RMSNorm per head before RoPE" if st["qk_norm"] else "")
@@ -601,7 +604,7 @@ def format_info(info: dict) -> str:
         lines += format_settings(info["settings"]) + [""]
     lines.append("layers (0-based)")
     for kind in L["kinds"]:
-        if L["counts"][kind] or kind in ("gla", "swa"):
+        if L["counts"][kind] or (kind in ("gla", "swa") and not c.get("layer_mixers")):
             lines.append(f"  {kind:<10}{L['counts'][kind]:>4}  {_indices(L['kinds'][kind])}")
     if L["kinds"]["parallel"]:
         lines.append(f"  {' +window':<10}{len(L['parallel_window']):>4}  {_indices(L['parallel_window'])}")
@@ -615,8 +618,9 @@ def format_info(info: dict) -> str:
     rows = [("total", P["total"]), ("active per token", P["active_per_token"]),
             ("  embeddings", P["embeddings"]),
             ("  lm_head" + (" (tied)" if c["tie_word_embeddings"] else ""), P["lm_head"]),
-            ("  GLA mixers", P["gla"]), ("  softmax attention", P["attention"])]
-    rows += [(f"  {_SHORT[k]} mixers", P[k]) for k in MIXER_NAMES if k in L["kinds"]]
+            *([("  GLA mixers", P["gla"])] if P["gla"] or not c.get("layer_mixers") else []),
+            ("  softmax attention", P["attention"])]
+    rows += [(f"  {_SHORT[k]} mixers", P[k]) for k in MIXER_NAMES if P[k]]
     rows += [("  dense MLPs", P["mlp_dense"])]
     if L["moe"]:
         rows += [("  MoE routers", P["moe_router"]), ("  MoE routed experts", P["moe_routed_experts"]),
@@ -632,15 +636,18 @@ def format_info(info: dict) -> str:
         lines.append(f"decode state per sequence ({info['dtype']} elements, int64 positions)")
         head = f"  {'context':<30}" + "".join(f"{_ctx(s['context']):>14}" for s in S)
         lines.append(head)
-        srows = [("GLA state", "gla_state_bytes")]
-        srows += [(_STATE_ROWS[k], f"{k}_state_bytes") for k in MIXER_NAMES if k in L["kinds"]]
+        gla = bool(L["with_gla_state"]) or not c.get("layer_mixers")
+        srows = [("GLA state", "gla_state_bytes")] if gla else []
+        srows += [(_STATE_ROWS[k], f"{k}_state_bytes") for k in MIXER_NAMES
+                  if L[f"with_{k}_state"]]
         srows += [("window K/V", "window_kv_bytes"),
                  ("full-attention K/V", "full_kv_bytes"), ("cache positions", "position_bytes"),
                  ("total (DecodeState.nbytes)", "total_bytes")]
         for name, key in srows:
             lines.append(f"  {name:<30}" + "".join(f"{_bytes(s[key]):>14}" for s in S))
-        lines.append(f"  {'  upstream GLA layout [H,d,d]':<30}"
-                     + "".join(f"{_bytes(s['total_bytes_upstream_gla']):>14}" for s in S))
+        if gla:
+            lines.append(f"  {'  upstream GLA layout [H,d,d]':<30}"
+                         + "".join(f"{_bytes(s['total_bytes_upstream_gla']):>14}" for s in S))
         lines.append(f"  {'  all-full-attention KV cache':<30}"
                      + "".join(f"{_bytes(s['full_attention_kv_bytes']):>14}" for s in S))
         if len(S) > 1 and S[0]["total_bytes"]:
