@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 from sbsnn.models.gated_deltanet import (
     GatedDeltaNet,
     cache_bytes,
-    causal_conv1d,
-    causal_conv1d_step,
     gated_delta_rule_chunked,
     gated_delta_rule_recurrent,
     l2norm,
@@ -105,33 +103,6 @@ def test_chunked_continues_from_state():
                                         beta[..., cut:], s1)
     assert_close(torch.cat([o1, o2], dim=2), o_all, 1e-12)
     assert_close(s2, s_all, 1e-12)
-
-
-@pytest.mark.parametrize("K", [1, 2, 4])
-def test_conv_prompt_then_steps_equals_one_pass(K):
-    gen = torch.Generator().manual_seed(K)
-    B, L, D = 2, 13, 5
-    x = torch.randn(B, L, D, generator=gen, dtype=torch.float64)
-    w = torch.randn(D, 1, K, generator=gen, dtype=torch.float64)
-    bias = torch.randn(D, generator=gen, dtype=torch.float64)
-    y_all, s_all = causal_conv1d(x, w, bias)
-    # Definition: y_t = silu(bias + sum_j w[:, j] x_{t-K+1+j}), zeros before the start.
-    xp = torch.cat([x.new_zeros(B, K - 1, D), x], dim=1)
-    ref = torch.stack([(xp[:, t:t + K].transpose(1, 2) * w[:, 0]).sum(-1) for t in range(L)], 1)
-    assert_close(y_all, torch.nn.functional.silu(ref + bias), 1e-12)
-    assert s_all.shape == (B, D, K - 1)
-    # A short prompt (shorter than the kernel), then one token at a time.
-    y1, s = causal_conv1d(x[:, :1], w, bias)
-    ys = [y1[:, 0]]
-    for t in range(1, L):
-        y_t, s = causal_conv1d_step(x[:, t], w, bias, s)
-        ys.append(y_t)
-    assert_close(torch.stack(ys, 1), y_all, 1e-12)
-    assert torch.equal(s, s_all)
-    # And a prompt continued by another prompt.
-    y2, s2 = causal_conv1d(x[:, 5:], w, bias, causal_conv1d(x[:, :5], w, bias)[1])
-    assert_close(y2, y_all[:, 5:], 1e-12)
-    assert torch.equal(s2, s_all)
 
 
 def make_layer(layout, dtype=torch.float64, seed=0, **overrides):

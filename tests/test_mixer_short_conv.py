@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from sbsnn.models.short_conv import (ShortConv, causal_conv1d, causal_conv1d_recurrent,
-                                     causal_conv1d_step, conv_state_zeros)
+from sbsnn.models.short_conv import ShortConv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,91 +22,6 @@ def conv_inputs(B, D, L, K, dtype, seed=0, state=True, bias=True):
     b = torch.randn(D, generator=g, dtype=dtype) if bias else None
     s = torch.randn(B, D, K - 1, generator=g, dtype=dtype) if state else None
     return x, w, b, s
-
-
-# ---------------------------------------------------------------- the two forms
-
-
-@pytest.mark.parametrize("K", [1, 2, 3, 5])
-@pytest.mark.parametrize("L", [1, 3, 37, 83])
-@pytest.mark.parametrize("activation", [None, "silu"])
-def test_prompt_form_equals_recurrent_float64(K, L, activation):
-    x, w, b, s = conv_inputs(2, 9, L, K, torch.float64, seed=K * 100 + L)
-    z1, s1 = causal_conv1d(x, w, b, s, activation)
-    z2, s2 = causal_conv1d_recurrent(x, w, b, s, activation)
-    assert z1.shape == (2, 9, L) and s1.shape == s2.shape == (2, 9, K - 1)
-    torch.testing.assert_close(z1, z2, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("K", [3, 5])
-@pytest.mark.parametrize("bias", [False, True])
-def test_prompt_form_equals_recurrent_float32(K, bias):
-    x, w, b, s = conv_inputs(3, 36, 83, K, torch.float32, seed=K, bias=bias)
-    z1, s1 = causal_conv1d(x, w, b, s)
-    z2, s2 = causal_conv1d_recurrent(x, w, b, s)
-    assert rel(z1, z2) < 1e-5
-    assert torch.equal(s1, s2)
-
-
-def test_short_prompt_keeps_part_of_the_old_state():
-    # L < K - 1: the state it leaves is the tail of (old state, prompt).
-    x, w, b, s = conv_inputs(1, 4, 2, 5, torch.float64)
-    _, s1 = causal_conv1d(x, w, b, s)
-    torch.testing.assert_close(s1, torch.cat([s[:, :, 2:], x], dim=-1), rtol=0, atol=0)
-    z0, s0 = causal_conv1d(x[:, :, :0], w, b, s)
-    assert z0.shape == (1, 4, 0) and torch.equal(s0, s)
-
-
-def test_no_state_is_zero_state_and_definition():
-    # Zero state = zero padding on the left: the textbook causal depthwise convolution.
-    x, w, b, _ = conv_inputs(2, 5, 11, 3, torch.float64, state=False)
-    z, _ = causal_conv1d(x, w, b)
-    z0, _ = causal_conv1d(x, w, b, conv_state_zeros(2, 5, 3, torch.float64))
-    torch.testing.assert_close(z, z0, rtol=0, atol=0)
-    ref = torch.zeros_like(x)
-    for t in range(11):
-        for j in range(3):
-            if t - 2 + j >= 0:
-                ref[:, :, t] += w[:, j] * x[:, :, t - 2 + j]
-    torch.testing.assert_close(z, ref + b[:, None], rtol=1e-12, atol=1e-12)
-
-
-def test_prompt_split_anywhere_equals_one_pass():
-    x, w, b, s = conv_inputs(2, 7, 50, 4, torch.float64, seed=3)
-    z, s_end = causal_conv1d(x, w, b, s)
-    state, outs = s, []
-    for lo, hi in [(0, 1), (1, 2), (2, 19), (19, 20), (20, 50)]:
-        zi, state = causal_conv1d(x[:, :, lo:hi], w, b, state)
-        outs.append(zi)
-    torch.testing.assert_close(torch.cat(outs, -1), z, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(state, s_end, rtol=0, atol=0)
-
-
-@settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 3), D=st.integers(1, 12), L=st.integers(0, 40), K=st.integers(1, 6),
-       bias=st.booleans(), state=st.booleans(), silu=st.booleans(), seed=st.integers(0, 2**16))
-def test_forms_agree_on_random_shapes(B, D, L, K, bias, state, silu, seed):
-    x, w, b, s = conv_inputs(B, D, L, K, torch.float64, seed, state=state, bias=bias)
-    act = "silu" if silu else None
-    z1, s1 = causal_conv1d(x, w, b, s, act)
-    z2, s2 = causal_conv1d_recurrent(x, w, b, s, act)
-    torch.testing.assert_close(z1, z2, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
-
-
-def test_bad_shapes_and_activation_refused():
-    x, w, b, s = conv_inputs(2, 4, 5, 3, torch.float32)
-    with pytest.raises(ValueError, match="conv state"):
-        causal_conv1d(x, w, b, s[:, :, :1])
-    with pytest.raises(ValueError, match="weight"):
-        causal_conv1d(x, w[:3], b, s)
-    with pytest.raises(ValueError, match="activation"):
-        causal_conv1d(x, w, b, s, "relu")
-    with pytest.raises(ValueError, match="conv state"):
-        causal_conv1d_step(x[:, :, 0], s[:1], w, b)
-    with pytest.raises(ValueError, match="L_cache"):
-        ShortConv(8, L_cache=0)
 
 
 # ---------------------------------------------------------------- the module
@@ -147,6 +59,11 @@ def test_state_bytes_constant_while_decoding_1k_tokens():
             sizes.add(cache["conv"].nbytes)
     assert sizes == {m.state_bytes()} == {36 * 4 * 4}
     assert m.state_bytes(batch_size=3, dtype_bytes=2) == 3 * 36 * 4 * 2
+
+
+def test_kernel_of_zero_length_is_refused():
+    with pytest.raises(ValueError, match="L_cache"):
+        ShortConv(8, L_cache=0)
 
 
 def test_parameter_names_are_transformers():

@@ -387,18 +387,18 @@ def test_linear_mixer_state_bytes_match_decode_state(name, prompt, steps, dtype)
 
 def test_linear_mixer_state_by_hand():
     # float32; GDN conv 56 channels x 3 kept inputs + 4 value heads x 8 x 6 recurrent;
-    # Mamba-2 conv 56 channels x 4 (d_conv) + 4 heads x 8 x 6 SSM; short conv 32 x 2;
+    # Mamba-2 conv 56 channels x 3 (d_conv - 1) + 4 heads x 8 x 6 SSM; short conv 32 x 2;
     # full attention: 2 kv heads x 8, keys and values, 100 slots, + int64 positions.
     s = decode_state_bytes(small_config("mixers_qwen3_5_like"), 100, 4)
     assert s["gdn_state_bytes"] == (56 * 3 + 4 * 8 * 6) * 4
-    assert s["mamba2_state_bytes"] == (56 * 4 + 4 * 8 * 6) * 4
+    assert s["mamba2_state_bytes"] == (56 * 3 + 4 * 8 * 6) * 4
     assert s["conv_state_bytes"] == 32 * 2 * 4
     assert s["full_kv_bytes"] == 2 * 2 * 8 * 100 * 4 and s["position_bytes"] == 100 * 8
     assert s["window_kv_bytes"] == 0 == s["gla_state_bytes"]
     # bf16: conv windows in bf16, the recurrent and SSM states in float32
     b = decode_state_bytes(small_config("mixers_qwen3_5_like"), 100, "bf16")
     assert b["gdn_state_bytes"] == 56 * 3 * 2 + 4 * 8 * 6 * 4
-    assert b["mamba2_state_bytes"] == 56 * 4 * 2 + 4 * 8 * 6 * 4
+    assert b["mamba2_state_bytes"] == 56 * 3 * 2 + 4 * 8 * 6 * 4
     assert b["conv_state_bytes"] == 32 * 2 * 2
     assert decode_state_bytes(small_config("mixers_qwen3_5_like"), 0, 4)["total_bytes"] == 0
     # no growing cache: constant from 4k to 1M tokens; the mixers are sized on the meta
@@ -426,14 +426,14 @@ def test_info_cli_prints_the_linear_mixers(tmp_path, capsys):
     small_config("mixers_qwen3_5_like").save(d / "config.json")
     assert main(["info", str(d), "--dtype", "fp32"]) == 0
     out = capsys.readouterr().out
-    # float32 state at 4k tokens: GDN (56*3 + 4*8*6)*4 = 1440 B, Mamba-2 (56*4 + 192)*4 =
-    # 1664 B, short conv 32*2*4 = 256 B, full-attention K/V 2*2*8*4096*4 = 512 KiB and
-    # positions 4096*8 = 32 KiB: 560416 B = 547.28 KiB. At 1M: 128 + 8 MiB + 3360 B.
+    # float32 state at 4k tokens: GDN (56*3 + 4*8*6)*4 = 1440 B, Mamba-2 (56*3 + 192)*4 =
+    # 1440 B, short conv 32*2*4 = 256 B, full-attention K/V 2*2*8*4096*4 = 512 KiB and
+    # positions 4096*8 = 32 KiB: 560192 B = 547.06 KiB. At 1M: 128 + 8 MiB + 3136 B.
     for piece in ("gdn", "mamba2", "conv", "Gated DeltaNet, 2 key heads x 8, 4 value heads x 6",
                   "Mamba-2 (SSD), 4 heads x 8, state 6, 2 groups", "short convolution, kernel 3",
                   "output gate", "GDN mixers", "Mamba-2 mixers", "short-conv mixers",
                   "GDN conv + recurrent state", "Mamba-2 conv + SSM state", "short-conv window",
-                  "4k", "1M", "1.41 KiB", "1.62 KiB", "256 B", "547.28 KiB", "136.00 MiB"):
+                  "4k", "1M", "1.41 KiB", "256 B", "547.06 KiB", "136.00 MiB"):
         assert piece in out, piece
 
 

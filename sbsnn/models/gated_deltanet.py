@@ -23,8 +23,8 @@ definition of ``u_t`` gives a unit lower-triangular system
 when the chunk's starting state is known). Every exponent either form takes is <= 0.
 
 Before the rule, q, k and v pass a depthwise causal convolution (kernel
-``linear_conv_kernel_dim``) with SiLU, whose state is the last ``K - 1`` inputs
-(``causal_conv1d`` for a prompt, ``causal_conv1d_step`` for one token). After it, a gated
+``linear_conv_kernel_dim``, :mod:`sbsnn.models.causal_conv`) with the model's
+activation, whose state is the last ``K - 1`` inputs. After it, a gated
 RMSNorm per value head, ``norm(o) * silu(z)``, and ``out_proj``.
 """
 
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbsnn.models.causal_conv import causal_conv1d, causal_conv1d_step
 from sbsnn.models.layers import ACTIVATIONS
 
 LAYOUTS = ("qwen3_next", "qwen3_5")
@@ -45,47 +46,6 @@ def _act(activation: str | None):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not supported; one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[activation]
-
-
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  state: torch.Tensor | None = None, activation: str | None = "silu"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution over time of a prompt, continuing from ``state``.
-
-    x ``[B, L, D]``; weight ``[D, K]`` (or nn.Conv1d's ``[D, 1, K]``); state
-    ``[B, D, K-1]``, the previous K-1 inputs, oldest first (zeros when None: the start
-    of a sequence). Returns y ``[B, L, D]`` (activation applied) and the new state, the
-    last K-1 inputs of ``state ++ x``.
-    """
-    B, _, D = x.shape
-    weight = weight.reshape(D, -1)
-    K = weight.shape[1]
-    if state is None:
-        state = x.new_zeros(B, D, K - 1)
-    full = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=2)      # [B, D, K-1+L]
-    y = F.conv1d(full.to(weight.dtype), weight[:, None, :], bias, groups=D)  # [B, D, L]
-    act = _act(activation)
-    if act is not None:
-        y = act(y)
-    new_state = full[:, :, full.shape[2] - (K - 1):]
-    return y.transpose(1, 2).to(x.dtype), new_state.contiguous()
-
-
-def causal_conv1d_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                       state: torch.Tensor, activation: str | None = "silu"
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token of :func:`causal_conv1d`: x ``[B, D]``, state ``[B, D, K-1]``.
-    Returns y ``[B, D]`` and the new state (the window shifted by one)."""
-    D = x.shape[-1]
-    weight = weight.reshape(D, -1)
-    window = torch.cat([state.to(x.dtype), x[:, :, None]], dim=2)        # [B, D, K]
-    y = (window.to(weight.dtype) * weight).sum(-1)
-    if bias is not None:
-        y = y + bias
-    act = _act(activation)
-    if act is not None:
-        y = act(y)
-    return y.to(x.dtype), window[:, :, 1:].contiguous()
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -276,10 +236,11 @@ class GatedDeltaNet(nn.Module):
         state = cache.get("recurrent_state") if cache is not None else None
         w = self.conv1d.weight
         if L == 1 and conv_state is not None:
-            y, conv_state = causal_conv1d_step(qkv[:, 0], w, None, conv_state, self.activation)
+            y, conv_state = causal_conv1d_step(qkv[:, 0], conv_state, w, None, self.activation)
             y = y[:, None]
         else:
-            y, conv_state = causal_conv1d(qkv, w, None, conv_state, self.activation)
+            y, conv_state = causal_conv1d(qkv.transpose(1, 2), w, None, conv_state, self.activation)
+            y = y.transpose(1, 2)
         # Half-precision states drift over long sequences: the rule runs in float32.
         cdt = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         q, k, v = y.to(cdt).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)

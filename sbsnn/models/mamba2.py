@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sbsnn.models.causal_conv import causal_conv1d, causal_conv1d_step
 from sbsnn.models.layers import ACTIVATIONS
 
 
@@ -118,42 +119,6 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 
 # --------------------------------------------------------------------------------------
-# The depthwise causal convolution
-# --------------------------------------------------------------------------------------
-
-def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
-    return y if activation is None else ACTIVATIONS[activation](y)
-
-
-def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  activation: str | None = "silu", conv_state: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution over a prompt. x ``[b, L, D]``; weight ``[D, K]``;
-    conv_state ``[b, D, K]`` (the last K inputs seen, oldest first; zeros if None).
-    Returns the activated output ``[b, L, D]`` and the new state (the last K inputs of
-    state + x), in the layout transformers' cache keeps."""
-    b, L, Dm = x.shape
-    K = weight.shape[-1]
-    if conv_state is None:
-        conv_state = x.new_zeros(b, Dm, K)
-    full = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)   # [b, D, K + L]
-    y = F.conv1d(full[:, :, 1:], weight[:, None, :], bias, groups=Dm)       # L outputs
-    return _activate(y, activation).transpose(1, 2), full[:, :, -K:].clone()
-
-
-def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
-                         bias: torch.Tensor | None = None, activation: str | None = "silu"
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step. x ``[b, D]``; conv_state ``[b, D, K]``. Returns the output
-    ``[b, D]`` and the new state (the window shifted by one, x last)."""
-    conv_state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
-    y = (conv_state * weight).sum(-1)
-    if bias is not None:
-        y = y + bias
-    return _activate(y, activation), conv_state
-
-
-# --------------------------------------------------------------------------------------
 # The gated norm and the module
 # --------------------------------------------------------------------------------------
 
@@ -204,9 +169,10 @@ class Mamba2Mixer(nn.Module):
     (Nemotron-H passes ``(time_step_min, inf)``; the others ``time_step_limit``.)
 
     State (a dict the caller keeps, updated in place): ``conv_state`` ``[b, conv_dim,
-    d_conv]`` (the last d_conv xBC inputs, in the activations' dtype) and ``ssm_state``
-    ``[b, H, head_dim, d_state]`` (float32 for half-precision inputs). Both have the
-    layout transformers' cache holds.
+    d_conv - 1]`` (the last d_conv - 1 xBC inputs, in the activations' dtype: the last
+    columns of transformers' cache, which keeps one more that is never read again) and
+    ``ssm_state`` ``[b, H, head_dim, d_state]`` (float32 for half-precision inputs), as
+    transformers' cache holds it.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, d_state: int,
@@ -281,15 +247,15 @@ class Mamba2Mixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         if L == 1 and conv_state is not None and ssm_state is not None:
-            xbc, conv_state = causal_conv1d_update(xbc[:, 0], conv_state, weight,
-                                                   self.conv1d.bias, self.activation)
+            xbc, conv_state = causal_conv1d_step(xbc[:, 0], conv_state, weight,
+                                                 self.conv1d.bias, self.activation)
             xs, B, C = self._split_xbc(xbc[:, None].to(work))
             dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
             y, ssm_state = ssd_recurrent(xs, dt, A.to(work), B, C, self.D.to(work), ssm_state)
         else:
-            xbc, conv_state = causal_conv1d(xbc, weight, self.conv1d.bias, self.activation,
-                                            conv_state)
-            xs, B, C = self._split_xbc(xbc.to(work))
+            xbc, conv_state = causal_conv1d(xbc.transpose(1, 2), weight, self.conv1d.bias,
+                                            conv_state, self.activation)
+            xs, B, C = self._split_xbc(xbc.transpose(1, 2).to(work))
             dt = F.softplus(dt.to(work) + self.dt_bias.to(work))
             dt = dt.clamp(min=self.time_step_limit[0], max=self.time_step_limit[1])
             y, ssm_state = ssd_chunked(xs, dt, A.to(work), B, C, self.D.to(work), ssm_state,
@@ -301,14 +267,14 @@ class Mamba2Mixer(nn.Module):
 
     def state_bytes(self, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
         """Bytes of the decoding state for ``batch_size`` sequences with activations of
-        ``dtype`` (default: the parameters'): ``b * conv_dim * d_conv * itemsize`` for
-        the conv window plus ``b * H * head_dim * d_state * itemsize'`` for the SSM state
+        ``dtype`` (default: the parameters'): ``b * conv_dim * (d_conv - 1) * itemsize``
+        for the conv window plus ``b * H * head_dim * d_state * itemsize'`` for the SSM state
         (itemsize' = 4 for half precision, whose SSM state is kept in float32). Constant
         in the number of tokens."""
         dtype = dtype or self.in_proj.weight.dtype
         item = dtype.itemsize
         ssm_item = 4 if dtype in (torch.float16, torch.bfloat16) else item
-        return batch_size * (self.conv_dim * self.d_conv * item
+        return batch_size * (self.conv_dim * (self.d_conv - 1) * item
                              + self.num_heads * self.head_dim * self.d_state * ssm_item)
 
 
