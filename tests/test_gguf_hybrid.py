@@ -315,3 +315,47 @@ def test_sbsnn_loads_the_gguf_as_the_safetensors_checkpoint(tmp_path, arch):
     with torch.no_grad():  # and both equal transformers
         ref = model(ids).logits
     assert float((a - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sbsnn_loads_a_quantized_gguf_as_the_model_of_its_dequantized_weights(tmp_path, arch):
+    """Matrices stored as Q8_0: sbsnn's model from the file gives the logits of the
+    transformers model whose weights are gguf's own dequantization of them, saved with
+    save_pretrained and loaded by sbsnn (to float rounding)."""
+    import copy
+
+    from sbsnn.models import load_model
+
+    model = _model(arch)
+    written = gf.hybrid_tensors(arch, model)
+    f32, _ = gf.write_hybrid(tmp_path / "f32.gguf", arch, model, vocab=_vocab())
+    names = {v: k for k, v in read_gguf(f32).origin.items()}      # GGUF name -> HF name
+    sd = model.state_dict()
+    # the matrices the converter stores as they are (no permutation, no folded multiplier)
+    plain = {n for n, t in written.items()
+             if t.ndim == 2 and t.shape[1] % 32 == 0 and n in names
+             and torch.equal(torch.as_tensor(np.asarray(t)).reshape(-1), sd[names[n]].reshape(-1))}
+    assert plain
+    path, _ = gf.write_hybrid(tmp_path / f"{arch}.gguf", arch, model, vocab=_vocab(),
+                              quantize={n: Q.Q8_0 for n in plain})
+    dequantized = copy.deepcopy(model)
+    sd = dequantized.state_dict()
+    changed = 0
+    for t in gguf.GGUFReader(path).tensors:
+        if t.name in plain and t.name in names:
+            w = np.array(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+            hf = names[t.name]
+            with torch.no_grad():
+                sd[hf].copy_(torch.from_numpy(w).reshape(sd[hf].shape))
+            changed += 1
+    assert changed
+    if dequantized.config.tie_word_embeddings:
+        dequantized.tie_weights()
+    dequantized.save_pretrained(tmp_path / "hf")
+    ids = _ids()
+    with torch.no_grad():
+        want = load_model(tmp_path / "hf")(ids)
+        got = load_model(path)(ids)
+        original = model(ids).logits
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert not torch.allclose(got, original, rtol=0, atol=1e-7)   # the quantization is seen
