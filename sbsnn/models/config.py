@@ -239,6 +239,7 @@ class HybridConfig:
             bad(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})")
         n = self.num_hidden_layers
+        self._validate_mixers(bad)   # before layer_kind reads layer_mixers below
         for name in ("attn_layers", "full_attn_layers", "dense_layers"):
             out = [i for i in getattr(self, name) if not 0 <= i < n]
             if out:
@@ -286,7 +287,6 @@ class HybridConfig:
             bad("num_sink_tokens must be >= 0")
         if not isinstance(self.attn_output_gate, bool):
             bad(f"attn_output_gate must be true or false, got {self.attn_output_gate!r}")
-        self._validate_mixers(bad)
 
     def _validate_mixers(self, bad) -> None:
         lm = self.layer_mixers
