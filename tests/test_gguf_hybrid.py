@@ -443,3 +443,19 @@ def test_sbsnn_loads_the_gguf_as_the_safetensors_checkpoint(tmp_path, case):
     with torch.no_grad():  # and both equal transformers
         ref = model(ids).logits
     assert float((a - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_granite_experts_under_two_names_refused():
+    """transformers 5's expert names and the checkpoint's for the same weights: refused
+    (sbsnn keeps one), naming both."""
+    from sbsnn.models.families import split_granite_fused
+
+    p = "model.layers.0.block_sparse_moe."
+    raw = {p + "experts.gate_up_proj": torch.zeros(2, 8, 4), p + "input_linear.weight":
+           torch.zeros(2, 8, 4)}
+    with pytest.raises(CheckpointError, match=r"experts\.gate_up_proj.*input_linear"):
+        split_granite_fused(raw, {k: "f.safetensors" for k in raw})
+    raw = {p + "experts.gate_up_proj": torch.arange(2 * 8 * 4.0).reshape(2, 8, 4)}
+    out, _, made = split_granite_fused(raw, {k: "f.safetensors" for k in raw})
+    assert torch.equal(out["model.layers.0.mlp.experts.1.up_proj.weight"], raw[p + "experts.gate_up_proj"][1, 4:])
+    assert made["model.layers.0.mlp.experts.1.up_proj.weight"] == p + "experts.gate_up_proj[1][4:]"

@@ -27,6 +27,8 @@ from typing import Callable
 
 import torch
 
+from sbsnn.models.families import SIZE_BOUNDS
+
 
 ARCHITECTURES = ("qwen35", "qwen35moe", "qwen3next", "granitehybrid", "falcon-h1", "lfm2",
                  "lfm2moe")
@@ -34,8 +36,9 @@ ARCHITECTURES = ("qwen35", "qwen35moe", "qwen3next", "granitehybrid", "falcon-h1
 TENSORS_PER_LAYER = {"lfm2": 8, "lfm2moe": 8}
 # llama.cpp's expert_gating_func values (gguf.ExpertGatingFuncType)
 _SOFTMAX, _SIGMOID = 1, 2
-# bounds of the MoE sizes: families.SIZE_BOUNDS' num_experts and moe_intermediate_size
-_MAX_EXPERTS, _MAX_EXPERT_SIZE = 1 << 20, 1 << 22
+# bounds of the MoE counts and sizes (sbsnn's config bounds)
+_MAX_EXPERTS = SIZE_BOUNDS["num_experts"][0]
+_MAX_EXPERT_SIZE = SIZE_BOUNDS["moe_intermediate_size"][0]
 _MAMBA_CHUNK = 256  # transformers' default mamba_chunk_size: a kernel tile, not a weight
 
 
@@ -100,9 +103,9 @@ def _whole(m, name: str, num: int, den: int, what: str) -> int:
     return num // den
 
 
-def _size(m, name: str, bound: int, *, default=None) -> int:
-    """A positive whole-number MoE size, within ``bound`` (required unless ``default``)."""
-    v = m.req(name) if default is None else m.get(name, default, kind=int)
+def _size(m, name: str, bound: int) -> int:
+    """A required MoE count or size: a whole number from 1 to ``bound``."""
+    v = m.req(name)
     if not 0 < v <= bound:
         m.refuse(name, f"a whole number from 1 to {bound:,} is expected")
     return v
