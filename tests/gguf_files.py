@@ -410,7 +410,8 @@ def raw_model(tmp_path: Path, arch: str = "llama", **kw) -> RawGGUF:
 
 # ----------------------------------------------------------------------------- hybrids
 # A transformers model's state dict written the way llama.cpp's convert_hf_to_gguf.py
-# writes it for qwen35, qwen3next, granitehybrid, falcon-h1 and lfm2 (written here from
+# writes it for qwen35, qwen35moe, qwen3next, granitehybrid (dense and MoE), falcon-h1, lfm2
+# and lfm2moe (written here from
 # the converter's documented behaviour, independently of sbsnn's reader).
 def _tile_v(w, dim, k_heads, per_k, size):
     """Qwen3.5: value heads grouped by key head -> tiled (K0 K1 .. K0 K1 ..)."""
@@ -423,6 +424,15 @@ def _plain(name: str) -> str:
     return name.removeprefix("model.")
 
 
+def _experts_out(out: dict, b: str, w, kind: str, size: int):
+    """Fused experts (transformers 5's gate_up_proj [E, 2I, H], down_proj [E, H, I]) as
+    the converter stacks them: ffn_gate_exps, ffn_up_exps, ffn_down_exps."""
+    if kind == "gate_up_proj":
+        out[b + "ffn_gate_exps.weight"], out[b + "ffn_up_exps.weight"] = w[:, :size], w[:, size:]
+    else:
+        out[b + "ffn_down_exps.weight"] = w
+
+
 def hybrid_tensors(arch: str, model) -> dict:
     """{GGUF name: float32 torch tensor} as the converter writes ``model``'s weights."""
     import torch
@@ -433,7 +443,7 @@ def hybrid_tensors(arch: str, model) -> dict:
     if not tied:
         out["output.weight"] = sd["lm_head.weight"]
     L = c.num_hidden_layers
-    if arch == "lfm2":
+    if arch in ("lfm2", "lfm2moe"):
         out["token_embd_norm.weight"] = sd["model.embedding_norm.weight"]
         names = {"operator_norm": "attn_norm", "ffn_norm": "ffn_norm",
                  "feed_forward.w1": "ffn_gate", "feed_forward.w3": "ffn_up",
@@ -441,13 +451,21 @@ def hybrid_tensors(arch: str, model) -> dict:
                  "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
                  "self_attn.out_proj": "attn_output", "self_attn.q_layernorm": "attn_q_norm",
                  "self_attn.k_layernorm": "attn_k_norm", "conv.conv": "shortconv.conv",
-                 "conv.in_proj": "shortconv.in_proj", "conv.out_proj": "shortconv.out_proj"}
+                 "conv.in_proj": "shortconv.in_proj", "conv.out_proj": "shortconv.out_proj",
+                 # lfm2moe: per-expert w1/w3/w2 stacked (the state dict holds them fused),
+                 # expert_bias renamed expert_bias.bias by the converter
+                 "feed_forward.gate": "ffn_gate_inp", "feed_forward": "exp_probs_b"}
         for k, v in sd.items():
             if k.startswith("model.layers."):
                 _, _, i, rest = k.split(".", 3)
                 leaf, suffix = rest.rsplit(".", 1)
                 if leaf == "conv.conv":
                     v = v.squeeze(1)
+                if leaf == "feed_forward.experts":
+                    _experts_out(out, f"blk.{i}.", v, suffix, c.moe_intermediate_size)
+                    continue
+                if suffix == "expert_bias":
+                    suffix = "bias"
                 out[f"blk.{i}.{names[leaf]}.{suffix}"] = v
         return out
     if arch in ("granitehybrid", "falcon-h1"):
@@ -471,8 +489,15 @@ def hybrid_tensors(arch: str, model) -> dict:
             else:
                 out[b + "ffn_norm.weight"] = sd[p + "post_attention_layernorm.weight"]
                 gate, up = sd[p + "shared_mlp.input_linear.weight"].split(c.shared_intermediate_size)
-                out[b + "ffn_gate.weight"], out[b + "ffn_up.weight"] = gate, up
-                out[b + "ffn_down.weight"] = sd[p + "shared_mlp.output_linear.weight"]
+                sh = "_shexp" if c.num_local_experts else ""  # GraniteMoeModel.modify_tensors
+                out[b + f"ffn_gate{sh}.weight"], out[b + f"ffn_up{sh}.weight"] = gate, up
+                out[b + f"ffn_down{sh}.weight"] = sd[p + "shared_mlp.output_linear.weight"]
+                if c.num_local_experts:
+                    moe = p + "block_sparse_moe."
+                    out[b + "ffn_gate_inp.weight"] = sd[moe + "router.weight"]
+                    for kind in ("gate_up_proj", "down_proj"):
+                        _experts_out(out, b, sd[moe + "experts." + kind], kind,
+                                     c.intermediate_size)
             if p + "mamba.in_proj.weight" in sd:
                 m = p + "mamba."
                 w_in = sd[m + "in_proj.weight"]
@@ -531,7 +556,7 @@ def hybrid_tensors(arch: str, model) -> dict:
             A_log, dt = sd[la + "A_log"], sd[la + "dt_bias"]
             conv = sd[la + "conv1d.weight"].squeeze()
             w_out = sd[la + "out_proj.weight"]
-            if arch == "qwen35":
+            if arch in ("qwen35", "qwen35moe"):
                 qkv, z = sd[la + "in_proj_qkv.weight"], sd[la + "in_proj_z.weight"]
                 qkv = torch.cat([qkv[:2 * kd], _tile_v(qkv[2 * kd:], 0, nk, r, dv)])
                 conv = torch.cat([conv[:2 * kd], _tile_v(conv[2 * kd:], 0, nk, r, dv)])
@@ -557,11 +582,9 @@ def hybrid_tensors(arch: str, model) -> dict:
             for g in ("gate", "up", "down"):
                 out[b + f"ffn_{g}.weight"] = sd[p + f"mlp.{g}_proj.weight"]
         else:
-            I = c.moe_intermediate_size
-            gu = sd[p + "mlp.experts.gate_up_proj"]
             out[b + "ffn_gate_inp.weight"] = sd[p + "mlp.gate.weight"]
-            out[b + "ffn_gate_exps.weight"], out[b + "ffn_up_exps.weight"] = gu[:, :I], gu[:, I:]
-            out[b + "ffn_down_exps.weight"] = sd[p + "mlp.experts.down_proj"]
+            for kind in ("gate_up_proj", "down_proj"):
+                _experts_out(out, b, sd[p + "mlp.experts." + kind], kind, c.moe_intermediate_size)
             for g in ("gate", "up", "down"):
                 out[b + f"ffn_{g}_shexp.weight"] = sd[p + f"mlp.shared_expert.{g}_proj.weight"]
             out[b + "ffn_gate_inp_shexp.weight"] = sd[p + "mlp.shared_expert_gate.weight"]
@@ -576,7 +599,7 @@ def hybrid_meta(arch: str, c) -> dict:
             f"{p}.embedding_length": H, f"{p}.block_count": L,
             f"{p}.attention.head_count": nh, f"{p}.vocab_size": c.vocab_size,
             f"{p}.rope.freq_base": float(c.rope_parameters["rope_theta"])}
-    if arch == "lfm2":
+    if arch in ("lfm2", "lfm2moe"):
         meta.update({f"{p}.context_length": c.max_position_embeddings,
                      f"{p}.feed_forward_length": c.intermediate_size,
                      f"{p}.attention.head_count_kv": [
@@ -584,9 +607,16 @@ def hybrid_meta(arch: str, c) -> dict:
                          for t in c.layer_types],
                      f"{p}.attention.layer_norm_rms_epsilon": c.norm_eps,
                      f"{p}.shortconv.l_cache": c.conv_L_cache})
+        if arch == "lfm2moe":  # LFM2MoeModel.set_gguf_parameters (gating 2: sigmoid)
+            meta.update({f"{p}.expert_count": c.num_experts,
+                         f"{p}.expert_used_count": c.num_experts_per_tok,
+                         f"{p}.expert_feed_forward_length": c.moe_intermediate_size,
+                         f"{p}.leading_dense_block_count": c.num_dense_layers,
+                         f"{p}.expert_gating_func": 2})
         return meta
     meta[f"{p}.attention.layer_norm_rms_epsilon"] = c.rms_norm_eps
-    meta[f"{p}.feed_forward_length"] = c.intermediate_size
+    if getattr(c, "intermediate_size", None):  # Qwen3_5MoeTextConfig has none
+        meta[f"{p}.feed_forward_length"] = c.intermediate_size
     if arch in ("granitehybrid", "falcon-h1"):
         falcon = arch == "falcon-h1"
         inner = c.mamba_d_ssm if falcon else c.mamba_expand * H
@@ -630,10 +660,10 @@ def hybrid_meta(arch: str, c) -> dict:
                  f"{p}.ssm.inner_size": c.linear_value_head_dim * c.linear_num_value_heads,
                  f"{p}.full_attention_interval": interval,
                  f"{p}.rope.dimension_count": rot})
-    if arch == "qwen35":
+    if arch in ("qwen35", "qwen35moe"):
         meta[f"{p}.rope.dimension_sections"] = list(
             c.rope_parameters.get("mrope_section", [11, 11, 10])) + [0]
-    else:
+    if arch != "qwen35":
         meta.update({f"{p}.expert_count": c.num_experts,
                      f"{p}.expert_used_count": c.num_experts_per_tok,
                      f"{p}.expert_feed_forward_length": c.moe_intermediate_size,

@@ -176,8 +176,8 @@ _GEMMA_RENAMES = _COMMON_RENAMES + [
 _LANGUAGE_MODEL = [(re.compile(r"^model\.language_model\."), "model."),
                    (re.compile(r"^language_model\.model\."), "model."),
                    (re.compile(r"^language_model\.lm_head\."), "lm_head.")]
-_GRANITE_RENAMES = _LLAMA_RENAMES + [
-    (re.compile(r"\.block_sparse_moe\.router\.layer\."), ".mlp.router.")]
+_GRANITE_RENAMES = _LLAMA_RENAMES + [   # the router: checkpoint name, then transformers 5's
+    (re.compile(r"\.block_sparse_moe\.router\.(layer\.)?"), ".mlp.router.")]
 _FALCON_H1_RENAMES = _COMMON_RENAMES + [
     (re.compile(r"^model\.final_layernorm\."), "model.norm."),
     (re.compile(r"\.pre_ff_layernorm\."), ".mlp_norm."),
@@ -226,14 +226,15 @@ SKIPPED_TENSORS = {
 }
 
 
-_FUSED_EXPERTS = re.compile(r"^(.+\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+_FUSED_EXPERTS = re.compile(r"^(.+\.(?:mlp|feed_forward)\.experts)\.(gate_up_proj|down_proj)$")
 
 
 def split_fused_experts(raw: dict[str, Any], origin: dict[str, Any]
                         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """Experts stored as transformers 5 holds them (``save_pretrained(...,
     save_original_format=False)``, or a file written from its state dict), one 3-D tensor
-    per kind: ``mlp.experts.gate_up_proj [E, 2I, H]`` (each expert's gate rows, then its
+    per kind (under ``mlp``, LFM2-MoE's under ``feed_forward``):
+    ``mlp.experts.gate_up_proj [E, 2I, H]`` (each expert's gate rows, then its
     up rows, as the reference's ``chunk(2)`` splits them) and ``mlp.experts.down_proj
     [E, H, I]`` -> the per-expert ``mlp.experts.{e}.gate_proj / up_proj / down_proj
     .weight`` that transformers' ``save_pretrained`` writes by default and sbsnn's
@@ -280,6 +281,9 @@ def rename_key(key: str, model_type: str) -> str:
 # (each can become a spiking layer), so they are split on loading.
 _GRANITE_FUSED = re.compile(r"^(model\.layers\.\d+\.)(block_sparse_moe|shared_mlp)\."
                             r"(input_linear|output_linear)\.weight$")
+# transformers 5's names of the experts' input_linear / output_linear (same layouts)
+_GRANITE_EXPERTS_5 = re.compile(r"^(model\.layers\.\d+\.block_sparse_moe\.)experts\."
+                                r"(gate_up_proj|down_proj)$")
 
 
 def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
@@ -287,7 +291,19 @@ def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
     """Granite's fused MLP tensors -> one gate / up / down weight per expert and for the
     shared MLP (slices, no copies), in :func:`split_fused_experts`' protocol. The shared
     MLP is ``mlp.shared_experts.0`` in a model with routed experts (the file holds
-    ``block_sparse_moe`` tensors), else the layer's whole ``mlp``."""
+    ``block_sparse_moe`` tensors), else the layer's whole ``mlp``. The experts may also
+    be under transformers 5's names (``block_sparse_moe.experts.gate_up_proj`` /
+    ``down_proj``, as its state dict and sbsnn's GGUF reader name them)."""
+    named = {}  # checkpoint name -> the name the file gave it (shown in errors)
+    if any(_GRANITE_EXPERTS_5.match(k) for k in raw):
+        raw, origin = dict(raw), dict(origin)
+        for key in [k for k in raw if _GRANITE_EXPERTS_5.match(k)]:
+            prefix, kind = _GRANITE_EXPERTS_5.match(key).groups()
+            old = prefix + ("input_linear" if kind == "gate_up_proj" else "output_linear") + ".weight"
+            if old in raw:
+                raise CheckpointError(f"{origin[key]}: tensors {key!r} and {old!r} are the same "
+                                      "weights under two names; keep one layout")
+            raw[old], origin[old], named[old] = raw.pop(key), origin.pop(key), key
     fused = [k for k in raw if _GRANITE_FUSED.match(k)]
     if not fused:
         return raw, origin, {}
@@ -295,20 +311,21 @@ def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
     raw, origin, made = dict(raw), dict(origin), {}
     for key in fused:
         prefix, block, which = _GRANITE_FUSED.match(key).groups()
-        t, file = raw.pop(key), origin.pop(key)
+        t, file, shown_key = raw.pop(key), origin.pop(key), named.get(key, key)
         stacked = block == "block_sparse_moe"
         if t.dim() != (3 if stacked else 2) or (which == "input_linear" and t.shape[-2] % 2):
             raise CheckpointError(
-                f"{file}: tensor {key!r} has shape {tuple(t.shape)}; transformers' Granite layout is "
+                f"{file}: tensor {shown_key!r} has shape {tuple(t.shape)}; transformers' Granite layout is "
                 + ("[experts, 2 * intermediate_size, hidden_size] (gate rows, then up rows)"
                    if stacked and which == "input_linear" else
                    "[experts, hidden_size, intermediate_size]" if stacked else
                    "[2 * shared_intermediate_size, hidden_size] (gate rows, then up rows)"
                    if which == "input_linear" else "[hidden_size, shared_intermediate_size]"))
         if stacked:
-            mlps = [(f"{prefix}mlp.experts.{e}.", t[e], f"{key}[{e}]") for e in range(t.shape[0])]
+            mlps = [(f"{prefix}mlp.experts.{e}.", t[e], f"{shown_key}[{e}]")
+                    for e in range(t.shape[0])]
         else:
-            mlps = [(f"{prefix}mlp.shared_experts.0." if moe else f"{prefix}mlp.", t, key)]
+            mlps = [(f"{prefix}mlp.shared_experts.0." if moe else f"{prefix}mlp.", t, shown_key)]
         for name, w, shown in mlps:
             if which == "output_linear":
                 parts = [("down_proj", w, shown)]
@@ -325,7 +342,8 @@ def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
 
 # Per-family changes to the tensors as read, before they are renamed (fill_state).
 TENSOR_TRANSFORMS = {"qwen3_next": split_fused_experts, "qwen3_5_moe_text": split_fused_experts,
-                     "qwen3_5_moe": split_fused_experts, "granitemoehybrid": split_granite_fused}
+                     "qwen3_5_moe": split_fused_experts, "lfm2_moe": split_fused_experts,
+                     "granitemoehybrid": split_granite_fused}
 
 
 # ----------------------------------------------------------------------------- key reader

@@ -1,4 +1,4 @@
-"""GGUF files of five hybrid architectures: their metadata as a transformers config dict,
+"""GGUF files of seven hybrid architectures: their metadata as a transformers config dict,
 and every tensor back under its Hugging Face name and layout, llama.cpp's
 ``convert_hf_to_gguf.py`` transformations undone.
 
@@ -6,10 +6,12 @@ and every tensor back under its Hugging Face name and layout, llama.cpp's
 GGUF arch      transformers        mixers
 ============== =================== ==========================================================
 qwen35         qwen3_5_text        Gated DeltaNet + gated full attention, dense MLP
+qwen35moe      qwen3_5_moe_text    qwen35's mixers, MoE + gated shared expert
 qwen3next      qwen3_next          Gated DeltaNet + gated full attention, MoE + shared expert
-granitehybrid  granitemoehybrid    Mamba-2 + attention (no RoPE), dense shared MLP
+granitehybrid  granitemoehybrid    Mamba-2 + attention (no RoPE), MoE or not, shared MLP
 falcon-h1      falcon_h1           Mamba-2 and attention in parallel in every layer
 lfm2           lfm2                gated short convolution + attention
+lfm2moe        lfm2_moe            lfm2's mixers, dense first layers, sigmoid-routed MoE
 ============== =================== ==========================================================
 
 Used by :mod:`sbsnn.models.gguf` (which owns the file reader, the metadata checks and the
@@ -25,10 +27,18 @@ from typing import Callable
 
 import torch
 
+from sbsnn.models.families import SIZE_BOUNDS
 
-ARCHITECTURES = ("qwen35", "qwen3next", "granitehybrid", "falcon-h1", "lfm2")
+
+ARCHITECTURES = ("qwen35", "qwen35moe", "qwen3next", "granitehybrid", "falcon-h1", "lfm2",
+                 "lfm2moe")
 # The fewest tensors one layer of the architecture holds (bounds block_count by the table).
-TENSORS_PER_LAYER = {"lfm2": 8}
+TENSORS_PER_LAYER = {"lfm2": 8, "lfm2moe": 8}
+# llama.cpp's expert_gating_func values (gguf.ExpertGatingFuncType)
+_SOFTMAX, _SIGMOID = 1, 2
+# bounds of the MoE counts and sizes (sbsnn's config bounds)
+_MAX_EXPERTS = SIZE_BOUNDS["num_experts"][0]
+_MAX_EXPERT_SIZE = SIZE_BOUNDS["moe_intermediate_size"][0]
 _MAMBA_CHUNK = 256  # transformers' default mamba_chunk_size: a kernel tile, not a weight
 
 
@@ -93,7 +103,35 @@ def _whole(m, name: str, num: int, den: int, what: str) -> int:
     return num // den
 
 
-def _lfm2(m, n_tokens: int) -> dict:
+def _size(m, name: str, bound: int) -> int:
+    """A required MoE count or size: a whole number from 1 to ``bound``."""
+    v = m.req(name)
+    if not 0 < v <= bound:
+        m.refuse(name, f"a whole number from 1 to {bound:,} is expected")
+    return v
+
+
+def _used_experts(m, n_exp: int) -> int:
+    """``expert_used_count``: how many of the ``n_exp`` experts each token takes."""
+    used = _size(m, "expert_used_count", _MAX_EXPERTS)
+    if used > n_exp:
+        m.refuse("expert_used_count", f"more than expert_count ({n_exp}); each token takes "
+                                      "that many distinct experts")
+    return used
+
+
+def _gating(m, expected: int, required: bool):
+    """``expert_gating_func``: the router's function, which must be the one the
+    transformers family has (llama.cpp hard-codes it for granitehybrid and qwen35moe)."""
+    v = m.req("expert_gating_func") if required else m.get("expert_gating_func", expected,
+                                                           kind=int)
+    if v != expected:
+        names = {_SOFTMAX: "softmax", _SIGMOID: "sigmoid"}
+        m.refuse("expert_gating_func", f"the transformers model routes by "
+                                       f"{names[expected]} ({expected})")
+
+
+def _lfm2(m, n_tokens: int, names: set, moe: bool) -> dict:
     c = _common(m, n_tokens)
     L, H, nh = c["num_hidden_layers"], c["hidden_size"], c["num_attention_heads"]
     kv = _ints(m, "attention.head_count_kv", L)
@@ -104,18 +142,33 @@ def _lfm2(m, n_tokens: int) -> dict:
     _eq(m, "rope.dimension_count", d, "RoPE over part of the head is not supported")
     _eq(m, "attention.key_length", d, "the key length must equal hidden/heads")
     _eq(m, "attention.value_length", d, "the value length must equal hidden/heads")
-    _no_experts(m)
     _no_rope_scaling(m)
-    return {"model_type": "lfm2", "architectures": ["Lfm2ForCausalLM"], **c,
-            "intermediate_size": m.req("feed_forward_length"),
-            "num_key_value_heads": n_kv,
-            "norm_eps": m.req("attention.layer_norm_rms_epsilon", float),
-            "rope_parameters": {"rope_theta": m.req("rope.freq_base", float),
-                                "rope_type": "default"},
-            "conv_bias": False, "conv_L_cache": m.req("shortconv.l_cache"),
-            "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
-            "block_auto_adjust_ff_dim": False, "full_attn_idxs": None,  # layer_types holds it
-            "layer_types": ["full_attention" if k else "conv" for k in kv]}
+    out = {"model_type": "lfm2", "architectures": ["Lfm2ForCausalLM"], **c,
+           "intermediate_size": m.req("feed_forward_length"),
+           "num_key_value_heads": n_kv,
+           "norm_eps": m.req("attention.layer_norm_rms_epsilon", float),
+           "rope_parameters": {"rope_theta": m.req("rope.freq_base", float),
+                               "rope_type": "default"},
+           "conv_bias": False, "conv_L_cache": m.req("shortconv.l_cache"),
+           "layer_types": ["full_attention" if k else "conv" for k in kv]}
+    if not moe:
+        _no_experts(m)
+        return dict(out, block_multiple_of=256, block_ffn_dim_multiplier=1.0,
+                    block_auto_adjust_ff_dim=False, full_attn_idxs=None)  # layer_types holds it
+    n_exp = _size(m, "expert_count", _MAX_EXPERTS)
+    dense = m.req("leading_dense_block_count")
+    if not 0 <= dense <= c["num_hidden_layers"]:
+        m.refuse("leading_dense_block_count", f"0 to block_count ({c['num_hidden_layers']}) "
+                                              "dense layers are expected")
+    # llama.cpp's LFM2 graph routes by expert_gating_func, renormalises the top-k weights and
+    # scales none (transformers: norm_topk_prob true, routed_scaling_factor 1)
+    _gating(m, _SIGMOID, required=True)
+    return dict(out, model_type="lfm2_moe", architectures=["Lfm2MoeForCausalLM"],
+                moe_intermediate_size=_size(m, "expert_feed_forward_length", _MAX_EXPERT_SIZE),
+                num_experts=n_exp, num_experts_per_tok=_used_experts(m, n_exp),
+                num_dense_layers=dense, norm_topk_prob=True, routed_scaling_factor=1.0,
+                # the converter writes exp_probs_b exactly when the model has expert_bias
+                use_expert_bias=any(n.endswith(".exp_probs_b.bias") for n in names))
 
 
 def _mamba2(m) -> dict:
@@ -140,11 +193,20 @@ def _granitehybrid(m, n_tokens: int, names: set) -> dict:
         if any(attn) else nh
     d = _whole(m, "attention.head_count", H, nh, "hidden size / heads")
     _eq(m, "rope.dimension_count", d, "RoPE over part of the head is not supported")
-    if m.get("expert_count", 0):
-        m.refuse("expert_count", "Granite hybrid mixture-of-experts layers are not supported "
-                                 "(dense models only)")
-    used = m.get("expert_used_count", 2, kind=int)  # the converter writes it even when dense
-    shared = m.req("expert_shared_feed_forward_length")
+    ff = m.req("feed_forward_length")
+    n_exp = m.get("expert_count", 0, kind=int)
+    if n_exp:
+        # llama.cpp sizes the experts by feed_forward_length (the converter writes
+        # intermediate_size there) and routes by softmax, top-k renormalised
+        _size(m, "expert_count", _MAX_EXPERTS)
+        used = _used_experts(m, n_exp)
+        _eq(m, "expert_feed_forward_length", ff, "llama.cpp sizes Granite's experts by "
+                                                  "feed_forward_length")
+        _gating(m, _SOFTMAX, required=False)
+    else:
+        used = m.get("expert_used_count", 2, kind=int)  # written even when dense: unused
+    # required: llama.cpp runs no shared MLP without it, transformers always one
+    shared = _size(m, "expert_shared_feed_forward_length", _MAX_EXPERT_SIZE)
     _no_rope_scaling(m)
     ssm = _mamba2(m)
     inner = ssm.pop("_inner")
@@ -162,13 +224,13 @@ def _granitehybrid(m, n_tokens: int, names: set) -> dict:
         v = m.get(key, 0.0, kind=float)
         mults[cfg] = v if v else 1.0  # llama.cpp skips a missing or zero scale
     return {"model_type": "granitemoehybrid", "architectures": ["GraniteMoeHybridForCausalLM"],
-            **c, "intermediate_size": m.req("feed_forward_length"),
+            **c, "intermediate_size": ff,
             "num_key_value_heads": n_kv, "hidden_act": "silu",
             "rms_norm_eps": m.req("attention.layer_norm_rms_epsilon", float),
             "rope_parameters": {"rope_theta": m.get("rope.freq_base", 10000.0, kind=float),
                                 "rope_type": "default"},
             "attention_bias": False, "attention_dropout": 0.0, **mults,
-            "attention_multiplier": scale, "num_local_experts": 0,
+            "attention_multiplier": scale, "num_local_experts": n_exp,
             "num_experts_per_tok": used, "shared_intermediate_size": shared,
             "position_embedding_type": "rope" if rope else "nope",
             "layer_types": ["full_attention" if a else "linear_attention" for a in attn],
@@ -210,7 +272,12 @@ def _falcon_h1(m, n_tokens: int, names: set) -> dict:
             "attention_bias": False, "mlp_bias": False}
 
 
-def _qwen_gdn(m, n_tokens: int, next_: bool) -> dict:
+_QWEN = {"qwen35": ("qwen3_5_text", "Qwen3_5ForCausalLM"),
+         "qwen35moe": ("qwen3_5_moe_text", "Qwen3_5MoeForCausalLM"),
+         "qwen3next": ("qwen3_next", "Qwen3NextForCausalLM")}
+
+
+def _qwen_gdn(m, n_tokens: int, arch: str) -> dict:
     c = _common(m, n_tokens)
     L = c["num_hidden_layers"]
     d = m.req("attention.key_length")
@@ -230,9 +297,8 @@ def _qwen_gdn(m, n_tokens: int, next_: bool) -> dict:
                    "inner size / value heads (time_step_rank)")
     rope = {"rope_theta": m.req("rope.freq_base", float), "rope_type": "default",
             "partial_rotary_factor": rot / d}
-    out = {"model_type": "qwen3_next" if next_ else "qwen3_5_text",
-           "architectures": ["Qwen3NextForCausalLM" if next_ else "Qwen3_5ForCausalLM"], **c,
-           "intermediate_size": m.req("feed_forward_length"),
+    model_type, cls = _QWEN[arch]
+    out = {"model_type": model_type, "architectures": [cls], **c,
            "num_key_value_heads": m.req("attention.head_count_kv"),
            "hidden_act": "silu", "rms_norm_eps": m.req("attention.layer_norm_rms_epsilon", float),
            "rope_parameters": rope, "attention_bias": False, "attention_dropout": 0.0,
@@ -242,7 +308,13 @@ def _qwen_gdn(m, n_tokens: int, next_: bool) -> dict:
            # llama.cpp: layer i is full attention when (i + 1) % interval == 0
            "layer_types": ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
                            for i in range(L)]}
-    if not next_:
+    if arch == "qwen35moe":
+        # no dense MLP anywhere: llama.cpp reads no feed_forward_length (the converter
+        # writes one when the config has intermediate_size), Qwen3_5MoeTextConfig has none
+        m.get("feed_forward_length")
+    else:
+        out["intermediate_size"] = m.req("feed_forward_length")
+    if arch != "qwen3next":
         sections = m.get("rope.dimension_sections")
         if sections is not None:
             if not (isinstance(sections, list) and all(isinstance(s, int) for s in sections)
@@ -251,28 +323,33 @@ def _qwen_gdn(m, n_tokens: int, next_: bool) -> dict:
                          "cover the rotated dimensions are expected")
             # text positions are equal in all sections: plain RoPE over `rot` dimensions
             rope.update({"mrope_section": sections[:3], "mrope_interleaved": True})
+    if arch == "qwen35":
         _no_experts(m)
         return out
     n_exp = m.get("expert_count", 0, kind=int)
     if not n_exp:
-        m.refuse("expert_count", "Qwen3-Next without experts is not supported")
-    out.update({"decoder_sparse_step": 1,
-                "moe_intermediate_size": m.req("expert_feed_forward_length"),
-                "shared_expert_intermediate_size": m.req("expert_shared_feed_forward_length"),
-                "num_experts_per_tok": m.req("expert_used_count"), "num_experts": n_exp,
-                "norm_topk_prob": True, "mlp_only_layers": []})
+        m.refuse("expert_count", f"{arch} without experts is not supported")
+    _size(m, "expert_count", _MAX_EXPERTS)
+    _gating(m, _SOFTMAX, required=False)  # llama.cpp: softmax, top-k renormalised
+    out.update({"moe_intermediate_size": _size(m, "expert_feed_forward_length",
+                                               _MAX_EXPERT_SIZE),
+                "shared_expert_intermediate_size": _size(
+                    m, "expert_shared_feed_forward_length", _MAX_EXPERT_SIZE),
+                "num_experts_per_tok": _used_experts(m, n_exp), "num_experts": n_exp})
+    if arch == "qwen3next":
+        out.update({"decoder_sparse_step": 1, "norm_topk_prob": True, "mlp_only_layers": []})
     return out
 
 
 def config(arch: str, m, n_tokens: int, names: set) -> dict:
     """The transformers config dict of a hybrid file (``m``: the reader's ``_Meta``)."""
-    if arch == "lfm2":
-        return _lfm2(m, n_tokens)
+    if arch in ("lfm2", "lfm2moe"):
+        return _lfm2(m, n_tokens, names, moe=arch == "lfm2moe")
     if arch == "granitehybrid":
         return _granitehybrid(m, n_tokens, names)
     if arch == "falcon-h1":
         return _falcon_h1(m, n_tokens, names)
-    return _qwen_gdn(m, n_tokens, next_=arch == "qwen3next")
+    return _qwen_gdn(m, n_tokens, arch)
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -337,15 +414,17 @@ def plan(arch: str, c: dict, names: set) -> dict[str, Target]:
         out[hf] = Target((gguf,), (tuple(shape),), build)
 
     final_norm = {"lfm2": ("token_embd_norm", "model.embedding_norm"),
+                  "lfm2moe": ("token_embd_norm", "model.embedding_norm"),
                   "falcon-h1": ("output_norm", "model.final_layernorm")}.get(
         arch, ("output_norm", "model.norm"))
-    gemma_norm = _minus_one if arch in ("qwen35", "qwen3next") else _same
+    gemma_norm = _minus_one if arch in _QWEN else _same
     one("model.embed_tokens.weight", "token_embd.weight", (V, H))
     one(final_norm[1] + ".weight", final_norm[0] + ".weight", (H,), gemma_norm)
     if not c["tie_word_embeddings"]:
         one("lm_head.weight", "output.weight", (V, H))
-    layer = {"lfm2": _lfm2_layer, "granitehybrid": _granite_layer, "falcon-h1": _falcon_layer,
-             "qwen35": _qwen_layer, "qwen3next": _qwen_layer}[arch]
+    layer = {"lfm2": _lfm2_layer, "lfm2moe": _lfm2_layer, "granitehybrid": _granite_layer,
+             "falcon-h1": _falcon_layer, "qwen35": _qwen_layer, "qwen35moe": _qwen_layer,
+             "qwen3next": _qwen_layer}[arch]
     for i in range(L):
         for hf, (src, shape, build) in layer(arch, c, i, names).items():
             if isinstance(src, str):
@@ -356,13 +435,38 @@ def plan(arch: str, c: dict, names: set) -> dict[str, Target]:
     return out
 
 
+def _experts(c, i, names, E, I, merged_ok=False):
+    """Routed experts as the converter stacks them, back to transformers 5's fused
+    ``gate_up_proj [E, 2I, H]`` (gate rows, then up rows) and ``down_proj [E, H, I]``;
+    ``merged_ok``: the architecture may also hold them as one ``ffn_gate_up_exps``."""
+    H = c["hidden_size"]
+    if merged_ok and f"blk.{i}.ffn_gate_up_exps.weight" in names:  # newer converters
+        gate_up = ("ffn_gate_up_exps.weight", (E, 2 * I, H), _same)
+    else:
+        gate_up = (("ffn_gate_exps.weight", "ffn_up_exps.weight"), ((E, I, H), (E, I, H)),
+                   lambda g, u: torch.cat([g, u], 1))
+    return {"experts.gate_up_proj": gate_up,
+            "experts.down_proj": ("ffn_down_exps.weight", (E, H, I), _same)}
+
+
+def _under(prefix: str, tensors: dict) -> dict:
+    return {prefix + k: v for k, v in tensors.items()}
+
+
 def _lfm2_layer(arch, c, i, names):
     H, I = c["hidden_size"], c["intermediate_size"]
     t = {"operator_norm.weight": ("attn_norm.weight", (H,), _same),
-         "ffn_norm.weight": ("ffn_norm.weight", (H,), _same),
-         "feed_forward.w1.weight": ("ffn_gate.weight", (I, H), _same),
-         "feed_forward.w3.weight": ("ffn_up.weight", (I, H), _same),
-         "feed_forward.w2.weight": ("ffn_down.weight", (H, I), _same)}
+         "ffn_norm.weight": ("ffn_norm.weight", (H,), _same)}
+    if arch == "lfm2moe" and i >= c["num_dense_layers"]:
+        E = c["num_experts"]
+        t.update(_under("feed_forward.", _experts(c, i, names, E, c["moe_intermediate_size"])))
+        t["feed_forward.gate.weight"] = ("ffn_gate_inp.weight", (E, H), _same)
+        if c["use_expert_bias"]:  # the converter's name for it: exp_probs_b.bias
+            t["feed_forward.expert_bias"] = ("exp_probs_b.bias", (E,), _same)
+    else:
+        t.update({"feed_forward.w1.weight": ("ffn_gate.weight", (I, H), _same),
+                  "feed_forward.w3.weight": ("ffn_up.weight", (I, H), _same),
+                  "feed_forward.w2.weight": ("ffn_down.weight", (H, I), _same)})
     if c["layer_types"][i] == "conv":
         K = c["conv_L_cache"]
         t.update({"conv.conv.weight": ("shortconv.conv.weight", (H, K),  # squeezed (H, 1, K)
@@ -403,14 +507,19 @@ def _mamba_tensors(c, i, names, prefix, inner):
 
 
 def _granite_layer(arch, c, i, names):
-    H, S = c["hidden_size"], c["shared_intermediate_size"]
+    H, S, E = c["hidden_size"], c["shared_intermediate_size"], c["num_local_experts"]
+    # the converter splits the shared MLP's [gate; up] rows into two tensors, named as the
+    # layer's MLP (ffn_gate/up/down) without experts, as the shared expert's (_shexp) with
+    sh = "_shexp" if E else ""
     t = {"input_layernorm.weight": ("attn_norm.weight", (H,), _same),
          "post_attention_layernorm.weight": ("ffn_norm.weight", (H,), _same),
-         # the converter splits the shared MLP's [gate; up] rows into two tensors
-         "shared_mlp.input_linear.weight": (("ffn_gate.weight", "ffn_up.weight"),
+         "shared_mlp.input_linear.weight": ((f"ffn_gate{sh}.weight", f"ffn_up{sh}.weight"),
                                             ((S, H), (S, H)),
                                             lambda g, u: torch.cat([g, u], 0)),
-         "shared_mlp.output_linear.weight": ("ffn_down.weight", (H, S), _same)}
+         "shared_mlp.output_linear.weight": (f"ffn_down{sh}.weight", (H, S), _same)}
+    if E:  # input_linear [E, 2I, H] is split into ffn_gate_exps and ffn_up_exps
+        t.update(_under("block_sparse_moe.", _experts(c, i, names, E, c["intermediate_size"])))
+        t["block_sparse_moe.router.weight"] = ("ffn_gate_inp.weight", (E, H), _same)
     if c["layer_types"][i] == "linear_attention":
         t.update(_mamba_tensors(c, i, names, "mamba.", c["mamba_n_heads"] * c["mamba_d_head"]))
     else:
@@ -463,15 +572,8 @@ def _qwen_layer(arch, c, i, names):
                   "mlp.down_proj.weight": ("ffn_down.weight", (H, I), _same)})
         return t
     E, I, S = c["num_experts"], c["moe_intermediate_size"], c["shared_expert_intermediate_size"]
-    p = f"blk.{i}."
-    if p + "ffn_gate_up_exps.weight" in names:  # newer converters write gate and up merged
-        gate_up = ("ffn_gate_up_exps.weight", (E, 2 * I, H), _same)
-    else:
-        gate_up = (("ffn_gate_exps.weight", "ffn_up_exps.weight"), ((E, I, H), (E, I, H)),
-                   lambda g, u: torch.cat([g, u], 1))
+    t.update(_under("mlp.", _experts(c, i, names, E, I, merged_ok=True)))
     t.update({"mlp.gate.weight": ("ffn_gate_inp.weight", (E, H), _same),
-              "mlp.experts.gate_up_proj": gate_up,
-              "mlp.experts.down_proj": ("ffn_down_exps.weight", (E, H, I), _same),
               "mlp.shared_expert.gate_proj.weight": ("ffn_gate_shexp.weight", (S, H), _same),
               "mlp.shared_expert.up_proj.weight": ("ffn_up_shexp.weight", (S, H), _same),
               "mlp.shared_expert.down_proj.weight": ("ffn_down_shexp.weight", (H, S), _same),
@@ -491,7 +593,7 @@ def _gdn_tensors(arch, c):
     r = nv // nk
     kd, vd = nk * dk, nv * dv
     conv = 2 * kd + vd
-    if arch == "qwen35":
+    if arch in ("qwen35", "qwen35moe"):
         def vrows(w, size=dv):
             return _v_untile(w, 0, nk, r, size)
 
