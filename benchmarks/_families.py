@@ -11,8 +11,9 @@ each linear-mixer hybrid family, built with transformers' own classes and saved 
   the cached values are; prefilling 32k tokens would take minutes per family); the
   linear layers' state has the same size at any context, which the table shows;
 * the decoding state's bytes at both contexts (``DecodeState.nbytes()``);
-* the event simulation (``paper`` preset, ternary coding) of the same tokens against the
-  float forward (goal: <= 3x).
+* the event simulation (``paper`` preset, ternary coding, k = 3) of up to 256 of the same
+  tokens against the float forward, alternated round by round (goal: <= 3x), and whether
+  its logits equal the integer path's bit for bit.
 """
 
 from __future__ import annotations
@@ -106,24 +107,21 @@ def _decode_rate(model, state, steps: int) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def _simulation_ratio(model, ids: torch.Tensor) -> str:
-    """Event simulation time over float forward time on the same tokens."""
-    try:
-        from sbsnn.converters import convert
-        from sbsnn.sim import simulate
-    except ImportError as e:  # pragma: no cover
-        return f"n/a ({e})"
+def _simulation_ratio(model, ids: torch.Tensor, repeats: int) -> str:
+    """Event simulation time over float forward time on the same tokens (medians of
+    ``repeats`` alternated rounds after a warm-up round), and whether the simulation's
+    logits equal the integer path's bit for bit."""
+    from sbsnn.converters import convert
+    from sbsnn.sim import simulate
+
     try:
         spiking = convert(model, preset="paper", k=3.0)
-        t = time.perf_counter()
-        model(ids)
-        float_s = time.perf_counter() - t
-        t = time.perf_counter()
-        simulate(spiking, ids)
-        sim_s = time.perf_counter() - t
+        med = _median_times({"float": lambda: model(ids),
+                             "simulation": lambda: simulate(spiking, ids)}, repeats)
+        exact = torch.equal(simulate(spiking, ids).logits, spiking(ids)[0])
     except Exception as e:  # the table says which family cannot be simulated, and why
         return f"fails: {type(e).__name__}: {str(e)[:80]}"
-    return f"{sim_s / float_s:.2f}x"
+    return f"{med['simulation'] / med['float']:.2f}x" + ("" if exact else " (NOT bit-identical)")
 
 
 @torch.no_grad()
@@ -154,7 +152,7 @@ def run_families(threads: int, tokens: int, repeats: int, steps: int,
                 _extend_attention_caches(ours, state, ctx)
             rates.append(_decode_rate(ours, state, steps))
             sizes.append(state.nbytes())
-        sim = _simulation_ratio(ours, ids[:, :min(tokens, 256)])
+        sim = _simulation_ratio(ours, ids[:, :min(tokens, 256)], repeats)
         rows.append(
             f"| {name} | {params / 1e6:.0f}M | {tokens / med['sbsnn']:.0f} | "
             f"{tokens / med['transformers']:.0f} | **{med['sbsnn'] / med['transformers']:.2f}x** | "
