@@ -143,11 +143,11 @@ def run_families(threads: int, tokens: int, repeats: int, steps: int,
         ids = torch.randint(0, V, (1, tokens), generator=torch.Generator().manual_seed(0))
         med = _median_times({"transformers": lambda: hf(ids, use_cache=False).logits,
                              "sbsnn": lambda: ours(ids)}, repeats)
-        del hf
+        hf = None   # free the reference model before decoding
         rates, sizes = [], []
         for ctx in contexts:
             state = ours.new_state()
-            ours.prefill(ids[:, :min(1024, ctx)].repeat(1, 1), state, block_size=1024)
+            ours.prefill(ids[:, :min(1024, ctx)], state, block_size=1024)
             if ctx > state.seen:
                 _extend_attention_caches(ours, state, ctx)
             rates.append(_decode_rate(ours, state, steps))
