@@ -71,6 +71,21 @@ _FALCON_H1 = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden
                   attention_out_multiplier=0.8, key_multiplier=0.5, mlp_multipliers=[1.4, 0.6],
                   embedding_multiplier=2.0, lm_head_multiplier=0.3, max_position_embeddings=512)
 
+# bamba: Mamba width 2 * 48 = 4 heads of 24 in 2 groups, chunks of 32; attention with
+# partial RoPE (BambaConfig's fixed 0.5, or rope_parameters' own factor).
+_BAMBA = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4, mamba_d_state=8,
+              mamba_n_groups=2, mamba_chunk_size=32, max_position_embeddings=512)
+# nemotron_h: head_dim 10 (hidden / heads is 12), Mamba width 4 heads of 20 = 80 (not
+# expand * hidden = 96) in 2 groups, chunks of 32, 4 gateless relu2 experts in 2 groups
+# (every group kept), the shared MLP wider than the experts.
+_NEMOTRON_H = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=10, mamba_num_heads=4, mamba_head_dim=20,
+                   ssm_state_size=8, n_groups=2, chunk_size=32, n_routed_experts=4,
+                   num_experts_per_tok=2, moe_intermediate_size=12,
+                   moe_shared_expert_intermediate_size=16, n_group=2, topk_group=2,
+                   max_position_embeddings=512)
+
 # LFM2: head_dim 20 apart from hidden / heads = 12, two query heads per key/value head;
 # the MLP width derived (auto-adjust: int(int(2 * 100 / 3) * 1.3) = 85, rounded up to 96).
 _LFM2 = dict(vocab_size=V, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
@@ -155,6 +170,28 @@ CASES = {
                          _qwen3_5_moe(layer_types=_FULL_FIRST)),
     "qwen3_5_moe-vl": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration",
                        dict(_qwen3_5_vl(), text_config=_qwen3_5_moe(full_attention_interval=2))),
+    # bamba
+    "bamba-mamba-first-untied-biases": ("BambaConfig", "BambaForCausalLM", dict(
+        _BAMBA, attn_layer_indices=[1, 3], attention_bias=True, mlp_bias=True,
+        mamba_proj_bias=True)),
+    "bamba-attn-first-tied-headdim-full-rope": ("BambaConfig", "BambaForCausalLM", dict(
+        _BAMBA, attn_layer_indices=[0, 3], head_dim=14, tie_word_embeddings=True,
+        hidden_act="gelu", mamba_conv_bias=False, mamba_d_conv=3,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                         "partial_rotary_factor": 1.0})),
+    # nemotron_h: patterns starting with each of its four kinds
+    "nemotron_h-moe-first-untied": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="EM*-M", routed_scaling_factor=1.7,
+        use_bias=True)),
+    "nemotron_h-mamba-first-tied-dense": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, layers_block_type=["linear_attention", "mlp", "full_attention", "mlp"],
+        tie_word_embeddings=True, mlp_bias=True, n_groups=4, conv_kernel=3,
+        use_conv_bias=False, mamba_hidden_act="gelu")),
+    "nemotron_h-attn-first-plain-topk": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="*EM", n_group=1, topk_group=1,
+        norm_topk_prob=False, num_experts_per_tok=3, mlp_hidden_act="silu")),
+    "nemotron_h-mlp-first": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="-M*E", num_key_value_heads=4)),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -179,6 +216,14 @@ KINDS = {
     "qwen3_next-dense": ["gdn", "full", "gdn", "full"],
     "qwen3_5_moe-text": ["full", "gdn", "gdn", "full"],
     "qwen3_5_moe-vl": ["gdn", "full", "gdn", "full"],
+    # bamba
+    "bamba-mamba-first-untied-biases": ["mamba2", "full", "mamba2", "full"],
+    "bamba-attn-first-tied-headdim-full-rope": ["full", "mamba2", "mamba2", "full"],
+    # nemotron_h ("mlp": an MLP or MoE layer, no mixer)
+    "nemotron_h-moe-first-untied": ["mlp", "mamba2", "full", "mlp", "mamba2"],
+    "nemotron_h-mamba-first-tied-dense": ["mamba2", "mlp", "full", "mlp"],
+    "nemotron_h-attn-first-plain-topk": ["full", "mlp", "mamba2"],
+    "nemotron_h-mlp-first": ["mlp", "mamba2", "full", "mlp"],
 }
 # The layers that hold an MoE block (the others a dense MLP), where the case has any.
 MOE_LAYERS = {
@@ -250,7 +295,8 @@ def test_logits_equal_transformers(saved):
         ref_layers = getattr(ref.model, "language_model", ref.model).layers
         assert moe == MOE_LAYERS[name] == [
             i for i, lay in enumerate(ref_layers) if "SparseMoe" in type(lay.mlp).__name__]
-    tied = ref.config.tie_word_embeddings
+    # tied as transformers ties it (NemotronH ties nothing, whatever its config says)
+    tied = ref.get_output_embeddings().weight.data_ptr() == ref.get_input_embeddings().weight.data_ptr()
     assert (ours.lm_head is None) == tied
 
 
@@ -407,7 +453,7 @@ def test_mamba_hybrid_saved_by_sbsnn_loads_as_the_same_model(saved, tmp_path):
     from sbsnn.models.checkpoint import save_pretrained
 
     name, _, d = saved
-    if not name.startswith(("granite", "falcon_h1")):
+    if not name.startswith(("granite", "falcon_h1", "bamba", "nemotron_h")):
         pytest.skip("not a Mamba-2 hybrid")
     ours = _load(d)
     save_pretrained(ours, tmp_path)
