@@ -245,6 +245,8 @@ def hf_model(config_cls: str, model_cls: str, seed: int = 0, **kw):
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith("bias") or name.endswith("dt_bias"):
                 p.normal_(0, 0.3)
+            elif name.endswith("conv1d.weight"):  # init std 0.02 leaves the recurrence ~1e-7
+                p.normal_(0, 0.5)
         for name, b in model.named_buffers():  # routing biases choose other experts
             if name.endswith("expert_bias"):
                 b.normal_(0, 0.3)
@@ -400,6 +402,27 @@ def _config_dir(tmp_path, name, **changes):
     ("qwen3_5_moe-text", "norm_topk_prob", False),      # not read there: it always renormalises
     ("qwen3_5_moe-text", "decoder_sparse_step", 2),     # not read there: every layer is MoE
     ("qwen3_5_moe-text", "num_experts", 0),             # would build an MoE with no expert
+    # bamba
+    ("bamba-mamba-first-untied-biases", "mamba_dt_scale", 2.0),        # invented
+    ("bamba-mamba-first-untied-biases", "layer_types", ["mamba"] * 4),  # transformers fails on it
+    ("bamba-mamba-first-untied-biases", "attn_layer_indices", [1, 7]),  # layer 7 of 4
+    ("bamba-mamba-first-untied-biases", "partial_rotary_factor", 0.25),  # BambaConfig uses 0.5
+    ("bamba-mamba-first-untied-biases", "time_step_limit", None),      # fails on a prompt
+    ("bamba-attn-first-tied-headdim-full-rope", "head_dim", 10),       # 5 rotary channels
+    # nemotron_h
+    ("nemotron_h-moe-first-untied", "moe_router_jitter", 0.1),         # invented
+    ("nemotron_h-moe-first-untied", "residual_in_fp32", True),         # transformers ignores it
+    ("nemotron_h-moe-first-untied", "topk_group", 1),                  # group-limited routing
+    ("nemotron_h-moe-first-untied", "moe_latent_size", 8),
+    ("nemotron_h-moe-first-untied", "n_shared_experts", 2),            # transformers builds one
+    ("nemotron_h-moe-first-untied", "sliding_window", 4),              # transformers ignores it
+    ("nemotron_h-moe-first-untied", "hybrid_override_pattern", "MM*-M"),  # disagrees
+    ("nemotron_h-moe-first-untied", "num_hidden_layers", 9),           # 5 layers listed
+    ("nemotron_h-moe-first-untied", "time_step_limit", [0.0, 0.1]),    # not what it clamps to
+    ("nemotron_h-moe-first-untied", "mamba_ssm_cache_dtype", "bfloat16"),
+    ("nemotron_h-moe-first-untied", "mlp_bias", True),                 # shared MLP biases
+    ("nemotron_h-moe-first-untied", "mamba_n_groups", 4),              # older name, disagrees
+    ("nemotron_h-mamba-first-tied-dense", "layers_block_type", ["mamba"] * 4),
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -473,6 +496,72 @@ def test_granite_fused_tensor_of_a_wrong_shape_is_refused_by_name(tmp_path):
     save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=re.escape(repr(key))):
         load_model(d)
+
+
+# ----------------------------------------------------------------------------- nemotron_h
+def test_nemotron_h_layers_are_one_sublayer_with_gateless_mlps(saved):
+    """Each block holds one norm and one sub-layer; the MLP and MoE layers are where the
+    pattern puts them, their MLPs and experts up/down only, the router's bias loaded."""
+    from sbsnn.models.layers import MLP
+
+    name, ref, d = saved
+    if not name.startswith("nemotron_h"):
+        pytest.skip("not a Nemotron-H case")
+    ours = _load(d)
+    for b, r in zip(ours.model.layers, ref.model.layers):
+        assert {n for n, _ in b.named_children()} == {
+            "norm", {"linear_attention": "mamba", "full_attention": "attn"}.get(r.block_type, "mlp")}
+        if r.block_type == "moe":
+            assert isinstance(b.mlp, MoE) and all(isinstance(e, MLP) for e in b.mlp.experts)
+            assert torch.equal(b.mlp.expert_bias, r.mixer.gate.e_score_correction_bias)
+            for e, expert in enumerate(b.mlp.experts):
+                assert torch.equal(expert.up_proj.weight, r.mixer.experts.up_proj[e])
+        elif r.block_type == "mlp":
+            assert isinstance(b.mlp, MLP) and not hasattr(b.mlp, "gate_proj")
+
+
+def test_nemotron_h_older_layout_reads_as_transformers_reads_it(tmp_path):
+    """NVIDIA's config layout: hybrid_override_pattern, num_hidden_layers and the older
+    mamba_* names instead of layers_block_type, n_groups, chunk_size, ...; fused experts
+    (transformers 5's own layout). transformers and sbsnn load it as the same model."""
+    name = "nemotron_h-moe-first-untied"
+    ref = hf_model(*CASES[name][:2], **CASES[name][2])
+    ref.save_pretrained(tmp_path, save_original_format=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for new, old in (("n_groups", "mamba_n_groups"), ("chunk_size", "mamba_chunk_size"),
+                     ("conv_kernel", "mamba_d_conv"), ("use_conv_bias", "mamba_conv_bias"),
+                     ("time_step_min", "mamba_dt_min"), ("expand", "mamba_expand")):
+        cfg[old] = cfg.pop(new)
+    cfg["hybrid_override_pattern"] = "EM*-M"
+    cfg["num_hidden_layers"] = 5
+    del cfg["layers_block_type"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    from sbsnn.models.checkpoint import read_state_dict
+
+    assert any(k.endswith("mixer.experts.up_proj") for k in read_state_dict(tmp_path)[0])
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert torch.equal(again(ids).logits, want)     # transformers reads the same model
+        assert rel_err(ours(ids), want) < 1e-5
+
+
+def test_nemotron_h_clamps_dt_on_prompts_at_time_step_min(tmp_path):
+    """NemotronH clamps dt to (time_step_min, inf) on a prompt (and ignores
+    time_step_limit); at 0.6 the clamp binds for many tokens, and sbsnn follows."""
+    name = "nemotron_h-mamba-first-tied-dense"
+    ref = hf_model(*CASES[name][:2], **dict(CASES[name][2], time_step_min=0.6))
+    ref.save_pretrained(tmp_path / "clamped")
+    ours = load_model(tmp_path / "clamped")
+    loose = load_model(_config_dir(tmp_path / "loose", name, time_step_min=0.0))
+    loose.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert rel_err(ours(ids), want) < 1e-5
+        assert rel_err(loose(ids), want) > 1e-4      # the clamp changes the logits (10x the tolerance)
 
 
 # ----------------------------------------------------------------------------- LFM2
