@@ -408,6 +408,7 @@ def _config_dir(tmp_path, name, **changes):
     ("bamba-mamba-first-untied-biases", "attn_layer_indices", [1, 7]),  # layer 7 of 4
     ("bamba-mamba-first-untied-biases", "partial_rotary_factor", 0.25),  # BambaConfig uses 0.5
     ("bamba-mamba-first-untied-biases", "time_step_limit", None),      # fails on a prompt
+    ("bamba-mamba-first-untied-biases", "head_dim", None),             # its attention fails
     ("bamba-attn-first-tied-headdim-full-rope", "head_dim", 10),       # 5 rotary channels
     # nemotron_h
     ("nemotron_h-moe-first-untied", "moe_router_jitter", 0.1),         # invented

@@ -136,7 +136,8 @@ _MAMBA_NOT_NULL = frozenset({"mamba_n_heads", "mamba_n_groups", "mamba_d_state",
                              "mamba_proj_bias", "time_step_limit"})
 # Bamba: null sizes break BambaConfig or its mixer (a null time_step_limit fails on the
 # first prompt); NemotronHConfig types every field it reads without None.
-NOT_NULL["bamba"] = _HF_NOT_NULL | _MAMBA_NOT_NULL | {"hidden_act", "attention_bias", "mlp_bias"}
+NOT_NULL["bamba"] = _HF_NOT_NULL | _MAMBA_NOT_NULL | {"hidden_act", "attention_bias", "mlp_bias",
+                                                     "head_dim"}
 NOT_NULL["nemotron_h"] = (_HF_NOT_NULL - {"rms_norm_eps", "num_hidden_layers"}) | {
     "num_key_value_heads", "head_dim", "layer_norm_epsilon", "mlp_hidden_act", "mlp_bias",
     "mamba_hidden_act", "ssm_state_size", "mamba_num_heads", "mamba_head_dim", "n_groups",
