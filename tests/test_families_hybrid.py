@@ -71,6 +71,21 @@ _FALCON_H1 = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden
                   attention_out_multiplier=0.8, key_multiplier=0.5, mlp_multipliers=[1.4, 0.6],
                   embedding_multiplier=2.0, lm_head_multiplier=0.3, max_position_embeddings=512)
 
+# bamba: Mamba width 2 * 48 = 4 heads of 24 in 2 groups, chunks of 32; attention with
+# partial RoPE (BambaConfig's fixed 0.5, or rope_parameters' own factor).
+_BAMBA = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, mamba_n_heads=4, mamba_d_state=8,
+              mamba_n_groups=2, mamba_chunk_size=32, max_position_embeddings=512)
+# nemotron_h: head_dim 10 (hidden / heads is 12), Mamba width 4 heads of 20 = 80 (not
+# expand * hidden = 96) in 2 groups, chunks of 32, 4 gateless relu2 experts in 2 groups
+# (every group kept), the shared MLP wider than the experts.
+_NEMOTRON_H = dict(vocab_size=V, hidden_size=48, intermediate_size=40, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=10, mamba_num_heads=4, mamba_head_dim=20,
+                   ssm_state_size=8, n_groups=2, chunk_size=32, n_routed_experts=4,
+                   num_experts_per_tok=2, moe_intermediate_size=12,
+                   moe_shared_expert_intermediate_size=16, n_group=2, topk_group=2,
+                   max_position_embeddings=512)
+
 # LFM2: head_dim 20 apart from hidden / heads = 12, two query heads per key/value head;
 # the MLP width derived (auto-adjust: int(int(2 * 100 / 3) * 1.3) = 85, rounded up to 96).
 _LFM2 = dict(vocab_size=V, hidden_size=48, intermediate_size=100, num_hidden_layers=4,
@@ -155,6 +170,28 @@ CASES = {
                          _qwen3_5_moe(layer_types=_FULL_FIRST)),
     "qwen3_5_moe-vl": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration",
                        dict(_qwen3_5_vl(), text_config=_qwen3_5_moe(full_attention_interval=2))),
+    # bamba
+    "bamba-mamba-first-untied-biases": ("BambaConfig", "BambaForCausalLM", dict(
+        _BAMBA, attn_layer_indices=[1, 3], attention_bias=True, mlp_bias=True,
+        mamba_proj_bias=True)),
+    "bamba-attn-first-tied-headdim-full-rope": ("BambaConfig", "BambaForCausalLM", dict(
+        _BAMBA, attn_layer_indices=[0, 3], head_dim=14, tie_word_embeddings=True,
+        hidden_act="gelu", mamba_conv_bias=False, mamba_d_conv=3,
+        rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                         "partial_rotary_factor": 1.0})),
+    # nemotron_h: patterns starting with each of its four kinds
+    "nemotron_h-moe-first-untied": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="EM*-M", routed_scaling_factor=1.7,
+        use_bias=True)),
+    "nemotron_h-mamba-first-tied-dense": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, layers_block_type=["linear_attention", "mlp", "full_attention", "mlp"],
+        tie_word_embeddings=True, mlp_bias=True, n_groups=4, conv_kernel=3,
+        use_conv_bias=False, mamba_hidden_act="gelu")),
+    "nemotron_h-attn-first-plain-topk": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="*EM", n_group=1, topk_group=1,
+        norm_topk_prob=False, num_experts_per_tok=3, mlp_hidden_act="silu")),
+    "nemotron_h-mlp-first": ("NemotronHConfig", "NemotronHForCausalLM", dict(
+        _NEMOTRON_H, hybrid_override_pattern="-M*E", num_key_value_heads=4)),
 }
 # The kinds sbsnn must build for each case.
 KINDS = {
@@ -179,6 +216,14 @@ KINDS = {
     "qwen3_next-dense": ["gdn", "full", "gdn", "full"],
     "qwen3_5_moe-text": ["full", "gdn", "gdn", "full"],
     "qwen3_5_moe-vl": ["gdn", "full", "gdn", "full"],
+    # bamba
+    "bamba-mamba-first-untied-biases": ["mamba2", "full", "mamba2", "full"],
+    "bamba-attn-first-tied-headdim-full-rope": ["full", "mamba2", "mamba2", "full"],
+    # nemotron_h ("mlp": an MLP or MoE layer, no mixer)
+    "nemotron_h-moe-first-untied": ["mlp", "mamba2", "full", "mlp", "mamba2"],
+    "nemotron_h-mamba-first-tied-dense": ["mamba2", "mlp", "full", "mlp"],
+    "nemotron_h-attn-first-plain-topk": ["full", "mlp", "mamba2"],
+    "nemotron_h-mlp-first": ["mlp", "mamba2", "full", "mlp"],
 }
 # The layers that hold an MoE block (the others a dense MLP), where the case has any.
 MOE_LAYERS = {
@@ -200,6 +245,8 @@ def hf_model(config_cls: str, model_cls: str, seed: int = 0, **kw):
                 p.add_(0.2 * torch.randn_like(p))
             elif name.endswith("bias") or name.endswith("dt_bias"):
                 p.normal_(0, 0.3)
+            elif name.endswith("conv1d.weight"):  # init std 0.02 leaves the recurrence ~1e-7
+                p.normal_(0, 0.5)
         for name, b in model.named_buffers():  # routing biases choose other experts
             if name.endswith("expert_bias"):
                 b.normal_(0, 0.3)
@@ -250,7 +297,8 @@ def test_logits_equal_transformers(saved):
         ref_layers = getattr(ref.model, "language_model", ref.model).layers
         assert moe == MOE_LAYERS[name] == [
             i for i, lay in enumerate(ref_layers) if "SparseMoe" in type(lay.mlp).__name__]
-    tied = ref.config.tie_word_embeddings
+    # tied as transformers ties it (NemotronH ties nothing, whatever its config says)
+    tied = ref.get_output_embeddings().weight.data_ptr() == ref.get_input_embeddings().weight.data_ptr()
     assert (ours.lm_head is None) == tied
 
 
@@ -354,6 +402,28 @@ def _config_dir(tmp_path, name, **changes):
     ("qwen3_5_moe-text", "norm_topk_prob", False),      # not read there: it always renormalises
     ("qwen3_5_moe-text", "decoder_sparse_step", 2),     # not read there: every layer is MoE
     ("qwen3_5_moe-text", "num_experts", 0),             # would build an MoE with no expert
+    # bamba
+    ("bamba-mamba-first-untied-biases", "mamba_dt_scale", 2.0),        # invented
+    ("bamba-mamba-first-untied-biases", "layer_types", ["mamba"] * 4),  # transformers fails on it
+    ("bamba-mamba-first-untied-biases", "attn_layer_indices", [1, 7]),  # layer 7 of 4
+    ("bamba-mamba-first-untied-biases", "partial_rotary_factor", 0.25),  # BambaConfig uses 0.5
+    ("bamba-mamba-first-untied-biases", "time_step_limit", None),      # fails on a prompt
+    ("bamba-mamba-first-untied-biases", "head_dim", None),             # its attention fails
+    ("bamba-attn-first-tied-headdim-full-rope", "head_dim", 10),       # 5 rotary channels
+    # nemotron_h
+    ("nemotron_h-moe-first-untied", "moe_router_jitter", 0.1),         # invented
+    ("nemotron_h-moe-first-untied", "residual_in_fp32", True),         # transformers ignores it
+    ("nemotron_h-moe-first-untied", "topk_group", 1),                  # group-limited routing
+    ("nemotron_h-moe-first-untied", "moe_latent_size", 8),
+    ("nemotron_h-moe-first-untied", "n_shared_experts", 2),            # transformers builds one
+    ("nemotron_h-moe-first-untied", "sliding_window", 4),              # transformers ignores it
+    ("nemotron_h-moe-first-untied", "hybrid_override_pattern", "MM*-M"),  # disagrees
+    ("nemotron_h-moe-first-untied", "num_hidden_layers", 9),           # 5 layers listed
+    ("nemotron_h-moe-first-untied", "time_step_limit", [0.0, 0.1]),    # not what it clamps to
+    ("nemotron_h-moe-first-untied", "mamba_ssm_cache_dtype", "bfloat16"),
+    ("nemotron_h-moe-first-untied", "mlp_bias", True),                 # shared MLP biases
+    ("nemotron_h-moe-first-untied", "mamba_n_groups", 4),              # older name, disagrees
+    ("nemotron_h-mamba-first-tied-dense", "layers_block_type", ["mamba"] * 4),
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -407,7 +477,7 @@ def test_mamba_hybrid_saved_by_sbsnn_loads_as_the_same_model(saved, tmp_path):
     from sbsnn.models.checkpoint import save_pretrained
 
     name, _, d = saved
-    if not name.startswith(("granite", "falcon_h1")):
+    if not name.startswith(("granite", "falcon_h1", "bamba", "nemotron_h")):
         pytest.skip("not a Mamba-2 hybrid")
     ours = _load(d)
     save_pretrained(ours, tmp_path)
@@ -427,6 +497,72 @@ def test_granite_fused_tensor_of_a_wrong_shape_is_refused_by_name(tmp_path):
     save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=re.escape(repr(key))):
         load_model(d)
+
+
+# ----------------------------------------------------------------------------- nemotron_h
+def test_nemotron_h_layers_are_one_sublayer_with_gateless_mlps(saved):
+    """Each block holds one norm and one sub-layer; the MLP and MoE layers are where the
+    pattern puts them, their MLPs and experts up/down only, the router's bias loaded."""
+    from sbsnn.models.layers import MLP
+
+    name, ref, d = saved
+    if not name.startswith("nemotron_h"):
+        pytest.skip("not a Nemotron-H case")
+    ours = _load(d)
+    for b, r in zip(ours.model.layers, ref.model.layers):
+        assert {n for n, _ in b.named_children()} == {
+            "norm", {"linear_attention": "mamba", "full_attention": "attn"}.get(r.block_type, "mlp")}
+        if r.block_type == "moe":
+            assert isinstance(b.mlp, MoE) and all(isinstance(e, MLP) for e in b.mlp.experts)
+            assert torch.equal(b.mlp.expert_bias, r.mixer.gate.e_score_correction_bias)
+            for e, expert in enumerate(b.mlp.experts):
+                assert torch.equal(expert.up_proj.weight, r.mixer.experts.up_proj[e])
+        elif r.block_type == "mlp":
+            assert isinstance(b.mlp, MLP) and not hasattr(b.mlp, "gate_proj")
+
+
+def test_nemotron_h_older_layout_reads_as_transformers_reads_it(tmp_path):
+    """NVIDIA's config layout: hybrid_override_pattern, num_hidden_layers and the older
+    mamba_* names instead of layers_block_type, n_groups, chunk_size, ...; fused experts
+    (transformers 5's own layout). transformers and sbsnn load it as the same model."""
+    name = "nemotron_h-moe-first-untied"
+    ref = hf_model(*CASES[name][:2], **CASES[name][2])
+    ref.save_pretrained(tmp_path, save_original_format=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for new, old in (("n_groups", "mamba_n_groups"), ("chunk_size", "mamba_chunk_size"),
+                     ("conv_kernel", "mamba_d_conv"), ("use_conv_bias", "mamba_conv_bias"),
+                     ("time_step_min", "mamba_dt_min"), ("expand", "mamba_expand")):
+        cfg[old] = cfg.pop(new)
+    cfg["hybrid_override_pattern"] = "EM*-M"
+    cfg["num_hidden_layers"] = 5
+    del cfg["layers_block_type"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    from sbsnn.models.checkpoint import read_state_dict
+
+    assert any(k.endswith("mixer.experts.up_proj") for k in read_state_dict(tmp_path)[0])
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = load_model(tmp_path)
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert torch.equal(again(ids).logits, want)     # transformers reads the same model
+        assert rel_err(ours(ids), want) < 1e-5
+
+
+def test_nemotron_h_clamps_dt_on_prompts_at_time_step_min(tmp_path):
+    """NemotronH clamps dt to (time_step_min, inf) on a prompt (and ignores
+    time_step_limit); at 0.6 the clamp binds for many tokens, and sbsnn follows."""
+    name = "nemotron_h-mamba-first-tied-dense"
+    ref = hf_model(*CASES[name][:2], **dict(CASES[name][2], time_step_min=0.6))
+    ref.save_pretrained(tmp_path / "clamped")
+    ours = load_model(tmp_path / "clamped")
+    loose = load_model(_config_dir(tmp_path / "loose", name, time_step_min=0.0))
+    loose.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, V - 3, (2, SEQ), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = ref(ids).logits
+        assert rel_err(ours(ids), want) < 1e-5
+        assert rel_err(loose(ids), want) > 1e-4      # the clamp changes the logits (10x the tolerance)
 
 
 # ----------------------------------------------------------------------------- LFM2

@@ -195,3 +195,34 @@ def test_falcon_h1_layer_and_mup_scalars_hand_count():
     ops = nonspiking_ops(nope, N)
     assert ops["rope_ops"] == 0 and ops["attn_scale_ops"] == N * 4 * 8
     assert "mup_ops" not in ops
+
+
+def test_nemotron_h_blocks_of_one_sublayer_and_gateless_mlps_hand_count():
+    """Nemotron-H: a Mamba-2 block, an MLP block and an MoE block, each one norm and one
+    residual add; the MLPs up/down only, their non-spiking work the activation alone."""
+    cfg = HybridConfig(**BASE, num_hidden_layers=3, layer_mixers=["mamba2", "mlp", "mlp"],
+                       attn_layers=[], full_attn_layers=[], sliding_window=None,
+                       mamba2=MAMBA2, block_mlp=False, mlp_gated=False, hidden_act="relu2",
+                       num_experts=4, num_experts_per_tok=2, moe_intermediate_size=6,
+                       num_shared_experts=1, shared_expert_intermediate_size=10,
+                       dense_layers=[0, 1], moe_expert_bias=True, moe_hidden_act="relu2")
+    ops = nonspiking_ops(cfg, N, dense_projections=("gate_proj", "up_proj", "down_proj",
+                                                    "router"))
+    assert "swiglu_ops" not in ops
+    # the MLP layer: 24 activations; the MoE layer: 2 experts of 6 and the shared one of 10
+    assert ops["mlp_act_ops"] == N * 4 * (24 + 2 * 6 + 10)
+    assert ops["rmsnorm_ops"] == N * 4 * (3 * 16 + 16 + 16)   # 3 block norms, final, Mamba's gated
+    assert ops["residual_adds_ops"] == N * 3 * 16
+    assert ops["moe_router_ops"] == N * 2 * 4
+    assert ops["moe_combine_ops"] == N * 2 * 16 * (2 + 1)
+    assert ops["dense_gate_proj_macs"] == 0                    # no gate anywhere
+    assert ops["dense_up_proj_macs"] == ops["dense_down_proj_macs"] == N * 16 * (24 + 2 * 6 + 10)
+    assert ops["dense_router_macs"] == N * 16 * 4
+    model = HybridForCausalLM(cfg)
+    ups = {n: m for n, m in model.named_modules() if n.endswith("up_proj")}
+    assert {n: m.out_features for n, m in ups.items()} == {
+        "model.layers.1.mlp.up_proj": 24, "model.layers.2.mlp.shared_experts.0.up_proj": 10,
+        **{f"model.layers.2.mlp.experts.{e}.up_proj": 6 for e in range(4)}}
+    assert not [n for n, _ in model.named_modules() if n.endswith("gate_proj")]
+    assert [sorted(n for n, _ in b.named_children()) for b in model.model.layers] == [
+        ["mamba", "norm"], ["mlp", "norm"], ["mlp", "norm"]]

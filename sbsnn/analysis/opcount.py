@@ -37,6 +37,8 @@ gla_readout_macs       H * D * D    (o = q S, per query head)           GLA
 rmsnorm_ops            4 per element (square, sum, x * rsqrt, * weight)  every norm
 residual_adds_ops      2 * h (+ h to sum the two branches of a parallel or Falcon-H1 layer)
 swiglu_ops             5 * I  (silu = exp, add, divide, multiply; gate * up)
+mlp_act_ops            4 * I  (the activation of an MLP without a gate,   Nemotron-H
+                       down(act(up(x))); in place of swiglu_ops)
 moe_router_ops         2 * E  (router activation and top-k compare)     MoE layers
 moe_combine_ops        2 * h * (top_k + shared)  (weight and sum)       MoE layers
                        + h + 1 with a shared-expert gate (sigmoid, scale)
@@ -90,7 +92,8 @@ sizes are read from the mixer built on the meta device
 (:func:`sbsnn.models.info.mixer_skeletons`). The keys of a mixer kind, and
 ``attn_out_gate_ops``, are present only for models that have it.
 
-Norms: attn_norm and mlp_norm in every layer (plus the two branch norms of a parallel
+Norms: attn_norm and mlp_norm in every layer (one norm in a block of one sub-layer,
+Nemotron-H's; plus the two branch norms of a parallel
 layer, the two sandwich norms of Gemma 3), the per-head ``g_norm`` of GLA over ``H * D``
 elements, the q/k norms of Qwen3 / Gemma 3 / Qwen3.5 attention over ``(H + Hkv) * D``, the
 gated norm of GDN over ``Hv * dv`` and of Mamba-2 (unless ``rms_norm`` is off) over
@@ -223,8 +226,10 @@ def _projection_macs(cfg: HybridConfig, i: int, name: str, mixers: dict) -> int:
         active = cfg.num_experts_per_tok * inter + cfg.num_shared_experts * shared
         if name == "router":
             return h * cfg.num_experts
+        if name == "gate_proj" and not cfg.mlp_gated:
+            return 0
         return h * active  # gate_proj, up_proj, down_proj of the active experts
-    if name == "router":
+    if name == "router" or not cfg.has_mlp(i) or (name == "gate_proj" and not cfg.mlp_gated):
         return 0
     return h * cfg.intermediate_size  # gate_proj, up_proj, down_proj
 
@@ -244,13 +249,14 @@ def _mup_layer_ops(cfg: HybridConfig, kind: str, i: int) -> int:
     inter = cfg.moe_intermediate_size if cfg.is_moe_layer(i) else cfg.intermediate_size
     attn = kind in ATTENTION_KINDS
     both = kind == "attn+mamba2"
-    return ((cfg.residual_multiplier != 1.0) * 2 * h
+    mlp = cfg.has_mlp(i)
+    return ((cfg.residual_multiplier != 1.0) * (cfg.has_mixer(i) + mlp) * h
             + (cfg.key_multiplier != 1.0) * attn * Hkv * D
             + (cfg.attn_in_multiplier != 1.0) * both * h
             + (cfg.attn_out_multiplier != 1.0) * both * h
             + (cfg.ssm_out_multiplier != 1.0) * both * h
-            + (cfg.mlp_gate_multiplier != 1.0) * (inter or 0)
-            + (cfg.mlp_down_multiplier != 1.0) * h)
+            + (cfg.mlp_gate_multiplier != 1.0) * mlp * (inter or 0)
+            + (cfg.mlp_down_multiplier != 1.0) * mlp * h)
 
 
 def _act_ops(activation: str | None) -> int:
@@ -332,6 +338,11 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
         out.update({k: 0 for k in ops})
     for name in dense:
         out[f"dense_{name}_macs"] = 0
+    # the MLPs' non-spiking work: a SwiGLU's, or a gateless MLP's activation alone
+    mlp_key, mlp_per = ("swiglu_ops", SWIGLU_OPS) if cfg.mlp_gated else ("mlp_act_ops", ACT_OPS)
+    if not cfg.mlp_gated:
+        del out["swiglu_ops"]
+        out["mlp_act_ops"] = 0
     mup = any(getattr(cfg, name) != 1.0 for name in MUP_SCALARS)
     if mup:
         out["mup_ops"] = 0
@@ -366,22 +377,22 @@ def nonspiking_ops(config: HybridConfig, tokens: int, context: int | None = None
             out["gla_scale_ops"] += n * H * D
             out["gla_readout_macs"] += n * H * D * D
             out["rmsnorm_ops"] += n * RMSNORM_OPS * H * D        # g_norm
-        norms = (4 if kind == "parallel" else 2) + (2 if cfg.sandwich_norm else 0)
-        out["rmsnorm_ops"] += n * RMSNORM_OPS * norms * h
-        out["residual_adds_ops"] += n * h * (3 if kind in ("parallel", "attn+mamba2") else 2)
+        out["rmsnorm_ops"] += n * RMSNORM_OPS * cfg.norms_per_block(i) * h
+        out["residual_adds_ops"] += n * h * (cfg.has_mixer(i) + cfg.has_mlp(i)
+                                             + (kind in ("parallel", "attn+mamba2")))
         if mup:
             out["mup_ops"] += n * _mup_layer_ops(cfg, kind, i)
         if cfg.is_moe_layer(i):
             inter = cfg.moe_intermediate_size or cfg.intermediate_size
             shared = cfg.shared_expert_intermediate_size or inter
             active = cfg.num_experts_per_tok * inter + cfg.num_shared_experts * shared
-            out["swiglu_ops"] += n * SWIGLU_OPS * active
+            out[mlp_key] += n * mlp_per * active
             out["moe_router_ops"] += n * 2 * cfg.num_experts
             out["moe_combine_ops"] += n * 2 * h * (cfg.num_experts_per_tok + cfg.num_shared_experts)
             if cfg.shared_expert_gate:      # Qwen: sigmoid of the gate, times the shared sum
                 out["moe_combine_ops"] += n * (h + 1)
-        else:
-            out["swiglu_ops"] += n * SWIGLU_OPS * cfg.intermediate_size
+        elif cfg.has_mlp(i):
+            out[mlp_key] += n * mlp_per * cfg.intermediate_size
         for name in dense:
             out[f"dense_{name}_macs"] += n * _projection_macs(cfg, i, name, mixers)
     out["rmsnorm_ops"] += n * RMSNORM_OPS * h                    # final norm

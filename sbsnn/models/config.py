@@ -30,12 +30,13 @@ from sbsnn.models.rope import RopeSpec
 SUPPORTED_MODEL_TYPES = ("sbsnn_hybrid", "gla_swa", "llama", "mistral", "qwen2", "qwen3",
                          "gemma3_text", "gemma3", "qwen3_5_text", "qwen3_5", "granitemoehybrid",
                          "falcon_h1", "lfm2", "lfm2_moe", "qwen3_next", "qwen3_5_moe_text",
-                         "qwen3_5_moe")
+                         "qwen3_5_moe", "bamba", "nemotron_h")
 # Mixers a layer of the linear-mixer hybrids may hold (``layer_mixers``): Gated DeltaNet
 # (models/gated_deltanet.py), Mamba-2 (models/mamba2.py), LFM2's short convolution
 # (models/short_conv.py), softmax attention (full, or a window of sliding_window keys), and
-# Falcon-H1's full attention and Mamba-2 side by side on the same normed input.
-MIXERS = ("gdn", "mamba2", "conv", "full", "swa", "attn+mamba2")
+# Falcon-H1's full attention and Mamba-2 side by side on the same normed input; "mlp": no
+# mixer at all, the block is ``x + mlp(norm(x))`` (Nemotron-H's MLP and MoE layers).
+MIXERS = ("gdn", "mamba2", "conv", "full", "swa", "attn+mamba2", "mlp")
 # Layer kinds whose block holds softmax attention (``attn``).
 ATTENTION_KINDS = ("swa", "full", "parallel", "attn+mamba2")
 # Constructor arguments of each linear mixer, as HybridConfig's ``gdn`` / ``mamba2`` /
@@ -152,6 +153,12 @@ class HybridConfig:
     ssm_out_multiplier: float = 1.0     # Falcon-H1 "attn+mamba2": Mamba-2 output times this
     mlp_gate_multiplier: float = 1.0    # Falcon-H1 MLP: act(gate_proj(x) * this) * up_proj(x)
     mlp_down_multiplier: float = 1.0    # Falcon-H1 MLP: down_proj(...) * this
+    # --- Nemotron-H -------------------------------------------------------------------
+    # False: a block with a mixer holds no MLP (each block is one norm and one sub-layer,
+    # ``x + sub(norm(x))``; the MLPs are layers of their own, kind "mlp").
+    block_mlp: bool = True
+    # False: MLPs and experts are ``down(act(up(x)))``, without a gate (layers.MLP).
+    mlp_gated: bool = True
     # Keys that change nothing in the forward pass, kept so a saved config round-trips.
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     # The config.json this was read from (a Hugging Face family's); written back on save.
@@ -222,7 +229,8 @@ class HybridConfig:
                 bad(f"{name} must be a finite number >= 0, got {v!r}")
         for name in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_short_conv",
                      "parallel_mixer", "qk_norm", "sandwich_norm", "o_proj_bias", "norm_topk_prob",
-                     "moe_expert_bias", "shared_expert_gate", "router_float32"):
+                     "moe_expert_bias", "shared_expert_gate", "router_float32", "block_mlp",
+                     "mlp_gated"):
             v = getattr(self, name)
             if not isinstance(v, bool):
                 bad(f"{name} must be true or false, got {v!r}")
@@ -301,6 +309,11 @@ class HybridConfig:
                 f"{self.num_hidden_layers} layers, got {brief(lm)}")
         if self.parallel_mixer or self.num_sink_tokens:
             bad("layer_mixers does not combine with parallel_mixer or sink tokens")
+        if not self.block_mlp and self.sandwich_norm:
+            bad("block_mlp false (one sub-layer per block) does not combine with sandwich_norm")
+        if not self.mlp_gated and (self.mlp_gate_multiplier != 1.0 or self.shared_expert_gate):
+            bad("mlp_gated false (MLPs without a gate) does not combine with "
+                "mlp_gate_multiplier or shared_expert_gate")
         if "swa" in lm and self.sliding_window is None:
             bad("layer_mixers holds 'swa' layers but sliding_window is null")
         for kind, name in (("gdn", "gdn"), ("mamba2", "mamba2"), ("conv", "short_conv")):
@@ -351,8 +364,23 @@ class HybridConfig:
                               "arguments")
         return args
 
+    def has_mixer(self, i: int) -> bool:
+        """Whether layer i holds a mixer (an "mlp" layer holds none)."""
+        return self.layer_kind(i) != "mlp"
+
+    def has_mlp(self, i: int) -> bool:
+        """Whether layer i holds an MLP or MoE (with ``block_mlp`` false, only "mlp" layers)."""
+        return self.block_mlp or self.layer_kind(i) == "mlp"
+
+    def norms_per_block(self, i: int) -> int:
+        """RMSNorms of block i over the hidden size: one per sub-layer (attn_norm, mlp_norm;
+        a block of one sub-layer has its one ``norm``), two more for Gemma's sandwich norms
+        and for the branch norms of a parallel layer."""
+        n = self.has_mixer(i) + self.has_mlp(i)
+        return n + 2 * self.sandwich_norm + 2 * (self.layer_kind(i) == "parallel")
+
     def is_moe_layer(self, i: int) -> bool:
-        return self.num_experts > 0 and i not in self.dense_layers
+        return self.num_experts > 0 and i not in self.dense_layers and self.has_mlp(i)
 
     def rope_for(self, i: int):
         """The :class:`~sbsnn.models.rope.RopeSpec` of layer i's softmax attention (None

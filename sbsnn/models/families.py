@@ -131,6 +131,21 @@ NOT_NULL: dict[str, frozenset[str]] = {
         "moe_intermediate_size", "num_dense_layers", "num_experts_per_tok", "num_experts",
         "use_expert_bias", "routed_scaling_factor", "norm_topk_prob", "output_router_logits"},
 }
+_MAMBA_NOT_NULL = frozenset({"mamba_n_heads", "mamba_n_groups", "mamba_d_state", "mamba_d_head",
+                             "mamba_d_conv", "mamba_expand", "mamba_chunk_size", "mamba_conv_bias",
+                             "mamba_proj_bias", "time_step_limit"})
+# Bamba: null sizes break BambaConfig or its mixer (a null time_step_limit fails on the
+# first prompt); NemotronHConfig types every field it reads without None.
+NOT_NULL["bamba"] = _HF_NOT_NULL | _MAMBA_NOT_NULL | {"hidden_act", "attention_bias", "mlp_bias",
+                                                     "head_dim"}
+NOT_NULL["nemotron_h"] = (_HF_NOT_NULL - {"rms_norm_eps", "num_hidden_layers"}) | {
+    "num_key_value_heads", "head_dim", "layer_norm_epsilon", "mlp_hidden_act", "mlp_bias",
+    "mamba_hidden_act", "ssm_state_size", "mamba_num_heads", "mamba_head_dim", "n_groups",
+    "conv_kernel", "chunk_size", "use_conv_bias", "use_bias", "time_step_min",
+    "n_routed_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+    "moe_shared_expert_intermediate_size", "routed_scaling_factor", "n_group", "topk_group",
+    "norm_topk_prob", "n_shared_experts", "residual_in_fp32", "attention_bias",
+    "mamba_proj_bias", "mamba_ssm_cache_dtype", "time_step_limit"}
 _QWEN_MOE_NOT_NULL = frozenset({"num_experts", "num_experts_per_tok", "moe_intermediate_size",
                                 "shared_expert_intermediate_size", "output_router_logits",
                                 "router_aux_loss_coef"})
@@ -144,7 +159,8 @@ REFERENCE = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2
              "qwen3_5": "Qwen3_5Config", "granitemoehybrid": "GraniteMoeHybridConfig",
              "falcon_h1": "FalconH1Config", "lfm2": "Lfm2Config", "lfm2_moe": "Lfm2MoeConfig",
              "qwen3_next": "Qwen3NextConfig", "qwen3_5_moe_text": "Qwen3_5MoeTextConfig",
-             "qwen3_5_moe": "Qwen3_5MoeConfig",
+             "qwen3_5_moe": "Qwen3_5MoeConfig", "bamba": "BambaConfig",
+             "nemotron_h": "NemotronHConfig",
              "gla_swa": "SpikingBrain's GLAswaConfig", "sbsnn_hybrid": "sbsnn's HybridConfig"}
 # The sizes that define every tensor's shape: a config without them is refused (the
 # reference would take its family's default, say 32 heads, and fail on a shape, or, for
@@ -155,7 +171,8 @@ REQUIRED_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_
 # HybridConfig fields a family's config class does not have (the reader sets them to an
 # unused valid value): never named as "left out of config.json".
 NOT_CONFIG_KEYS = {"qwen3_5_moe_text": frozenset({"intermediate_size"}),
-                   "qwen3_5_moe": frozenset({"intermediate_size"})}
+                   "qwen3_5_moe": frozenset({"intermediate_size"}),
+                   "nemotron_h": frozenset({"num_hidden_layers"})}
 
 # ----------------------------------------------------------------------------- tensor names
 _COMMON_RENAMES = [
@@ -205,7 +222,22 @@ _LFM2_RENAMES = _COMMON_RENAMES + [
 # (transformers 5's own layout) are split first (split_fused_experts).
 _QWEN_MOE_RENAMES = [(re.compile(r"\.mlp\.gate\."), ".mlp.router."),
                      (re.compile(r"\.mlp\.shared_expert\."), ".mlp.shared_experts.0.")]
+# Nemotron-H: NVIDIA's checkpoints keep the model under backbone. (transformers renames
+# it); every block has one norm (sbsnn's ``norm`` too) and one ``mixer``, which is the
+# Mamba-2 mixer, the attention or the MLP / MoE as its tensors' names tell (the MoE's
+# router mixer.gate with its e_score_correction_bias, one shared MLP).
+_NEMOTRON_H_RENAMES = [
+    (re.compile(r"^backbone\."), "model."),
+    (re.compile(r"^model\.norm_f\."), "model.norm."),
+    (re.compile(r"\.mixer\.(?=(?:in_proj|conv1d|out_proj|norm)\.|(?:dt_bias|A_log|D)$)"), ".mamba."),
+    (re.compile(r"\.mixer\.(?=[qkvo]_proj\.)"), ".attn."),
+    (re.compile(r"\.mixer\.gate\.weight$"), ".mlp.router.weight"),
+    (re.compile(r"\.mixer\.gate\.e_score_correction_bias$"), ".mlp.expert_bias"),
+    (re.compile(r"\.mixer\.shared_experts\."), ".mlp.shared_experts.0."),
+    (re.compile(r"\.mixer\.(?=up_proj\.|down_proj\.|experts\.)"), ".mlp."),
+]
 RENAMES = {"granitemoehybrid": _GRANITE_RENAMES, "falcon_h1": _FALCON_H1_RENAMES,
+           "bamba": _FALCON_H1_RENAMES, "nemotron_h": _NEMOTRON_H_RENAMES,
            "llama": _LLAMA_RENAMES, "mistral": _LLAMA_RENAMES, "qwen2": _LLAMA_RENAMES,
            "qwen3": _LLAMA_RENAMES, "gemma3_text": _GEMMA_RENAMES,
            "gemma3": _LANGUAGE_MODEL + _GEMMA_RENAMES, "qwen3_5_text": _LANGUAGE_MODEL + _LLAMA_RENAMES,
@@ -223,6 +255,7 @@ SKIPPED_TENSORS = {
     "qwen3_next": re.compile(r"^mtp\."),
     "qwen3_5_moe": re.compile(r"^(model\.visual\.|mtp\.)"),
     "qwen3_5_moe_text": re.compile(r"^(model\.visual\.|mtp\.)"),
+    "nemotron_h": re.compile(r"^mtp\."),
 }
 
 
@@ -264,6 +297,35 @@ def split_fused_experts(raw: dict[str, Any], origin: dict[str, Any]
                 raw[name], origin[name] = w, file
                 made[name] = f"{key}[{e}]" + (("[:%d]" % half if proj == "gate_proj" else
                                                "[%d:]" % half) if kind == "gate_up_proj" else "")
+    return raw, origin, made
+
+
+_NEMOTRON_FUSED = re.compile(r"^(.+\.mixer\.experts)\.(up_proj|down_proj)$")
+
+
+def split_nemotron_experts(raw: dict[str, Any], origin: dict[str, Any]
+                           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Nemotron-H's experts as transformers 5 holds them (``save_original_format=False``):
+    ``mixer.experts.up_proj [E, I, H]`` and ``mixer.experts.down_proj [E, H, I]`` -> the
+    per-expert ``mixer.experts.{e}.up_proj / down_proj .weight`` its ``save_pretrained``
+    writes by default (views, no copy), in :func:`split_fused_experts`' protocol."""
+    fused = [k for k in raw if _NEMOTRON_FUSED.match(k)]
+    if not fused:
+        return raw, origin, {}
+    raw, origin, made = dict(raw), dict(origin), {}
+    for key in fused:
+        prefix, proj = _NEMOTRON_FUSED.match(key).groups()
+        t, file = raw.pop(key), origin.pop(key)
+        if t.dim() != 3:
+            raise CheckpointError(f"{file}: tensor {key!r} has shape {tuple(t.shape)}; fused "
+                                  "experts are [experts, out_features, in_features]")
+        for e in range(t.shape[0]):
+            name = f"{prefix}.{e}.{proj}.weight"
+            if name in raw:
+                raise CheckpointError(
+                    f"{file}: tensor {key!r} (fused experts) and {name!r} (expert {e} on "
+                    f"its own, in {origin[name]}) are the same weights; keep one layout")
+            raw[name], origin[name], made[name] = t[e], file, f"{key}[{e}]"
     return raw, origin, made
 
 
@@ -343,7 +405,7 @@ def split_granite_fused(raw: dict[str, Any], origin: dict[str, Any]
 # Per-family changes to the tensors as read, before they are renamed (fill_state).
 TENSOR_TRANSFORMS = {"qwen3_next": split_fused_experts, "qwen3_5_moe_text": split_fused_experts,
                      "qwen3_5_moe": split_fused_experts, "lfm2_moe": split_fused_experts,
-                     "granitemoehybrid": split_granite_fused}
+                     "granitemoehybrid": split_granite_fused, "nemotron_h": split_nemotron_experts}
 
 
 # ----------------------------------------------------------------------------- key reader
@@ -1053,18 +1115,18 @@ def _numbers(r: ConfigKeys, key: str, default: list[float], n: int) -> list[floa
 _FLOAT_TAGS = {"Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _time_step_limit(r: ConfigKeys) -> tuple[float, float]:
+def _time_step_limit(r: ConfigKeys, key: str = "time_step_limit") -> tuple[float, float]:
     """``time_step_limit``: [min, max] clamping dt on prompts; transformers writes infinity
     as ``{"__float__": "Infinity"}`` (and reads it back)."""
-    v = r.take("time_step_limit", [0.0, math.inf])
+    v = r.take(key, [0.0, math.inf])
     if isinstance(v, (list, tuple)):
         v = [_FLOAT_TAGS.get(x.get("__float__"), x) if isinstance(x, dict) and set(x) == {"__float__"}
              else x for x in v]
     if not isinstance(v, list) or len(v) != 2 or not all(
             not isinstance(x, bool) and isinstance(x, (int, float)) and not math.isnan(x) for x in v) \
             or not 0 <= v[0] <= v[1]:
-        r.refuse("time_step_limit", "must be [min, max] with 0 <= min <= max (the range dt is "
-                                    "clamped to on prompts)")
+        r.refuse(key, "must be [min, max] with 0 <= min <= max (the range dt is clamped to on "
+                      "prompts)")
     return float(v[0]), float(v[1])
 
 
@@ -1219,6 +1281,230 @@ def read_falcon_h1(r: ConfigKeys) -> dict[str, Any]:
                ssm_out_multiplier=_number(r, "ssm_out_multiplier", 1.0),
                mlp_gate_multiplier=gate_m, mlp_down_multiplier=down_m)
     out.update(_mixer_placement(["attn+mamba2"] * n))
+    return out
+
+
+_BAMBA = dict(vocab_size=128000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+              num_attention_heads=32, num_key_value_heads=8, head_dim=None,
+              max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=False,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# BambaConfig passes this partial_rotary_factor to the RoPE whatever the top level says;
+# a factor inside rope_parameters (or rope_scaling) wins over it.
+_BAMBA_PARTIAL = 0.5
+
+
+def read_bamba(r: ConfigKeys) -> dict[str, Any]:
+    """Bamba (BambaConfig, BambaForCausalLM): Mamba-2 layers and full-attention layers at
+    ``attn_layer_indices`` (null or empty: none), each followed by a SwiGLU MLP
+    (``mlp_bias``); attention with q/k/v/o biases by ``attention_bias``, ``head_dim``
+    when given (else hidden / heads), partial RoPE on half of each head (BambaConfig
+    hard-codes 0.5; a ``partial_rotary_factor`` inside ``rope_parameters`` wins); Mamba-2
+    from the ``mamba_*`` keys and ``time_step_limit``, its gated norm ``norm(y * silu(z))``
+    in ``n_groups`` groups, its conv activation ``hidden_act``. ``z_loss_coefficient``
+    (a training loss) and ``num_logits_to_keep`` (generation) change no logit."""
+    out = _decoder_common(r, _BAMBA)
+    act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")    # MLP and Mamba conv
+    bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    n, hidden = out["num_hidden_layers"], out["hidden_size"]
+    if r.has("layer_types"):
+        r.refuse("layer_types", "is not read by BambaConfig (its layer types derive from "
+                                "attn_layer_indices, and transformers fails on this key); give "
+                                "attn_layer_indices instead")
+    idx = r.take("attn_layer_indices", None) or []
+    if not isinstance(idx, list) or any(isinstance(i, bool) or not isinstance(i, int)
+                                        or not 0 <= i < n for i in idx):
+        r.refuse("attn_layer_indices", f"must list indices of layers (0 to {n - 1}); "
+                                       "BambaConfig would drop the others without a word")
+    rope = _rope_parameters(r, default_theta=10000.0, default_partial=_BAMBA_PARTIAL)
+    given = r.d.get("rope_scaling") or r.d.get("rope_parameters") or {}
+    in_force = given.get("partial_rotary_factor", _BAMBA_PARTIAL)
+    top = r.d.get("partial_rotary_factor")
+    if top is not None and top != in_force:
+        r.refuse("partial_rotary_factor", f"is not read by BambaConfig, which rotates with "
+                                          f"{in_force!r} (rope_parameters', or its fixed 0.5); "
+                                          "remove it or set it inside rope_parameters")
+    rope["partial_rotary_factor"] = in_force
+    r.ignored_by_reference.update({"z_loss_coefficient", "num_logits_to_keep"})
+    out.update(attention_bias=bias, o_proj_bias=bias,
+               mlp_bias=_bool(r, "mlp_bias", r.take("mlp_bias", False)), norm_style="llama",
+               rope_parameters=rope,
+               mamba2=dict(_mamba2_args(r, hidden, act), rms_norm=True, norm_before_gate=False))
+    out.update(_mixer_placement(["full" if i in idx else "mamba2" for i in range(n)]))
+    return out
+
+
+_NEMOTRON_H = dict(vocab_size=131072, hidden_size=4096, intermediate_size=21504,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                   max_position_embeddings=4096, layer_norm_epsilon=1e-5,
+                   tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+# hybrid_override_pattern's letters and layers_block_type's names -> sbsnn's layer kinds
+# (an MLP layer and an MoE layer are both "mlp": dense_layers tells them apart).
+_NEMOTRON_PATTERN = {"M": "linear_attention", "E": "moe", "*": "full_attention", "-": "mlp"}
+_NEMOTRON_KINDS = {"linear_attention": "mamba2", "full_attention": "full", "mlp": "mlp",
+                   "moe": "mlp"}
+# The older key names NemotronHConfig still reads (the older one wins when both are given).
+_NEMOTRON_LEGACY = {"n_groups": "mamba_n_groups", "conv_kernel": "mamba_d_conv",
+                    "expand": "mamba_expand", "time_step_min": "mamba_dt_min",
+                    "time_step_max": "mamba_dt_max", "time_step_limit": "mamba_dt_limit",
+                    "time_step_floor": "mamba_dt_init_floor", "use_conv_bias": "mamba_conv_bias",
+                    "chunk_size": "mamba_chunk_size"}
+# Keys NemotronHForCausalLM does not read in the forward pass: initialisation, kernels,
+# the multi-token-prediction head (its mtp.* tensors are skipped), generation, training,
+# the Mamba width factor (the width is mamba_num_heads * mamba_head_dim).
+_NEMOTRON_IGNORED = frozenset({
+    "use_mamba_kernels", "rescale_prenorm_residual", "time_step_max", "time_step_floor",
+    "mamba_dt_max", "mamba_dt_init_floor", "expand", "mamba_expand", "num_logits_to_keep",
+    "output_router_logits", "moe_shared_expert_overlap", "num_nextn_predict_layers",
+    "mtp_layers_block_type", "mtp_hybrid_override_pattern"})
+# ... and keys it ignores that are harmless only at the value its model computes as if.
+_NEMOTRON_FIXED = {"residual_in_fp32": False, "attention_bias": False, "mamba_proj_bias": False,
+                   "sliding_window": None, "mamba_ssm_cache_dtype": "float32",
+                   "n_shared_experts": 1, "moe_latent_size": None}
+
+
+def _nemotron_layers(r: ConfigKeys) -> list[str]:
+    """``layers_block_type`` (or its alias ``layer_types``), else as NemotronHConfig derives
+    it from ``hybrid_override_pattern``, else its default; ``num_hidden_layers`` (which
+    NemotronHConfig ignores) must agree with it."""
+    lists = {k: r.take(k, None) for k in ("layers_block_type", "layer_types")}
+    given = [k for k, v in lists.items() if v is not None]
+    if len(given) == 2 and lists["layers_block_type"] != lists["layer_types"]:
+        r.refuse("layer_types", "disagrees with layers_block_type (the same setting under its "
+                                "alias); which one holds?")
+    pattern = r.take("hybrid_override_pattern", None)
+    if pattern is not None and (not isinstance(pattern, str) or not pattern
+                                or set(pattern) - set(_NEMOTRON_PATTERN)):
+        r.refuse("hybrid_override_pattern", "must be a string of M (Mamba-2), * (attention), "
+                                            "- (MLP) and E (MoE), one letter per layer")
+    from_pattern = None if pattern is None else [_NEMOTRON_PATTERN[c] for c in pattern]
+    key = given[0] if given else "hybrid_override_pattern"
+    lt = lists[given[0]] if given else from_pattern
+    if lt is None:
+        key, lt = "layers_block_type", ["linear_attention", "moe", "full_attention", "mlp"]
+    if not isinstance(lt, list) or not lt or any(t not in _NEMOTRON_KINDS for t in lt):
+        r.refuse(key, f"must list one of {sorted(_NEMOTRON_KINDS)} per layer")
+    if given and from_pattern is not None and from_pattern != lt:
+        r.refuse("hybrid_override_pattern", f"disagrees with {given[0]} {lt!r}; which one holds?")
+    layers = r.take("num_hidden_layers", None)
+    if layers is not None and layers != len(lt):
+        r.refuse("num_hidden_layers", f"disagrees with the {len(lt)} layers of {key} "
+                                      "(NemotronHConfig counts those and ignores this key)")
+    return lt
+
+
+def _legacy(r: ConfigKeys, key: str, default: Any) -> tuple[str, Any]:
+    """(the key in force, its value) for a NemotronHConfig key with an older name."""
+    old = _NEMOTRON_LEGACY[key]
+    if r.has(old) and r.has(key) and r.d[old] != r.d[key]:
+        r.refuse(old, f"disagrees with {key} = {r.d[key]!r} (the same setting under its older "
+                      "name, which transformers prefers); which one holds?")
+    if r.has(old):
+        r.used.add(key)
+        return old, r.take(old)
+    r.used.add(old)
+    return key, r.take(key, default)
+
+
+def read_nemotron_h(r: ConfigKeys) -> dict[str, Any]:
+    """Nemotron-H (NemotronHConfig, NemotronHForCausalLM): blocks of one norm and one
+    sub-layer, ``x + sub(norm(x))``, the sub-layer a Mamba-2 mixer, attention (no
+    positions, no biases, ``head_dim``), a gateless MLP ``down(act(up(x)))`` with
+    ``mlp_hidden_act`` (relu2) or an MoE of such experts (sigmoid router with
+    ``e_score_correction_bias`` choosing the experts, top ``num_experts_per_tok``
+    renormalised with eps 1e-20, times ``routed_scaling_factor``, plus one shared MLP);
+    Mamba-2 of ``mamba_num_heads`` heads of ``mamba_head_dim``, ``n_groups``, dt clamped to
+    ``(time_step_min, inf)`` on prompts, conv activation ``mamba_hidden_act``, biases
+    ``use_bias`` (projections) and ``use_conv_bias``. Its head is never tied (the class
+    ties nothing, whatever ``tie_word_embeddings`` says)."""
+    lt = _nemotron_layers(r)
+    out = _decoder_common(r, _NEMOTRON_H, eps_key="layer_norm_epsilon",
+                          sizes=tuple(k for k in REQUIRED_SIZES if k != "num_hidden_layers"))
+    out["num_hidden_layers"] = len(lt)
+    _bool(r, "tie_word_embeddings", r.take("tie_word_embeddings", False))
+    out["tie_word_embeddings"] = False
+    act = out["hidden_act"] = _hidden_act(r, "mlp_hidden_act", "relu2")
+
+    def size(key: str, v: Any) -> int:
+        v = _positive_int(r, key, v)
+        if v > _MAMBA_BOUND:
+            r.refuse(key, f"is refused: the bound is {_MAMBA_BOUND:,}; the config is damaged")
+        return v
+
+    heads = size("mamba_num_heads", r.take("mamba_num_heads", 128))
+    d_head = size("mamba_head_dim", r.take("mamba_head_dim", 64))
+    groups, conv, chunk = (size(*_legacy(r, key, default)) for key, default in
+                           (("n_groups", 8), ("conv_kernel", 4), ("chunk_size", 128)))
+    gkey = "mamba_n_groups" if r.has("mamba_n_groups") else "n_groups"
+    if heads % groups:
+        r.refuse(gkey, f"does not divide mamba_num_heads ({heads}): each group's B and C serve "
+                       "a whole number of heads")
+    bkey, conv_bias = _legacy(r, "use_conv_bias", True)
+    tkey, t_min = _legacy(r, "time_step_min", 0.001)
+    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0 <= t_min < math.inf:
+        r.refuse(tkey, "must be a finite number >= 0 (the least dt on prompts)")
+    lkey, _ = _legacy(r, "time_step_limit", None)
+    if r.has(lkey) and _time_step_limit(r, lkey) not in ((0.0, math.inf), (float(t_min), math.inf)):
+        r.refuse(lkey, f"is not read by NemotronH, which clamps dt to (time_step_min, inf) = "
+                       f"({t_min!r}, inf); sbsnn reads it only as [0, inf] or that range")
+    mamba_act = _hidden_act(r, "mamba_hidden_act", "silu")
+    mamba = dict(num_heads=heads, head_dim=d_head, d_state=size("ssm_state_size", r.take("ssm_state_size", 128)),
+                 n_groups=groups, d_conv=conv, chunk_size=chunk, activation=mamba_act,
+                 conv_bias=_bool(r, bkey, conv_bias),
+                 bias=_bool(r, "use_bias", r.take("use_bias", False)),
+                 time_step_limit=(float(t_min), math.inf), rms_norm=True, norm_before_gate=False)
+    for key, value in _NEMOTRON_FIXED.items():
+        given = r.take(key, value)
+        if type(given) is not type(value) or given != value:
+            r.refuse(key, f"is not supported: transformers' NemotronH computes as if it were "
+                          f"{value!r} (it ignores this key or builds no other form); sbsnn "
+                          "refuses rather than guess")
+    r.ignored_by_reference.update(_NEMOTRON_IGNORED)
+    out.update(attention_bias=False, o_proj_bias=False, norm_style="fla", attn_rope=False,
+               mlp_bias=_bool(r, "mlp_bias", r.take("mlp_bias", False)), mlp_gated=False,
+               block_mlp=False, mamba2=mamba)
+    moe = [i for i, t in enumerate(lt) if t == "moe"]
+    experts_key = "num_local_experts" if r.has("num_local_experts") else "n_routed_experts"
+    r.used.update({"num_local_experts", "n_routed_experts"})
+    if r.has("num_local_experts") and r.has("n_routed_experts") and \
+            r.d["num_local_experts"] != r.d["n_routed_experts"]:
+        r.refuse("num_local_experts", "disagrees with n_routed_experts (its alias); which one holds?")
+    moe_keys = {"num_experts_per_tok": 2, "moe_intermediate_size": 7688,
+                "moe_shared_expert_intermediate_size": 7688, "routed_scaling_factor": 1.0,
+                "n_group": 1, "topk_group": 1, "norm_topk_prob": True}
+    if not moe:
+        r.ignored_by_reference.update(moe_keys)
+        r.ignored_by_reference.update({"num_local_experts", "n_routed_experts"})
+        out.update(num_experts=0)
+    else:
+        ne = _positive_int(r, experts_key, r.d.get(experts_key, 8))
+        k = _positive_int(r, "num_experts_per_tok", r.take("num_experts_per_tok", 2))
+        if k > ne:
+            r.refuse("num_experts_per_tok", f"exceeds {experts_key} ({ne})")
+        groups, topk = (r.take(key, 1) for key in ("n_group", "topk_group"))
+        for key, v in (("n_group", groups), ("topk_group", topk)):
+            _positive_int(r, key, v)
+        if topk != groups or ne % groups or ne // groups < 2:
+            r.refuse("topk_group" if topk != groups else "n_group",
+                     f"(n_group {groups}, topk_group {topk}, {ne} experts): sbsnn routes "
+                     "exactly only when every group is kept (topk_group = n_group, which "
+                     "divides the experts into groups of two or more); group-limited "
+                     "routing is not implemented")
+        if out["mlp_bias"]:
+            r.refuse("mlp_bias", "is not supported with MoE layers (the shared MLP's biases "
+                                 "are not implemented)")
+        scale = _number(r, "routed_scaling_factor", 1.0, positive=True)
+        out.update(num_experts=ne, num_experts_per_tok=k,
+                   moe_intermediate_size=_positive_int(
+                       r, "moe_intermediate_size", r.take("moe_intermediate_size", 7688)),
+                   num_shared_experts=1,
+                   shared_expert_intermediate_size=_positive_int(
+                       r, "moe_shared_expert_intermediate_size",
+                       r.take("moe_shared_expert_intermediate_size", 7688)),
+                   router_activation="sigmoid", router_float32=True, moe_expert_bias=True,
+                   norm_topk_prob=_bool(r, "norm_topk_prob", r.take("norm_topk_prob", True)),
+                   moe_norm_eps=1e-20, routed_scaling_factor=scale, moe_hidden_act=act,
+                   dense_layers=[i for i in range(len(lt)) if i not in moe])
+    out.update(_mixer_placement([_NEMOTRON_KINDS[t] for t in lt]))
     return out
 
 
@@ -1410,6 +1696,8 @@ READERS: dict[str, Callable[[ConfigKeys], dict[str, Any]]] = {
     "qwen3_next": read_qwen3_next,
     "qwen3_5_moe_text": read_qwen3_5_moe_text,
     "qwen3_5_moe": read_qwen3_5_moe,
+    "bamba": read_bamba,
+    "nemotron_h": read_nemotron_h,
 }
 _HINTS = {
     "gemma2": "Gemma 2 is not supported (Gemma 3 text models are)",

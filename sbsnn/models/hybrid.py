@@ -15,6 +15,9 @@ input, each with its muP multipliers::
     h = attn_norm(x)
     x = x + (mamba(h) * ssm_out_multiplier + attn(h * attn_in_multiplier) * attn_out_multiplier)
 
+Nemotron-H's blocks hold one sub-layer each, a mixer or an MLP (``block_mlp`` false; a
+layer of kind "mlp" has no mixer), behind one norm: ``x = x + sub(norm(x))``.
+
 Gemma 3 ("sandwich" norms) normalises the branch outputs too::
 
     x = x + post_attn_norm(mixer(attn_norm(x)))
@@ -42,7 +45,7 @@ from sbsnn.models.attention import WindowAttention
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.gated_deltanet import GatedDeltaNet
 from sbsnn.models.gla import GatedLinearAttention
-from sbsnn.models.layers import MoE, RMSNorm, SwiGLU
+from sbsnn.models.layers import MLP, MoE, RMSNorm, SwiGLU
 from sbsnn.models.mamba2 import Mamba2Mixer
 from sbsnn.models.short_conv import ShortConv
 from sbsnn.models.rope import RopeSpec
@@ -87,20 +90,26 @@ class HybridBlock(nn.Module):
     def __init__(self, cfg: HybridConfig, i: int):
         super().__init__()
         self.kind = cfg.layer_kind(i)
+        self.has_mixer, self.has_mlp = cfg.has_mixer(i), cfg.has_mlp(i)
         self.residual_multiplier = cfg.residual_multiplier
         if self.kind == "attn+mamba2":
             self.attn_in_multiplier = cfg.attn_in_multiplier
             self.attn_out_multiplier = cfg.attn_out_multiplier
             self.ssm_out_multiplier = cfg.ssm_out_multiplier
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.norm_eps, style=cfg.norm_style)  # noqa: E731
-        self.attn_norm = norm()
+        # A block of one sub-layer (Nemotron-H) has one norm, ``norm``, before it.
+        one = not (self.has_mixer and self.has_mlp)
+        self._mixer_norm = "norm" if one else "attn_norm"
+        self._mlp_norm = "norm" if one else "mlp_norm"
+        if self.has_mixer:
+            setattr(self, self._mixer_norm, norm())
         if self.kind in LINEAR_MIXERS:
             name, make = LINEAR_MIXERS[self.kind]
             self.mixer_name = name
             setattr(self, name, make(cfg))
         elif self.kind == "gla":
             self.attn = _make_gla(cfg)
-        else:
+        elif self.has_mixer:
             self.attn = _make_attention(cfg, i)
         if self.kind == "attn+mamba2":
             self.mixer_name, make = LINEAR_MIXERS["mamba2"]
@@ -109,7 +118,8 @@ class HybridBlock(nn.Module):
             self.linear_attn = _make_gla(cfg)
             self.attn_out_norm = norm()
             self.linear_out_norm = norm()
-        self.mlp_norm = norm()
+        if self.has_mlp:
+            setattr(self, self._mlp_norm, norm())
         if cfg.sandwich_norm:
             self.post_attn_norm = norm()
             self.post_mlp_norm = norm()
@@ -120,11 +130,14 @@ class HybridBlock(nn.Module):
                            cfg.norm_topk_prob, expert_activation=cfg.moe_hidden_act or "silu",
                            expert_bias=cfg.moe_expert_bias, norm_eps=cfg.moe_norm_eps,
                            scaling=cfg.routed_scaling_factor, shared_gate=cfg.shared_expert_gate,
-                           router_float32=cfg.router_float32)
-        else:
+                           router_float32=cfg.router_float32, gated=cfg.mlp_gated)
+        elif self.has_mlp and cfg.mlp_gated:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias,
                               activation=cfg.hidden_act, gate_multiplier=cfg.mlp_gate_multiplier,
                               down_multiplier=cfg.mlp_down_multiplier)
+        elif self.has_mlp:
+            self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias,
+                           activation=cfg.hidden_act)
 
     @property
     def rope(self) -> RopeSpec | None:
@@ -133,7 +146,19 @@ class HybridBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: dict | None, positions: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        h = self.attn_norm(x)
+        if self.has_mixer:
+            x = x + _scale(self._mix(getattr(self, self._mixer_norm)(x), cache, positions, rope),
+                           self.residual_multiplier)
+        if self.has_mlp:
+            m = self.mlp(getattr(self, self._mlp_norm)(x))
+            if hasattr(self, "post_mlp_norm"):
+                m = self.post_mlp_norm(m)
+            x = x + _scale(m, self.residual_multiplier)
+        return x
+
+    def _mix(self, h: torch.Tensor, cache: dict | None, positions: torch.Tensor,
+             rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The mixer's output for the normed input ``h`` (before the residual add)."""
         if self.kind == "parallel":
             a = self.attn_out_norm(self.attn(
                 h, None if cache is None else cache.setdefault("attn", {}), positions, rope))
@@ -154,11 +179,7 @@ class HybridBlock(nn.Module):
             a = self.attn(h, cache, positions, rope)
         if hasattr(self, "post_attn_norm"):
             a = self.post_attn_norm(a)
-        x = x + _scale(a, self.residual_multiplier)
-        m = self.mlp(self.mlp_norm(x))
-        if hasattr(self, "post_mlp_norm"):
-            m = self.post_mlp_norm(m)
-        return x + _scale(m, self.residual_multiplier)
+        return a
 
 
 class HybridModel(nn.Module):

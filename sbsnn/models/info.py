@@ -139,7 +139,7 @@ def _layer_table(cfg: HybridConfig) -> dict[str, Any]:
     par_swa = [i for i in kinds["parallel"] if cfg.window_for(i) is not None]
     par_full = [i for i in kinds["parallel"] if cfg.window_for(i) is None]
     moe = [i for i in range(n) if cfg.is_moe_layer(i)]
-    dense = [i for i in range(n) if not cfg.is_moe_layer(i)]
+    dense = [i for i in range(n) if cfg.has_mlp(i) and not cfg.is_moe_layer(i)]
     return {
         "num_layers": n,
         "kinds": kinds,
@@ -196,6 +196,12 @@ def _swiglu(h: int, inter: int, bias: bool) -> int:
     return 2 * _linear(h, inter, bias) + _linear(inter, h, bias)
 
 
+def _mlp(cfg: HybridConfig, inter: int, bias: bool) -> int:
+    """An MLP of width ``inter``: a SwiGLU, or up and down alone (``mlp_gated`` false)."""
+    h = cfg.hidden_size
+    return _swiglu(h, inter, bias) if cfg.mlp_gated else _linear(h, inter, bias) + _linear(inter, h, bias)
+
+
 def _qkvo(cfg: HybridConfig, o_bias: bool) -> int:
     h, H, Hkv, D = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     return (_linear(h, H * D, cfg.attention_bias) + 2 * _linear(h, Hkv * D, cfg.attention_bias)
@@ -234,10 +240,10 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
                     for k, m in mixer_skeletons(cfg).items()}
     moe_inter = cfg.moe_intermediate_size or cfg.intermediate_size
     shared_inter = cfg.shared_expert_intermediate_size or moe_inter
-    expert = _swiglu(h, moe_inter, False)  # MoE experts never have biases (layers.py)
+    expert = _mlp(cfg, moe_inter, False)  # MoE experts never have biases (layers.py)
     for i in range(cfg.num_hidden_layers):
         kind = cfg.layer_kind(i)
-        out["norms"] += (4 if cfg.sandwich_norm else 2) * h  # attn_norm, mlp_norm (+ post norms)
+        out["norms"] += cfg.norms_per_block(i) * h  # attn_norm, mlp_norm (+ post / branch norms)
         mixer = cfg.linear_mixer_of(i)
         if kind == "gla":
             out["gla"] += _gla_params(cfg)
@@ -247,16 +253,15 @@ def parameter_counts(config: HybridConfig) -> dict[str, int]:
             out["attention"] += _attn_params(cfg)
         if kind == "parallel":
             out["gla"] += _gla_params(cfg)
-            out["norms"] += 2 * h  # attn_out_norm, linear_out_norm
         if cfg.is_moe_layer(i):
             out["moe_router"] += h * cfg.num_experts
             out["moe_routed_experts"] += cfg.num_experts * expert
-            out["moe_shared_experts"] += cfg.num_shared_experts * _swiglu(h, shared_inter, False)
+            out["moe_shared_experts"] += cfg.num_shared_experts * _mlp(cfg, shared_inter, False)
             if cfg.shared_expert_gate:  # its linear map to one value per token
                 out["moe_shared_experts"] += h
             out["moe_inactive"] += (cfg.num_experts - cfg.num_experts_per_tok) * expert
-        else:
-            out["mlp_dense"] += _swiglu(h, cfg.intermediate_size, cfg.mlp_bias)
+        elif cfg.has_mlp(i):
+            out["mlp_dense"] += _mlp(cfg, cfg.intermediate_size, cfg.mlp_bias)
     parts = ("embeddings", "lm_head", "sink_embeddings", "norms", "gla", "attention", "gdn",
              "mamba2", "conv", "mlp_dense", "moe_router", "moe_routed_experts", "moe_shared_experts")
     out["total"] = sum(out[k] for k in parts)
@@ -447,6 +452,8 @@ def settings(config: HybridConfig) -> dict[str, Any]:
         "attn_output_gate": cfg.attn_output_gate,
         "norm": {"style": cfg.norm_style, "eps": cfg.norm_eps, "sandwich": cfg.sandwich_norm},
         "mlp_activation": cfg.hidden_act,
+        "mlp_gated": cfg.mlp_gated,
+        "block_mlp": cfg.block_mlp,
         "biases": {"qkv": cfg.attention_bias, "o_proj": cfg.o_proj_bias, "mlp": cfg.mlp_bias},
         "embedding_scale": cfg.embedding_scale,
         "tie_word_embeddings": cfg.tie_word_embeddings,
@@ -468,6 +475,9 @@ def format_settings(st: dict[str, Any]) -> list[str]:
         if k["kind"] == "gla":
             lines.append(f"  gla   {n:>3} layers  ({where})  gated linear attention, no RoPE")
             continue
+        if k["kind"] == "mlp":
+            lines.append(f"  mlp   {n:>3} layers  ({where})  no mixer: x + MLP(norm(x))")
+            continue
         mixer = k.get("mixer")
         if mixer is not None and k["kind"] in MIXER_NAMES:
             lines.append(f"  {k['kind']:<6}{n:>3} layers  ({where})  "
@@ -487,8 +497,11 @@ def format_settings(st: dict[str, Any]) -> list[str]:
     lines.append(f"  norms RMSNorm {_NORM_TEXT[nrm['style']]}, eps {nrm['eps']:g}"
                  + ("; sandwich (after attention, before and after the MLP)" if nrm["sandwich"] else ""))
     act = st["mlp_activation"]
-    lines.append(f"  MLP {'SwiGLU' if act in ('silu', 'swish') else 'GeGLU'} ({act})"
-                 + (", with biases" if b["mlp"] else ""))
+    form = ("SwiGLU" if act in ("silu", "swish") else "GeGLU") if st.get("mlp_gated", True) \
+        else "down(act(up(x))), no gate"
+    lines.append(f"  MLP {form} ({act})" + (", with biases" if b["mlp"] else "")
+                 + ("" if st.get("block_mlp", True) else "; only in the mlp layers (one "
+                    "sub-layer per block)"))
     tail = []
     if st["embedding_scale"] is not None:
         tail.append(f"embeddings x {st['embedding_scale']:.6g}")

@@ -123,6 +123,23 @@ class SwiGLU(nn.Module):
         return out if self.down_multiplier == 1.0 else out * self.down_multiplier
 
 
+class MLP(nn.Module):
+    """``down(act(up(x)))``: the MLP without a gate (Nemotron-H's, with ``relu2``)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool = False,
+                 activation: str = "relu2"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not supported; one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
 class MoE(nn.Module):
     """Routed SwiGLU experts plus optional shared experts (SpikingBrain-76B style).
 
@@ -137,7 +154,9 @@ class MoE(nn.Module):
     probabilities); ``router_float32`` (Qwen3-Next, Qwen3.5-MoE: the probabilities, their
     top-k and renormalisation are computed in float32, then the weights cast back to the
     input's dtype); ``shared_gate`` (the same Qwen blocks: the shared experts' sum scaled
-    per token by ``sigmoid(shared_expert_gate(x))``, a linear map to one value).
+    per token by ``sigmoid(shared_expert_gate(x))``, a linear map to one value);
+    ``gated`` False (Nemotron-H): experts and shared experts are :class:`MLP` s without a
+    gate.
     """
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_experts: int, top_k: int,
@@ -145,8 +164,9 @@ class MoE(nn.Module):
                  activation: str = "sigmoid", norm_topk_prob: bool = False,
                  expert_activation: str = "silu", *, expert_bias: bool = False,
                  norm_eps: float = 0.0, scaling: float = 1.0, shared_gate: bool = False,
-                 router_float32: bool = False):
+                 router_float32: bool = False, gated: bool = True):
         super().__init__()
+        expert = SwiGLU if gated else MLP
         self.top_k = top_k
         self.activation = activation
         self.norm_topk_prob = norm_topk_prob
@@ -155,11 +175,11 @@ class MoE(nn.Module):
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         if expert_bias:
             self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
-        self.experts = nn.ModuleList(SwiGLU(hidden_size, intermediate_size,
+        self.experts = nn.ModuleList(expert(hidden_size, intermediate_size,
                                             activation=expert_activation)
                                      for _ in range(num_experts))
         shared = shared_intermediate_size or intermediate_size
-        self.shared_experts = nn.ModuleList(SwiGLU(hidden_size, shared, activation=expert_activation)
+        self.shared_experts = nn.ModuleList(expert(hidden_size, shared, activation=expert_activation)
                                             for _ in range(num_shared))
         if shared_gate:
             if not num_shared:
