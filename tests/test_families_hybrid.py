@@ -257,13 +257,36 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+_SAVED: dict = {}
+
+
+def _save_case(name: str, tmp_path_factory):
+    """(name, transformers model, its save_pretrained directory), built once per case."""
+    if name not in _SAVED:
+        cfg_cls, model_cls, kw = CASES[name]
+        model = hf_model(cfg_cls, model_cls, **kw)
+        d = tmp_path_factory.mktemp(name)
+        model.save_pretrained(d)
+        _SAVED[name] = (name, model, d)
+    return _SAVED[name]
+
+
 @pytest.fixture(scope="module", params=sorted(CASES))
 def saved(request, tmp_path_factory):
-    cfg_cls, model_cls, kw = CASES[request.param]
-    model = hf_model(cfg_cls, model_cls, **kw)
-    d = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(d)
-    return request.param, model, d
+    return _save_case(request.param, tmp_path_factory)
+
+
+LINEAR = ("gdn", "mamba2", "conv", "attn+mamba2")    # kinds holding a linear mixer
+
+
+def cases_of(*prefixes: str, vl: bool = False) -> list[str]:
+    """The cases of the families named by ``prefixes`` (or the vision-language ones)."""
+    return [n for n in sorted(CASES) if (n.endswith("-vl") if vl else n.startswith(prefixes))]
+
+
+@pytest.fixture
+def case(request, tmp_path_factory):
+    return _save_case(request.param, tmp_path_factory)
 
 
 def _load(d):
@@ -327,13 +350,13 @@ def test_prompt_in_parts_equals_one_pass(saved):
     assert rel_err(torch.cat(parts, 1), whole) < 1e-5, name
 
 
-def test_linear_layers_state_is_constant_while_decoding(saved):
-    name, _, d = saved
+@pytest.mark.parametrize("case", [n for n in sorted(CASES) if set(KINDS[n]) & set(LINEAR)],
+                         indirect=True)
+def test_linear_layers_state_is_constant_while_decoding(case):
+    name, _, d = case
     ours = _load(d)
-    linear = [i for i, b in enumerate(ours.model.layers)
-              if b.kind in ("gdn", "mamba2", "conv", "attn+mamba2")]
-    if not linear:
-        pytest.skip("no linear layer")
+    linear = [i for i, b in enumerate(ours.model.layers) if b.kind in LINEAR]
+    assert linear
     state = ours.new_state()
 
     def nbytes(i):  # the linear mixer's state (beside attention's cache in "attn+mamba2")
@@ -437,10 +460,9 @@ def test_value_heads_not_a_multiple_of_key_heads_are_refused(tmp_path):
         HybridConfig.from_dict(cfg)
 
 
-def test_vision_language_config_says_what_it_leaves_out(saved):
-    name, _, d = saved
-    if not _is_vl(d):
-        pytest.skip("a text model")
+@pytest.mark.parametrize("case", cases_of(vl=True), indirect=True)
+def test_vision_language_config_says_what_it_leaves_out(case):
+    name, _, d = case
     cfg = HybridConfig.from_json(d / "config.json")
     assert any("vision tower" in n and "vision_config" in n for n in cfg.notes)
     # the config written back is the file read (the checkpoint stays the same model)
@@ -448,12 +470,11 @@ def test_vision_language_config_says_what_it_leaves_out(saved):
 
 
 # ----------------------------------------------------------------------------- Mamba-2 hybrids
-def test_granite_fused_experts_are_split_onto_linear_layers(saved):
+@pytest.mark.parametrize("case", cases_of("granite"), indirect=True)
+def test_granite_fused_experts_are_split_onto_linear_layers(case):
     """Granite's stacked expert tensors and fused shared MLP land on one nn.Linear per
     projection, each equal to its slice of the file's tensor."""
-    name, ref, d = saved
-    if not name.startswith("granite"):
-        pytest.skip("not granitemoehybrid")
+    name, ref, d = case
     ours = _load(d)
     hf_layer, layer = ref.model.layers[0], ours.model.layers[0]
     shared = hf_layer.shared_mlp.input_linear.weight
@@ -472,13 +493,12 @@ def test_granite_fused_experts_are_split_onto_linear_layers(saved):
         assert torch.equal(layer.mlp.router.weight, hf_layer.block_sparse_moe.router.weight)
 
 
-def test_mamba_hybrid_saved_by_sbsnn_loads_as_the_same_model(saved, tmp_path):
+@pytest.mark.parametrize("case", cases_of("granite", "falcon_h1", "bamba", "nemotron_h"), indirect=True)
+def test_mamba_hybrid_saved_by_sbsnn_loads_as_the_same_model(case, tmp_path):
     """sbsnn's own save (its module names, the family's config.json) reads back equal."""
     from sbsnn.models.checkpoint import save_pretrained
 
-    name, _, d = saved
-    if not name.startswith(("granite", "falcon_h1", "bamba", "nemotron_h")):
-        pytest.skip("not a Mamba-2 hybrid")
+    name, _, d = case
     ours = _load(d)
     save_pretrained(ours, tmp_path)
     again = load_model(tmp_path)
@@ -500,14 +520,13 @@ def test_granite_fused_tensor_of_a_wrong_shape_is_refused_by_name(tmp_path):
 
 
 # ----------------------------------------------------------------------------- nemotron_h
-def test_nemotron_h_layers_are_one_sublayer_with_gateless_mlps(saved):
+@pytest.mark.parametrize("case", cases_of("nemotron_h"), indirect=True)
+def test_nemotron_h_layers_are_one_sublayer_with_gateless_mlps(case):
     """Each block holds one norm and one sub-layer; the MLP and MoE layers are where the
     pattern puts them, their MLPs and experts up/down only, the router's bias loaded."""
     from sbsnn.models.layers import MLP
 
-    name, ref, d = saved
-    if not name.startswith("nemotron_h"):
-        pytest.skip("not a Nemotron-H case")
+    name, ref, d = case
     ours = _load(d)
     for b, r in zip(ours.model.layers, ref.model.layers):
         assert {n for n, _ in b.named_children()} == {
@@ -605,10 +624,9 @@ def test_lfm2_older_key_names_read_as_transformers_reads_them(tmp_path):
     assert ours.lm_head is not None and ours.config.intermediate_size == 96
 
 
-def test_lfm2_moe_layers_are_dense_then_experts(saved):
-    name, ref, d = saved
-    if not name.startswith("lfm2_moe"):
-        pytest.skip("not an LFM2-MoE case")
+@pytest.mark.parametrize("case", cases_of("lfm2_moe"), indirect=True)
+def test_lfm2_moe_layers_are_dense_then_experts(case):
+    name, ref, d = case
     ours = _load(d)
     k = ref.config.num_dense_layers
     assert [type(b.mlp).__name__ for b in ours.model.layers] == ["SwiGLU"] * k + ["MoE"] * (4 - k)
