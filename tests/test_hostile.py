@@ -1141,17 +1141,23 @@ def test_outputs_get_the_users_umask(base, tmp_path):
 SLOW = """
 import os, sys, time
 which = sys.argv[1]
+# After the step the test waits for, the process waits for its signal (a busy machine
+# must not let it finish first); the steps before it take 0.5 s each.
+steps = [0]
+def pause():
+    steps[0] += 1
+    time.sleep(60 if steps[0] >= int(os.environ.get("SBSNN_TEST_STEPS", "1")) else 0.5)
 if which == "convert":
     import sbsnn.converters.stream as m
     real = m._write
     def slow(*a, **k):
-        n = real(*a, **k); print("STEP", flush=True); time.sleep(0.5); return n
+        n = real(*a, **k); print("STEP", flush=True); pause(); return n
     m._write = slow
 elif which == "simulate":
     from sbsnn.sim.recorder import Recorder as m
     real = m.flush
     def slow(self):
-        real(self); print("STEP", flush=True); time.sleep(0.5)
+        real(self); print("STEP", flush=True); pause()
     m.flush = slow
 elif which == "report":
     from sbsnn.analysis import plots as m
@@ -1167,7 +1173,8 @@ sys.exit(main(sys.argv[2:]))
 def run_until(argv: list, steps: int, sig: int) -> tuple[int, str]:
     """Run ``python -c SLOW`` until it has printed ``steps`` STEP lines, then signal it."""
     p = subprocess.Popen([PY, "-c", SLOW, *map(str, argv)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=ENV)
+                         stderr=subprocess.PIPE, text=True,
+                         env=dict(ENV, SBSNN_TEST_STEPS=str(steps)))
     seen = 0
     deadline = time.monotonic() + 120
     while seen < steps:
