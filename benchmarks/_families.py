@@ -5,7 +5,8 @@ each linear-mixer hybrid family, built with transformers' own classes and saved 
 * float prefill tokens/s of one forward over ``--family-tokens`` tokens, sbsnn and
   transformers alternated round by round (load from other processes hits both alike),
   and their time ratio (goal: sbsnn <= 1.2x);
-* sbsnn decode tokens/s (one token at a time) at 1k and 32k tokens of context. The 32k
+* sbsnn decode tokens/s (one token at a time) at 1k and 32k tokens of context, and the
+  milliseconds per token spent in the blocks whose mixer is linear (goal: flat). The 32k
   context is built from a real 1k prefill whose full-attention caches are then extended
   with random keys and values to 32k positions (a decode step costs the same whatever
   the cached values are; prefilling 32k tokens would take minutes per family); the
@@ -83,11 +84,16 @@ def _median_times(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def _extend_attention_caches(model, state, context: int) -> None:
-    """Grow every full-attention cache of ``state`` to ``context`` positions with random
-    keys and values (positions continue the real ones), and ``state.seen`` with them."""
+    """Grow every full-attention cache of ``state`` (Falcon-H1's beside its Mamba-2 too)
+    to ``context`` positions with random keys and values (positions continue the real
+    ones), and ``state.seen`` with them."""
     add = context - state.seen
     for block, cache in zip(model.model.layers, state.layers):
-        if block.kind != "full" or "k" not in cache:
+        if block.kind == "attn+mamba2":
+            cache = cache.get("attn", {})
+        elif block.kind != "full":
+            continue
+        if "k" not in cache:
             continue
         k, v = cache["k"], cache["v"]
         shape = (k.shape[0], k.shape[1], add, k.shape[3])
@@ -97,14 +103,35 @@ def _extend_attention_caches(model, state, context: int) -> None:
     state.seen = context
 
 
-def _decode_rate(model, state, steps: int) -> float:
+LINEAR = ("gdn", "mamba2", "conv")     # blocks whose mixer is linear alone
+
+
+def _decode_rate(model, state, steps: int) -> tuple[float, float]:
+    """Decode tokens/s, and the milliseconds per token spent in the blocks whose mixer is
+    linear (their time must not depend on the context)."""
     tok = torch.zeros(1, 1, dtype=torch.long)
     for _ in range(4):
         model(tok, state)
-    t = time.perf_counter()
-    for _ in range(steps):
-        model(tok, state)
-    return steps / (time.perf_counter() - t)
+    spent = [0.0]
+    starts: dict = {}
+
+    def pre(block, args):
+        starts[block] = time.perf_counter()
+
+    def post(block, args, out):
+        spent[0] += time.perf_counter() - starts.pop(block)
+
+    hooks = [b.register_forward_pre_hook(pre) for b in model.model.layers if b.kind in LINEAR]
+    hooks += [b.register_forward_hook(post) for b in model.model.layers if b.kind in LINEAR]
+    try:
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(tok, state)
+        total = time.perf_counter() - t
+    finally:
+        for h in hooks:
+            h.remove()
+    return steps / total, 1000 * spent[0] / steps
 
 
 def _simulation_ratio(model, ids: torch.Tensor, repeats: int) -> str:
@@ -144,27 +171,31 @@ def run_families(threads: int, tokens: int, repeats: int, steps: int,
         med = _median_times({"transformers": lambda: hf(ids, use_cache=False).logits,
                              "sbsnn": lambda: ours(ids)}, repeats)
         hf = None   # free the reference model before decoding
-        rates, sizes = [], []
+        rates, linear_ms, sizes = [], [], []
         prompt = torch.randint(0, V, (1, 1024), generator=torch.Generator().manual_seed(1))
         for ctx in contexts:
             state = ours.new_state()
             ours.prefill(prompt[:, :min(1024, ctx)], state, block_size=1024)
             if ctx > state.seen:
                 _extend_attention_caches(ours, state, ctx)
-            rates.append(_decode_rate(ours, state, steps))
+            rate, ms = _decode_rate(ours, state, steps)
+            rates.append(rate)
+            linear_ms.append(ms)
             sizes.append(state.nbytes())
         sim = _simulation_ratio(ours, ids[:, :min(tokens, 256)], repeats)
         rows.append(
             f"| {name} | {params / 1e6:.0f}M | {tokens / med['sbsnn']:.0f} | "
             f"{tokens / med['transformers']:.0f} | **{med['sbsnn'] / med['transformers']:.2f}x** | "
             + " | ".join(f"{r:.1f}" for r in rates) + " | "
+            + (" | ".join(f"{m:.1f}" for m in linear_ms) if linear_ms[0] else "n/a | n/a") + " | "
             + " | ".join(f"{s / 2**20:.1f}" for s in sizes) + f" | {sim} |")
     head = ("| family | params | sbsnn prefill tok/s | transformers prefill tok/s | "
             "time sbsnn / transformers (goal <= 1.2x) | "
             + " | ".join(f"decode tok/s @{c // 1024}k" for c in contexts) + " | "
+            + " | ".join(f"linear layers ms/token @{c // 1024}k" for c in contexts) + " | "
             + " | ".join(f"state MiB @{c // 1024}k" for c in contexts)
             + " | event simulation / float forward (goal <= 3x) |")
-    sep = "| --- " + "| ---: " * (4 + 2 * len(contexts) + 1) + "|"
+    sep = "| --- " + "| ---: " * (4 + 3 * len(contexts) + 1) + "|"
     intro = (f"transformers {transformers.__version__}, {threads} thread(s), prefill of "
              f"{tokens} tokens ({repeats} timed rounds, median), {steps} decode steps per "
              "context (32k: attention caches extended with random keys, see _families.py)")
