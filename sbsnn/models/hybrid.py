@@ -1,4 +1,4 @@
-"""The hybrid language model: GLA and window-attention layers, SwiGLU or MoE MLPs.
+"""The hybrid language model: a stack of blocks, each a mixer and an MLP (or MoE).
 
 Module names mirror SpikingBrain-7B's checkpoint (``model.embeddings``,
 ``model.layers.{i}.attn``, ``.attn_norm``, ``.mlp_norm``, ``.mlp``, ``model.norm``,
@@ -7,27 +7,24 @@ them (:func:`sbsnn.models.families.rename_key`). One block::
 
     x = x + mixer(attn_norm(x))       mixer: GLA | window attention | full attention
     x = x + mlp(mlp_norm(x))                 | both side by side (76B "parallel")
+                                             | Gated DeltaNet | Mamba-2 | short conv
+                                             | attention and Mamba-2 side by side (Falcon-H1)
 
-Granite 4.0-H scales both branch outputs by ``residual_multiplier`` before the adds.
-Falcon-H1 ("attn+mamba2") runs attention and Mamba-2 side by side on the same normed
-input, each with its muP multipliers::
+The linear mixers (``LINEAR_MIXERS``) sit under the names their families' checkpoints
+use (``linear_attn``, ``mamba``, ``conv``). Gemma 3 ("sandwich" norms) normalises the
+branch outputs too; Granite and Falcon-H1 scale them (muP); a Nemotron-H block holds one
+sub-layer, a mixer or an MLP, behind one norm::
 
-    h = attn_norm(x)
-    x = x + (mamba(h) * ssm_out_multiplier + attn(h * attn_in_multiplier) * attn_out_multiplier)
-
-Nemotron-H's blocks hold one sub-layer each, a mixer or an MLP (``block_mlp`` false; a
-layer of kind "mlp" has no mixer), behind one norm: ``x = x + sub(norm(x))``.
-
-Gemma 3 ("sandwich" norms) normalises the branch outputs too::
-
-    x = x + post_attn_norm(mixer(attn_norm(x)))
+    x = x + post_attn_norm(mixer(attn_norm(x)))        x = x + sublayer(norm(x))
     x = x + post_mlp_norm(mlp(mlp_norm(x)))
 
 RoPE tables are computed once per forward for each distinct RoPE of the model
 (Gemma 3's sliding and global layers have different bases) and shared by its layers.
 
-Decoding keeps a :class:`DecodeState`: per GLA layer a ``[Hkv, dk, dv]`` state, per
-window layer a ring of ``sliding_window`` keys and values. Neither grows with length.
+Decoding keeps a :class:`DecodeState`: per linear layer a fixed-size state (GLA's
+``[Hkv, dk, dv]``; the others' convolution inputs and recurrent state), per window layer
+a ring of ``sliding_window`` keys and values, per full-attention layer a cache that grows
+with the sequence.
 """
 
 from __future__ import annotations
