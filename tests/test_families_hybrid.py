@@ -800,3 +800,87 @@ def test_spiking_conversion_simulates_bit_identical_to_the_integer_path(saved):
                       ("attn+mamba2", "mamba2_decay_ops"), ("conv", "shortconv_macs")):
         if kind in kinds:
             assert ops.get(key, 0) > 0, (name, key)
+
+
+# ----------------------------------------------------------------------------- published configs
+# The config.json of a released Qwen3.5-MoE checkpoint (InternScience/Agents-A1, a
+# Qwen3.5-35B-A3B finetune, as printed in a public agent log): every key as published,
+# the sizes shrunk to a tiny model. Its text_config carries keys transformers' classes
+# do not read (attn_output_gate, mamba_ssm_dtype, mtp_*, an empty mlp_only_layers).
+def _published_qwen3_5_moe() -> dict:
+    lt = ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 2
+    return {
+        "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+        "image_token_id": V - 5,
+        "model_type": "qwen3_5_moe",
+        "text_config": {
+            "attention_bias": False, "attention_dropout": 0.0, "attn_output_gate": True,
+            "dtype": "bfloat16", "eos_token_id": V - 7, "full_attention_interval": 4,
+            "head_dim": 16, "hidden_act": "silu", "hidden_size": 48, "initializer_range": 0.02,
+            "layer_types": lt, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 8,
+            "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_value_head_dim": 8,
+            "max_position_embeddings": 262144, "mlp_only_layers": [],
+            "model_type": "qwen3_5_moe_text", "moe_intermediate_size": 24,
+            "mtp_num_hidden_layers": 1, "mtp_use_dedicated_embeddings": False,
+            "num_attention_heads": 4, "num_experts": 8, "num_experts_per_tok": 2,
+            "num_hidden_layers": len(lt), "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+            "router_aux_loss_coef": 0.001, "shared_expert_intermediate_size": 24,
+            "use_cache": True, "vocab_size": V, "mamba_ssm_dtype": "float32",
+            "rope_parameters": {"mrope_interleaved": True, "mrope_section": [1, 1, 0],
+                                "rope_type": "default", "rope_theta": 10000000,
+                                "partial_rotary_factor": 0.25}},
+        "tie_word_embeddings": False,
+        "transformers_version": "4.57.0.dev0",
+        "video_token_id": V - 4,
+        "vision_config": {"deepstack_visual_indexes": [], "depth": 1, "hidden_act": "gelu_pytorch_tanh",
+                          "hidden_size": 16, "in_channels": 3, "initializer_range": 0.02,
+                          "intermediate_size": 24, "model_type": "qwen3_5_moe", "num_heads": 2,
+                          "num_position_embeddings": 16, "out_hidden_size": 48, "patch_size": 4,
+                          "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "vision_end_token_id": V - 2,
+        "vision_start_token_id": V - 3,
+    }
+
+
+def test_a_published_qwen3_5_moe_config_loads_as_transformers_runs_it(tmp_path):
+    cfg = _published_qwen3_5_moe()
+    ref = hf_model("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration",
+                   **{k: v for k, v in cfg.items() if k not in ("model_type", "architectures",
+                                                                "transformers_version")})
+    ref.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["text_config"].update({k: v for k, v in cfg["text_config"].items()
+                                 if k not in saved["text_config"]})   # keys transformers drops
+    saved["vision_config"].update(deepstack_visual_indexes=[], model_type="qwen3_5_moe")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    ours = _load(tmp_path)
+    assert [b.kind for b in ours.model.layers] == ["gdn", "gdn", "gdn", "full"] * 2
+    ids = torch.randint(0, V - 8, (1, SEQ), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert rel_err(ours(ids), ref(ids).logits) < 1e-5
+
+
+@pytest.mark.parametrize("key,value", [("attn_output_gate", False), ("mamba_ssm_dtype", "bfloat16"),
+                                       ("mlp_only_layers", [1])])
+def test_published_keys_are_refused_at_a_value_the_model_does_not_compute(key, value):
+    cfg = _published_qwen3_5_moe()
+    cfg["text_config"][key] = value
+    with pytest.raises(CheckpointError, match=repr(key)):
+        HybridConfig.from_dict(cfg)
+
+
+@pytest.mark.parametrize("name", ["qwen3_5-linear-first-untied", "qwen3_next-dense"])
+def test_released_qwen_keys_the_models_never_read_are_harmless_at_their_value(name, tmp_path):
+    """attn_output_gate true, mamba_ssm_dtype float32, use_sliding_window false and the
+    multi-token-prediction keys (Qwen3.5 and Qwen3-Next releases carry them): the model
+    loads as without them; another value of the first three is refused."""
+    d = _config_dir(tmp_path, name, attn_output_gate=True, mamba_ssm_dtype="float32",
+                    use_sliding_window=False, mtp_num_hidden_layers=1,
+                    mtp_use_dedicated_embeddings=False)
+    ours = load_model(d)
+    assert ours.config.attn_output_gate is True
+    for key, value in (("attn_output_gate", False), ("use_sliding_window", True)):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg[key] = value
+        with pytest.raises(CheckpointError, match=repr(key)):
+            HybridConfig.from_dict(cfg)

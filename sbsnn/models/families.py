@@ -926,6 +926,28 @@ def _mixer_placement(kinds: list[str], window: int | None = None) -> dict[str, A
             "sliding_window": window if "swa" in kinds else None}
 
 
+# Keys the released Qwen3.5 / Qwen3-Next configs carry that transformers' models never
+# read, harmless at the one value those models compute as (they always gate attention,
+# keep GDN states in float32, attend without windows) and refused at any other.
+_QWEN_GDN_FIXED = {"attn_output_gate": True, "mamba_ssm_dtype": "float32",
+                   "use_sliding_window": False}
+# The multi-token-prediction head the released Qwen checkpoints describe (its ``mtp.*``
+# tensors are skipped, as transformers' causal LM skips them).
+_MTP_KEYS = frozenset({"mtp_num_hidden_layers", "mtp_use_dedicated_embeddings"})
+
+
+def _fixed_keys(r: ConfigKeys, fixed: dict[str, Any]) -> None:
+    """Keys the family's reference ignores, accepted only at the value its model computes
+    as (a file giving another describes a model transformers would not run)."""
+    for key, value in fixed.items():
+        if r.has(key):
+            given = r.take(key)
+            if type(given) is not type(value) or given != value:
+                r.refuse(key, f"is not supported: transformers' {REFERENCE.get(r.model_type)} "
+                              f"does not read it and computes as if it were {value!r}; sbsnn "
+                              "refuses rather than run another model than the file describes")
+
+
 def _qwen_gdn_hybrid(r: ConfigKeys, defaults: dict[str, Any], layout: str,
                      text_only_keys: frozenset = frozenset(),
                      required: tuple[str, ...] = REQUIRED_SIZES) -> dict[str, Any]:
@@ -938,6 +960,8 @@ def _qwen_gdn_hybrid(r: ConfigKeys, defaults: dict[str, Any], layout: str,
     out = _decoder_common(r, defaults, sizes=required)
     act = out["hidden_act"] = _hidden_act(r, "hidden_act", "silu")   # MLP and GDN conv
     bias = _bool(r, "attention_bias", r.take("attention_bias", False))
+    _fixed_keys(r, _QWEN_GDN_FIXED)
+    r.ignored_by_reference.update(_MTP_KEYS)
     n = out["num_hidden_layers"]
     interval = r.take("full_attention_interval", None) if r.d.get("layer_types") is None else None
     if r.d.get("layer_types") is None:
@@ -987,11 +1011,6 @@ def read_qwen3_5_text(r: ConfigKeys) -> dict[str, Any]:
     ``mrope_interleaved``) coincide for text, whose three position rows are equal, so
     they change nothing here."""
     return _qwen_gdn_hybrid(r, _QWEN3_5, "qwen3_5", _MROPE_KEYS)
-
-
-# The multi-token-prediction head released Qwen MoE checkpoints describe (its ``mtp.*``
-# tensors are skipped, as the causal LM of transformers skips them).
-_MTP_KEYS = frozenset({"mtp_num_hidden_layers", "mtp_use_dedicated_embeddings"})
 
 
 def _qwen_moe(r: ConfigKeys, out: dict[str, Any], defaults: dict[str, Any],
@@ -1071,8 +1090,11 @@ def read_qwen3_5_moe_text(r: ConfigKeys) -> dict[str, Any]:
     every layer and the top-k weights always renormalised. Its config class has no
     ``intermediate_size`` (no dense MLP), ``norm_topk_prob``, ``decoder_sparse_step`` or
     ``mlp_only_layers``: such keys are refused as not understood (the reference would
-    ignore them)."""
+    ignore them), except the empty ``mlp_only_layers`` released configs carry."""
     required = tuple(k for k in REQUIRED_SIZES if k != "intermediate_size")
+    # released configs carry an empty mlp_only_layers (every layer is MoE either way)
+    if r.has("mlp_only_layers") and r.d["mlp_only_layers"] in ([], None):
+        r.take("mlp_only_layers")
     out = _qwen_gdn_hybrid(r, _QWEN3_5_MOE, "qwen3_5", _MROPE_KEYS, required)
     out["norm_topk_prob"] = True
     out = _qwen_moe(r, out, _QWEN3_5_MOE, lambda i: True, dense_ok=False)
