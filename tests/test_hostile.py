@@ -1141,12 +1141,13 @@ def test_outputs_get_the_users_umask(base, tmp_path):
 SLOW = """
 import os, sys, time
 which = sys.argv[1]
-# After the step the test waits for, the process waits for its signal (a busy machine
-# must not let it finish first); the steps before it take 0.5 s each.
+# The steps before the one the test waits for take 0.5 s each; that one takes 5 s, so
+# that a busy machine delivers the signal before the work ends (it may run on a worker
+# thread, which finishes its step after the interrupt, so not much longer).
 steps = [0]
 def pause():
     steps[0] += 1
-    time.sleep(60 if steps[0] >= int(os.environ.get("SBSNN_TEST_STEPS", "1")) else 0.5)
+    time.sleep(5 if steps[0] >= int(os.environ.get("SBSNN_TEST_STEPS", "1")) else 0.5)
 if which == "convert":
     import sbsnn.converters.stream as m
     real = m._write
