@@ -401,6 +401,7 @@ def _config_dir(tmp_path, name, **changes):
     ("granite-moe-mamba-first-nope-untied", "layer_types", ["mamba", "sliding_attention"] * 2),
     ("granite-moe-mamba-first-nope-untied", "residual_multiplier", None),
     ("granite-moe-mamba-first-nope-untied", "mamba_n_groups", 3),          # 4 heads
+    ("granite-moe-mamba-first-nope-untied", "normalization_function", "layernorm"),  # RMSNorm built
     # falcon_h1
     ("falcon_h1-gated-norm-untied", "ssm_gate_multiplier", 1.5),           # invented
     ("falcon_h1-gated-norm-untied", "ssm_multipliers", [1.0] * 6),
@@ -447,6 +448,7 @@ def _config_dir(tmp_path, name, **changes):
     ("nemotron_h-moe-first-untied", "mlp_bias", True),                 # shared MLP biases
     ("nemotron_h-moe-first-untied", "mamba_n_groups", 4),              # older name, disagrees
     ("nemotron_h-mamba-first-tied-dense", "layers_block_type", ["mamba"] * 4),
+    ("nemotron_h-moe-first-untied", "norm_eps", 1e-3),    # restates layer_norm_epsilon, wrongly
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
