@@ -401,6 +401,7 @@ def _config_dir(tmp_path, name, **changes):
     ("granite-moe-mamba-first-nope-untied", "layer_types", ["mamba", "sliding_attention"] * 2),
     ("granite-moe-mamba-first-nope-untied", "residual_multiplier", None),
     ("granite-moe-mamba-first-nope-untied", "mamba_n_groups", 3),          # 4 heads
+    ("granite-moe-mamba-first-nope-untied", "normalization_function", "layernorm"),  # RMSNorm built
     # falcon_h1
     ("falcon_h1-gated-norm-untied", "ssm_gate_multiplier", 1.5),           # invented
     ("falcon_h1-gated-norm-untied", "ssm_multipliers", [1.0] * 6),
@@ -447,6 +448,7 @@ def _config_dir(tmp_path, name, **changes):
     ("nemotron_h-moe-first-untied", "mlp_bias", True),                 # shared MLP biases
     ("nemotron_h-moe-first-untied", "mamba_n_groups", 4),              # older name, disagrees
     ("nemotron_h-mamba-first-tied-dense", "layers_block_type", ["mamba"] * 4),
+    ("nemotron_h-moe-first-untied", "norm_eps", 1e-3),    # restates layer_norm_epsilon, wrongly
 ])
 def test_keys_that_would_change_the_math_are_refused_by_name(tmp_path, name, key, value):
     d = _config_dir(tmp_path, name, **{key: value})
@@ -803,6 +805,123 @@ def test_spiking_conversion_simulates_bit_identical_to_the_integer_path(saved):
 
 
 # ----------------------------------------------------------------------------- published configs
+# config.json files as their checkpoints publish them (every key, every value; the sizes
+# are the real ones: nothing is built but transformers' model on the meta device). Each
+# names where it was read.
+
+# NVIDIA-Nemotron-3-Nano-30B-A3B (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16), its
+# config.json as quoted verbatim in a bring-up note on GitHub ("## 3. Verbatim
+# config.json"): norm_eps restating layer_norm_epsilon, RoPE keys for a NoPE attention.
+_NEMOTRON_3_NANO = {
+    "architectures": ["NemotronHForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "auto_map": {"AutoConfig": "configuration_nemotron_h.NemotronHConfig",
+                 "AutoModel": "modeling_nemotron_h.NemotronHForCausalLM",
+                 "AutoModelForCausalLM": "modeling_nemotron_h.NemotronHForCausalLM"},
+    "bos_token_id": 1, "chunk_size": 128, "conv_kernel": 4, "eos_token_id": 2, "expand": 2,
+    "head_dim": 128, "hidden_dropout": 0.0, "hidden_size": 2688,
+    "hybrid_override_pattern": "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
+    "initializer_range": 0.02, "intermediate_size": 1856, "layer_norm_epsilon": 1e-05,
+    "mamba_head_dim": 64, "mamba_hidden_act": "silu", "mamba_num_heads": 64,
+    "mamba_proj_bias": False, "mamba_ssm_cache_dtype": "float32",
+    "max_position_embeddings": 262144, "mlp_bias": False, "mlp_hidden_act": "relu2",
+    "model_type": "nemotron_h", "moe_intermediate_size": 1856,
+    "moe_shared_expert_intermediate_size": 3712, "n_group": 1, "n_groups": 8,
+    "n_routed_experts": 128, "n_shared_experts": 1, "norm_eps": 1e-05, "norm_topk_prob": True,
+    "num_attention_heads": 32, "num_experts_per_tok": 6, "num_hidden_layers": 52,
+    "num_key_value_heads": 2, "num_logits_to_keep": 1, "pad_token_id": 0,
+    "partial_rotary_factor": 1.0, "rescale_prenorm_residual": True, "residual_in_fp32": False,
+    "rope_theta": 10000, "routed_scaling_factor": 2.5, "sliding_window": None,
+    "ssm_state_size": 128, "tie_word_embeddings": False, "time_step_floor": 0.0001,
+    "time_step_max": 0.1, "time_step_min": 0.001, "topk_group": 1, "torch_dtype": "bfloat16",
+    "transformers_version": "4.55.4", "use_bias": False, "use_cache": True,
+    "use_conv_bias": True, "use_mamba_kernels": True, "vocab_size": 131072}
+
+_LFM2_LAYERS = ["conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv",
+                "conv", "full_attention", "conv", "full_attention", "conv", "full_attention",
+                "conv", "full_attention", "conv"]
+# FlameF0X/LFM2.5-1.2B-Distilled-Claude-4.6 (an Unsloth fine-tune of
+# LiquidAI/LFM2.5-1.2B-Thinking), its config.json as fetched with curl from
+# huggingface.co in a quantization log on GitHub: Liquid AI's older keys, rope_parameters,
+# and Unsloth's model_name / unsloth_version.
+_LFM2_5_FINETUNE = {
+    "architectures": ["Lfm2ForCausalLM"], "block_auto_adjust_ff_dim": True, "block_dim": 2048,
+    "block_ffn_dim_multiplier": 1.0, "block_mlp_init_scale": 1.0, "block_multiple_of": 256,
+    "block_norm_eps": 1e-05, "block_out_init_scale": 1.0, "block_use_swiglu": True,
+    "block_use_xavier_init": True, "bos_token_id": 1, "conv_L_cache": 3, "conv_bias": False,
+    "conv_dim": 2048, "conv_use_xavier_init": True, "torch_dtype": "float16", "eos_token_id": 7,
+    "full_attn_idxs": None, "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 12288, "layer_types": _LFM2_LAYERS, "max_position_embeddings": 128000,
+    "model_name": "LiquidAI/LFM2.5-1.2B-Thinking", "model_type": "lfm2", "norm_eps": 1e-05,
+    "num_attention_heads": 32, "num_heads": 32, "num_hidden_layers": 16,
+    "num_key_value_heads": 8, "pad_token_id": 0,
+    "rope_parameters": {"rope_theta": 1000000.0, "rope_type": "default"},
+    "tie_word_embeddings": True, "unsloth_version": "2026.4.4", "use_cache": False,
+    "use_pos_enc": True, "vocab_size": 65536}
+# LFM2-1.2B as FastFlowLM's LFM2-1.2B-NPU2 container ships it (quoted verbatim in a test on
+# GitHub): the original LFM2 layout, full_attn_idxs and block_ff_dim (which overrides
+# intermediate_size), head_dim.
+_LFM2_1_2B_NPU2 = {
+    "architectures": ["Lfm2ForCausalLM"], "block_auto_adjust_ff_dim": True, "block_dim": 2048,
+    "block_ff_dim": 12288, "block_ffn_dim_multiplier": 1.0, "block_mlp_init_scale": 1.0,
+    "block_multiple_of": 256, "block_norm_eps": 1e-05, "block_out_init_scale": 1.0,
+    "block_use_swiglu": True, "block_use_xavier_init": True, "bos_token_id": 1,
+    "conv_L_cache": 3, "conv_bias": False, "conv_dim": 2048, "conv_dim_out": 2048,
+    "conv_use_xavier_init": True, "eos_token_id": 7, "intermediate_size": 8192,
+    "full_attn_idxs": [2, 5, 8, 10, 12, 14], "hidden_size": 2048, "initializer_range": 0.02,
+    "max_position_embeddings": 128000, "model_type": "lfm2", "norm_eps": 1e-05,
+    "num_attention_heads": 32, "head_dim": 64, "num_heads": 32, "num_hidden_layers": 16,
+    "num_key_value_heads": 8, "pad_token_id": 0, "rope_theta": 1000000.0,
+    "torch_dtype": "bfloat16", "use_cache": True, "use_pos_enc": True, "vocab_size": 65536}
+
+PUBLISHED = {
+    "nemotron-3-nano-30b-a3b": _NEMOTRON_3_NANO,
+    "lfm2.5-1.2b-unsloth-finetune": _LFM2_5_FINETUNE,
+    "lfm2-1.2b-npu2": _LFM2_1_2B_NPU2,
+}
+
+
+def _hf_meta_model(d):
+    """transformers' config class reading ``d`` (AutoConfig.for_model) and its model
+    built on the meta device (shapes, no memory)."""
+    d = dict(d)
+    hf = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf)
+    return hf, model
+
+
+def _hf_kind(layer) -> str:
+    """The layer kind of one of transformers' decoder layers, from the modules it holds."""
+    names = [type(m).__name__ for m in layer.children()]
+    has = lambda s: any(s in n for n in names)     # noqa: E731
+    if has("Mamba") and has("Attention"):
+        return "attn+mamba2"
+    if has("Mamba"):
+        return "mamba2"
+    if has("ShortConv"):
+        return "conv"
+    if has("Attention"):
+        return "swa" if getattr(layer, "attention_type", None) == "sliding_attention" else "full"
+    return "mlp"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_read_as_transformers_reads_them(name):
+    """Each published config.json loads in sbsnn and in transformers, and sbsnn derives
+    what transformers builds from it: the layer kinds, the embedding, and every
+    parameter (sbsnn info's count equals the meta-device model's)."""
+    from sbsnn.models.info import parameter_counts
+
+    d = PUBLISHED[name]
+    ours = HybridConfig.from_dict(json.loads(json.dumps(d)), name)
+    hf, model = _hf_meta_model(d)
+    layers = model.model.layers
+    assert ours.num_hidden_layers == len(layers)
+    assert ours.layer_mixers == [_hf_kind(layer) for layer in layers]
+    assert tuple(model.get_input_embeddings().weight.shape) == (ours.vocab_size, ours.hidden_size)
+    assert parameter_counts(ours)["total"] == sum(p.numel() for p in model.parameters())
+
+
 # The config.json of a released Qwen3.5-MoE checkpoint (InternScience/Agents-A1, a
 # Qwen3.5-35B-A3B finetune, as printed in a public agent log): every key as published,
 # the sizes shrunk to a tiny model. Its text_config carries keys transformers' classes

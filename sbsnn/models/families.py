@@ -1221,6 +1221,10 @@ def read_granitemoehybrid(r: ConfigKeys) -> dict[str, Any]:
     lt = ["linear_attention"] * n if lt is None else lt
     if not isinstance(lt, list) or len(lt) != n or any(t not in _GRANITE_LAYERS for t in lt):
         r.refuse(key, f"must list one of {sorted(_GRANITE_LAYERS)} for each of the {n} layers")
+    if r.take("normalization_function", "rmsnorm") != "rmsnorm":
+        r.refuse("normalization_function", "is not supported: transformers' GraniteMoeHybrid "
+                                           "ignores this key and builds RMSNorm everywhere "
+                                           "(sbsnn reads it only as 'rmsnorm')")
     pos = r.take("position_embedding_type", None)
     if pos not in (None, "nope", "rope"):
         r.refuse("position_embedding_type", "is not one GraniteMoeHybrid implements (null or "
@@ -1377,7 +1381,10 @@ _NEMOTRON_IGNORED = frozenset({
     "use_mamba_kernels", "rescale_prenorm_residual", "time_step_max", "time_step_floor",
     "mamba_dt_max", "mamba_dt_init_floor", "expand", "mamba_expand", "num_logits_to_keep",
     "output_router_logits", "moe_shared_expert_overlap", "num_nextn_predict_layers",
-    "mtp_layers_block_type", "mtp_hybrid_override_pattern"})
+    "mtp_layers_block_type", "mtp_hybrid_override_pattern",
+    # RoPE settings NVIDIA's exports write (NVIDIA-Nemotron-3-Nano-30B-A3B): NemotronH's
+    # attention applies no positions at all (NoPE), so no value of these is ever read
+    "rope_theta", "partial_rotary_factor"})
 # ... and keys it ignores that are harmless only at the value its model computes as if.
 _NEMOTRON_FIXED = {"residual_in_fp32": False, "attention_bias": False, "mamba_proj_bias": False,
                    "sliding_window": None, "mamba_ssm_cache_dtype": "float32",
@@ -1444,6 +1451,12 @@ def read_nemotron_h(r: ConfigKeys) -> dict[str, Any]:
     out["num_hidden_layers"] = len(lt)
     _bool(r, "tie_word_embeddings", r.take("tie_word_embeddings", False))
     out["tie_word_embeddings"] = False
+    # NVIDIA's exports restate the norms' epsilon as norm_eps; NemotronH reads only
+    # layer_norm_epsilon, so another value would describe a model transformers does not run
+    if r.has("norm_eps") and r.take("norm_eps") != out["norm_eps"]:
+        r.refuse("norm_eps", f"restates layer_norm_epsilon (in force: {out['norm_eps']!r}) and "
+                             "disagrees with it; transformers ignores this key, so which one "
+                             "holds is unclear: fix it")
     act = out["hidden_act"] = _hidden_act(r, "mlp_hidden_act", "relu2")
 
     def size(key: str, v: Any) -> int:
@@ -1550,7 +1563,10 @@ _LFM2_FIXED = {"use_pos_enc": True, "block_use_swiglu": True,
 _LFM2_TRAINING = frozenset({
     "block_use_xavier_init", "conv_use_xavier_init", "block_mlp_init_scale",
     "block_out_init_scale", "block_ffn_te_autocast", "ffn_te_autocast",
-    "block_sequence_parallel_norm_across_tp", "sequence_parallel_norm_across_tp"})
+    "block_sequence_parallel_norm_across_tp", "sequence_parallel_norm_across_tp",
+    # bookkeeping Unsloth writes into the fine-tunes it saves (the base model's name, its
+    # version); Lfm2Config keeps them as plain attributes and nothing reads them
+    "model_name", "unsloth_version"})
 
 
 def lfm2_ff_dim(size: int, auto_adjust: bool, multiplier: float, multiple_of: int) -> int:
