@@ -1003,3 +1003,39 @@ def test_released_qwen_keys_the_models_never_read_are_harmless_at_their_value(na
         cfg[key] = value
         with pytest.raises(CheckpointError, match=repr(key)):
             HybridConfig.from_dict(cfg)
+
+
+# google/gemma-3-4b-it's text_config as the helper that audited published configs found
+# it quoted in two GitHub test fixtures: only five keys; the rest are Gemma3TextConfig's
+# defaults (262,208 tokens, 8 heads, 4 key/value heads of 256, ...).
+_GEMMA3_4B_TEXT = {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                   "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                   "sliding_window": 1024}
+
+
+def test_gemma3_vision_language_text_sizes_left_out_take_transformers_defaults():
+    d = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+         "text_config": dict(_GEMMA3_4B_TEXT), "boi_token_index": 255999,
+         "eoi_token_index": 256000, "image_token_index": 262144, "mm_tokens_per_image": 256,
+         "initializer_range": 0.02,
+         "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                           "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                           "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": False}}
+    ours = HybridConfig.from_dict(d)
+    theirs = transformers.Gemma3Config(**{k: v for k, v in d.items() if k != "model_type"}).text_config
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window"):
+        assert getattr(ours, key) == getattr(theirs, key), key
+    kinds = [ours.layer_kind(i) for i in range(ours.num_hidden_layers)]
+    assert kinds == ["swa" if t == "sliding_attention" else "full" for t in theirs.layer_types]
+
+
+def test_a_gemma3_default_that_disagrees_with_the_weights_is_named(tmp_path):
+    """A size left out and defaulted wrongly fails on the tensor it shapes, naming the
+    key and its default (never a silent other model)."""
+    d = _config_dir(tmp_path, "gemma3-vl")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["text_config"]["vocab_size"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="vocab_size.*262208|vocab_size \\(default 262208\\)"):
+        load_model(d)

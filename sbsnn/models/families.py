@@ -62,6 +62,7 @@ HARMLESS = frozenset({
     "attn_implementation", "_attn_implementation", "_attn_implementation_autoset",
     "max_position_embeddings", "use_bfloat16", "pruned_heads", "is_decoder",
     "cross_attention_hidden_size", "tf_legacy_loss", "_commit_hash",
+    "unsloth_version",      # the version of Unsloth that saved a fine-tune (bookkeeping)
 })
 # Generation defaults some configs carry (sbsnn generate takes its own options).
 GENERATION_KEYS = frozenset({
@@ -855,7 +856,8 @@ def read_sbsnn_hybrid(r: ConfigKeys) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- multimodal
 def _text_part(r: ConfigKeys, text_type: str, read: Callable[[ConfigKeys], dict[str, Any]],
-               own_keys: frozenset[str]) -> dict[str, Any]:
+               own_keys: frozenset[str], size_defaults: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """The language model of a vision-language config: ``text_config`` read by the text
     family's reader (as its own file, keys checked the same way); the top level's
     ``own_keys`` (vision settings, image token ids) describe the vision tower, which
@@ -870,6 +872,8 @@ def _text_part(r: ConfigKeys, text_type: str, read: Callable[[ConfigKeys], dict[
         raise ConfigError(f"{r.source}: text_config's model_type {text['model_type']!r} is not "
                           f"{text_type!r}, the language model a {r.model_type} checkpoint holds")
     text["model_type"] = text_type
+    for key in REQUIRED_SIZES if size_defaults else ():
+        text.setdefault(key, size_defaults[key])
     sub = ConfigKeys(text, f"{r.source} (text_config)", text_type, r.fields)
     sub.refuse_nulls(NOT_NULL.get(text_type, frozenset()))
     out = read(sub)
@@ -894,8 +898,16 @@ def read_gemma3(r: ConfigKeys) -> dict[str, Any]:
     as Gemma3ForConditionalGeneration runs it on text: the head tied as the top level's
     ``tie_word_embeddings`` says, and no final soft-capping (that class does not apply
     text_config's ``final_logit_softcapping``; a non-null value is refused, since
-    Gemma3ForCausalLM would apply it)."""
-    out = _text_part(r, "gemma3_text", read_gemma3_text, _GEMMA3_VISION_KEYS)
+    Gemma3ForCausalLM would apply it).
+
+    The released configs (gemma-3-4b-it, ...) leave most sizes out of ``text_config``,
+    which then take Gemma3TextConfig's defaults, as transformers takes them. Elsewhere
+    sbsnn requires the sizes; here a wrong default cannot compute another model: the
+    embeddings fix the vocabulary, the per-head q/k norms the head width, q_proj and
+    k_proj the numbers of heads, the layer tensors the depth, and a mismatch is refused
+    naming the tensor and the defaulted key."""
+    out = _text_part(r, "gemma3_text", read_gemma3_text, _GEMMA3_VISION_KEYS,
+                     size_defaults=_GEMMA3)
     if out.get("final_logit_softcapping") is not None:
         raise ConfigError(
             f"{r.source}: text_config key 'final_logit_softcapping' = {out['final_logit_softcapping']!r}: "
@@ -1564,9 +1576,9 @@ _LFM2_TRAINING = frozenset({
     "block_use_xavier_init", "conv_use_xavier_init", "block_mlp_init_scale",
     "block_out_init_scale", "block_ffn_te_autocast", "ffn_te_autocast",
     "block_sequence_parallel_norm_across_tp", "sequence_parallel_norm_across_tp",
-    # bookkeeping Unsloth writes into the fine-tunes it saves (the base model's name, its
-    # version); Lfm2Config keeps them as plain attributes and nothing reads them
-    "model_name", "unsloth_version"})
+    # the base model's name Unsloth writes into the fine-tunes it saves; Lfm2Config keeps
+    # it as a plain attribute and nothing reads it
+    "model_name"})
 
 
 def lfm2_ff_dim(size: int, auto_adjust: bool, multiplier: float, multiple_of: int) -> int:
