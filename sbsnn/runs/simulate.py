@@ -41,7 +41,8 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                        return_logits: bool = False, progress: bool = False,
                        record_events: bool = False, metadata: dict | None = None,
                        trace=None, distributed: bool | str = "auto",
-                       group: Group | None = None, pipeline: bool = False) -> DocumentSetResult:
+                       group: Group | None = None, pipeline: bool = False,
+                       on_tokens=None) -> DocumentSetResult:
     """Simulate every document of ``documents`` (a path or texts, see
     :func:`~sbsnn.runs.documents.load_documents`) from a fresh decoding state.
 
@@ -55,19 +56,23 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
     ``pipeline=True``: the model's blocks are split across the ranks instead of the
     documents (:func:`sbsnn.runs.pipeline.simulate_pipeline`); ``spiking_model`` is then
     the spiking checkpoint's directory, of which each rank loads only its own blocks.
+
+    ``on_tokens(n)`` is called after each block with the ``n`` tokens this rank just ran
+    (e.g. to sample speed and memory along a long stream).
     """
     if group is None:
         with process_group(distributed) as g:
             return simulate_documents(spiking_model, documents, backend, record, block_size,
                                       max_tokens, return_logits, progress, record_events,
-                                      metadata, trace, group=g, pipeline=pipeline)
+                                      metadata, trace, group=g, pipeline=pipeline,
+                                      on_tokens=on_tokens)
     if pipeline:
         if trace is not None:
             raise TraceError("trace: a time-resolved trace needs one process without pipeline "
                              "stages")
         return simulate_pipeline(spiking_model, documents, backend, record, block_size,
                                  max_tokens, return_logits, progress, record_events, metadata,
-                                 group=group)
+                                 group=group, on_tokens=on_tokens)
     check_block_size(block_size, none_ok=True)
     check_record(record, record_events)
     docs = load_documents(documents)
@@ -95,6 +100,7 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
             bar = tqdm(total=sum(int(ids[d.index].shape[1]) for d in mine),
                        desc=f"simulate{group.where()}", unit="tok",
                        disable=not (progress and group.is_main))
+            step = bar.update if on_tokens is None else (lambda n: (bar.update(n), on_tokens(n)))
             for d in mine:
                 x = ids[d.index].to(device)
                 n = int(x.shape[1])
@@ -102,7 +108,7 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                     recorder.begin_document(d.index, d.name, n, len(d.text))
                 counters = sim.begin_document()
                 out = run_sequence(spiking_model, x, block_size, recorder, return_logits,
-                                   on_block=bar.update)
+                                   on_block=step)
                 if recorder is not None:
                     recorder.flush()
                 if out is not None:
