@@ -21,12 +21,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from sbsnn.checks import check_block_size
+from sbsnn.checks import check_block_size, check_max_tokens
 from sbsnn.runs.documents import assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.pipeline import simulate_pipeline
-from sbsnn.runs.results import (DocumentCounters, DocumentSetResult, reduce_counters,
-                                tokenize_documents, totals_of)
+from sbsnn.runs.results import (DocumentCounters, DocumentSetResult, document_ids,
+                                reduce_counters, tokenize_documents, totals_of)
 from sbsnn.sim.engine import Simulator, resolve_backend, run_sequence
 from sbsnn.sim.session import RunRecording, check_record, coding_of, select_trace
 from sbsnn.sim.trace import TraceError, TraceSpec
@@ -75,19 +75,24 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                                  group=group, on_tokens=on_tokens)
     check_block_size(block_size, none_ok=True)
     check_record(record, record_events)
+    check_max_tokens(max_tokens)
     docs = load_documents(documents)
-    ids = tokenize_documents(spiking_model, docs, max_tokens)
+    # Each document is tokenized again when it runs: the ids of a long set are never all
+    # held at once (only a recording to a file needs them all, for its metadata, below).
+    lengths = [int(document_ids(spiking_model, docs, d.index, max_tokens).shape[1]) for d in docs]
     backend = resolve_backend(backend)
     if TraceSpec.parse(trace) is not None and group.distributed:
         raise TraceError(f"trace: a time-resolved trace needs one process (its traced tokens "
                          f"would depend on how the documents are split over "
                          f"{group.world_size} ranks); run the traced simulation without torchrun")
     spec, metadata = select_trace(spiking_model, trace, metadata)
-    ranks = assign_documents([int(x.shape[1]) for x in ids], group.world_size)
+    ranks = assign_documents(lengths, group.world_size)
     device = next(spiking_model.parameters()).device
     mine = [d for d in docs if ranks[d.index] == group.rank]
-    run_rec = RunRecording(record, spiking_model, ids, metadata, record_events,
-                           documents=docs, ranks=ranks, group=group)
+    to_file = record is not None and not hasattr(record, "write")
+    run_rec = RunRecording(record, spiking_model,
+                           tokenize_documents(spiking_model, docs, max_tokens) if to_file else [],
+                           metadata, record_events, documents=docs, ranks=ranks, group=group)
     recorder = run_rec.recorder
     per_doc: list[DocumentCounters] = []
     logits: dict[int, torch.Tensor] = {}
@@ -97,12 +102,12 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
             shapes = {n: (m.in_features, m.out_features) for n, m in sim.layers}
             group.barrier()
             t0 = time.perf_counter()
-            bar = tqdm(total=sum(int(ids[d.index].shape[1]) for d in mine),
+            bar = tqdm(total=sum(lengths[d.index] for d in mine),
                        desc=f"simulate{group.where()}", unit="tok",
                        disable=not (progress and group.is_main))
             step = bar.update if on_tokens is None else (lambda n: (bar.update(n), on_tokens(n)))
             for d in mine:
-                x = ids[d.index].to(device)
+                x = document_ids(spiking_model, docs, d.index, max_tokens).to(device)
                 n = int(x.shape[1])
                 if recorder is not None and hasattr(recorder, "begin_document"):
                     recorder.begin_document(d.index, d.name, n, len(d.text))
