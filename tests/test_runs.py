@@ -9,7 +9,8 @@ Launched runs (torchrun, two processes over gloo) are in ``test_torchrun.py``; h
 - ``simulate_documents`` in one process: each document's counters equal a separate
   ``simulate`` of that document (a fresh state), the totals their sum, and the recording
   keeps document boundaries (``call_documents``, ``documents``) with each document's
-  counts equal to its own recording's;
+  counts equal to its own recording's; a run holds the same tensors and layer counters
+  after 4 documents as after 24 (no state grows with a long set);
 - a sharded recording written call by call (documents interleaved over two shards,
   with events, an empty shard) reads exactly as one file holding the same calls in
   document order; an incomplete index reads as incomplete;
@@ -36,6 +37,7 @@ from sbsnn.converters import convert
 from sbsnn.runs import (DocumentSetError, assign_documents, contiguous_split, load_documents,
                         process_group, simulate_documents, sweep_documents)
 from sbsnn.runs.group import Group
+from sbsnn.runs.results import totals_of
 from sbsnn.models import HybridForCausalLM
 from sbsnn.models.tokenizer import ByteTokenizer
 from sbsnn.sim import Recorder, Recording, RecordingError, load_recording, simulate
@@ -180,6 +182,54 @@ def test_document_set_equals_each_document_alone(tmp_path, snn, text):
                 with load_recording(tmp_path / f"{i}.h5") as alone:
                     np.testing.assert_array_equal(rec.counts(name)[rows], alone.counts(name)[:])
                     np.testing.assert_array_equal(rec.thresholds(name)[rows], alone.thresholds(name)[:])
+
+
+def _retained_during_run(snn, texts) -> dict:
+    """What a document-set run holds while its last block runs: live tensors and
+    LayerCounters tracked by the garbage collector, and the tokens seen by ``on_tokens``."""
+    import gc
+
+    from sbsnn.sim.engine import LayerCounters
+
+    seen = {"tokens": 0}
+
+    def on_tokens(n):
+        seen["tokens"] += n
+        if seen["tokens"] == total:
+            objs = gc.get_objects()
+            seen["tensors"] = sum(type(o) is torch.Tensor for o in objs)
+            seen["layer_counters"] = sum(type(o) is LayerCounters for o in objs)
+
+    total = sum(map(len, texts))
+    r = simulate_documents(snn, texts, backend="torch", block_size=8, on_tokens=on_tokens)
+    assert r.tokens == seen["tokens"] == total and len(r.documents) == len(texts)
+    return seen
+
+
+def test_a_long_document_set_holds_no_state_per_document(snn, text):
+    """The state a run holds does not grow with its documents: after 4 or 24 documents
+    the same tensors and layer counters are alive (the token ids of the documents not yet
+    run, or per-document counters per layer, would grow with them)."""
+    texts = [text[i * 17:i * 17 + 6] for i in range(24)]
+    few, many = _retained_during_run(snn, texts[:4]), _retained_during_run(snn, texts)
+    assert many["tensors"] == few["tensors"]
+    assert many["layer_counters"] == few["layer_counters"]
+
+
+def test_document_set_totals_are_the_sum_of_documents_run_alone(snn, text):
+    texts = [text[i * 31:i * 31 + 5 + 3 * i] for i in range(7)]
+    r = simulate_documents(snn, texts, backend="torch", block_size=4)
+    merged = None
+    for i, t in enumerate(texts):
+        alone = simulate(snn, t, backend="torch", block_size=4, return_logits=False)
+        assert r.documents[i].totals == alone.totals() and r.documents[i].tokens == len(t)
+        if merged is None:
+            merged = alone.layers
+        else:
+            for n, c in alone.layers.items():
+                merged[n].merge(c)
+    assert {n: c.to_dict() for n, c in r.layers.items()} == {n: c.to_dict() for n, c in merged.items()}
+    assert r.totals() == totals_of(merged)
 
 
 def test_a_traced_document_set_keeps_every_call(tmp_path, snn, text):

@@ -135,19 +135,20 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
                       return_logits: bool = False, progress: bool = False,
                       record_events: bool = False, metadata: dict | None = None,
                       device: str | torch.device | None = None,
-                      distributed: bool | str = "auto", group: Group | None = None
-                      ) -> DocumentSetResult:
+                      distributed: bool | str = "auto", group: Group | None = None,
+                      on_tokens=None) -> DocumentSetResult:
     """Simulate the documents with the layers of the spiking checkpoint ``spiking_dir``
     split into one pipeline stage per rank (module docstring). Every document runs on
     every rank, each rank its own blocks; ``record="spikes.h5"`` writes one shard per
     rank (its layers) and the index. Every rank returns the merged counters; the logits
     (``return_logits``) are on the last rank. ``device``: the stage's device (default
-    ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU)."""
+    ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU). ``on_tokens(n)``: called
+    after each block with its ``n`` tokens."""
     if group is None:
         with process_group(distributed) as g:
             return simulate_pipeline(spiking_dir, documents, backend, record, block_size,
                                      max_tokens, return_logits, progress, record_events,
-                                     metadata, device, group=g)
+                                     metadata, device, group=g, on_tokens=on_tokens)
 
     check_block_size(block_size, none_ok=True)
     check_max_tokens(max_tokens)
@@ -215,6 +216,8 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
                     if recorder is not None:
                         recorder.flush()
                     bar.update(block.shape[1])
+                    if on_tokens is not None:
+                        on_tokens(int(block.shape[1]))
                 for work, _ in pending:
                     work.wait()
                 pending.clear()

@@ -19,8 +19,8 @@ from sbsnn.runs.documents import DocumentSet
 from sbsnn.runs.group import Group
 from sbsnn.sim.engine import LayerCounters, SimResult, counter_fields
 
-__all__ = ["DocumentCounters", "DocumentSetResult", "reduce_counters", "tokenize_documents",
-           "totals_of"]
+__all__ = ["DocumentCounters", "DocumentSetResult", "document_ids", "reduce_counters",
+           "tokenize_documents", "totals_of"]
 
 
 @dataclass
@@ -55,19 +55,21 @@ class DocumentSetResult(SimResult):
     recording: str | None = None
 
 
+def document_ids(model, docs: DocumentSet, index: int, max_tokens: int | None = None) -> torch.Tensor:
+    """Token ids ``[1, n]`` of document ``index`` of ``docs`` (its first ``max_tokens``)."""
+    d = docs[index]
+    ids = torch.tensor([model._require_tokenizer().encode(d.text)], dtype=torch.long)
+    if max_tokens is not None:
+        ids = ids[:, :max_tokens]
+    if ids.shape[1] == 0:
+        raise ValueError(f"{docs.source}: document {d.index} ({d.name}) has no tokens")
+    return ids
+
+
 def tokenize_documents(model, docs: DocumentSet, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Token ids ``[1, n]`` of each document (the first ``max_tokens`` of each)."""
     check_max_tokens(max_tokens)
-    tok = model._require_tokenizer()
-    out = []
-    for d in docs:
-        ids = torch.tensor([tok.encode(d.text)], dtype=torch.long)
-        if max_tokens is not None:
-            ids = ids[:, :max_tokens]
-        if ids.shape[1] == 0:
-            raise ValueError(f"{docs.source}: document {d.index} ({d.name}) has no tokens")
-        out.append(ids)
-    return out
+    return [document_ids(model, docs, d.index, max_tokens) for d in docs]
 
 
 def reduce_counters(group: Group, names: list[str], counters: dict[str, LayerCounters],

@@ -21,12 +21,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from sbsnn.checks import check_block_size
+from sbsnn.checks import check_block_size, check_max_tokens
 from sbsnn.runs.documents import assign_documents, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.pipeline import simulate_pipeline
-from sbsnn.runs.results import (DocumentCounters, DocumentSetResult, reduce_counters,
-                                tokenize_documents, totals_of)
+from sbsnn.runs.results import (DocumentCounters, DocumentSetResult, document_ids,
+                                reduce_counters, tokenize_documents, totals_of)
 from sbsnn.sim.engine import Simulator, resolve_backend, run_sequence
 from sbsnn.sim.session import RunRecording, check_record, coding_of, select_trace
 from sbsnn.sim.trace import TraceError, TraceSpec
@@ -41,7 +41,8 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
                        return_logits: bool = False, progress: bool = False,
                        record_events: bool = False, metadata: dict | None = None,
                        trace=None, distributed: bool | str = "auto",
-                       group: Group | None = None, pipeline: bool = False) -> DocumentSetResult:
+                       group: Group | None = None, pipeline: bool = False,
+                       on_tokens=None) -> DocumentSetResult:
     """Simulate every document of ``documents`` (a path or texts, see
     :func:`~sbsnn.runs.documents.load_documents`) from a fresh decoding state.
 
@@ -55,34 +56,43 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
     ``pipeline=True``: the model's blocks are split across the ranks instead of the
     documents (:func:`sbsnn.runs.pipeline.simulate_pipeline`); ``spiking_model`` is then
     the spiking checkpoint's directory, of which each rank loads only its own blocks.
+
+    ``on_tokens(n)`` is called after each block with the ``n`` tokens this rank just ran
+    (e.g. to sample speed and memory along a long stream).
     """
     if group is None:
         with process_group(distributed) as g:
             return simulate_documents(spiking_model, documents, backend, record, block_size,
                                       max_tokens, return_logits, progress, record_events,
-                                      metadata, trace, group=g, pipeline=pipeline)
+                                      metadata, trace, group=g, pipeline=pipeline,
+                                      on_tokens=on_tokens)
     if pipeline:
         if trace is not None:
             raise TraceError("trace: a time-resolved trace needs one process without pipeline "
                              "stages")
         return simulate_pipeline(spiking_model, documents, backend, record, block_size,
                                  max_tokens, return_logits, progress, record_events, metadata,
-                                 group=group)
+                                 group=group, on_tokens=on_tokens)
     check_block_size(block_size, none_ok=True)
     check_record(record, record_events)
+    check_max_tokens(max_tokens)
     docs = load_documents(documents)
-    ids = tokenize_documents(spiking_model, docs, max_tokens)
+    # Each document is tokenized again when it runs: the ids of a long set are never all
+    # held at once (only a recording to a file needs them all, for its metadata, below).
+    lengths = [int(document_ids(spiking_model, docs, d.index, max_tokens).shape[1]) for d in docs]
     backend = resolve_backend(backend)
     if TraceSpec.parse(trace) is not None and group.distributed:
         raise TraceError(f"trace: a time-resolved trace needs one process (its traced tokens "
                          f"would depend on how the documents are split over "
                          f"{group.world_size} ranks); run the traced simulation without torchrun")
     spec, metadata = select_trace(spiking_model, trace, metadata)
-    ranks = assign_documents([int(x.shape[1]) for x in ids], group.world_size)
+    ranks = assign_documents(lengths, group.world_size)
     device = next(spiking_model.parameters()).device
     mine = [d for d in docs if ranks[d.index] == group.rank]
-    run_rec = RunRecording(record, spiking_model, ids, metadata, record_events,
-                           documents=docs, ranks=ranks, group=group)
+    to_file = record is not None and not hasattr(record, "write")
+    run_rec = RunRecording(record, spiking_model,
+                           tokenize_documents(spiking_model, docs, max_tokens) if to_file else [],
+                           metadata, record_events, documents=docs, ranks=ranks, group=group)
     recorder = run_rec.recorder
     per_doc: list[DocumentCounters] = []
     logits: dict[int, torch.Tensor] = {}
@@ -92,17 +102,18 @@ def simulate_documents(spiking_model, documents, backend: str = "auto", record=N
             shapes = {n: (m.in_features, m.out_features) for n, m in sim.layers}
             group.barrier()
             t0 = time.perf_counter()
-            bar = tqdm(total=sum(int(ids[d.index].shape[1]) for d in mine),
+            bar = tqdm(total=sum(lengths[d.index] for d in mine),
                        desc=f"simulate{group.where()}", unit="tok",
                        disable=not (progress and group.is_main))
+            step = bar.update if on_tokens is None else (lambda n: (bar.update(n), on_tokens(n)))
             for d in mine:
-                x = ids[d.index].to(device)
+                x = document_ids(spiking_model, docs, d.index, max_tokens).to(device)
                 n = int(x.shape[1])
                 if recorder is not None and hasattr(recorder, "begin_document"):
                     recorder.begin_document(d.index, d.name, n, len(d.text))
                 counters = sim.begin_document()
                 out = run_sequence(spiking_model, x, block_size, recorder, return_logits,
-                                   on_block=bar.update)
+                                   on_block=step)
                 if recorder is not None:
                     recorder.flush()
                 if out is not None:
