@@ -12,10 +12,17 @@ The layer output is ``y = V_th * sum_g scale_g * (W_g @ c_g) + b``: each group's
 integers into floats in one fixed order. The event-driven simulator produces the same
 integers event by event and calls the same ``rescale``, so the two paths agree bit for
 bit.
+
+Two routes make the same integers: ``int8`` (:func:`group_sums_int8`, ``torch._int_mm``,
+int8 x int8 -> int32 per group, where the host's torch has it for the device) and the
+reference ``float32`` (:func:`group_sums`, float32 BLAS on counts clamped to an exact
+bound). :func:`integer_route` names the one that runs; :func:`forced_route` picks one.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -258,6 +265,124 @@ def group_sums(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
             yield g, exact
 
 
+# ----------------------------------------------------------------------- the int8 route
+FLOAT32_ROUTE = "float32 BLAS"
+INT8_ROUTE = "int8 (torch._int_mm)"
+ROUTES = ("auto", "int8", "float32")
+# Counts enter the int8 GEMM clamped to +-127; the rest goes through the outlier sums.
+INT8_COUNT_BOUND = 127
+# One group's int32 accumulator holds at most 127 * 128 * group_size: below 2**31 up to
+# 132,104 inputs per group (GROUP_SIZE_LIMIT, the format's largest group, is 65,536).
+INT8_GROUP_LIMIT = (2 ** 31 - 1) // (INT8_COUNT_BOUND * _CODE_LIMIT)
+
+_forced: ContextVar[str] = ContextVar("sbsnn_integer_route", default="auto")
+_INT8_WORKS: dict[str, bool] = {}
+
+
+def _check_route(route: str) -> str:
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
+    return route
+
+
+@contextmanager
+def forced_route(route: str):
+    """Within the block, in this thread (a context variable), the integer path and the
+    simulator compute their group sums on ``route``: ``"float32"`` (the reference),
+    ``"int8"`` (where the device and shape allow, else still the reference) or
+    ``"auto"`` (the default: int8 where available). Both give the same bits."""
+    token = _forced.set(_check_route(route))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _int8_gemm_works(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` runs, exactly, on ``device``'s type (probed once)."""
+    key = device.type
+    if key not in _INT8_WORKS:
+        ok = False
+        if hasattr(torch, "_int_mm") and key in ("cpu", "cuda"):
+            try:
+                g = torch.Generator().manual_seed(0)
+                a = torch.randint(-127, 128, (32, 32), dtype=torch.int8, generator=g)
+                b = torch.randint(-128, 128, (32, 32), dtype=torch.int8, generator=g)
+                got = torch._int_mm(a.to(device), b.to(device)).cpu()
+                ok = got.dtype == torch.int32 and torch.equal(got.to(torch.int64),
+                                                               a.to(torch.int64) @ b.to(torch.int64))
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _INT8_WORKS[key] = ok
+    return _INT8_WORKS[key]
+
+
+def integer_route(device: torch.device | str = "cpu", route: str | None = None) -> str:
+    """The route the group sums take on ``device``: :data:`INT8_ROUTE` where the host's
+    torch has an exact int8 GEMM for it, else :data:`FLOAT32_ROUTE`. ``route``: as
+    :func:`forced_route` (None: the one in force). A shape the device's int8 GEMM
+    refuses (CUDA: 16 tokens or fewer, widths not multiples of 8) falls back per call."""
+    route = _check_route(_forced.get() if route is None else route)
+    if route != "float32" and _int8_gemm_works(torch.device(device)):
+        return INT8_ROUTE
+    return FLOAT32_ROUTE
+
+
+def _int8_shape_ok(device: torch.device, tokens: int, in_f: int, out_f: int, group_size: int) -> bool:
+    if group_size > INT8_GROUP_LIMIT:
+        return False
+    if device.type == "cuda":     # cuBLASLt's int8 GEMM: m > 16, k and n multiples of 8
+        return tokens > 16 and group_size % 8 == 0 and in_f % 8 == 0 and out_f % 8 == 0
+    return True
+
+
+def int8_codes_t(codes: torch.Tensor) -> torch.Tensor:
+    """The int8 codes ``[out, in]`` as the int8 GEMM reads them: ``[in, out]`` contiguous."""
+    return codes.t().contiguous()
+
+
+def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
+                    codes_t: torch.Tensor | None = None):
+    """:func:`group_sums` on the int8 route: yields ``(g, acc_g)``, the same integers, as
+    int32 (int64 for a group outliers touch). ``codes_t``: :func:`int8_codes_t` of
+    ``codes`` (made here when not given).
+
+    Counts are clamped to +-127 as int8 and each group is one ``torch._int_mm`` of
+    ``[N, group] @ [group, out]`` (exact in int32, see :data:`INT8_GROUP_LIMIT`); the
+    rest ``c - clamp(c)``, nonzero at the few outlier elements, is added in int64 as
+    :func:`group_sums` adds it (``outliers x out`` multiply-adds).
+    """
+    N, in_f = counts.shape
+    if codes.shape[1] != in_f:
+        raise ValueError(f"group_sums_int8: counts have {in_f} channels but the codes {codes.shape[1]}")
+    if group_size > INT8_GROUP_LIMIT:
+        raise ValueError(f"group_sums_int8: group_size {group_size} > {INT8_GROUP_LIMIT} "
+                         "would overflow int32; use group_sums")
+    out_f = codes.shape[0]
+    G = num_groups(in_f, group_size)
+    if codes_t is None:
+        codes_t = int8_codes_t(codes)
+    bound = INT8_COUNT_BOUND
+    c8 = counts.clamp(-bound, bound).to(torch.int8)
+    starts = None
+    if _peak(counts) > bound:
+        tok, ch, rest = _outliers(counts, bound)
+        starts = torch.searchsorted(ch, torch.arange(G + 1, device=ch.device) * group_size).tolist()
+    for g in range(G):
+        a, b = g * group_size, min((g + 1) * group_size, in_f)
+        acc = torch._int_mm(c8[:, a:b], codes_t[a:b])
+        if starts is None or starts[g + 1] == starts[g]:
+            yield g, acc
+            continue
+        exact = acc.to(torch.int64)
+        per = max(1, _CHUNK_BYTES // (8 * out_f))
+        for s in range(starts[g], starts[g + 1], per):
+            e = min(s + per, starts[g + 1])
+            cols = torch.index_select(codes, 1, ch[s:e]).t().to(torch.int64)
+            exact.index_add_(0, tok[s:e], cols * rest[s:e, None])
+        yield g, exact
+
+
 def group_accumulate(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
     """Exact integer sums ``acc[g, n, o] = sum_{i in group g} codes[o, i] * counts[n, i]``.
 
@@ -309,43 +434,60 @@ _PARTS_MIN_COLUMNS = 64
 _FEW_TOKENS = 64
 
 
-def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype):
-    return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t=None):
+    if codes_t is not None:
+        sums = group_sums_int8(counts, codes, group_size, codes_t)
+    else:
+        sums = group_sums(counts, codes, group_size)
+    return rescale(sums, scales, v_th, bias, dtype)
 
 
 def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
                        v_th: torch.Tensor, bias: torch.Tensor | None, group_size: int,
-                       dtype: torch.dtype) -> torch.Tensor:
+                       dtype: torch.dtype, route: str | None = None,
+                       codes_t: torch.Tensor | None = None) -> torch.Tensor:
     """``rescale(group_accumulate(counts, codes, group_size), scales, v_th, bias, dtype)``
     without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
     the float64 output as they are made (same integers, same order, same bits).
 
-    Large calls run as blocks of output columns (each block's float weights cast in one
-    contiguous pass), on a CPU with several torch threads by sbsnn's single-threaded
-    workers (:mod:`sbsnn.neurons.workers`): one hand-off per block instead of a fork/join
-    of torch's threads per operation. Every output element is computed by the same
-    operations whatever the blocks, so the result is the same, bit for bit."""
+    ``route``: as :func:`forced_route` (None: the one in force); on the int8 route
+    (:func:`group_sums_int8`) ``codes_t`` is :func:`int8_codes_t` of ``codes`` (a
+    ``SpikingLinear`` keeps it), made here when not given. A shape the device's int8
+    GEMM refuses takes the float32 route (:func:`group_sums`).
+
+    Large calls run as blocks of output columns, on a CPU with several torch threads by
+    sbsnn's single-threaded workers (:mod:`sbsnn.neurons.workers`): one hand-off per block
+    instead of a fork/join of torch's threads per operation. Every output element is
+    computed by the same operations whatever the blocks, so the result is the same, bit
+    for bit."""
     N, in_f = counts.shape
     out_f = codes.shape[0]
+    int8 = (integer_route(counts.device, route) == INT8_ROUTE
+            and _int8_shape_ok(counts.device, N, in_f, out_f, group_size))
+    if int8 and codes_t is None:
+        codes_t = int8_codes_t(codes)
+    if not int8:
+        codes_t = None
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
         workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
-    # With few tokens the weights' cast to float dominates: then use column blocks whose
-    # float weights fit one chunk, each cast in one contiguous pass.
+    # With few tokens the weights' cast to float dominates (float32 route): then use column
+    # blocks whose float weights fit one chunk, each cast in one contiguous pass.
     by_weights = 1
-    if N <= _FEW_TOKENS:
+    if N <= _FEW_TOKENS and not int8:
         by_weights = -(-out_f * num_groups(in_f, group_size) * group_size * 4 // _CHUNK_BYTES)
     parts = max(4 * workers if workers > 1 else 1, by_weights)
     parts = max(1, min(parts, out_f // _PARTS_MIN_COLUMNS))
     if parts <= 1:
-        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype)
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t)
     bounds = [out_f * p // parts for p in range(parts + 1)]
     out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
 
     def part(ab):
         a, b = ab
         out[:, a:b] = _linear_inline(counts, codes[a:b], scales[a:b], v_th,
-                                     None if bias is None else bias[a:b], group_size, dtype)
+                                     None if bias is None else bias[a:b], group_size, dtype,
+                                     None if codes_t is None else codes_t[:, a:b])
 
     run_parts(part, list(zip(bounds[:-1], bounds[1:])), workers)
     return out
