@@ -341,16 +341,36 @@ def int8_codes_t(codes: torch.Tensor) -> torch.Tensor:
     return codes.t().contiguous()
 
 
+def _int8_digits(counts: torch.Tensor, bound: int):
+    """The rows of ``counts`` holding an element beyond ``+-bound`` (127) and those rows'
+    balanced base-255 int8 digits: ``c = d0 + 255 d1 + 255**2 d2 + ...``, each in
+    [-127, 127] (two digits up to 32,512, at most eight for int64)."""
+    rows = ((counts > bound) | (counts < -bound)).any(1).nonzero().squeeze(1)
+    c = counts[rows].to(torch.int64)
+    digits = []
+    while True:
+        hi = torch.div(c + bound, 2 * bound + 1, rounding_mode="floor")
+        digits.append((c - (2 * bound + 1) * hi).to(torch.int8))
+        if not bool(hi.any()):
+            return rows, digits
+        c = hi
+
+
 def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
                     codes_t: torch.Tensor | None = None):
     """:func:`group_sums` on the int8 route: yields ``(g, acc_g)``, the same integers, as
-    int32 (int64 for a group outliers touch). ``codes_t``: :func:`int8_codes_t` of
-    ``codes`` (made here when not given).
+    int32 (int64 when outliers may take a group's sums past 2**31). ``codes_t``:
+    :func:`int8_codes_t` of ``codes`` (made here when not given).
 
-    Counts are clamped to +-127 as int8 and each group is one ``torch._int_mm`` of
-    ``[N, group] @ [group, out]`` (exact in int32, see :data:`INT8_GROUP_LIMIT`); the
-    rest ``c - clamp(c)``, nonzero at the few outlier elements, is added in int64 as
-    :func:`group_sums` adds it (``outliers x out`` multiply-adds).
+    Each group is one ``torch._int_mm`` of ``[N, group] @ [group, out]`` on the counts
+    as int8 (exact in int32, see :data:`INT8_GROUP_LIMIT`). Counts beyond +-127 (massive
+    activations) are split into int8 digits of base 255 (:func:`_int8_digits`): the
+    lowest digit goes through the main product, the higher ones through products of the
+    rows that have them (all rows when they are most), added in with their weights
+    ``255**k``. Measured (one thread, 823 x 640 -> 2048 in blocks of 64 tokens, counts up
+    to 1e4): with 58 / 550 / 5,070 outliers or 4 massive channels, 26 / 36 / 95 / 63 ms
+    holding the outliers as sparse ``rest x code`` column sums (as :func:`group_sums`
+    does), 31 / 27 / 29 / 29 ms as whole-frame digits, 18 ms without outliers.
     """
     N, in_f = counts.shape
     if codes.shape[1] != in_f:
@@ -358,29 +378,40 @@ def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
     if group_size > INT8_GROUP_LIMIT:
         raise ValueError(f"group_sums_int8: group_size {group_size} > {INT8_GROUP_LIMIT} "
                          "would overflow int32; use group_sums")
-    out_f = codes.shape[0]
     G = num_groups(in_f, group_size)
     if codes_t is None:
         codes_t = int8_codes_t(codes)
     bound = INT8_COUNT_BOUND
     c8 = counts.clamp(-bound, bound).to(torch.int8)
-    starts = None
-    if _peak(counts) > bound:
-        tok, ch, rest = _outliers(counts, bound)
-        starts = torch.searchsorted(ch, torch.arange(G + 1, device=ch.device) * group_size).tolist()
+    highs = []
+    peak = _peak(counts)
+    if peak > bound:
+        rows, digits = _int8_digits(counts, bound)
+        c8[rows] = digits[0]
+        highs = digits[1:]
+        if 2 * len(rows) >= N:      # most rows: whole-frame digits, added without a gather
+            for i, d in enumerate(highs):
+                highs[i] = torch.zeros_like(c8).index_copy_(0, rows, d)
+            rows = None
+        busy = torch.zeros_like(highs[0], dtype=torch.bool)
+        for d in highs:
+            busy |= d != 0
+        # Each digit's term is at most 2 |c| per element (balanced digits), so a group's
+        # sums and partial sums stay within 2 * peak * 128 * group_size.
+        wide = torch.int32 if 2 * peak * _CODE_LIMIT * group_size < 2 ** 31 else torch.int64
     for g in range(G):
         a, b = g * group_size, min((g + 1) * group_size, in_f)
         acc = torch._int_mm(c8[:, a:b], codes_t[a:b])
-        if starts is None or starts[g + 1] == starts[g]:
+        if not highs or not bool(busy[:, a:b].any()):
             yield g, acc
             continue
-        exact = acc.to(torch.int64)
-        per = max(1, _CHUNK_BYTES // (8 * out_f))
-        for s in range(starts[g], starts[g + 1], per):
-            e = min(s + per, starts[g + 1])
-            cols = torch.index_select(codes, 1, ch[s:e]).t().to(torch.int64)
-            exact.index_add_(0, tok[s:e], cols * rest[s:e, None])
-        yield g, exact
+        acc = acc.to(wide)
+        add, weight = None, 1
+        for d in highs:
+            weight *= 2 * bound + 1
+            part = torch._int_mm(d[:, a:b], codes_t[a:b]).to(wide)
+            add = part.mul_(weight) if add is None else add.add_(part, alpha=weight)
+        yield g, acc.add_(add) if rows is None else acc.index_add_(0, rows, add)
 
 
 def group_accumulate(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -432,6 +463,10 @@ def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
 _PARTS_MIN_MACS = 1 << 30
 _PARTS_MIN_COLUMNS = 64
 _FEW_TOKENS = 64
+# The int8 route's token blocks go to sbsnn's workers from this much work on: measured
+# on 2 shared cores, 823 x 576 -> 192 (91M MACs) took 3-13 ms on the workers, 38-60 ms
+# with torch's two threads (many short ops, each a fork/join).
+_INT8_PARTS_MIN_MACS = 1 << 24
 
 
 def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t=None):
@@ -440,6 +475,34 @@ def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t
     else:
         sums = group_sums(counts, codes, group_size)
     return rescale(sums, scales, v_th, bias, dtype)
+
+
+# The int8 route runs in blocks of tokens whose float64 output (which rescale passes over
+# once per group) stays in cache: measured (1 thread, Gemma's 823 x 640 -> 2048, group
+# 128), blocks of 64 rows take 18 ms, the whole call at once 25 ms (the int8 GEMMs 7).
+_INT8_BLOCK_BYTES = 1 << 20
+_INT8_MIN_ROWS = 16
+
+
+def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t):
+    N, in_f = counts.shape
+    out_f = codes.shape[0]
+    rows = max(_INT8_MIN_ROWS, _INT8_BLOCK_BYTES // (8 * out_f))
+    if N <= rows:
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t)
+    blocks = [(a, min(a + rows, N)) for a in range(0, N, rows)]
+    workers = 1
+    if counts.device.type == "cpu" and N * in_f * out_f >= _INT8_PARTS_MIN_MACS:
+        workers = workers_for(len(blocks))
+    out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
+
+    def part(ab):
+        a, b = ab
+        out[a:b] = _linear_inline(counts[a:b], codes, scales, v_th[a:b], bias, group_size,
+                                  dtype, codes_t)
+
+    run_parts(part, blocks, workers)
+    return out
 
 
 def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
@@ -462,32 +525,29 @@ def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.
     for bit."""
     N, in_f = counts.shape
     out_f = codes.shape[0]
-    int8 = (integer_route(counts.device, route) == INT8_ROUTE
-            and _int8_shape_ok(counts.device, N, in_f, out_f, group_size))
-    if int8 and codes_t is None:
-        codes_t = int8_codes_t(codes)
-    if not int8:
-        codes_t = None
+    if (integer_route(counts.device, route) == INT8_ROUTE
+            and _int8_shape_ok(counts.device, N, in_f, out_f, group_size)):
+        return _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype,
+                            int8_codes_t(codes) if codes_t is None else codes_t)
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
         workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
     # With few tokens the weights' cast to float dominates (float32 route): then use column
     # blocks whose float weights fit one chunk, each cast in one contiguous pass.
     by_weights = 1
-    if N <= _FEW_TOKENS and not int8:
+    if N <= _FEW_TOKENS:
         by_weights = -(-out_f * num_groups(in_f, group_size) * group_size * 4 // _CHUNK_BYTES)
     parts = max(4 * workers if workers > 1 else 1, by_weights)
     parts = max(1, min(parts, out_f // _PARTS_MIN_COLUMNS))
     if parts <= 1:
-        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t)
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype)
     bounds = [out_f * p // parts for p in range(parts + 1)]
     out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
 
     def part(ab):
         a, b = ab
         out[:, a:b] = _linear_inline(counts, codes[a:b], scales[a:b], v_th,
-                                     None if bias is None else bias[a:b], group_size, dtype,
-                                     None if codes_t is None else codes_t[:, a:b])
+                                     None if bias is None else bias[a:b], group_size, dtype)
 
     run_parts(part, list(zip(bounds[:-1], bounds[1:])), workers)
     return out
