@@ -336,9 +336,18 @@ def _int8_shape_ok(device: torch.device, tokens: int, in_f: int, out_f: int, gro
     return True
 
 
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (2-D) with strides ``(columns, 1)``. ``contiguous()`` is not enough: it keeps
+    a size-1 dimension's stride as it was (``[2, 1].t()`` is "contiguous" with strides
+    ``(1, 1)``), and ``torch._int_mm`` on the CPU (torch 2.13) then reads wrong memory."""
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
 def int8_codes_t(codes: torch.Tensor) -> torch.Tensor:
-    """The int8 codes ``[out, in]`` as the int8 GEMM reads them: ``[in, out]`` contiguous."""
-    return codes.t().contiguous()
+    """The int8 codes ``[out, in]`` as the int8 GEMM reads them: ``[in, out]`` row-major."""
+    return _row_major(codes.t())
 
 
 def _int8_digits(counts: torch.Tensor, bound: int):
@@ -350,7 +359,7 @@ def _int8_digits(counts: torch.Tensor, bound: int):
     digits = []
     while True:
         hi = torch.div(c + bound, 2 * bound + 1, rounding_mode="floor")
-        digits.append((c - (2 * bound + 1) * hi).to(torch.int8))
+        digits.append(_row_major((c - (2 * bound + 1) * hi).to(torch.int8)))
         if not bool(hi.any()):
             return rows, digits
         c = hi
@@ -379,10 +388,9 @@ def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
         raise ValueError(f"group_sums_int8: group_size {group_size} > {INT8_GROUP_LIMIT} "
                          "would overflow int32; use group_sums")
     G = num_groups(in_f, group_size)
-    if codes_t is None:
-        codes_t = int8_codes_t(codes)
+    codes_t = int8_codes_t(codes) if codes_t is None else _row_major(codes_t)
     bound = INT8_COUNT_BOUND
-    c8 = counts.clamp(-bound, bound).to(torch.int8)
+    c8 = _row_major(counts.clamp(-bound, bound).to(torch.int8))
     highs = []
     peak = _peak(counts)
     if peak > bound:
