@@ -152,6 +152,20 @@ def _generation_options(args) -> None:
                      names=("--max-new-tokens", "--temperature", "--top-k", "--seed"))
 
 
+def _debug_route(args, command: str, model, backend: str = "torch") -> None:
+    """With --debug: which route computed the exact group sums (int8 GEMM or float32)."""
+    import os
+
+    if not (getattr(args, "debug", False) or os.environ.get("SBSNN_DEBUG")):
+        return
+    from sbsnn.converters.quant import integer_route
+
+    buffers = model.buffers() if hasattr(model, "buffers") else ()   # a path: pipeline stages
+    device = next((b.device for b in buffers), "cpu")
+    route = "CuPy event kernels" if backend == "cupy" else integer_route(device)
+    print(f"sbsnn {command}: integer route (group sums): {route}", file=sys.stderr)
+
+
 def cmd_generate(args) -> int:
     import sbsnn
     from sbsnn.checks import read_text_file
@@ -165,6 +179,7 @@ def cmd_generate(args) -> int:
     _threads(args)
     if _spiking_config_of(args.model) is not None:  # a spiking model answering a prompt
         model = _load_spiking(args.model, verify=not args.no_verify)
+        _debug_route(args, "generate", model)
     else:
         model = sbsnn.load_model(args.model, allow_pickle=args.allow_pickle)
     sys.stdout.write(prompt)
@@ -320,6 +335,7 @@ def cmd_simulate(args) -> int:
                                    pipeline=args.pipeline, group=g, **opts)
     if not g.is_main:
         return 0
+    _debug_route(args, "simulate", model, r.backend)
     t = r.totals()
     docs = getattr(r, "documents", None)
     print(f"simulated {r.tokens:,} tokens"

@@ -12,10 +12,17 @@ The layer output is ``y = V_th * sum_g scale_g * (W_g @ c_g) + b``: each group's
 integers into floats in one fixed order. The event-driven simulator produces the same
 integers event by event and calls the same ``rescale``, so the two paths agree bit for
 bit.
+
+Two routes make the same integers: ``int8`` (:func:`group_sums_int8`, ``torch._int_mm``,
+int8 x int8 -> int32 per group, where the host's torch has it for the device) and the
+reference ``float32`` (:func:`group_sums`, float32 BLAS on counts clamped to an exact
+bound). :func:`integer_route` names the one that runs; :func:`forced_route` picks one.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -258,6 +265,163 @@ def group_sums(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
             yield g, exact
 
 
+# ----------------------------------------------------------------------- the int8 route
+FLOAT32_ROUTE = "float32 BLAS"
+INT8_ROUTE = "int8 (torch._int_mm)"
+ROUTES = ("auto", "int8", "float32")
+# Counts enter the int8 GEMM clamped to +-127; the rest goes through the outlier sums.
+INT8_COUNT_BOUND = 127
+# One group's int32 accumulator holds at most 127 * 128 * group_size: below 2**31 up to
+# 132,104 inputs per group (GROUP_SIZE_LIMIT, the format's largest group, is 65,536).
+INT8_GROUP_LIMIT = (2 ** 31 - 1) // (INT8_COUNT_BOUND * _CODE_LIMIT)
+
+_forced: ContextVar[str] = ContextVar("sbsnn_integer_route", default="auto")
+_INT8_WORKS: dict[str, bool] = {}
+
+
+def _check_route(route: str) -> str:
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {', '.join(map(repr, ROUTES))}, got {route!r}")
+    return route
+
+
+@contextmanager
+def forced_route(route: str):
+    """Within the block, in this thread (a context variable), the integer path and the
+    simulator compute their group sums on ``route``: ``"float32"`` (the reference),
+    ``"int8"`` (where the device and shape allow, else still the reference) or
+    ``"auto"`` (the default: int8 where available). Both give the same bits."""
+    token = _forced.set(_check_route(route))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _int8_gemm_works(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` runs, exactly, on ``device``'s type (probed once)."""
+    key = device.type
+    if key not in _INT8_WORKS:
+        ok = False
+        if hasattr(torch, "_int_mm") and key in ("cpu", "cuda"):
+            try:
+                g = torch.Generator().manual_seed(0)
+                a = torch.randint(-127, 128, (32, 32), dtype=torch.int8, generator=g)
+                b = torch.randint(-128, 128, (32, 32), dtype=torch.int8, generator=g)
+                got = torch._int_mm(a.to(device), b.to(device)).cpu()
+                ok = got.dtype == torch.int32 and torch.equal(got.to(torch.int64),
+                                                               a.to(torch.int64) @ b.to(torch.int64))
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _INT8_WORKS[key] = ok
+    return _INT8_WORKS[key]
+
+
+def integer_route(device: torch.device | str = "cpu", route: str | None = None) -> str:
+    """The route the group sums take on ``device``: :data:`INT8_ROUTE` where the host's
+    torch has an exact int8 GEMM for it, else :data:`FLOAT32_ROUTE`. ``route``: as
+    :func:`forced_route` (None: the one in force). A shape the device's int8 GEMM
+    refuses (CUDA: 16 tokens or fewer, widths not multiples of 8) falls back per call."""
+    route = _check_route(_forced.get() if route is None else route)
+    if route != "float32" and _int8_gemm_works(torch.device(device)):
+        return INT8_ROUTE
+    return FLOAT32_ROUTE
+
+
+def _int8_shape_ok(device: torch.device, tokens: int, in_f: int, out_f: int, group_size: int) -> bool:
+    if group_size > INT8_GROUP_LIMIT:
+        return False
+    if device.type == "cuda":     # cuBLASLt's int8 GEMM: m > 16, k and n multiples of 8
+        return tokens > 16 and group_size % 8 == 0 and in_f % 8 == 0 and out_f % 8 == 0
+    return True
+
+
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (2-D) with strides ``(columns, 1)``. ``contiguous()`` is not enough: it keeps
+    a size-1 dimension's stride as it was (``[2, 1].t()`` is "contiguous" with strides
+    ``(1, 1)``), and ``torch._int_mm`` on the CPU (torch 2.13) then reads wrong memory."""
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def int8_codes_t(codes: torch.Tensor) -> torch.Tensor:
+    """The int8 codes ``[out, in]`` as the int8 GEMM reads them: ``[in, out]`` row-major."""
+    return _row_major(codes.t())
+
+
+def _int8_digits(counts: torch.Tensor, bound: int):
+    """The rows of ``counts`` holding an element beyond ``+-bound`` (127) and those rows'
+    balanced base-255 int8 digits: ``c = d0 + 255 d1 + 255**2 d2 + ...``, each in
+    [-127, 127] (two digits up to 32,512, at most eight for int64)."""
+    rows = ((counts > bound) | (counts < -bound)).any(1).nonzero().squeeze(1)
+    c = counts[rows].to(torch.int64)
+    digits = []
+    while True:
+        hi = torch.div(c + bound, 2 * bound + 1, rounding_mode="floor")
+        digits.append(_row_major((c - (2 * bound + 1) * hi).to(torch.int8)))
+        if not bool(hi.any()):
+            return rows, digits
+        c = hi
+
+
+def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
+                    codes_t: torch.Tensor | None = None):
+    """:func:`group_sums` on the int8 route: yields ``(g, acc_g)``, the same integers, as
+    int32 (int64 when outliers may take a group's sums past 2**31). ``codes_t``:
+    :func:`int8_codes_t` of ``codes`` (made here when not given).
+
+    Each group is one ``torch._int_mm`` of ``[N, group] @ [group, out]`` on the counts
+    as int8 (exact in int32, see :data:`INT8_GROUP_LIMIT`). Counts beyond +-127 (massive
+    activations) are split into int8 digits of base 255 (:func:`_int8_digits`): the
+    lowest digit goes through the main product, the higher ones through products of the
+    rows that have them (all rows when they are most), added in with their weights
+    ``255**k``. Measured (one thread, 823 x 640 -> 2048 in blocks of 64 tokens, counts up
+    to 1e4): with 58 / 550 / 5,070 outliers or 4 massive channels, 26 / 36 / 95 / 63 ms
+    holding the outliers as sparse ``rest x code`` column sums (as :func:`group_sums`
+    does), 31 / 27 / 29 / 29 ms as whole-frame digits, 18 ms without outliers.
+    """
+    N, in_f = counts.shape
+    if codes.shape[1] != in_f:
+        raise ValueError(f"group_sums_int8: counts have {in_f} channels but the codes {codes.shape[1]}")
+    if group_size > INT8_GROUP_LIMIT:
+        raise ValueError(f"group_sums_int8: group_size {group_size} > {INT8_GROUP_LIMIT} "
+                         "would overflow int32; use group_sums")
+    G = num_groups(in_f, group_size)
+    codes_t = int8_codes_t(codes) if codes_t is None else _row_major(codes_t)
+    bound = INT8_COUNT_BOUND
+    c8 = _row_major(counts.clamp(-bound, bound).to(torch.int8))
+    highs = []
+    peak = _peak(counts)
+    if peak > bound:
+        rows, digits = _int8_digits(counts, bound)
+        c8[rows] = digits[0]
+        highs = digits[1:]
+        if 2 * len(rows) >= N:      # most rows: whole-frame digits, added without a gather
+            for i, d in enumerate(highs):
+                highs[i] = torch.zeros_like(c8).index_copy_(0, rows, d)
+            rows = None
+        busy = torch.zeros_like(highs[0], dtype=torch.bool)
+        for d in highs:
+            busy |= d != 0
+        # Each digit's term is at most 2 |c| per element (balanced digits), so a group's
+        # sums and partial sums stay within 2 * peak * 128 * group_size.
+        wide = torch.int32 if 2 * peak * _CODE_LIMIT * group_size < 2 ** 31 else torch.int64
+    for g in range(G):
+        a, b = g * group_size, min((g + 1) * group_size, in_f)
+        acc = torch._int_mm(c8[:, a:b], codes_t[a:b])
+        if not highs or not bool(busy[:, a:b].any()):
+            yield g, acc
+            continue
+        acc = acc.to(wide)
+        add, weight = None, 1
+        for d in highs:
+            weight *= 2 * bound + 1
+            part = torch._int_mm(d[:, a:b], codes_t[a:b]).to(wide)
+            add = part.mul_(weight) if add is None else add.add_(part, alpha=weight)
+        yield g, acc.add_(add) if rows is None else acc.index_add_(0, rows, add)
+
+
 def group_accumulate(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
     """Exact integer sums ``acc[g, n, o] = sum_{i in group g} codes[o, i] * counts[n, i]``.
 
@@ -307,31 +471,77 @@ def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
 _PARTS_MIN_MACS = 1 << 30
 _PARTS_MIN_COLUMNS = 64
 _FEW_TOKENS = 64
+# The int8 route's token blocks go to sbsnn's workers from this much work on: measured
+# on 2 shared cores, 823 x 576 -> 192 (91M MACs) took 3-13 ms on the workers, 38-60 ms
+# with torch's two threads (many short ops, each a fork/join).
+_INT8_PARTS_MIN_MACS = 1 << 24
 
 
-def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype):
-    return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t=None):
+    if codes_t is not None:
+        sums = group_sums_int8(counts, codes, group_size, codes_t)
+    else:
+        sums = group_sums(counts, codes, group_size)
+    return rescale(sums, scales, v_th, bias, dtype)
+
+
+# The int8 route runs in blocks of tokens whose float64 output (which rescale passes over
+# once per group) stays in cache: measured (1 thread, Gemma's 823 x 640 -> 2048, group
+# 128), blocks of 64 rows take 18 ms, the whole call at once 25 ms (the int8 GEMMs 7).
+_INT8_BLOCK_BYTES = 1 << 20
+_INT8_MIN_ROWS = 16
+
+
+def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t):
+    N, in_f = counts.shape
+    out_f = codes.shape[0]
+    rows = max(_INT8_MIN_ROWS, _INT8_BLOCK_BYTES // (8 * out_f))
+    if N <= rows:
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t)
+    blocks = [(a, min(a + rows, N)) for a in range(0, N, rows)]
+    workers = 1
+    if counts.device.type == "cpu" and N * in_f * out_f >= _INT8_PARTS_MIN_MACS:
+        workers = workers_for(len(blocks))
+    out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
+
+    def part(ab):
+        a, b = ab
+        out[a:b] = _linear_inline(counts[a:b], codes, scales, v_th[a:b], bias, group_size,
+                                  dtype, codes_t)
+
+    run_parts(part, blocks, workers)
+    return out
 
 
 def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
                        v_th: torch.Tensor, bias: torch.Tensor | None, group_size: int,
-                       dtype: torch.dtype) -> torch.Tensor:
+                       dtype: torch.dtype, route: str | None = None,
+                       codes_t: torch.Tensor | None = None) -> torch.Tensor:
     """``rescale(group_accumulate(counts, codes, group_size), scales, v_th, bias, dtype)``
     without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
     the float64 output as they are made (same integers, same order, same bits).
 
-    Large calls run as blocks of output columns (each block's float weights cast in one
-    contiguous pass), on a CPU with several torch threads by sbsnn's single-threaded
-    workers (:mod:`sbsnn.neurons.workers`): one hand-off per block instead of a fork/join
-    of torch's threads per operation. Every output element is computed by the same
-    operations whatever the blocks, so the result is the same, bit for bit."""
+    ``route``: as :func:`forced_route` (None: the one in force); on the int8 route
+    (:func:`group_sums_int8`) ``codes_t`` is :func:`int8_codes_t` of ``codes`` (a
+    ``SpikingLinear`` keeps it), made here when not given. A shape the device's int8
+    GEMM refuses takes the float32 route (:func:`group_sums`).
+
+    Large calls run as blocks of output columns, on a CPU with several torch threads by
+    sbsnn's single-threaded workers (:mod:`sbsnn.neurons.workers`): one hand-off per block
+    instead of a fork/join of torch's threads per operation. Every output element is
+    computed by the same operations whatever the blocks, so the result is the same, bit
+    for bit."""
     N, in_f = counts.shape
     out_f = codes.shape[0]
+    if (integer_route(counts.device, route) == INT8_ROUTE
+            and _int8_shape_ok(counts.device, N, in_f, out_f, group_size)):
+        return _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype,
+                            int8_codes_t(codes) if codes_t is None else codes_t)
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
         workers = workers_for(out_f // _PARTS_MIN_COLUMNS)
-    # With few tokens the weights' cast to float dominates: then use column blocks whose
-    # float weights fit one chunk, each cast in one contiguous pass.
+    # With few tokens the weights' cast to float dominates (float32 route): then use column
+    # blocks whose float weights fit one chunk, each cast in one contiguous pass.
     by_weights = 1
     if N <= _FEW_TOKENS:
         by_weights = -(-out_f * num_groups(in_f, group_size) * group_size * 4 // _CHUNK_BYTES)

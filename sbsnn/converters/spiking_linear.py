@@ -8,8 +8,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from sbsnn.converters.quant import (QuantStats, dequantize_weight, linear_from_counts,
-                                    num_groups, quantize_weight)
+from sbsnn.converters.quant import (INT8_ROUTE, QuantStats, dequantize_weight, int8_codes_t,
+                                    integer_route, linear_from_counts, num_groups,
+                                    quantize_weight)
 from sbsnn.errors import NonFiniteError
 from sbsnn.neurons import AdaptiveThresholdNeuron
 from sbsnn.neurons.coding import SpikeCodingError
@@ -28,7 +29,8 @@ class SpikingLinear(nn.Module):
     fake-quantised ``(counts * V_th) @ (codes * scale).T + b``.
 
     Buffers: ``weight_codes`` int8 ``[out, in]``, ``weight_scales`` float32 ``[out, G]``,
-    ``bias`` (optional). ``neuron`` is the input's :class:`AdaptiveThresholdNeuron` (its
+    ``bias`` (optional). On the int8 route the layer also keeps the codes transposed
+    (:meth:`int8_codes_t`: a second int8 copy, made on first use, never saved). ``neuron`` is the input's :class:`AdaptiveThresholdNeuron` (its
     ``k`` and ``coding`` are the layer's); SpikingJelly hooks and monitors see it.
     """
 
@@ -48,6 +50,7 @@ class SpikingLinear(nn.Module):
         self.executor = None
         # The module's name in its model (set by convert / load_spiking), for error messages.
         self.name: str | None = None
+        self._codes_t: tuple | None = None     # (key of weight_codes, codes [in, out])
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, k: float = 3.0,
@@ -103,19 +106,32 @@ class SpikingLinear(nn.Module):
                if codes_ok else "weights alone: this layer's scales are not finite either"),
             layer=name, origin="activations")
 
+    def int8_codes_t(self) -> torch.Tensor:
+        """``weight_codes`` as the int8 GEMM reads them (``[in, out]`` contiguous), cached
+        until the codes tensor is replaced or written in place (its version counter)."""
+        w = self.weight_codes
+        # An inference tensor has no version counter (it is written only inside
+        # inference mode, which no sbsnn code does to codes after loading).
+        key = (w.device, w.data_ptr(), None if w.is_inference() else w._version)
+        if self._codes_t is None or self._codes_t[0] != key:
+            self._codes_t = (key, int8_codes_t(w))
+        return self._codes_t[1]
+
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks:
-        exact group sums (:func:`~sbsnn.converters.quant.group_sums`) rescaled by
-        :func:`~sbsnn.converters.quant.rescale`."""
+        exact group sums on the route in force (:func:`~sbsnn.converters.quant.integer_route`)
+        rescaled by :func:`~sbsnn.converters.quant.rescale`."""
+        route = "int8" if integer_route(counts.device) == INT8_ROUTE else "float32"
+        codes_t = self.int8_codes_t() if route == "int8" else None
         N, block = counts.shape[0], self.token_block()
         if N <= block:
             return linear_from_counts(counts, self.weight_codes, self.weight_scales, v_th,
-                                      self.bias, self.group_size, dtype)
+                                      self.bias, self.group_size, dtype, route, codes_t)
         out = torch.empty(N, self.out_features, dtype=dtype, device=counts.device)
         for s in range(0, N, block):
             out[s:s + block] = linear_from_counts(counts[s:s + block], self.weight_codes,
                                                   self.weight_scales, v_th[s:s + block], self.bias,
-                                                  self.group_size, dtype)
+                                                  self.group_size, dtype, route, codes_t)
         return out
 
     def token_block(self) -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sbsnn.converters.quant import linear_from_counts, rescale
+from sbsnn.converters.quant import rescale
 from sbsnn.errors import OptionError, brief
 from sbsnn.neurons.trains import bit_length
 from sbsnn.sim.events import CountSummary, step_events, summarize
@@ -247,8 +247,7 @@ def trace_call(counts: torch.Tensor, v_th: torch.Tensor, layer, dtype: torch.dty
             b = min(R, a + per)
             rows = owner[a:b]
             p = _partial_counts(c64[rows], step[a:b, None], coding, T)
-            out[a:b] = linear_from_counts(p, layer.weight_codes, layer.weight_scales, v_th[rows],
-                                          layer.bias, layer.group_size, dtype)
+            out[a:b] = layer.forward_counts(p, v_th[rows], dtype)
     return TraceCall(T, int(row0), pos, neg, first.cpu(), last.cpu(), offsets, out.cpu())
 
 

@@ -1,0 +1,151 @@
+"""The int8 route of the exact group sums (torch._int_mm) against the float32 BLAS
+reference route: the same integers, the same logits bit for bit, on the integer path and
+the event path, for every coding, group size and shape, outliers up to 1e4 included."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sbsnn
+from sbsnn.checks import GROUP_SIZE_LIMIT
+from sbsnn.converters import SpikingLinear, convert
+from sbsnn.converters import quant as Q
+from sbsnn.sim import Simulator, simulate
+
+CODINGS = ("binary", "ternary", "bitwise", "twos_complement")
+pytestmark = pytest.mark.skipif(Q.integer_route("cpu") != Q.INT8_ROUTE,
+                                reason="this torch has no int8 GEMM on the CPU")
+
+
+def _counts(n, d, seed, outliers=0.05, big=10_000, low=-7):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randint(low, 8, (n, d), generator=g, dtype=torch.int32)
+    hit = torch.rand(n, d, generator=g) < outliers
+    lo = 0 if low >= 0 else -big
+    c[hit] = torch.randint(lo, big + 1, (int(hit.sum()),), generator=g, dtype=torch.int32)
+    return c
+
+
+def test_int32_bound_holds_for_every_group_the_format_allows():
+    assert Q.INT8_COUNT_BOUND * 128 * Q.INT8_GROUP_LIMIT < 2 ** 31
+    assert Q.INT8_COUNT_BOUND * 128 * (Q.INT8_GROUP_LIMIT + 1) >= 2 ** 31
+    assert GROUP_SIZE_LIMIT <= Q.INT8_GROUP_LIMIT
+
+
+def test_forced_route_names_the_route_and_restores_it():
+    assert Q.integer_route("cpu", "float32") == Q.FLOAT32_ROUTE
+    with Q.forced_route("float32"):
+        assert Q.integer_route("cpu") == Q.FLOAT32_ROUTE
+        with Q.forced_route("auto"):
+            assert Q.integer_route("cpu") == Q.INT8_ROUTE
+    assert Q.integer_route("cpu") == Q.INT8_ROUTE
+    with pytest.raises(ValueError, match="route must be"):
+        Q.integer_route("cpu", "int4")
+
+
+@pytest.mark.parametrize("dtype,big", [(torch.int16, 32_767), (torch.int32, 2 ** 31 - 1),
+                                       (torch.int64, 2 ** 40)])
+def test_group_sums_int8_equal_the_int64_reference_at_extreme_counts(dtype, big):
+    codes = torch.randint(-128, 128, (24, 50), dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    c = _counts(9, 50, 1, outliers=0.2, big=min(big, 2 ** 31 - 1)).to(dtype)
+    c[0, 0], c[1, 1] = big, -big
+    for gs in (1, 7, 50, 128):
+        want = Q.group_accumulate_reference(c, codes, gs)
+        got = torch.stack([a.to(torch.int64) for _, a in Q.group_sums_int8(c, codes, gs)])
+        assert torch.equal(got, want), gs
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.sampled_from([1, 2, 17, 70]), d=st.integers(1, 300), out=st.integers(1, 90),
+       gs=st.sampled_from([1, 8, 32, 64, 128, 300]), outliers=st.sampled_from([0.0, 0.01, 0.3]),
+       frame=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_linear_from_counts_int8_equals_float32_route(n, d, out, gs, outliers, frame, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-128, 128, (out, d), dtype=torch.int8, generator=g)
+    scales = torch.rand(out, Q.num_groups(d, gs), generator=g)
+    v_th = torch.rand(n, 1, generator=g) + 0.01
+    bias = torch.randn(out, generator=g)
+    c = _counts(n, d, seed, outliers)
+    if frame:               # every row an outlier row: the whole-frame digits
+        c[:, 0] = 9_999
+    want = Q.linear_from_counts(c, codes, scales, v_th, bias, gs, torch.float32, route="float32")
+    got = Q.linear_from_counts(c, codes, scales, v_th, bias, gs, torch.float32, route="int8")
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_token_blocks_on_workers_give_the_same_bits(monkeypatch):
+    """A call large enough for several token blocks on sbsnn's workers."""
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(-127, 128, (512, 200), dtype=torch.int8, generator=g)
+    scales = torch.rand(512, 2, generator=g)
+    c = _counts(300, 200, 3, outliers=0.002)
+    v_th = torch.rand(300, 1, generator=g)
+    monkeypatch.setattr(Q, "_INT8_PARTS_MIN_MACS", 1)
+    want = Q.linear_from_counts(c, codes, scales, v_th, None, 128, torch.float32, route="float32")
+    got = Q.linear_from_counts(c, codes, scales, v_th, None, 128, torch.float32, route="int8")
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+@pytest.mark.parametrize("gs", [16, 48, 128])
+@pytest.mark.parametrize("tokens", [1, 33])
+def test_spiking_layer_integer_and_event_paths_same_bits_on_both_routes(coding, gs, tokens):
+    torch.manual_seed(gs + tokens)
+    lin = torch.nn.Linear(100, 40)                 # 100 = a last partial group at 16 and 48
+    layer = SpikingLinear.from_linear(lin, group_size=gs, k=3.0, coding=coding)
+    x = torch.randn(tokens, 100)
+    if coding == "binary":
+        x = x.abs()
+    x[:, 5] *= 3000.0                              # massive channel: counts near 1e4
+    with torch.no_grad():
+        want = layer(x)
+        with Q.forced_route("float32"):
+            ref = layer(x)
+        with Simulator(layer):
+            ev = layer(x)
+            with Q.forced_route("float32"):
+                ev_ref = layer(x)
+    assert int(layer.spike(x)[0].abs().max()) > 127
+    assert torch.equal(want, ref) and torch.equal(ev, ev_ref) and torch.equal(ev, want)
+
+
+def test_codes_cache_follows_the_codes():
+    layer = SpikingLinear.from_linear(torch.nn.Linear(20, 6), group_size=8)
+    t = layer.int8_codes_t()
+    assert layer.int8_codes_t() is t and torch.equal(t, layer.weight_codes.t())
+    layer.weight_codes.mul_(-1)                    # written in place: a fresh copy
+    assert torch.equal(layer.int8_codes_t(), layer.weight_codes.t())
+    assert not any(k.endswith("codes_t") for k in layer.state_dict())
+
+
+@pytest.fixture(scope="module")
+def tiny_spiking():
+    return convert(sbsnn.load_model("tiny-hybrid")).eval()
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+def test_embedded_model_logits_same_bits_on_both_routes(tiny_spiking, coding):
+    from sbsnn.converters import spiking_layers
+
+    for _, m in spiking_layers(tiny_spiking):
+        m.neuron.coding = coding
+    ids = torch.arange(3, 20)[None]
+    try:
+        with torch.no_grad():
+            integer = tiny_spiking(ids)
+            event = simulate(tiny_spiking, ids).logits
+            one = tiny_spiking(ids[:, :1])            # a single token (decoding's shape)
+            with Q.forced_route("float32"):
+                integer_ref = tiny_spiking(ids)
+                event_ref = simulate(tiny_spiking, ids).logits
+                one_ref = tiny_spiking(ids[:, :1])
+    except Exception as e:   # binary coding: the model's signed activations are refused
+        if coding == "binary" and "negative" in str(e):
+            pytest.skip("binary coding refuses the embedded model's signed activations")
+        raise
+    finally:
+        for _, m in spiking_layers(tiny_spiking):
+            m.neuron.coding = "ternary"
+    assert torch.equal(integer, integer_ref) and torch.equal(event, event_ref)
+    assert torch.equal(event, integer[0].float()) and torch.equal(one, one_ref)
