@@ -253,13 +253,14 @@ def test_linear_from_counts_in_column_blocks_equals_inline(monkeypatch, two_thre
     calls = []
     real = quant.run_parts
     monkeypatch.setattr(quant, "run_parts", lambda fn, parts, w: calls.append((len(parts), w)) or real(fn, parts, w))
-    with thread_probe() as probe:
+    with thread_probe() as probe, quant.forced_route("float32"):   # the float32 route's blocks
         got = linear_from_counts(counts, codes, scales, v_th, bias, 128, F32)
     assert calls and calls[0][0] > 1 and calls[0][1] == 2    # it really ran in blocks on workers
     assert torch.equal(got, want)
     assert probe.seen == {torch.get_num_threads()}
     monkeypatch.setattr(quant, "workers_for", lambda n: 1)
-    assert torch.equal(linear_from_counts(counts, codes, scales, v_th, bias, 128, F32), want)
+    with quant.forced_route("float32"):
+        assert torch.equal(linear_from_counts(counts, codes, scales, v_th, bias, 128, F32), want)
 
 
 def test_reduced_float32_matmul_precision_keeps_the_sums_exact():
