@@ -44,7 +44,7 @@ from sbsnn.sim import Recorder, load_recording, simulate  # noqa: E402
 # name -> Recorder keyword arguments
 CANDIDATES = {
     "gzip 4 + shuffle (before)": dict(compression="gzip", compression_opts=4),
-    "gzip 1 + shuffle": dict(compression="gzip", compression_opts=1),
+    "gzip 1 + shuffle (the default)": dict(compression="gzip", compression_opts=1),
     "lzf + shuffle": dict(compression="lzf"),
     "lzf": dict(compression="lzf", shuffle=False),
     "none": dict(compression=None),
@@ -173,9 +173,9 @@ def main(argv=None) -> int:
             for name in wn[r % 3:] + wn[:r % 3]:
                 wt[name].append(timed(whole[name]))
         with load_recording(rec) as r:
-            layout = r.attrs.get("compression") if hasattr(r, "attrs") else None
-        lines.append("\nsimulate(..., record=...) with the default writer"
-                     + (f" ({layout})" if layout else "") + ":")
+            ds = r.counts(r.layers[0])
+            layout = f"{ds.compression} {ds.compression_opts}, shuffle {ds.shuffle}"
+        lines.append(f"\nsimulate(..., record=...) with the default writer ({layout}):")
         for name in wn[1:]:
             ratio = statistics.median(a / b for a, b in zip(wt[name], wt["float forward"]))
             lines.append(f"- {name}: {statistics.median(wt[name]):.2f} s, {ratio:.2f}x the float forward")
