@@ -43,16 +43,16 @@ from sbsnn.sim import Recorder, load_recording, simulate  # noqa: E402
 
 # name -> Recorder keyword arguments
 CANDIDATES = {
-    "gzip 4 + shuffle (before)": dict(compression="gzip", compression_opts=4),
-    "gzip 1 + shuffle (the default)": dict(compression="gzip", compression_opts=1),
-    "lzf + shuffle": dict(compression="lzf"),
-    "lzf": dict(compression="lzf", shuffle=False),
+    "gzip 4 + shuffle (before)": dict(compression="gzip", compression_opts=4, shuffle=True),
+    "gzip 1 + shuffle": dict(compression="gzip", compression_opts=1, shuffle=True),
+    "lzf + shuffle": dict(compression="lzf", shuffle=True),
+    "lzf (the default)": dict(compression="lzf", shuffle=False),
     "none": dict(compression=None),
     # A bound, not a layout: the counts clipped to int8 (what an int8 + sparse outliers
     # layout would cost, less its outlier table); never read back equal where counts exceed int8.
-    "bound: int8 (clipped) + lzf + shuffle": dict(compression="lzf", clip8=True),
-    "lzf + shuffle, chunks of 64 tokens": dict(compression="lzf", chunk_tokens=64),
-    "lzf + shuffle, chunks of 1024 tokens": dict(compression="lzf", chunk_tokens=1024),
+    "bound: int8 (clipped) + lzf + shuffle": dict(compression="lzf", shuffle=True, clip8=True),
+    "lzf + shuffle, chunks of 64 tokens": dict(compression="lzf", shuffle=True, chunk_tokens=64),
+    "lzf + shuffle, chunks of 1024 tokens": dict(compression="lzf", shuffle=True, chunk_tokens=1024),
 }
 
 

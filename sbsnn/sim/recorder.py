@@ -140,10 +140,12 @@ class _Layer:
 class Recorder:
     """Writes counts, thresholds (and optionally events) of every spiking layer call.
 
-    ``Recorder(path, metadata, record_events, compression="gzip", chunk_tokens=256,
-    compression_opts=1, shuffle=True)`` (the filter: gzip level 1 after byte shuffling
-    writes Gemma-shaped counts at 60 % of level 4's time for 11 % more bytes, and beats
-    lzf on both; ``benchmarks/bench_recording.py`` measures the candidates)
+    ``Recorder(path, metadata, record_events, compression="lzf", chunk_tokens=256,
+    compression_opts=None, shuffle=False)`` (the filter: on Gemma-shaped counts lzf
+    writes in 35 % of gzip level 4's time for 1.5x its bytes, and 60 % of gzip 1's, so
+    that a recording costs under half the float forward;
+    ``benchmarks/bench_recording.py`` measures the candidates; lzf is h5py's filter:
+    other HDF5 readers need its plugin)
     truncates ``path`` (an existing file is overwritten) and marks it incomplete at
     once. ``write(name, counts, v_th)`` appends one call, ``flush()`` makes everything
     so far durable, ``close(complete)`` records whether the run finished (idempotent).
@@ -157,8 +159,8 @@ class Recorder:
     """
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
-                 compression="gzip", chunk_tokens: int = 256, compression_opts=1,
-                 shuffle: bool = True):
+                 compression="lzf", chunk_tokens: int = 256, compression_opts=None,
+                 shuffle: bool = False):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not (
                 1 <= chunk_tokens <= MAX_CHUNK_TOKENS):
             raise ValueError(f"chunk_tokens must be an int in 1..{MAX_CHUNK_TOKENS} (readers "
