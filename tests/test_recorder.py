@@ -112,7 +112,7 @@ def test_round_trip_through_engine(tmp_path, snn):
             counts, v_th, calls = cap.layer(name)
             ds = rec.counts(name)
             assert isinstance(ds, h5py.Dataset) and ds.shape == tuple(counts.shape)
-            assert ds.chunks is not None and ds.compression == "gzip"
+            assert ds.chunks is not None and ds.compression == "lzf" and not ds.shuffle
             if counts.abs().max() <= 127:
                 assert ds.dtype == np.int8, name
             np.testing.assert_array_equal(ds[:], counts.numpy())
@@ -149,12 +149,41 @@ def test_counts_widen_to_int16_and_int32_keeping_old_rows(tmp_path):
         r.write("layer.a", huge, torch.rand(2, 1))
     with load_recording(path) as rec:
         ds = rec.counts("layer.a")
-        assert ds.dtype == np.int32 and ds.compression == "gzip" and ds.chunks[0] == 64
+        assert ds.dtype == np.int32 and ds.compression == "lzf" and ds.chunks[0] == 64
         expect = torch.cat([c.to(torch.int64) for c in (*small, big, small[1], huge)])
         np.testing.assert_array_equal(ds[:], expect.numpy())
         assert rec.thresholds("layer.a").shape == (expect.shape[0],)
         assert list(rec.call_offsets("layer.a")[:]) == [0, 300, 307, 567, 570, 577]
         assert "counts.widening" not in rec._file["layers/layer.a"]
+
+
+def test_old_gzip4_recordings_read_as_the_new_default_writes(tmp_path):
+    """Files of the writer before issue 22 (gzip level 4) still read, and the default filter
+    (lzf) reads back the same counts, thresholds and calls, int8 rows widened by outliers
+    beyond int8 (counts up to 10^4) included."""
+    g = torch.Generator().manual_seed(3)
+    calls = [torch.randint(-3, 4, (n, 300), generator=g).to(torch.int8) for n in (200, 90, 150)]
+    calls[1] = calls[1].to(torch.int16)
+    calls[1][5, 7], calls[1][60, 299] = 10_000, -3_000           # massive activations
+    v = [torch.rand(c.shape[0], 1, generator=g) for c in calls]
+    files = {}
+    for name, kw in (("old", dict(compression="gzip", compression_opts=4, shuffle=True)), ("new", {})):
+        files[name] = tmp_path / f"{name}.h5"
+        with Recorder(files[name], metadata={"coding": "ternary"}, chunk_tokens=64, **kw) as r:
+            for c, t in zip(calls, v):
+                r.write("mlp.down", c, t)
+                r.write("attn.q", c[:, :100], t)
+    with load_recording(files["old"]) as old, load_recording(files["new"]) as new:
+        assert old.counts("mlp.down").compression_opts == 4 and old.counts("mlp.down").shuffle
+        assert new.counts("mlp.down").compression == "lzf"
+        np.testing.assert_array_equal(new.counts("mlp.down")[:], torch.cat(calls).numpy())
+        for name in ("mlp.down", "attn.q"):
+            for what in ("counts", "thresholds", "call_offsets", "call_steps"):
+                a, b = getattr(old, what)(name)[:], getattr(new, what)(name)[:]
+                assert a.dtype == b.dtype, (name, what)
+                np.testing.assert_array_equal(a, b)
+        assert new.counts("mlp.down").dtype == np.int16
+        assert list(new.call_steps("mlp.down")[:]) == [3, 10_000, 3]
 
 
 def _record_integer_path(model, text: str, path, block: int = 256) -> tuple[int, int]:
@@ -405,7 +434,7 @@ def test_events_sum_back_to_counts_through_engine(tmp_path, snn):
             counts = rec.counts(name)[:]
             ev = rec.events(name)
             assert set(ev) == {"token", "channel", "step", "polarity", "weight"}
-            assert ev["token"].compression == "gzip"
+            assert ev["token"].compression == "lzf"
             assert len(ev["token"]) == int(np.abs(counts).sum())     # ternary: |c| events
             np.testing.assert_array_equal(_events_back_to_counts(ev, counts.shape), counts)
             steps, offs = rec.call_steps(name)[:], rec.call_offsets(name)[:]

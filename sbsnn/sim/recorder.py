@@ -62,7 +62,8 @@ import torch
 
 from sbsnn import __version__
 from sbsnn.errors import RecordingError, SbsnnError, os_error
-from sbsnn.neurons import num_steps
+from sbsnn.neurons.formula import binary_negative_error, check_coding
+from sbsnn.neurons.trains import min_steps
 from sbsnn.sim.events import step_events
 from sbsnn.sim.recording_layout import (EVENT_CHUNK, EVENT_FIELDS, FORMAT, FORMAT_VERSION,
                                         INDEX_FORMAT, SERIES_CHUNK, TRACE_OUTPUT_ROWS,
@@ -139,7 +140,12 @@ class _Layer:
 class Recorder:
     """Writes counts, thresholds (and optionally events) of every spiking layer call.
 
-    ``Recorder(path, metadata, record_events, compression="gzip", chunk_tokens=256)``
+    ``Recorder(path, metadata, record_events, compression="lzf", chunk_tokens=256,
+    compression_opts=None, shuffle=False)`` (the filter: on Gemma-shaped counts lzf
+    writes in 35 % of gzip level 4's time for 1.5x its bytes, and 60 % of gzip 1's, so
+    that a recording costs under half the float forward;
+    ``benchmarks/bench_recording.py`` measures the candidates; lzf is h5py's filter:
+    other HDF5 readers need its plugin)
     truncates ``path`` (an existing file is overwritten) and marks it incomplete at
     once. ``write(name, counts, v_th)`` appends one call, ``flush()`` makes everything
     so far durable, ``close(complete)`` records whether the run finished (idempotent).
@@ -153,7 +159,8 @@ class Recorder:
     """
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
-                 compression="gzip", chunk_tokens: int = 256):
+                 compression="lzf", chunk_tokens: int = 256, compression_opts=None,
+                 shuffle: bool = False):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not (
                 1 <= chunk_tokens <= MAX_CHUNK_TOKENS):
             raise ValueError(f"chunk_tokens must be an int in 1..{MAX_CHUNK_TOKENS} (readers "
@@ -163,6 +170,8 @@ class Recorder:
         self.record_events = bool(record_events)
         self.coding = str(self.metadata.get("coding") or "ternary")
         self.compression = compression
+        self.compression_opts = compression_opts
+        self.shuffle = bool(shuffle)
         self.chunk_tokens = chunk_tokens
         self._layers: dict[str, _Layer] = {}
         self._document: int | None = None     # index of the document being recorded
@@ -251,7 +260,9 @@ class Recorder:
         # decoding to wrong numbers.
         f = {"fletcher32": True}
         if self.compression is not None:
-            f.update(compression=self.compression, shuffle=np.dtype(dtype).itemsize > 1)
+            opts = self.compression_opts if self.compression == "gzip" else None
+            f.update(compression=self.compression, compression_opts=opts,
+                     shuffle=self.shuffle and np.dtype(dtype).itemsize > 1)
         return f
 
     def _new_counts(self, group: h5py.Group, key: str, D: int, dtype) -> h5py.Dataset:
@@ -357,7 +368,12 @@ class Recorder:
                              f"per row, but the layer was recorded with {lay.thresholds.shape[1:]}")
         if N == 0:
             return
-        T = int(num_steps(c, self.coding))
+        # T from the range scanned above (numpy's min/max): torch.aminmax over int16, as
+        # num_steps scans, cost a third of an uncompressed write.
+        check_coding(self.coding, "num_steps")
+        if self.coding == "binary" and lo < 0:
+            raise binary_negative_error("num_steps", lo)
+        T = min_steps(self.coding, lo, hi)
         r0, k0, e0 = lay.rows, lay.calls, lay.n_events
         try:
             if need.itemsize > lay.counts.dtype.itemsize:

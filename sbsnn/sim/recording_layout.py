@@ -23,7 +23,9 @@ both still read)::
                               attrs: name, index, in_features, rows, calls, events
         counts                int [rows, in_features], narrowest of int8/16/32/64 that
                               has held every count so far (widened when needed),
-                              chunked (chunk_tokens rows), gzip + shuffle
+                              chunked (chunk_tokens rows), lzf (files written
+                              before issue 22: shuffle + gzip 4; h5py reads
+                              either, the layout is the same)
         thresholds            float32 [rows] (float64 for float64 models; [rows, G]
                               when a layer gives G thresholds per row)
         call_offsets          int64 [calls]: first row of each call
