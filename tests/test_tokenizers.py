@@ -302,3 +302,23 @@ def test_refusals_do_not_dump_token_arrays(tmp_path):
                      sliding_window=8, rope_theta=10000.0, eos_token_id=bad)
     assert "eos_token_id" in str(info.value) and len(str(info.value)) < 400
     assert E.brief(list(range(10**5))).endswith("(100,000 items)")
+
+
+def test_smollm_pre_tokenizer_splits_every_digit_then_gpt2():
+    """tokenizer.ggml.pre 'smollm' (SmolLM / SmolLM2): each digit its own piece, the rest
+    as GPT-2 splits it (the HF tokenizer's Digits(individual_digits) + ByteLevel)."""
+    pytest.importorskip("tokenizers")
+    import gguf_files as gf
+
+    from sbsnn.models.gguf_tokenizer import build_tokenizer
+
+    meta = dict(gf.bpe_vocab("smollm"))
+    tok = build_tokenizer(meta, "llama", "smollm.gguf")
+    for text in ("In 1969, 12 men", "3.14159 and 2024", "no digits here", " 7"):
+        ids = tok.encode(text).ids
+        pieces = [tok.decode([i]) for i in ids]
+        assert tok.decode(ids) == text
+        assert all(len(p.strip()) == 1 for p in pieces if any(c.isdigit() for c in p)), pieces
+    gpt2 = build_tokenizer(dict(gf.bpe_vocab("gpt-2")), "llama", "gpt2.gguf")
+    assert tok.encode("no digits here").ids == gpt2.encode("no digits here").ids
+    assert len(tok.encode("2024").ids) == 4 and len(gpt2.encode("2024").ids) < 4

@@ -32,8 +32,11 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# SmolLM / SmolLM2: every digit alone, then the GPT-2 expression (its tokenizer.json's
+# Digits(individual_digits) + ByteLevel(use_regex) sequence; llama.cpp's "smollm").
+_DIGITS_THEN_GPT2 = "digits, then gpt-2"
 BYTE_LEVEL_SPLITS = {
-    "gpt-2": None,
+    "gpt-2": None, "smollm": _DIGITS_THEN_GPT2,
     "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
     "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
@@ -276,6 +279,10 @@ def build_tokenizer(meta: dict, arch: str, source: str):
         split = BYTE_LEVEL_SPLITS[pre]
         if split is None:
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        elif split is _DIGITS_THEN_GPT2:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False)])
         else:
             tok.pre_tokenizer = pre_tokenizers.Sequence([
                 pre_tokenizers.Split(Regex(split), behavior="isolated"),
