@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when run as a script
+from _machine import cpu_model, proc_status_kib, reset_peak_rss  # benchmarks/ on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -46,23 +45,6 @@ import sbsnn  # noqa: E402
 from sbsnn.runs import simulate_documents  # noqa: E402
 
 LENGTHS = (100, 300, 700, 2500, 6000, 16000)   # document lengths in tokens, cycled
-
-
-def proc_status_kib(field: str) -> int | None:
-    try:
-        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def write_documents(path: Path, tokenizer, tokens: int) -> int:

@@ -44,7 +44,6 @@ import datetime
 import importlib.util
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -52,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_model
+from _machine import cpu_model, proc_status_kib, reset_peak_rss
 from _readme import write_section  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,23 +64,6 @@ SECTION = "## Model (bench_model.py)"
 
 
 # ----------------------------------------------------------------------------- machine
-def proc_status_kib(field: str) -> int | None:
-    try:
-        m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False if not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 
 
 def mib(kib: int | None) -> str:
@@ -334,6 +316,12 @@ def run_real(args) -> str:
     return "\n".join(lines)
 
 
+def _command(argv) -> str:
+    """The command line of this run, as benchmarks/README.md records it."""
+    return ".venv/bin/python benchmarks/bench_model.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+
+
 def write_readme(path: Path, body: str, command: str) -> None:
     write_section(path, SECTION, SECTION_INTRO, body, command)
 
@@ -371,16 +359,14 @@ def main(argv=None) -> int:
                             args.family_steps, only=[n for n in args.families.split(",") if n])
         print(body)
         if args.readme:
-            cmd = ".venv/bin/python benchmarks/bench_model.py" + "".join(
-                f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+            cmd = _command(argv)
             write_readme(args.readme, "Linear-mixer hybrid families:\n\n" + body, cmd)
         return 0
     if args.real is not None:
         body = run_real(args)
         print(body)
         if args.readme:
-            cmd = ".venv/bin/python benchmarks/bench_model.py" + "".join(
-                f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+            cmd = _command(argv)
             write_readme(args.readme, "Real model, sbsnn vs transformers:\n\n" + body, cmd)
         return 0
     args.contexts = [int(c) for c in args.contexts.split(",")]
@@ -392,8 +378,7 @@ def main(argv=None) -> int:
     print()
     print(body)
     if args.readme:
-        cmd = ".venv/bin/python benchmarks/bench_model.py" + "".join(
-            f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+        cmd = _command(argv)
         write_readme(args.readme, body, cmd)
         print(f"\nappended to {args.readme}")
     return 0

@@ -15,15 +15,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def conv_inputs(B, D, L, K, dtype, seed=0, state=True, bias=True):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, D, L, generator=g, dtype=dtype)
-    w = torch.randn(D, K, generator=g, dtype=dtype)
-    b = torch.randn(D, generator=g, dtype=dtype) if bias else None
-    s = torch.randn(B, D, K - 1, generator=g, dtype=dtype) if state else None
-    return x, w, b, s
-
-
 # ---------------------------------------------------------------- the module
 
 
