@@ -151,6 +151,15 @@ def test_contiguous_split_covers_every_layer_in_order():
 
 
 # ----------------------------------------------------------------------------- simulate
+def _merge_layers(merged: dict | None, layers: dict) -> dict:
+    """Counters of separate runs, merged layer by layer (the first run's taken as they are)."""
+    if merged is None:
+        return layers
+    for n, c in layers.items():
+        merged[n].merge(c)
+    return merged
+
+
 def test_document_set_equals_each_document_alone(tmp_path, snn, text):
     texts = [text[:70], text[100:113], text[200:251]]
     path = tmp_path / "docs.h5"
@@ -164,11 +173,7 @@ def test_document_set_equals_each_document_alone(tmp_path, snn, text):
         assert r.documents[i].totals == alone.totals()
         assert r.documents[i].tokens == len(t)
         assert torch.equal(r.document_logits[i], alone.logits)
-        if merged is None:
-            merged = alone.layers
-        else:
-            for n, c in alone.layers.items():
-                merged[n].merge(c)
+        merged = _merge_layers(merged, alone.layers)
     assert {n: c.to_dict() for n, c in r.layers.items()} == {n: c.to_dict() for n, c in merged.items()}
     with load_recording(path) as rec:
         assert rec.complete and rec.metadata["documents"]["count"] == 3
@@ -223,11 +228,7 @@ def test_document_set_totals_are_the_sum_of_documents_run_alone(snn, text):
     for i, t in enumerate(texts):
         alone = simulate(snn, t, backend="torch", block_size=4, return_logits=False)
         assert r.documents[i].totals == alone.totals() and r.documents[i].tokens == len(t)
-        if merged is None:
-            merged = alone.layers
-        else:
-            for n, c in alone.layers.items():
-                merged[n].merge(c)
+        merged = _merge_layers(merged, alone.layers)
     assert {n: c.to_dict() for n, c in r.layers.items()} == {n: c.to_dict() for n, c in merged.items()}
     assert r.totals() == totals_of(merged)
 
