@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import sbsnn
 from sbsnn.checks import GROUP_SIZE_LIMIT
 from sbsnn.converters import SpikingLinear, convert
+from sbsnn.converters import int8_kernels
 from sbsnn.converters import quant as Q
 from sbsnn.sim import Simulator, simulate
 
@@ -149,3 +150,141 @@ def test_embedded_model_logits_same_bits_on_both_routes(tiny_spiking, coding):
             m.neuron.coding = "ternary"
     assert torch.equal(integer, integer_ref) and torch.equal(event, event_ref)
     assert torch.equal(event, integer[0].float()) and torch.equal(one, one_ref)
+
+
+# ------------------------------------------------------------ the fused kernels (numba)
+needs_kernels = pytest.mark.skipif(not int8_kernels.available(), reason="numba is not installed")
+
+
+def _layer(n, d, out, gs, seed, big=300, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-128, 128, (out, d), dtype=torch.int8, generator=g)
+    scales = torch.rand(out, Q.num_groups(d, gs), generator=g) * 2.0 ** torch.randint(-20, 20, (1,), generator=g).item()
+    v_th = torch.rand(n, 1, generator=g) + 0.01
+    b = torch.randn(out, generator=g) if bias else None
+    return _counts(n, d, seed, 0.05, big), codes, scales, v_th, b
+
+
+def _without_kernels(monkeypatch):
+    monkeypatch.setattr(int8_kernels, "_kernels", {})
+    assert not int8_kernels.available()
+
+
+@needs_kernels
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(1, 300), out=st.integers(1, 70),
+       gs=st.sampled_from([1, 8, 32, 128, 300]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_fused_rescale_equals_the_reference_rescale(n, d, out, gs, dtype, bias, seed):
+    """rescale_groups: same bits as rescale() on int32 sums below the exact bound."""
+    c, codes, scales, v_th, b = _layer(n, d, out, gs, seed, bias=bias)
+    acc = Q.group_accumulate_reference(c, codes, gs).to(torch.int32)
+    assert int(acc.abs().max()) < int8_kernels.EXACT_SUM_BOUND
+    got = int8_kernels.rescale_groups(acc, Q.scales_t64(scales), v_th, b, dtype)
+    assert got is not None and got.dtype == dtype
+    assert torch.equal(got, Q.rescale(acc, scales, v_th, b, dtype))
+
+
+@needs_kernels
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 6), d=st.integers(1, 300), out=st.integers(1, 70),
+       gs=st.sampled_from([1, 8, 32, 128, 300]), big=st.sampled_from([7, 127, 5_000]),
+       bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_fused_linear_equals_the_reference(n, d, out, gs, big, bias, seed):
+    """int8_linear (decoding's one loop): the exact sums and the rescale, same bits."""
+    c, codes, scales, v_th, b = _layer(n, d, out, gs, seed, big=big, bias=bias)
+    want = Q.rescale(Q.group_accumulate_reference(c, codes, gs), scales, v_th, b, torch.float32)
+    got = int8_kernels.int8_linear(c, Q.int8_codes_t(codes), gs, Q.scales_t64(scales), v_th, b,
+                                   torch.float32, Q._peak(c))
+    if Q._peak(c) * 128 * gs >= int8_kernels.EXACT_SUM_BOUND:
+        assert got is None                  # sums that could round: the torch route
+    else:
+        assert torch.equal(got, want)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 40, 300])
+@pytest.mark.parametrize("big", [100, 10_000, 2 ** 20])
+def test_linear_from_counts_same_bits_with_and_without_kernels(monkeypatch, n, big):
+    """The int8 route's answer does not depend on numba: the kernels (where they apply)
+    and the torch rescale give the float32 route's bits; the kernels really ran."""
+    c, codes, scales, v_th, b = _layer(n, 300, 96, 128, n + big, big=big)
+    c[0, 3] = big                               # the largest count is `big`
+    want = Q.linear_from_counts(c, codes, scales, v_th, b, 128, torch.float32, route="float32")
+    ran = []
+    for name in ("rescale_groups", "int8_linear"):
+        real = getattr(int8_kernels, name)
+        monkeypatch.setattr(int8_kernels, name,
+                            lambda *a, _r=real, _n=name: ran.append((_n, _r(*a) is not None)) or _r(*a))
+    got = Q.linear_from_counts(c, codes, scales, v_th, b, 128, torch.float32, route="int8")
+    exact = Q.int8_sums_bound(big, 128) < int8_kernels.EXACT_SUM_BOUND
+    assert any(ok for _, ok in ran) == (exact if n > Q._GEMV_MAX_ROWS else big * 128 * 128 < 2 ** 29)
+    assert torch.equal(got, want)
+    monkeypatch.undo()
+    _without_kernels(monkeypatch)
+    assert torch.equal(Q.linear_from_counts(c, codes, scales, v_th, b, 128, torch.float32,
+                                            route="int8"), want)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_outputs_take_the_torch_rescale(monkeypatch, dtype):
+    c, codes, scales, v_th, b = _layer(50, 200, 40, 64, 5)
+    monkeypatch.setattr(int8_kernels, "rescale_groups", None)     # never called
+    want = Q.linear_from_counts(c, codes, scales, v_th, b, 64, dtype, route="float32")
+    got = Q.linear_from_counts(c, codes, scales, v_th, b, 64, dtype, route="int8")
+    assert torch.equal(got.float(), want.float())
+
+
+@needs_kernels
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 30), d=st.integers(1, 200), cdtype=st.sampled_from([torch.int8, torch.int16, torch.int32, torch.int64]),
+       share=st.sampled_from([0.0, 0.02, 0.5]), seed=st.integers(0, 2 ** 16))
+def test_split_counts_and_outliers_rebuild_the_counts(n, d, cdtype, share, seed):
+    """split_counts: int8 part + rest at (rows, cols) == the counts, the rest only where
+    a count is beyond +-127; add_outliers adds exactly rest x code to its group."""
+    big = min(torch.iinfo(cdtype).max, 30_000)
+    c = _counts(n, d, seed, share, big).clamp(-big, big).to(cdtype)
+    c8, out = int8_kernels.split_counts(c, 127)
+    assert c8.dtype == torch.int8 and torch.equal(c8, c.clamp(-127, 127).to(torch.int8))
+    rebuilt = c8.to(torch.int64)
+    if out is None:
+        assert int(c.abs().max()) <= 127
+    else:
+        rows, cols, rest = out
+        assert bool((rest != 0).all())
+        rebuilt[rows, cols] += rest.to(torch.int64)
+    assert torch.equal(rebuilt, c.to(torch.int64))
+    codes = torch.randint(-128, 128, (7, d), dtype=torch.int8, generator=torch.Generator().manual_seed(seed))
+    gs = 16
+    acc = Q.group_accumulate_reference(c8, codes, gs).to(torch.int32)
+    if out is not None:
+        int8_kernels.add_outliers(acc, *out, Q.int8_codes_t(codes), gs)
+    assert torch.equal(acc.to(torch.int64), Q.group_accumulate_reference(c, codes, gs))
+
+
+@needs_kernels
+def test_spiking_layer_scales_cache_follows_the_scales():
+    layer = SpikingLinear.from_linear(torch.nn.Linear(64, 16), group_size=32)
+    first = layer.int8_scales_t()
+    assert layer.int8_scales_t() is first
+    with torch.no_grad():
+        layer.weight_scales.mul_(2)
+    assert torch.equal(layer.int8_scales_t(), 2 * first)
+
+
+@needs_kernels
+def test_kernels_refuse_shapes_that_would_read_outside_their_arrays():
+    c, codes, scales, v_th, b = _layer(2, 200, 8, 64, 1)
+    st_ = Q.scales_t64(scales)
+    with pytest.raises(ValueError, match="codes_t must be int8"):       # codes not transposed
+        int8_kernels.int8_linear(c, codes, 64, st_, v_th, b, torch.float32, 7)
+    with pytest.raises(ValueError, match="scales_t must be"):
+        int8_kernels.int8_linear(c, Q.int8_codes_t(codes), 64, st_[:2].contiguous(), v_th, b,
+                                 torch.float32, 7)
+    with pytest.raises(ValueError, match="acc must be int32"):
+        int8_kernels.rescale_groups(torch.zeros(4, 2, 8, dtype=torch.int64), st_, v_th, b, torch.float32)
+    acc = torch.zeros(4, 2, 8, dtype=torch.int32)
+    with pytest.raises(ValueError, match="outside the sums"):
+        int8_kernels.add_outliers(acc, torch.tensor([2]), torch.tensor([0]), torch.tensor([5], dtype=torch.int32),
+                                  Q.int8_codes_t(codes), 64)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from sbsnn.checks import check_group_size
+from sbsnn.converters import int8_kernels
 from sbsnn.neurons.workers import run_parts, workers_for
 
 CODE_MAX = 127
@@ -404,9 +405,7 @@ def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
         busy = torch.zeros_like(highs[0], dtype=torch.bool)
         for d in highs:
             busy |= d != 0
-        # Each digit's term is at most 2 |c| per element (balanced digits), so a group's
-        # sums and partial sums stay within 2 * peak * 128 * group_size.
-        wide = torch.int32 if 2 * peak * _CODE_LIMIT * group_size < 2 ** 31 else torch.int64
+        wide = torch.int32 if int8_sums_bound(peak, group_size) < 2 ** 31 else torch.int64
     for g in range(G):
         a, b = g * group_size, min((g + 1) * group_size, in_f)
         acc = torch._int_mm(c8[:, a:b], codes_t[a:b])
@@ -420,6 +419,31 @@ def group_sums_int8(counts: torch.Tensor, codes: torch.Tensor, group_size: int,
             part = torch._int_mm(d[:, a:b], codes_t[a:b]).to(wide)
             add = part.mul_(weight) if add is None else add.add_(part, alpha=weight)
         yield g, acc.add_(add) if rows is None else acc.index_add_(0, rows, add)
+
+
+def int8_sums_bound(peak: int, group_size: int) -> int:
+    """A bound on every group sum and partial sum of the int8 route for counts up to
+    ``peak`` in magnitude: each balanced digit's term, and each clamped count plus its
+    rest, is at most 2 |c| per element."""
+    return 2 * max(peak, INT8_COUNT_BOUND) * _CODE_LIMIT * group_size
+
+
+def _fused_group_sums(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int) -> torch.Tensor:
+    """:func:`group_sums_int8`'s integers as one int32 ``[G, N, out]`` tensor, for the
+    fused rescale: counts clamped to int8 and the outliers' rest in one pass
+    (:func:`~sbsnn.converters.int8_kernels.split_counts`), one ``torch._int_mm`` per group,
+    the rest added element by element (:func:`~sbsnn.converters.int8_kernels.add_outliers`).
+    The caller vouches that :func:`int8_sums_bound` is below 2**31."""
+    N, in_f = counts.shape
+    G = num_groups(in_f, group_size)
+    c8, outliers = int8_kernels.split_counts(counts, INT8_COUNT_BOUND)
+    acc = torch.empty(G, N, codes_t.shape[1], dtype=torch.int32)
+    for g in range(G):
+        a, b = g * group_size, min((g + 1) * group_size, in_f)
+        torch._int_mm(c8[:, a:b], codes_t[a:b], out=acc[g])
+    if outliers is not None:
+        int8_kernels.add_outliers(acc, *outliers, codes_t, group_size)
+    return acc
 
 
 def group_accumulate(counts: torch.Tensor, codes: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -477,12 +501,28 @@ _FEW_TOKENS = 64
 _INT8_PARTS_MIN_MACS = 1 << 24
 
 
-def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t=None):
-    if codes_t is not None:
-        sums = group_sums_int8(counts, codes, group_size, codes_t)
-    else:
-        sums = group_sums(counts, codes, group_size)
-    return rescale(sums, scales, v_th, bias, dtype)
+def scales_t64(scales: torch.Tensor) -> torch.Tensor:
+    """The group scales ``[out, G]`` as :mod:`~sbsnn.converters.int8_kernels` reads them:
+    float64 ``[G, out]``, row-major."""
+    return scales.t().to(torch.float64).contiguous()
+
+
+def _fused_ok(counts: torch.Tensor, dtype: torch.dtype) -> bool:
+    return (counts.device.type == "cpu" and dtype in int8_kernels.OUT_DTYPES
+            and int8_kernels.available())
+
+
+def _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t=None,
+                   scales_t=None):
+    if codes_t is None:
+        return rescale(group_sums(counts, codes, group_size), scales, v_th, bias, dtype)
+    if (_fused_ok(counts, dtype)
+            and int8_sums_bound(_peak(counts), group_size) < int8_kernels.EXACT_SUM_BOUND):
+        # One pass of rescale over the int32 sums (same integers, same order, same bits).
+        return int8_kernels.rescale_groups(_fused_group_sums(counts, _row_major(codes_t), group_size),
+                                           scales_t64(scales) if scales_t is None else scales_t,
+                                           v_th, bias, dtype)
+    return rescale(group_sums_int8(counts, codes, group_size, codes_t), scales, v_th, bias, dtype)
 
 
 # The int8 route runs in blocks of tokens whose float64 output (which rescale passes over
@@ -492,22 +532,49 @@ _INT8_BLOCK_BYTES = 1 << 20
 _INT8_MIN_ROWS = 16
 
 
-def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t):
+# With the fused rescale the block's working set is its int32 group sums [G, rows, out]:
+# measured (1 thread, 823 tokens, group 128) 128-256 rows of 576 -> 1536 or 640 -> 2048
+# (2.5-5 MB of sums) run 10-40 % faster than 64, and 576 -> 192 fastest in one block.
+_INT8_FUSED_BLOCK_BYTES = 4 << 20
+# Up to this many tokens the whole layer is one fused loop over the weight rows
+# (int8_kernels.int8_linear): decoding, where one GEMM call per group costs more than its work.
+_GEMV_MAX_ROWS = 4
+
+
+def _int8_block_rows(in_f: int, out_f: int, group_size: int) -> int:
+    if int8_kernels.available():
+        per_row = 4 * num_groups(in_f, group_size) * out_f
+        return max(_INT8_MIN_ROWS, _INT8_FUSED_BLOCK_BYTES // per_row)
+    return max(_INT8_MIN_ROWS, _INT8_BLOCK_BYTES // (8 * out_f))
+
+
+def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t, scales_t=None):
     N, in_f = counts.shape
     out_f = codes.shape[0]
-    rows = max(_INT8_MIN_ROWS, _INT8_BLOCK_BYTES // (8 * out_f))
-    if N <= rows:
-        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t)
-    blocks = [(a, min(a + rows, N)) for a in range(0, N, rows)]
+    if _fused_ok(counts, dtype) and scales_t is None:
+        scales_t = scales_t64(scales)
+    if N <= _GEMV_MAX_ROWS and _fused_ok(counts, dtype):
+        y = int8_kernels.int8_linear(counts, _row_major(codes_t), group_size, scales_t, v_th,
+                                     bias, dtype, _peak(counts))
+        if y is not None:
+            return y
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _INT8_PARTS_MIN_MACS:
-        workers = workers_for(len(blocks))
+        workers = workers_for(N // _INT8_MIN_ROWS)
+    rows = _int8_block_rows(in_f, out_f, group_size)
+    if workers > 1:                         # at least two blocks per worker
+        rows = max(_INT8_MIN_ROWS, min(rows, -(-N // (2 * workers))))
+    if N <= rows:
+        return _linear_inline(counts, codes, scales, v_th, bias, group_size, dtype, codes_t,
+                              scales_t)
+    blocks = [(a, min(a + rows, N)) for a in range(0, N, rows)]
+    workers = min(workers, len(blocks))
     out = torch.empty(N, out_f, dtype=dtype, device=counts.device)
 
     def part(ab):
         a, b = ab
         out[a:b] = _linear_inline(counts[a:b], codes, scales, v_th[a:b], bias, group_size,
-                                  dtype, codes_t)
+                                  dtype, codes_t, scales_t)
 
     run_parts(part, blocks, workers)
     return out
@@ -516,7 +583,8 @@ def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t):
 def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
                        v_th: torch.Tensor, bias: torch.Tensor | None, group_size: int,
                        dtype: torch.dtype, route: str | None = None,
-                       codes_t: torch.Tensor | None = None) -> torch.Tensor:
+                       codes_t: torch.Tensor | None = None,
+                       scales_t: torch.Tensor | None = None) -> torch.Tensor:
     """``rescale(group_accumulate(counts, codes, group_size), scales, v_th, bias, dtype)``
     without the int64 ``[G, N, out]`` intermediate: each group's exact sums are folded into
     the float64 output as they are made (same integers, same order, same bits).
@@ -536,7 +604,7 @@ def linear_from_counts(counts: torch.Tensor, codes: torch.Tensor, scales: torch.
     if (integer_route(counts.device, route) == INT8_ROUTE
             and _int8_shape_ok(counts.device, N, in_f, out_f, group_size)):
         return _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype,
-                            int8_codes_t(codes) if codes_t is None else codes_t)
+                            int8_codes_t(codes) if codes_t is None else codes_t, scales_t)
     workers = 1
     if counts.device.type == "cpu" and N * in_f * out_f >= _PARTS_MIN_MACS:
         workers = workers_for(out_f // _PARTS_MIN_COLUMNS)

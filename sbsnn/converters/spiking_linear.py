@@ -10,7 +10,7 @@ from torch import nn
 
 from sbsnn.converters.quant import (INT8_ROUTE, QuantStats, dequantize_weight, int8_codes_t,
                                     integer_route, linear_from_counts, num_groups,
-                                    quantize_weight)
+                                    quantize_weight, scales_t64)
 from sbsnn.errors import NonFiniteError
 from sbsnn.neurons import AdaptiveThresholdNeuron
 from sbsnn.neurons.coding import SpikeCodingError
@@ -51,6 +51,7 @@ class SpikingLinear(nn.Module):
         # The module's name in its model (set by convert / load_spiking), for error messages.
         self.name: str | None = None
         self._codes_t: tuple | None = None     # (key of weight_codes, codes [in, out])
+        self._scales_t: tuple | None = None    # (key of weight_scales, float64 [G, out])
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = 128, k: float = 3.0,
@@ -117,21 +118,33 @@ class SpikingLinear(nn.Module):
             self._codes_t = (key, int8_codes_t(w))
         return self._codes_t[1]
 
+    def int8_scales_t(self) -> torch.Tensor:
+        """``weight_scales`` as the int8 kernels read them (float64 ``[G, out]``), cached
+        like :meth:`int8_codes_t`."""
+        w = self.weight_scales
+        key = (w.device, w.data_ptr(), None if w.is_inference() else w._version)
+        if self._scales_t is None or self._scales_t[0] != key:
+            self._scales_t = (key, scales_t64(w))
+        return self._scales_t[1]
+
     def forward_counts(self, counts: torch.Tensor, v_th: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The integer path: ``[N, in]`` counts -> ``[N, out]`` outputs, in token blocks:
         exact group sums on the route in force (:func:`~sbsnn.converters.quant.integer_route`)
         rescaled by :func:`~sbsnn.converters.quant.rescale`."""
         route = "int8" if integer_route(counts.device) == INT8_ROUTE else "float32"
         codes_t = self.int8_codes_t() if route == "int8" else None
+        scales_t = self.int8_scales_t() if route == "int8" else None
         N, block = counts.shape[0], self.token_block()
         if N <= block:
             return linear_from_counts(counts, self.weight_codes, self.weight_scales, v_th,
-                                      self.bias, self.group_size, dtype, route, codes_t)
+                                      self.bias, self.group_size, dtype, route, codes_t,
+                                      scales_t)
         out = torch.empty(N, self.out_features, dtype=dtype, device=counts.device)
         for s in range(0, N, block):
             out[s:s + block] = linear_from_counts(counts[s:s + block], self.weight_codes,
                                                   self.weight_scales, v_th[s:s + block], self.bias,
-                                                  self.group_size, dtype, route, codes_t)
+                                                  self.group_size, dtype, route, codes_t,
+                                                  scales_t)
         return out
 
     def token_block(self) -> int:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import shared_input
 from .formula import DEFAULT_K, SpikeCodingError, binary_negative_error, check_coding, dequantize
 from .scan import spike_counts
 from .trains import DEFAULT_MAX_BYTES, MAX_BIT_STEPS, capacity, expand
@@ -133,7 +134,17 @@ class AdaptiveThresholdNeuron(_Base):
         """``(counts, v_th)`` of ``x`` under this neuron's settings, the one place both modes
         (and layers that consume integer counts) get them: ``spike_counts`` with the neuron's
         ``k``/``group_size``/``threshold``/``max_count``, clipped to ``steps`` if set, checked
-        against the coding (binary raises on negative counts); stores ``v_th``."""
+        against the coding (binary raises on negative counts); stores ``v_th``. A sibling
+        neuron with the same settings that spiked this very tensor last on this thread
+        hands over its counts (:mod:`~sbsnn.neurons.shared_input`): the same tensors."""
+        key = None
+        if self.threshold is None:      # the adaptive rule: the counts depend on x alone
+            key = shared_input.input_key(x, (self.k, self.coding, self.steps, self.group_size,
+                                             self.max_count))
+            hit = shared_input.lookup(x, key)
+            if hit is not None:
+                self.v_th = hit[1]
+                return hit
         lo = hi = None
         max_count = self.max_count
         if self.steps is not None:
@@ -149,6 +160,7 @@ class AdaptiveThresholdNeuron(_Base):
         if lo is not None and -lo != hi:  # two's complement: one more negative value than positive
             counts.clamp_(lo, hi)
         self.v_th = v_th
+        shared_input.remember(x, key, counts, v_th)
         return counts, v_th
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from sbsnn.checks import check_group_size, check_k
 
 from . import workers as _workers
+from .jit import njit
 from .formula import (
     DEFAULT_K,
     INT_DTYPES,
@@ -237,6 +238,56 @@ def in_parts(fn, numel: int, device: torch.device, min_part: int = 1 << 20):
     return results
 
 
+# Inputs of at most this many rows (decoding: one token at a time) take the small path.
+_SMALL_ROWS = 4
+_small_kernel: list = []
+
+
+def _round_kernel():
+    """numba: ``round(x / v)`` per row into int64, and the largest ``|count|`` (-1 when x
+    holds NaN or Inf). IEEE division and round-half-to-even, as ``torch.div`` and
+    ``torch.round``: the same integers."""
+    if not _small_kernel:
+        jit = njit()
+        if jit is None:
+            _small_kernel.append(None)
+        else:
+            import numpy as np
+
+            @jit
+            def round_rows(x, v, out):
+                peak = 0.0
+                for n in range(x.shape[0]):
+                    vn = v[n, 0]
+                    for i in range(x.shape[1]):
+                        q = np.rint(x[n, i] / vn)
+                        if not np.isfinite(q):
+                            return -1.0
+                        a = abs(q)
+                        if a > peak:
+                            peak = a
+                        out[n, i] = np.int64(q) if a < 9.2e18 else 0
+                return peak
+
+            _small_kernel.append(round_rows)
+    return _small_kernel[0]
+
+
+def _small_scan(x2: torch.Tensor, k: float, fn: str):
+    """:class:`_Scan` of a few rows (adaptive threshold, no clipping) in two torch
+    operations and one kernel, where the blocked scan's bookkeeping would cost more than
+    its arithmetic. None without numba."""
+    kernel = _round_kernel()
+    if kernel is None:
+        return None
+    v = torch.clamp(torch.mean(torch.abs(x2), dim=-1, keepdim=True) / k, V_TH_MIN, V_TH_MAX)
+    out = torch.empty(x2.shape, dtype=torch.int64)
+    peak = kernel(x2.numpy(), v.numpy(), out.numpy())
+    if peak < 0:
+        raise _NonFinite
+    return out.to(_narrowest(peak)), v
+
+
 @torch.no_grad()
 def _scan(x, k, group_size, threshold, fn, *, counts, max_count=None, dtype=None):
     """Thresholds (and counts in the narrowest integer type) of x: see :class:`_Scan`.
@@ -247,6 +298,15 @@ def _scan(x, k, group_size, threshold, fn, *, counts, max_count=None, dtype=None
     """
     x2, groups = _group_rows(x, group_size, fn)
     rows, width = x2.shape
+    if (counts and rows <= _SMALL_ROWS and group_size is None and threshold is None
+            and max_count is None and dtype is None and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and x2.is_contiguous()):
+        try:
+            small = _small_scan(x2, k, fn)
+        except _NonFinite:
+            raise _nonfinite_error(x, fn) from None
+        if small is not None:
+            return small[0].reshape(x.shape), small[1].reshape(tuple(x.shape[:-1]) + (1,))
     static = threshold is not None
     v = _static_rows(threshold, x, groups, fn) if static else torch.empty(rows, 1, dtype=x.dtype, device=x.device)
     scan = _Scan(x2, v, k, static, counts, max_count, dtype, fn)

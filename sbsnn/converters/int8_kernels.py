@@ -1,0 +1,247 @@
+"""The CPU kernels of the int8 route, compiled with numba where it is installed.
+
+The integer path's arithmetic (:mod:`sbsnn.converters.quant`) is exact group sums, then
+:func:`~sbsnn.converters.quant.rescale`: ``y = V_th * (((0 + s_0 a_0) + s_1 a_1) + ...)
++ b`` in float64, rounded once to the output dtype. With torch operations alone the
+rescale is ``G`` passes over a float64 ``[tokens, out]`` buffer per layer call, each a
+cast, a multiply and an add: on 2 cores it cost more than the int8 GEMMs themselves, and
+kept the spiking model slower than its float model. Here it is one pass, with each
+token's row in registers:
+
+- :func:`rescale_groups`: int32 group sums ``[G, N, out]`` (from ``torch._int_mm``) to
+  the output, for prompts;
+- :func:`int8_linear`: the group sums and the rescale in one loop over the weight rows,
+  for one token or a few (decoding), where a GEMM call per group costs more than its work;
+- :func:`add_outliers`: the counts beyond the int8 GEMM's +-127, element by element.
+
+Same arithmetic, same order, same bits as the reference (``tests/test_int8_route.py``
+holds them to it): the kernels run only where every product ``s_g * a_g`` is exact in
+float64 (``|a_g| < 2**29`` times a float32 scale), so a fused multiply-add and a multiply
+then an add round alike. Where numba is missing, the dtype is not float32 / float64, or
+the sums could pass that bound, :mod:`~sbsnn.converters.quant` takes the torch route.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from sbsnn.neurons.jit import njit
+
+# |a_g| below this: a_g * scale (float32, 24 significant bits) is exact in float64.
+EXACT_SUM_BOUND = 2 ** 29
+# The output dtypes the kernels write (numpy has no bfloat16).
+OUT_DTYPES = (torch.float32, torch.float64)
+
+_lock = threading.Lock()
+_kernels: dict | None = None
+
+
+def _compile() -> dict:
+    """The numba kernels (an empty dict without numba), made once per process."""
+    global _kernels
+    with _lock:
+        if _kernels is not None:
+            return _kernels
+        jit = njit()
+        if jit is None:
+            _kernels = {}
+            return _kernels
+        import numpy as np
+
+        @jit
+        def rescale_kernel(acc, s, v, b, has_bias, out):
+            G, N, O = acc.shape
+            y = np.empty(O, np.float64)
+            for n in range(N):
+                for o in range(O):
+                    y[o] = acc[0, n, o] * s[0, o]
+                for g in range(1, G):
+                    for o in range(O):
+                        y[o] = y[o] + acc[g, n, o] * s[g, o]
+                vn = v[n]
+                if has_bias:
+                    for o in range(O):
+                        out[n, o] = y[o] * vn + b[o]
+                else:
+                    for o in range(O):
+                        out[n, o] = y[o] * vn
+
+        @jit
+        def linear_kernel(counts, codes_t, group_size, s, v, b, has_bias, out):
+            # Event-driven: each nonzero count adds its weight row (codes_t [in, out],
+            # contiguous) into the group's int32 sums; zero counts cost nothing.
+            N, width = counts.shape
+            O = codes_t.shape[1]
+            G = s.shape[0]
+            acc = np.empty(O, np.int32)
+            y = np.empty(O, np.float64)
+            for n in range(N):
+                for g in range(G):
+                    acc[:] = 0
+                    for i in range(g * group_size, min((g + 1) * group_size, width)):
+                        c = np.int32(counts[n, i])
+                        if c != 0:
+                            for o in range(O):
+                                acc[o] += np.int32(codes_t[i, o] * c)
+                    if g == 0:
+                        for o in range(O):
+                            y[o] = acc[o] * s[0, o]
+                    else:
+                        for o in range(O):
+                            y[o] = y[o] + acc[o] * s[g, o]
+                vn = v[n]
+                if has_bias:
+                    for o in range(O):
+                        out[n, o] = y[o] * vn + b[o]
+                else:
+                    for o in range(O):
+                        out[n, o] = y[o] * vn
+
+        @jit
+        def split_kernel(counts, bound, c8):
+            N, W = counts.shape
+            hits = 0
+            for n in range(N):
+                for i in range(W):
+                    c = counts[n, i]
+                    if c > bound:
+                        c8[n, i] = bound
+                        hits += 1
+                    elif c < -bound:
+                        c8[n, i] = -bound
+                        hits += 1
+                    else:
+                        c8[n, i] = c
+            return hits
+
+        @jit
+        def collect_kernel(counts, bound, rows, cols, rest):
+            N, W = counts.shape
+            e = 0
+            for n in range(N):
+                for i in range(W):
+                    c = counts[n, i]
+                    if c > bound or c < -bound:
+                        rows[e] = n
+                        cols[e] = i
+                        rest[e] = c - bound if c > bound else c + bound
+                        e += 1
+
+        @jit
+        def outlier_kernel(acc, rows, cols, rest, codes_t, group_size):
+            O = acc.shape[2]
+            for e in range(rows.shape[0]):
+                n, i, r = rows[e], cols[e], rest[e]
+                g = i // group_size
+                for o in range(O):
+                    acc[g, n, o] += r * codes_t[i, o]
+
+        _kernels = {"rescale": rescale_kernel, "linear": linear_kernel, "split": split_kernel,
+                    "collect": collect_kernel, "outliers": outlier_kernel}
+        return _kernels
+
+
+def available() -> bool:
+    """Whether the kernels run here (numba importable)."""
+    return bool(_compile())
+
+
+def _np(t: torch.Tensor):
+    return t.detach().numpy()
+
+
+def _vectors(v_th: torch.Tensor, bias: torch.Tensor | None, n: int):
+    v = v_th.reshape(n).to(torch.float64).contiguous()
+    b = (torch.zeros(1, dtype=torch.float64) if bias is None
+         else bias.to(torch.float64).contiguous())
+    return v, b
+
+
+# Every function below: the caller vouches that the kernels run here (available(), CPU
+# tensors, an output dtype in OUT_DTYPES) and for the bounds each names.
+
+def _check(cond: bool, what: str) -> None:
+    """Compiled code does not check its indices: a wrong shape must never reach it."""
+    if not cond:
+        raise ValueError(f"int8_kernels: {what}")
+
+
+def _check_scales(scales_t: torch.Tensor, G: int, O: int) -> None:
+    _check(scales_t.dtype == torch.float64 and scales_t.is_contiguous()
+           and tuple(scales_t.shape) == (G, O),
+           f"scales_t must be contiguous float64 [{G}, {O}], got {scales_t.dtype} "
+           f"{tuple(scales_t.shape)}")
+
+
+def rescale_groups(acc: torch.Tensor, scales_t: torch.Tensor, v_th: torch.Tensor,
+                   bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`~sbsnn.converters.quant.rescale` of int32 group sums ``acc [G, N, out]``,
+    ``|acc| < EXACT_SUM_BOUND``, with ``scales_t = scales.t()`` as float64 ``[G, out]``."""
+    _check(acc.dim() == 3 and acc.dtype == torch.int32, f"acc must be int32 [G, N, out], got "
+           f"{acc.dtype} {tuple(acc.shape)}")
+    G, N, O = acc.shape
+    _check_scales(scales_t, G, O)
+    _check(v_th.numel() == N and (bias is None or bias.numel() == O), "v_th or bias of the wrong size")
+    out = torch.empty(N, O, dtype=dtype)
+    v, b = _vectors(v_th, bias, N)
+    _compile()["rescale"](_np(acc), _np(scales_t), _np(v), _np(b), bias is not None, _np(out))
+    return out
+
+
+def split_counts(counts: torch.Tensor, bound: int):
+    """``counts [N, in]`` (``|counts|`` within int32) clamped to ``+-bound`` as int8, and
+    the part beyond as ``(rows, cols, rest)`` (int64, int64, int32; None when there is
+    none): one pass, and a second over the counts only when outliers exist."""
+    k = _compile()
+    c = counts.contiguous()
+    c8 = torch.empty(c.shape, dtype=torch.int8)
+    hits = k["split"](_np(c), bound, _np(c8))
+    if not hits:
+        return c8, None
+    rows = torch.empty(hits, dtype=torch.int64)
+    cols = torch.empty(hits, dtype=torch.int64)
+    rest = torch.empty(hits, dtype=torch.int32)
+    k["collect"](_np(c), bound, _np(rows), _np(cols), _np(rest))
+    return c8, (rows, cols, rest)
+
+
+def add_outliers(acc: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, rest: torch.Tensor,
+                 codes_t: torch.Tensor, group_size: int) -> None:
+    """Add the outliers' rest (:func:`split_counts`) times their weight rows (``codes_t``
+    ``[in, out]``) to the int32 group sums ``acc [G, N, out]``: ``outliers x out``
+    multiply-adds, where a second int8 GEMM of their digits costs a whole GEMM per group
+    they touch. The sums must stay in int32."""
+    G, N, O = acc.shape
+    _check(codes_t.dim() == 2 and codes_t.shape[1] == O and codes_t.dtype == torch.int8,
+           "codes_t must be int8 [in, out]")
+    _check(rows.numel() == cols.numel() == rest.numel(), "rows, cols and rest differ in length")
+    if rows.numel():
+        _check(int(rows.min()) >= 0 and int(rows.max()) < N and int(cols.min()) >= 0
+               and int(cols.max()) < min(codes_t.shape[0], G * group_size),
+               "an outlier's row or column is outside the sums")
+    _compile()["outliers"](_np(acc), _np(rows), _np(cols), _np(rest), _np(codes_t.contiguous()),
+                           group_size)
+
+
+def int8_linear(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int, scales_t: torch.Tensor,
+                v_th: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                peak: int) -> torch.Tensor | None:
+    """The whole integer path of a few tokens: ``counts [N, in]`` (``max |count| =
+    peak``), ``codes_t`` int8 ``[in, out]`` row-major, ``scales_t`` float64 ``[G, out]``.
+    None where its group sums could reach :data:`EXACT_SUM_BOUND` (then the caller takes
+    the GEMMs)."""
+    if peak * 128 * group_size >= EXACT_SUM_BOUND:
+        return None
+    N, W = counts.shape
+    _check(codes_t.dim() == 2 and codes_t.shape[0] == W and codes_t.dtype == torch.int8,
+           f"codes_t must be int8 [{W}, out], got {codes_t.dtype} {tuple(codes_t.shape)}")
+    _check_scales(scales_t, -(-W // group_size), codes_t.shape[1])
+    _check(v_th.numel() == N and (bias is None or bias.numel() == codes_t.shape[1]),
+           "v_th or bias of the wrong size")
+    out = torch.empty(N, codes_t.shape[1], dtype=dtype)
+    v, b = _vectors(v_th, bias, N)
+    _compile()["linear"](_np(counts.contiguous()), _np(codes_t.contiguous()), group_size, _np(scales_t),
+                         _np(v), _np(b), bias is not None, _np(out))
+    return out
