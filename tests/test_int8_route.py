@@ -288,3 +288,12 @@ def test_kernels_refuse_shapes_that_would_read_outside_their_arrays():
     with pytest.raises(ValueError, match="outside the sums"):
         int8_kernels.add_outliers(acc, torch.tensor([2]), torch.tensor([0]), torch.tensor([5], dtype=torch.int32),
                                   Q.int8_codes_t(codes), 64)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n", [1, 40])
+def test_kernels_take_half_precision_thresholds_and_bias(n):
+    c, codes, scales, v_th, b = _layer(n, 200, 24, 64, 2)
+    v_th, b = v_th.to(torch.bfloat16), b.to(torch.float16)
+    want = Q.linear_from_counts(c, codes, scales, v_th, b, 64, torch.float32, route="float32")
+    assert torch.equal(Q.linear_from_counts(c, codes, scales, v_th, b, 64, torch.float32, route="int8"), want)

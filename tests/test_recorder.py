@@ -24,6 +24,7 @@ from sbsnn.models import ByteTokenizer, HybridForCausalLM
 from sbsnn.neurons import num_steps
 from sbsnn.sim import simulate
 from sbsnn.sim.recorder import Recorder, Recording, RecordingError, RowView, load_recording
+from sbsnn.sim.recording_layout import group_key
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler"  # 64 chars
@@ -644,3 +645,55 @@ def test_an_interrupted_traced_run_keeps_whole_traced_calls(tmp_path, snn):
                 assert call.first_step.numel() == 16
                 assert call.output_offsets[-1] == call.outputs.shape[0]
                 assert not torch.isnan(call.outputs).any()
+
+
+def test_siblings_handed_the_same_tensors_share_one_dataset(tmp_path):
+    """q, k and v get the very same counts and thresholds: their layers' datasets are
+    one (hard links), every layer reads back its own rows and calls, and a sibling whose
+    input later differs, or a source that widens, keeps every row right."""
+    path = tmp_path / "s.h5"
+    g = torch.Generator().manual_seed(1)
+    calls = []                                   # (name, counts, v_th) in write order
+    with Recorder(path, metadata={"coding": "ternary"}, chunk_tokens=16) as r:
+        for step in range(6):
+            n = 5 + step
+            c = torch.randint(-3, 4, (n, 24), generator=g, dtype=torch.int8)
+            v = torch.rand(n, 1, generator=g)
+            if step == 3:
+                c = c.to(torch.int16)
+                c[0, 0] = 900                    # the source widens to int16
+            for name in ("q", "k", "v"):
+                if name == "v" and step >= 4:    # v's input is no longer q's
+                    c, v = c.clone(), v.clone() * 2
+                r.write(name, c, v)
+                calls.append((name, c, v))
+            r.write("o", c.clone(), v)           # equal values, another tensor: its own
+            calls.append(("o", c, v))
+        lay = r._layers
+        assert lay["k"].shares == "q" and lay["v"].shares is None and lay["o"].shares is None
+    with load_recording(path) as rec:
+        f = rec._file
+        assert f["layers/k/counts"].id == f["layers/q/counts"].id          # one dataset
+        assert f["layers/v/counts"].id != f["layers/q/counts"].id          # unshared at step 4
+        for name in ("q", "k", "v", "o"):
+            mine = [(c, v) for n, c, v in calls if n == name]
+            want = torch.cat([c.to(torch.int64) for c, _ in mine])
+            np.testing.assert_array_equal(rec.counts(name)[:], want.numpy())
+            np.testing.assert_array_equal(rec.thresholds(name)[:],
+                                          torch.cat([v for _, v in mine]).reshape(-1).numpy())
+            np.testing.assert_array_equal(rec.call_offsets(name)[:],
+                                          np.cumsum([0] + [c.shape[0] for c, _ in mine[:-1]]))
+            assert rec.rows(name) == want.shape[0]
+
+
+def test_sharing_shrinks_a_model_recording(tmp_path, snn):
+    """The engine hands sibling layers one spiking of their shared input: the recording
+    links their rows instead of writing them again, and reads back what was simulated."""
+    path = tmp_path / "s.h5"
+    with Capture(snn) as cap:
+        simulate(snn, TEXT, backend="torch", record=path, block_size=16)
+    with load_recording(path) as rec:
+        shared = [n for n in rec.layers if "shares" in rec._file["layers"][group_key(n)].attrs]
+        assert shared, "no layer shared its input's rows"
+        for name in rec.layers:
+            np.testing.assert_array_equal(rec.counts(name)[:], cap.layer(name)[0].numpy())

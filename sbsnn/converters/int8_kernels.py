@@ -60,10 +60,10 @@ def _compile() -> dict:
                 for g in range(1, G):
                     for o in range(O):
                         y[o] = y[o] + acc[g, n, o] * s[g, o]
-                vn = v[n]
+                vn = np.float64(v[n])
                 if has_bias:
                     for o in range(O):
-                        out[n, o] = y[o] * vn + b[o]
+                        out[n, o] = y[o] * vn + np.float64(b[o])
                 else:
                     for o in range(O):
                         out[n, o] = y[o] * vn
@@ -91,10 +91,10 @@ def _compile() -> dict:
                     else:
                         for o in range(O):
                             y[o] = y[o] + acc[o] * s[g, o]
-                vn = v[n]
+                vn = np.float64(v[n])
                 if has_bias:
                     for o in range(O):
-                        out[n, o] = y[o] * vn + b[o]
+                        out[n, o] = y[o] * vn + np.float64(b[o])
                 else:
                     for o in range(O):
                         out[n, o] = y[o] * vn
@@ -152,11 +152,17 @@ def _np(t: torch.Tensor):
     return t.detach().numpy()
 
 
+_NO_BIAS = torch.zeros(1)
+
+
 def _vectors(v_th: torch.Tensor, bias: torch.Tensor | None, n: int):
-    v = v_th.reshape(n).to(torch.float64).contiguous()
-    b = (torch.zeros(1, dtype=torch.float64) if bias is None
-         else bias.to(torch.float64).contiguous())
-    return v, b
+    """The thresholds (one per row) and the bias as they are: the kernels widen each
+    value to float64 where the reference casts the tensor (the same values)."""
+    def plain(t):       # numpy has no bfloat16: widen (exactly) what it cannot hold
+        t = t.detach()
+        return (t if t.dtype in OUT_DTYPES else t.to(torch.float64)).contiguous()
+
+    return plain(v_th.reshape(n)), _NO_BIAS if bias is None else plain(bias)
 
 
 # Every function below: the caller vouches that the kernels run here (available(), CPU

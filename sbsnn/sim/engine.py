@@ -263,6 +263,7 @@ class Simulator(ExecutorSwap):
                                       "convert it first (sbsnn.convert or sbsnn convert)")
         self.counters = {n: LayerCounters(n, m.in_features, m.out_features) for n, m in self.layers}
         self.document_counters: dict[str, LayerCounters] | None = None
+        self._last_summary = None     # (counts, coding, summary) of the last call
         spec = TraceSpec.parse(trace)
         self.tracer = Tracer(spec, self.layers) if spec is not None else None
 
@@ -287,14 +288,20 @@ class Simulator(ExecutorSwap):
     def run_layer(self, name: str, layer: SpikingLinear, x: torch.Tensor) -> torch.Tensor:
         """``layer``'s output for ``x``, computed from its spike events and counted."""
         counts, v_th = layer.spike(x)
-        # The closed-form counters run on one of sbsnn's workers beside the accumulation.
-        pending = None
-        if counts.device.type == "cpu" and counts.numel() > _SUMMARY_ALONE and workers_for(2) > 1:
+        # The closed-form counters run on one of sbsnn's workers beside the accumulation;
+        # a sibling layer handed the very same counts (q, k, v) reuses them.
+        pending = s = None
+        last = self._last_summary
+        if last is not None and last[0] is counts and last[1] == layer.coding:
+            s = last[2]
+        elif counts.device.type == "cpu" and counts.numel() > _SUMMARY_ALONE and workers_for(2) > 1:
             pending = submit(summarize, counts, layer.coding)
         if self.recorder is not None:
             self.recorder.write(name, counts, v_th)
         y = self._accumulate(layer, counts, v_th, x.dtype)
-        s = pending.result() if pending is not None else summarize(counts, layer.coding)
+        if s is None:
+            s = pending.result() if pending is not None else summarize(counts, layer.coding)
+        self._last_summary = (counts, layer.coding, s)
         c = self.counters[name]
         row0 = c.tokens
         c.add(s)

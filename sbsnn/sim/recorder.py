@@ -133,6 +133,9 @@ class _Layer:
     rows: int = 0
     calls: int = 0
     n_events: int = 0
+    # The layer whose counts and thresholds datasets this one's are (hard links: layers
+    # fed the same tensor, as q, k and v are), or None when it holds its own.
+    shares: str | None = None
     flushed_rows: int = 0       # rows on disk at the last flush
     dirty: bool = True
 
@@ -179,6 +182,9 @@ class Recorder:
         self._flushes = 0
         self._reopens = 0
         self._closed = False
+        # The last call written: (counts, v_th, layer name, T), kept until the next write
+        # so that a sibling layer handed the very same tensors links to its rows.
+        self._last = None
         meta_json = json.dumps(self.metadata, default=json_default)
         check_record_path(self.path)
         # Default (earliest) file format on purpose: its superblock has no "open for
@@ -242,6 +248,7 @@ class Recorder:
 
     def _bind(self, lay: _Layer) -> None:
         g = lay.group = self._file["layers"][lay.key]
+        lay.shares = g.attrs.get("shares")
         cache = 2 * self._row_bytes(lay.in_features, g["counts"].dtype) + (64 << 10)
         lay.counts = _open_dataset(g, "counts", cache)
         lay.thresholds = g["thresholds"]
@@ -276,7 +283,8 @@ class Recorder:
         return group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
                                     chunks=(chunk, *tail), fillvalue=fill, **self._filters(dtype))
 
-    def _new_layer(self, name: str, D: int, count_dtype, v: np.ndarray) -> _Layer:
+    def _new_layer(self, name: str, D: int, count_dtype, v: np.ndarray | None,
+                   shares: _Layer | None = None) -> _Layer:
         if D < 1:
             raise ValueError(f"Recorder.write({name!r}): counts have no channel")
         key = group_key(name)
@@ -284,9 +292,15 @@ class Recorder:
         index = len(self._layers)
         g.attrs.update(name=name, index=index, in_features=D, rows=0, calls=0, events=0)
         lay = _Layer(key=key, in_features=D, group=g)
-        self._new_counts(g, "counts", D, count_dtype)
-        # NaN fill: a row that was never written reads as NaN, never as a threshold.
-        self._series(g, "thresholds", v.dtype, self.chunk_tokens, v.shape[1:], fill=np.nan)
+        if shares is not None:          # hard links: one dataset, two names
+            g["counts"] = shares.group["counts"]
+            g["thresholds"] = shares.group["thresholds"]
+            g.attrs["shares"] = shares.key
+            lay.shares = shares.key
+        else:
+            self._new_counts(g, "counts", D, count_dtype)
+            # NaN fill: a row that was never written reads as NaN, never as a threshold.
+            self._series(g, "thresholds", v.dtype, self.chunk_tokens, v.shape[1:], fill=np.nan)
         self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
         self._series(g, "call_steps", np.int32, SERIES_CHUNK)
         if self._document is not None:
@@ -322,7 +336,49 @@ class Recorder:
         g.move("counts.widening", "counts")
         cache = 2 * self._row_bytes(lay.in_features, dtype) + (64 << 10)
         lay.counts = _open_dataset(g, "counts", cache)
+        for other in self._layers.values():      # its sharers link to the new dataset
+            if other.shares == lay.key:
+                del other.counts
+                del other.group["counts"]
+                other.group["counts"] = g["counts"]
+                other.counts = other.group["counts"]
         self.flush()
+
+    def _share(self, name: str, lay: _Layer | None, src: _Layer, N: int) -> _Layer | None:
+        """The layer to append a call of ``name`` to as rows of ``src`` (which has just
+        written the same counts and thresholds), or None when the rows do not line up."""
+        if lay is None:
+            if src.rows != N or src.shares is not None:
+                return None
+            lay = self._new_layer(name, src.in_features, None, None, shares=src)
+            return lay
+        return lay if lay.shares == src.key and lay.rows == src.rows - N else None
+
+    def _unshare(self, lay: _Layer) -> None:
+        """Give ``lay`` datasets of its own (copies of its rows so far): its input no
+        longer is its sibling's."""
+        g = lay.group
+        src_counts, src_v = lay.counts, lay.thresholds
+        for key in ("counts.own", "thresholds.own"):
+            if key in g:
+                del g[key]
+        own = self._new_counts(g, "counts.own", lay.in_features, src_counts.dtype)
+        v = self._series(g, "thresholds.own", src_v.dtype, self.chunk_tokens, src_v.shape[1:],
+                         fill=np.nan)
+        own.resize(lay.rows, axis=0)
+        v.resize(lay.rows, axis=0)
+        step = self.chunk_tokens
+        for a in range(0, lay.rows, step):
+            b = min(a + step, lay.rows)
+            own[a:b] = src_counts[a:b]
+            v[a:b] = src_v[a:b]
+        del own, v, src_counts, src_v, lay.counts, lay.thresholds
+        del g["counts"], g["thresholds"]
+        g.move("counts.own", "counts")
+        g.move("thresholds.own", "thresholds")
+        lay.shares = None
+        g.attrs.pop("shares", None)
+        self._bind(lay)
 
     # ------------------------------------------------------------------ API
     @property
@@ -338,6 +394,18 @@ class Recorder:
         """Append one call of layer ``name``: integer ``counts [N, in]``, ``v_th [N, 1]``."""
         if self._closed:
             raise RuntimeError(f"{self.path}: the recorder is closed")
+        last, self._last = self._last, None
+        if (last is not None and counts is last[0] and v_th is last[1] and last[2] != name
+                and not self.record_events):
+            src = self._layers[last[2]]
+            N = int(counts.shape[0])
+            lay = self._share(name, self._layers.get(name), src, N)
+            if lay is not None:
+                if N:
+                    self._append_calls(lay, lay.rows, last[3])
+                    lay.rows, lay.calls, lay.dirty = lay.rows + N, lay.calls + 1, True
+                self._last = last
+                return
         c = torch.as_tensor(counts).detach()
         if c.dtype not in _TORCH_INTS:
             raise TypeError(f"Recorder.write({name!r}): counts must be an integer tensor, "
@@ -358,6 +426,8 @@ class Recorder:
         lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
         need = narrowest_count_dtype(lo, hi)
         lay = self._layers.get(name)
+        if lay is not None and lay.shares is not None:
+            self._unshare(lay)
         if lay is None:
             lay = self._new_layer(name, D, need, v)
         if D != lay.in_features:
@@ -378,10 +448,7 @@ class Recorder:
         try:
             if need.itemsize > lay.counts.dtype.itemsize:
                 self._widen(lay, need)
-            _append(lay.call_offsets, k0, np.array([r0], np.int64))
-            _append(lay.call_steps, k0, np.array([T], np.int32))
-            if lay.call_documents is not None:
-                _append(lay.call_documents, k0, np.array([self._document], np.int64))
+            self._append_calls(lay, r0, T)
             if lay.events is not None:
                 _append(lay.call_events, k0, np.array([e0], np.int64))
             ct, s = self.chunk_tokens, 0
@@ -416,6 +483,24 @@ class Recorder:
                 pass
             raise
         lay.rows, lay.calls, lay.dirty = r0 + N, k0 + 1, True
+        self._last = (counts, v_th, name, T)
+
+    def _append_calls(self, lay: _Layer, r0: int, T: int) -> None:
+        """One call's entries in the per-call series: first row, T, document."""
+        k0 = lay.calls
+        try:
+            _append(lay.call_offsets, k0, np.array([r0], np.int64))
+            _append(lay.call_steps, k0, np.array([T], np.int32))
+            if lay.call_documents is not None:
+                _append(lay.call_documents, k0, np.array([self._document], np.int64))
+        except BaseException:
+            for ds in (lay.call_offsets, lay.call_steps, lay.call_documents):
+                if ds is not None:
+                    try:
+                        ds.resize(k0, axis=0)
+                    except Exception:  # noqa: BLE001 - keep the original error
+                        pass
+            raise
 
     @_named_os_errors
     def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
@@ -575,6 +660,7 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        self._last = None
         if getattr(self, "_abandoned", False):      # a write failed: nothing reaches the disk
             try:
                 self._file.close()
