@@ -207,18 +207,46 @@ def _convert_calibrated(args) -> int:
     from sbsnn.runs.calibrate import calibrate_checkpoint
 
     budget = SpikeBudget.parse(args.spike_budget) if args.spike_budget is not None else None
+    prefix, prefix_text = _prefix_options(args)
     r = calibrate_checkpoint(args.src, args.out, args.calibrate, budget, eval_texts=args.eval,
                              eval_tokens=args.eval_tokens, coding=args.coding, preset=args.preset,
                              k=args.k, group_size=args.group_size, targets=args.targets,
                              exclude=args.exclude, calibration_tokens=args.calibration_tokens,
                              refine_epochs=args.refine_epochs, refine_state=args.refine_state,
                              force=args.force, allow_pickle=args.allow_pickle,
-                             progress=not args.quiet)
+                             progress=not args.quiet, prefix=prefix, prefix_text=prefix_text)
     print(f"wrote {args.out}: {len(r.spiking_config.targets)} spiking linear layers; calibration "
           f"{r.calibration_seconds:.0f} s, evaluation {r.evaluation_seconds:.0f} s, "
           f"{r.seconds:.0f} s in all (report: {Path(args.out) / 'calibration.json'})")
     print(r.format())
+    if r.spiking_config.prefix:
+        print("  " + _prefix_line(r.spiking_config.prefix))
     return 0
+
+
+def _prefix_options(args):
+    """``(prefix, prefix_text)`` of --prefix (``bos`` or comma-separated token ids) and
+    --prefix-text, as the API takes them."""
+    from sbsnn.errors import OptionError
+
+    if args.prefix is None:
+        return None, args.prefix_text
+    if args.prefix == "bos":
+        return "bos", None
+    try:
+        ids = [int(t) for t in args.prefix.split(",")]
+    except ValueError:
+        raise OptionError(f"--prefix {args.prefix!r}: give 'bos' or comma-separated token ids "
+                          "(e.g. 2,105); a text goes to --prefix-text") from None
+    return ids, None
+
+
+def _prefix_line(meta) -> str:
+    """One line on a checkpoint's constant prefix: size and one-off cost."""
+    what = f"text {meta['text'][:40]!r}" if meta.get("text") else f"ids {meta['ids'][:8]}"
+    return (f"constant prefix: {meta['tokens']} token(s) ({what}); its state ({meta['bytes']:,} "
+            f"bytes) computed once in float in {1e3 * meta['seconds']:.1f} ms; every document "
+            "starts from it and the prefix tokens are never simulated")
 
 
 def cmd_convert(args) -> int:
@@ -257,14 +285,20 @@ def cmd_convert(args) -> int:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             raise OptionError("convert --calibrate runs in one process; launch it without torchrun")
         return _convert_calibrated(args)
-    evaluate = read_text_file(args.eval, "the --eval text") if args.eval else None
+    prefix, prefix_text = _prefix_options(args)
+    if args.eval:
+        from sbsnn.runs import load_documents
+
+        evaluate = [d.text for d in load_documents(args.eval)]
+    else:
+        evaluate = None
     t0 = time.perf_counter()
     with process_group() as g:   # under torchrun: the blocks split across the ranks
         scfg = convert_checkpoint_split(args.src, args.out, preset=args.preset, coding=args.coding,
                                         k=args.k, group_size=args.group_size, targets=args.targets,
                                         exclude=args.exclude, force=args.force,
                                         allow_pickle=args.allow_pickle, progress=not args.quiet,
-                                        group=g)
+                                        group=g, prefix=prefix, prefix_text=prefix_text)
     if not g.is_main:
         return 0
     q = scfg.quantization
@@ -275,15 +309,16 @@ def cmd_convert(args) -> int:
     print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
           f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
           f"{q['max_clamp_weight_error']:.3g})")
+    if scfg.prefix:
+        print("  " + _prefix_line(scfg.prefix))
     if evaluate is not None:
         import sbsnn
-        from sbsnn.analysis import fidelity
+        from sbsnn.analysis import fidelity_documents
 
-        f = fidelity(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
-                     sbsnn.load_spiking(args.out), evaluate)
-        print(f"  fidelity on {args.eval} ({f.tokens:,} tokens): perplexity float "
-              f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
-              f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+        f = fidelity_documents(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
+                               sbsnn.load_spiking(args.out), evaluate)
+        print(f"  fidelity on {args.eval} ({f.tokens:,} predictions, {f.documents} "
+              f"document{'s' if f.documents != 1 else ''}): {f.format()}")
     return 0
 
 
@@ -557,13 +592,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="GLOB",
                    help="module-name patterns to convert instead of a preset, e.g. '*.q_proj' '*.mlp.*'")
     p.add_argument("--exclude", nargs="+", metavar="GLOB", help="module-name patterns to leave float")
-    p.add_argument("--eval", metavar="TEXT", help="text file: print float vs spiking perplexity, "
-                   "top-1 agreement and KL on it (with --calibrate: the overall before/after "
-                   "report is measured on it)")
+    p.add_argument("--eval", metavar="TEXT", help="text file, .jsonl or directory of .txt: print "
+                   "float vs spiking perplexity (with a bootstrap interval over its documents), "
+                   "top-1 agreement, KL and recovery on it (with --calibrate: the overall "
+                   "before/after report is measured on it)")
     p.add_argument("--eval-tokens", type=int, default=8192, metavar="N",
                    help="with --calibrate --eval: at most N tokens of the evaluation text "
                         "(default: %(default)s)")
     p.add_argument("--calib", help=argparse.SUPPRESS)   # renamed --eval: refused by name
+    pg = p.add_mutually_exclusive_group()
+    pg.add_argument("--prefix", metavar="bos|IDS",
+                    help="a constant prefix every document starts with: 'bos' (the model's BOS "
+                         "token) or comma-separated token ids; its decoding state is computed "
+                         "once in float and stored in OUT, and its tokens are never simulated "
+                         "(docs/calibration.md, 'The constant prefix')")
+    pg.add_argument("--prefix-text", metavar="TEXT",
+                    help="a constant prefix given as text (encoded by the model's tokenizer)")
     p.add_argument("--calibrate", metavar="TEXT", help="calibrate on this text (a text file, a "
                    ".jsonl file with a \"text\" per line, or a directory of .txt files): per-layer "
                    "k allocated by output sensitivity and per-channel smoothing folded into the "

@@ -208,3 +208,48 @@ def test_bad_prefix_options_are_refused_by_name(kw, error, match):
     m = _model({**GLA_SWA, "bos_token_id": None})
     with pytest.raises(error, match=match):
         convert(m, "paper", "ternary", 3.0, group_size=16, **kw)
+
+
+def test_calibration_reads_every_document_after_the_prefix_and_passes_it_on():
+    import sbsnn
+    from sbsnn.data import heldout_text
+
+    tiny = sbsnn.load_model("tiny-hybrid")
+    text = heldout_text()[:3000]
+    snn = sbsnn.calibrate(tiny, [text[:1500], text[1500:]], "k=3", fisher_tokens=256,
+                          max_tokens=768, prefix_text="ROMEO:")
+    assert snn.prefix.ids == tuple(tiny.tokenizer.encode("ROMEO:"))
+    assert snn.spiking_config.prefix["tokens"] == snn.prefix.tokens
+    rep = snn.calibration_report
+    assert rep["prefix"]["ids"] == list(snn.prefix.ids)
+    assert rep["spikes_per_element"] <= rep["budget"]
+    # the prefix state is the float model's (not the calibrated spiking model's)
+    want = compute_prefix(tiny, prefix_text="ROMEO:")
+    a, b = _tensors(snn.prefix.state), _tensors(want.state)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_recording_and_report_say_the_prefix_is_not_simulated(tmp_path):
+    from test_report import schema_errors
+
+    from sbsnn.analysis.fidelity import fidelity
+    from sbsnn.analysis.report import build_report, format_summary
+    from sbsnn.sim import load_recording
+
+    m = _model(GLA_SWA)
+    snn = convert(m, "paper", "ternary", 3.0, group_size=16, prefix=PREFIX)
+    rec = tmp_path / "spikes.h5"
+    r = simulate(snn, DOC, backend="torch", record=rec)
+    with load_recording(rec) as f:
+        meta = f.metadata
+    assert meta["prefix"]["simulated"] is False and meta["prefix"]["ids"] == PREFIX
+    assert meta["tokens"] == DOC.shape[1] == r.tokens
+    fid = fidelity(m, snn, bytes(DOC[0].tolist()).decode())
+    report = build_report(rec, tmp_path / "report", fidelity=fid)
+    assert not schema_errors(report)
+    assert report["metadata"]["prefix"]["tokens"] == len(PREFIX)
+    assert any("constant prefix" in n and "not simulated" in n for n in report["notes"])
+    assert report["fidelity"]["prefix_tokens"] == len(PREFIX)
+    summary = format_summary(report)
+    assert "not simulated" in summary and "recovery" in summary

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from sbsnn.checks import check_block_size
 from sbsnn.errors import NonFiniteError, OptionError
+from sbsnn.models.prefix import start_state_for
 
 RECOVERY_PASS = 0.95          # the pass mark of llm-compressor's recovery
 BOOTSTRAP_RESAMPLES = 2000
@@ -213,7 +214,7 @@ def fidelity_sums_of_ids(float_model, spiking_model, ids: torch.Tensor, block_si
         # both models continue the float state after the prefix; the first token's
         # prediction is the prefix's own (float) logits, the same for both
         ids = prefix.body(ids)
-        states = _start(float_model, prefix), _start(spiking_model, prefix)
+        states = start_state_for(float_model, prefix), start_state_for(spiking_model, prefix)
         first = 1 if ids.shape[1] else 0
         if first:
             y0 = int(ids[0, 0])
@@ -249,12 +250,6 @@ def _prefix(float_model, spiking_model):
             return p
     return None
 
-
-def _start(model, prefix):
-    """The state ``model`` reads a document from: after its own prefix, else after
-    ``prefix`` (the float model, which computed it)."""
-    own = getattr(model, "prefix", None)
-    return model.start_state() if own is not None else prefix.start_state(model)
 
 
 @torch.no_grad()

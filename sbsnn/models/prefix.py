@@ -36,7 +36,7 @@ import torch
 from sbsnn.errors import CheckpointError, LimitError, OptionError
 
 __all__ = ["MAX_PREFIX_TOKENS", "PREFIX_FILE", "ConstantPrefix", "attach_prefix",
-           "compute_prefix", "prefix_ids", "prefix_of"]
+           "compute_prefix", "prefix_ids", "prefix_of", "start_state_for"]
 
 PREFIX_FILE = "prefix_state.safetensors"
 MAX_PREFIX_TOKENS = 4096
@@ -49,6 +49,15 @@ def prefix_of(model) -> "ConstantPrefix | None":
     """The constant prefix ``model`` carries (``model.prefix``), or None."""
     p = getattr(model, "prefix", None)
     return p if isinstance(p, ConstantPrefix) else None
+
+
+def start_state_for(model, prefix: "ConstantPrefix | None"):
+    """The state ``model`` reads a document from beside a model carrying ``prefix`` (the
+    float reference of a spiking model): after its own prefix if it has one, else after
+    ``prefix`` (the float state, which the float model computed), else fresh."""
+    if prefix_of(model) is not None:
+        return model.start_state()
+    return model.new_state() if prefix is None else prefix.start_state(model)
 
 
 def _model_dtype(model) -> torch.dtype:
