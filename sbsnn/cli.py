@@ -250,7 +250,6 @@ def _prefix_line(meta) -> str:
 
 
 def cmd_convert(args) -> int:
-    from sbsnn.checks import read_text_file
     from sbsnn.runs import process_group
     from sbsnn.runs.convert import convert_checkpoint_split
 
@@ -398,6 +397,8 @@ def cmd_simulate(args) -> int:
 
 
 _TRACE_TOKENS_DEFAULT = 32  # sbsnn.sim.trace.DEFAULT_TOKENS (not imported: torch loads slowly)
+_FRONTIER_CODINGS = ("ternary", "bitwise")
+_FRONTIER_EVAL_TOKENS = 16384
 
 
 def _use_local_device(g) -> None:
@@ -444,6 +445,59 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _sweep_frontier(args) -> int:
+    """``sbsnn sweep --frontier``: :func:`sbsnn.runs.frontier.frontier`, printed and saved."""
+    import os
+
+    import sbsnn
+    from sbsnn.checks import check_int
+    from sbsnn.errors import OptionError
+    from sbsnn.runs.frontier import (FRONTIER_KS, format_frontier, format_points, frontier,
+                                     save_frontier)
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise OptionError("sweep --frontier runs in one process; launch it without torchrun")
+    for opt, bad in (("--spike-budget", args.spike_budget),
+                     ("--max-chars", args.max_chars),
+                     ("--coding", args.coding != "ternary")):
+        if bad:
+            raise OptionError(f"{opt} is an option of the k sweep; with --frontier the budgets "
+                              "are what plain k spends (--k), the codings --codings, the "
+                              "held-out text is cut at --eval-tokens")
+    if not args.text:
+        raise OptionError("--frontier needs --text HELD_OUT (text the calibration did not see; "
+                          "at least 16,384 predictions over two kinds of text for the goals)")
+    check_int(args.eval_tokens, "--eval-tokens", minimum=2)
+    prefix, prefix_text = _prefix_options(args)
+    if prefix is None and prefix_text is None:
+        prefix = "auto"
+    model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
+    ks = args.k if args.k is not None else list(FRONTIER_KS)
+    print(f"sbsnn sweep --frontier: {args.checkpoint}, {args.preset} preset, codings "
+          f"{', '.join(args.codings)}, k = {', '.join(f'{k:g}' for k in ks)}; held out "
+          f"{args.text} (at most {args.eval_tokens:,} tokens)"
+          + (f"; calibrated on {args.calibrate}" if args.calibrate else ""))
+
+    def show(p):
+        if not args.quiet:
+            print(f"  {p['coding']:<8} {p['method']:<18} {str(p['label']):<14} "
+                  f"{p['spikes_per_element']:.3f} spikes/el  x{p['perplexity_ratio']:.4f}  "
+                  f"KL {p['mean_kl']:.4f}  ({p['build_seconds'] + p['eval_seconds']:.0f} s)",
+                  flush=True)
+
+    result = frontier(model, args.text, calibration_texts=args.calibrate, codings=args.codings,
+                      ks=ks, prefix=prefix, prefix_text=prefix_text,
+                      finetuned=args.finetuned or None, preset=args.preset,
+                      calibration_tokens=args.calibration_tokens, eval_tokens=args.eval_tokens,
+                      progress=not args.quiet, on_point=show)
+    doc = save_frontier(result, args.out, {"checkpoint": str(args.checkpoint), "text": args.text,
+                                           "calibration_text": args.calibrate})
+    print(format_points(result))
+    print(format_frontier(result))
+    print(f"wrote {Path(args.out) / 'frontier.json'}, {Path(args.out) / doc['files']['plot']}")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     import sbsnn
     from sbsnn.analysis.energy import load_profile
@@ -452,7 +506,7 @@ def cmd_sweep(args) -> int:
     from sbsnn.runs import load_documents, process_group
     from sbsnn.runs.sweep import format_sweep, save_sweep, sweep_documents
 
-    for k in args.k:
+    for k in args.k or ():
         check_k(k, "--k")
     check_int(args.max_chars, "--max-chars", minimum=1, none_ok=True,
               hint=" (leave it out for the whole text)")
@@ -460,6 +514,16 @@ def cmd_sweep(args) -> int:
     _check_apart(args.checkpoint, args.out, "checkpoint", contain_ok=True)
     load_profile(args.profile)            # an unknown profile fails before any work
     _threads(args)
+    if args.frontier:
+        return _sweep_frontier(args)
+    for opt, v in (("--codings", list(args.codings) != list(_FRONTIER_CODINGS)),
+                   ("--finetuned", args.finetuned), ("--prefix", args.prefix),
+                   ("--prefix-text", args.prefix_text),
+                   ("--eval-tokens", args.eval_tokens != _FRONTIER_EVAL_TOKENS)):
+        if v:
+            raise OptionError(f"{opt} needs --frontier")
+    if args.k is None:
+        args.k = [2.0, 2.5, 3.0, 3.5, 4.0]
     if args.spike_budget and not args.calibrate:
         raise OptionError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
     if args.calibrate and not args.spike_budget:
@@ -559,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
                    "*.safetensors), .gguf file, or embedded model name (tiny-hybrid)")
     _add(p, "allow_pickle")
-    p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
-                   help="values of k (default: 2 2.5 3 3.5 4)")
+    p.add_argument("--k", type=float, nargs="+", default=None,
+                   help="values of k (default: 2 2.5 3 3.5 4; with --frontier 2 3 4 6 8 12 16)")
     p.add_argument("--text", metavar="PATH", help="text file, JSONL file (\"text\" per line) or "
                    "directory of .txt files (default: the shipped held-out sample); under "
                    "torchrun the documents are split across the ranks")
@@ -576,6 +640,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "file, .jsonl or directory of .txt); evaluate on other text with --text")
     p.add_argument("--calibration-tokens", type=int, default=32768, metavar="N",
                    help="at most N calibration tokens (default: %(default)s)")
+    p.add_argument("--frontier", action="store_true",
+                   help="instead of the k sweep: per coding, the spikes per element each method "
+                        "(plain k, calibrated, calibrated + constant prefix, fine-tuned) needs to "
+                        "reach a perplexity ratio of x1.01, x1.02, x1.05 and a KL of 0.02 on "
+                        "--text (held out; calibration on --calibrate); writes "
+                        "OUT/frontier.json and OUT/frontier.png (docs/calibration.md)")
+    p.add_argument("--codings", nargs="+", default=list(_FRONTIER_CODINGS),
+                   choices=["binary", "ternary", "bitwise", "twos_complement"],
+                   help="with --frontier: the codings (default: ternary bitwise)")
+    p.add_argument("--eval-tokens", type=int, default=_FRONTIER_EVAL_TOKENS, metavar="N",
+                   help="with --frontier: at most N tokens of --text (default: %(default)s)")
+    p.add_argument("--finetuned", nargs="+", metavar="SPIKING_DIR",
+                   help="with --frontier: fine-tuned spiking checkpoints (sbsnn finetune's "
+                        "output) to place on the frontier (without them the method is skipped, "
+                        "with a note)")
+    pg = p.add_mutually_exclusive_group()
+    pg.add_argument("--prefix", metavar="bos|IDS",
+                    help="with --frontier: the constant prefix of the 'calibrated+prefix' method "
+                         "(default: the model's BOS token, when it has one)")
+    pg.add_argument("--prefix-text", metavar="TEXT",
+                    help="with --frontier: the constant prefix given as text")
     _add(p, "threads", "quiet")
 
     p = command("convert", cmd_convert, help="convert a checkpoint to spiking form",
