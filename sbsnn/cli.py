@@ -130,6 +130,8 @@ def cmd_info(args) -> int:
                  if scfg.attention_hooks else "")
               + ("; content digests of every file" if scfg.digests else
                  "; no content digests (written before sbsnn recorded them)"))
+        if scfg.prefix:
+            print(_prefix_line(scfg.prefix))
     return 0
 
 
@@ -384,6 +386,10 @@ def cmd_simulate(args) -> int:
     print(f"  zero counts     {100 * t['zero_fraction']:.2f} % of {t['elements']:,} inputs; "
           f"{t['spikes_per_element']:.3f} spikes per input; slot sparsity {100 * t['slot_sparsity']:.2f} %")
     print(f"  time steps      up to {t['time_steps_max']:,} per call; largest count {t['count_max']:,}")
+    pre = getattr(model, "prefix", None)
+    if pre is not None:
+        print(f"  prefix          {pre.tokens} token(s) before every document, computed once in "
+              "float at conversion: not simulated, not counted above")
     for name, tr in r.traces.items():
         pos, neg = tr.events_per_step()
         spt = tr.steps_per_token()

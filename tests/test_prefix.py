@@ -253,3 +253,25 @@ def test_recording_and_report_say_the_prefix_is_not_simulated(tmp_path):
     assert report["fidelity"]["prefix_tokens"] == len(PREFIX)
     summary = format_summary(report)
     assert "not simulated" in summary and "recovery" in summary
+
+
+def test_the_commands_name_the_prefix(tmp_path, capsys):
+    from sbsnn.cli import main
+
+    out = tmp_path / "snn"
+    assert main(["convert", "tiny-hybrid", str(out), "--prefix-text", "ROMEO:", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "constant prefix: 6 token(s)" in printed and "never simulated" in printed
+    assert load_spiking(out).prefix.text == "ROMEO:"
+    assert main(["simulate", str(out), "--prompt", "JULIET: hello", "--quiet"]) == 0
+    assert "6 token(s) before every document" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "constant prefix: 6 token(s)" in capsys.readouterr().out
+    for argv, match in ((["--prefix", "bos"], "no BOS token"),
+                        (["--prefix", "1,x"], "comma-separated token ids")):
+        assert main(["convert", "tiny-hybrid", str(tmp_path / "x"), *argv, "--quiet"]) == 2
+        assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit):        # argparse: the two are mutually exclusive
+        main(["convert", "tiny-hybrid", str(tmp_path / "x"), "--prefix", "1",
+              "--prefix-text", "A"])
+    assert "not allowed with" in capsys.readouterr().err
