@@ -275,3 +275,33 @@ def test_the_commands_name_the_prefix(tmp_path, capsys):
         main(["convert", "tiny-hybrid", str(tmp_path / "x"), "--prefix", "1",
               "--prefix-text", "A"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("which", ["gemma", "smollm2"])
+@torch.no_grad()
+def test_real_models_the_bos_state_is_the_float_state(which, request):
+    """Gemma 3 (window and global layers, a tokenizer that adds BOS) and SmolLM2 (Llama,
+    none added): a document read from the BOS state gives the float model's logits on
+    [BOS] + document."""
+    import sbsnn
+
+    if which == "gemma":
+        path = request.getfixturevalue("real_gguf")
+    else:
+        from test_real_model import _smollm2_gguf
+        path = _smollm2_gguf()
+    m = sbsnn.load_model(path)
+    text = "Spiking neurons count events, one token at a time."
+    ids = torch.tensor([m.tokenizer.encode(text)])
+    bos = m.config.bos_token_id
+    whole = ids if int(ids[0, 0]) == bos else torch.cat([torch.tensor([[bos]]), ids], dim=1)
+    want = m(whole)[0]
+    m.prefix = compute_prefix(m, "bos")
+    try:
+        body = m.document_ids(whole)
+        assert body.shape[1] == whole.shape[1] - 1
+        got = m(body, m.start_state())[0]
+    finally:
+        m.prefix = None
+    torch.testing.assert_close(got, want[1:], rtol=1e-4, atol=1e-3)
