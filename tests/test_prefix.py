@@ -305,3 +305,19 @@ def test_real_models_the_bos_state_is_the_float_state(which, request):
     finally:
         m.prefix = None
     torch.testing.assert_close(got, want[1:], rtol=1e-4, atol=1e-3)
+
+
+@torch.no_grad()
+def test_document_sets_start_every_document_from_the_prefix():
+    from sbsnn.runs import simulate_documents
+
+    m = _model(GLA_SWA)
+    snn = convert(m, "paper", "ternary", 3.0, group_size=16, prefix="bos")
+    texts = ["\x01The first document.", "\x01A second, longer document than the first."]
+    r = simulate_documents(snn, texts, backend="torch", block_size=8, return_logits=True,
+                           distributed=False)
+    for i, t in enumerate(texts):
+        one = simulate(snn, t, backend="torch", block_size=8)
+        assert torch.equal(r.document_logits[i], one.logits)
+        assert r.documents[i].tokens == len(t) - 1            # the BOS (byte 1) dropped
+    assert r.tokens == sum(len(t) - 1 for t in texts)
