@@ -120,7 +120,10 @@ def first_tokens(model, docs: list[str], tokens: int) -> list[str]:
         ids = tok.encode(d)
         if n + len(ids) > tokens:
             keep = tokens - n
-            out.append(tok.decode(ids[:keep]) if hasattr(tok, "decode") else d[: 4 * keep])
+            try:      # the BOS the tokenizer adds must not come back as text
+                out.append(tok.decode(ids[:keep], skip_special_tokens=True))
+            except TypeError:
+                out.append(tok.decode(ids[:keep]))
             break
         out.append(d)
         n += len(ids)
