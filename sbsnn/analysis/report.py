@@ -50,7 +50,8 @@ from sbsnn.analysis.energy import estimate_energy, load_profile
 from sbsnn.analysis.fidelity import recovery
 from sbsnn.analysis.opcount import DENSE_PROJECTIONS, nonspiking_ops
 from sbsnn.analysis.report_render import PLOT_CAPTIONS, format_summary, render_html
-from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _div,
+from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, FIDELITY_DEFINITIONS,
+                                     METRIC_DEFINITIONS, _div,
                                      energy_section, sparsity_section, trace_section)
 from sbsnn.analysis.sparsity import sparsity_from_recording
 from sbsnn.checks import check_int, check_window
@@ -163,6 +164,7 @@ def _fidelity_section(fid) -> dict | None:
     if ci is not None:
         d["perplexity_ratio_interval"] = [float(ci[0]), float(ci[1])]
     d["recovery"] = recovery(d)
+    d["definitions"] = dict(FIDELITY_DEFINITIONS)
     return d
 
 

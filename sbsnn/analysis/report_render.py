@@ -231,6 +231,11 @@ def render_html(report: Mapping) -> str:
              ["silent input channels per call", _e(_pct(p["silent_channel_fraction"])),
               f"SpikingBrain-7B: {_pct(SPIKINGBRAIN_7B_SILENT_CHANNELS)} of channels fire no spike"]]
     w(_table(["quantity", "this run", "reference / note"], rows))
+    if f and f.get("definitions"):
+        w("<details><summary>Fidelity definitions</summary><dl>")
+        for key, text in f["definitions"].items():
+            w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(_no_urls(text))}</dd>")
+        w("</dl></details>")
     erow = []
     for est, e in en["estimates"].items():
         b = e["baselines"]
