@@ -130,6 +130,8 @@ def cmd_info(args) -> int:
                  if scfg.attention_hooks else "")
               + ("; content digests of every file" if scfg.digests else
                  "; no content digests (written before sbsnn recorded them)"))
+        if scfg.prefix:
+            print(_prefix_line(scfg.prefix))
     return 0
 
 
@@ -207,22 +209,49 @@ def _convert_calibrated(args) -> int:
     from sbsnn.runs.calibrate import calibrate_checkpoint
 
     budget = SpikeBudget.parse(args.spike_budget) if args.spike_budget is not None else None
+    prefix, prefix_text = _prefix_options(args)
     r = calibrate_checkpoint(args.src, args.out, args.calibrate, budget, eval_texts=args.eval,
                              eval_tokens=args.eval_tokens, coding=args.coding, preset=args.preset,
                              k=args.k, group_size=args.group_size, targets=args.targets,
                              exclude=args.exclude, calibration_tokens=args.calibration_tokens,
                              refine_epochs=args.refine_epochs, refine_state=args.refine_state,
                              force=args.force, allow_pickle=args.allow_pickle,
-                             progress=not args.quiet)
+                             progress=not args.quiet, prefix=prefix, prefix_text=prefix_text)
     print(f"wrote {args.out}: {len(r.spiking_config.targets)} spiking linear layers; calibration "
           f"{r.calibration_seconds:.0f} s, evaluation {r.evaluation_seconds:.0f} s, "
           f"{r.seconds:.0f} s in all (report: {Path(args.out) / 'calibration.json'})")
     print(r.format())
+    if r.spiking_config.prefix:
+        print("  " + _prefix_line(r.spiking_config.prefix))
     return 0
 
 
+def _prefix_options(args):
+    """``(prefix, prefix_text)`` of --prefix (``bos`` or comma-separated token ids) and
+    --prefix-text, as the API takes them."""
+    from sbsnn.errors import OptionError
+
+    if args.prefix is None:
+        return None, args.prefix_text
+    if args.prefix == "bos":
+        return "bos", None
+    try:
+        ids = [int(t) for t in args.prefix.split(",")]
+    except ValueError:
+        raise OptionError(f"--prefix {args.prefix!r}: give 'bos' or comma-separated token ids "
+                          "(e.g. 2,105); a text goes to --prefix-text") from None
+    return ids, None
+
+
+def _prefix_line(meta) -> str:
+    """One line on a checkpoint's constant prefix: size and one-off cost."""
+    what = f"text {meta['text'][:40]!r}" if meta.get("text") else f"ids {meta['ids'][:8]}"
+    return (f"constant prefix: {meta['tokens']} token(s) ({what}); its state ({meta['bytes']:,} "
+            f"bytes) computed once in float in {1e3 * meta['seconds']:.1f} ms; every document "
+            "starts from it and the prefix tokens are never simulated")
+
+
 def cmd_convert(args) -> int:
-    from sbsnn.checks import read_text_file
     from sbsnn.runs import process_group
     from sbsnn.runs.convert import convert_checkpoint_split
 
@@ -257,14 +286,20 @@ def cmd_convert(args) -> int:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             raise OptionError("convert --calibrate runs in one process; launch it without torchrun")
         return _convert_calibrated(args)
-    evaluate = read_text_file(args.eval, "the --eval text") if args.eval else None
+    prefix, prefix_text = _prefix_options(args)
+    if args.eval:
+        from sbsnn.runs import load_documents
+
+        evaluate = [d.text for d in load_documents(args.eval)]
+    else:
+        evaluate = None
     t0 = time.perf_counter()
     with process_group() as g:   # under torchrun: the blocks split across the ranks
         scfg = convert_checkpoint_split(args.src, args.out, preset=args.preset, coding=args.coding,
                                         k=args.k, group_size=args.group_size, targets=args.targets,
                                         exclude=args.exclude, force=args.force,
                                         allow_pickle=args.allow_pickle, progress=not args.quiet,
-                                        group=g)
+                                        group=g, prefix=prefix, prefix_text=prefix_text)
     if not g.is_main:
         return 0
     q = scfg.quantization
@@ -275,15 +310,16 @@ def cmd_convert(args) -> int:
     print(f"  INT8 codes: {q['codes']:,}; largest weight error {q['max_abs_weight_error']:.3g}; "
           f"clamped to +-127: {q['clamped']:,} (largest error from a clamp "
           f"{q['max_clamp_weight_error']:.3g})")
+    if scfg.prefix:
+        print("  " + _prefix_line(scfg.prefix))
     if evaluate is not None:
         import sbsnn
-        from sbsnn.analysis import fidelity
+        from sbsnn.analysis import fidelity_documents
 
-        f = fidelity(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
-                     sbsnn.load_spiking(args.out), evaluate)
-        print(f"  fidelity on {args.eval} ({f.tokens:,} tokens): perplexity float "
-              f"{f.float_perplexity:.3f}, spiking {f.spiking_perplexity:.3f}; top-1 agreement "
-              f"{100 * f.top1_agreement:.1f} %; mean KL {f.mean_kl:.4f} nats")
+        f = fidelity_documents(sbsnn.load_model(args.src, allow_pickle=args.allow_pickle),
+                               sbsnn.load_spiking(args.out), evaluate)
+        print(f"  fidelity on {args.eval} ({f.tokens:,} predictions, {f.documents} "
+              f"document{'s' if f.documents != 1 else ''}): {f.format()}")
     return 0
 
 
@@ -350,6 +386,10 @@ def cmd_simulate(args) -> int:
     print(f"  zero counts     {100 * t['zero_fraction']:.2f} % of {t['elements']:,} inputs; "
           f"{t['spikes_per_element']:.3f} spikes per input; slot sparsity {100 * t['slot_sparsity']:.2f} %")
     print(f"  time steps      up to {t['time_steps_max']:,} per call; largest count {t['count_max']:,}")
+    pre = getattr(model, "prefix", None)
+    if pre is not None:
+        print(f"  prefix          {pre.tokens} token(s) before every document, computed once in "
+              "float at conversion: not simulated, not counted above")
     for name, tr in r.traces.items():
         pos, neg = tr.events_per_step()
         spt = tr.steps_per_token()
@@ -363,6 +403,8 @@ def cmd_simulate(args) -> int:
 
 
 _TRACE_TOKENS_DEFAULT = 32  # sbsnn.sim.trace.DEFAULT_TOKENS (not imported: torch loads slowly)
+_FRONTIER_CODINGS = ("ternary", "bitwise")
+_FRONTIER_EVAL_TOKENS = 16384
 
 
 def _use_local_device(g) -> None:
@@ -409,6 +451,59 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _sweep_frontier(args) -> int:
+    """``sbsnn sweep --frontier``: :func:`sbsnn.runs.frontier.frontier`, printed and saved."""
+    import os
+
+    import sbsnn
+    from sbsnn.checks import check_int
+    from sbsnn.errors import OptionError
+    from sbsnn.runs.frontier import (FRONTIER_KS, format_frontier, format_points, frontier,
+                                     save_frontier)
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise OptionError("sweep --frontier runs in one process; launch it without torchrun")
+    for opt, bad in (("--spike-budget", args.spike_budget),
+                     ("--max-chars", args.max_chars),
+                     ("--coding", args.coding != "ternary")):
+        if bad:
+            raise OptionError(f"{opt} is an option of the k sweep; with --frontier the budgets "
+                              "are what plain k spends (--k), the codings --codings, the "
+                              "held-out text is cut at --eval-tokens")
+    if not args.text:
+        raise OptionError("--frontier needs --text HELD_OUT (text the calibration did not see; "
+                          "at least 16,384 predictions over two kinds of text for the goals)")
+    check_int(args.eval_tokens, "--eval-tokens", minimum=2)
+    prefix, prefix_text = _prefix_options(args)
+    if prefix is None and prefix_text is None:
+        prefix = "auto"
+    model = sbsnn.load_model(args.checkpoint, allow_pickle=args.allow_pickle)
+    ks = args.k if args.k is not None else list(FRONTIER_KS)
+    print(f"sbsnn sweep --frontier: {args.checkpoint}, {args.preset} preset, codings "
+          f"{', '.join(args.codings)}, k = {', '.join(f'{k:g}' for k in ks)}; held out "
+          f"{args.text} (at most {args.eval_tokens:,} tokens)"
+          + (f"; calibrated on {args.calibrate}" if args.calibrate else ""))
+
+    def show(p):
+        if not args.quiet:
+            print(f"  {p['coding']:<8} {p['method']:<18} {str(p['label']):<14} "
+                  f"{p['spikes_per_element']:.3f} spikes/el  x{p['perplexity_ratio']:.4f}  "
+                  f"KL {p['mean_kl']:.4f}  ({p['build_seconds'] + p['eval_seconds']:.0f} s)",
+                  flush=True)
+
+    result = frontier(model, args.text, calibration_texts=args.calibrate, codings=args.codings,
+                      ks=ks, prefix=prefix, prefix_text=prefix_text,
+                      finetuned=args.finetuned or None, preset=args.preset,
+                      calibration_tokens=args.calibration_tokens, eval_tokens=args.eval_tokens,
+                      progress=not args.quiet, on_point=show)
+    doc = save_frontier(result, args.out, {"checkpoint": str(args.checkpoint), "text": args.text,
+                                           "calibration_text": args.calibrate})
+    print(format_points(result))
+    print(format_frontier(result))
+    print(f"wrote {Path(args.out) / 'frontier.json'}, {Path(args.out) / doc['files']['plot']}")
+    return 0
+
+
 def cmd_sweep(args) -> int:
     import sbsnn
     from sbsnn.analysis.energy import load_profile
@@ -417,7 +512,7 @@ def cmd_sweep(args) -> int:
     from sbsnn.runs import load_documents, process_group
     from sbsnn.runs.sweep import format_sweep, save_sweep, sweep_documents
 
-    for k in args.k:
+    for k in args.k or ():
         check_k(k, "--k")
     check_int(args.max_chars, "--max-chars", minimum=1, none_ok=True,
               hint=" (leave it out for the whole text)")
@@ -425,6 +520,16 @@ def cmd_sweep(args) -> int:
     _check_apart(args.checkpoint, args.out, "checkpoint", contain_ok=True)
     load_profile(args.profile)            # an unknown profile fails before any work
     _threads(args)
+    if args.frontier:
+        return _sweep_frontier(args)
+    for opt, v in (("--codings", list(args.codings) != list(_FRONTIER_CODINGS)),
+                   ("--finetuned", args.finetuned), ("--prefix", args.prefix),
+                   ("--prefix-text", args.prefix_text),
+                   ("--eval-tokens", args.eval_tokens != _FRONTIER_EVAL_TOKENS)):
+        if v:
+            raise OptionError(f"{opt} needs --frontier")
+    if args.k is None:
+        args.k = [2.0, 2.5, 3.0, 3.5, 4.0]
     if args.spike_budget and not args.calibrate:
         raise OptionError("--spike-budget needs --calibrate TEXT (the text to calibrate on)")
     if args.calibrate and not args.spike_budget:
@@ -524,8 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="float checkpoint directory (config.json + "
                    "*.safetensors), .gguf file, or embedded model name (tiny-hybrid)")
     _add(p, "allow_pickle")
-    p.add_argument("--k", type=float, nargs="+", default=[2.0, 2.5, 3.0, 3.5, 4.0],
-                   help="values of k (default: 2 2.5 3 3.5 4)")
+    p.add_argument("--k", type=float, nargs="+", default=None,
+                   help="values of k (default: 2 2.5 3 3.5 4; with --frontier 2 3 4 6 8 12 16)")
     p.add_argument("--text", metavar="PATH", help="text file, JSONL file (\"text\" per line) or "
                    "directory of .txt files (default: the shipped held-out sample); under "
                    "torchrun the documents are split across the ranks")
@@ -541,6 +646,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "file, .jsonl or directory of .txt); evaluate on other text with --text")
     p.add_argument("--calibration-tokens", type=int, default=32768, metavar="N",
                    help="at most N calibration tokens (default: %(default)s)")
+    p.add_argument("--frontier", action="store_true",
+                   help="instead of the k sweep: per coding, the spikes per element each method "
+                        "(plain k, calibrated, calibrated + constant prefix, fine-tuned) needs to "
+                        "reach a perplexity ratio of x1.01, x1.02, x1.05 and a KL of 0.02 on "
+                        "--text (held out; calibration on --calibrate); writes "
+                        "OUT/frontier.json and OUT/frontier.png (docs/calibration.md)")
+    p.add_argument("--codings", nargs="+", default=list(_FRONTIER_CODINGS),
+                   choices=["binary", "ternary", "bitwise", "twos_complement"],
+                   help="with --frontier: the codings (default: ternary bitwise)")
+    p.add_argument("--eval-tokens", type=int, default=_FRONTIER_EVAL_TOKENS, metavar="N",
+                   help="with --frontier: at most N tokens of --text (default: %(default)s)")
+    p.add_argument("--finetuned", nargs="+", metavar="SPIKING_DIR",
+                   help="with --frontier: fine-tuned spiking checkpoints (sbsnn finetune's "
+                        "output) to place on the frontier (without them the method is skipped, "
+                        "with a note)")
+    pg = p.add_mutually_exclusive_group()
+    pg.add_argument("--prefix", metavar="bos|IDS",
+                    help="with --frontier: the constant prefix of the 'calibrated+prefix' method "
+                         "(default: the model's BOS token, when it has one)")
+    pg.add_argument("--prefix-text", metavar="TEXT",
+                    help="with --frontier: the constant prefix given as text")
     _add(p, "threads", "quiet")
 
     p = command("convert", cmd_convert, help="convert a checkpoint to spiking form",
@@ -557,13 +683,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="GLOB",
                    help="module-name patterns to convert instead of a preset, e.g. '*.q_proj' '*.mlp.*'")
     p.add_argument("--exclude", nargs="+", metavar="GLOB", help="module-name patterns to leave float")
-    p.add_argument("--eval", metavar="TEXT", help="text file: print float vs spiking perplexity, "
-                   "top-1 agreement and KL on it (with --calibrate: the overall before/after "
-                   "report is measured on it)")
+    p.add_argument("--eval", metavar="TEXT", help="text file, .jsonl or directory of .txt: print "
+                   "float vs spiking perplexity (with a bootstrap interval over its documents), "
+                   "top-1 agreement, KL and recovery on it (with --calibrate: the overall "
+                   "before/after report is measured on it)")
     p.add_argument("--eval-tokens", type=int, default=8192, metavar="N",
                    help="with --calibrate --eval: at most N tokens of the evaluation text "
                         "(default: %(default)s)")
     p.add_argument("--calib", help=argparse.SUPPRESS)   # renamed --eval: refused by name
+    pg = p.add_mutually_exclusive_group()
+    pg.add_argument("--prefix", metavar="bos|IDS",
+                    help="a constant prefix every document starts with: 'bos' (the model's BOS "
+                         "token) or comma-separated token ids; its decoding state is computed "
+                         "once in float and stored in OUT, and its tokens are never simulated "
+                         "(docs/calibration.md, 'The constant prefix')")
+    pg.add_argument("--prefix-text", metavar="TEXT",
+                    help="a constant prefix given as text (encoded by the model's tokenizer)")
     p.add_argument("--calibrate", metavar="TEXT", help="calibrate on this text (a text file, a "
                    ".jsonl file with a \"text\" per line, or a directory of .txt files): per-layer "
                    "k allocated by output sensitivity and per-channel smoothing folded into the "

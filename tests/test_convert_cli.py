@@ -89,8 +89,9 @@ def test_cli_w8aspike_with_options_and_calib(tmp_path, src):
     mem = convert(sbsnn.load_model(src), "w8aspike", k=2.5, group_size=64)
     assert torch.equal(logits(snn), logits(mem))
     # the fidelity line: float and spiking perplexity, agreement and KL, the API's numbers
-    m = re.search(r"\((\d+) tokens\): perplexity float ([\d.]+), spiking ([\d.]+); top-1 agreement "
-                  r"([\d.]+) %; mean KL ([\d.]+) nats", r.stdout)
+    m = re.search(r"\((\d+) predictions, 1 document\): perplexity float ([\d.]+), spiking ([\d.]+) "
+                  r"\(x[\d.]+; recovery [\d.]+\); top-1 agreement ([\d.]+) %; mean KL ([\d.]+) nats",
+                  r.stdout)
     assert m, r.stdout
     from sbsnn.analysis import fidelity
 

@@ -20,6 +20,9 @@ plot_energy               pJ per token of the spiking layers and of each baselin
                           estimate, stacked by component
 plot_sweep                perplexity ratio and sparsity against k, with SpikingBrain-7B's
                           Table 11 points
+plot_frontier             per coding, perplexity ratio and KL against spikes per element
+                          for each method, the targets and where each method reaches
+                          them, with SpikingBrain-7B's published point
 plot_events_per_step      spikes fired at each time step of the traced layers (positive
                           and negative), log scale
 plot_steps_per_token      how many time steps the tokens of each traced layer needed
@@ -47,8 +50,8 @@ from sbsnn.neurons import expand, spike_stats
 
 __all__ = ["KIND_COLORS", "SPIKINGBRAIN_7B_POINT", "SPIKINGBRAIN_7B_SWEEP",
            "plot_count_histograms", "plot_energy", "plot_events_per_step",
-           "plot_fidelity_per_spike", "plot_sparsity_per_layer", "plot_spike_raster",
-           "plot_steps_per_token", "plot_sweep"]
+           "plot_fidelity_per_spike", "plot_frontier", "plot_sparsity_per_layer",
+           "plot_spike_raster", "plot_steps_per_token", "plot_sweep"]
 
 KIND_COLORS = {"GLA": "#1f77b4", "SWA": "#ff7f0e", "full attention": "#d62728",
                "attention": "#8c564b", "MLP": "#2ca02c", "MoE": "#9467bd", "other": "#7f7f7f",
@@ -430,6 +433,68 @@ def plot_fidelity_per_spike(rows: Sequence[Mapping], path, title: str | None = N
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle(title or "Fidelity against spikes: plain conversion and calibration", fontsize=10)
+    return _save(fig, path)
+
+
+_FRONTIER_STYLES = {"plain": ("o-", "#4c72b0"), "calibrated": ("D-", "#c44e52"),
+                    "calibrated+prefix": ("s-", "#55a868"), "fine-tuned": ("^-", "#8172b2")}
+
+
+def plot_frontier(result: Mapping, path, title: str | None = None) -> Path:
+    """The frontier (:func:`sbsnn.runs.frontier.frontier`'s result): one column per coding;
+    top, perplexity ratio (log scale) and bottom, mean KL against spikes per element, one
+    line per method through its measured points, the targets as dashed lines and, on each,
+    a tick where each method reaches it (read off as the result says: linear between
+    points, in log ratio or KL). SpikingBrain-7B's published point (bitwise: spikes per
+    element, bf16 / spiking benchmark score) is the star on the bitwise ratio panel. The
+    methods' points and the result's reading of them: ``result["points"]``,
+    ``result["needed"]``."""
+    codings = list(result["codings"])
+    fig = _figure(5.2 * len(codings) + 0.6, 7.6)
+    # top, perplexity ratio (linear: the targets sit a few per cent above 1); bottom, KL
+    axes = np.atleast_2d(fig.subplots(2, len(codings), squeeze=False))
+    targets = result["targets"]
+    needed = {(r["coding"], r["method"]): r for r in result["needed"]}
+    for j, coding in enumerate(codings):
+        for i, metric in enumerate(("perplexity_ratio", "mean_kl")):
+            ax = axes[i, j]
+            for method in result["methods"]:
+                pts = sorted((p for p in result["points"]
+                              if p["coding"] == coding and p["method"] == method),
+                             key=lambda p: p["spikes_per_element"])
+                if not pts:
+                    continue
+                style, color = _FRONTIER_STYLES.get(method, ("x-", "#777777"))
+                ax.plot([p["spikes_per_element"] for p in pts], [p[metric] for p in pts],
+                        style, color=color, ms=4, lw=1.3, label=method)
+                for t in targets:
+                    n = needed[(coding, method)]["targets"][t["name"]]
+                    if t["metric"] == metric and n["how"] in ("interpolated", "measured"):
+                        ax.plot([n["spikes_per_element"]], [t["target"]], "|", ms=14, mew=2,
+                                color=color)
+            for t in targets:
+                if t["metric"] == metric:
+                    ax.axhline(t["target"], color="#999999", lw=0.8, ls="--")
+                    ax.annotate(t["name"], (1.0, t["target"]), xycoords=("axes fraction", "data"),
+                                fontsize=7, color="#666666", ha="right", va="bottom")
+            if metric == "perplexity_ratio":
+                ax.set_ylabel("perplexity spiking / float")
+                ref = result.get("reference") or SPIKINGBRAIN_7B_POINT
+                if coding == ref["coding"]:
+                    ax.plot([ref["spikes_per_element"]], [ref["score_ratio"]], "*", ms=12,
+                            color="#777777", label=f"SpikingBrain-7B k = {ref['k']:g} "
+                            "(benchmark-score ratio)")
+            else:
+                ax.set_ylabel("mean KL(float || spiking), nats")
+                if all(p["mean_kl"] > 0 for p in result["points"] if p["coding"] == coding):
+                    ax.set_yscale("log")
+            ax.set_xlabel(f"spikes per element ({coding} coding, held-out text)")
+            ax.set_title(f"{coding}: {'perplexity ratio' if i == 0 else 'KL'} against spikes",
+                         fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7, frameon=False)
+    fig.suptitle(title or "The frontier: spikes per element each method needs (ticks: where a "
+                 "method reaches a target)", fontsize=10)
     return _save(fig, path)
 
 

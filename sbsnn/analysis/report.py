@@ -47,9 +47,11 @@ from sbsnn import __version__
 from sbsnn.analysis import plots
 from sbsnn.analysis.counters import counters_from_recording
 from sbsnn.analysis.energy import estimate_energy, load_profile
+from sbsnn.analysis.fidelity import recovery
 from sbsnn.analysis.opcount import DENSE_PROJECTIONS, nonspiking_ops
 from sbsnn.analysis.report_render import PLOT_CAPTIONS, format_summary, render_html
-from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, METRIC_DEFINITIONS, _div,
+from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, FIDELITY_DEFINITIONS,
+                                     METRIC_DEFINITIONS, _div,
                                      energy_section, sparsity_section, trace_section)
 from sbsnn.analysis.sparsity import sparsity_from_recording
 from sbsnn.checks import check_int, check_window
@@ -63,7 +65,7 @@ __all__ = ["ESTIMATE_INFO", "BASELINE_INFO", "METRIC_DEFINITIONS", "PLOT_CAPTION
            "SCHEMA_VERSION", "build_report", "energy_section", "format_summary", "load_schema",
            "render_html", "sparsity_section", "write_atomically"]
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 PLOT_FILES = {
     "sparsity_per_layer": "sparsity_per_layer.png",
     "count_histograms": "count_histograms.png",
@@ -145,7 +147,24 @@ def _fidelity_section(fid) -> dict | None:
                              f"{sorted(d)}")
     if fp is None or sp is None:
         raise InputError("fidelity needs float_perplexity and spiking_perplexity (or the NLLs)")
+    for key in ("float_top1_accuracy", "spiking_top1_accuracy"):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 <= v <= 1):
+            raise InputError(f"fidelity: {key} = {v!r} is not a fraction in [0, 1]")
+    ci = d.get("perplexity_ratio_interval")
+    if ci is not None and not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and v > 0 for v in ci) and ci[0] <= ci[1]):
+        raise InputError(f"fidelity: perplexity_ratio_interval = {ci!r} is not [low, high] "
+                         "(two positive numbers, low <= high) or null")
     d.update(float_perplexity=fp, spiking_perplexity=sp, perplexity_ratio=_div(sp, fp))
+    if d.get("float_nll") is None:
+        d["float_nll"], d["spiking_nll"] = math.log(fp), math.log(sp)
+    if ci is not None:
+        d["perplexity_ratio_interval"] = [float(ci[0]), float(ci[1])]
+    d["recovery"] = recovery(d)
+    d["definitions"] = dict(FIDELITY_DEFINITIONS)
     return d
 
 
@@ -284,6 +303,13 @@ def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, ras
             coding=coding, k=meta.get("k"), preset=meta.get("preset"),
             tokens=meta.get("tokens", tokens), spiking_layers=len(rec.layers),
             layer_names=list(rec.layers), recording_shards=len(getattr(rec, "shards", [rec])))
+        prefix = meta.get("prefix")
+        if isinstance(prefix, dict):
+            notes.append(f"every document starts from the state after a constant prefix of "
+                         f"{prefix.get('tokens')} token(s), computed once in float at "
+                         "conversion: the prefix tokens are not simulated, so the sparsity, "
+                         "energy and per-token figures cover the documents' own tokens only "
+                         "(their attention over the prefix's keys is not counted either)")
         if not rec.complete:
             notes.insert(0, "the recording is INCOMPLETE (its run was interrupted): the "
                             "figures cover only what was flushed before")

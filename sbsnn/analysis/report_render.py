@@ -51,6 +51,17 @@ def _red(cmp_: Mapping, b: str) -> str:
     return "n/a" if r is None else f"{-100 * r:+.1f} %"
 
 
+_RECOVERY_NAMES = {"perplexity": "perplexity", "nats": "nats per token and per char",
+                   "top1_accuracy": "top-1 accuracy", "top1_agreement": "top-1 agreement"}
+
+
+def _recovery_text(rec: Mapping) -> str:
+    """Recovery of every score (sbsnn.analysis.fidelity.recovery), >= 0.95 passing."""
+    parts = [f"{_RECOVERY_NAMES[k]} {rec[k]:.3f}{'' if rec[k] >= 0.95 else ' (below 0.95)'}"
+             for k in _RECOVERY_NAMES if rec.get(k) is not None]
+    return "   ".join(parts) + "   (spiking score as a fraction of float's; >= 0.95 passes)"
+
+
 def format_summary(report: Mapping, where: str | os.PathLike | None = None) -> str:
     """A short terminal table: fidelity, sparsity, energy per token against INT8 and FP16."""
     m, sp, en = report["metadata"], report["sparsity"], report["energy"]
@@ -65,12 +76,21 @@ def format_summary(report: Mapping, where: str | os.PathLike | None = None) -> s
         on = f"   on {f['tokens']:,} predicted tokens" if f.get("tokens") else ""
         rows.append(("perplexity", f"float {f['float_perplexity']:.3f}   spiking "
                                    f"{f['spiking_perplexity']:.3f}   (x{f['perplexity_ratio']:.3f}){on}"))
+        ci = f.get("perplexity_ratio_interval")
+        if ci:
+            rows.append(("", f"(x{ci[0]:.3f} to x{ci[1]:.3f}: 95 % bootstrap interval over "
+                             f"{f.get('documents', '?')} documents)"))
         rows.append(("agreement", f"top-1 {_pct(f['top1_agreement'])}   mean KL {f['mean_kl']:.4f} nats"))
+        rows.append(("recovery", _recovery_text(f.get("recovery") or {})))
     rows.append(("sparsity", f"zero counts {_pct(p['zero_fraction'])}   "
                              f"{p['spikes_per_element']:.2f} spikes/element   "
                              f"{p['window']}-step window {_pct(p['slot_sparsity_window'])}"))
     rows.append(("", f"(SpikingBrain-7B, bitwise coding: {_pct(SPIKINGBRAIN_7B_SPARSITY, 2)} in a "
                      f"3-step window, {SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT:g} spikes/element)"))
+    pre = m.get("prefix")
+    if isinstance(pre, dict):
+        rows.append(("prefix", f"{pre.get('tokens')} token(s) computed once in float, not "
+                               "simulated (the figures cover the documents' own tokens)"))
     width = max(len(r[0]) for r in rows)
     lines += [f"  {a:<{width}}  {b}" for a, b in rows]
     lines.append(f"  energy of the spiking layers per token ({en['profile']}; baselines "
@@ -188,6 +208,20 @@ def render_html(report: Mapping) -> str:
                   f"x{f['perplexity_ratio']:.4f} of float" if f.get("perplexity_ratio") else ""],
                  ["top-1 agreement (float vs spiking)", _e(_pct(f["top1_agreement"])), ""],
                  ["mean KL(float || spiking)", _num(f["mean_kl"]) + " nats", "per predicted token"]]
+        ci = f.get("perplexity_ratio_interval")
+        if ci:
+            rows.append(["perplexity ratio, 95 % interval", _e(f"x{ci[0]:.4f} to x{ci[1]:.4f}"),
+                         _e(f"bootstrap over {f.get('documents', '?')} documents")])
+        for key, name in _RECOVERY_NAMES.items():
+            v = (f.get("recovery") or {}).get(key)
+            if v is not None:
+                rows.append([f"recovery, {name}", _num(v, "{:.4f}"),
+                             "passes (>= 0.95)" if v >= 0.95 else "below 0.95"])
+    pre = m.get("prefix")
+    if isinstance(pre, dict):
+        rows.append(["constant prefix", _e(f"{pre.get('tokens')} token(s)"),
+                     _e(f"state of {pre.get('bytes', 0):,} bytes computed once in float; "
+                        "not simulated")])
     ref = sp["reference"]
     rows += [["zero fraction of counts", _e(_pct(p["zero_fraction"])), ""],
              ["spikes per element", _num(p["spikes_per_element"], "{:.3f}"),
@@ -197,6 +231,11 @@ def render_html(report: Mapping) -> str:
              ["silent input channels per call", _e(_pct(p["silent_channel_fraction"])),
               f"SpikingBrain-7B: {_pct(SPIKINGBRAIN_7B_SILENT_CHANNELS)} of channels fire no spike"]]
     w(_table(["quantity", "this run", "reference / note"], rows))
+    if f and f.get("definitions"):
+        w("<details><summary>Fidelity definitions</summary><dl>")
+        for key, text in f["definitions"].items():
+            w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(_no_urls(text))}</dd>")
+        w("</dl></details>")
     erow = []
     for est, e in en["estimates"].items():
         b = e["baselines"]

@@ -20,7 +20,8 @@ import torch
 from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_per_mac
 from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_FIG9, SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT
 
-__all__ = ["BASELINE_INFO", "ESTIMATE_INFO", "METRIC_DEFINITIONS", "TRACE_DEFINITIONS",
+__all__ = ["BASELINE_INFO", "ESTIMATE_INFO", "FIDELITY_DEFINITIONS", "METRIC_DEFINITIONS",
+           "TRACE_DEFINITIONS",
            "energy_section", "sparsity_section", "trace_section"]
 
 # Mirrors the module docstring of sbsnn.analysis.sparsity.
@@ -47,6 +48,24 @@ METRIC_DEFINITIONS = {
     "tokens": "Rows (tokens) the layer saw, summed over calls.",
     "calls": "Forward calls of the layer (one per block of tokens).",
     "window": "The fixed window W (time steps) of slot_sparsity_window and fits_window.",
+}
+
+# The fidelity section's figures (sbsnn.analysis.fidelity computes them).
+FIDELITY_DEFINITIONS = {
+    "perplexity_ratio": "Spiking / float perplexity on the same next-token predictions: "
+                        "exp(spiking nats - float nats) per token; 1 is lossless.",
+    "perplexity_ratio_interval": "95 % bootstrap interval of the ratio over the documents: "
+                                 "documents drawn with replacement, the ratio of each draw's "
+                                 "summed nats, percentiles; null for one document.",
+    "top1_agreement": "Predictions where the two models' most likely next tokens agree.",
+    "top1_accuracy": "Predictions whose most likely next token is the text's next token "
+                     "(float_top1_accuracy, spiking_top1_accuracy).",
+    "mean_kl": "Mean KL(float || spiking) of the next-token distributions, nats per prediction.",
+    "recovery": "Each score of the spiking model as a fraction of the float model's, 1 = full "
+                "recovery, >= 0.95 passing (llm-compressor's convention): float / spiking "
+                "perplexity and nats, spiking / float top-1 accuracy, the agreement itself.",
+    "prefix_tokens": "Tokens of the constant prefix every document followed: computed once in "
+                     "float at conversion, not simulated, not counted.",
 }
 
 ESTIMATE_INFO = {

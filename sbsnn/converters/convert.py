@@ -16,9 +16,10 @@ from sbsnn.converters.presets import PRESETS, attention_hook_targets, linear_tar
 from sbsnn.converters.quant import QuantStats
 from sbsnn.converters.spiking_linear import SpikingLinear, spiking_layers  # noqa: F401 (re-exported)
 from sbsnn.errors import CheckpointKindError, LimitError, NonFiniteError, OptionError
+from sbsnn.models.prefix import compute_prefix, prefix_of
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
-FORMAT_VERSION = 2  # 2: per-layer k (layer_k) and the calibration record
+FORMAT_VERSION = 3  # 2: per-layer k (layer_k) and the calibration record; 3: the constant prefix
 
 
 @dataclass
@@ -38,6 +39,9 @@ class SpikingConfig:
     layer_k: dict[str, float] = field(default_factory=dict)
     # What calibration did (method, budget, measured spikes); None for plain conversion.
     calibration: dict | None = None
+    # The constant prefix (sbsnn.models.prefix.ConstantPrefix.metadata(): its ids, size,
+    # cost; its state in prefix_state.safetensors); None: documents start fresh.
+    prefix: dict | None = None
     # "sha256:<hex>" of every file of the checkpoint but this one, by file name, checked on
     # load (sbsnn.converters.format.verify_digests); empty in checkpoints written before.
     # (Not compared: two layouts of one conversion are equal configs.)
@@ -137,7 +141,8 @@ def _apply_hooks(model: nn.Module, cfg: SpikingConfig) -> None:
 def convert(model: nn.Module, preset: str | None = "paper", coding: str = "ternary",
             k: float = 3.0, group_size: int = 128, targets: list[str] | None = None,
             exclude: list[str] | None = None, inplace: bool = False,
-            progress: bool = False, layer_k: dict[str, float] | None = None) -> nn.Module:
+            progress: bool = False, layer_k: dict[str, float] | None = None,
+            prefix=None, prefix_text: str | None = None) -> nn.Module:
     """The spiking version of ``model``.
 
     Each targeted ``nn.Linear`` becomes a :class:`SpikingLinear` (INT8 weight codes per
@@ -146,8 +151,20 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
     :mod:`sbsnn.converters.presets`); ``targets`` (glob patterns over module names)
     overrides it, ``exclude`` removes names. ``layer_k`` gives some layers their own k
     (what :func:`sbsnn.calibrate` allocates). The result carries ``spiking_config``.
+
+    ``prefix`` (``"bos"`` or token ids) or ``prefix_text``: a constant prefix every document
+    starts with; its decoding state is computed once by the float ``model``
+    (:func:`sbsnn.models.prefix.compute_prefix`) and the result starts every document
+    from it (``result.prefix``; saved with the checkpoint). A float model that already
+    carries a prefix passes it on.
     """
     cfg = plan(model, preset, coding, k, group_size, targets, exclude)
+    pre = None
+    if prefix is not None or prefix_text is not None:
+        if not hasattr(model, "start_state"):
+            raise OptionError(f"prefix: a constant prefix needs an sbsnn causal LM "
+                              f"(HybridForCausalLM), got {type(model).__name__}")
+        pre = compute_prefix(model, prefix, prefix_text)   # in float, before any layer spikes
     if layer_k:
         unknown = sorted(set(layer_k) - set(cfg.targets))
         if unknown:
@@ -170,6 +187,11 @@ def convert(model: nn.Module, preset: str | None = "paper", coding: str = "terna
         stats = stats.merge(sl.quant_stats)
     cfg.quantization = stats.to_dict()
     _apply_hooks(model, cfg)
+    if pre is not None:
+        # computed by this very float model, whose copy this is: the same layout and dtypes
+        model.prefix = pre
+    pre = prefix_of(model)
+    cfg.prefix = pre.metadata() if pre is not None else None
     model.spiking_config = cfg
     return model
 

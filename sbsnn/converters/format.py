@@ -10,6 +10,11 @@
         <layer>.weight_scales  float32 [out, ceil(in / group_size)]
         <layer>.bias           as in the float model
         everything else        the float model's tensors under their own names
+    prefix_state.safetensors  (with a constant prefix, format_version 3) the decoding state
+                           after the prefix, computed in float: ``layers.{i}.<cache>``
+                           tensors (attention caches compacted to their filled slots) and
+                           ``logits``; its ids, size and cost under ``prefix`` in
+                           spiking_config.json
 
 Described in ``docs/spiking-checkpoint.md``. Written into a temporary directory and
 renamed at the end, so a killed save never leaves a complete-looking output.
@@ -17,6 +22,7 @@ renamed at the end, so a killed save never leaves a complete-looking output.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,10 +41,12 @@ from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import (CheckpointKindError, IntegrityError, NonFiniteError, OptionError,
                           PathExistsError, SbsnnError, os_error)
 from sbsnn.models.checkpoint import (EMBEDDED, TOKENIZER_FILES, check_device_dtype,
-                                     default_dtype, fill_state, read_state_dict, save_pretrained)
+                                     default_dtype, fill_state, read_safetensors,
+                                     read_state_dict, save_pretrained, write_safetensors)
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.errors import CheckpointError
 from sbsnn.models.hybrid import HybridForCausalLM
+from sbsnn.models.prefix import PREFIX_FILE, ConstantPrefix, prefix_of
 from sbsnn.models.tokenizer import tokenizer_or_none
 
 SPIKING_CONFIG = "spiking_config.json"
@@ -229,6 +237,10 @@ def read_spiking_config(directory: str | Path) -> SpikingConfig:
             raise CheckpointError(f"{path}: layer_k[{name!r}]: {e}") from None
     if cfg.calibration is not None and not isinstance(cfg.calibration, dict):
         raise CheckpointError(f"{path}: 'calibration' must be an object or null")
+    if cfg.prefix is not None and (not isinstance(cfg.prefix, dict)
+                                   or cfg.prefix.get("file") != PREFIX_FILE):
+        raise CheckpointError(f"{path}: 'prefix' must be null or an object naming its state "
+                              f"file ({PREFIX_FILE!r})")
     if not isinstance(cfg.digests, dict) or not all(
             isinstance(k, str) and Path(k).name == k and isinstance(v, str)
             and v.startswith(f"{DIGEST}:") and len(v) == len(DIGEST) + 65
@@ -250,13 +262,20 @@ def save_spiking(model: HybridForCausalLM, directory: str | Path, force: bool = 
         raise CheckpointKindError("save_spiking needs a model returned by sbsnn.convert (this one "
                                   "has no spiking_config: it is a float model)")
     check_int(max_shard_bytes, "max_shard_bytes", minimum=1, none_ok=True, hint=" (None: one file)")
+    pre = prefix_of(model)
+    # the prefix the model carries now (attached after conversion, or taken away) is saved
+    cfg = dataclasses.replace(cfg, prefix=None if pre is None else pre.metadata())
+    if pre is not None:
+        cfg.format_version = max(cfg.format_version, 3)
     with atomic_directory(directory, force) as tmp:
         save_pretrained(model, tmp, max_shard_bytes=max_shard_bytes)
+        if pre is not None:
+            write_safetensors({k: v.cpu() for k, v in pre.tensors().items()}, tmp / PREFIX_FILE)
         tok = getattr(model, "tokenizer", None)
         if hasattr(tok, "to_json"):  # a Hugging Face tokenizer travels with the weights
             (tmp / "tokenizer.json").write_text(tok.to_json())
         for name, text in (extra_files or {}).items():
-            if Path(name).name != name or name in (SPIKING_CONFIG, "config.json"):
+            if Path(name).name != name or name in (SPIKING_CONFIG, "config.json", PREFIX_FILE):
                 raise OptionError(f"extra file {name!r}: give a plain file name that is not "
                                   "one of the checkpoint's own files")
             (tmp / name).write_text(text, encoding="utf-8")
@@ -316,7 +335,19 @@ def load_spiking(directory: str | Path, device: str | torch.device = "cpu",
     check_spiking_tensors(model, raw, origin, finite_floats=verify)
     model.eval()
     model.tokenizer = tokenizer_or_none(d, cfg.vocab_size)
+    if scfg.prefix is not None:
+        model.prefix = read_prefix(model, d, scfg.prefix)
     return model
+
+
+def read_prefix(model, directory: Path, meta: dict) -> ConstantPrefix:
+    """The constant prefix of a spiking checkpoint, checked against ``model`` (its state
+    must be the layout of the model's own state after the prefix; refused by tensor name)."""
+    path = Path(directory) / PREFIX_FILE
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing, but {SPIKING_CONFIG} records a constant prefix; "
+                             "the checkpoint is incomplete: convert it again")
+    return ConstantPrefix.from_tensors(model, read_safetensors(path), meta, where=str(path))
 
 
 def check_spiking_tensors(model, raw: dict, origin: dict, finite_floats: bool = True) -> None:

@@ -21,19 +21,24 @@ from sbsnn.converters.quant import QuantStats
 from sbsnn.errors import NonFiniteError, OptionError
 from sbsnn.models.checkpoint import fill_state, open_checkpoint, resolve, write_safetensors
 from sbsnn.models.hybrid import HybridForCausalLM
+from sbsnn.models.prefix import PREFIX_FILE, ConstantPrefix, compute_prefix
 
 
 def convert_checkpoint(src: str | Path, out: str | Path, preset: str | None = "paper",
                        coding: str = "ternary", k: float = 3.0, group_size: int = 128,
                        targets: list[str] | None = None, exclude: list[str] | None = None,
                        force: bool = False, allow_pickle: bool = False,
-                       progress: bool = True) -> SpikingConfig:
+                       progress: bool = True, prefix=None,
+                       prefix_text: str | None = None) -> SpikingConfig:
     """Write the spiking form of checkpoint ``src`` (a directory, a GGUF file or an
-    embedded name) to ``out``."""
+    embedded name) to ``out``. ``prefix`` / ``prefix_text``: a constant prefix, its state
+    computed once by the float model (:func:`sbsnn.convert`'s)."""
     out = Path(out)
     ck, model, scfg = open_source(src, out, preset, coding, k, group_size, targets, exclude,
                                   force, allow_pickle, progress)
+    pre = float_prefix(model, ck, prefix, prefix_text)
     with atomic_directory(out, force) as tmp:
+        write_prefix(tmp, scfg, pre)
         parts = convert_blocks(model, range(len(model.model.layers)), scfg, tmp, progress)
         finish_checkpoint(tmp, model, ck, scfg, parts)
     return scfg
@@ -62,6 +67,25 @@ def open_source(src, out: Path, preset, coding, k, group_size, targets, exclude,
         raise OptionError(f"target {name!r} lies outside the transformer blocks; "
                          "the streaming converter converts block layers only")
     return ck, model, scfg
+
+
+def float_prefix(model, ck, prefix, prefix_text) -> ConstantPrefix | None:
+    """The constant prefix's state, computed by the source's float model (views of its
+    mapped tensors, before any block is converted), or None without a prefix."""
+    if prefix is None and prefix_text is None:
+        return None
+    model.tokenizer = ck.tokenizer
+    return compute_prefix(model, prefix, prefix_text)
+
+
+def write_prefix(tmp: Path, scfg: SpikingConfig, pre: ConstantPrefix | None) -> None:
+    """Write the prefix's state (:data:`~sbsnn.models.prefix.PREFIX_FILE`) into ``tmp`` and
+    record it in ``scfg``."""
+    if pre is None:
+        return
+    write_safetensors({k: v.cpu().contiguous() for k, v in pre.tensors().items()},
+                      tmp / PREFIX_FILE)
+    scfg.prefix = pre.metadata()
 
 
 def shard_name(i: int, n_shards: int) -> str:

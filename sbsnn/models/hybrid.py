@@ -214,6 +214,9 @@ class HybridForCausalLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(
             cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tokenizer = None  # set by load_model
+        # A constant prefix (sbsnn.models.prefix.ConstantPrefix): every document starts
+        # from its state (start_state); None: from a fresh state.
+        self.prefix = None
         if not self.model.embeddings.weight.is_meta:  # a skeleton for loading needs no init
             self.apply(self._init_weights)
 
@@ -228,7 +231,22 @@ class HybridForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def new_state(self) -> DecodeState:
+        """A fresh decoding state: nothing seen."""
         return DecodeState(layers=[{} for _ in self.model.layers])
+
+    def start_state(self, batch: int = 1) -> DecodeState:
+        """The state a document starts from: a copy of the state after the model's
+        constant prefix (``self.prefix``, :mod:`sbsnn.models.prefix`) when it has one,
+        for ``batch`` sequences; else :meth:`new_state`."""
+        if self.prefix is None:
+            return self.new_state()
+        return self.prefix.start_state(self, batch)
+
+    def document_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """A document's token ids ``[B, L]`` as the model reads them after its constant
+        prefix: without the leading BOS the prefix already holds (unchanged without a
+        prefix)."""
+        return ids if self.prefix is None else self.prefix.body(ids)
 
     def forward(self, input_ids: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         """Logits ``[B, L, vocab]`` for ``input_ids [B, L]``.
@@ -339,8 +357,12 @@ class HybridForCausalLM(nn.Module):
             raise OptionError("the prompt is empty: give at least one token")
         _check_ids(prompt_ids, self.config.vocab_size)
         device = next(self.parameters()).device
-        state = self.new_state()
-        logits = self.prefill(torch.tensor([prompt_ids], device=device), state)
+        state = self.start_state()
+        ids = self.document_ids(torch.tensor([prompt_ids], device=device))
+        if ids.shape[1]:
+            logits = self.prefill(ids, state)
+        else:      # the prompt was the prefix's BOS alone: the prefix's own prediction
+            logits = self.prefix.logits.to(device)[None]
         for _ in range(max_new_tokens):
             tok = sample(logits[0], temperature, top_k, generator)
             yield tok

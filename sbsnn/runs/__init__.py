@@ -7,7 +7,8 @@ and below the CLI (which parses, calls one of these and prints):
   (:func:`simulate_documents`; ``pipeline=True`` places the blocks across ranks instead,
   :mod:`sbsnn.runs.pipeline`);
 - the k sweep, plain and calibrated rows, for a text or a document set
-  (:func:`sweep`, :func:`sweep_documents`);
+  (:func:`sweep`, :func:`sweep_documents`), and the frontier: the spikes per element each
+  method needs to reach a fidelity target (:func:`frontier`);
 - calibrate-and-evaluate of a checkpoint (:func:`calibrate_checkpoint`);
 - layer-split conversion (:func:`convert_checkpoint_split`);
 - the demo (:func:`run_demo`).
@@ -23,6 +24,7 @@ from sbsnn.runs.convert import convert_checkpoint_split
 from sbsnn.runs.demo import run_demo
 from sbsnn.runs.documents import (Document, DocumentSet, DocumentSetError, assign_documents,
                                   contiguous_split, load_documents)
+from sbsnn.runs.frontier import frontier
 from sbsnn.runs.group import Group, launched_by_torchrun, process_group
 from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents
 from sbsnn.runs.simulate import simulate_documents
@@ -31,5 +33,5 @@ from sbsnn.runs.sweep import sweep, sweep_documents
 __all__ = ["CalibratedCheckpoint", "Document", "DocumentCounters", "DocumentSet",
            "DocumentSetError", "DocumentSetResult", "Group", "assign_documents",
            "calibrate_checkpoint", "compare", "contiguous_split", "convert_checkpoint_split",
-           "launched_by_torchrun", "load_documents", "process_group", "run_demo",
+           "frontier", "launched_by_torchrun", "load_documents", "process_group", "run_demo",
            "simulate_documents", "sweep", "sweep_documents", "tokenize_documents"]

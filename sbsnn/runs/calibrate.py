@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 from tqdm.auto import tqdm
 
-from sbsnn.analysis.fidelity import FidelitySums, fidelity_sums_of_ids
+from sbsnn.analysis.fidelity import BOOTSTRAP_LEVEL, fidelity_of_documents, fidelity_sums_of_ids
 from sbsnn.checks import check_int
 from sbsnn.converters import convert, save_spiking
 from sbsnn.converters.calibration import (SpikeBudget, SpikeTap, calibrate, each_document,
@@ -30,7 +30,8 @@ from sbsnn.fsutil import jsonable
 from sbsnn.models.checkpoint import load_model
 from sbsnn.runs.documents import load_documents
 
-__all__ = ["CalibratedCheckpoint", "calibrate_checkpoint", "compare", "format_calibration"]
+__all__ = ["CalibratedCheckpoint", "calibrate_checkpoint", "compare", "format_calibration",
+           "format_overall"]
 
 
 @torch.no_grad()
@@ -49,29 +50,30 @@ def compare(float_model, spiking_models: Mapping[str, object], texts, coding: st
         progress = progress(per_model * len(spiking_models))
     out = {}
     for name, spiking in spiking_models.items():
-        sums, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size, progress)
-        f = sums.fidelity()
-        out[name] = {"tokens": f.tokens, "top1_agreement": f.top1_agreement,
-                     "mean_kl": f.mean_kl, "float_perplexity": f.float_perplexity,
-                     "spiking_perplexity": f.spiking_perplexity,
-                     "perplexity_ratio": f.spiking_perplexity / f.float_perplexity,
-                     "spikes_per_element": spikes_per_element}
+        docs, spikes_per_element = _sums(float_model, spiking, blocks, coding, block_size,
+                                         progress)
+        d = fidelity_of_documents(docs).to_dict()
+        out[name] = {key: d[key] for key in (
+            "tokens", "documents", "top1_agreement", "mean_kl", "float_perplexity",
+            "spiking_perplexity", "perplexity_ratio", "perplexity_ratio_interval",
+            "float_nll", "spiking_nll", "float_top1_accuracy", "spiking_top1_accuracy",
+            "recovery", "prefix_tokens")}
+        out[name]["spikes_per_element"] = spikes_per_element
     return out
 
 
 def _sums(float_model, spiking, blocks, coding: str, block_size: int, progress=None):
-    """Fidelity sums and spikes per element over the documents ``blocks``: documents side
-    by side on a CPU with several torch threads, everything added in document order."""
+    """Fidelity sums of each document of ``blocks`` (in document order) and spikes per
+    element over them: documents side by side on a CPU with several torch threads."""
     def one(i, doc, tell):
         with tap.document(i):
             return fidelity_sums_of_ids(float_model, spiking, torch.cat(doc, dim=1),
                                         block_size, progress=tell)
 
     with SpikeTap(spiking, coding) as tap:
-        sums = FidelitySums()
-        for s in each_document(one, blocks, [float_model, spiking], progress):
-            sums = sums.add(s)
-    return sums, tap.measured(sums.tokens).spikes_per_element
+        docs = list(each_document(one, blocks, [float_model, spiking], progress))
+    tokens = sum(d.tokens for d in docs)
+    return docs, tap.measured(tokens).spikes_per_element
 
 
 def _short(name: str) -> str:
@@ -110,16 +112,41 @@ def format_calibration(report: Mapping, overall: Mapping | None = None,
                      + f"; sampled KL per epoch {kl}")
     if overall:
         lines.append(f"overall{(' on ' + overall_text) if overall_text else ''}:")
-        lines.append(f"  {'':<12} {'top-1':>7} {'KL':>8} {'ppl float':>10} {'ppl spiking':>11} "
-                     f"{'ratio':>7} {'spk/el':>7}")
-        for name, o in overall.items():
-            r = o["perplexity_ratio"]
-            lines.append(f"  {name:<12} {100 * o['top1_agreement']:>6.1f}% {o['mean_kl']:>8.4f} "
-                         f"{o['float_perplexity']:>10.3f} {o['spiking_perplexity']:>11.3f} "
-                         f"{r if math.isfinite(r) else float('nan'):>7.4f} "
-                         f"{o['spikes_per_element']:>7.3f}")
-        lines.append(f"  ({next(iter(overall.values()))['tokens']:,} next-token predictions)")
+        lines += format_overall(overall, indent="  ")
     return "\n".join(lines)
+
+
+def format_overall(overall: Mapping, indent: str = "") -> list[str]:
+    """Lines of a comparison (:func:`compare`'s result): per model, agreement, KL, both
+    perplexities, their ratio with its bootstrap interval over documents, the recovery of
+    perplexity and of top-1 accuracy, and spikes per element."""
+    head = (f"{'':<12} {'top-1':>7} {'KL':>8} {'ppl float':>10} {'ppl spiking':>11} "
+            f"{'ratio':>7} {f'{100 * BOOTSTRAP_LEVEL:.0f}% interval':>17} {'rec. ppl':>8} "
+            f"{'rec. acc':>8} {'spk/el':>7}")
+    lines = [indent + head]
+    for name, o in overall.items():
+        r = o["perplexity_ratio"]
+        ci = o.get("perplexity_ratio_interval")
+        rec = o.get("recovery") or {}
+        lines.append(
+            f"{indent}{name:<12} {100 * o['top1_agreement']:>6.1f}% {o['mean_kl']:>8.4f} "
+            f"{o['float_perplexity']:>10.3f} {o['spiking_perplexity']:>11.3f} "
+            f"{r if math.isfinite(r) else float('nan'):>7.4f} "
+            f"{(f'{ci[0]:.4f}-{ci[1]:.4f}' if ci else 'n/a (1 doc)'):>17} "
+            f"{_num(rec.get('perplexity')):>8} {_num(rec.get('top1_accuracy')):>8} "
+            f"{o['spikes_per_element']:>7.3f}")
+    first = next(iter(overall.values()))
+    lines.append(f"{indent}({first['tokens']:,} next-token predictions over "
+                 f"{first.get('documents', 1)} document(s); interval: bootstrap over documents; "
+                 "recovery: float / spiking perplexity and spiking / float top-1 accuracy, "
+                 ">= 0.95 passes"
+                 + (f"; after a constant prefix of {first['prefix_tokens']} token(s), not "
+                    "simulated" if first.get("prefix_tokens") else "") + ")")
+    return lines
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 @dataclass
@@ -149,7 +176,8 @@ def calibrate_checkpoint(src, out, texts, budget=None, *, eval_texts=None,
                          targets: list[str] | None = None, exclude: list[str] | None = None,
                          calibration_tokens: int = 32768, refine_epochs: int = 0,
                          refine_state=None, force: bool = False, allow_pickle: bool = False,
-                         progress: bool = False) -> CalibratedCheckpoint:
+                         progress: bool = False, prefix=None,
+                         prefix_text: str | None = None) -> CalibratedCheckpoint:
     """Calibrate the float checkpoint ``src`` on ``texts`` (a path to a text, ``.jsonl`` or
     directory of ``.txt`` files, or a list of texts) to spend at most ``budget`` spikes per
     element (a number, a :class:`~sbsnn.converters.calibration.SpikeBudget`; None: what
@@ -157,7 +185,9 @@ def calibrate_checkpoint(src, out, texts, budget=None, *, eval_texts=None,
     the same uniform k with the float model on ``eval_texts`` (at most ``eval_tokens``
     tokens; None: the first tokens of the calibration text, which is not held out), and
     write the calibrated spiking checkpoint ``out`` with ``calibration.json`` in it, in one
-    atomic step (``force``: replace an existing spiking checkpoint).
+    atomic step (``force``: replace an existing spiking checkpoint). ``prefix`` /
+    ``prefix_text``: a constant prefix (:func:`~sbsnn.converters.calibration.calibrate`'s),
+    given to both the calibrated and the plain model.
     """
     t0 = time.perf_counter()
     budget = SpikeBudget.at_k(k) if budget is None else SpikeBudget.of(budget)
@@ -166,9 +196,11 @@ def calibrate_checkpoint(src, out, texts, budget=None, *, eval_texts=None,
     model = load_model(src, allow_pickle=allow_pickle)
     snn = calibrate(model, docs, budget, coding=coding, preset=preset, group_size=group_size,
                     targets=targets, exclude=exclude, max_tokens=calibration_tokens,
-                    refine_epochs=refine_epochs, refine_state=refine_state, progress=progress)
+                    refine_epochs=refine_epochs, refine_state=refine_state, progress=progress,
+                    prefix=prefix, prefix_text=prefix_text)
     report = snn.calibration_report
-    plain = convert(model, preset, coding, report["plain_k"], group_size, targets, exclude)
+    plain = convert(model, preset, coding, report["plain_k"], group_size, targets, exclude,
+                    prefix=prefix, prefix_text=prefix_text)
     if eval_texts is not None:
         held_out = load_documents(eval_texts)
         texts_eval, limit = [d.text for d in held_out], eval_tokens

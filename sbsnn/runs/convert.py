@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sbsnn.converters.format import atomic_directory
 from sbsnn.converters.quant import QuantStats
-from sbsnn.converters.stream import convert_blocks, convert_checkpoint, finish_checkpoint, open_source
+from sbsnn.converters.stream import (convert_blocks, convert_checkpoint, finish_checkpoint,
+                                    float_prefix, open_source, write_prefix)
 from sbsnn.runs.documents import contiguous_split
 from sbsnn.runs.group import Group, process_group
 
@@ -29,21 +30,25 @@ def convert_checkpoint_split(src, out, preset: str | None = "paper", coding: str
                              targets: list[str] | None = None, exclude: list[str] | None = None,
                              force: bool = False, allow_pickle: bool = False,
                              progress: bool = True, distributed: bool | str = "auto",
-                             group: Group | None = None):
+                             group: Group | None = None, prefix=None,
+                             prefix_text: str | None = None):
     """Convert ``src`` to the spiking checkpoint ``out`` with the blocks split across the
     process group (module docstring); one process runs
     :func:`~sbsnn.converters.convert_checkpoint`. Returns the
-    :class:`~sbsnn.converters.SpikingConfig` on every rank."""
+    :class:`~sbsnn.converters.SpikingConfig` on every rank. ``prefix`` / ``prefix_text``:
+    a constant prefix (its state computed once, in float, by rank 0)."""
     if group is None:
         with process_group(distributed) as g:
             return convert_checkpoint_split(src, out, preset, coding, k, group_size, targets,
-                                            exclude, force, allow_pickle, progress, group=g)
+                                            exclude, force, allow_pickle, progress, group=g,
+                                            prefix=prefix, prefix_text=prefix_text)
     if not group.distributed:
         return convert_checkpoint(src, out, preset, coding, k, group_size, targets, exclude,
-                                  force, allow_pickle, progress)
+                                  force, allow_pickle, progress, prefix, prefix_text)
     out = Path(out)
     ck, model, scfg = open_source(src, out, preset, coding, k, group_size, targets, exclude,
                                   force, allow_pickle, progress and group.is_main)
+    pre = float_prefix(model, ck, prefix, prefix_text)   # every rank: the same checks
     n = len(model.model.layers)
     sizes = [sum(t.numel() * t.element_size() for t in b.state_dict().values())
              for b in model.model.layers]
@@ -54,6 +59,7 @@ def convert_checkpoint_split(src, out, preset: str | None = "paper", coding: str
         tmp = target.__enter__()
         try:
             group.broadcast(str(tmp))
+            write_prefix(tmp, scfg, pre)
             parts = convert_blocks(model, mine, scfg, tmp, progress)
             gathered = group.all_gather(parts)
             finish_checkpoint(tmp, model, ck, scfg, [p for part in gathered for p in part])
@@ -69,5 +75,6 @@ def convert_checkpoint_split(src, out, preset: str | None = "paper", coding: str
         for _, _, _, st in sorted((p for part in gathered for p in part), key=lambda p: p[0]):
             stats = stats.merge(st)
         scfg.quantization = stats.to_dict()
+        scfg.prefix = None if pre is None else pre.metadata()
     group.barrier()      # rank 0 has renamed the directory: out is complete on every rank
     return scfg

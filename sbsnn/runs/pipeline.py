@@ -33,6 +33,7 @@ from sbsnn.checks import check_block_size, check_max_tokens
 from sbsnn.converters.convert import apply_structure
 from sbsnn.converters.format import check_spiking_tensors, read_spiking_config, verify_digests
 from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.errors import OptionError
 from sbsnn.models.checkpoint import default_dtype, fill_state, read_state_dict
 from sbsnn.models.config import HybridConfig
 from sbsnn.models.families import rename_key
@@ -154,6 +155,10 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
     check_max_tokens(max_tokens)
     d = Path(spiking_dir)
     scfg = read_spiking_config(d)          # a float checkpoint is refused by kind, first
+    if scfg.prefix is not None:
+        raise OptionError(f"{d}: pipeline stages do not start documents from a constant prefix "
+                          "yet (this checkpoint carries one); simulate it without --pipeline "
+                          "(pipeline=False), documents split over the ranks instead")
     cfg = HybridConfig.from_json(d / "config.json")
     stages = stage_layers(cfg, group.world_size, scfg)
     mine = stages[group.rank]

@@ -17,7 +17,7 @@ import torch
 from sbsnn.checks import check_max_tokens
 from sbsnn.runs.documents import DocumentSet
 from sbsnn.runs.group import Group
-from sbsnn.sim.engine import LayerCounters, SimResult, counter_fields
+from sbsnn.sim.engine import LayerCounters, SimResult, after_prefix, counter_fields
 
 __all__ = ["DocumentCounters", "DocumentSetResult", "document_ids", "reduce_counters",
            "tokenize_documents", "totals_of"]
@@ -56,9 +56,12 @@ class DocumentSetResult(SimResult):
 
 
 def document_ids(model, docs: DocumentSet, index: int, max_tokens: int | None = None) -> torch.Tensor:
-    """Token ids ``[1, n]`` of document ``index`` of ``docs`` (its first ``max_tokens``)."""
+    """Token ids ``[1, n]`` of document ``index`` of ``docs`` (its first ``max_tokens``), as
+    the model reads them after its constant prefix, if it has one
+    (:func:`sbsnn.sim.engine.after_prefix`)."""
     d = docs[index]
     ids = torch.tensor([model._require_tokenizer().encode(d.text)], dtype=torch.long)
+    ids = after_prefix(model, ids)
     if max_tokens is not None:
         ids = ids[:, :max_tokens]
     if ids.shape[1] == 0:

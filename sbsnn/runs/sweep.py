@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from sbsnn import __version__
 from sbsnn.analysis.energy import estimate_energy, load_profile
-from sbsnn.analysis.fidelity import FidelitySums, fidelity_sums
+from sbsnn.analysis.fidelity import fidelity_of_documents, fidelity_sums
 from sbsnn.analysis.opcount import nonspiking_ops
 from sbsnn.analysis.plots import plot_fidelity_per_spike, plot_sweep
 from sbsnn.analysis.sparsity import SparsityCollector, SparsityTally
@@ -294,10 +294,8 @@ def _measure(model, snn, docs: DocumentSet, mine, fields: dict, preset, coding, 
     sums = sorted((x for part in group.all_gather(per_doc) for x in part), key=lambda x: x[0])
     if [i for i, _ in sums] != list(range(len(docs))):
         raise RuntimeError(f"internal: fidelity of {len(sums)} documents gathered for {len(docs)}")
-    total = FidelitySums()
-    for _, s in sums:                      # in document order: the same bits on any split
-        total = total.add(s)
-    fid = total.fidelity().to_dict()
+    # added in document order: the same bits on any split
+    fid = fidelity_of_documents([s for _, s in sums]).to_dict()
     info = {n: {"group_size": m.group_size, "bias": m.bias is not None} for n, m in layers}
     tokens = max((c.tokens for c in reduced.values()), default=0)
     en = estimate_energy([{**c.to_dict(), **info[n]} for n, c in reduced.items()], coding,
@@ -311,6 +309,10 @@ def _measure(model, snn, docs: DocumentSet, mine, fields: dict, preset, coding, 
         "perplexity_ratio": fid["spiking_perplexity"] / fid["float_perplexity"],
         "top1_agreement": fid["top1_agreement"], "mean_kl": fid["mean_kl"],
         "float_nll": fid["float_nll"], "spiking_nll": fid["spiking_nll"],
+        "perplexity_ratio_interval": fid["perplexity_ratio_interval"],
+        "float_top1_accuracy": fid["float_top1_accuracy"],
+        "spiking_top1_accuracy": fid["spiking_top1_accuracy"], "recovery": fid["recovery"],
+        "prefix_tokens": fid["prefix_tokens"],
         "sparsity": {key: pooled[key] for key in _SPARSITY_KEYS},
         "energy": _energy_summary(en, tokens),
         "reference": _reference(k) if fields["method"] == "plain" else None,
@@ -333,7 +335,7 @@ def _f(x, fmt: str) -> str:
 def format_sweep(rows: Iterable[Mapping]) -> str:
     """The sweep as a text table, SpikingBrain-7B's Table 11 in the last two columns."""
     rows = list(rows)
-    head = (f"{'k':>12} {'ppl float':>9} {'ppl spike':>9} {'ratio':>6} {'top-1':>6} {'KL':>7} "
+    head = (f"{'k':>12} {'ppl float':>9} {'ppl spike':>9} {'ratio':>6} {'rec.':>5} {'top-1':>6} {'KL':>7} "
             f"{'zeros':>6} {'spk/el':>6} {'win3':>6} {'E(a)/tok':>9} {'vs INT8':>8} {'vs FP16':>8} "
             f"| {'7B spars.':>9} {'7B score':>8}")
     lines = [head, "-" * len(head)]
@@ -345,7 +347,9 @@ def format_sweep(rows: Iterable[Mapping]) -> str:
                  else f"{r['k']:g}")
         lines.append(
             f"{label:>12} {_f(r['float_perplexity'], '{:.3f}'):>9} {_f(r['spiking_perplexity'], '{:.3f}'):>9} "
-            f"{_f(r['perplexity_ratio'], '{:.3f}'):>6} {_f(100 * r['top1_agreement'], '{:.1f}%'):>6} "
+            f"{_f(r['perplexity_ratio'], '{:.3f}'):>6} "
+            f"{_f((r.get('recovery') or {}).get('perplexity'), '{:.3f}'):>5} "
+            f"{_f(100 * r['top1_agreement'], '{:.1f}%'):>6} "
             f"{_f(r['mean_kl'], '{:.4f}'):>7} {_f(100 * sp['zero_fraction'], '{:.1f}%'):>6} "
             f"{_f(sp['spikes_per_element'], '{:.2f}'):>6} {_f(100 * sp['slot_sparsity_window'], '{:.1f}%'):>6} "
             f"{e_txt:>9} {_f(None if en.get('reduction_vs_int8') is None else -100 * en['reduction_vs_int8'], '{:+.1f}%'):>8} "
@@ -354,7 +358,9 @@ def format_sweep(rows: Iterable[Mapping]) -> str:
     if any(r.get("method") == "calibrated" for r in rows):
         lines.append("cal B/el: calibrated (sbsnn.calibrate) to spend at most B spikes per element "
                      "on the calibration text; its spk/el is measured on this text.")
-    lines.append("ratio: spiking / float perplexity; zeros: zero fraction of counts; spk/el: spikes "
+    lines.append("ratio: spiking / float perplexity (its bootstrap interval over documents in "
+                 "sweep.json); rec.: recovery, float / spiking perplexity (>= 0.95 passes); "
+                 "zeros: zero fraction of counts; spk/el: spikes "
                  "per element; win3: slot sparsity in a 3-step window; E(a): energy of the spiking "
                  "layers per token, SpikingBrain's Eq. 24; 7B: SpikingBrain-7B, Table 11 (bf16 score "
                  f"{SPIKINGBRAIN_7B_SWEEP['bf16_avg_score']:.4f}).")

@@ -333,7 +333,25 @@ def _token_ids(model, text_or_ids) -> torch.Tensor:
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise OptionError(f"simulate needs a non-empty text or token ids [length] / [batch, length], "
                           f"got shape {tuple(ids.shape)}")
+    ids = after_prefix(model, ids)
+    if ids.shape[1] == 0:
+        raise OptionError("simulate: the text holds only the BOS token the model's constant "
+                          "prefix already begins with; give text after it")
     return ids
+
+
+def after_prefix(model, ids: torch.Tensor) -> torch.Tensor:
+    """``ids [B, L]`` as ``model`` reads them after its constant prefix (without the leading
+    BOS the prefix holds; unchanged without a prefix, or for a model that has none)."""
+    read = getattr(model, "document_ids", None)
+    return ids if read is None else read(ids)
+
+
+def start_state(model, batch: int = 1):
+    """The decoding state a document of ``model`` starts from: after its constant prefix
+    (not simulated: computed once, in float, at conversion) when it has one, else fresh."""
+    start = getattr(model, "start_state", None)
+    return model.new_state() if start is None else start(batch)
 
 
 @torch.no_grad()
@@ -348,7 +366,10 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
     ``block_size=None`` runs the sequence in one forward pass (logits then equal
     ``spiking_model(ids)`` bit for bit); a block size feeds it through the decoding
     state in blocks (bounded memory on long texts; equal to the integer path fed the
-    same blocks). ``record="spikes.h5"`` writes counts and thresholds per layer; ``record``
+    same blocks). A model with a constant prefix (``spiking_model.prefix``) starts from
+    the prefix's state, computed once in float at conversion: the prefix's tokens are
+    not simulated (nor counted, nor recorded), and a leading BOS the prefix holds is
+    dropped from the text's tokens. ``record="spikes.h5"`` writes counts and thresholds per layer; ``record``
     may also be any object with ``write(name, counts, v_th)``, ``flush()`` and
     ``close(complete)`` (e.g. :class:`sbsnn.analysis.SparsityCollector`; with
     ``write_trace(name, call)`` it also receives the traces).
@@ -392,7 +413,8 @@ def simulate(spiking_model, text_or_ids, backend: str = "auto", record=None,
 
 def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, recorder=None,
                  return_logits: bool = False, on_block=None) -> torch.Tensor | None:
-    """Feed ``ids [B, L]`` through ``model`` from a fresh state: in one pass
+    """Feed ``ids [B, L]`` through ``model`` from the state a document starts from
+    (:func:`start_state`: after the model's constant prefix, else fresh): in one pass
     (``block_size=None``) or block by block through the decoding state, flushing
     ``recorder`` after each block. Returns the first sequence's logits ``[L, vocab]``
     (float32, CPU) when asked. ``on_block(tokens)`` is called after each block."""
@@ -400,13 +422,14 @@ def run_sequence(model, ids: torch.Tensor, block_size: int | None = None, record
     logits = []
     L = ids.shape[1]
     if block_size is None:
-        out = model(ids)
+        out = model(ids) if getattr(model, "prefix", None) is None else \
+            model(ids, start_state(model, ids.shape[0]))
         if return_logits:
             logits.append(out[0].float().cpu())
         if on_block is not None:
             on_block(L)
     else:
-        state = model.new_state()
+        state = start_state(model, ids.shape[0])
         for s in range(0, L, block_size):
             out = model(ids[:, s:s + block_size], state)
             if return_logits:

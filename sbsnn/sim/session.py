@@ -30,7 +30,8 @@ from sbsnn.sim import shards
 from sbsnn.sim.recorder import Recorder
 from sbsnn.sim.trace import TraceSpec
 
-__all__ = ["RunRecording", "check_record", "coding_of", "recording_metadata", "select_trace"]
+__all__ = ["RunRecording", "check_record", "coding_of", "prefix_record", "recording_metadata",
+           "select_trace"]
 
 
 def coding_of(model) -> str:
@@ -58,8 +59,20 @@ def recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
     }
     if cfg is not None:
         meta.update(preset=cfg.preset, coding=cfg.coding, k=cfg.k, group_size=cfg.group_size)
+    pre = getattr(model, "prefix", None)
+    if pre is not None:
+        meta["prefix"] = prefix_record(pre)
     meta.update(extra or {})
     return meta
+
+
+def prefix_record(prefix) -> dict:
+    """What a recording (and the report read from it) says of a constant prefix: its
+    tokens were computed once, in float, at conversion, and are not simulated."""
+    return {**prefix.metadata(), "simulated": False,
+            "note": f"each document starts from the state after a constant prefix of "
+                    f"{prefix.tokens} token(s), computed once in float at conversion: those "
+                    "tokens are not simulated, recorded or counted"}
 
 
 def select_trace(model, trace, metadata: dict | None) -> tuple[TraceSpec | None, dict | None]:

@@ -49,6 +49,7 @@ from sbsnn.converters.calibration.refine import refine, refined_parameters
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import CheckpointKindError, OptionError
+from sbsnn.models.prefix import compute_prefix, prefix_of
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
@@ -91,8 +92,10 @@ def _check(spike_budget, coding: str, fisher_tokens: int, max_tokens: int, block
 
 
 def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[torch.Tensor]]:
-    """Documents -> per document its blocks of token ids ``[1, <= block_size]``."""
+    """Documents -> per document its blocks of token ids ``[1, <= block_size]`` (as the model
+    reads them after its constant prefix, if it has one: without the BOS it holds)."""
     tok = model._require_tokenizer()
+    pre = prefix_of(model)
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
@@ -100,7 +103,10 @@ def text_blocks(model, texts, max_tokens: int, block_size: int) -> list[list[tor
     for text in texts:
         if not isinstance(text, str):
             raise OptionError(f"calibration texts must be strings, got {type(text).__name__}")
-        ids = tok.encode(text)[: max_tokens - total]
+        ids = tok.encode(text)
+        if pre is not None:
+            ids = pre.body(torch.tensor([ids], dtype=torch.long))[0].tolist()
+        ids = ids[: max_tokens - total]
         if len(ids) < 2:
             continue
         total += len(ids)
@@ -246,7 +252,7 @@ def measure_spikes(spiking, blocks, coding: str, reference: nn.Module | None = N
 
     def one(i, doc, tell):
         with tap.document(i):
-            state = spiking.new_state()
+            state = spiking.start_state()
             for ids in doc:
                 spiking.body(ids, state)
                 tell(ids.shape[1])
@@ -262,7 +268,8 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
               smoothing: bool = True, allocation: bool = True, fisher_tokens: int = 2048,
               max_tokens: int = 32768, block_size: int = 256, seed: int = 0,
               margin: float = 0.005, refine_epochs: int = 0, refine_lr: float = 1e-3,
-              refine_positions: int = 64, refine_state=None, progress: bool = False):
+              refine_positions: int = 64, refine_state=None, progress: bool = False,
+              prefix=None, prefix_text: str | None = None):
     """The spiking version of ``float_model`` calibrated on ``texts`` (a string or a list of
     documents) to spend at most ``spike_budget`` spikes per element there.
 
@@ -277,6 +284,11 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     returns). The float model is not modified. The result is an ordinary
     spiking model (``sbsnn.save_spiking`` writes it); ``result.calibration_report`` holds
     the per-layer and overall record, also summarised in its ``spiking_config.calibration``.
+
+    ``prefix`` (``"bos"`` or token ids) or ``prefix_text``: a constant prefix
+    (:func:`sbsnn.convert`'s): its state is computed once by ``float_model``, every pass of
+    calibration reads the documents after it (without the BOS it holds), and the result
+    starts every document from it. A float model that carries a prefix passes it on.
     """
     t_start = time.perf_counter()
     if any(isinstance(m, SpikingLinear) for m in float_model.modules()):
@@ -288,13 +300,17 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         raise OptionError(f"margin must be in [0, 0.5), got {margin!r}")
     from tqdm.auto import tqdm
 
-    blocks = text_blocks(float_model, texts, max_tokens, block_size)
-    n_tokens = sum(b.shape[1] for doc in blocks for b in doc)
-    fblocks = first_tokens(blocks, fisher_tokens)
-    n_fisher = sum(b.shape[1] for doc in fblocks for b in doc)
+    pre = (compute_prefix(float_model, prefix, prefix_text)
+           if prefix is not None or prefix_text is not None else prefix_of(float_model))
     work = copy.deepcopy(float_model)
     work.tokenizer = getattr(float_model, "tokenizer", None)
     work.eval()
+    if pre is not None:
+        work.prefix = pre        # computed by this model's original: the same layout
+    blocks = text_blocks(work, texts, max_tokens, block_size)
+    n_tokens = sum(b.shape[1] for doc in blocks for b in doc)
+    fblocks = first_tokens(blocks, fisher_tokens)
+    n_fisher = sum(b.shape[1] for doc in fblocks for b in doc)
     names = plan(work, preset, coding, 3.0, group_size, targets, exclude).targets
     groups = find_groups(work, names, fblocks[0][0][:, :64])
     elements = {g.name: g.elements for g in groups}
@@ -326,7 +342,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
     t = time.perf_counter()
     plain_measured = None
     if plain_k is not None:  # the budget is what plain conversion at this k spends here
-        plain = convert(float_model, preset, coding, plain_k, group_size, targets, exclude)
+        plain = convert(work, preset, coding, plain_k, group_size, targets, exclude)
         with bar_for(f"calibrate (budget: plain k = {plain_k:g})", n_tokens) as b:
             plain_measured = measure_spikes(plain, blocks, coding, progress=b.update)
         budget = plain_measured.spikes_per_element
@@ -394,6 +410,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
 
     # "before": plain conversion at the uniform k of the same budget, on the Fisher tokens
     plain = convert(float_model, preset, coding, k_plain, group_size, targets, exclude)
+    plain.prefix = pre
     with bar_for("calibrate (per-layer report)", 2 * n_fisher) as b:
         before = measure_spikes(plain, fblocks, coding, reference=float_model, progress=b.update)
         after = measure_spikes(spiking, fblocks, coding, reference=work, progress=b.update)
@@ -420,6 +437,7 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
                        "spikes_per_element_calibration_text": measured.layers[n].spikes_per_element}
                    for n in measured.layers},
         "before_fisher_tokens": {"spikes_per_element": before.spikes_per_element},
+        "prefix": None if pre is None else pre.metadata(),
         "after_fisher_tokens": {"spikes_per_element": after.spikes_per_element},
     }
     spiking.spiking_config.calibration = {

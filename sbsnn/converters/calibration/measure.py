@@ -108,7 +108,7 @@ def fisher_pass(model: nn.Module, groups: list[InputGroup], blocks: list[list[to
     try:
         with torch.enable_grad():
             for doc in blocks:
-                state = model.new_state()
+                state = model.start_state()    # after the constant prefix, if any
                 for ids in doc:
                     live.clear()
                     logits = model(ids, state)

@@ -42,6 +42,7 @@ from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking
 from sbsnn.errors import NonFiniteError, OptionError
 from sbsnn.fsutil import atomic_file
 from sbsnn.models.layers import RMSNorm
+from sbsnn.models.prefix import prefix_of, start_state_for
 
 STATE_VERSION = 1
 
@@ -80,10 +81,13 @@ def straight_through(spiking: nn.Module):
 
 
 def _fingerprint(spiking, params, blocks, settings) -> str:
-    """What a state file must match: the settings, the starting norm weights, each layer's k
-    and the token ids."""
+    """What a state file must match: the settings, the starting norm weights, each layer's k,
+    the constant prefix's ids (if any) and the token ids."""
     h = hashlib.sha256()
     h.update(repr(settings).encode())
+    pre = prefix_of(spiking)
+    if pre is not None:
+        h.update(f"prefix={list(pre.ids)!r}".encode())
     for name, p in params.items():
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
@@ -181,13 +185,14 @@ def refine(spiking: nn.Module, float_model: nn.Module, blocks, *, epochs: int = 
     if progress is not None:
         progress = progress(tokens * (1 + epochs - start) if start < epochs else 0)
     try:
-        targets = _float_targets(float_model, blocks, positions, seed, progress) \
+        targets = _float_targets(float_model, blocks, positions, seed, progress,
+                                 prefix_of(spiking)) \
             if start < epochs else []
         with straight_through(spiking):
             for epoch in range(start, epochs):
                 total = n = 0.0
                 for d, (doc, doc_targets) in enumerate(zip(blocks, targets)):
-                    state = spiking.new_state()
+                    state = spiking.start_state()
                     for ids, (pos, logp_f) in zip(doc, doc_targets):
                         with torch.enable_grad():
                             hidden = spiking.body(ids, state)[0, pos]
@@ -223,13 +228,14 @@ def refine(spiking: nn.Module, float_model: nn.Module, blocks, *, epochs: int = 
 
 
 @torch.no_grad()
-def _float_targets(float_model, blocks, positions: int, seed: int, progress=None):
+def _float_targets(float_model, blocks, positions: int, seed: int, progress=None, prefix=None):
     """Per document and block: the sampled positions and the float model's log-probabilities
-    there (float16: [positions, vocab] per block)."""
+    there (float16: [positions, vocab] per block); each document read after ``prefix`` (the
+    spiking model's constant prefix), if any."""
     gen = torch.Generator().manual_seed(seed + 2)
     out = []
     for doc in blocks:
-        state, per_doc = float_model.new_state(), []
+        state, per_doc = start_state_for(float_model, prefix), []
         for ids in doc:
             n = ids.shape[1]
             pos = torch.randperm(n, generator=gen)[: min(positions, n)].sort().values
