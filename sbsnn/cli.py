@@ -160,11 +160,11 @@ def _debug_route(args, command: str, model, backend: str = "torch") -> None:
 
     if not (getattr(args, "debug", False) or os.environ.get("SBSNN_DEBUG")):
         return
-    from sbsnn.converters.quant import integer_route
+    from sbsnn.converters.quant import route_description
 
     buffers = model.buffers() if hasattr(model, "buffers") else ()   # a path: pipeline stages
     device = next((b.device for b in buffers), "cpu")
-    route = "CuPy event kernels" if backend == "cupy" else integer_route(device)
+    route = "CuPy event kernels" if backend == "cupy" else route_description(device)
     print(f"sbsnn {command}: integer route (group sums): {route}", file=sys.stderr)
 
 

@@ -244,6 +244,11 @@ def test_generate_and_info_take_a_spiking_checkpoint(src, tmp_path, capsys):
     spiking = load_spiking(out)
     want = "".join(spiking.stream("ROMEO:", 5, temperature=0))
     assert printed.startswith("ROMEO:") and printed.rstrip("\n").endswith(want.rstrip("\n"))
+    # --debug names the route that computed the group sums, and what rescaled them
+    assert main(["generate", str(out), "--prompt", "R", "--max-new-tokens", "1", "--debug"]) == 0
+    err = capsys.readouterr().err
+    from sbsnn.converters.quant import route_description
+    assert f"sbsnn generate: integer route (group sums): {route_description('cpu')}" in err
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     n = len(sbsnn.converters.spiking_layers(spiking))

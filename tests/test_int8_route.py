@@ -152,6 +152,23 @@ def test_embedded_model_logits_same_bits_on_both_routes(tiny_spiking, coding):
     assert torch.equal(event, integer[0].float()) and torch.equal(one, one_ref)
 
 
+def test_decoding_token_by_token_takes_the_kernels_and_the_reference_bits(tiny_spiking, monkeypatch):
+    """Greedy decoding with the caches (one token per step): the int8 route's one-loop
+    kernel runs, and every step's tokens equal the float32 reference route's."""
+    ran = []
+    real = int8_kernels.int8_linear
+    monkeypatch.setattr(int8_kernels, "int8_linear", lambda *a: ran.append(1) or real(*a))
+    prompt = list(range(5, 30))
+    with torch.no_grad():
+        got = list(tiny_spiking.stream_ids(prompt, 12, 0.0, None, None, ()))
+        with Q.forced_route("float32"):
+            want = list(tiny_spiking.stream_ids(prompt, 12, 0.0, None, None, ()))
+    assert got == want
+    assert ran or not int8_kernels.available()
+    route = Q.route_description("cpu")
+    assert route.startswith(Q.INT8_ROUTE) and ("numba" in route)
+
+
 # ------------------------------------------------------------ the fused kernels (numba)
 needs_kernels = pytest.mark.skipif(not int8_kernels.available(), reason="numba is not installed")
 

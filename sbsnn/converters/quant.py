@@ -329,6 +329,18 @@ def integer_route(device: torch.device | str = "cpu", route: str | None = None) 
     return FLOAT32_ROUTE
 
 
+def route_description(device: torch.device | str = "cpu", route: str | None = None) -> str:
+    """:func:`integer_route` and, on the CPU's int8 route, what rescales the sums: the
+    fused kernels (:mod:`~sbsnn.converters.int8_kernels`) or torch operations."""
+    name = integer_route(device, route)
+    if name != INT8_ROUTE or torch.device(device).type != "cpu":
+        return name
+    if int8_kernels.available():
+        import numba
+        return f"{name} + fused CPU kernels (numba {numba.__version__})"
+    return f"{name} + rescale by torch operations (numba not installed: pip install numba)"
+
+
 def _int8_shape_ok(device: torch.device, tokens: int, in_f: int, out_f: int, group_size: int) -> bool:
     if group_size > INT8_GROUP_LIMIT:
         return False
