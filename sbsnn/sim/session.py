@@ -27,10 +27,12 @@ from sbsnn import __version__
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import OptionError
 from sbsnn.sim import shards
+from sbsnn.sim.connections import column_nonzero, connection_facts, is_spiking
 from sbsnn.sim.recorder import Recorder
 from sbsnn.sim.trace import TraceSpec
 
-__all__ = ["RunRecording", "check_record", "coding_of", "recording_metadata", "select_trace"]
+__all__ = ["RunRecording", "check_record", "coding_of", "is_spiking", "recording_metadata",
+           "select_trace"]
 
 
 def coding_of(model) -> str:
@@ -43,16 +45,21 @@ def coding_of(model) -> str:
 
 
 def recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
-    """A recording's metadata: the layers' shapes, the tokens and their digest, the model's
-    config and spiking settings, and ``extra``."""
+    """A recording's metadata: the layers' shapes (and the nonzero weight codes of each
+    input column), the tokens and their digest, the sequences side by side, the model's
+    config, spiking settings and connection figures (:func:`~sbsnn.sim.connections.connection_facts`),
+    and ``extra``."""
     cfg = getattr(model, "spiking_config", None)
     layers = {n: {"in_features": m.in_features, "out_features": m.out_features,
-                  "group_size": m.group_size, "bias": m.bias is not None}
+                  "group_size": m.group_size, "bias": m.bias is not None,
+                  "column_nonzero": column_nonzero(m)}
               for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
     meta = {
         "sbsnn_version": __version__,
         "layers": layers,
+        "connections": connection_facts(model),
         "tokens": int(ids.shape[1]),
+        "sequences": int(ids.shape[0]),
         "token_digest": hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
         "model_config": getattr(getattr(model, "config", None), "to_dict", dict)(),
     }
