@@ -161,20 +161,29 @@ def _needs_network(e: BaseException) -> bool:
     return any(w in text for w in _NETWORK_WORDS)
 
 
+def _load_task(tm, name: str) -> None:
+    """Build task ``name`` once (its data read): ``TaskManager.load`` (lm-eval >= 0.4.10),
+    else ``get_task_dict``."""
+    if callable(getattr(tm, "load", None)):
+        tm.load([name])
+        return
+    from lm_eval.tasks import get_task_dict
+
+    get_task_dict([name], tm)
+
+
 def resolve_tasks(tasks, include_path=None, offline: bool = True):
     """``(names, task_manager)`` after loading every task once (inside :func:`offline_hub`):
     an unknown name, a task whose data needs a download while offline, and a task whose
     data cannot be read are refused naming the task, before any model runs."""
     require_lm_eval()
-    from lm_eval.tasks import get_task_dict
-
     names = parse_tasks(tasks)
     paths = _include_paths(include_path)
     with offline_hub(offline):
         tm = _task_manager(names, paths)
         for n in names:
             try:
-                get_task_dict([n], tm)
+                _load_task(tm, n)
             except Exception as e:  # noqa: BLE001 - any failure to load names the task
                 why = " ".join(str(e).split())[:300] or type(e).__name__
                 if offline and _needs_network(e):

@@ -240,10 +240,8 @@ class SbsnnLM(TemplateLM):
                 if not continuation:
                     raise OptionError("a loglikelihood request has an empty continuation "
                                       "(nothing to score); check the task's doc_to_choice")
-                ids = (list(context) + list(continuation))[-(self.max_length + 1):]
-                if len(ids) < 2:
-                    raise OptionError("a loglikelihood request needs a context token before "
-                                      "its continuation")
+                context = list(context) or [self.prefix_token_id]   # e.g. a context of spaces
+                ids = (context + list(continuation))[-(self.max_length + 1):]
                 n = min(len(continuation), len(ids) - 1)
                 lp, greedy = token_logprobs(self.model, ids, self.block_size, len(ids) - n)
                 self._count(len(ids) - 1)
