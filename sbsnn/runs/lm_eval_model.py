@@ -14,6 +14,8 @@ Importing this module needs lm-eval (the ``eval`` extra).
 
 from __future__ import annotations
 
+import logging
+
 from lm_eval.api.registry import get_model, register_model
 
 from sbsnn.analysis.harness import SbsnnLM
@@ -31,7 +33,8 @@ class SbsnnEvalLM(SbsnnLM):
     ``block_size``, ``max_length``, ``max_gen_toks``, ``profile`` as
     :class:`~sbsnn.analysis.harness.SbsnnLM`; ``allow_pickle`` and ``verify`` as loading.
     lm-eval's ``batch_size`` must be 1 (``auto`` means 1): sbsnn scores one sequence at a
-    time; ``device``: where the model runs (default the CPU)."""
+    time; ``device``: where the model runs (default the CPU; a CUDA device where none is
+    usable, lm-eval's command line default, means the CPU, as for lm-eval's ``hf`` model)."""
 
     def __init__(self, pretrained=None, block_size: int = 256, max_length: int | None = None,
                  max_gen_toks: int = 256, profile: str = "horowitz45", allow_pickle: bool = False,
@@ -47,12 +50,23 @@ class SbsnnEvalLM(SbsnnLM):
             raise OptionError(f"--batch_size {batch_size}: sbsnn scores one sequence at a time; "
                               "give 1 (or leave it out)")
         model = load_any(pretrained, allow_pickle=allow_pickle, verify=verify)
-        if device not in (None, "cpu"):
-            import torch
-
-            model = model.to(torch.device(device))
+        model = model.to(_device(device))
         super().__init__(model, block_size=block_size, max_length=max_length,
                          max_gen_toks=max_gen_toks, profile=profile)
+
+
+def _device(device):
+    """Where to run: ``device``, except a CUDA device where none is usable (lm-eval's command
+    line asks for ``cuda:0`` by default): the CPU then, as lm-eval's ``hf`` model does, said
+    in lm-eval's log."""
+    import torch
+
+    d = torch.device(device or "cpu")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        logging.getLogger("lm-eval").warning("sbsnn: device %r asked for but no CUDA device is "
+                                             "usable; running on the CPU", device)
+        return torch.device("cpu")
+    return d
 
 
 def register_lm_eval() -> None:
