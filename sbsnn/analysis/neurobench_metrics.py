@@ -199,8 +199,8 @@ def neurobench_from_recording(recording) -> tuple[dict | None, list[str]]:
     layers = meta.get("layers") or {}
     if not recording.layers or any("column_nonzero" not in (layers.get(n) or {})
                                    for n in recording.layers):
-        return None, ["NeuroBench metrics: the recording predates the weights' nonzero columns "
-                      "in its metadata (sbsnn < 0.1 with issue 24); simulate again to get them"]
+        return None, ["NeuroBench metrics: left out, the recording was made before sbsnn kept "
+                      "the weights' nonzero columns in its metadata; simulate again to get them"]
     coding = meta.get("coding") or "ternary"
     nnz = {n: _column_nonzero(path, n, layers[n]) for n in recording.layers}
     by_sample: dict[int, list[NeuroBenchCall]] = {}
