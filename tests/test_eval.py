@@ -290,3 +290,14 @@ def test_prose_passages_from_the_interpreters_docs_make_500_items():
 
     items = cloze_items(prose_passages(pydoc_data.topics.topics.values()), seed=0)
     assert len(items) >= 500
+
+
+def test_the_python_api_refuses_by_name(models):
+    with pytest.raises(E.OptionError, match="limit"):
+        sbsnn.analysis.evaluate(models["float"], "sbsnn_cloze", limit=0)
+    with pytest.raises(E.OptionError, match="already spiking"):
+        sbsnn.analysis.evaluate(models["spiking"], "sbsnn_cloze", spiking=models["spiking"])
+    with pytest.raises(E.OptionError, match="float model"):
+        sbsnn.analysis.evaluate(models["float"], "sbsnn_cloze", spiking=models["float"])
+    with pytest.raises(E.OptionError, match="not a task name"):
+        sbsnn.analysis.evaluate(models["float"], ["sbsnn_cloze", ""])

@@ -31,8 +31,9 @@ from sbsnn.checks import check_int
 from sbsnn.errors import (InputError, MissingPathError, OptionError, PathNotDirectoryError,
                           UnavailableError, brief)
 
-__all__ = ["EXTRA_HINT", "Evaluation", "LOCAL_TASKS", "TaskUnavailableError", "evaluate",
-           "offline_hub", "parse_tasks", "recovery", "require_lm_eval", "resolve_tasks"]
+__all__ = ["EXTRA_HINT", "Evaluation", "LOCAL_TASKS", "TaskSet", "TaskUnavailableError",
+           "evaluate", "offline_hub", "parse_tasks", "recovery", "require_lm_eval",
+           "resolve_tasks"]
 
 LOCAL_TASKS = EVAL_TASKS
 EXTRA_HINT = ("pip install -c constraints.txt 'sbsnn[eval]' (lm-eval; docs/evaluation.md has the "
@@ -172,11 +173,24 @@ def _load_task(tm, name: str) -> None:
     get_task_dict([name], tm)
 
 
-def resolve_tasks(tasks, include_path=None, offline: bool = True):
-    """``(names, task_manager)`` after loading every task once (inside :func:`offline_hub`):
-    an unknown name, a task whose data needs a download while offline, and a task whose
-    data cannot be read are refused naming the task, before any model runs."""
+@dataclass(frozen=True)
+class TaskSet:
+    """Tasks looked up and loaded once (:func:`resolve_tasks`): their ``names``, the lm-eval
+    ``manager`` that knows them, and whether they were found ``offline``."""
+
+    names: tuple[str, ...]
+    manager: object
+    offline: bool
+
+
+def resolve_tasks(tasks, include_path=None, offline: bool = True) -> TaskSet:
+    """The :class:`TaskSet` of ``tasks`` after loading each once (inside
+    :func:`offline_hub`): an unknown name, a task whose data needs a download while
+    offline, and a task whose data cannot be read are refused naming the task, before any
+    model runs."""
     require_lm_eval()
+    if not isinstance(offline, bool):
+        raise OptionError(f"offline must be True or False, got {brief(offline)}")
     names = parse_tasks(tasks)
     paths = _include_paths(include_path)
     with offline_hub(offline):
@@ -194,7 +208,7 @@ def resolve_tasks(tasks, include_path=None, offline: bool = True):
                         f"--include-path ({type(e).__name__}: {why})") from None
                 raise TaskUnavailableError(f"task {n!r} cannot be loaded: {type(e).__name__}: "
                                            f"{why}") from None
-    return names, tm
+    return TaskSet(tuple(names), tm, offline)
 
 
 def recovery(float_value, spiking_value, higher_is_better: bool | None) -> float | None:
@@ -268,7 +282,12 @@ def _task_scores(results: dict, name: str) -> tuple[dict, dict, int]:
         values[metric] = float(v)
         better[metric] = hib.get(metric)
     n = results.get("n-samples") or {}
-    members = set((results.get("group_subtasks") or {}).get(name) or []) | {name}
+    groups = results.get("group_subtasks") or {}
+    members, todo = set(), [name]
+    while todo:                                   # a group's subtasks, subgroups expanded
+        t = todo.pop()
+        members.add(t)
+        todo += [c for c in groups.get(t) or [] if c not in members]
     items = sum(int(v.get("effective", 0)) for k, v in n.items() if k in members)
     return values, better, items
 
@@ -280,8 +299,9 @@ def evaluate(model, tasks, *, spiking=None, include_path=None, limit: int | None
     """Run lm-eval ``tasks`` on ``model`` (float, or a spiking model alone) and, given
     ``spiking``, on that spiking model too; see the module docstring.
 
-    ``tasks``: names (a list or ``"a,b"``); ``include_path``: folders of local task YAML
-    files (one or a list); ``limit``: at most that many items per task (an int >= 1);
+    ``tasks``: names (a list or ``"a,b"``), or a :class:`TaskSet` already looked up
+    (``include_path`` and ``offline`` are then its own); ``include_path``: folders of local
+    task YAML files (one or a list); ``limit``: at most that many items per task (an int >= 1);
     ``offline``: no download (default); ``block_size`` / ``max_length``: as
     :class:`~sbsnn.analysis.harness.SbsnnLM`; ``profile``: energy profile of the spiking side;
     ``bootstrap_iters``: lm-eval's bootstrap for standard errors (0: none, the fastest);
@@ -289,14 +309,13 @@ def evaluate(model, tasks, *, spiking=None, include_path=None, limit: int | None
     check_int(limit, "limit", minimum=1, none_ok=True, hint=" (leave it out for every item)")
     check_int(num_fewshot, "num_fewshot", minimum=0, none_ok=True)
     check_int(bootstrap_iters, "bootstrap_iters", minimum=0)
-    if not isinstance(offline, bool):
-        raise OptionError(f"offline must be True or False, got {brief(offline)}")
     require_lm_eval()
     from lm_eval import simple_evaluate
 
     from sbsnn.analysis.harness import SbsnnLM
 
-    names, tm = resolve_tasks(tasks, include_path, offline)
+    ts = tasks if isinstance(tasks, TaskSet) else resolve_tasks(tasks, include_path, offline)
+    names, tm, offline = list(ts.names), ts.manager, ts.offline
     opts = dict(block_size=block_size, max_length=max_length, profile=profile, progress=progress)
     first = SbsnnLM(model, **opts)
     lms = {"spiking" if first.spiking else "float": first}

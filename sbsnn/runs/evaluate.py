@@ -64,7 +64,7 @@ def evaluate_checkpoints(model, tasks, *, spiking=None, include_path=None, limit
 
     check_int(limit, "--limit", minimum=1, none_ok=True, hint=" (leave it out for every item)")
     require_lm_eval()
-    resolve_tasks(tasks, include_path, offline)         # refused by name before any loading
+    task_set = resolve_tasks(tasks, include_path, offline)   # refused by name before loading
     float_model = load_any(model, allow_pickle=allow_pickle, verify=verify)
     spiking_model = None
     if spiking is not None:
@@ -75,8 +75,8 @@ def evaluate_checkpoints(model, tasks, *, spiking=None, include_path=None, limit
         if getattr(spiking_model, "spiking_config", None) is None:
             raise CheckpointKindError(f"{spiking}: not a spiking checkpoint (no {SPIKING_CONFIG}); "
                                       "--spiking takes the output of sbsnn convert")
-    ev = evaluate(float_model, tasks, spiking=spiking_model, include_path=include_path,
-                  limit=limit, offline=offline, block_size=block_size, max_length=max_length,
+    ev = evaluate(float_model, task_set, spiking=spiking_model, limit=limit,
+                  block_size=block_size, max_length=max_length,
                   profile=profile, num_fewshot=num_fewshot, progress=progress, on_task=on_task)
     files = []
     if out is not None:
