@@ -301,3 +301,20 @@ def test_the_python_api_refuses_by_name(models):
         sbsnn.analysis.evaluate(models["float"], "sbsnn_cloze", spiking=models["float"])
     with pytest.raises(E.OptionError, match="not a task name"):
         sbsnn.analysis.evaluate(models["float"], ["sbsnn_cloze", ""])
+
+
+@pytest.mark.real
+def test_gemma_bos_is_the_prefix_and_not_scored_twice(real_gguf):
+    """Gemma's tokenizer puts BOS before every text: the adapter's prefix token is BOS,
+    ``add_special_tokens=False`` drops it, and a text's rolling loglikelihood is minus the
+    nats of sbsnn's own scoring of ``tokenizer.encode(text)`` (BOS first)."""
+    from sbsnn.models.scoring import score_text
+
+    model = sbsnn.load_model(real_gguf)
+    lm = SbsnnLM(model, block_size=64)
+    bos = model.config.bos_token_id
+    assert lm.prefix_token_id == bos and model.tokenizer.encode("Hello")[0] == bos
+    assert lm.tok_encode("Hello", add_special_tokens=False) == model.tokenizer.encode("Hello")[1:]
+    text = "The quick brown fox jumps over the lazy dog. It was not amused."
+    ll, = lm.loglikelihood_rolling([Req(text)], disable_tqdm=True)
+    assert -ll == pytest.approx(score_text(model, text, block_size=64).nats, rel=1e-5)
