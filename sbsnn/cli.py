@@ -481,6 +481,9 @@ def cmd_eval(args) -> int:
     check_int(args.num_fewshot, "--num-fewshot", minimum=0, none_ok=True)
     if args.out is not None:
         _check_out_dir(args.out)
+        _check_apart(args.model, args.out, "model", contain_ok=True)
+        if args.spiking is not None:
+            _check_apart(args.spiking, args.out, "spiking checkpoint", contain_ok=True)
     _threads(args)
 
     def done(name, entry):

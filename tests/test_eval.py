@@ -229,6 +229,13 @@ def test_refused_by_name(argv, culprit, error, capsys, monkeypatch):
     assert isinstance(caught[0], error)
 
 
+def test_an_output_inside_the_spiking_checkpoint_is_refused(spiking_dir, capsys):
+    rc, err = _run(["eval", "tiny-hybrid", "--spiking", str(spiking_dir), "--tasks",
+                    "sbsnn_cloze", "--out", str(spiking_dir / "eval"), "--quiet"], capsys)
+    assert rc == 2 and "--out" in err and str(spiking_dir) in err
+    assert not (spiking_dir / "eval").exists()
+
+
 def test_a_model_directory_that_is_not_a_model_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     rc, err = _run(["eval", str(tmp_path), "--tasks", "sbsnn_cloze", "--quiet"], capsys)

@@ -152,7 +152,7 @@ def _lm_eval_version() -> str:
 
 
 _NETWORK_WORDS = ("offline", "couldn't reach", "could not reach", "connection", "network",
-                  "internet", "resolve", "hf_hub_offline")
+                  "internet", "hf_hub_offline")
 
 
 def _needs_network(e: BaseException) -> bool:
