@@ -173,7 +173,7 @@ def test_simple_evaluate_and_sbsnn_eval_give_the_same_accuracy(models, spiking_d
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    import sbsnn.runs.lm_eval_model  # noqa: F401 - registers --model sbsnn
+    import sbsnn.runs.lm_eval_model  # noqa: F401 - registers --model sbsnn (pyflakes: unused)
 
     tm = TaskManager(include_path=str(EVAL_TASKS), include_defaults=False)
     ref = {}

@@ -44,7 +44,8 @@ def verse_passages(text: str) -> list[list[str]]:
     return out
 
 
-def prose_passages(texts: Iterable[str], min_words: int = 4, max_words: int = 60) -> list[list[str]]:
+def prose_passages(texts: Iterable[str], min_words: int = 4,
+                   max_words: int = 60) -> list[list[str]]:
     """Paragraphs of prose as lists of sentences: code blocks (indented lines), headings
     (underlined with ``*``, ``=`` or ``-``), lists and grammar rules are left out, and so
     are sentences outside ``[min_words, max_words]`` words."""

@@ -49,7 +49,8 @@ def require_lm_eval():
     try:
         import lm_eval
     except ImportError as e:
-        raise UnavailableError(f"task evaluation needs lm-eval ({e}); install it: {EXTRA_HINT}") from None
+        raise UnavailableError(f"task evaluation needs lm-eval ({e}); install it: "
+                               f"{EXTRA_HINT}") from None
     return lm_eval
 
 
@@ -87,8 +88,8 @@ def _include_paths(include_path) -> list[Path]:
     return out
 
 
-_HUB_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
-              ("datasets.config", "HF_DATASETS_OFFLINE"))
+_HUB_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+              ("datasets.config", "HF_HUB_OFFLINE"), ("datasets.config", "HF_DATASETS_OFFLINE"))
 _HUB_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
@@ -276,7 +277,8 @@ def _task_scores(results: dict, name: str) -> tuple[dict, dict, int]:
     hib = (results.get("higher_is_better") or {}).get(name) or {}
     values, better = {}, {}
     for key, v in d.items():
-        if key in ("alias", "sample_len") or "_stderr" in key or isinstance(v, bool) or not isinstance(v, (int, float)):
+        if key in ("alias", "sample_len") or "_stderr" in key or isinstance(v, bool) \
+                or not isinstance(v, (int, float)):
             continue
         metric = key.split(",")[0]
         values[metric] = float(v)

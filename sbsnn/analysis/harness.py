@@ -149,7 +149,8 @@ class SbsnnLM(TemplateLM):
     def max_length(self) -> int:
         return self._max_length
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                   **kwargs) -> list[int]:
         """The tokenizer's ids; ``add_special_tokens=False`` drops the BOS token a
         tokenizer such as Gemma's puts before every text."""
         ids = self._tok.encode(string)
@@ -220,7 +221,8 @@ class SbsnnLM(TemplateLM):
                   for name, c in self.counters.items()]
         report = estimate_energy(layers, coding_of(self.model), profile=self.profile,
                                  nonspiking=ns)
-        sec = energy_section(report, self.tokens, profiles=(self.profile, load_profile("horowitz45")))
+        sec = energy_section(report, self.tokens,
+                             profiles=(self.profile, load_profile("horowitz45")))
         per = {est: {"snn_pj_per_token": e["snn"]["pj_per_token"],
                      "int8_dense_pj_per_token": e["baselines"]["int8_dense"]["pj_per_token"],
                      "fp16_dense_pj_per_token": e["baselines"]["fp16_dense"]["pj_per_token"],

@@ -1,4 +1,4 @@
-"""NeuroBench's own ``Benchmark`` on an sbsnn spiking model (``neurobench`` 2.3, the ``eval`` extra).
+"""NeuroBench's own ``Benchmark`` on an sbsnn spiking model (``neurobench`` 2.3, ``eval`` extra).
 
 :class:`SbsnnNeuroBenchModel` is a ``neurobench.models.NeuroBenchModel``: NeuroBench's
 ``Benchmark`` runs it on a ``DataLoader`` of token-id sequences and its own metric

@@ -143,7 +143,8 @@ class NeuroBenchTally:
         per = (lambda v: v / n) if n else (lambda v: 0)
         results = {
             "ActivationSparsity": self.sparsity_sum / n if n else 0.0,
-            "SynapticOperations": {"Effective_MACs": per(0), "Effective_ACs": per(self.effective_acs),
+            "SynapticOperations": {"Effective_MACs": per(0),
+                                   "Effective_ACs": per(self.effective_acs),
                                    "Dense": per(self.dense)},
             "MembraneUpdates": per(self.membrane_updates),
             "Footprint": None, "ConnectionSparsity": None,
@@ -170,8 +171,11 @@ def _static(path, meta: dict) -> dict | None:
     if c is None:
         return None
     keys = ("footprint_bytes", "weights", "zero_weights")
-    if not isinstance(c, dict) or any(not isinstance(c.get(k), int) or isinstance(c.get(k), bool)
-                                      or c[k] < 0 for k in keys) or c["zero_weights"] > c["weights"]:
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(c, dict) or not all(count(c.get(k)) for k in keys) \
+            or c["zero_weights"] > c["weights"]:
         raise RecordingError(f"{path}: metadata connections = {str(c)[:80]!r} is not "
                              f"{{{', '.join(keys)}}} as counts; the file is damaged or was "
                              "edited: simulate again")
@@ -180,8 +184,9 @@ def _static(path, meta: dict) -> dict | None:
 
 def _column_nonzero(path, name: str, info: dict) -> np.ndarray:
     v = info.get("column_nonzero")
+    top = info.get("out_features")
     ok = isinstance(v, list) and len(v) == info.get("in_features") and all(
-        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= info["out_features"] for x in v)
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= top for x in v)
     if not ok:
         raise RecordingError(f"{path}: metadata layers[{name!r}].column_nonzero is not "
                              f"{info.get('in_features')} counts in 0..{info.get('out_features')}; "
