@@ -17,6 +17,9 @@ examples:
   sbsnn convert model.gguf spiking-cal --calibrate calib.txt --spike-budget k=3 --eval heldout.txt
   sbsnn report spikes.h5 --out report/    report.json, report.html and plots
   sbsnn sweep tiny-hybrid --k 2 3 4 --out sweep/
+  sbsnn eval tiny-hybrid --spiking spiking-tiny --tasks sbsnn_cloze,sbsnn_heldout --out eval/
+                                     lm-eval tasks, float and spiking side by side (offline;
+                                     docs/evaluation.md: ARC, HellaSwag, MMLU, WikiText)
   sbsnn simulate spiking-tiny --text corpus.jsonl --record spikes.h5   (a document set)
   torchrun --nproc-per-node 4 -m sbsnn simulate spiking-tiny --text corpus.jsonl --record spikes.h5
                                      the same, documents split over 4 processes
@@ -573,6 +576,47 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from sbsnn.checks import check_block_size, check_int
+    from sbsnn.runs.evaluate import evaluate_checkpoints
+
+    check_int(args.limit, "--limit", minimum=1, none_ok=True, hint=" (leave it out for every item)")
+    check_block_size(args.block_size, "--block-size")
+    check_int(args.max_length, "--max-length", minimum=2, none_ok=True)
+    check_int(args.num_fewshot, "--num-fewshot", minimum=0, none_ok=True)
+    if args.out is not None:
+        _check_out_dir(args.out)
+        _check_apart(args.model, args.out, "model", contain_ok=True)
+        if args.spiking is not None:
+            _check_apart(args.spiking, args.out, "spiking checkpoint", contain_ok=True)
+    _threads(args)
+
+    def done(name, entry):
+        if not args.quiet:
+            print(f"  {name}: {entry['items']:,} items", file=sys.stderr)
+
+    ev, files = evaluate_checkpoints(
+        args.model, args.tasks, spiking=args.spiking, include_path=args.include_path,
+        limit=args.limit, out=args.out, offline=not args.download, block_size=args.block_size,
+        max_length=args.max_length, profile=args.profile, num_fewshot=args.num_fewshot,
+        allow_pickle=args.allow_pickle, verify=not args.no_verify, progress=not args.quiet,
+        on_task=done)
+    print(ev.markdown(), end="")
+    if files:
+        print(f"wrote {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def lm_eval_main() -> None:
+    """``sbsnn-lm-eval``: lm-eval's own command line with ``--model sbsnn`` registered."""
+    try:
+        from sbsnn.runs.lm_eval_model import main
+    except ImportError as e:
+        raise SystemExit(f"sbsnn-lm-eval: error: needs lm-eval ({e}); install it: "
+                         "pip install -c constraints.txt 'sbsnn[eval]'") from None
+    main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbsnn import __version__
 
@@ -668,6 +712,37 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("--prefix-text", metavar="TEXT",
                     help="with --frontier: the constant prefix given as text")
     _add(p, "threads", "quiet")
+
+    p = command("eval", cmd_eval, help="lm-eval tasks, float and spiking side by side",
+                description="Run lm-evaluation-harness tasks (needs the eval extra) on a model "
+                "and, with --spiking, on its spiking checkpoint: each task's metrics side by "
+                "side, the recovery (spiking / float; float / spiking where lower is better), "
+                "and the spiking side's spikes per element and energy per token. Offline by "
+                "default: local YAML tasks (dataset_path: json) and sbsnn's own (sbsnn_cloze, "
+                "sbsnn_heldout) run anywhere; a task that needs a download is refused by name "
+                "(--download allows it). Writes OUT/results.json and OUT/results.md "
+                "(docs/evaluation.md).")
+    _add_model_arg(p)
+    p.add_argument("--spiking", metavar="SPIKING_DIR",
+                   help="a spiking checkpoint of MODEL (sbsnn convert's output), evaluated beside it")
+    p.add_argument("--tasks", required=True, metavar="T1,T2",
+                   help="task names, comma-separated: sbsnn_cloze, sbsnn_heldout, a task of "
+                        "--include-path or of lm-eval (arc_challenge, hellaswag, mmlu, wikitext)")
+    p.add_argument("--include-path", metavar="DIR", action="append",
+                   help="a folder of lm-eval task YAML files (repeatable)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="at most N items per task (default: all)")
+    p.add_argument("--out", metavar="DIR", help="write results.json and results.md here")
+    p.add_argument("--download", action="store_true",
+                   help="allow the Hugging Face libraries to download task data (default: "
+                        "offline, only local files and the local cache)")
+    p.add_argument("--num-fewshot", type=int, default=None, metavar="N",
+                   help="few-shot examples per item (default: each task's own)")
+    p.add_argument("--block-size", type=int, default=256,
+                   help="tokens per step through the decoding state (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="context a request may use (default: the model's max_position_embeddings)")
+    _add(p, "profile", "threads", "quiet", "no_verify")
 
     p = command("convert", cmd_convert, help="convert a checkpoint to spiking form",
                 description="Convert a float checkpoint to a spiking checkpoint: INT8 "

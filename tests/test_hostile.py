@@ -151,11 +151,11 @@ def edit_json(path: Path, fn) -> None:
 
 
 def looks_complete(p: Path) -> bool:
-    """What a finished command leaves: a checkpoint, a report, a sweep, a demo summary, a
-    recording marked complete."""
+    """What a finished command leaves: a checkpoint, a report, a sweep, a demo summary, an
+    evaluation's results, a recording marked complete."""
     if p.is_dir():
         return any((p / n).exists() for n in ("spiking_config.json", "report.json",
-                                              "sweep.json", "summary.json"))
+                                              "sweep.json", "summary.json", "results.json"))
     if p.is_file() and p.suffix == ".h5":
         try:
             with h5py.File(p, "r") as f:
@@ -598,6 +598,10 @@ CASES: list[Case] = [
     Case("convert-targets-match-nothing", "error",
          ["convert", "{src}", "{tmp}/out", "--targets", "*.nothing", S],
          culprit=("*.nothing",), error=E.OptionError, outputs=("{tmp}/out",)),
+    Case("eval-limit-zero", "error",
+         ["eval", "{src}", "--spiking", "{spk}", "--tasks", "sbsnn_cloze", "--limit", "0",
+          "--out", "{tmp}/ev", S],
+         culprit=("--limit", "0"), error=E.OptionError, outputs=("{tmp}/ev",)),
     Case("sweep-k-zero", "error", ["sweep", "{src}", "--k", "0", "--out", "{tmp}/sw", S],
          culprit=("--k", "0"), error=E.OptionError, outputs=("{tmp}/sw",)),
     Case("sweep-k-absurd", "bound", ["sweep", "{src}", "--k", "3", "1e6", "--out", "{tmp}/sw", S],

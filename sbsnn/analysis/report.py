@@ -48,11 +48,12 @@ from sbsnn.analysis import plots
 from sbsnn.analysis.counters import counters_from_recording
 from sbsnn.analysis.energy import estimate_energy, load_profile
 from sbsnn.analysis.fidelity import recovery
+from sbsnn.analysis.neurobench_metrics import neurobench_from_recording
 from sbsnn.analysis.opcount import DENSE_PROJECTIONS, nonspiking_ops
 from sbsnn.analysis.report_render import PLOT_CAPTIONS, format_summary, render_html
 from sbsnn.analysis.sections import (BASELINE_INFO, ESTIMATE_INFO, FIDELITY_DEFINITIONS,
-                                     METRIC_DEFINITIONS, _div,
-                                     energy_section, sparsity_section, trace_section)
+                                     METRIC_DEFINITIONS, _div, energy_section,
+                                     neurobench_section, sparsity_section, trace_section)
 from sbsnn.analysis.sparsity import sparsity_from_recording
 from sbsnn.checks import check_int, check_window
 from sbsnn.errors import InputError, PathNotDirectoryError, RecordingError, SbsnnError, os_error
@@ -296,8 +297,16 @@ def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, ras
         if n_rows:
             raster = (name, torch.from_numpy(rec.counts(name)[:n_rows]))
         trace = trace_section(rec)
+        nb, nb_notes = neurobench_from_recording(rec)
+        notes += nb_notes
+        if nb is not None:
+            nb = neurobench_section(nb, sparsity, energy)
 
         metadata = {k: v for k, v in meta.items()}
+        # the per-column weight counts served the NeuroBench section; the layers keep their shapes
+        if isinstance(meta.get("layers"), Mapping):
+            metadata["layers"] = {n: {k: v for k, v in d.items() if k != "column_nonzero"}
+                                  for n, d in meta["layers"].items()}
         metadata.update(
             recording=str(rec_path), recording_complete=bool(rec.complete),
             coding=coding, k=meta.get("k"), preset=meta.get("preset"),
@@ -333,6 +342,8 @@ def _build(rec, rec_path, out_dir, prof, base, fid, *, window, raster_layer, ras
         report["documents"] = documents
     if raster is None:
         report["files"]["plots"].pop("spike_raster")
+    if nb is not None:
+        report["neurobench"] = nb
     if trace is not None:
         report["trace"] = trace
     else:

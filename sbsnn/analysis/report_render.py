@@ -106,6 +106,14 @@ def format_summary(report: Mapping, where: str | os.PathLike | None = None) -> s
     if ns and ns.get("pj_per_token") is not None:
         lines.append(f"    + operations that never spike ({ns['precision'].upper()}: attention, "
                      f"norms, lm_head): {format_pj(ns['pj_per_token'])} per token in every column")
+    nb = report.get("neurobench")
+    if nb:
+        r = nb["results"]
+        lines.append(f"  NeuroBench per sample ({nb['totals']['samples']:,}): ActivationSparsity "
+                     f"{r['ActivationSparsity']:.4f}, Effective_ACs "
+                     f"{r['SynapticOperations']['Effective_ACs']:,.0f}, MembraneUpdates "
+                     f"{r['MembraneUpdates']:,.0f}"
+                     + (f", Footprint {r['Footprint']:,} bytes" if r["Footprint"] is not None else ""))
     if where is not None:
         lines.append(f"  report: {where}")
     return "\n".join(lines)
@@ -293,6 +301,35 @@ def render_html(report: Mapping) -> str:
     for key, text in sp["definitions"].items():
         w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(_no_urls(text))}</dd>")
     w(f"</dl><p class=\"small\">Reference figures: {_e(_no_urls(ref['source']))}.</p>")
+
+    # ---- NeuroBench
+    nb = report.get("neurobench")
+    if nb:
+        r = nb["results"]
+        so = r["SynapticOperations"]
+        w("<h2>NeuroBench metrics</h2>")
+        w(f"<p>NeuroBench's workload and static metrics under its names and definitions, per "
+          f"sample ({_num(nb['totals']['samples'])} samples: the sequences run), as its own "
+          f"<code>Benchmark</code> gives them through sbsnn's adapter "
+          f"(<code>sbsnn.analysis.neurobench</code>); mapping in sbsnn's "
+          f"<code>docs/report.md</code>.</p>")
+        w(_table(["metric", "value"], [
+            ["ActivationSparsity", _num(r["ActivationSparsity"], "{:.4f}")],
+            ["SynapticOperations: Effective_ACs", _num(so["Effective_ACs"], "{:,.1f}")],
+            ["SynapticOperations: Effective_MACs", _num(so["Effective_MACs"], "{:,.1f}")],
+            ["SynapticOperations: Dense", _num(so["Dense"], "{:,.1f}")],
+            ["MembraneUpdates", _num(r["MembraneUpdates"], "{:,.1f}")],
+            ["Footprint (bytes)", _num(r["Footprint"])],
+            ["ConnectionSparsity", _num(r["ConnectionSparsity"], "{:.4f}")]]))
+        w("<p>Beside sbsnn's figures (totals over all samples):</p>")
+        w(_table(["NeuroBench", "value", "sbsnn", "value", "relation"],
+                 [[_e(b["neurobench"]), _num(b["value"], "{:.4f}"), f"<code>{_e(b['sbsnn'])}</code>",
+                   _num(b["sbsnn_value"], "{:.4f}"), _e(b["relation"])] for b in nb["beside"]],
+                 left={0, 2, 4}))
+        w("<dl>")
+        for key, text in nb["definitions"].items():
+            w(f"<dt><code>{_e(key)}</code></dt><dd>{_e(text)}</dd>")
+        w("</dl>")
 
     # ---- time-resolved trace
     tr = report.get("trace")

@@ -8,7 +8,9 @@ draws from them; both import this module and neither imports the other back
   reference figures;
 - :func:`energy_section`: the energy estimates, constants and per-layer table;
 - :func:`trace_section`: the time-resolved traces of a recording (events per step, steps
-  per token), present only when the run traced layers (``simulate(..., trace=...)``).
+  per token), present only when the run traced layers (``simulate(..., trace=...)``);
+- :func:`neurobench_section`: NeuroBench's metrics under its names
+  (:mod:`sbsnn.analysis.neurobench_metrics`) beside the sbsnn figures they map to.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from sbsnn.analysis.energy import ESTIMATES, load_profile, spikingbrain_energy_p
 from sbsnn.analysis.spikingbrain import SPIKINGBRAIN_7B_FIG9, SPIKINGBRAIN_7B_SPIKES_PER_ELEMENT
 
 __all__ = ["BASELINE_INFO", "ESTIMATE_INFO", "FIDELITY_DEFINITIONS", "METRIC_DEFINITIONS",
-           "TRACE_DEFINITIONS",
-           "energy_section", "sparsity_section", "trace_section"]
+           "TRACE_DEFINITIONS", "energy_section", "neurobench_section", "sparsity_section",
+           "trace_section"]
 
 # Mirrors the module docstring of sbsnn.analysis.sparsity.
 METRIC_DEFINITIONS = {
@@ -248,3 +250,32 @@ def trace_section(recording) -> dict | None:
             "last_step_max": int(last.max()) if spt.numel() else -1,
         }
     return {"definitions": dict(TRACE_DEFINITIONS), "layers": layers}
+
+
+def neurobench_section(nb: Mapping, sparsity: Mapping, energy: Mapping) -> dict:
+    """``report.json``'s ``neurobench``: the section of
+    :meth:`~sbsnn.analysis.neurobench_metrics.NeuroBenchTally.section` plus ``beside``, each
+    NeuroBench total next to the sbsnn figure of the same report it relates to and how."""
+    t, c, p = nb["totals"], energy["counts"], sparsity["pooled"]
+    beside = [
+        {"neurobench": "ActivationSparsity", "value": nb["results"]["ActivationSparsity"],
+         "sbsnn": "sparsity.pooled.slot_sparsity_global", "sbsnn_value": p["slot_sparsity_global"],
+         "relation": "the same ratio, 1 - spikes / (elements x T), but NeuroBench averages it "
+                     "over samples (equal for one sample)"},
+        {"neurobench": "Effective_ACs (all samples)", "value": t["Effective_ACs"],
+         "sbsnn": "energy.counts.synaptic_ops", "sbsnn_value": c["synaptic_ops"],
+         "relation": "sbsnn counts every output an event reaches (events x out_features); "
+                     "NeuroBench skips the zero INT8 codes"},
+        {"neurobench": "Dense (all samples)", "value": t["Dense"],
+         "sbsnn": "energy.counts.dense_macs", "sbsnn_value": c["dense_macs"],
+         "relation": "NeuroBench counts every weight at every time step: dense_macs x T "
+                     "of each call"},
+        {"neurobench": "MembraneUpdates (all samples)", "value": t["MembraneUpdates"],
+         "sbsnn": "energy.counts.elements + events", "sbsnn_value": c["elements"] + c["events"],
+         "relation": "NeuroBench: every neuron once at its charging step, then one update per "
+                     "spike after step 0 (the spikes of step 0 fall on the charging step)"},
+        {"neurobench": "spikes (all samples)", "value": t["spikes"],
+         "sbsnn": "energy.counts.events", "sbsnn_value": c["events"],
+         "relation": "equal: a spike of -1 is one nonzero activation, as one of +1"},
+    ]
+    return {**nb, "beside": beside}

@@ -43,6 +43,7 @@ from sbsnn.runs.documents import contiguous_split, load_documents
 from sbsnn.runs.group import Group, process_group
 from sbsnn.runs.results import DocumentCounters, DocumentSetResult, tokenize_documents, totals_of
 from sbsnn.sim.engine import LayerCounters, Simulator, resolve_backend
+from sbsnn.sim.connections import merge_facts, model_facts
 from sbsnn.sim.session import RunRecording, coding_of
 
 __all__ = ["Stage", "load_stage", "simulate_pipeline", "stage_forward", "stage_layers"]
@@ -171,10 +172,13 @@ def simulate_pipeline(spiking_dir, documents, backend: str = "auto", record=None
     backend = resolve_backend(backend)
     # the hidden states' dtype: the model's floating dtype (the same on every stage)
     dtype = next(t.dtype for t in stage.state_dict().values() if t.is_floating_point())
+    facts = None
+    if record is not None and not hasattr(record, "write"):   # the file: every stage's weights
+        facts = merge_facts(group.all_gather(model_facts(model)))
     run_rec = RunRecording(record, model, ids,
                            {**(metadata or {}), "pipeline": {"stages": [[r.start, r.stop] for r in stages]}},
                            record_events, documents=docs, ranks=[-1] * len(docs), group=group,
-                           every_rank=True)
+                           every_rank=True, facts=facts)
     recorder = run_rec.recorder
     from tqdm.auto import tqdm
 

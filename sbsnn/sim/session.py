@@ -27,10 +27,12 @@ from sbsnn import __version__
 from sbsnn.converters.spiking_linear import SpikingLinear
 from sbsnn.errors import OptionError
 from sbsnn.sim import shards
+from sbsnn.sim.connections import connection_facts, is_spiking, model_facts
 from sbsnn.sim.recorder import Recorder
 from sbsnn.sim.trace import TraceSpec
 
-__all__ = ["RunRecording", "check_record", "coding_of", "prefix_record", "recording_metadata",
+__all__ = ["RunRecording", "check_record", "coding_of", "is_spiking", "prefix_record",
+           "recording_metadata",
            "select_trace"]
 
 
@@ -43,17 +45,27 @@ def coding_of(model) -> str:
     return codings.pop() if len(codings) == 1 else "mixed"
 
 
-def recording_metadata(model, ids: torch.Tensor, extra: dict | None) -> dict:
-    """A recording's metadata: the layers' shapes, the tokens and their digest, the model's
-    config and spiking settings, and ``extra``."""
+def recording_metadata(model, ids: torch.Tensor, extra: dict | None, facts: dict | None = None) -> dict:
+    """A recording's metadata: the layers' shapes (and the nonzero weight codes of each
+    input column), the tokens and their digest, the sequences side by side, the model's
+    config, spiking settings and connection figures (:func:`~sbsnn.sim.connections.connection_facts`),
+    and ``extra``. ``facts``: the model's :func:`~sbsnn.sim.connections.model_facts`
+    (pipeline stages: joined over the ranks), else taken from ``model``."""
     cfg = getattr(model, "spiking_config", None)
-    layers = {n: {"in_features": m.in_features, "out_features": m.out_features,
-                  "group_size": m.group_size, "bias": m.bias is not None}
-              for n, m in model.named_modules() if isinstance(m, SpikingLinear)}
+    facts = model_facts(model) if facts is None else facts
+    layers = {}
+    for n, m in model.named_modules():
+        if isinstance(m, SpikingLinear):
+            layers[n] = {"in_features": m.in_features, "out_features": m.out_features,
+                         "group_size": m.group_size, "bias": m.bias is not None}
+            if n in facts["columns"]:
+                layers[n]["column_nonzero"] = facts["columns"][n]
     meta = {
         "sbsnn_version": __version__,
         "layers": layers,
+        "connections": connection_facts(facts),
         "tokens": int(ids.shape[1]),
+        "sequences": int(ids.shape[0]),
         "token_digest": hashlib.sha256(ids.cpu().numpy().tobytes()).hexdigest(),
         "model_config": getattr(getattr(model, "config", None), "to_dict", dict)(),
     }
@@ -109,12 +121,13 @@ class RunRecording:
     ``ids``: the token ids ``[1, n]`` of each document (one entry for a single text);
     ``documents`` (a :class:`~sbsnn.runs.DocumentSet`, with ``ranks``, the rank of each
     document) makes it a document-set recording; ``every_rank``: each rank's shard covers
-    every document (pipeline stages) instead of its own.
+    every document (pipeline stages) instead of its own; ``facts``: the model's weight
+    figures when this process holds only part of it (pipeline stages).
     """
 
     def __init__(self, record, model, ids: list[torch.Tensor], metadata: dict | None,
                  record_events: bool, *, documents=None, ranks=None, group=None,
-                 every_rank: bool = False):
+                 every_rank: bool = False, facts: dict | None = None):
         self.record, self.group, self.recorder, self.path = record, group, None, None
         self.distributed = group is not None and group.distributed
         if record is None:
@@ -127,7 +140,7 @@ class RunRecording:
         if documents is not None:
             extra["documents"] = {"count": len(documents), "source": documents.source,
                                   "tokens": int(sum(x.shape[1] for x in ids))}
-        self.index_metadata = recording_metadata(model, _concat(ids), extra)
+        self.index_metadata = recording_metadata(model, _concat(ids), extra, facts)
         if not self.distributed:
             self.recorder = Recorder(record, metadata=self.index_metadata,
                                      record_events=record_events)
@@ -147,7 +160,7 @@ class RunRecording:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = recording_metadata(model, _concat(mine), {
             **extra, "shard": {"rank": group.rank, "world_size": group.world_size,
-                               "index": str(record), "run_id": self.run_id}})
+                               "index": str(record), "run_id": self.run_id}}, facts)
         self.recorder = Recorder(path, metadata=meta, record_events=record_events)
 
     def _index(self, complete: bool) -> None:
