@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 import sbsnn  # noqa: E402
 from sbsnn.converters import SpikingLinear, convert  # noqa: E402
-from sbsnn.converters.quant import forced_route, integer_route  # noqa: E402
+from sbsnn.converters.quant import forced_route, integer_route, route_description  # noqa: E402
 from sbsnn.models import HybridConfig, HybridForCausalLM  # noqa: E402
 from sbsnn.sim import Simulator, simulate  # noqa: E402
 
@@ -73,6 +73,7 @@ QUICK_MODEL = dict(vocab_size=32768, hidden_size=320, intermediate_size=1024, nu
 EMBED_OUTLIERS = ((11, 1000.0), (300, 100.0))
 MLP_OUTLIERS = ((5, 200.0), (900, 20.0))
 GOALS = {"integer": 0.8, "event": 1.0, "event + recording": 1.5}   # issue 22
+DECODE_GOAL = 1.0       # spiking decode tokens/s over float decode tokens/s, at least
 
 LAYERS = ((3584, 18944), (18944, 3584))
 QUICK_LAYERS = ((896, 4736), (4736, 896))
@@ -102,7 +103,7 @@ def machine() -> list[str]:
     return [f"machine: nproc {nproc}; CPU {cpu_model()}; torch {torch.__version__}; "
             f"torch threads {torch.get_num_threads()}; python {sys.version.split()[0]}; "
             f"load average at the start {load()}", engine_state(),
-            f"integer route (group sums): {integer_route('cpu')}"]
+            f"integer route (group sums): {route_description('cpu')}"]
 
 
 def load() -> str:
@@ -215,6 +216,7 @@ def bench_model(args) -> tuple[list[str], bool]:
                                                   return_logits=False),
         }
         med, ratio = rounds_of(contenders, args.rounds, "float")
+        decode = bench_decode(model, snn, ids, args) if args.decode_tokens else None
     rec_bytes = os.path.getsize(rec)
     os.remove(rec)
     os.rmdir(tmp)
@@ -233,8 +235,39 @@ def bench_model(args) -> tuple[list[str], bool]:
               f"{steps[len(steps) // 2]:,} (of each layer's largest)",
               f"- {t['events']:,} events ({t['spikes_per_element']:.2f} per input element), "
               f"{t['synaptic_ops']:,} synaptic ops vs {t['dense_macs']:,} dense MACs; zero counts "
-              f"{100 * t['zero_fraction']:.1f} %; recording {rec_bytes / 2**20:.1f} MiB"]
+              f"{100 * t['zero_fraction']:.1f} %; recording {rec_bytes / 2**20:.1f} MiB "
+              f"({rec_bytes / n_tokens / 1024:.1f} KiB per token)"]
+    if decode is not None:
+        lines += decode[0]
+        exact &= decode[1]
     return lines, exact
+
+
+def bench_decode(model, snn, ids, args) -> tuple[list[str], bool]:
+    """Greedy decoding, one token at a time with the caches (``stream_ids``), after a
+    prompt of the run's first 32 tokens: tokens per second of the float model and of the
+    spiking model (integer path), side by side in rotated rounds; and whether the spiking
+    model's tokens are the same on the int8 route as on the float32 reference route."""
+    prompt = ids[0, :32].tolist()
+    n = args.decode_tokens
+
+    def run(m):
+        return list(m.stream_ids(prompt, n, 0.0, None, None, ()))
+
+    with forced_route("float32"):
+        want = run(snn)
+    same = run(snn) == want
+    med, ratio = rounds_of({"float decode": lambda: run(model), "spiking decode": lambda: run(snn)},
+                           args.rounds, "float decode")
+    speed = 1 / ratio["spiking decode"]          # per-round ratio of times, inverted: of tok/s
+    lines = ["", f"decoding {n} tokens after a {len(prompt)}-token prompt (greedy, with the caches):",
+             "", "| contender | median s | tokens/s | tokens/s over float (per round) | goal | met |",
+             "|---|---:|---:|---:|---:|---|",
+             f"| float decode | {med['float decode']:.2f} | {n / med['float decode']:.1f} | 1.00 | | |",
+             f"| spiking decode | {med['spiking decode']:.2f} | {n / med['spiking decode']:.1f} | "
+             f"{speed:.2f} | >= {DECODE_GOAL:g} | {'yes' if speed >= DECODE_GOAL else 'NO'} |",
+             "", f"- spiking decode's tokens the same on the int8 route as on the float32 route: {same}"]
+    return lines, same
 
 
 # ------------------------------------------------------------------------ part 2: layers
@@ -398,6 +431,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-layers", action="store_true", help="skip part 2 (7B-shaped layers)")
     ap.add_argument("--skip-model", action="store_true", help="skip part 1 (the model)")
     ap.add_argument("--skip-frame", action="store_true", help="skip part 3 (dense frame vs sparse)")
+    ap.add_argument("--decode-tokens", type=int, default=64,
+                    help="greedy tokens decoded one at a time, float against spiking (default 64; "
+                         "0 skips)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="smoke run: small model and layers, 1 round")
     args = ap.parse_args(argv)

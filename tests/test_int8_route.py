@@ -212,7 +212,7 @@ def test_fused_linear_equals_the_reference(n, d, out, gs, big, bias, seed):
     c, codes, scales, v_th, b = _layer(n, d, out, gs, seed, big=big, bias=bias)
     want = Q.rescale(Q.group_accumulate_reference(c, codes, gs), scales, v_th, b, torch.float32)
     got = int8_kernels.int8_linear(c, Q.int8_codes_t(codes), gs, Q.scales_t64(scales), v_th, b,
-                                   torch.float32, Q._peak(c))
+                                   torch.float32)
     if Q._peak(c) * 128 * gs >= int8_kernels.EXACT_SUM_BOUND:
         assert got is None                  # sums that could round: the torch route
     else:
@@ -295,10 +295,10 @@ def test_kernels_refuse_shapes_that_would_read_outside_their_arrays():
     c, codes, scales, v_th, b = _layer(2, 200, 8, 64, 1)
     st_ = Q.scales_t64(scales)
     with pytest.raises(ValueError, match="codes_t must be int8"):       # codes not transposed
-        int8_kernels.int8_linear(c, codes, 64, st_, v_th, b, torch.float32, 7)
+        int8_kernels.int8_linear(c, codes, 64, st_, v_th, b, torch.float32)
     with pytest.raises(ValueError, match="scales_t must be"):
         int8_kernels.int8_linear(c, Q.int8_codes_t(codes), 64, st_[:2].contiguous(), v_th, b,
-                                 torch.float32, 7)
+                                 torch.float32)
     with pytest.raises(ValueError, match="acc must be int32"):
         int8_kernels.rescale_groups(torch.zeros(4, 2, 8, dtype=torch.int64), st_, v_th, b, torch.float32)
     acc = torch.zeros(4, 2, 8, dtype=torch.int32)

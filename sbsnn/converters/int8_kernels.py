@@ -69,9 +69,10 @@ def _compile() -> dict:
                         out[n, o] = y[o] * vn
 
         @jit
-        def linear_kernel(counts, codes_t, group_size, s, v, b, has_bias, out):
+        def linear_kernel(counts, codes_t, group_size, limit, s, v, b, has_bias, out):
             # Event-driven: each nonzero count adds its weight row (codes_t [in, out],
-            # contiguous) into the group's int32 sums; zero counts cost nothing.
+            # contiguous) into the group's int32 sums; zero counts cost nothing. False
+            # (out unfinished) at a count beyond +-limit, whose sums could round.
             N, width = counts.shape
             O = codes_t.shape[1]
             G = s.shape[0]
@@ -81,7 +82,10 @@ def _compile() -> dict:
                 for g in range(G):
                     acc[:] = 0
                     for i in range(g * group_size, min((g + 1) * group_size, width)):
-                        c = np.int32(counts[n, i])
+                        c = counts[n, i]
+                        if c > limit or c < -limit:
+                            return False
+                        c = np.int32(c)
                         if c != 0:
                             for o in range(O):
                                 acc[o] += np.int32(codes_t[i, o] * c)
@@ -98,6 +102,7 @@ def _compile() -> dict:
                 else:
                     for o in range(O):
                         out[n, o] = y[o] * vn
+            return True
 
         @jit
         def split_kernel(counts, bound, c8):
@@ -155,14 +160,17 @@ def _np(t: torch.Tensor):
 _NO_BIAS = torch.zeros(1)
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as numpy can hold it (no bfloat16: widened, exactly), contiguous."""
+    if t.dtype not in OUT_DTYPES:
+        t = t.to(torch.float64)
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _vectors(v_th: torch.Tensor, bias: torch.Tensor | None, n: int):
     """The thresholds (one per row) and the bias as they are: the kernels widen each
     value to float64 where the reference casts the tensor (the same values)."""
-    def plain(t):       # numpy has no bfloat16: widen (exactly) what it cannot hold
-        t = t.detach()
-        return (t if t.dtype in OUT_DTYPES else t.to(torch.float64)).contiguous()
-
-    return plain(v_th.reshape(n)), _NO_BIAS if bias is None else plain(bias)
+    return _plain(v_th.detach().reshape(n)), _NO_BIAS if bias is None else _plain(bias.detach())
 
 
 # Every function below: the caller vouches that the kernels run here (available(), CPU
@@ -232,22 +240,20 @@ def add_outliers(acc: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, rest
 
 
 def int8_linear(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int, scales_t: torch.Tensor,
-                v_th: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
-                peak: int) -> torch.Tensor | None:
-    """The whole integer path of a few tokens: ``counts [N, in]`` (``max |count| =
-    peak``), ``codes_t`` int8 ``[in, out]`` row-major, ``scales_t`` float64 ``[G, out]``.
-    None where its group sums could reach :data:`EXACT_SUM_BOUND` (then the caller takes
-    the GEMMs)."""
-    if peak * 128 * group_size >= EXACT_SUM_BOUND:
-        return None
+                v_th: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The whole integer path of a few tokens: ``counts [N, in]``, ``codes_t`` int8
+    ``[in, out]`` row-major, ``scales_t`` float64 ``[G, out]``. None where a count could
+    take its group sums to :data:`EXACT_SUM_BOUND` (then the caller takes the GEMMs)."""
     N, W = counts.shape
-    _check(codes_t.dim() == 2 and codes_t.shape[0] == W and codes_t.dtype == torch.int8,
-           f"codes_t must be int8 [{W}, out], got {codes_t.dtype} {tuple(codes_t.shape)}")
-    _check_scales(scales_t, -(-W // group_size), codes_t.shape[1])
-    _check(v_th.numel() == N and (bias is None or bias.numel() == codes_t.shape[1]),
-           "v_th or bias of the wrong size")
-    out = torch.empty(N, codes_t.shape[1], dtype=dtype)
+    O = codes_t.shape[1]
+    if not (codes_t.dim() == 2 and codes_t.shape[0] == W and codes_t.dtype == torch.int8
+            and v_th.numel() == N and (bias is None or bias.numel() == O)):
+        _check(False, f"codes_t must be int8 [{W}, out] and v_th, bias one per row, column; got "
+                      f"codes_t {codes_t.dtype} {tuple(codes_t.shape)}")
+    _check_scales(scales_t, -(-W // group_size), O)
+    out = torch.empty(N, O, dtype=dtype)
     v, b = _vectors(v_th, bias, N)
-    _compile()["linear"](_np(counts.contiguous()), _np(codes_t.contiguous()), group_size, _np(scales_t),
-                         _np(v), _np(b), bias is not None, _np(out))
-    return out
+    limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
+    done = _compile()["linear"](_np(counts.contiguous()), _np(codes_t.contiguous()), group_size,
+                                limit, _np(scales_t), _np(v), _np(b), bias is not None, _np(out))
+    return out if done else None

@@ -567,7 +567,7 @@ def _linear_int8(counts, codes, scales, v_th, bias, group_size, dtype, codes_t, 
         scales_t = scales_t64(scales)
     if N <= _GEMV_MAX_ROWS and _fused_ok(counts, dtype):
         y = int8_kernels.int8_linear(counts, _row_major(codes_t), group_size, scales_t, v_th,
-                                     bias, dtype, _peak(counts))
+                                     bias, dtype)
         if y is not None:
             return y
     workers = 1
