@@ -120,3 +120,28 @@ def test_inference_tensors_are_never_shared():
         ca, _ = a.spike(x)
         cb, _ = b.spike(x)
     assert cb is not ca and torch.equal(ca, cb)
+
+
+@needs_numba
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    """numba refuses cache=True where it finds no writable directory: sbsnn's kernels then
+    compile in each process instead of failing."""
+    import numba
+    import numpy as np
+
+    from sbsnn.neurons import jit
+
+    real = numba.njit
+
+    def no_cache(*a, **kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(numba, "njit", no_cache)
+    monkeypatch.setattr(jit, "_state", {})
+
+    def double(a):
+        return a * 2
+
+    assert jit.njit()(double)(np.arange(3)).tolist() == [0, 2, 4]

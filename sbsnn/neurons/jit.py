@@ -1,9 +1,10 @@
 """numba, where it is installed: the one place sbsnn's CPU kernels get their compiler.
 
-``njit()`` is ``numba.njit(nogil=True, cache=True)`` (no fastmath: float operations in
-program order; compiled code cached between processes in numba's own cache directory),
-or None without numba, in which case every caller keeps its torch route (the reference
-its kernels are tested against, bit for bit).
+``njit()`` is a decorator like ``numba.njit(nogil=True, cache=True)`` (no fastmath: float
+operations in program order; compiled code cached between processes where numba finds a
+writable cache directory, else compiled in each process), or None without numba, in
+which case every caller keeps its torch route (the reference its kernels are tested
+against, bit for bit).
 """
 
 from __future__ import annotations
@@ -19,5 +20,11 @@ def njit():
         except ImportError:
             _state["jit"] = None
         else:
-            _state["jit"] = numba.njit(nogil=True, cache=True)
+            def jit(fn):
+                try:
+                    return numba.njit(nogil=True, cache=True)(fn)
+                except RuntimeError:     # no writable cache location: compile per process
+                    return numba.njit(nogil=True)(fn)
+
+            _state["jit"] = jit
     return _state["jit"]
