@@ -507,10 +507,13 @@ def rescale(acc, scales: torch.Tensor, v_th: torch.Tensor,
 _PARTS_MIN_MACS = 1 << 30
 _PARTS_MIN_COLUMNS = 64
 _FEW_TOKENS = 64
-# The int8 route's token blocks go to sbsnn's workers from this much work on: measured
-# on 2 shared cores, 823 x 576 -> 192 (91M MACs) took 3-13 ms on the workers, 38-60 ms
-# with torch's two threads (many short ops, each a fork/join).
-_INT8_PARTS_MIN_MACS = 1 << 24
+# The int8 route's token blocks go to sbsnn's workers from this much work on. With the
+# fused kernels a call is a few GEMMs (torch's threads) and one kernel pass, and the
+# workers' hand-offs cost more than they save below this: measured on 2 quiet cores,
+# SmolLM2-135M's forward (823 tokens, calls of 91-728M MACs) takes 0.78-0.93x the float
+# forward inline and 0.95-1.22x with the workers; Gemma 3 270M's (up to 1.1G) 0.75-0.97x
+# inline and 0.80-1.03x with them.
+_INT8_PARTS_MIN_MACS = 1 << 32
 
 
 def scales_t64(scales: torch.Tensor) -> torch.Tensor:
