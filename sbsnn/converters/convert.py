@@ -38,6 +38,9 @@ class SpikingConfig:
     layer_k: dict[str, float] = field(default_factory=dict)
     # What calibration did (method, budget, measured spikes); None for plain conversion.
     calibration: dict | None = None
+    # What spiking-aware fine-tuning did (sbsnn.finetune: what it trained, steps, held-out
+    # KL before and after); None if the model was not fine-tuned.
+    finetune: dict | None = None
     # "sha256:<hex>" of every file of the checkpoint but this one, by file name, checked on
     # load (sbsnn.converters.format.verify_digests); empty in checkpoints written before.
     # (Not compared: two layouts of one conversion are equal configs.)
