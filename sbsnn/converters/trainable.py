@@ -121,10 +121,9 @@ class Trainables:
                 b = torch.zeros(m.out_features, rank)
                 self.adapters[name] = (a.to(dev).requires_grad_(True), b.to(dev).requires_grad_(True))
 
-    @property
-    def moves_weights(self) -> bool:
-        """Whether any layer's forward weight depends on what is trained."""
-        return bool(self.gains or self.codes or self.adapters)
+    def moves(self, name: str) -> bool:
+        """Whether layer ``name``'s forward weight depends on what is trained."""
+        return name in self.gains or name in self.codes or name in self.adapters
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every trained tensor by a stable name (``kind/module``), in a fixed order."""

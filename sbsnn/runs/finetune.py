@@ -42,6 +42,7 @@ bit-identical to its integer path), with ``spiking_config.finetune`` (a summary)
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -145,6 +146,7 @@ def _windows(model, docs: DocumentSet, block_size: int, what: str) -> list[torch
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
@@ -290,6 +292,41 @@ def _reduce(group: Group, tensors: list[torch.Tensor]) -> None:
             o += t.numel()
 
 
+def _step(work, float_model, trainables: Trainables, leaves: dict, opt, train_w,
+          s: FinetuneSettings, step: int, group: Group, device) -> float:
+    """One optimizer step (0-based ``step``): this rank's windows of the batch forward and
+    backward, the gradients summed over the ranks, one Adam step; the batch's mean KL per
+    position. The weights that depend on trained tensors are leaves for the step (the
+    windows add their gradients there), pushed back to what is trained once."""
+    exprs = {n: trainables.weight(n) for n in trainables.layers if trainables.moves(n)}
+    leaves.clear()
+    leaves.update({n: w.detach().requires_grad_(True) for n, w in exprs.items()})
+    opt.zero_grad(set_to_none=False)
+    for t in list(leaves.values()) + list(trainables.norms.values()):
+        t.grad = torch.zeros_like(t)
+    chosen = batch_windows(step, len(train_w), s.batch, s.seed)
+    sampled = [_sampled(step, j, s.block_size, s.positions, s.seed) for j in range(s.batch)]
+    total = sum(len(p) for p in sampled)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for j in range(group.rank, s.batch, group.world_size):
+        with torch.enable_grad():
+            kl = _kl_sum(work, float_model, train_w[chosen[j]].to(device), sampled[j].to(device))
+            (kl / total).backward()
+        loss_sum += kl.detach().double()
+    grads = [leaves[n].grad for n in leaves] + [p.grad for p in trainables.norms.values()]
+    _reduce(group, grads + [loss_sum])
+    loss = float(loss_sum) / total
+    if not math.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads):
+        raise NonFiniteError(
+            f"finetune: the loss ({loss}) or its gradient is not finite at step {step + 1}; "
+            f"lower lr (it is {s.lr:g}) or train fewer kinds ({', '.join(s.train)})",
+            origin="activations")
+    if exprs:
+        torch.autograd.backward(list(exprs.values()), [leaves[n].grad for n in exprs])
+    opt.step()
+    return loss
+
+
 def _models_match(spiking, float_model, docs: DocumentSet) -> None:
     """Refuse a float model that is not the spiking model's source: its structure or its
     tokenizer differ."""
@@ -378,9 +415,7 @@ def finetune(spiking, float_model, texts, *, steps: int, lr: float = 1e-3,
             raise OptionError(f"fine-tuning state {path}: already {start} steps in, more than "
                               f"steps={s.steps}; ask for at least {start} steps, or delete it")
 
-    fixed = {n: m.dequantized_weight() for n, m in spiking_layers(work)
-             if n not in trainables.codes and n not in trainables.adapters
-             and n not in trainables.gains}
+    fixed = {n: m.dequantized_weight() for n, m in spiking_layers(work) if not trainables.moves(n)}
     leaves: dict[str, torch.Tensor] = {}
 
     def weight_of(name, layer):
@@ -399,7 +434,8 @@ def finetune(spiking, float_model, texts, *, steps: int, lr: float = 1e-3,
         if any(e["step"] == step for e in record["heldout_kl"]):
             return
         with torch.no_grad():
-            leaves.update({n: trainables.weight(n) for n in trainables.layers if n not in fixed})
+            leaves.update({n: trainables.weight(n) for n in trainables.layers
+                           if trainables.moves(n)})
             kl = _heldout_kl(work, float_model, eval_w, group, device)
         record["heldout_kl"].append({"step": step, "kl": kl})
         bar.set_postfix_str(f"held-out KL {kl:.4f}" + (
@@ -407,43 +443,18 @@ def finetune(spiking, float_model, texts, *, steps: int, lr: float = 1e-3,
 
     try:
         with straight_through(work, weight_of):
-            evaluate(start) if start == 0 else None
+            if start == 0:
+                evaluate(0)
             for step in range(start, s.steps):
-                exprs = {n: trainables.weight(n) for n in trainables.layers if n not in fixed}
-                leaves.clear()
-                leaves.update({n: w.detach().requires_grad_(True) for n, w in exprs.items()})
-                opt.zero_grad(set_to_none=False)
-                for t in list(leaves.values()) + list(trainables.norms.values()):
-                    t.grad = torch.zeros_like(t)
-                chosen = batch_windows(step, len(train_w), s.batch, s.seed)
-                sampled = [_sampled(step, j, s.block_size, s.positions, s.seed)
-                           for j in range(s.batch)]
-                total = sum(len(p) for p in sampled)
-                loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-                for j in range(group.rank, s.batch, group.world_size):
-                    with torch.enable_grad():
-                        kl = _kl_sum(work, float_model, train_w[chosen[j]].to(device),
-                                     sampled[j].to(device))
-                        (kl / total).backward()
-                    loss_sum += kl.detach().double()
-                grads = [leaves[n].grad for n in leaves] + [p.grad for p in trainables.norms.values()]
-                _reduce(group, grads + [loss_sum])
-                loss = float(loss_sum) / total
-                if not math.isfinite(loss) or not all(bool(torch.isfinite(g).all()) for g in grads):
-                    raise NonFiniteError(
-                        f"finetune: the loss ({loss}) or its gradient is not finite at step "
-                        f"{step + 1}; lower lr (it is {s.lr:g}) or train fewer kinds "
-                        f"({', '.join(s.train)})", origin="activations")
-                if exprs:
-                    torch.autograd.backward(list(exprs.values()),
-                                            [leaves[n].grad for n in exprs])
-                opt.step()
+                loss = _step(work, float_model, trainables, leaves, opt, train_w, s, step,
+                             group, device)
                 record["train_kl"].append({"step": step + 1, "kl": loss})
                 bar.update(1)
                 done = step + 1
                 if done % s.eval_every == 0 or done == s.steps:
                     evaluate(done)
-                if path is not None and group.is_main and (done % s.save_every == 0 or done == s.steps):
+                if path is not None and group.is_main and (done % s.save_every == 0
+                                                           or done == s.steps):
                     _save_state(path, fingerprints, done, tensors, opt, record)
             if start == s.steps:
                 evaluate(s.steps)
@@ -523,19 +534,22 @@ class FinetunedCheckpoint:
 def finetune_checkpoint(spiking_src, out, texts, float_src, *, eval_texts=None,
                         eval_tokens: int = 8192, state_path=None, force: bool = False,
                         allow_pickle: bool = False, verify: bool = True, progress: bool = False,
-                        group: Group | None = None, **options) -> FinetunedCheckpoint:
+                        device=None, group: Group | None = None,
+                        **options) -> FinetunedCheckpoint:
     """``sbsnn finetune``: load the spiking checkpoint ``spiking_src`` and its float source
     ``float_src``, fine-tune (:func:`finetune`, ``options`` as its keywords; held out:
     ``eval_texts`` if given) and write the result to ``out`` with ``finetune.json`` (rank 0,
     atomically; ``force`` replaces an earlier spiking checkpoint). With ``eval_texts``,
     plain and fine-tuned are compared with the float model on at most ``eval_tokens``
-    tokens of them (top-1, KL, perplexities, spikes per element; the integer path)."""
+    tokens of them (top-1, KL, perplexities, spikes per element; the integer path).
+    ``device``: where both models run (default: ``cuda:LOCAL_RANK`` when CUDA is
+    available, else the CPU)."""
     if group is None:
         with process_group() as g:
             return finetune_checkpoint(spiking_src, out, texts, float_src, eval_texts=eval_texts,
                                        eval_tokens=eval_tokens, state_path=state_path,
                                        force=force, allow_pickle=allow_pickle, verify=verify,
-                                       progress=progress, group=g, **options)
+                                       progress=progress, device=device, group=g, **options)
     from sbsnn.converters import load_spiking
     from sbsnn.converters.format import check_output_dir
     from sbsnn.models.checkpoint import load_model
@@ -548,8 +562,10 @@ def finetune_checkpoint(spiking_src, out, texts, float_src, *, eval_texts=None,
     check_state_path(state_path)
     docs = load_documents(texts)
     held = load_documents(eval_texts) if eval_texts is not None else None
-    spiking = load_spiking(spiking_src, verify=verify)
-    float_model = load_model(float_src, allow_pickle=allow_pickle)
+    if device is None:
+        device = f"cuda:{group.local_rank}" if torch.cuda.is_available() else "cpu"
+    spiking = load_spiking(spiking_src, device=device, verify=verify)
+    float_model = load_model(float_src, device=device, allow_pickle=allow_pickle)
     tuned = finetune(spiking, float_model, docs, eval_texts=held, state_path=state_path,
                      progress=progress, group=group, **options)
     overall = where = None
