@@ -7,6 +7,7 @@ imported until one is used)::
     snn = sbsnn.convert(model, preset="paper")       # spiking model (sbsnn.converters)
     sbsnn.save_spiking(snn, "out/"); sbsnn.load_spiking("out/")
     result = sbsnn.simulate(snn, "some text")         # event by event (sbsnn.sim)
+    tuned = sbsnn.finetune(snn, model, texts, steps=200)  # distilled (sbsnn.runs.finetune)
 
 The rooms, bottom up (imports run one way, never back up; docs/architecture.md):
 
@@ -38,6 +39,7 @@ _LAZY = {
     "simulate_documents": "sbsnn.runs",
     "sweep": "sbsnn.runs",
     "calibrate_checkpoint": "sbsnn.runs",
+    "finetune": "sbsnn.runs.finetune",
 }
 # Subpackages reachable as attributes (``sbsnn.analysis.fidelity`` after ``import sbsnn``,
 # as ``torch.nn`` after ``import torch``), imported on first use.

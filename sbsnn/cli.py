@@ -15,6 +15,7 @@ examples:
   sbsnn generate tiny-hybrid --prompt "ROMEO:" --max-new-tokens 200
   sbsnn convert tiny-hybrid spiking-tiny --preset paper --k 3 --eval text.txt
   sbsnn convert model.gguf spiking-cal --calibrate calib.txt --spike-budget k=3 --eval heldout.txt
+  sbsnn finetune spiking-cal spiking-ft --float model.gguf --text train.txt --eval heldout.txt
   sbsnn report spikes.h5 --out report/    report.json, report.html and plots
   sbsnn sweep tiny-hybrid --k 2 3 4 --out sweep/
   sbsnn eval tiny-hybrid --spiking spiking-tiny --tasks sbsnn_cloze,sbsnn_heldout --out eval/
@@ -617,6 +618,40 @@ def lm_eval_main() -> None:
     main()
 
 
+def cmd_finetune(args) -> int:
+    """``sbsnn finetune``: :func:`sbsnn.runs.finetune.finetune_checkpoint`."""
+    from sbsnn.runs import process_group
+    from sbsnn.runs.finetune import FinetuneSettings, finetune_checkpoint
+
+    options = dict(steps=args.steps, lr=args.lr, train=tuple(args.train), rank=args.rank,
+                   batch=args.batch, block_size=args.block_size,
+                   positions=None if args.positions == 0 else args.positions, seed=args.seed,
+                   eval_every=args.eval_every, eval_windows=args.eval_windows,
+                   save_every=args.save_every)
+    FinetuneSettings.checked(names={f: "--" + f.replace("_", "-") for f in options}, **options)
+    if args.no_state and args.state is not None:
+        from sbsnn.errors import OptionError
+
+        raise OptionError("--no-state and --state FILE contradict each other; give one")
+    _check_apart(args.spiking, args.out, "spiking checkpoint", option="OUT")
+    _check_threads(args)
+    state = args.state if args.state is not None else f"{Path(args.out)}.finetune-state.pt"
+    _threads(args)
+    with process_group() as g:   # under torchrun: each batch's windows split across the ranks
+        _use_local_device(g)
+        r = finetune_checkpoint(args.spiking, args.out, args.text, args.float,
+                                eval_texts=args.eval, eval_tokens=args.eval_tokens,
+                                state_path=None if args.no_state else state, force=args.force,
+                                allow_pickle=args.allow_pickle, verify=not args.no_verify,
+                                progress=not args.quiet, group=g, **options)
+    if not g.is_main:
+        return 0
+    print(f"wrote {args.out} in {r.seconds:.0f} s (record: {Path(args.out) / 'finetune.json'}"
+          + ("" if args.no_state else f"; state: {state}") + ")")
+    print(r.format())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbsnn import __version__
 
@@ -795,6 +830,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     _add(p, "allow_pickle", "quiet")
 
+    p = command("finetune", cmd_finetune, help="distil the float model into a spiking checkpoint",
+                description="Spiking-aware fine-tuning: train a spiking checkpoint (norm weights, "
+                "weight codes on their INT8 grid, scale gains or low-rank adapters) to match its "
+                "float model's next-token distributions (KL over the vocabulary) through the "
+                "straight-through gradient, every projection input still spiking; writes an "
+                "ordinary spiking checkpoint OUT with finetune.json. Saves its progress to a "
+                "state file and continues from it when rerun with the same options; under "
+                "torchrun each batch is split across the ranks (docs/calibration.md).")
+    p.add_argument("spiking", metavar="SPIKING", help="spiking checkpoint directory (sbsnn convert's "
+                   "output, calibrated or not)")
+    p.add_argument("out", metavar="OUT", help="output directory (must not exist unless --force)")
+    p.add_argument("--float", required=True, metavar="SRC", help="the float checkpoint SPIKING was "
+                   "converted from (directory, .gguf or embedded name): the teacher")
+    p.add_argument("--text", required=True, metavar="PATH", help="training text: a text file, a "
+                   ".jsonl file (\"text\" per line) or a directory of .txt files; each document "
+                   "is cut into windows of --block-size tokens")
+    p.add_argument("--eval", metavar="PATH", help="held-out text (same layouts): its windows give "
+                   "the held-out KL shown as it goes, and plain and fine-tuned are compared on it "
+                   "at the end (default: the last tenth of the training windows, no comparison)")
+    p.add_argument("--eval-tokens", type=int, default=8192, metavar="N",
+                   help="at most N tokens of --eval for the final comparison (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (per kind scaled, "
+                   "see docs/calibration.md; default: %(default)s)")
+    p.add_argument("--train", nargs="+", default=["norms", "codes"], metavar="KIND",
+                   choices=["norms", "scales", "codes", "lora"],
+                   help="what to train: norms, scales, codes, lora (default: norms codes)")
+    p.add_argument("--rank", type=int, default=8, help="rank of the lora adapters (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=4, help="windows per step, over all processes "
+                   "(default: %(default)s)")
+    p.add_argument("--block-size", type=int, default=256, help="tokens per window (default: %(default)s)")
+    p.add_argument("--positions", type=int, default=64, help="positions per window whose KL "
+                   "counts, sampled (0: all; default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle and sampling seed (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=25, metavar="N",
+                   help="held-out KL every N steps (default: %(default)s)")
+    p.add_argument("--eval-windows", type=int, default=16, metavar="N",
+                   help="held-out windows used for it (default: %(default)s)")
+    p.add_argument("--save-every", type=int, default=25, metavar="N",
+                   help="save the state every N steps (default: %(default)s)")
+    p.add_argument("--state", metavar="FILE", help="state file to save to and resume from "
+                   "(default: OUT.finetune-state.pt beside OUT; kept after the run)")
+    p.add_argument("--no-state", action="store_true", help="save no state (a rerun starts afresh)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    _add(p, "threads", "quiet", "allow_pickle", "no_verify")
+
     p = command("simulate", cmd_simulate, help="simulate a spiking checkpoint event by event",
                 description="Run a spiking checkpoint on a text with every spiking "
                 "layer computed from its spike events; print events, synaptic "
@@ -853,7 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-_DISTRIBUTED = ("simulate", "sweep", "convert")   # the commands that run under torchrun
+_DISTRIBUTED = ("simulate", "sweep", "convert", "finetune")   # the commands that run under torchrun
 
 
 class _Terminated(BaseException):

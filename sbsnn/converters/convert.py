@@ -42,6 +42,9 @@ class SpikingConfig:
     # The constant prefix (sbsnn.models.prefix.ConstantPrefix.metadata(): its ids, size,
     # cost; its state in prefix_state.safetensors); None: documents start fresh.
     prefix: dict | None = None
+    # What spiking-aware fine-tuning did (sbsnn.finetune: what it trained, steps, held-out
+    # KL before and after); None if the model was not fine-tuned.
+    finetune: dict | None = None
     # "sha256:<hex>" of every file of the checkpoint but this one, by file name, checked on
     # load (sbsnn.converters.format.verify_digests); empty in checkpoints written before.
     # (Not compared: two layouts of one conversion are equal configs.)

@@ -235,8 +235,9 @@ def read_spiking_config(directory: str | Path) -> SpikingConfig:
             _check_options(cfg.coding, v, cfg.group_size)
         except ValueError as e:
             raise CheckpointError(f"{path}: layer_k[{name!r}]: {e}") from None
-    if cfg.calibration is not None and not isinstance(cfg.calibration, dict):
-        raise CheckpointError(f"{path}: 'calibration' must be an object or null")
+    for key in ("calibration", "finetune"):
+        if getattr(cfg, key) is not None and not isinstance(getattr(cfg, key), dict):
+            raise CheckpointError(f"{path}: {key!r} must be an object or null")
     if cfg.prefix is not None and (not isinstance(cfg.prefix, dict)
                                    or cfg.prefix.get("file") != PREFIX_FILE):
         raise CheckpointError(f"{path}: 'prefix' must be null or an object naming its state "

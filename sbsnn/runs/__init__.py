@@ -10,6 +10,8 @@ and below the CLI (which parses, calls one of these and prints):
   (:func:`sweep`, :func:`sweep_documents`), and the frontier: the spikes per element each
   method needs to reach a fidelity target (:func:`frontier`);
 - calibrate-and-evaluate of a checkpoint (:func:`calibrate_checkpoint`);
+- spiking-aware fine-tuning (:func:`sbsnn.runs.finetune.finetune`, also ``sbsnn.finetune``;
+  of a checkpoint: :func:`finetune_checkpoint`), data parallel under torchrun;
 - layer-split conversion (:func:`convert_checkpoint_split`);
 - the demo (:func:`run_demo`).
 
@@ -21,6 +23,7 @@ cluster: ``docs/distributed.md``.
 
 from sbsnn.runs.calibrate import CalibratedCheckpoint, calibrate_checkpoint, compare
 from sbsnn.runs.convert import convert_checkpoint_split
+from sbsnn.runs.finetune import FinetunedCheckpoint, finetune_checkpoint
 from sbsnn.runs.demo import run_demo
 from sbsnn.runs.documents import (Document, DocumentSet, DocumentSetError, assign_documents,
                                   contiguous_split, load_documents)
@@ -31,7 +34,8 @@ from sbsnn.runs.simulate import simulate_documents
 from sbsnn.runs.sweep import sweep, sweep_documents
 
 __all__ = ["CalibratedCheckpoint", "Document", "DocumentCounters", "DocumentSet",
-           "DocumentSetError", "DocumentSetResult", "Group", "assign_documents",
-           "calibrate_checkpoint", "compare", "contiguous_split", "convert_checkpoint_split",
-           "frontier", "launched_by_torchrun", "load_documents", "process_group", "run_demo",
+           "DocumentSetError", "DocumentSetResult", "FinetunedCheckpoint", "Group",
+           "assign_documents", "calibrate_checkpoint", "compare", "contiguous_split",
+           "convert_checkpoint_split", "finetune_checkpoint", "frontier",
+           "launched_by_torchrun", "load_documents", "process_group", "run_demo",
            "simulate_documents", "sweep", "sweep_documents", "tokenize_documents"]

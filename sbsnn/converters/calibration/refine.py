@@ -8,9 +8,9 @@ spiking inputs, the RMSNorm weights (about 56k of them in Gemma 3 270M; the smoo
 already folded into them), so that the spiking model's next-token distributions come
 closer to the float model's on calibration tokens:
 
-- forward: every ``SpikingLinear`` computes what its integer path computes, in floats:
-  its neuron's counts ``round(x / V_th)`` times ``V_th`` (the neuron's own
-  straight-through step, :meth:`AdaptiveThresholdNeuron.single_step_forward`), then the
+- forward: every ``SpikingLinear`` computes what its integer path computes, in floats
+  (:func:`~sbsnn.converters.straight_through.straight_through`): its neuron's counts
+  ``round(x / V_th)`` times ``V_th`` (the neuron's own straight-through step), then the
   dequantized INT8 weights. The counts and so the spikes are the spiking model's;
 - backward: the rounding passes the gradient through unchanged;
 - loss: ``KL(float || spiking)`` over the whole vocabulary, at ``positions`` sampled
@@ -29,55 +29,27 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sbsnn.checks import check_input_file, check_int
 from sbsnn.converters.calibration.measure import _detach_state
-from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
+from sbsnn.converters.spiking_linear import SpikingLinear
+from sbsnn.converters.straight_through import straight_through
+from sbsnn.converters.trainable import norm_weights
 from sbsnn.errors import NonFiniteError, OptionError
 from sbsnn.fsutil import atomic_file
-from sbsnn.models.layers import RMSNorm
 from sbsnn.models.prefix import prefix_of, start_state_for
 
 STATE_VERSION = 1
 
 
 def refined_parameters(spiking: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters refinement fits: the weights of every RMSNorm, by name."""
-    out = {}
-    for name, mod in spiking.named_modules():
-        if isinstance(mod, RMSNorm) and isinstance(getattr(mod, "weight", None), nn.Parameter):
-            out[f"{name}.weight"] = mod.weight
-    return out
-
-
-@contextmanager
-def straight_through(spiking: nn.Module):
-    """Inside, every SpikingLinear computes its spiking output in floats with the
-    straight-through gradient (see the module docstring); executors and the neurons'
-    memories are restored on exit."""
-    layers = spiking_layers(spiking)
-    memories = [(m, m.neuron.v_th) for _, m in layers]
-    weights = {id(m): m.dequantized_weight() for _, m in layers}
-
-    def execute(name, layer, x):
-        rows = x.reshape(-1, layer.in_features)
-        q = layer.neuron.single_step_forward(rows)
-        w = weights[id(layer)].to(q.dtype)
-        y = F.linear(q, w, None if layer.bias is None else layer.bias.to(q.dtype))
-        return y.view(*x.shape[:-1], layer.out_features)
-
-    try:
-        with ExecutorSwap(layers, execute):
-            yield
-    finally:
-        for m, v_th in memories:
-            m.neuron.v_th = v_th
+    """The parameters refinement fits: the weights of every RMSNorm, by name (what
+    fine-tuning's ``norms`` trains, :func:`~sbsnn.converters.trainable.norm_weights`)."""
+    return norm_weights(spiking)
 
 
 def _fingerprint(spiking, params, blocks, settings) -> str:
