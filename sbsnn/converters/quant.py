@@ -17,6 +17,10 @@ Two routes make the same integers: ``int8`` (:func:`group_sums_int8`, ``torch._i
 int8 x int8 -> int32 per group, where the host's torch has it for the device) and the
 reference ``float32`` (:func:`group_sums`, float32 BLAS on counts clamped to an exact
 bound). :func:`integer_route` names the one that runs; :func:`forced_route` picks one.
+On the CPU's int8 route the rescale, the outliers and decoding's few-token calls run in
+numba kernels where it is installed (:mod:`~sbsnn.converters.int8_kernels`, held bit for
+bit to the torch code here, which stays the reference); :func:`route_description` says
+which.
 """
 
 from __future__ import annotations
