@@ -77,7 +77,9 @@ def test_loglikelihood_is_sbsnns_own_logprob(models, side, start, n_ctx, n_cont,
     lp = sbsnn_logits(model, ids[:-1], block).log_softmax(-1)
     pos = torch.arange(len(c) - 1, len(ids) - 1)
     tgt = torch.tensor(t)
-    assert ll == float(lp[pos, tgt].double().sum())
+    # to float rounding: the adapter runs the head only on the scored rows, and a GEMM of
+    # fewer rows may round its last bit differently (the logits before the head are equal)
+    assert ll == pytest.approx(float(lp[pos, tgt].double().sum()), rel=1e-5, abs=1e-5)
     assert greedy == bool((lp[pos].argmax(-1) == tgt).all())
 
 

@@ -7,7 +7,9 @@ or spiking, so that lm-eval's tasks run on it unchanged:
   ``max_length + 1`` tokens, as lm-eval's ``hf`` model cuts them) are fed from a fresh
   decoding state in blocks of ``block_size`` (:func:`token_logprobs`), the same blocks
   :func:`sbsnn.simulate` and the fidelity figures use, so a continuation that crosses a
-  block boundary is scored exactly as sbsnn scores it;
+  block boundary is scored exactly as sbsnn scores it; the head (the vocabulary
+  projection, most of a forward on models like Gemma 3) runs only on the positions that
+  are scored;
 - ``loglikelihood_rolling`` (perplexity tasks): lm-eval's disjoint rolling windows of at
   most ``max_length`` tokens over the text, the first conditioned on
   :attr:`SbsnnLM.prefix_token_id`;
@@ -67,15 +69,22 @@ def token_logprobs(model, ids: list[int] | torch.Tensor, block_size: int = 256,
     device = next(model.parameters()).device
     inp, target = ids[:-1], ids[1:]
     state = model.new_state()
+    split = callable(getattr(model, "body", None)) and callable(getattr(model, "head", None))
     lps, greedy = [], []
     for s in range(0, inp.numel(), block_size):
         x = inp[s:s + block_size].to(device)[None]
-        logits = model(x, state)[0].float()
         first = max(0, score_from - 1 - s)          # predictions before score_from are not kept
-        if first >= x.shape[1]:
-            continue
+        if split:      # the head only where a prediction is kept (the vocabulary is most of a forward)
+            hidden = model.body(x, state)
+            if first >= x.shape[1]:
+                continue
+            logits = model.head(hidden[:, first:])[0].float()
+        else:
+            logits = model(x, state)[0].float()[first:]
+            if first >= x.shape[1]:
+                continue
         y = target[s + first:s + x.shape[1]].to(logits.device)
-        lp = logits[first:].log_softmax(-1)
+        lp = logits.log_softmax(-1)
         lps.append(lp.gather(1, y[:, None])[:, 0].cpu())
         greedy.append((lp.argmax(-1) == y).cpu())
     return torch.cat(lps), torch.cat(greedy)
