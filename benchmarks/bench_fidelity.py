@@ -192,8 +192,11 @@ def build(method: str, model, coding: str, cal: list[str], args, prefix: dict, c
     if calibrated is None:
         return None, "not available: needs the calibrated row (--methods calibrated fine-tuned)"
     try:
-        snn = finetune(copy.deepcopy(calibrated), model, cal, steps=args.finetune_steps,
-                       lr=args.finetune_lr)
+        # one text: fine-tuning cuts windows of block_size tokens and refuses documents
+        # shorter than one (most topics are)
+        snn = finetune(copy.deepcopy(calibrated), model, ["\n\n".join(cal)], steps=args.finetune_steps,
+                       lr=args.finetune_lr, train=args.finetune_train,
+                       batch=args.finetune_batch, progress=not args.quiet)
     except TypeError as e:       # another signature than the one this benchmark was written for
         return None, f"not available: sbsnn.finetune(...) refused the call ({e})"
     return snn, None
@@ -208,6 +211,10 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
     lines = [f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{args.threads} torch thread(s); load average at the start "
              f"{os.getloadavg()[0]:.1f}"]
+    if "fine-tuned" in args.methods or args.frontier_finetune:
+        lines.append(f"fine-tuning: sbsnn.finetune from the calibrated model on the calibration "
+                     f"text, {args.finetune_steps} steps of {args.finetune_batch} windows, lr "
+                     f"{args.finetune_lr:g}, training {' + '.join(args.finetune_train)}")
     for name in args.models:
         path = model_path(name)
         if path is None:
@@ -254,7 +261,8 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
                 def builder(m, coding, k, cal=cal):
                     base = sbsnn.calibrate(m, cal, f"k={k:g}", coding=coding,
                                            max_tokens=args.calibration_tokens)
-                    return ft(base, m, cal, steps=args.finetune_steps, lr=args.finetune_lr)
+                    return ft(base, m, ["\n\n".join(cal)], steps=args.finetune_steps, lr=args.finetune_lr,
+                              train=args.finetune_train, batch=args.finetune_batch)
             res = frontier(model, held, calibration_texts=cal, codings=args.codings,
                            ks=args.frontier_ks, finetuned=builder,
                            calibration_tokens=args.calibration_tokens,
@@ -309,6 +317,10 @@ def main(argv=None) -> int:
                     "(default: a newline)")
     ap.add_argument("--finetune-steps", type=int, default=None, help="default 300 (--quick: 2)")
     ap.add_argument("--finetune-lr", type=float, default=1e-4)
+    ap.add_argument("--finetune-train", nargs="+", default=["norms", "codes"], metavar="KIND",
+                    help="what sbsnn.finetune trains (norms, scales, codes, lora; default: "
+                         "%(default)s)")
+    ap.add_argument("--finetune-batch", type=int, default=4, help="windows per fine-tuning step")
     ap.add_argument("--frontier", action="store_true",
                     help="also run sbsnn.runs.frontier on each model (the tables of "
                          "docs/calibration.md)")
