@@ -64,6 +64,7 @@ from sbsnn import __version__
 from sbsnn.errors import RecordingError, SbsnnError, os_error
 from sbsnn.neurons.formula import binary_negative_error, check_coding
 from sbsnn.neurons.trains import min_steps
+from sbsnn.sim.counts_writer import CountsWriter, direct_writes
 from sbsnn.sim.events import step_events
 from sbsnn.sim.recording_layout import (EVENT_CHUNK, EVENT_FIELDS, FORMAT, FORMAT_VERSION,
                                         INDEX_FORMAT, SERIES_CHUNK, TRACE_OUTPUT_ROWS,
@@ -137,6 +138,9 @@ class _Layer:
     # fed the same tensor, as q, k and v are), or None when it holds its own.
     shares: str | None = None
     flushed_rows: int = 0       # rows on disk at the last flush
+    # Counts compressed by sbsnn and written chunk by chunk (lzf without shuffle, numba
+    # installed; None: through HDF5's filter pipeline). None for a sharing layer.
+    writer: CountsWriter | None = None
     dirty: bool = True
 
 
@@ -176,6 +180,7 @@ class Recorder:
         self.compression_opts = compression_opts
         self.shuffle = bool(shuffle)
         self.chunk_tokens = chunk_tokens
+        self._direct = direct_writes(compression, self.shuffle)
         self._layers: dict[str, _Layer] = {}
         self._document: int | None = None     # index of the document being recorded
         self._documents = 0
@@ -249,8 +254,14 @@ class Recorder:
     def _bind(self, lay: _Layer) -> None:
         g = lay.group = self._file["layers"][lay.key]
         lay.shares = g.attrs.get("shares")
-        cache = 2 * self._row_bytes(lay.in_features, g["counts"].dtype) + (64 << 10)
-        lay.counts = _open_dataset(g, "counts", cache)
+        lay.counts = _open_dataset(g, "counts", self._counts_cache(lay.in_features,
+                                                                   g["counts"].dtype))
+        if lay.shares is not None:
+            lay.writer = None
+        elif lay.writer is not None:            # reopened: the same rows, a new handle
+            lay.writer.ds = lay.counts
+        elif self._direct:
+            lay.writer = CountsWriter(lay.counts, lay.rows)
         lay.thresholds = g["thresholds"]
         lay.call_offsets = g["call_offsets"]
         lay.call_steps = g["call_steps"]
@@ -261,6 +272,11 @@ class Recorder:
             lay.events = {f: g["events"][f] for f, _ in EVENT_FIELDS}
         if "trace" in g:
             lay.trace = {k: g["trace"][k] for k in g["trace"]}
+
+    def _counts_cache(self, D: int, dtype) -> int | None:
+        """A counts dataset's chunk cache: two chunk rows when HDF5's pipeline writes them
+        (partial chunks rewritten only at a flush), HDF5's default for a CountsWriter."""
+        return None if self._direct else 2 * self._row_bytes(D, dtype) + (64 << 10)
 
     def _filters(self, dtype) -> dict:
         # fletcher32: a chunk damaged by a kill during a flush fails to read instead of
@@ -277,7 +293,7 @@ class Recorder:
         cols = counts_chunk_columns(D, self.chunk_tokens)
         group.create_dataset(key, shape=(0, D), maxshape=(None, D), dtype=dtype,
                              chunks=(self.chunk_tokens, cols), **self._filters(dtype))
-        return _open_dataset(group, key, 2 * self._row_bytes(D, dtype) + (64 << 10))
+        return _open_dataset(group, key, self._counts_cache(D, dtype))
 
     def _series(self, group, key, dtype, chunk, tail=(), fill=None):
         return group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
@@ -318,6 +334,9 @@ class Recorder:
 
     def _widen(self, lay: _Layer, dtype: np.dtype) -> None:
         """Copy the counts into a wider dataset (block by block) and swap it in."""
+        if lay.writer is not None:
+            lay.writer.sync()           # every row in the dataset before it is copied
+            lay.writer = None
         g, old = lay.group, lay.counts
         if "counts.widening" in g:
             del g["counts.widening"]
@@ -334,8 +353,9 @@ class Recorder:
         del lay.counts
         del g["counts"]
         g.move("counts.widening", "counts")
-        cache = 2 * self._row_bytes(lay.in_features, dtype) + (64 << 10)
-        lay.counts = _open_dataset(g, "counts", cache)
+        lay.counts = _open_dataset(g, "counts", self._counts_cache(lay.in_features, dtype))
+        if self._direct:
+            lay.writer = CountsWriter(lay.counts, lay.rows)
         for other in self._layers.values():      # its sharers link to the new dataset
             if other.shares == lay.key:
                 del other.counts
@@ -358,6 +378,9 @@ class Recorder:
         """Give ``lay`` datasets of its own (copies of its rows so far): its input no
         longer is its sibling's."""
         g = lay.group
+        for other in self._layers.values():    # the sibling's rows, all in its dataset
+            if other.key == lay.shares and other.writer is not None:
+                other.writer.sync()
         src_counts, src_v = lay.counts, lay.thresholds
         for key in ("counts.own", "thresholds.own"):
             if key in g:
@@ -377,6 +400,7 @@ class Recorder:
         g.move("counts.own", "counts")
         g.move("thresholds.own", "thresholds")
         lay.shares = None
+        lay.writer = None
         g.attrs.pop("shares", None)
         self._bind(lay)
 
@@ -460,7 +484,10 @@ class Recorder:
                     lay.rows = r
                     self.flush()
                 n = min(N - s, ct - r % ct)
-                _append(lay.counts, r, arr[s:s + n])
+                if lay.writer is not None:
+                    lay.writer.append(arr[s:s + n].astype(lay.writer.dtype, copy=False))
+                else:
+                    _append(lay.counts, r, arr[s:s + n])
                 _append(lay.thresholds, r, v[s:s + n])
                 s += n
             if lay.events is not None:
@@ -469,7 +496,10 @@ class Recorder:
             # Interrupted between two appends: trim back so the datasets stay aligned.
             lay.rows, lay.n_events = r0, e0
             try:
-                lay.counts.resize(r0, axis=0)
+                if lay.writer is None:
+                    lay.counts.resize(r0, axis=0)
+                else:
+                    lay.writer.truncate(r0)
                 lay.thresholds.resize(r0, axis=0)
                 lay.call_offsets.resize(k0, axis=0)
                 lay.call_steps.resize(k0, axis=0)
@@ -608,6 +638,11 @@ class Recorder:
         drain()
         return n
 
+    def _sync_writers(self) -> None:
+        for lay in self._layers.values():
+            if lay.writer is not None:
+                lay.writer.sync()
+
     def _sync_attrs(self) -> None:
         for lay in self._layers.values():
             if lay.dirty:
@@ -626,6 +661,7 @@ class Recorder:
         if self._closed:
             return
         self._flushes += 1
+        self._sync_writers()
         self._sync_attrs()
         self._file.flush()
         for lay in self._layers.values():
@@ -668,6 +704,7 @@ class Recorder:
                 pass
             return
         try:
+            self._sync_writers()
             self._sync_attrs()
             self._file.attrs["complete"] = bool(complete)
             self._file.attrs["closed"] = _now()

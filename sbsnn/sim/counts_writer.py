@@ -1,0 +1,157 @@
+"""Writing a counts dataset chunk row by chunk row, compressed by sbsnn, not by HDF5.
+
+:class:`CountsWriter` appends rows to one ``counts`` dataset of a recording (chunked
+``chunk_tokens`` rows by ``cols`` columns, filters ``lzf`` + ``fletcher32``, the
+layout of :mod:`sbsnn.sim.recording_layout`): it keeps the chunk row being filled in
+memory and, once a chunk row is full, encodes its chunks with
+:mod:`sbsnn.sim.chunk_codec` (numba, without the GIL) and stores them with
+``write_direct_chunk``. HDF5's filter pipeline never runs on counts, and a chunk is
+compressed once instead of at every flush that finds it dirty. The file is the one the
+pipeline would write: plain h5py reads it.
+
+The crash rules of :mod:`sbsnn.sim.recorder` hold: a chunk row is written between two
+flushes only if no flush has written it yet (a fresh allocation, which metadata on disk
+does not reference); a chunk row that a flush wrote while it was partial is *held* in
+memory once full and rewritten at the next flush, as is the partial row itself
+(:meth:`sync`). Memory: the partial row and at most one held row, ``chunk_tokens x
+in_features`` counts each.
+
+:meth:`append` changes nothing when a write fails (the chunk rows it stored count as
+written, so that they are rewritten only at a flush); :meth:`truncate` takes the writer
+back to a call's first row when the recorder cuts a call short.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+
+from sbsnn.sim.chunk_codec import LZF_FILTER, encoded_bound, kernels
+
+
+def direct_writes(compression, shuffle: bool) -> bool:
+    """Whether counts written with these filters go through :class:`CountsWriter`:
+    lzf without shuffle (the recorder's default) where numba is installed."""
+    return compression == "lzf" and not shuffle and kernels() is not None
+
+
+class CountsWriter:
+    """Buffered, directly written rows of the counts dataset ``ds`` (which holds ``rows``
+    rows already, all of them stored)."""
+
+    def __init__(self, ds: h5py.Dataset, rows: int = 0):
+        plist = ds.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        if filters != [LZF_FILTER, h5py.h5z.FILTER_FLETCHER32]:
+            raise ValueError(f"CountsWriter: {ds.name} has filters {filters}, not lzf + fletcher32")
+        self.ds = ds
+        self.ct, self.cols = (int(c) for c in ds.chunks)
+        self.width = int(ds.shape[1])
+        self.dtype = ds.dtype
+        self.rows = rows
+        self.base = rows // self.ct * self.ct          # first row of the row being filled
+        self.written = math.ceil(rows / self.ct)       # chunk rows stored at least once
+        self.stored = rows                             # rows in the dataset's extent
+        self.synced = rows                             # rows stored at the last sync
+        self.buf = np.zeros((self.ct, self.width), self.dtype)
+        if rows > self.base:
+            self.buf[:rows - self.base] = ds[self.base:rows]
+        # The chunk row a flush stored while partial, once full: rewritten at the next
+        # flush. Only that one row can be held (the row being filled at the last flush).
+        self.held: int | None = None
+        self.spare: np.ndarray | None = None           # its rows (allocated once)
+        n = self.ct * self.cols * self.dtype.itemsize
+        self._out = np.empty(encoded_bound(n), np.uint8)
+        self._htab = np.empty(1 << 14, np.int32)
+        self._pad = None if self.width % self.cols == 0 else np.zeros((self.ct, self.cols), self.dtype)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, arr: np.ndarray) -> None:
+        """Append rows ``arr [n, width]`` (of this dataset's dtype)."""
+        n, ct = arr.shape[0], self.ct
+        fill, base, s = self.rows - self.base, self.base, 0
+        full: list[tuple[int, np.ndarray]] = []      # chunk rows this call completes
+        if fill + n >= ct:
+            if fill:                                    # buf past `rows` is free space
+                self.buf[fill:] = arr[:ct - fill]
+                full.append((base // ct, self.buf))
+            else:
+                full.append((base // ct, arr[:ct]))
+            s, base, fill = ct - fill, base + ct, 0
+            while n - s >= ct:
+                full.append((base // ct, arr[s:s + ct]))
+                s, base = s + ct, base + ct
+        hold = [(j, rows) for j, rows in full if j < self.written]
+        if len(hold) > 1 or (hold and self.held is not None):
+            raise AssertionError("CountsWriter: a second chunk row to hold")   # never
+        for j, rows in full:
+            if j >= self.written:
+                self._write_row(j, rows)
+                self.written = j + 1
+        # Nothing below fails: the call is committed.
+        if hold:
+            if self.spare is None:
+                self.spare = np.empty((ct, self.width), self.dtype)
+            self.spare[:] = hold[0][1]
+            self.held = hold[0][0]
+        rest = n - s
+        self.buf[fill:fill + rest] = arr[s:]
+        self.base, self.rows = base, base + fill + rest
+
+    def _write_row(self, j: int, rows: np.ndarray, end: int | None = None) -> None:
+        """Encode and store chunk row ``j`` (``rows``: ``ct`` rows), first growing the
+        extent to ``end`` rows (the row's end; never shrunk: HDF5 would rewrite the edge
+        chunk through its pipeline)."""
+        end = (j + 1) * self.ct if end is None else end
+        if self.stored < end:
+            self.ds.resize(end, axis=0)
+            self.stored = end
+        enc = kernels()[2]
+        for c0 in range(0, self.width, self.cols):
+            block = rows[:, c0:c0 + self.cols]
+            if block.shape[1] != self.cols:             # the last columns: zero-padded
+                self._pad[:, :block.shape[1]] = block
+                block = self._pad
+            src = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+            size = enc(src, self._out, self._htab)
+            self.ds.id.write_direct_chunk((j * self.ct, c0), self._out[:size])
+
+    def sync(self) -> None:
+        """Store every row: the held chunk row and the partial one (at a flush)."""
+        if self.held is not None:
+            self._write_row(self.held, self.spare)
+            self.held = None
+        if self.rows > max(self.base, self.synced):     # a partial row, grown since
+            self.buf[self.rows - self.base:] = 0
+            self._write_row(self.base // self.ct, self.buf, end=self.rows)
+            self.written = max(self.written, self.base // self.ct + 1)
+        if self.stored < self.rows:
+            self.ds.resize(self.rows, axis=0)
+            self.stored = self.rows
+        self.synced = self.rows
+
+    def truncate(self, rows: int) -> None:
+        """Forget every row from ``rows`` on (a call cut short: the recorder trims its
+        datasets back to their first row)."""
+        if rows >= self.rows:
+            return
+        ct = self.ct
+        j = rows // ct
+        if rows < self.base:                    # back into a chunk row that went out
+            if self.held == j:
+                self.buf[:] = self.spare
+            else:                               # stored by append: read it back
+                self.buf[:rows - j * ct] = self.ds[j * ct:rows]
+            self.base = j * ct
+        if self.held is not None and self.held >= j:
+            self.held = None
+        self.rows = rows
+        self.synced = min(self.synced, rows)
+        if self.stored > rows:
+            self.ds.resize(rows, axis=0)
+            self.stored = rows
+
+
+__all__ = ["CountsWriter", "direct_writes"]
