@@ -53,7 +53,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -77,6 +77,9 @@ _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _EVENT_BATCH = 1 << 20              # events buffered before an append
 _MDC_LIMIT = 64 << 20              # reopen the file when HDF5's metadata cache outgrows this
 MAX_CHUNK_TOKENS = 1 << 16         # rows per chunk: chunks stay far below CHUNK_BYTES_LIMIT
+# With a CountsWriter, write() flushes by itself once this many bytes of counts were
+# written since the last flush (a long call becomes durable as it goes).
+DURABLE_BYTES = 64 << 20
 
 
 def _chunk_cache(nbytes: int):
@@ -141,6 +144,12 @@ class _Layer:
     # Counts compressed by sbsnn and written chunk by chunk (lzf without shuffle, numba
     # installed; None: through HDF5's filter pipeline). None for a sharing layer.
     writer: CountsWriter | None = None
+    # Per-call entries (first row, T, document) and threshold rows since the last flush,
+    # written at the flush; *_stored: what the file's datasets hold.
+    pending_calls: list = field(default_factory=list)
+    calls_stored: int = 0
+    pending_v: list = field(default_factory=list)
+    v_stored: int = 0
     dirty: bool = True
 
 
@@ -185,6 +194,7 @@ class Recorder:
         self._document: int | None = None     # index of the document being recorded
         self._documents = 0
         self._flushes = 0
+        self._unflushed = 0                   # counts bytes written since the last flush
         self._reopens = 0
         self._closed = False
         # The last call written: (counts, v_th, layer name, T), kept until the next write
@@ -215,7 +225,8 @@ class Recorder:
             a["flushes"] = 0
             # A dataset, not an attribute: no 64 KiB limit (MoE models list many layers).
             self._file.create_dataset("metadata", data=meta_json, dtype=h5py.string_dtype())
-            self._file.create_group("layers")
+            self._layers_group = self._file.create_group("layers")
+            self._pending_names: list[str] = []     # layer names, written at the next flush
             self._names = self._file.create_dataset(
                 "layer_names", shape=(0,), maxshape=(None,), chunks=(256,),
                 dtype=h5py.string_dtype())
@@ -243,6 +254,7 @@ class Recorder:
         self._file = h5py.File(self.path, "r+")
         self._no_metadata_evictions()
         self._names = self._file["layer_names"]
+        self._layers_group = self._file["layers"]
         for lay in self._layers.values():
             self._bind(lay)
         self._reopens += 1
@@ -304,31 +316,31 @@ class Recorder:
         if D < 1:
             raise ValueError(f"Recorder.write({name!r}): counts have no channel")
         key = group_key(name)
-        g = self._file["layers"].create_group(key)
+        g = self._layers_group.create_group(key)
         index = len(self._layers)
-        g.attrs.update(name=name, index=index, in_features=D, rows=0, calls=0, events=0)
+        # rows, calls and events: written at every flush (a new layer is dirty)
+        g.attrs.update(name=name, index=index, in_features=D)
         lay = _Layer(key=key, in_features=D, group=g)
         if shares is not None:          # hard links: one dataset, two names
-            g["counts"] = shares.group["counts"]
-            g["thresholds"] = shares.group["thresholds"]
-            g.attrs["shares"] = shares.key
-            lay.shares = shares.key
+            g["counts"] = lay.counts = shares.counts
+            g["thresholds"] = lay.thresholds = shares.thresholds
+            g.attrs["shares"] = lay.shares = shares.key
         else:
-            self._new_counts(g, "counts", D, count_dtype)
+            lay.counts = self._new_counts(g, "counts", D, count_dtype)
             # NaN fill: a row that was never written reads as NaN, never as a threshold.
-            self._series(g, "thresholds", v.dtype, self.chunk_tokens, v.shape[1:], fill=np.nan)
-        self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
-        self._series(g, "call_steps", np.int32, SERIES_CHUNK)
+            lay.thresholds = self._series(g, "thresholds", v.dtype, self.chunk_tokens,
+                                          v.shape[1:], fill=np.nan)
+            if self._direct:
+                lay.writer = CountsWriter(lay.counts)
+        lay.call_offsets = self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
+        lay.call_steps = self._series(g, "call_steps", np.int32, SERIES_CHUNK)
         if self._document is not None:
-            self._series(g, "call_documents", np.int64, SERIES_CHUNK)
+            lay.call_documents = self._series(g, "call_documents", np.int64, SERIES_CHUNK)
         if self.record_events:
-            self._series(g, "call_events", np.int64, SERIES_CHUNK)
+            lay.call_events = self._series(g, "call_events", np.int64, SERIES_CHUNK)
             eg = g.create_group("events")
-            for f, dt in EVENT_FIELDS:
-                self._series(eg, f, dt, EVENT_CHUNK)
-        self._bind(lay)
-        self._names.resize(index + 1, axis=0)
-        self._names[index] = name
+            lay.events = {f: self._series(eg, f, dt, EVENT_CHUNK) for f, dt in EVENT_FIELDS}
+        self._pending_names.append(name)
         self._layers[name] = lay
         return lay
 
@@ -378,9 +390,11 @@ class Recorder:
         """Give ``lay`` datasets of its own (copies of its rows so far): its input no
         longer is its sibling's."""
         g = lay.group
-        for other in self._layers.values():    # the sibling's rows, all in its dataset
-            if other.key == lay.shares and other.writer is not None:
-                other.writer.sync()
+        for other in self._layers.values():    # the sibling's rows, all in its datasets
+            if other.key == lay.shares:
+                if other.writer is not None:
+                    other.writer.sync()
+                self._sync_series(other)
         src_counts, src_v = lay.counts, lay.thresholds
         for key in ("counts.own", "thresholds.own"):
             if key in g:
@@ -401,6 +415,7 @@ class Recorder:
         g.move("thresholds.own", "thresholds")
         lay.shares = None
         lay.writer = None
+        lay.v_stored = lay.rows
         g.attrs.pop("shares", None)
         self._bind(lay)
 
@@ -476,19 +491,27 @@ class Recorder:
             if lay.events is not None:
                 _append(lay.call_events, k0, np.array([e0], np.int64))
             ct, s = self.chunk_tokens, 0
-            while s < N:                    # piece by piece, one chunk row at a time
+            row_bytes = D * lay.counts.dtype.itemsize
+            while s < N:                    # piece by piece
                 r = r0 + s
-                if r // ct >= lay.flushed_rows // ct + 2:
-                    # The cache holds two chunk rows: flush before a third is touched,
-                    # so that no dirty chunk leaves the cache between flushes.
-                    lay.rows = r
-                    self.flush()
-                n = min(N - s, ct - r % ct)
                 if lay.writer is not None:
+                    # Durable as it goes: a flush every DURABLE_BYTES of counts.
+                    if self._unflushed >= DURABLE_BYTES:
+                        lay.rows = r
+                        self.flush()
+                    n = min(N - s, -(-(DURABLE_BYTES - self._unflushed) // row_bytes))
                     lay.writer.append(arr[s:s + n].astype(lay.writer.dtype, copy=False))
+                    self._unflushed += n * row_bytes
                 else:
+                    # One chunk row at a time: the cache holds two chunk rows, so flush
+                    # before a third is touched (no dirty chunk leaves the cache
+                    # between flushes).
+                    if r // ct >= lay.flushed_rows // ct + 2:
+                        lay.rows = r
+                        self.flush()
+                    n = min(N - s, ct - r % ct)
                     _append(lay.counts, r, arr[s:s + n])
-                _append(lay.thresholds, r, v[s:s + n])
+                lay.pending_v.append(np.array(v[s:s + n]))
                 s += n
             if lay.events is not None:
                 lay.n_events = self._write_events(lay, c, r0, T)
@@ -500,11 +523,7 @@ class Recorder:
                     lay.counts.resize(r0, axis=0)
                 else:
                     lay.writer.truncate(r0)
-                lay.thresholds.resize(r0, axis=0)
-                lay.call_offsets.resize(k0, axis=0)
-                lay.call_steps.resize(k0, axis=0)
-                if lay.call_documents is not None:
-                    lay.call_documents.resize(k0, axis=0)
+                self._trim_series(lay, r0, k0)
                 for ds in (lay.events or {}).values():
                     ds.resize(e0, axis=0)
                 if lay.call_events is not None:
@@ -516,21 +535,46 @@ class Recorder:
         self._last = (counts, v_th, name, T)
 
     def _append_calls(self, lay: _Layer, r0: int, T: int) -> None:
-        """One call's entries in the per-call series: first row, T, document."""
-        k0 = lay.calls
-        try:
-            _append(lay.call_offsets, k0, np.array([r0], np.int64))
-            _append(lay.call_steps, k0, np.array([T], np.int32))
-            if lay.call_documents is not None:
-                _append(lay.call_documents, k0, np.array([self._document], np.int64))
-        except BaseException:
-            for ds in (lay.call_offsets, lay.call_steps, lay.call_documents):
+        """One call's entries in the per-call series (first row, T, document), written
+        at the next flush."""
+        doc = self._document if lay.call_documents is not None else 0
+        lay.pending_calls.append((r0, T, doc))
+
+    def _call_series(self, lay: _Layer):
+        return ((lay.call_offsets, np.int64), (lay.call_steps, np.int32),
+                (lay.call_documents, np.int64))
+
+    def _sync_series(self, lay: _Layer) -> None:
+        """Write the thresholds and per-call entries held since the last flush (again
+        at the same rows if an earlier try was cut short)."""
+        if lay.pending_v:
+            v = np.concatenate(lay.pending_v)
+            _append(lay.thresholds, lay.v_stored, v)
+            lay.v_stored += len(v)
+            lay.pending_v.clear()
+        if lay.pending_calls:
+            a = np.array(lay.pending_calls, np.int64)
+            for col, (ds, dt) in enumerate(self._call_series(lay)):
                 if ds is not None:
-                    try:
-                        ds.resize(k0, axis=0)
-                    except Exception:  # noqa: BLE001 - keep the original error
-                        pass
-            raise
+                    _append(ds, lay.calls_stored, a[:, col].astype(dt))
+            lay.calls_stored += len(a)
+            lay.pending_calls.clear()
+
+    def _trim_series(self, lay: _Layer, rows: int, calls: int) -> None:
+        """Forget thresholds from row ``rows`` and per-call entries from ``calls`` on."""
+        if lay.v_stored > rows:
+            lay.thresholds.resize(rows, axis=0)
+            lay.v_stored, lay.pending_v = rows, []
+        elif lay.pending_v:
+            v = np.concatenate(lay.pending_v)[:rows - lay.v_stored]
+            lay.pending_v = [v] if len(v) else []
+        if lay.calls_stored > calls:
+            for ds, _ in self._call_series(lay):
+                if ds is not None:
+                    ds.resize(calls, axis=0)
+            lay.calls_stored, lay.pending_calls = calls, []
+        else:
+            del lay.pending_calls[calls - lay.calls_stored:]
 
     @_named_os_errors
     def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
@@ -639,9 +683,17 @@ class Recorder:
         return n
 
     def _sync_writers(self) -> None:
+        """Store everything held in memory: counts rows, thresholds, per-call entries,
+        layer names."""
         for lay in self._layers.values():
             if lay.writer is not None:
                 lay.writer.sync()
+            self._sync_series(lay)
+        if self._pending_names:
+            n = self._names.shape[0]
+            self._names.resize(n + len(self._pending_names), axis=0)
+            self._names[n:] = np.array(self._pending_names, dtype=object)
+            self._pending_names.clear()
 
     def _sync_attrs(self) -> None:
         for lay in self._layers.values():
@@ -661,6 +713,7 @@ class Recorder:
         if self._closed:
             return
         self._flushes += 1
+        self._unflushed = 0
         self._sync_writers()
         self._sync_attrs()
         self._file.flush()
