@@ -24,6 +24,8 @@ back to a call's first row when the recorder cuts a call short.
 from __future__ import annotations
 
 import math
+from collections import deque
+from concurrent.futures import Executor
 
 import h5py
 import numpy as np
@@ -37,11 +39,36 @@ def direct_writes(compression, shuffle: bool) -> bool:
     return compression == "lzf" and not shuffle and kernels() is not None
 
 
+MAX_IN_FLIGHT = 4       # chunk rows a writer has being encoded at once
+
+
+def encode_row(rows: np.ndarray, cols: int) -> list[tuple[int, np.ndarray]]:
+    """The stored chunks of one chunk row ``rows [chunk_tokens, width]``: (first column,
+    bytes) for each ``cols`` columns, the last zero-padded. Runs on any thread (the
+    kernel releases the GIL)."""
+    enc = kernels()[2]
+    ct, width = rows.shape
+    htab = np.empty(1 << 14, np.int32)
+    out = []
+    for c0 in range(0, width, cols):
+        block = rows[:, c0:c0 + cols]
+        if block.shape[1] != cols:
+            pad = np.zeros((ct, cols), rows.dtype)
+            pad[:, :block.shape[1]] = block
+            block = pad
+        src = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+        dst = np.empty(encoded_bound(src.size), np.uint8)
+        out.append((c0, dst[:enc(src, dst, htab)]))
+    return out
+
+
 class CountsWriter:
     """Buffered, directly written rows of the counts dataset ``ds`` (which holds ``rows``
-    rows already, all of them stored)."""
+    rows already, all of them stored). With ``pool`` (an executor of one thread), chunk
+    rows are encoded there while the caller goes on, and stored (on the caller's thread,
+    in order) at its next :meth:`append` that finds them done, or at :meth:`sync`."""
 
-    def __init__(self, ds: h5py.Dataset, rows: int = 0):
+    def __init__(self, ds: h5py.Dataset, rows: int = 0, pool: Executor | None = None):
         plist = ds.id.get_create_plist()
         filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
         if filters != [LZF_FILTER, h5py.h5z.FILTER_FLETCHER32]:
@@ -62,14 +89,13 @@ class CountsWriter:
         # flush. Only that one row can be held (the row being filled at the last flush).
         self.held: int | None = None
         self.spare: np.ndarray | None = None           # its rows (allocated once)
-        n = self.ct * self.cols * self.dtype.itemsize
-        self._out = np.empty(encoded_bound(n), np.uint8)
-        self._htab = np.empty(1 << 14, np.int32)
-        self._pad = None if self.width % self.cols == 0 else np.zeros((self.ct, self.cols), self.dtype)
+        self.pool = pool
+        self.in_flight: deque = deque()                # (chunk row, future of encode_row)
 
     # ------------------------------------------------------------------ writing
     def append(self, arr: np.ndarray) -> None:
         """Append rows ``arr [n, width]`` (of this dataset's dtype)."""
+        self._drain(wait=False)
         n, ct = arr.shape[0], self.ct
         fill, base, s = self.rows - self.base, self.base, 0
         full: list[tuple[int, np.ndarray]] = []      # chunk rows this call completes
@@ -108,15 +134,26 @@ class CountsWriter:
         if self.stored < end:
             self.ds.resize(end, axis=0)
             self.stored = end
-        enc = kernels()[2]
-        for c0 in range(0, self.width, self.cols):
-            block = rows[:, c0:c0 + self.cols]
-            if block.shape[1] != self.cols:             # the last columns: zero-padded
-                self._pad[:, :block.shape[1]] = block
-                block = self._pad
-            src = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
-            size = enc(src, self._out, self._htab)
-            self.ds.id.write_direct_chunk((j * self.ct, c0), self._out[:size])
+        if self.pool is None:
+            self._store(j, encode_row(rows, self.cols))
+            return
+        # A copy: the rows' buffer is reused (and the caller's counts are not ours).
+        self.in_flight.append((j, self.pool.submit(encode_row, np.array(rows), self.cols)))
+        if len(self.in_flight) > MAX_IN_FLIGHT:
+            self._drain(wait=True, keep=MAX_IN_FLIGHT)
+
+    def _store(self, j: int, chunks) -> None:
+        for c0, data in chunks:
+            self.ds.id.write_direct_chunk((j * self.ct, c0), data)
+
+    def _drain(self, wait: bool, keep: int = 0) -> None:
+        """Store the encoded chunk rows, oldest first: those done (all but ``keep``
+        with ``wait``)."""
+        q = self.in_flight
+        while q and (len(q) > keep if wait else q[0][1].done()):
+            j, fut = q[0]
+            self._store(j, fut.result())
+            q.popleft()
 
     def sync(self) -> None:
         """Store every row: the held chunk row and the partial one (at a flush)."""
@@ -130,6 +167,7 @@ class CountsWriter:
         if self.stored < self.rows:
             self.ds.resize(self.rows, axis=0)
             self.stored = self.rows
+        self._drain(wait=True)
         self.synced = self.rows
 
     def truncate(self, rows: int) -> None:
@@ -137,6 +175,7 @@ class CountsWriter:
         datasets back to their first row)."""
         if rows >= self.rows:
             return
+        self._drain(wait=True)
         ct = self.ct
         j = rows // ct
         if rows < self.base:                    # back into a chunk row that went out
@@ -154,4 +193,4 @@ class CountsWriter:
             self.stored = rows
 
 
-__all__ = ["CountsWriter", "direct_writes"]
+__all__ = ["CountsWriter", "direct_writes", "encode_row"]

@@ -53,6 +53,7 @@ import os
 import re
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,7 +177,7 @@ class Recorder:
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
                  compression="lzf", chunk_tokens: int = 256, compression_opts=None,
-                 shuffle: bool = False):
+                 shuffle: bool = False, background: bool = True):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not (
                 1 <= chunk_tokens <= MAX_CHUNK_TOKENS):
             raise ValueError(f"chunk_tokens must be an int in 1..{MAX_CHUNK_TOKENS} (readers "
@@ -190,6 +191,12 @@ class Recorder:
         self.shuffle = bool(shuffle)
         self.chunk_tokens = chunk_tokens
         self._direct = direct_writes(compression, self.shuffle)
+        if not isinstance(background, bool):
+            raise TypeError(f"Recorder: background must be True or False, got {background!r}")
+        # One thread that compresses counts chunks while the simulation goes on.
+        self._kinds: dict = {}      # dataset kind -> (type, dataspace, creation properties)
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="sbsnn-recorder")
+                      if self._direct and background else None)
         self._layers: dict[str, _Layer] = {}
         self._document: int | None = None     # index of the document being recorded
         self._documents = 0
@@ -273,7 +280,7 @@ class Recorder:
         elif lay.writer is not None:            # reopened: the same rows, a new handle
             lay.writer.ds = lay.counts
         elif self._direct:
-            lay.writer = CountsWriter(lay.counts, lay.rows)
+            lay.writer = CountsWriter(lay.counts, lay.rows, self._pool)
         lay.thresholds = g["thresholds"]
         lay.call_offsets = g["call_offsets"]
         lay.call_steps = g["call_steps"]
@@ -303,13 +310,28 @@ class Recorder:
     def _new_counts(self, group: h5py.Group, key: str, D: int, dtype) -> h5py.Dataset:
         dtype = np.dtype(dtype)
         cols = counts_chunk_columns(D, self.chunk_tokens)
-        group.create_dataset(key, shape=(0, D), maxshape=(None, D), dtype=dtype,
-                             chunks=(self.chunk_tokens, cols), **self._filters(dtype))
-        return _open_dataset(group, key, self._counts_cache(D, dtype))
+        ds = self._create(group, key, dtype, (D,), (self.chunk_tokens, cols))
+        cache = self._counts_cache(D, dtype)
+        return ds if cache is None else _open_dataset(group, key, cache)
 
     def _series(self, group, key, dtype, chunk, tail=(), fill=None):
-        return group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                    chunks=(chunk, *tail), fillvalue=fill, **self._filters(dtype))
+        return self._create(group, key, np.dtype(dtype), tuple(tail), (chunk, *tail), fill)
+
+    def _create(self, group, key: str, dtype: np.dtype, tail: tuple, chunks: tuple,
+                fill=None) -> h5py.Dataset:
+        """A new empty extendable dataset ``[0, *tail]``: the first of its kind through
+        h5py's create_dataset, the next ones from its creation properties (h5py builds
+        them afresh at every call: a third of the cost of a new layer)."""
+        kind = (dtype.str, tail, chunks, None if fill is None else float(fill))
+        made = self._kinds.get(kind)
+        if made is None:
+            ds = group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                      chunks=chunks, fillvalue=fill, **self._filters(dtype))
+            space = h5py.h5s.create_simple((0, *tail), (h5py.h5s.UNLIMITED, *tail))
+            self._kinds[kind] = (ds.id.get_type(), space, ds.id.get_create_plist())
+            return ds
+        tid, space, dcpl = made
+        return h5py.Dataset(h5py.h5d.create(group.id, key.encode(), tid, space, dcpl=dcpl))
 
     def _new_layer(self, name: str, D: int, count_dtype, v: np.ndarray | None,
                    shares: _Layer | None = None) -> _Layer:
@@ -331,7 +353,7 @@ class Recorder:
             lay.thresholds = self._series(g, "thresholds", v.dtype, self.chunk_tokens,
                                           v.shape[1:], fill=np.nan)
             if self._direct:
-                lay.writer = CountsWriter(lay.counts)
+                lay.writer = CountsWriter(lay.counts, pool=self._pool)
         lay.call_offsets = self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
         lay.call_steps = self._series(g, "call_steps", np.int32, SERIES_CHUNK)
         if self._document is not None:
@@ -367,7 +389,7 @@ class Recorder:
         g.move("counts.widening", "counts")
         lay.counts = _open_dataset(g, "counts", self._counts_cache(lay.in_features, dtype))
         if self._direct:
-            lay.writer = CountsWriter(lay.counts, lay.rows)
+            lay.writer = CountsWriter(lay.counts, lay.rows, self._pool)
         for other in self._layers.values():      # its sharers link to the new dataset
             if other.shares == lay.key:
                 del other.counts
@@ -697,13 +719,16 @@ class Recorder:
 
     def _sync_attrs(self) -> None:
         for lay in self._layers.values():
-            if lay.dirty:
-                lay.group.attrs.update(rows=lay.rows, calls=lay.calls, events=lay.n_events)
+            if lay.dirty:           # modify: in place once they exist (update recreates)
+                a = lay.group.attrs
+                for key, value in (("rows", lay.rows), ("calls", lay.calls),
+                                   ("events", lay.n_events)):
+                    a.modify(key, value)
                 lay.dirty = False
         a = self._file.attrs
-        a["rows_written"] = sum(lay.rows for lay in self._layers.values())
-        a["layers"] = len(self._layers)
-        a["flushes"] = self._flushes
+        a.modify("rows_written", sum(lay.rows for lay in self._layers.values()))
+        a.modify("layers", len(self._layers))
+        a.modify("flushes", self._flushes)
 
     @_named_os_errors
     def flush(self) -> None:
@@ -751,6 +776,7 @@ class Recorder:
         self._closed = True
         self._last = None
         if getattr(self, "_abandoned", False):      # a write failed: nothing reaches the disk
+            self._stop_pool()
             try:
                 self._file.close()
             except Exception:  # noqa: BLE001
@@ -767,8 +793,14 @@ class Recorder:
                 raise
             warnings.warn(f"{self.path}: could not finalise the recording: {e}", stacklevel=2)
         finally:
+            self._stop_pool()
             if self._file.id.valid:
                 self._file.close()
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> "Recorder":
         return self
