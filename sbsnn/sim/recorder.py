@@ -20,11 +20,17 @@ overwritten) and marked ``complete=False`` from the moment it is opened; only
   short inside :meth:`Recorder.write` is trimmed away, so the datasets stay aligned).
 - A process killed (SIGKILL, the OOM killer) *between* two flushes leaves the file as
   of its last flush: HDF5's metadata cache is told not to evict, so no metadata
-  reaches the disk between flushes, and each counts dataset's chunk cache holds two
-  rows of chunks, so partial chunks are rewritten only at a flush
-  (:meth:`Recorder.write` flushes by itself before a layer would touch a third chunk
-  row since the last flush: long calls, e.g. ``simulate`` without ``block_size``,
-  become durable chunk row by chunk row). The file opens with plain h5py, reads as incomplete and
+  reaches the disk between flushes, and a chunk that a flush stored is rewritten only
+  at a later flush. Counts go one of two ways. By default (lzf without shuffle, numba
+  installed) sbsnn compresses them itself (:mod:`sbsnn.sim.counts_writer`): a full
+  chunk row is stored at once only if no flush stored it before (fresh file space),
+  else held in memory until the next flush, as is the partial row; thresholds and
+  per-call entries wait for the flush too, and :meth:`Recorder.write` flushes by
+  itself every ``DURABLE_BYTES`` (64 MiB) of counts. Through HDF5's filter pipeline
+  (other filters), each counts dataset's chunk cache holds two rows of chunks and
+  :meth:`Recorder.write` flushes before a layer would touch a third chunk row since
+  the last flush. Either way long calls, e.g. ``simulate`` without ``block_size``,
+  become durable as they go. The file opens with plain h5py, reads as incomplete and
   holds every flushed row. (Nothing is fsynced: a power cut may lose what the OS had
   not written yet.)
 - HDF5 has no atomic commit: a kill *during* a flush can damage the chunks that flush
@@ -38,10 +44,11 @@ overwritten) and marked ``complete=False`` from the moment it is opened; only
   the same checks then cut the damaged tail of the events.
 
 Measured (HDF5 2.0, h5py 3.16; tiny model, 1000 tokens in blocks of 16 or in one pass,
-with and without events; 192 SIGKILLs at random times or aimed at flushes): every file
-opened; 0 of 117 kills between flushes lost a flushed row; 52 of 75 kills inside a flush
-lost rows after some layers' last complete chunk row, always detected and cut off;
-never a wrong number among the rows kept.
+with and without events; 192 SIGKILLs at random times or aimed at flushes), through
+HDF5's pipeline: every file opened; 0 of 117 kills between flushes lost a flushed row;
+52 of 75 kills inside a flush lost rows after some layers' last complete chunk row,
+always detected and cut off; never a wrong number among the rows kept. With sbsnn's
+own compression: KILLS_DIRECT
 """
 
 from __future__ import annotations
@@ -158,21 +165,25 @@ class Recorder:
     """Writes counts, thresholds (and optionally events) of every spiking layer call.
 
     ``Recorder(path, metadata, record_events, compression="lzf", chunk_tokens=256,
-    compression_opts=None, shuffle=False)`` (the filter: on Gemma-shaped counts lzf
-    writes in 35 % of gzip level 4's time for 1.5x its bytes, and 60 % of gzip 1's, so
-    that a recording costs under half the float forward;
-    ``benchmarks/bench_recording.py`` measures the candidates; lzf is h5py's filter:
-    other HDF5 readers need its plugin)
+    compression_opts=None, shuffle=False, background=True)`` (the filter: on
+    Gemma-shaped counts lzf writes in 35 % of gzip level 4's time for 1.5x its bytes,
+    and 60 % of gzip 1's; ``benchmarks/bench_recording.py`` measures the candidates;
+    lzf is h5py's filter: other HDF5 readers need its plugin. With lzf and no shuffle,
+    where numba is installed, sbsnn compresses the counts chunks itself and hands HDF5
+    the stored bytes: :mod:`sbsnn.sim.chunk_codec`, the same file; ``background``: on a
+    thread of its own while the simulation goes on)
     truncates ``path`` (an existing file is overwritten) and marks it incomplete at
     once. ``write(name, counts, v_th)`` appends one call, ``flush()`` makes everything
     so far durable, ``close(complete)`` records whether the run finished (idempotent).
     Also a context manager (complete when its block exits without an exception).
 
-    Memory: besides a few numbers per layer, HDF5 caches up to two rows of chunks per
-    counts dataset (about ``2 x chunk_tokens x in_features x itemsize`` bytes per layer
-    written to; lower ``chunk_tokens`` for very many layers, e.g. MoE experts) and its
-    metadata cache, which is emptied (file closed and reopened after a flush) when it
-    exceeds 64 MiB.
+    Memory: besides a few numbers per layer (and the thresholds and per-call entries
+    since the last flush), up to two rows of chunks per counts dataset (about ``2 x
+    chunk_tokens x in_features x itemsize`` bytes per layer written to, in HDF5's chunk
+    cache or sbsnn's row buffers; lower ``chunk_tokens`` for very many layers, e.g. MoE
+    experts), up to 4 chunk rows per layer being compressed, and HDF5's metadata
+    cache, which is emptied (file closed and reopened after a flush) when it exceeds
+    64 MiB.
     """
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
