@@ -157,18 +157,30 @@ class CountsWriter:
 
     def sync(self) -> None:
         """Store every row: the held chunk row and the partial one (at a flush)."""
+        self.store_buffered()
+        self.drain()
+
+    def store_buffered(self) -> None:
+        """Encode and store the held and the partial chunk row on this thread (the first
+        half of :meth:`sync`: the pool meanwhile finishes the rows in flight)."""
         if self.held is not None:
-            self._write_row(self.held, self.spare)
+            self._store(self.held, encode_row(self.spare, self.cols))
             self.held = None
         if self.rows > max(self.base, self.synced):     # a partial row, grown since
             self.buf[self.rows - self.base:] = 0
-            self._write_row(self.base // self.ct, self.buf, end=self.rows)
+            if self.stored < self.rows:
+                self.ds.resize(self.rows, axis=0)
+                self.stored = self.rows
+            self._store(self.base // self.ct, encode_row(self.buf, self.cols))
             self.written = max(self.written, self.base // self.ct + 1)
         if self.stored < self.rows:
             self.ds.resize(self.rows, axis=0)
             self.stored = self.rows
-        self._drain(wait=True)
         self.synced = self.rows
+
+    def drain(self) -> None:
+        """Store the rows in flight (the second half of :meth:`sync`)."""
+        self._drain(wait=True)
 
     def truncate(self, rows: int) -> None:
         """Forget every row from ``rows`` on (a call cut short: the recorder trims its

@@ -718,9 +718,12 @@ class Recorder:
     def _sync_writers(self) -> None:
         """Store everything held in memory: counts rows, thresholds, per-call entries,
         layer names."""
+        writers = [lay.writer for lay in self._layers.values() if lay.writer is not None]
+        for w in writers:           # this thread, while the pool finishes its rows
+            w.store_buffered()
+        for w in writers:
+            w.drain()
         for lay in self._layers.values():
-            if lay.writer is not None:
-                lay.writer.sync()
             self._sync_series(lay)
         if self._pending_names:
             n = self._names.shape[0]
