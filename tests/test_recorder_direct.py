@@ -197,3 +197,32 @@ def test_in_flight_rows_stay_bounded(tmp_path):
     assert seen and max(seen) <= W.MAX_IN_FLIGHT
     with load_recording(tmp_path / "b.h5") as rec:
         np.testing.assert_array_equal(rec.counts("x")[:], c.numpy())
+
+
+def test_writing_on_after_a_call_cut_short_past_a_held_row(tmp_path, monkeypatch):
+    """A call cut short after it stored fresh chunk rows past a row held since the last
+    flush: the writer goes back, holds those rows too, and the file reads back the
+    calls that were kept."""
+    g = torch.Generator().manual_seed(4)
+    c = [torch.randint(-3, 4, (n, 5), generator=g, dtype=torch.int8) for n in (6, 4, 8, 6)]
+    real = R._append
+
+    def flaky(ds, start, data):
+        if ds.name.endswith("events/step"):
+            raise KeyboardInterrupt
+        real(ds, start, data)
+    path = tmp_path / "cut.h5"
+    with Recorder(path, chunk_tokens=4, record_events=True) as r:
+        r.write("a", c[0], torch.ones(6, 1))
+        r.flush()                                   # chunk row 1 stored partial
+        r.write("a", c[1], torch.ones(4, 1))        # row 1 full: held
+        monkeypatch.setattr(R, "_append", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            r.write("a", c[2], torch.ones(8, 1))    # rows 2 and 3 stored, then cut short
+        monkeypatch.setattr(R, "_append", real)
+        r.write("a", c[3], torch.full((6, 1), 2.0))
+    with load_recording(path) as rec:
+        kept = torch.cat([c[0], c[1], c[3]])
+        np.testing.assert_array_equal(rec.counts("a")[:], kept.numpy())
+        np.testing.assert_array_equal(rec.thresholds("a")[:], [1.0] * 10 + [2.0] * 6)
+        assert rec.call_offsets("a")[:].tolist() == [0, 6, 10]

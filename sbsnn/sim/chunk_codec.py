@@ -6,20 +6,23 @@ GIL, off HDF5's filter pipeline (which h5py runs under the GIL, one chunk after 
 The bytes are what h5py's own pipeline would accept, so any h5py (and any HDF5 reader
 with the LZF plugin) decodes them; only the LZF match choices may differ from liblzf's.
 
-- :func:`lzf_compress` writes an LZF stream (the format of liblzf, which h5py's lzf
+- ``lzf_compress`` writes an LZF stream (the format of liblzf, which h5py's lzf
   filter decodes): a control byte below 32 is a run of ``ctrl + 1`` literal bytes; any
   other is a back reference of ``(ctrl >> 5) + 2`` bytes (``7 + next byte + 2`` when the
   top three bits are all set) at distance ``((ctrl & 31) << 8 | next byte) + 1``.
-- :func:`fletcher32` is HDF5's ``H5_checksum_fletcher32`` (16-bit big-endian words,
+- ``fletcher32`` is HDF5's ``H5_checksum_fletcher32`` (16-bit big-endian words,
   sums folded every 360 words), stored little-endian after the data.
 - ``encode_chunk`` is the stored chunk: the LZF stream, then the checksum. Always LZF,
-  with filter mask 0, even where the stream outgrows the raw bytes (at most one byte in
-  32; counts chunks shrink 2-20x): HDF5 2.0 keeps a direct chunk's filter mask only on
-  disk, so a chunk stored raw (mask 1) would not read back before the file is reopened.
+  with filter mask 0, even where the stream outgrows the raw bytes (by at most one byte
+  in 32; counts chunks shrink to about half or less): HDF5 2.0 keeps a direct chunk's
+  filter mask only on disk, so a chunk stored raw (mask 1) would not read back before
+  the file is reopened.
 
-Without numba (``sbsnn.neurons.jit``), :func:`kernels` is None and the recorder leaves
-compression to HDF5's pipeline. :func:`lzf_decompress` is a plain reference decoder for
-the tests (h5py's filter is the one readers use).
+:func:`kernels` compiles the three with numba (``sbsnn.neurons.jit``); without numba it
+is None and the recorder leaves compression to HDF5's pipeline. ``lzf_compress_py``,
+``fletcher32_py`` and ``encode_chunk_py`` are the same functions uncompiled, and
+:func:`lzf_decompress` a plain decoder: the tests' references (h5py's filter is the one
+readers use).
 """
 
 from __future__ import annotations

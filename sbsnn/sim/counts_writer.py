@@ -13,8 +13,10 @@ The crash rules of :mod:`sbsnn.sim.recorder` hold: a chunk row is written betwee
 flushes only if no flush has written it yet (a fresh allocation, which metadata on disk
 does not reference); a chunk row that a flush wrote while it was partial is *held* in
 memory once full and rewritten at the next flush, as is the partial row itself
-(:meth:`sync`). Memory: the partial row and at most one held row, ``chunk_tokens x
-in_features`` counts each.
+(:meth:`sync`). Memory: the partial row and one held row (two after a call cut
+short), ``chunk_tokens x in_features`` counts each, and with a background ``pool`` up
+to ``MAX_IN_FLIGHT`` chunk rows being encoded (copies, and their encoded bytes until
+stored).
 
 :meth:`append` changes nothing when a write fails (the chunk rows it stored count as
 written, so that they are rewritten only at a flush); :meth:`truncate` takes the writer
@@ -85,10 +87,11 @@ class CountsWriter:
         self.buf = np.zeros((self.ct, self.width), self.dtype)
         if rows > self.base:
             self.buf[:rows - self.base] = ds[self.base:rows]
-        # The chunk row a flush stored while partial, once full: rewritten at the next
-        # flush. Only that one row can be held (the row being filled at the last flush).
-        self.held: int | None = None
-        self.spare: np.ndarray | None = None           # its rows (allocated once)
+        # Chunk rows a flush stored while partial, once full: rewritten at the next flush
+        # (the row being filled at the last flush; after a call cut short, also a row
+        # appended past it). Their buffers are kept for reuse.
+        self.held: dict[int, np.ndarray] = {}
+        self._spares: list[np.ndarray] = []
         self.pool = pool
         self.in_flight: deque = deque()                # (chunk row, future of encode_row)
 
@@ -110,27 +113,24 @@ class CountsWriter:
                 full.append((base // ct, arr[s:s + ct]))
                 s, base = s + ct, base + ct
         hold = [(j, rows) for j, rows in full if j < self.written]
-        if len(hold) > 1 or (hold and self.held is not None):
-            raise AssertionError("CountsWriter: a second chunk row to hold")   # never
         for j, rows in full:
             if j >= self.written:
                 self._write_row(j, rows)
                 self.written = j + 1
         # Nothing below fails: the call is committed.
-        if hold:
-            if self.spare is None:
-                self.spare = np.empty((ct, self.width), self.dtype)
-            self.spare[:] = hold[0][1]
-            self.held = hold[0][0]
+        for j, rows in hold:
+            keep = self._spares.pop() if self._spares else np.empty((ct, self.width), self.dtype)
+            keep[:] = rows
+            self.held[j] = keep
         rest = n - s
         self.buf[fill:fill + rest] = arr[s:]
         self.base, self.rows = base, base + fill + rest
 
-    def _write_row(self, j: int, rows: np.ndarray, end: int | None = None) -> None:
-        """Encode and store chunk row ``j`` (``rows``: ``ct`` rows), first growing the
-        extent to ``end`` rows (the row's end; never shrunk: HDF5 would rewrite the edge
-        chunk through its pipeline)."""
-        end = (j + 1) * self.ct if end is None else end
+    def _write_row(self, j: int, rows: np.ndarray) -> None:
+        """Encode and store full chunk row ``j`` (``rows``: ``ct`` rows; on the pool where
+        there is one), first growing the extent over it (never shrunk here: HDF5 would
+        rewrite the edge chunk through its pipeline)."""
+        end = (j + 1) * self.ct
         if self.stored < end:
             self.ds.resize(end, axis=0)
             self.stored = end
@@ -163,19 +163,16 @@ class CountsWriter:
     def store_buffered(self) -> None:
         """Encode and store the held and the partial chunk row on this thread (the first
         half of :meth:`sync`: the pool meanwhile finishes the rows in flight)."""
-        if self.held is not None:
-            self._store(self.held, encode_row(self.spare, self.cols))
-            self.held = None
-        if self.rows > max(self.base, self.synced):     # a partial row, grown since
-            self.buf[self.rows - self.base:] = 0
-            if self.stored < self.rows:
-                self.ds.resize(self.rows, axis=0)
-                self.stored = self.rows
-            self._store(self.base // self.ct, encode_row(self.buf, self.cols))
-            self.written = max(self.written, self.base // self.ct + 1)
-        if self.stored < self.rows:
+        if self.stored < self.rows:             # HDF5 stores chunks inside the extent only
             self.ds.resize(self.rows, axis=0)
             self.stored = self.rows
+        for j in sorted(self.held):
+            self._store(j, encode_row(self.held[j], self.cols))
+            self._spares.append(self.held.pop(j))
+        if self.rows > max(self.base, self.synced):     # a partial row, grown since
+            self.buf[self.rows - self.base:] = 0
+            self._store(self.base // self.ct, encode_row(self.buf, self.cols))
+            self.written = max(self.written, self.base // self.ct + 1)
         self.synced = self.rows
 
     def drain(self) -> None:
@@ -191,13 +188,13 @@ class CountsWriter:
         ct = self.ct
         j = rows // ct
         if rows < self.base:                    # back into a chunk row that went out
-            if self.held == j:
-                self.buf[:] = self.spare
+            if j in self.held:
+                self.buf[:] = self.held[j]
             else:                               # stored by append: read it back
                 self.buf[:rows - j * ct] = self.ds[j * ct:rows]
             self.base = j * ct
-        if self.held is not None and self.held >= j:
-            self.held = None
+        for k in [k for k in self.held if k >= j]:
+            self._spares.append(self.held.pop(k))
         self.rows = rows
         self.synced = min(self.synced, rows)
         if self.stored > rows:
