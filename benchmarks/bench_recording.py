@@ -10,7 +10,8 @@ same process (the issue 22 goal: a recorded simulation <= 1.5x the float forward
 candidate's file is read back and compared with the captured counts and thresholds.
 
 Finally the whole ``simulate(..., record=...)`` with the writer's default is timed beside
-the float forward and the simulation without a recording.
+the float forward, the simulation without a recording, and the recording with the counts
+through HDF5's filter pipeline (the writer before issue 22 part 3).
 
     .venv/bin/python benchmarks/bench_recording.py                 # ~10 min on 2 shared cores
     .venv/bin/python benchmarks/bench_recording.py --model GGUF_OR_DIR
@@ -40,13 +41,17 @@ import sbsnn  # noqa: E402
 from bench_sim import GEMMA3_270M, K, QUICK_MODEL, machine, synthetic_model, token_ids  # noqa: E402
 from sbsnn.converters import convert  # noqa: E402
 from sbsnn.sim import Recorder, load_recording, simulate  # noqa: E402
+from sbsnn.sim import recorder as recorder_module  # noqa: E402
 
-# name -> Recorder keyword arguments
+# name -> Recorder keyword arguments (pipeline=True: counts through HDF5's filter
+# pipeline even where sbsnn would compress them itself, as before issue 22 part 3)
 CANDIDATES = {
     "gzip 4 + shuffle (before)": dict(compression="gzip", compression_opts=4, shuffle=True),
     "gzip 1 + shuffle": dict(compression="gzip", compression_opts=1, shuffle=True),
     "lzf + shuffle": dict(compression="lzf", shuffle=True),
-    "lzf (the default)": dict(compression="lzf", shuffle=False),
+    "lzf through HDF5's pipeline (before part 3)": dict(compression="lzf", pipeline=True),
+    "lzf, sbsnn's encoder, inline": dict(compression="lzf", background=False),
+    "lzf, sbsnn's encoder, background thread (the default)": dict(compression="lzf"),
     "none": dict(compression=None),
     # A bound, not a layout: the counts clipped to int8 (what an int8 + sparse outliers
     # layout would cost, less its outlier table); never read back equal where counts exceed int8.
@@ -57,13 +62,22 @@ CANDIDATES = {
 
 
 class Capture:
-    """A recorder for ``simulate(record=...)`` that keeps every call in memory."""
+    """A recorder for ``simulate(record=...)`` that keeps every call in memory; siblings
+    handed the very same tensors (q, k, v) get the same copies, so that the replay links
+    their datasets as a recording of the simulation does."""
 
     def __init__(self):
         self.calls = []
+        self._last = None
 
     def write(self, name, counts, v_th):
-        self.calls.append((name, counts.detach().cpu().clone(), v_th.detach().cpu().clone()))
+        last = self._last
+        if last is not None and counts is last[0] and v_th is last[1]:
+            c, v = self.calls[-1][1:]
+        else:
+            c, v = counts.detach().cpu().clone(), v_th.detach().cpu().clone()
+        self._last = (counts, v_th)
+        self.calls.append((name, c, v))
 
     def flush(self):
         pass
@@ -75,9 +89,19 @@ class Capture:
 def replay(calls, path, kwargs) -> None:
     kwargs = dict(kwargs)
     clip = kwargs.pop("clip8", False)
-    with Recorder(path, metadata={"coding": "ternary"}, **kwargs) as rec:
-        for name, c, v in calls:
-            rec.write(name, c.clamp(-127, 127) if clip else c, v)
+    pipeline = kwargs.pop("pipeline", False)
+    real = recorder_module.direct_writes
+    if pipeline:
+        recorder_module.direct_writes = lambda *a: False
+    clipped: dict = {}
+    try:
+        with Recorder(path, metadata={"coding": "ternary"}, **kwargs) as rec:
+            for name, c, v in calls:
+                if clip:        # one clipped tensor per captured one: siblings still link
+                    c = clipped.setdefault(id(c), c.clamp(-127, 127))
+                rec.write(name, c, v)
+    finally:
+        recorder_module.direct_writes = real
 
 
 def same(calls, path) -> bool:
@@ -129,9 +153,11 @@ def main(argv=None) -> int:
         simulate(snn, ids, backend="torch", record=cap, return_logits=False)
         calls = cap.calls
         elems = sum(c.numel() for _, c, _ in calls)
+        stored = sum(c.numel() for c in {id(c): c for _, c, _ in calls}.values())
         peak = max(int(c.abs().max()) for _, c, _ in calls if c.numel())
         wide = sum(int((c.abs() > 127).sum()) for _, c, _ in calls)
         print(f"model: {what}; {n} tokens; {len(calls)} calls, {elems / n:,.0f} counts per token, "
+              f"({stored / n:,.0f} stored: siblings share), "
               f"largest |count| {peak:,}, {wide:,} counts beyond int8 ({100 * wide / elems:.4f} %); "
               f"count dtype {calls[0][1].dtype}", flush=True)
         paths = {name: os.path.join(tmp, f"c{i}.h5") for i, name in enumerate(CANDIDATES)}
@@ -162,15 +188,24 @@ def main(argv=None) -> int:
                      f"{med['event simulation']:.2f} s ({ev:.2f}x float); raw counts "
                      f"{elems / n:,.0f} per token")
         # the whole route with the writer's default
-        rec = os.path.join(tmp, "default.h5")
+        rec, old = os.path.join(tmp, "default.h5"), os.path.join(tmp, "pipeline.h5")
+
+        def through_pipeline():
+            real = recorder_module.direct_writes
+            recorder_module.direct_writes = lambda *a: False
+            try:
+                simulate(snn, ids, backend="torch", record=old, return_logits=False)
+            finally:
+                recorder_module.direct_writes = real
         whole = {"float forward": lambda: model(ids),
                  "event simulation": lambda: simulate(snn, ids, backend="torch", return_logits=False),
                  "event + recording": lambda: simulate(snn, ids, backend="torch", record=rec,
-                                                       return_logits=False)}
+                                                       return_logits=False),
+                 "event + recording through HDF5's pipeline (before part 3)": through_pipeline}
         wt: dict[str, list[float]] = {k: [] for k in whole}
         wn = list(whole)
         for r in range(args.rounds):
-            for name in wn[r % 3:] + wn[:r % 3]:
+            for name in wn[r % len(wn):] + wn[:r % len(wn)]:
                 wt[name].append(timed(whole[name]))
         with load_recording(rec) as r:
             ds = r.counts(r.layers[0])
@@ -179,8 +214,9 @@ def main(argv=None) -> int:
         for name in wn[1:]:
             ratio = statistics.median(a / b for a, b in zip(wt[name], wt["float forward"]))
             lines.append(f"- {name}: {statistics.median(wt[name]):.2f} s, {ratio:.2f}x the float forward")
-        lines.append(f"- recording {os.path.getsize(rec) / n:,.0f} bytes per token")
-    for p in [*paths.values(), rec]:
+        lines.append(f"- recording {os.path.getsize(rec) / n:,.0f} bytes per token "
+                     f"({os.path.getsize(old) / n:,.0f} through HDF5's pipeline)")
+    for p in [*paths.values(), rec, old]:
         os.remove(p)
     os.rmdir(tmp)
     print("\n".join(lines))

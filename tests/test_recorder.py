@@ -273,23 +273,29 @@ def test_keyboard_interrupt_leaves_incomplete_file_with_what_was_written(tmp_pat
             np.testing.assert_array_equal(rec.thresholds(name)[:], v_th.float().numpy())
 
 
-def test_interrupt_inside_write_keeps_datasets_aligned(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["call_events", "events/step"])
+@pytest.mark.parametrize("flush_inside", [False, True])
+def test_interrupt_inside_write_keeps_datasets_aligned(tmp_path, monkeypatch, where, flush_inside):
+    """A call cut short anywhere in write() leaves no trace, also when write() flushed
+    part of it already (a long call with a CountsWriter: DURABLE_BYTES)."""
     from sbsnn.sim import recorder as R
 
     path = tmp_path / "mid.h5"
-    r = Recorder(path, record_events=True)
-    c = torch.tensor([[1, -2, 0], [3, 0, 0]], dtype=torch.int8)
-    r.write("a", c, torch.ones(2, 1))
+    r = Recorder(path, record_events=True, chunk_tokens=2)
+    c = torch.tensor([[1, -2, 0], [3, 0, 0], [0, 1, 1], [2, 2, 0], [1, 0, 0]], dtype=torch.int8)
+    r.write("a", c[:2], torch.ones(2, 1))
+    if flush_inside:
+        monkeypatch.setattr(R, "DURABLE_BYTES", 1)      # a flush before every piece
     real, seen = R._append, []
 
     def flaky(ds, start, data):
         seen.append(ds.name)
-        if ds.name.endswith("thresholds"):
+        if ds.name.endswith(where):
             raise KeyboardInterrupt
         real(ds, start, data)
     monkeypatch.setattr(R, "_append", flaky)
     with pytest.raises(KeyboardInterrupt):
-        r.write("a", c, torch.ones(2, 1))
+        r.write("a", c, torch.full((5, 1), 2.0))
     monkeypatch.setattr(R, "_append", real)
     r.close(complete=False)
     rec = _quiet_load(path)
@@ -298,7 +304,8 @@ def test_interrupt_inside_write_keeps_datasets_aligned(tmp_path, monkeypatch):
         assert {k: d.shape[0] for k, d in rec._file["layers/a"].items() if k != "events"} == \
             {"counts": 2, "thresholds": 2, "call_offsets": 1, "call_steps": 1, "call_events": 1}
         assert rec.call_offsets("a").shape == (1,) and rec.events("a")["token"].shape == (6,)
-        np.testing.assert_array_equal(rec.counts("a")[:], c.numpy())
+        np.testing.assert_array_equal(rec.counts("a")[:], c[:2].numpy())
+        np.testing.assert_array_equal(rec.thresholds("a")[:], [1.0, 1.0])
 
 
 CHILD = textwrap.dedent("""
@@ -522,9 +529,17 @@ def test_reopening_to_empty_the_metadata_cache_keeps_recording(tmp_path, monkeyp
         np.testing.assert_array_equal(_events_back_to_counts(rec.events("a"), want.shape), want)
 
 
-def test_long_calls_are_flushed_chunk_row_by_chunk_row(tmp_path, monkeypatch):
-    """One call larger than the chunk cache (simulate without block_size) is written in
-    chunk-row pieces with flushes in between, so it becomes durable as it goes."""
+@pytest.mark.parametrize("direct", [False, True])
+def test_long_calls_are_flushed_as_they_go(tmp_path, monkeypatch, direct):
+    """One long call (simulate without block_size) is written in pieces with flushes in
+    between, so it becomes durable as it goes: through HDF5's pipeline before a third
+    chunk row since the last flush (what its chunk cache holds), with a CountsWriter
+    every DURABLE_BYTES of counts."""
+    from sbsnn.sim import recorder as R
+
+    if direct and not R.direct_writes("lzf", False):
+        pytest.skip("no numba: counts go through HDF5's pipeline")
+    monkeypatch.setattr(R, "DURABLE_BYTES", 90)
     on_disk = []
     real_flush = Recorder.flush
 
@@ -533,10 +548,12 @@ def test_long_calls_are_flushed_chunk_row_by_chunk_row(tmp_path, monkeypatch):
         on_disk.append(self._layers["a"].flushed_rows)
     monkeypatch.setattr(Recorder, "flush", flush)
     c = (torch.arange(100 * 3).reshape(100, 3) % 11 - 5).to(torch.int8)
-    with Recorder(tmp_path / "long.h5", chunk_tokens=16) as r:
+    with Recorder(tmp_path / "long.h5", chunk_tokens=16, shuffle=not direct) as r:
+        assert (r._layers == {}) and r._direct == direct
         r.write("a", c[:10], torch.rand(10, 1))
         r.write("a", c[10:], torch.rand(90, 1))
-    assert on_disk == [32, 64, 96]          # before a third chunk row since the last flush
+    # pipeline: before a third chunk row; direct: every 90 bytes = 30 rows of 3 counts
+    assert on_disk == ([30, 60, 90] if direct else [32, 64, 96])
     with load_recording(tmp_path / "long.h5") as rec:
         np.testing.assert_array_equal(rec.counts("a")[:], c.numpy())
         assert rec.call_offsets("a")[:].tolist() == [0, 10] and rec.rows("a") == 100
@@ -548,8 +565,11 @@ def test_python_state_does_not_grow_with_calls(tmp_path):
 
     c, v = torch.randint(-9, 10, (64, 256)).to(torch.int8), torch.rand(64, 1)
     with Recorder(tmp_path / "m.h5") as r:
-        for _ in range(20):
+        for i in range(20):         # warm-up as below: the buffers of a steady state
             r.write("a", c, v)
+            if i % 16 == 0:
+                r.flush()
+        r.flush()                   # measured at flushes: chunks in flight are stored
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
@@ -557,6 +577,7 @@ def test_python_state_does_not_grow_with_calls(tmp_path):
             r.write("a", c, v)
             if i % 16 == 0:
                 r.flush()
+        r.flush()
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()

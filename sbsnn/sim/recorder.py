@@ -20,11 +20,17 @@ overwritten) and marked ``complete=False`` from the moment it is opened; only
   short inside :meth:`Recorder.write` is trimmed away, so the datasets stay aligned).
 - A process killed (SIGKILL, the OOM killer) *between* two flushes leaves the file as
   of its last flush: HDF5's metadata cache is told not to evict, so no metadata
-  reaches the disk between flushes, and each counts dataset's chunk cache holds two
-  rows of chunks, so partial chunks are rewritten only at a flush
-  (:meth:`Recorder.write` flushes by itself before a layer would touch a third chunk
-  row since the last flush: long calls, e.g. ``simulate`` without ``block_size``,
-  become durable chunk row by chunk row). The file opens with plain h5py, reads as incomplete and
+  reaches the disk between flushes, and a chunk that a flush stored is rewritten only
+  at a later flush. Counts go one of two ways. By default (lzf without shuffle, numba
+  installed) sbsnn compresses them itself (:mod:`sbsnn.sim.counts_writer`): a full
+  chunk row is stored at once only if no flush stored it before (fresh file space),
+  else held in memory until the next flush, as is the partial row; thresholds and
+  per-call entries wait for the flush too, and :meth:`Recorder.write` flushes by
+  itself every ``DURABLE_BYTES`` (64 MiB) of counts. Through HDF5's filter pipeline
+  (other filters), each counts dataset's chunk cache holds two rows of chunks and
+  :meth:`Recorder.write` flushes before a layer would touch a third chunk row since
+  the last flush. Either way long calls, e.g. ``simulate`` without ``block_size``,
+  become durable as they go. The file opens with plain h5py, reads as incomplete and
   holds every flushed row. (Nothing is fsynced: a power cut may lose what the OS had
   not written yet.)
 - HDF5 has no atomic commit: a kill *during* a flush can damage the chunks that flush
@@ -38,10 +44,16 @@ overwritten) and marked ``complete=False`` from the moment it is opened; only
   the same checks then cut the damaged tail of the events.
 
 Measured (HDF5 2.0, h5py 3.16; tiny model, 1000 tokens in blocks of 16 or in one pass,
-with and without events; 192 SIGKILLs at random times or aimed at flushes): every file
-opened; 0 of 117 kills between flushes lost a flushed row; 52 of 75 kills inside a flush
-lost rows after some layers' last complete chunk row, always detected and cut off;
-never a wrong number among the rows kept.
+with and without events; 192 SIGKILLs at random times or aimed at flushes), through
+HDF5's pipeline: every file opened; 0 of 117 kills between flushes lost a flushed row;
+52 of 75 kills inside a flush lost rows after some layers' last complete chunk row,
+always detected and cut off; never a wrong number among the rows kept. With sbsnn's
+own compression (``benchmarks/kill_recording.py --kills 40``: one-pass runs flushing
+every MiB of counts, kills at random times after the first flush): every file opened;
+0 of 10 kills between flushes lost a flushed row or read as damaged; 5 of 7 kills
+inside a flush lost rows after some layers' last complete chunk row, always detected
+and cut off; never a wrong number among the rows kept (23 kills came after the run had
+ended; an earlier campaign of 30: 0 of 13 between, 6 of 6 inside, alike).
 """
 
 from __future__ import annotations
@@ -53,7 +65,8 @@ import os
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -64,6 +77,7 @@ from sbsnn import __version__
 from sbsnn.errors import RecordingError, SbsnnError, os_error
 from sbsnn.neurons.formula import binary_negative_error, check_coding
 from sbsnn.neurons.trains import min_steps
+from sbsnn.sim.counts_writer import CountsWriter, direct_writes
 from sbsnn.sim.events import step_events
 from sbsnn.sim.recording_layout import (EVENT_CHUNK, EVENT_FIELDS, FORMAT, FORMAT_VERSION,
                                         INDEX_FORMAT, SERIES_CHUNK, TRACE_OUTPUT_ROWS,
@@ -76,6 +90,9 @@ _TORCH_INTS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _EVENT_BATCH = 1 << 20              # events buffered before an append
 _MDC_LIMIT = 64 << 20              # reopen the file when HDF5's metadata cache outgrows this
 MAX_CHUNK_TOKENS = 1 << 16         # rows per chunk: chunks stay far below CHUNK_BYTES_LIMIT
+# With a CountsWriter, write() flushes by itself once this many bytes of counts were
+# written since the last flush (a long call becomes durable as it goes).
+DURABLE_BYTES = 64 << 20
 
 
 def _chunk_cache(nbytes: int):
@@ -137,6 +154,15 @@ class _Layer:
     # fed the same tensor, as q, k and v are), or None when it holds its own.
     shares: str | None = None
     flushed_rows: int = 0       # rows on disk at the last flush
+    # Counts compressed by sbsnn and written chunk by chunk (lzf without shuffle, numba
+    # installed; None: through HDF5's filter pipeline). None for a sharing layer.
+    writer: CountsWriter | None = None
+    # Per-call entries (first row, T, document) and threshold rows since the last flush,
+    # written at the flush; *_stored: what the file's datasets hold.
+    pending_calls: list = field(default_factory=list)
+    calls_stored: int = 0
+    pending_v: list = field(default_factory=list)
+    v_stored: int = 0
     dirty: bool = True
 
 
@@ -144,26 +170,30 @@ class Recorder:
     """Writes counts, thresholds (and optionally events) of every spiking layer call.
 
     ``Recorder(path, metadata, record_events, compression="lzf", chunk_tokens=256,
-    compression_opts=None, shuffle=False)`` (the filter: on Gemma-shaped counts lzf
-    writes in 35 % of gzip level 4's time for 1.5x its bytes, and 60 % of gzip 1's, so
-    that a recording costs under half the float forward;
-    ``benchmarks/bench_recording.py`` measures the candidates; lzf is h5py's filter:
-    other HDF5 readers need its plugin)
+    compression_opts=None, shuffle=False, background=True)`` (the filter: on
+    Gemma-shaped counts lzf writes in 35 % of gzip level 4's time for 1.5x its bytes,
+    and 60 % of gzip 1's; ``benchmarks/bench_recording.py`` measures the candidates;
+    lzf is h5py's filter: other HDF5 readers need its plugin. With lzf and no shuffle,
+    where numba is installed, sbsnn compresses the counts chunks itself and hands HDF5
+    the stored bytes: :mod:`sbsnn.sim.chunk_codec`, the same file; ``background``: on a
+    thread of its own while the simulation goes on)
     truncates ``path`` (an existing file is overwritten) and marks it incomplete at
     once. ``write(name, counts, v_th)`` appends one call, ``flush()`` makes everything
     so far durable, ``close(complete)`` records whether the run finished (idempotent).
     Also a context manager (complete when its block exits without an exception).
 
-    Memory: besides a few numbers per layer, HDF5 caches up to two rows of chunks per
-    counts dataset (about ``2 x chunk_tokens x in_features x itemsize`` bytes per layer
-    written to; lower ``chunk_tokens`` for very many layers, e.g. MoE experts) and its
-    metadata cache, which is emptied (file closed and reopened after a flush) when it
-    exceeds 64 MiB.
+    Memory: besides a few numbers per layer (and the thresholds and per-call entries
+    since the last flush), up to two rows of chunks per counts dataset (about ``2 x
+    chunk_tokens x in_features x itemsize`` bytes per layer written to, in HDF5's chunk
+    cache or sbsnn's row buffers; lower ``chunk_tokens`` for very many layers, e.g. MoE
+    experts), up to 4 chunk rows per layer being compressed, and HDF5's metadata
+    cache, which is emptied (file closed and reopened after a flush) when it exceeds
+    64 MiB.
     """
 
     def __init__(self, path, metadata: dict | None = None, record_events: bool = False,
                  compression="lzf", chunk_tokens: int = 256, compression_opts=None,
-                 shuffle: bool = False):
+                 shuffle: bool = False, background: bool = True):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or not (
                 1 <= chunk_tokens <= MAX_CHUNK_TOKENS):
             raise ValueError(f"chunk_tokens must be an int in 1..{MAX_CHUNK_TOKENS} (readers "
@@ -176,10 +206,18 @@ class Recorder:
         self.compression_opts = compression_opts
         self.shuffle = bool(shuffle)
         self.chunk_tokens = chunk_tokens
+        self._direct = direct_writes(compression, self.shuffle)
+        if not isinstance(background, bool):
+            raise TypeError(f"Recorder: background must be True or False, got {background!r}")
+        # One thread that compresses counts chunks while the simulation goes on.
+        self._kinds: dict = {}      # dataset kind -> (type, dataspace, creation properties)
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="sbsnn-recorder")
+                      if self._direct and background else None)
         self._layers: dict[str, _Layer] = {}
         self._document: int | None = None     # index of the document being recorded
         self._documents = 0
         self._flushes = 0
+        self._unflushed = 0                   # counts bytes written since the last flush
         self._reopens = 0
         self._closed = False
         # The last call written: (counts, v_th, layer name, T), kept until the next write
@@ -210,7 +248,8 @@ class Recorder:
             a["flushes"] = 0
             # A dataset, not an attribute: no 64 KiB limit (MoE models list many layers).
             self._file.create_dataset("metadata", data=meta_json, dtype=h5py.string_dtype())
-            self._file.create_group("layers")
+            self._layers_group = self._file.create_group("layers")
+            self._pending_names: list[str] = []     # layer names, written at the next flush
             self._names = self._file.create_dataset(
                 "layer_names", shape=(0,), maxshape=(None,), chunks=(256,),
                 dtype=h5py.string_dtype())
@@ -238,6 +277,7 @@ class Recorder:
         self._file = h5py.File(self.path, "r+")
         self._no_metadata_evictions()
         self._names = self._file["layer_names"]
+        self._layers_group = self._file["layers"]
         for lay in self._layers.values():
             self._bind(lay)
         self._reopens += 1
@@ -249,8 +289,14 @@ class Recorder:
     def _bind(self, lay: _Layer) -> None:
         g = lay.group = self._file["layers"][lay.key]
         lay.shares = g.attrs.get("shares")
-        cache = 2 * self._row_bytes(lay.in_features, g["counts"].dtype) + (64 << 10)
-        lay.counts = _open_dataset(g, "counts", cache)
+        lay.counts = _open_dataset(g, "counts", self._counts_cache(lay.in_features,
+                                                                   g["counts"].dtype))
+        if lay.shares is not None:
+            lay.writer = None
+        elif lay.writer is not None:            # reopened: the same rows, a new handle
+            lay.writer.ds = lay.counts
+        elif self._direct:
+            lay.writer = CountsWriter(lay.counts, lay.rows, self._pool)
         lay.thresholds = g["thresholds"]
         lay.call_offsets = g["call_offsets"]
         lay.call_steps = g["call_steps"]
@@ -261,6 +307,11 @@ class Recorder:
             lay.events = {f: g["events"][f] for f, _ in EVENT_FIELDS}
         if "trace" in g:
             lay.trace = {k: g["trace"][k] for k in g["trace"]}
+
+    def _counts_cache(self, D: int, dtype) -> int | None:
+        """A counts dataset's chunk cache: two chunk rows when HDF5's pipeline writes them
+        (partial chunks rewritten only at a flush), HDF5's default for a CountsWriter."""
+        return None if self._direct else 2 * self._row_bytes(D, dtype) + (64 << 10)
 
     def _filters(self, dtype) -> dict:
         # fletcher32: a chunk damaged by a kill during a flush fails to read instead of
@@ -275,49 +326,67 @@ class Recorder:
     def _new_counts(self, group: h5py.Group, key: str, D: int, dtype) -> h5py.Dataset:
         dtype = np.dtype(dtype)
         cols = counts_chunk_columns(D, self.chunk_tokens)
-        group.create_dataset(key, shape=(0, D), maxshape=(None, D), dtype=dtype,
-                             chunks=(self.chunk_tokens, cols), **self._filters(dtype))
-        return _open_dataset(group, key, 2 * self._row_bytes(D, dtype) + (64 << 10))
+        ds = self._create(group, key, dtype, (D,), (self.chunk_tokens, cols))
+        cache = self._counts_cache(D, dtype)
+        return ds if cache is None else _open_dataset(group, key, cache)
 
     def _series(self, group, key, dtype, chunk, tail=(), fill=None):
-        return group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                                    chunks=(chunk, *tail), fillvalue=fill, **self._filters(dtype))
+        return self._create(group, key, np.dtype(dtype), tuple(tail), (chunk, *tail), fill)
+
+    def _create(self, group, key: str, dtype: np.dtype, tail: tuple, chunks: tuple,
+                fill=None) -> h5py.Dataset:
+        """A new empty extendable dataset ``[0, *tail]``: the first of its kind through
+        h5py's create_dataset, the next ones from its creation properties (h5py builds
+        them afresh at every call: a third of the cost of a new layer)."""
+        kind = (dtype.str, tail, chunks, None if fill is None else float(fill))
+        made = self._kinds.get(kind)
+        if made is None:
+            ds = group.create_dataset(key, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                      chunks=chunks, fillvalue=fill, **self._filters(dtype))
+            space = h5py.h5s.create_simple((0, *tail), (h5py.h5s.UNLIMITED, *tail))
+            self._kinds[kind] = (ds.id.get_type(), space, ds.id.get_create_plist())
+            return ds
+        tid, space, dcpl = made
+        return h5py.Dataset(h5py.h5d.create(group.id, key.encode(), tid, space, dcpl=dcpl))
 
     def _new_layer(self, name: str, D: int, count_dtype, v: np.ndarray | None,
                    shares: _Layer | None = None) -> _Layer:
         if D < 1:
             raise ValueError(f"Recorder.write({name!r}): counts have no channel")
         key = group_key(name)
-        g = self._file["layers"].create_group(key)
+        g = self._layers_group.create_group(key)
         index = len(self._layers)
-        g.attrs.update(name=name, index=index, in_features=D, rows=0, calls=0, events=0)
+        # rows, calls and events: written at every flush (a new layer is dirty)
+        g.attrs.update(name=name, index=index, in_features=D)
         lay = _Layer(key=key, in_features=D, group=g)
         if shares is not None:          # hard links: one dataset, two names
-            g["counts"] = shares.group["counts"]
-            g["thresholds"] = shares.group["thresholds"]
-            g.attrs["shares"] = shares.key
-            lay.shares = shares.key
+            g["counts"] = lay.counts = shares.counts
+            g["thresholds"] = lay.thresholds = shares.thresholds
+            g.attrs["shares"] = lay.shares = shares.key
         else:
-            self._new_counts(g, "counts", D, count_dtype)
+            lay.counts = self._new_counts(g, "counts", D, count_dtype)
             # NaN fill: a row that was never written reads as NaN, never as a threshold.
-            self._series(g, "thresholds", v.dtype, self.chunk_tokens, v.shape[1:], fill=np.nan)
-        self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
-        self._series(g, "call_steps", np.int32, SERIES_CHUNK)
+            lay.thresholds = self._series(g, "thresholds", v.dtype, self.chunk_tokens,
+                                          v.shape[1:], fill=np.nan)
+            if self._direct:
+                lay.writer = CountsWriter(lay.counts, pool=self._pool)
+        lay.call_offsets = self._series(g, "call_offsets", np.int64, SERIES_CHUNK)
+        lay.call_steps = self._series(g, "call_steps", np.int32, SERIES_CHUNK)
         if self._document is not None:
-            self._series(g, "call_documents", np.int64, SERIES_CHUNK)
+            lay.call_documents = self._series(g, "call_documents", np.int64, SERIES_CHUNK)
         if self.record_events:
-            self._series(g, "call_events", np.int64, SERIES_CHUNK)
+            lay.call_events = self._series(g, "call_events", np.int64, SERIES_CHUNK)
             eg = g.create_group("events")
-            for f, dt in EVENT_FIELDS:
-                self._series(eg, f, dt, EVENT_CHUNK)
-        self._bind(lay)
-        self._names.resize(index + 1, axis=0)
-        self._names[index] = name
+            lay.events = {f: self._series(eg, f, dt, EVENT_CHUNK) for f, dt in EVENT_FIELDS}
+        self._pending_names.append(name)
         self._layers[name] = lay
         return lay
 
     def _widen(self, lay: _Layer, dtype: np.dtype) -> None:
         """Copy the counts into a wider dataset (block by block) and swap it in."""
+        if lay.writer is not None:
+            lay.writer.sync()           # every row in the dataset before it is copied
+            lay.writer = None
         g, old = lay.group, lay.counts
         if "counts.widening" in g:
             del g["counts.widening"]
@@ -334,8 +403,9 @@ class Recorder:
         del lay.counts
         del g["counts"]
         g.move("counts.widening", "counts")
-        cache = 2 * self._row_bytes(lay.in_features, dtype) + (64 << 10)
-        lay.counts = _open_dataset(g, "counts", cache)
+        lay.counts = _open_dataset(g, "counts", self._counts_cache(lay.in_features, dtype))
+        if self._direct:
+            lay.writer = CountsWriter(lay.counts, lay.rows, self._pool)
         for other in self._layers.values():      # its sharers link to the new dataset
             if other.shares == lay.key:
                 del other.counts
@@ -358,6 +428,11 @@ class Recorder:
         """Give ``lay`` datasets of its own (copies of its rows so far): its input no
         longer is its sibling's."""
         g = lay.group
+        for other in self._layers.values():    # the sibling's rows, all in its datasets
+            if other.key == lay.shares:
+                if other.writer is not None:
+                    other.writer.sync()
+                self._sync_series(other)
         src_counts, src_v = lay.counts, lay.thresholds
         for key in ("counts.own", "thresholds.own"):
             if key in g:
@@ -377,6 +452,8 @@ class Recorder:
         g.move("counts.own", "counts")
         g.move("thresholds.own", "thresholds")
         lay.shares = None
+        lay.writer = None
+        lay.v_stored = lay.rows
         g.attrs.pop("shares", None)
         self._bind(lay)
 
@@ -452,16 +529,27 @@ class Recorder:
             if lay.events is not None:
                 _append(lay.call_events, k0, np.array([e0], np.int64))
             ct, s = self.chunk_tokens, 0
-            while s < N:                    # piece by piece, one chunk row at a time
+            row_bytes = D * lay.counts.dtype.itemsize
+            while s < N:                    # piece by piece
                 r = r0 + s
-                if r // ct >= lay.flushed_rows // ct + 2:
-                    # The cache holds two chunk rows: flush before a third is touched,
-                    # so that no dirty chunk leaves the cache between flushes.
-                    lay.rows = r
-                    self.flush()
-                n = min(N - s, ct - r % ct)
-                _append(lay.counts, r, arr[s:s + n])
-                _append(lay.thresholds, r, v[s:s + n])
+                if lay.writer is not None:
+                    # Durable as it goes: a flush every DURABLE_BYTES of counts.
+                    if self._unflushed >= DURABLE_BYTES:
+                        lay.rows = r
+                        self.flush()
+                    n = min(N - s, -(-(DURABLE_BYTES - self._unflushed) // row_bytes))
+                    lay.writer.append(arr[s:s + n].astype(lay.writer.dtype, copy=False))
+                    self._unflushed += n * row_bytes
+                else:
+                    # One chunk row at a time: the cache holds two chunk rows, so flush
+                    # before a third is touched (no dirty chunk leaves the cache
+                    # between flushes).
+                    if r // ct >= lay.flushed_rows // ct + 2:
+                        lay.rows = r
+                        self.flush()
+                    n = min(N - s, ct - r % ct)
+                    _append(lay.counts, r, arr[s:s + n])
+                lay.pending_v.append(np.array(v[s:s + n]))
                 s += n
             if lay.events is not None:
                 lay.n_events = self._write_events(lay, c, r0, T)
@@ -469,12 +557,11 @@ class Recorder:
             # Interrupted between two appends: trim back so the datasets stay aligned.
             lay.rows, lay.n_events = r0, e0
             try:
-                lay.counts.resize(r0, axis=0)
-                lay.thresholds.resize(r0, axis=0)
-                lay.call_offsets.resize(k0, axis=0)
-                lay.call_steps.resize(k0, axis=0)
-                if lay.call_documents is not None:
-                    lay.call_documents.resize(k0, axis=0)
+                if lay.writer is None:
+                    lay.counts.resize(r0, axis=0)
+                else:
+                    lay.writer.truncate(r0)
+                self._trim_series(lay, r0, k0)
                 for ds in (lay.events or {}).values():
                     ds.resize(e0, axis=0)
                 if lay.call_events is not None:
@@ -486,21 +573,46 @@ class Recorder:
         self._last = (counts, v_th, name, T)
 
     def _append_calls(self, lay: _Layer, r0: int, T: int) -> None:
-        """One call's entries in the per-call series: first row, T, document."""
-        k0 = lay.calls
-        try:
-            _append(lay.call_offsets, k0, np.array([r0], np.int64))
-            _append(lay.call_steps, k0, np.array([T], np.int32))
-            if lay.call_documents is not None:
-                _append(lay.call_documents, k0, np.array([self._document], np.int64))
-        except BaseException:
-            for ds in (lay.call_offsets, lay.call_steps, lay.call_documents):
+        """One call's entries in the per-call series (first row, T, document), written
+        at the next flush."""
+        doc = self._document if lay.call_documents is not None else 0
+        lay.pending_calls.append((r0, T, doc))
+
+    def _call_series(self, lay: _Layer):
+        return ((lay.call_offsets, np.int64), (lay.call_steps, np.int32),
+                (lay.call_documents, np.int64))
+
+    def _sync_series(self, lay: _Layer) -> None:
+        """Write the thresholds and per-call entries held since the last flush (again
+        at the same rows if an earlier try was cut short)."""
+        if lay.pending_v:
+            v = np.concatenate(lay.pending_v)
+            _append(lay.thresholds, lay.v_stored, v)
+            lay.v_stored += len(v)
+            lay.pending_v.clear()
+        if lay.pending_calls:
+            a = np.array(lay.pending_calls, np.int64)
+            for col, (ds, dt) in enumerate(self._call_series(lay)):
                 if ds is not None:
-                    try:
-                        ds.resize(k0, axis=0)
-                    except Exception:  # noqa: BLE001 - keep the original error
-                        pass
-            raise
+                    _append(ds, lay.calls_stored, a[:, col].astype(dt))
+            lay.calls_stored += len(a)
+            lay.pending_calls.clear()
+
+    def _trim_series(self, lay: _Layer, rows: int, calls: int) -> None:
+        """Forget thresholds from row ``rows`` and per-call entries from ``calls`` on."""
+        if lay.v_stored > rows:
+            lay.thresholds.resize(rows, axis=0)
+            lay.v_stored, lay.pending_v = rows, []
+        elif lay.pending_v:
+            v = np.concatenate(lay.pending_v)[:rows - lay.v_stored]
+            lay.pending_v = [v] if len(v) else []
+        if lay.calls_stored > calls:
+            for ds, _ in self._call_series(lay):
+                if ds is not None:
+                    ds.resize(calls, axis=0)
+            lay.calls_stored, lay.pending_calls = calls, []
+        else:
+            del lay.pending_calls[calls - lay.calls_stored:]
 
     @_named_os_errors
     def begin_document(self, index: int, name: str, tokens: int, chars: int = 0) -> None:
@@ -608,15 +720,34 @@ class Recorder:
         drain()
         return n
 
+    def _sync_writers(self) -> None:
+        """Store everything held in memory: counts rows, thresholds, per-call entries,
+        layer names."""
+        writers = [lay.writer for lay in self._layers.values() if lay.writer is not None]
+        for w in writers:           # this thread, while the pool finishes its rows
+            w.store_buffered()
+        for w in writers:
+            w.drain()
+        for lay in self._layers.values():
+            self._sync_series(lay)
+        if self._pending_names:
+            n = self._names.shape[0]
+            self._names.resize(n + len(self._pending_names), axis=0)
+            self._names[n:] = np.array(self._pending_names, dtype=object)
+            self._pending_names.clear()
+
     def _sync_attrs(self) -> None:
         for lay in self._layers.values():
-            if lay.dirty:
-                lay.group.attrs.update(rows=lay.rows, calls=lay.calls, events=lay.n_events)
+            if lay.dirty:           # modify: in place once they exist (update recreates)
+                a = lay.group.attrs
+                for key, value in (("rows", lay.rows), ("calls", lay.calls),
+                                   ("events", lay.n_events)):
+                    a.modify(key, value)
                 lay.dirty = False
         a = self._file.attrs
-        a["rows_written"] = sum(lay.rows for lay in self._layers.values())
-        a["layers"] = len(self._layers)
-        a["flushes"] = self._flushes
+        a.modify("rows_written", sum(lay.rows for lay in self._layers.values()))
+        a.modify("layers", len(self._layers))
+        a.modify("flushes", self._flushes)
 
     @_named_os_errors
     def flush(self) -> None:
@@ -626,6 +757,8 @@ class Recorder:
         if self._closed:
             return
         self._flushes += 1
+        self._unflushed = 0
+        self._sync_writers()
         self._sync_attrs()
         self._file.flush()
         for lay in self._layers.values():
@@ -662,12 +795,14 @@ class Recorder:
         self._closed = True
         self._last = None
         if getattr(self, "_abandoned", False):      # a write failed: nothing reaches the disk
+            self._stop_pool()
             try:
                 self._file.close()
             except Exception:  # noqa: BLE001
                 pass
             return
         try:
+            self._sync_writers()
             self._sync_attrs()
             self._file.attrs["complete"] = bool(complete)
             self._file.attrs["closed"] = _now()
@@ -677,8 +812,14 @@ class Recorder:
                 raise
             warnings.warn(f"{self.path}: could not finalise the recording: {e}", stacklevel=2)
         finally:
+            self._stop_pool()
             if self._file.id.valid:
                 self._file.close()
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> "Recorder":
         return self

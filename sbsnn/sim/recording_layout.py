@@ -23,9 +23,14 @@ both still read)::
                               attrs: name, index, in_features, rows, calls, events
         counts                int [rows, in_features], narrowest of int8/16/32/64 that
                               has held every count so far (widened when needed),
-                              chunked (chunk_tokens rows), lzf (files written
-                              before issue 22: shuffle + gzip 4; h5py reads
-                              either, the layout is the same)
+                              chunked (chunk_tokens rows), lzf + fletcher32
+                              (files written before issue 22: shuffle + gzip 4;
+                              h5py reads either, the layout is the same). sbsnn
+                              compresses these chunks itself where numba is
+                              installed (sbsnn.sim.chunk_codec: the LZF stream
+                              h5py's filter decodes, stored with
+                              write_direct_chunk, filter mask 0); the file is the
+                              same format, version unchanged
         thresholds            float32 [rows] (float64 for float64 models; [rows, G]
                               when a layer gives G thresholds per row)
         call_offsets          int64 [calls]: first row of each call
