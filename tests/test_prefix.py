@@ -223,11 +223,30 @@ def test_calibration_reads_every_document_after_the_prefix_and_passes_it_on():
     rep = snn.calibration_report
     assert rep["prefix"]["ids"] == list(snn.prefix.ids)
     assert rep["spikes_per_element"] <= rep["budget"]
-    # the prefix state is the float model's (not the calibrated spiking model's)
+    # the prefix state is computed in float (not by the spiking model), by the calibrated
+    # model's float form: the smoothing folded into v_proj's rows scales the cached values,
+    # so the original float model's state would not fit the calibrated weights. Its float
+    # form (nothing spiking, the INT8 weights dequantized) gives it up to their rounding.
     want = compute_prefix(tiny, prefix_text="ROMEO:")
-    a, b = _tensors(snn.prefix.state), _tensors(want.state)
+    torch.testing.assert_close(snn.prefix.logits, want.logits, rtol=1e-4, atol=1e-4)
+
+    def dequantized(name, layer, x):
+        return F.linear(x, layer.dequantized_weight().to(x.dtype), layer.bias)
+    state = snn.new_state()
+    with torch.no_grad(), ExecutorSwap(snn, dequantized):
+        snn(torch.tensor([list(snn.prefix.ids)]), state)
+    a, b, orig = _tensors(snn.prefix.state), _tensors(state), _tensors(want.state)
+    assert a.keys() == b.keys() and a
+    moved = 0
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+        if not a[k].is_floating_point():
+            assert torch.equal(a[k], b[k]), k
+            continue
+        err = float((a[k].float() - b[k].float()).norm())
+        assert err <= 0.01 * float(b[k].float().norm()) + 1e-6, k   # measured: <= 0.005
+        # where the smoothing moved a tensor, the original float state is far from it
+        moved += float((orig[k].float() - b[k].float()).norm()) > 10 * err + 1e-6
+    assert moved, "no smoothing reached the prefix state: this test would not see a stale one"
 
 
 def test_recording_and_report_say_the_prefix_is_not_simulated(tmp_path):

@@ -35,7 +35,7 @@ import torch
 
 from sbsnn.errors import CheckpointError, LimitError, OptionError
 
-__all__ = ["MAX_PREFIX_TOKENS", "PREFIX_FILE", "ConstantPrefix", "attach_prefix",
+__all__ = ["MAX_PREFIX_TOKENS", "PREFIX_FILE", "ConstantPrefix", "attach_prefix", "refold_prefix",
            "compute_prefix", "prefix_ids", "prefix_of", "start_state_for"]
 
 PREFIX_FILE = "prefix_state.safetensors"
@@ -338,6 +338,16 @@ def compute_prefix(model, prefix=None, prefix_text: str | None = None) -> Consta
     drops = ids[0] if isinstance(bos, int) and not isinstance(bos, bool) and ids[0] == bos else None
     state, logits, seconds = _run_prefix(model, ids)
     return ConstantPrefix(tuple(ids), state, logits, drops, seconds, text, _model_dtype(model))
+
+
+def refold_prefix(prefix: ConstantPrefix, model) -> ConstantPrefix:
+    """``prefix`` recomputed by ``model``: the float model it was computed by, after a
+    change that keeps the model's function but not its internal values (calibration's
+    smoothing divides v_proj's rows, so the cached values of the prefix change with it).
+    Same tokens, text and drop rule; ``seconds`` adds both computations."""
+    state, logits, seconds = _run_prefix(model, list(prefix.ids))
+    return ConstantPrefix(prefix.ids, state, logits, prefix.drops, prefix.seconds + seconds,
+                          prefix.text, _model_dtype(model))
 
 
 def attach_prefix(model, prefix: ConstantPrefix | None):

@@ -49,7 +49,7 @@ from sbsnn.converters.calibration.refine import refine, refined_parameters
 from sbsnn.converters.convert import convert, plan
 from sbsnn.converters.spiking_linear import ExecutorSwap, SpikingLinear, spiking_layers
 from sbsnn.errors import CheckpointKindError, OptionError
-from sbsnn.models.prefix import compute_prefix, prefix_of
+from sbsnn.models.prefix import compute_prefix, prefix_of, refold_prefix
 from sbsnn.neurons import CODINGS, AdaptiveThresholdNeuron
 
 # Candidate smoothings s = u^alpha / a^beta (u: share of the threshold, a: sensitivity).
@@ -360,6 +360,11 @@ def calibrate(float_model, texts, spike_budget, coding: str = "ternary",
         c = choices[g.name].candidate
         if c:
             fold(work, g, candidates[g.name][c])
+    if pre is not None and any(choices[g.name].candidate for g in groups):
+        # a smoothing folded into v_proj's rows scales the values the prefix's state holds
+        # (the KV cache, a linear mixer's state): the state must be the smoothed model's
+        pre = refold_prefix(pre, work)
+        work.prefix = pre
 
     def converted(scale: float):
         layer_k = {n: choices[g.name].k * scale for g in groups for n in g.consumers}
