@@ -28,7 +28,8 @@ from sbsnn.converters import convert, load_spiking, save_spiking
 from sbsnn.converters.spiking_linear import ExecutorSwap
 from sbsnn.errors import CheckpointError, LimitError, OptionError
 from sbsnn.models import ByteTokenizer, HybridConfig, HybridForCausalLM
-from sbsnn.models.prefix import PREFIX_FILE, ConstantPrefix, attach_prefix, compute_prefix
+from sbsnn.models.prefix import (PREFIX_FILE, ConstantPrefix, attach_prefix, compute_prefix,
+                                 start_state_for)
 from sbsnn.sim import simulate
 from sbsnn.sim.engine import run_sequence
 
@@ -247,6 +248,13 @@ def test_calibration_reads_every_document_after_the_prefix_and_passes_it_on():
         # where the smoothing moved a tensor, the original float state is far from it
         moved += float((orig[k].float() - b[k].float()).norm()) > 10 * err + 1e-6
     assert moved, "no smoothing reached the prefix state: this test would not see a stale one"
+    # the float reference beside it (fidelity, refinement's targets) reads its own state
+    # after the prefix's tokens, not the calibrated model's
+    doc = torch.tensor([tiny.tokenizer.encode(text[:120])])
+    with torch.no_grad():
+        whole = tiny(torch.cat([torch.tensor([list(snn.prefix.ids)]), doc], dim=1))[0]
+        got = tiny(doc, start_state_for(tiny, snn.prefix))[0]
+    torch.testing.assert_close(got, whole[snn.prefix.tokens:], rtol=1e-5, atol=1e-5)
 
 
 def test_recording_and_report_say_the_prefix_is_not_simulated(tmp_path):

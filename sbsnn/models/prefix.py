@@ -53,11 +53,19 @@ def prefix_of(model) -> "ConstantPrefix | None":
 
 def start_state_for(model, prefix: "ConstantPrefix | None"):
     """The state ``model`` reads a document from beside a model carrying ``prefix`` (the
-    float reference of a spiking model): after its own prefix if it has one, else after
-    ``prefix`` (the float state, which the float model computed), else fresh."""
+    float reference of a spiking model): after its own prefix if it has one; else, for a
+    float model, after ``prefix``'s tokens run by the model itself (the stored state is
+    the spiking model's float form's, and calibration's smoothing rescales the values it
+    holds, so a float reference must read its own); for a spiking model, ``prefix``'s
+    stored float state; without a prefix, fresh."""
     if prefix_of(model) is not None:
         return model.start_state()
-    return model.new_state() if prefix is None else prefix.start_state(model)
+    if prefix is None:
+        return model.new_state()
+    if any(hasattr(m, "weight_codes") for m in model.modules()):
+        return prefix.start_state(model)
+    with torch.no_grad():
+        return _run_prefix(model, prefix.ids)[0]
 
 
 def _model_dtype(model) -> torch.dtype:
