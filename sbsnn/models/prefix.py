@@ -353,7 +353,8 @@ def refold_prefix(prefix: ConstantPrefix, model) -> ConstantPrefix:
     change that keeps the model's function but not its internal values (calibration's
     smoothing divides v_proj's rows, so the cached values of the prefix change with it).
     Same tokens, text and drop rule; ``seconds`` adds both computations."""
-    state, logits, seconds = _run_prefix(model, list(prefix.ids))
+    with torch.no_grad():
+        state, logits, seconds = _run_prefix(model, list(prefix.ids))
     return ConstantPrefix(prefix.ids, state, logits, prefix.drops, prefix.seconds + seconds,
                           prefix.text, _model_dtype(model))
 
