@@ -50,18 +50,22 @@ def _lzf_compress(src, dst, htab):
     lit = 0
     if n == 0:
         return 0
-    while ip + 2 < n:
-        h = (int(src[ip]) << 16) | (int(src[ip + 1]) << 8) | int(src[ip + 2])
-        h = ((h * 2654435761) >> (32 - _HLOG)) & mask
-        ref = htab[h]
-        htab[h] = ip
-        off = ip - ref - 1
-        if (ref >= 0 and off < _MAX_OFF and src[ref] == src[ip] and src[ref + 1] == src[ip + 1]
-                and src[ref + 2] == src[ip + 2]):
-            length = 3
-            top = min(_MAX_REF, n - ip)
-            while length < top and src[ref + length] == src[ip + length]:
-                length += 1
+    while ip < n:
+        length = 0              # of a back reference found at ip (3 bytes at least)
+        off = 0
+        if ip + 2 < n:          # the last two bytes are always literals
+            h = (int(src[ip]) << 16) | (int(src[ip + 1]) << 8) | int(src[ip + 2])
+            h = ((h * 2654435761) >> (32 - _HLOG)) & mask
+            ref = htab[h]
+            htab[h] = ip
+            off = ip - ref - 1
+            if (ref >= 0 and off < _MAX_OFF and src[ref] == src[ip]
+                    and src[ref + 1] == src[ip + 1] and src[ref + 2] == src[ip + 2]):
+                length = 3
+                top = min(_MAX_REF, n - ip)
+                while length < top and src[ref + length] == src[ip + length]:
+                    length += 1
+        if length:
             if op + 4 > cap:            # control, 2 bytes of reference, next control
                 return 0
             if lit:
@@ -95,17 +99,6 @@ def _lzf_compress(src, dst, htab):
                 dst[op - lit - 1] = lit - 1
                 lit = 0
                 op += 1
-    while ip < n:
-        if op + 2 > cap:
-            return 0
-        dst[op] = src[ip]
-        op += 1
-        ip += 1
-        lit += 1
-        if lit == _MAX_LIT:
-            dst[op - lit - 1] = lit - 1
-            lit = 0
-            op += 1
     if lit:
         dst[op - lit - 1] = lit - 1
     else:
