@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -32,6 +33,20 @@ from sbsnn.runs.documents import load_documents
 
 __all__ = ["CalibratedCheckpoint", "calibrate_checkpoint", "compare", "format_calibration",
            "format_overall"]
+
+
+@contextmanager
+def deferred_bar(desc: str, progress: bool):
+    """A progress bar (tokens) whose total is known only once the work starts: yields
+    ``start(total)``, which sets it and returns the bar's ``update`` (what
+    :func:`compare` takes as ``progress``)."""
+    with tqdm(total=0, desc=desc, unit="tok", disable=not progress) as bar:
+        def start(total: int):
+            bar.total = total
+            bar.refresh()
+            return bar.update
+
+        yield start
 
 
 @torch.no_grad()
@@ -213,13 +228,7 @@ def calibrate_checkpoint(src, out, texts, budget=None, *, eval_texts=None,
                  "--eval TEXT for text the calibration did not see)")
         text_name = "calibration text"
     t_eval = time.perf_counter()
-    with tqdm(total=0, desc="evaluate (plain, calibrated)", unit="tok",
-              disable=not progress) as bar:
-        def start(total: int):
-            bar.total = total
-            bar.refresh()
-            return bar.update
-
+    with deferred_bar("evaluate (plain, calibrated)", progress) as start:
         overall = compare(model, {"plain": plain, "calibrated": snn}, texts_eval, coding,
                           max_tokens=limit, progress=start)
     t_eval = time.perf_counter() - t_eval

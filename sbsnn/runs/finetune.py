@@ -553,7 +553,7 @@ def finetune_checkpoint(spiking_src, out, texts, float_src, *, eval_texts=None,
     from sbsnn.converters import load_spiking
     from sbsnn.converters.format import check_output_dir
     from sbsnn.models.checkpoint import load_model
-    from sbsnn.runs.calibrate import compare
+    from sbsnn.runs.calibrate import compare, deferred_bar
 
     t0 = time.perf_counter()
     check_output_dir(out, force)
@@ -570,13 +570,7 @@ def finetune_checkpoint(spiking_src, out, texts, float_src, *, eval_texts=None,
                      progress=progress, group=group, **options)
     overall = where = None
     if held is not None and group.is_main:
-        with tqdm(total=0, desc="evaluate (before, after)", unit="tok",
-                  disable=not progress) as bar:
-            def start(total: int):
-                bar.total = total
-                bar.refresh()
-                return bar.update
-
+        with deferred_bar("evaluate (before, after)", progress) as start:
             overall = compare(float_model, {"before": spiking, "fine-tuned": tuned},
                               [d.text for d in held], spiking.spiking_config.coding,
                               max_tokens=eval_tokens, progress=start)
