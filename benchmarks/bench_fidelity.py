@@ -233,7 +233,7 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
                      f"{'BOS (id %d)' % bos if 'prefix' in prefix else repr(prefix['prefix_text'])}")
         for coding in args.codings:
             calibrated = None
-            for method in args.methods:
+            for method in ([] if args.frontier_only else args.methods):
                 t0 = time.perf_counter()
                 snn, why = build(method, model, coding, cal, args, prefix, calibrated)
                 t_build = time.perf_counter() - t0
@@ -263,10 +263,14 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
                                            max_tokens=args.calibration_tokens)
                     return ft(base, m, ["\n\n".join(cal)], steps=args.finetune_steps, lr=args.finetune_lr,
                               train=args.finetune_train, batch=args.finetune_batch)
+            def on_point(p, name=name):         # each point as it is measured: a long
+                print(json.dumps({"frontier_point": name, **p}), flush=True)   # run keeps them
             res = frontier(model, held, calibration_texts=cal, codings=args.codings,
                            ks=args.frontier_ks, finetuned=builder,
+                           methods=args.frontier_methods,
                            calibration_tokens=args.calibration_tokens,
-                           eval_tokens=2 * args.eval_tokens, progress=not args.quiet, **prefix)
+                           eval_tokens=2 * args.eval_tokens, progress=not args.quiet,
+                           on_point=on_point, **prefix)
             if args.json:
                 save_frontier(res, Path(args.json).with_name(f"frontier-{name}"),
                               {"model": str(path), "texts": source})
@@ -297,6 +301,8 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
 
 
 def main(argv=None) -> int:
+    from sbsnn.runs.frontier import FRONTIER_METHODS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=None,
                     choices=["gemma", "smollm2", "tiny-hybrid"],
@@ -326,8 +332,12 @@ def main(argv=None) -> int:
                          "docs/calibration.md)")
     ap.add_argument("--frontier-ks", type=float, nargs="+", default=None,
                     help="default 2 3 4 6 8 12 16 (--quick: 2 4)")
+    ap.add_argument("--frontier-methods", nargs="+", default=list(FRONTIER_METHODS),
+                    choices=FRONTIER_METHODS, help="with --frontier: the methods measured (default: all)")
     ap.add_argument("--frontier-finetune", action="store_true",
                     help="with --frontier: fine-tune (sbsnn.finetune) at every k too (slow)")
+    ap.add_argument("--frontier-only", action="store_true",
+                    help="with --frontier: skip the k = 3 rows (--methods), measure the frontier only")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: tiny-hybrid, few tokens, 2 fine-tuning steps")
     ap.add_argument("--threads", type=int, default=2)
@@ -335,6 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", help="append the tables to this README section")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.frontier_only and not args.frontier:
+        ap.error("--frontier-only needs --frontier")
     q = args.quick
     args.models = args.models or (["tiny-hybrid"] if q else ["gemma", "smollm2"])
     args.calibration_tokens = args.calibration_tokens or (1024 if q else 32768)
