@@ -154,10 +154,12 @@ def test_embedded_model_logits_same_bits_on_both_routes(tiny_spiking, coding):
 
 def test_decoding_token_by_token_takes_the_kernels_and_the_reference_bits(tiny_spiking, monkeypatch):
     """Greedy decoding with the caches (one token per step): the int8 route's one-loop
-    kernel runs, and every step's tokens equal the float32 reference route's."""
+    kernel (spiking and summing) runs, and every step's tokens equal the float32
+    reference route's."""
     ran = []
-    real = int8_kernels.int8_linear
-    monkeypatch.setattr(int8_kernels, "int8_linear", lambda *a: ran.append(1) or real(*a))
+    real = int8_kernels.spike_linear
+    monkeypatch.setattr(int8_kernels, "spike_linear",
+                        lambda *a: ran.append(1) or real(*a))
     prompt = list(range(5, 30))
     with torch.no_grad():
         got = list(tiny_spiking.stream_ids(prompt, 12, 0.0, None, None, ()))
@@ -217,6 +219,95 @@ def test_fused_linear_equals_the_reference(n, d, out, gs, big, bias, seed):
         assert got is None                  # sums that could round: the torch route
     else:
         assert torch.equal(got, want)
+
+
+def _general_path(layer, x):
+    """What SpikingLinear.forward computes without its few-rows kernel: spike, then sum."""
+    counts, v_th = layer.spike(x)
+    return layer.forward_counts(counts, v_th, x.dtype).view(*x.shape[:-1], layer.out_features), v_th
+
+
+@needs_kernels
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 4), d=st.integers(1, 300), out=st.integers(1, 70),
+       gs=st.sampled_from([1, 8, 32, 128, 300]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       coding=st.sampled_from(["ternary", "bitwise", "twos_complement"]), bias=st.booleans(),
+       spike=st.sampled_from([1.0, 300.0, 1e4, 1e6]), seed=st.integers(0, 2 ** 16))
+def test_few_rows_kernel_equals_spike_then_sum_and_the_float32_route(n, d, out, gs, dtype, coding,
+                                                                   bias, spike, seed):
+    """Decoding's layer (a few tokens): the counts made and summed in one kernel give the
+    general path's bits (spike, then the exact sums) and the float32 route's, with
+    massive activations (a channel ``spike`` times the others: counts up to ~1e6, past
+    the kernel's exact bound, where it hands over); the thresholds it leaves on the
+    neuron are the general path's; and it ran whenever the counts allowed."""
+    g = torch.Generator().manual_seed(seed)
+    layer = SpikingLinear.from_linear(torch.nn.Linear(d, out, bias=bias).to(dtype), group_size=gs,
+                                      coding=coding).eval()
+    x = torch.randn(n, 1, d, generator=g, dtype=dtype)
+    x[..., d // 2] *= spike
+    ran = []
+    real = int8_kernels.spike_linear
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(int8_kernels, "spike_linear", lambda *a: ran.append(r := real(*a)) or r)
+        got = layer(x)
+        v_fast = layer.neuron.v_th
+    with torch.no_grad():
+        want, v_th = _general_path(layer, x)
+        with Q.forced_route("float32"):
+            ref = layer(x)
+    assert got.dtype == dtype and torch.equal(got, want) and torch.equal(got, ref)
+    assert len(ran) == 1 and torch.equal(v_fast, v_th)
+    counts, _ = layer.spike(x)
+    fits = Q._peak(counts) <= (int8_kernels.EXACT_SUM_BOUND - 1) // (128 * gs)
+    assert (ran[0] is not None) == fits
+
+
+@needs_kernels
+@pytest.mark.parametrize("setting", ["threshold", "max_count", "steps", "binary",
+                                     "bfloat16", "float32 route", "executor"])
+def test_few_rows_kernel_leaves_other_settings_to_the_general_path(setting, monkeypatch):
+    """A neuron not on the adaptive rule (static threshold, clipping, steps),
+    binary coding (it refuses negative counts), a dtype numpy lacks, the float32 route or
+    an executor: the kernel does not run, and the layer gives the general path's answer."""
+    layer = SpikingLinear.from_linear(torch.nn.Linear(64, 16), group_size=32).eval()
+    x = torch.randn(2, 64)
+    if setting == "binary":
+        x = x.abs()
+    monkeypatch.setattr(int8_kernels, "spike_linear", lambda *a: pytest.fail("the kernel ran"))
+    n = layer.neuron
+    route = "auto"
+    if setting == "threshold":
+        n.threshold = torch.tensor(0.3)
+    elif setting == "max_count":
+        n.max_count = 2
+    elif setting == "steps":
+        n.steps = 3
+    elif setting == "binary":
+        n.coding = "binary"
+    elif setting == "bfloat16":
+        layer = layer.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+    elif setting == "float32 route":
+        route = "float32"
+    with torch.no_grad(), Q.forced_route(route):
+        if setting == "executor":
+            layer.executor = lambda m, inp: torch.full((inp.shape[0], 16), 7.0)
+            assert torch.equal(layer(x), torch.full((2, 16), 7.0))
+            return
+        assert torch.equal(layer(x), _general_path(layer, x)[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_few_rows_kernel_hands_nonfinite_input_to_the_error_that_names_the_layer(bad):
+    from sbsnn.errors import NonFiniteError
+
+    layer = SpikingLinear.from_linear(torch.nn.Linear(64, 16)).eval()
+    layer.name = "model.layers.3.mlp.down_proj"
+    x = torch.randn(1, 64)
+    x[0, 5] = bad
+    with torch.no_grad(), pytest.raises(NonFiniteError, match="model.layers.3.mlp.down_proj"):
+        layer(x)
 
 
 @needs_kernels

@@ -12,6 +12,8 @@ token's row in registers:
   the output, for prompts;
 - :func:`int8_linear`: the group sums and the rescale in one loop over the weight rows,
   for one token or a few (decoding), where a GEMM call per group costs more than its work;
+- :func:`spike_linear`: decoding's whole layer, the counts of the spike formula made and
+  summed in the same loop (no counts tensor, one call from Python per layer);
 - :func:`add_outliers`: the counts beyond the int8 GEMM's +-127, element by element.
 
 Same arithmetic, same order, same bits as the reference (``tests/test_int8_route.py``
@@ -69,39 +71,67 @@ def _compile() -> dict:
                         out[n, o] = y[o] * vn
 
         @jit
-        def linear_kernel(counts, codes_t, group_size, limit, s, v, b, has_bias, out):
-            # Event-driven: each nonzero count adds its weight row (codes_t [in, out],
-            # contiguous) into the group's int32 sums; zero counts cost nothing. False
-            # (out unfinished) at a count beyond +-limit, whose sums could round.
-            N, width = counts.shape
+        def gemv_row(c, codes_t, group_size, s, vn, b, has_bias, acc, y, out_row):
+            # One row's exact group sums and rescale, event-driven: each nonzero count c[i]
+            # adds its weight row (codes_t [in, out], contiguous) into the group's int32
+            # sums; zero counts cost nothing. The callers bound |c| so no sum can round.
+            width = c.shape[0]
             O = codes_t.shape[1]
-            G = s.shape[0]
-            acc = np.empty(O, np.int32)
-            y = np.empty(O, np.float64)
-            for n in range(N):
-                for g in range(G):
-                    acc[:] = 0
-                    for i in range(g * group_size, min((g + 1) * group_size, width)):
-                        c = counts[n, i]
-                        if c > limit or c < -limit:
-                            return False
-                        c = np.int32(c)
-                        if c != 0:
-                            for o in range(O):
-                                acc[o] += np.int32(codes_t[i, o] * c)
-                    if g == 0:
+            for g in range(s.shape[0]):
+                acc[:] = 0
+                for i in range(g * group_size, min((g + 1) * group_size, width)):
+                    ci = c[i]
+                    if ci != 0:
                         for o in range(O):
-                            y[o] = acc[o] * s[0, o]
-                    else:
-                        for o in range(O):
-                            y[o] = y[o] + acc[o] * s[g, o]
-                vn = np.float64(v[n])
-                if has_bias:
+                            acc[o] += np.int32(codes_t[i, o] * ci)
+                if g == 0:
                     for o in range(O):
-                        out[n, o] = y[o] * vn + np.float64(b[o])
+                        y[o] = acc[o] * s[0, o]
                 else:
                     for o in range(O):
-                        out[n, o] = y[o] * vn
+                        y[o] = y[o] + acc[o] * s[g, o]
+            if has_bias:
+                for o in range(O):
+                    out_row[o] = y[o] * vn + np.float64(b[o])
+            else:
+                for o in range(O):
+                    out_row[o] = y[o] * vn
+
+        @jit
+        def linear_kernel(counts, codes_t, group_size, limit, s, v, b, has_bias, out):
+            # False (out unfinished) at a count beyond +-limit, whose sums could round.
+            N, width = counts.shape
+            O = codes_t.shape[1]
+            acc = np.empty(O, np.int32)
+            y = np.empty(O, np.float64)
+            c = np.empty(width, np.int32)
+            for n in range(N):
+                for i in range(width):
+                    ci = counts[n, i]
+                    if ci > limit or ci < -limit:
+                        return False
+                    c[i] = np.int32(ci)
+                gemv_row(c, codes_t, group_size, s, np.float64(v[n]), b, has_bias, acc, y, out[n])
+            return True
+
+        @jit
+        def spike_linear_kernel(x, v, codes_t, group_size, limit, s, b, has_bias, out):
+            # The spike formula's counts round(x / V_th) (x's dtype: IEEE division, round
+            # half to even, as torch.div and torch.round) summed as linear_kernel sums
+            # counts. False (out unfinished) at a count beyond +-limit or a NaN / Inf.
+            N, width = x.shape
+            O = codes_t.shape[1]
+            acc = np.empty(O, np.int32)
+            y = np.empty(O, np.float64)
+            c = np.empty(width, np.int32)
+            for n in range(N):
+                vn = v[n, 0]
+                for i in range(width):
+                    q = np.rint(x[n, i] / vn)
+                    if not (q <= limit and q >= -limit):
+                        return False
+                    c[i] = np.int32(q)
+                gemv_row(c, codes_t, group_size, s, np.float64(vn), b, has_bias, acc, y, out[n])
             return True
 
         @jit
@@ -143,7 +173,8 @@ def _compile() -> dict:
                 for o in range(O):
                     acc[g, n, o] += r * codes_t[i, o]
 
-        _kernels = {"rescale": rescale_kernel, "linear": linear_kernel, "split": split_kernel,
+        _kernels = {"rescale": rescale_kernel, "linear": linear_kernel,
+                    "spike_linear": spike_linear_kernel, "split": split_kernel,
                     "collect": collect_kernel, "outliers": outlier_kernel}
         return _kernels
 
@@ -176,24 +207,25 @@ def _vectors(v_th: torch.Tensor, bias: torch.Tensor | None, n: int):
 # Every function below: the caller vouches that the kernels run here (available(), CPU
 # tensors, an output dtype in OUT_DTYPES) and for the bounds each names.
 
-def _check(cond: bool, what: str) -> None:
-    """Compiled code does not check its indices: a wrong shape must never reach it."""
+def _check(cond: bool, what) -> None:
+    """Compiled code does not check its indices: a wrong shape must never reach it.
+    ``what``: the message, or a callable that makes it (kept off the hot path)."""
     if not cond:
-        raise ValueError(f"int8_kernels: {what}")
+        raise ValueError(f"int8_kernels: {what() if callable(what) else what}")
 
 
 def _check_scales(scales_t: torch.Tensor, G: int, O: int) -> None:
     _check(scales_t.dtype == torch.float64 and scales_t.is_contiguous()
            and tuple(scales_t.shape) == (G, O),
-           f"scales_t must be contiguous float64 [{G}, {O}], got {scales_t.dtype} "
-           f"{tuple(scales_t.shape)}")
+           lambda: f"scales_t must be contiguous float64 [{G}, {O}], got {scales_t.dtype} "
+                   f"{tuple(scales_t.shape)}")
 
 
 def rescale_groups(acc: torch.Tensor, scales_t: torch.Tensor, v_th: torch.Tensor,
                    bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """:func:`~sbsnn.converters.quant.rescale` of int32 group sums ``acc [G, N, out]``,
     ``|acc| < EXACT_SUM_BOUND``, with ``scales_t = scales.t()`` as float64 ``[G, out]``."""
-    _check(acc.dim() == 3 and acc.dtype == torch.int32, f"acc must be int32 [G, N, out], got "
+    _check(acc.dim() == 3 and acc.dtype == torch.int32, lambda: f"acc must be int32 [G, N, out], got "
            f"{acc.dtype} {tuple(acc.shape)}")
     G, N, O = acc.shape
     _check_scales(scales_t, G, O)
@@ -256,4 +288,31 @@ def int8_linear(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int, sc
     limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
     done = _compile()["linear"](_np(counts.contiguous()), _np(codes_t.contiguous()), group_size,
                                 limit, _np(scales_t), _np(v), _np(b), bias is not None, _np(out))
+    return out if done else None
+
+
+def spike_linear(x2: torch.Tensor, v_th: torch.Tensor, codes_t: torch.Tensor, group_size: int,
+                 scales_t: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor | None:
+    """The integer path of a few rows of activations ``x2 [N, in]`` (float32 or float64,
+    contiguous) whose thresholds ``v_th [N, 1]`` (``x2``'s dtype) are given: the counts
+    ``round(x2 / v_th)`` (as :func:`~sbsnn.neurons.formula.spike_counts_reference` makes
+    them) summed and rescaled as :func:`int8_linear` does, in one loop. None where a count
+    could take its group sums to :data:`EXACT_SUM_BOUND`, or ``x2`` holds NaN or Inf (the
+    caller takes the general path, which handles the one and names the other)."""
+    N, W = x2.shape
+    O = codes_t.shape[1]
+    _check(x2.dtype in OUT_DTYPES and x2.is_contiguous() and v_th.dtype == x2.dtype
+           and tuple(v_th.shape) == (N, 1), lambda: f"x2 must be contiguous float32 / float64 and v_th "
+           f"[{N}, 1] of its dtype; got {x2.dtype} {tuple(x2.shape)}, v_th {v_th.dtype} "
+           f"{tuple(v_th.shape)}")
+    _check(codes_t.dim() == 2 and codes_t.shape[0] == W and codes_t.dtype == torch.int8
+           and codes_t.is_contiguous() and (bias is None or bias.numel() == O),
+           lambda: f"codes_t must be contiguous int8 [{W}, out] and the bias one per column")
+    _check_scales(scales_t, -(-W // group_size), O)
+    out = torch.empty(N, O, dtype=dtype)
+    b = _NO_BIAS if bias is None else _plain(bias.detach())
+    limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
+    done = _compile()["spike_linear"](_np(x2), _np(v_th), _np(codes_t), group_size, limit,
+                                      _np(scales_t), _np(b), bias is not None, _np(out))
     return out if done else None

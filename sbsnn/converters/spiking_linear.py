@@ -8,16 +8,20 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from sbsnn.converters import int8_kernels
 from sbsnn.converters.quant import (INT8_ROUTE, QuantStats, dequantize_weight, int8_codes_t,
                                     integer_route, linear_from_counts, num_groups,
                                     quantize_weight, scales_t64)
 from sbsnn.errors import NonFiniteError
 from sbsnn.neurons import AdaptiveThresholdNeuron
 from sbsnn.neurons.coding import SpikeCodingError
+from sbsnn.neurons.scan import row_thresholds
 
 # Bytes of the float64 [tokens, out] output one forward block may hold (the exact group
 # sums themselves come a chunk of groups at a time, see quant.group_sums).
 _BLOCK_BYTES = 64 << 20
+# Up to this many tokens (decoding) a call spikes and sums in one kernel (_few_rows).
+_FEW_ROWS = 4
 
 
 class SpikingLinear(nn.Module):
@@ -151,9 +155,37 @@ class SpikingLinear(nn.Module):
         """Tokens per block so that the float64 ``[tokens, out]`` output stays bounded."""
         return max(1, _BLOCK_BYTES // max(1, self.out_features * 8))
 
+    def _few_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Decoding's integer path (a few tokens): thresholds by the formula's torch
+        operations, then the counts made and summed in one kernel
+        (:func:`~sbsnn.converters.int8_kernels.spike_linear`), the same bits as
+        :meth:`spike` then :meth:`forward_counts`. None where it does not apply: a neuron
+        with other settings than the adaptive rule's (static threshold, groups, clipping,
+        steps; binary coding, which refuses negative counts), no numba, another route,
+        device or dtype, or a count or value the kernel leaves to the general path."""
+        n = self.neuron
+        if (n.threshold is not None or n.group_size is not None or n.max_count is not None
+                or n.steps is not None or n.coding == "binary" or x.device.type != "cpu"
+                or x.dtype not in int8_kernels.OUT_DTYPES or not int8_kernels.available()
+                or integer_route(x.device) != INT8_ROUTE):
+            return None
+        rows = x.detach().reshape(-1, self.in_features)
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        v_th = row_thresholds(rows, n.k)
+        y = int8_kernels.spike_linear(rows, v_th, self.int8_codes_t(), self.group_size,
+                                      self.int8_scales_t(), self.bias, x.dtype)
+        if y is not None:
+            n.v_th = v_th
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.executor is not None:
             return self.executor(self, x)
+        if x.numel() <= _FEW_ROWS * self.in_features:
+            y = self._few_rows(x)
+            if y is not None:
+                return y.view(*x.shape[:-1], self.out_features)
         counts, v_th = self.spike(x)
         y = self.forward_counts(counts, v_th, x.dtype)
         return y.view(*x.shape[:-1], self.out_features)

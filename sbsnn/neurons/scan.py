@@ -273,6 +273,12 @@ def _round_kernel():
     return _small_kernel[0]
 
 
+def row_thresholds(x2: torch.Tensor, k: float) -> torch.Tensor:
+    """The adaptive thresholds ``[rows, 1]`` of ``x2 [rows, width]`` by the formula's own
+    torch operations (the reduction's bits depend on them), for a few rows."""
+    return torch.clamp(torch.mean(torch.abs(x2), dim=-1, keepdim=True) / k, V_TH_MIN, V_TH_MAX)
+
+
 def _small_scan(x2: torch.Tensor, k: float, fn: str):
     """:class:`_Scan` of a few rows (adaptive threshold, no clipping) in two torch
     operations and one kernel, where the blocked scan's bookkeeping would cost more than
@@ -280,7 +286,7 @@ def _small_scan(x2: torch.Tensor, k: float, fn: str):
     kernel = _round_kernel()
     if kernel is None:
         return None
-    v = torch.clamp(torch.mean(torch.abs(x2), dim=-1, keepdim=True) / k, V_TH_MIN, V_TH_MAX)
+    v = row_thresholds(x2, k)
     out = torch.empty(x2.shape, dtype=torch.int64)
     peak = kernel(x2.numpy(), v.numpy(), out.numpy())
     if peak < 0:
