@@ -264,11 +264,12 @@ def test_few_rows_kernel_equals_spike_then_sum_and_the_float32_route(n, d, out, 
 
 @needs_kernels
 @pytest.mark.parametrize("setting", ["threshold", "max_count", "steps", "binary",
-                                     "bfloat16", "float32 route", "executor"])
+                                     "bfloat16", "float32 route", "executor", "strided"])
 def test_few_rows_kernel_leaves_other_settings_to_the_general_path(setting, monkeypatch):
     """A neuron not on the adaptive rule (static threshold, clipping, steps),
     binary coding (it refuses negative counts), a dtype numpy lacks, the float32 route or
-    an executor: the kernel does not run, and the layer gives the general path's answer."""
+    an executor, or rows not contiguous (a strided row's mean may add in another order):
+    the kernel does not run, and the layer gives the general path's answer."""
     layer = SpikingLinear.from_linear(torch.nn.Linear(64, 16), group_size=32).eval()
     x = torch.randn(2, 64)
     if setting == "binary":
@@ -289,6 +290,8 @@ def test_few_rows_kernel_leaves_other_settings_to_the_general_path(setting, monk
         x = x.to(torch.bfloat16)
     elif setting == "float32 route":
         route = "float32"
+    elif setting == "strided":
+        x = torch.randn(64, 2).t()              # rows whose channels are not adjacent
     with torch.no_grad(), Q.forced_route(route):
         if setting == "executor":
             layer.executor = lambda m, inp: torch.full((inp.shape[0], 16), 7.0)

@@ -162,7 +162,8 @@ class SpikingLinear(nn.Module):
         :meth:`spike` then :meth:`forward_counts`. None where it does not apply: a neuron
         with other settings than the adaptive rule's (static threshold, groups, clipping,
         steps; binary coding, which refuses negative counts), no numba, another route,
-        device or dtype, or a count or value the kernel leaves to the general path."""
+        device or dtype, rows not contiguous, or a count or value the kernel leaves to the
+        general path."""
         n = self.neuron
         if (n.threshold is not None or n.group_size is not None or n.max_count is not None
                 or n.steps is not None or n.coding == "binary" or x.device.type != "cpu"
@@ -170,8 +171,8 @@ class SpikingLinear(nn.Module):
                 or integer_route(x.device) != INT8_ROUTE):
             return None
         rows = x.detach().reshape(-1, self.in_features)
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
+        if not rows.is_contiguous():     # a strided row's mean may add in another order
+            return None
         v_th = row_thresholds(rows, n.k)
         y = int8_kernels.spike_linear(rows, v_th, self.int8_codes_t(), self.group_size,
                                       self.int8_scales_t(), self.bias, x.dtype)
