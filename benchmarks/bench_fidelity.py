@@ -211,7 +211,7 @@ def run(args) -> tuple[str, list[dict], list[tuple[str, str]]]:
     lines = [f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{args.threads} torch thread(s); load average at the start "
              f"{os.getloadavg()[0]:.1f}"]
-    if "fine-tuned" in args.methods or args.frontier_finetune:
+    if ("fine-tuned" in args.methods and not args.frontier_only) or args.frontier_finetune:
         lines.append(f"fine-tuning: sbsnn.finetune from the calibrated model on the calibration "
                      f"text, {args.finetune_steps} steps of {args.finetune_batch} windows, lr "
                      f"{args.finetune_lr:g}, training {' + '.join(args.finetune_train)}")

@@ -203,6 +203,7 @@ def frontier(model, texts, *, calibration_texts=None, codings: Sequence[str] = (
     use_prefix = prefix is not None or prefix_text is not None
     if use_prefix:
         ids, _ = prefix_ids(model, prefix, prefix_text)        # refused here, before any work
+    if use_prefix and "calibrated+prefix" in methods:
         notes.append(f"calibrated+prefix: every document follows a constant prefix of "
                      f"{len(ids)} token(s) ({'text ' + repr(prefix_text[:40]) if prefix_text else f'ids {ids[:8]}'}), "
                      "its state computed once in float; its tokens are not simulated or counted")
