@@ -300,6 +300,21 @@ def test_few_rows_kernel_leaves_other_settings_to_the_general_path(setting, monk
         assert torch.equal(layer(x), _general_path(layer, x)[0])
 
 
+def test_a_neuron_given_groups_is_refused_by_name():
+    """Per-group thresholds give V_th [N, G]; the integer path rescales by one per token:
+    refused, naming the layer and the setting, on every route, before any sum."""
+    from sbsnn.neurons.coding import SpikeCodingError
+
+    layer = SpikingLinear.from_linear(torch.nn.Linear(64, 16)).eval()
+    layer.name = "model.layers.0.self_attn.q_proj"
+    layer.neuron.group_size = 16
+    for route in ("auto", "float32"):
+        for rows in (1, 9):
+            with torch.no_grad(), Q.forced_route(route), pytest.raises(
+                    SpikeCodingError, match="q_proj.*group_size=16"):
+                layer(torch.randn(rows, 64))
+
+
 @needs_kernels
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_few_rows_kernel_hands_nonfinite_input_to_the_error_that_names_the_layer(bad):

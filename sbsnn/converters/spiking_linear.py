@@ -90,6 +90,12 @@ class SpikingLinear(nn.Module):
         """Counts ``[N, in]`` and thresholds ``[N, 1]`` of the input rows. NaN or Inf in
         the input raises :class:`~sbsnn.errors.NonFiniteError` naming this layer."""
         rows = x.reshape(-1, self.in_features)
+        if self.neuron.group_size is not None:
+            name = self.name or f"a SpikingLinear [{self.in_features} -> {self.out_features}]"
+            raise SpikeCodingError(
+                f"layer {name}: its neuron has group_size={self.neuron.group_size!r}, but a "
+                "SpikingLinear's integer path takes one threshold per token (the paper's rule); "
+                "set layer.neuron.group_size = None")
         try:
             return self.neuron.spike(rows)
         except SpikeCodingError:
