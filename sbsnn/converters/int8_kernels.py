@@ -98,36 +98,20 @@ def _compile() -> dict:
                     out_row[o] = y[o] * vn
 
         @jit
-        def linear_kernel(counts, codes_t, group_size, limit, s, v, b, has_bias, out):
-            # False (out unfinished) at a count beyond +-limit, whose sums could round.
-            N, width = counts.shape
+        def linear_kernel(src, v, spike, codes_t, group_size, limit, s, b, has_bias, out):
+            # Row by row: the counts (src itself; or, with spike, the spike formula's
+            # round(src / v[n]) in src's dtype: IEEE division, round half to even, as
+            # torch.div and torch.round), then gemv_row. False (out unfinished) at a count
+            # beyond +-limit, whose sums could round, or a NaN / Inf.
+            N, width = src.shape
             O = codes_t.shape[1]
             acc = np.empty(O, np.int32)
             y = np.empty(O, np.float64)
             c = np.empty(width, np.int32)
             for n in range(N):
+                vn = v[n]
                 for i in range(width):
-                    ci = counts[n, i]
-                    if ci > limit or ci < -limit:
-                        return False
-                    c[i] = np.int32(ci)
-                gemv_row(c, codes_t, group_size, s, np.float64(v[n]), b, has_bias, acc, y, out[n])
-            return True
-
-        @jit
-        def spike_linear_kernel(x, v, codes_t, group_size, limit, s, b, has_bias, out):
-            # The spike formula's counts round(x / V_th) (x's dtype: IEEE division, round
-            # half to even, as torch.div and torch.round) summed as linear_kernel sums
-            # counts. False (out unfinished) at a count beyond +-limit or a NaN / Inf.
-            N, width = x.shape
-            O = codes_t.shape[1]
-            acc = np.empty(O, np.int32)
-            y = np.empty(O, np.float64)
-            c = np.empty(width, np.int32)
-            for n in range(N):
-                vn = v[n, 0]
-                for i in range(width):
-                    q = np.rint(x[n, i] / vn)
+                    q = np.rint(src[n, i] / vn) if spike else src[n, i]
                     if not (q <= limit and q >= -limit):
                         return False
                     c[i] = np.int32(q)
@@ -173,8 +157,7 @@ def _compile() -> dict:
                 for o in range(O):
                     acc[g, n, o] += r * codes_t[i, o]
 
-        _kernels = {"rescale": rescale_kernel, "linear": linear_kernel,
-                    "spike_linear": spike_linear_kernel, "split": split_kernel,
+        _kernels = {"rescale": rescale_kernel, "linear": linear_kernel, "split": split_kernel,
                     "collect": collect_kernel, "outliers": outlier_kernel}
         return _kernels
 
@@ -286,8 +269,9 @@ def int8_linear(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int, sc
     out = torch.empty(N, O, dtype=dtype)
     v, b = _vectors(v_th, bias, N)
     limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
-    done = _compile()["linear"](_np(counts.contiguous()), _np(codes_t.contiguous()), group_size,
-                                limit, _np(scales_t), _np(v), _np(b), bias is not None, _np(out))
+    done = _compile()["linear"](_np(counts.contiguous()), _np(v), False, _np(codes_t.contiguous()),
+                                group_size, limit, _np(scales_t), _np(b), bias is not None,
+                                _np(out))
     return out if done else None
 
 
@@ -313,6 +297,6 @@ def spike_linear(x2: torch.Tensor, v_th: torch.Tensor, codes_t: torch.Tensor, gr
     out = torch.empty(N, O, dtype=dtype)
     b = _NO_BIAS if bias is None else _plain(bias.detach())
     limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
-    done = _compile()["spike_linear"](_np(x2), _np(v_th), _np(codes_t), group_size, limit,
-                                      _np(scales_t), _np(b), bias is not None, _np(out))
+    done = _compile()["linear"](_np(x2), _np(v_th.reshape(N)), True, _np(codes_t), group_size,
+                                limit, _np(scales_t), _np(b), bias is not None, _np(out))
     return out if done else None
