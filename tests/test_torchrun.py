@@ -10,6 +10,8 @@
   stops the run with its own error;
 - ``sbsnn convert`` over 2 ranks writes the files one process writes, byte for byte;
 - pipeline stages over 2 ranks give the logits, counters and report of one process.
+- once ``sbsnn convert`` or ``sbsnn simulate`` returns, no gloo thread of the group is left
+  (the group sbsnn initialised is really gone, not left to interpreter exit).
 
 Each launch is bounded by a timeout; the model is the embedded tiny-hybrid (4 layers).
 """
@@ -275,6 +277,37 @@ def test_layer_split_conversion_writes_what_one_process_writes(work):
     for f in files:
         assert (one / f).read_bytes() == (two / f).read_bytes(), f
     assert not [p for p in work.iterdir() if ".partial" in p.name]               # nothing left over
+
+
+AFTER_CLI = """
+import json, os, sys
+from sbsnn.cli import main
+rc = main(sys.argv[1:])
+threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
+                 for t in os.listdir("/proc/self/task"))
+print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=True)
+raise SystemExit(rc)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc/self/task (Linux)")
+@pytest.mark.parametrize("command", ["convert", "simulate"])
+def test_process_group_is_gone_when_the_command_returns(work, command):
+    """Building the model imports torch._dynamo, which used to keep the group alive past
+    destroy_process_group: its gloo threads lived into interpreter exit, whose teardown
+    aborted a finished run now and then (SIGABRT, exit 1 from torchrun)."""
+    script = work / "after_cli.py"
+    script.write_text(AFTER_CLI)
+    args = (["convert", "tiny-hybrid", work / "conv-threads", "--preset", "w8aspike", "--force",
+             "--quiet"] if command == "convert" else
+            ["simulate", work / "ck", "--text", work / "docs.jsonl", "--block-size", BLOCK, "--quiet"])
+    r = subprocess.run([*_torchrun(2), str(script), *map(str, args)], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    _ok(r)
+    seen = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"rank"')]
+    assert sorted(s["rank"] for s in seen) == [0, 1]
+    for s in seen:
+        assert not [t for t in s["threads"] if "gloo" in t], s
 
 
 PIPELINE = """

@@ -119,6 +119,19 @@ def _backend() -> str:
     return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
 
 
+def _import_dynamo_first() -> None:
+    """Import ``torch._dynamo`` before the group exists.
+
+    Imported while a group is initialised (as building a model does, through
+    transformers and FSDP), it keeps references to the group that
+    ``destroy_process_group`` does not drop: the gloo threads then live on into
+    interpreter exit, where their teardown now and then aborts the process ("terminate
+    called without an active exception", exit -6) after a run that had finished
+    (torch 2.13; measured in ``tests/test_torchrun.py``). Imported first, it holds none.
+    Building a model imports it anyway, so this moves the cost, it does not add it."""
+    import torch._dynamo  # noqa: F401
+
+
 @contextmanager
 def process_group(distributed: bool | str = "auto", backend: str | None = None,
                   timeout: float | None = None) -> Iterator[Group]:
@@ -161,6 +174,7 @@ def process_group(distributed: bool | str = "auto", backend: str | None = None,
     kwargs = {}
     if timeout is not None:
         kwargs["timeout"] = timedelta(seconds=timeout)
+    _import_dynamo_first()
     dist.init_process_group(backend or _backend(), init_method="env://", **kwargs)
     try:
         yield Group(rank, world, local, initialized_here=True)
