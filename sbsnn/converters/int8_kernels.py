@@ -184,7 +184,18 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
 def _vectors(v_th: torch.Tensor, bias: torch.Tensor | None, n: int):
     """The thresholds (one per row) and the bias as they are: the kernels widen each
     value to float64 where the reference casts the tensor (the same values)."""
-    return _plain(v_th.detach().reshape(n)), _NO_BIAS if bias is None else _plain(bias.detach())
+    return _plain(v_th.detach().reshape(n)), _bias(bias)
+
+
+def _bias(bias: torch.Tensor | None) -> torch.Tensor:
+    """The bias as the kernels take it (a placeholder where there is none)."""
+    return _NO_BIAS if bias is None else _plain(bias.detach())
+
+
+def _count_limit(group_size: int) -> int:
+    """The largest |count| whose group sums (|code| <= 128, ``group_size`` counts a
+    group) stay below :data:`EXACT_SUM_BOUND`."""
+    return (EXACT_SUM_BOUND - 1) // (128 * group_size)
 
 
 # Every function below: the caller vouches that the kernels run here (available(), CPU
@@ -268,7 +279,7 @@ def int8_linear(counts: torch.Tensor, codes_t: torch.Tensor, group_size: int, sc
     _check_scales(scales_t, -(-W // group_size), O)
     out = torch.empty(N, O, dtype=dtype)
     v, b = _vectors(v_th, bias, N)
-    limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
+    limit = _count_limit(group_size)
     done = _compile()["linear"](_np(counts.contiguous()), _np(v), False, _np(codes_t.contiguous()),
                                 group_size, limit, _np(scales_t), _np(b), bias is not None,
                                 _np(out))
@@ -295,8 +306,8 @@ def spike_linear(x2: torch.Tensor, v_th: torch.Tensor, codes_t: torch.Tensor, gr
            lambda: f"codes_t must be contiguous int8 [{W}, out] and the bias one per column")
     _check_scales(scales_t, -(-W // group_size), O)
     out = torch.empty(N, O, dtype=dtype)
-    b = _NO_BIAS if bias is None else _plain(bias.detach())
-    limit = (EXACT_SUM_BOUND - 1) // (128 * group_size)
+    b = _bias(bias)
+    limit = _count_limit(group_size)
     done = _compile()["linear"](_np(x2), _np(v_th.reshape(N)), True, _np(codes_t), group_size,
                                 limit, _np(scales_t), _np(b), bias is not None, _np(out))
     return out if done else None
