@@ -282,10 +282,11 @@ def test_layer_split_conversion_writes_what_one_process_writes(work):
 AFTER_CLI = """
 import json, os, sys
 from sbsnn.cli import main
-rc = main(sys.argv[1:])
+rc = main(sys.argv[2:])
 threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
                  for t in os.listdir("/proc/self/task"))
-print(json.dumps({"rank": int(os.environ["RANK"]), "threads": threads}), flush=True)
+with open(sys.argv[1] + f".rank{os.environ['RANK']}.json", "w") as f:   # not the shared stdout,
+    json.dump(threads, f)                                                # where lines interleave
 raise SystemExit(rc)
 """
 
@@ -301,13 +302,14 @@ def test_process_group_is_gone_when_the_command_returns(work, command):
     args = (["convert", "tiny-hybrid", work / "conv-threads", "--preset", "w8aspike", "--force",
              "--quiet"] if command == "convert" else
             ["simulate", work / "ck", "--text", work / "docs.jsonl", "--block-size", BLOCK, "--quiet"])
-    r = subprocess.run([*_torchrun(2), str(script), *map(str, args)], cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    out = work / f"threads-{command}"
+    r = subprocess.run([*_torchrun(2), str(script), str(out), *map(str, args)], cwd=REPO,
+                       env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     _ok(r)
-    seen = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"rank"')]
-    assert sorted(s["rank"] for s in seen) == [0, 1]
-    for s in seen:
-        assert not [t for t in s["threads"] if "gloo" in t], s
+    for rank in (0, 1):
+        threads = json.loads(Path(f"{out}.rank{rank}.json").read_text())
+        assert threads                                  # the list was read
+        assert not [t for t in threads if "gloo" in t], (rank, threads)
 
 
 PIPELINE = """
